@@ -1,0 +1,81 @@
+# jimeng: build the C core for one Lua, test it against the sandbox, run the demo.
+# Every variable can be overridden: make LUA_VERSION=5.1, make PREFIX=$HOME/.local install, ...
+
+LUA_VERSION ?= 5.4
+LUA         ?= lua$(LUA_VERSION)
+LUA_PC      ?= lua$(LUA_VERSION)
+PKG_CONFIG  ?= pkg-config
+PYTHON      ?= python3
+BUSTED      ?= $(shell command -v busted 2>/dev/null || echo /usr/bin/busted)
+
+PREFIX      ?= /usr/local
+DESTDIR     ?=
+LUA_LMOD_DIR ?= $(PREFIX)/share/lua/$(LUA_VERSION)
+LUA_CMOD_DIR ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
+BIN_DIR     ?= $(PREFIX)/bin
+
+LUA_CFLAGS  ?= $(shell $(PKG_CONFIG) --cflags $(LUA_PC))
+CURL_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags libcurl)
+CURL_LIBS   ?= $(shell $(PKG_CONFIG) --libs libcurl)
+
+CC          ?= cc
+OPTFLAGS    ?= -O2 -g
+WARNFLAGS   ?= -Wall -Wextra -Werror
+CFLAGS      ?= $(OPTFLAGS)
+ALL_CFLAGS   = -std=c99 -fPIC -fvisibility=hidden $(WARNFLAGS) $(CFLAGS) $(LUA_CFLAGS) $(CURL_CFLAGS)
+# Never link liblua: the interpreter that loads the module provides it (two VMs in one process crash).
+ALL_LDFLAGS  = -shared $(LDFLAGS)
+LIBS         = $(CURL_LIBS) -lm -lpthread
+
+BUILD       ?= build/$(LUA)
+SO           = $(BUILD)/jimeng/core.so
+SRCS         = src/core.c src/engine.c src/normalize.c src/files.c
+OBJS         = $(SRCS:src/%.c=$(BUILD)/obj/%.o)
+LUA_SRCS     = $(wildcard lua/jimeng/*.lua)
+
+# The environment the specs, the demo and the examples run in: this checkout's modules first.
+RUN_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/?.lua;;" \
+          LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" JIMENG_TEST_LUA="$(LUA)"
+
+.PHONY: all test demo install uninstall clean version rock lint
+
+all: $(SO)
+
+$(BUILD)/obj/%.o: src/%.c src/jimeng.h
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(SO): $(OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_LDFLAGS) -o $@ $(OBJS) $(LIBS)
+
+version:
+	@sed -n 's/^#define JM_VERSION "\(.*\)"/\1/p' src/jimeng.h
+
+test: all
+	@$(RUN_ENV) $(LUA) $(BUSTED) --lua=$(LUA) -o spec/support/summary.lua $(BUSTED_ARGS) spec
+
+demo: all
+	@mkdir -p build/demo
+	@$(RUN_ENV) $(LUA) examples/run_with_sandbox.lua examples/text_to_video.lua build/demo
+
+install: all
+	install -d $(DESTDIR)$(LUA_LMOD_DIR)/jimeng $(DESTDIR)$(LUA_CMOD_DIR)/jimeng
+	install -m 644 $(LUA_SRCS) $(DESTDIR)$(LUA_LMOD_DIR)/jimeng/
+	install -m 755 $(SO) $(DESTDIR)$(LUA_CMOD_DIR)/jimeng/core.so
+
+# The same build through luarocks (the builtin rockspec), into a private tree.
+MULTIARCH ?= $(shell $(CC) -print-multiarch 2>/dev/null)
+ROCK_TREE ?= build/rock
+rock:
+	luarocks --lua-version $(LUA_VERSION) make --deps-mode=none --tree $(ROCK_TREE) rockspec/jimeng-scm-1.rockspec \
+	  CURL_INCDIR=/usr/include/$(MULTIARCH) CURL_LIBDIR=/usr/lib/$(MULTIARCH)
+
+lint:
+	luacheck lua spec examples
+
+uninstall:
+	rm -rf $(DESTDIR)$(LUA_LMOD_DIR)/jimeng $(DESTDIR)$(LUA_CMOD_DIR)/jimeng
+
+clean:
+	rm -rf build

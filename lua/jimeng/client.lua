@@ -1,0 +1,397 @@
+--- A client of the Jimeng video API: its settings, its engine (one libcurl multi handle), its calls.
+local core = require "jimeng.core"
+local errors = require "jimeng.errors"
+local http = require "jimeng.http"
+local runtime = require "jimeng.runtime"
+
+local Client = {}
+Client.__index = Client
+
+local now = core.now
+
+local DEFAULTS = {
+  base_url = "https://api.tokenops.ai/v1",
+  timeout = 60, connect_timeout = 10, max_retries = 2,
+  poll_interval = 5, wait_timeout = 600,
+}
+
+local OPTIONS = {
+  api_key = "string", base_url = "string", timeout = "number", connect_timeout = "number",
+  max_retries = "number", poll_interval = "number", wait_timeout = "number",
+  allow_insecure_http = "boolean", cainfo = "string", logger = "function",
+}
+
+local function invalid(message, field)
+  return nil, errors.new { kind = "invalid_argument", message = message, field = field }
+end
+
+local function nearest_option(name)
+  local best, bestd
+  for k in pairs(OPTIONS) do
+    -- a cheap similarity: shared prefix length, enough for typos like "timout" or "api-key"
+    local d = 0
+    for i = 1, math.min(#k, #name) do
+      if k:sub(i, i) == name:sub(i, i) then d = d + 1 end
+    end
+    if not bestd or d > bestd then best, bestd = k, d end
+  end
+  return best
+end
+
+local function is_loopback(host)
+  return host == "localhost" or host == "[::1]" or host:match("^127%.%d+%.%d+%.%d+$") ~= nil
+end
+
+--- Checks a base URL: https, or http on a loopback host (or with allow_insecure_http).
+local function check_base_url(url, allow_http)
+  local scheme, host = url:match("^(%a[%w+.-]*)://(%[?[^/:%]]*%]?)")
+  if not scheme or host == "" then
+    return invalid("base_url must look like https://host/v1; got " .. url, "base_url")
+  end
+  scheme = scheme:lower()
+  if scheme ~= "https" and scheme ~= "http" then
+    return invalid("base_url must be http or https; got " .. url, "base_url")
+  end
+  if scheme == "http" and not allow_http and not is_loopback(host:lower()) then
+    return invalid("base_url " .. url .. " is plain http to a non-loopback host: the API key would travel in " ..
+      "clear text; use https, or pass allow_insecure_http=true", "base_url")
+  end
+  if url:find("[%s%c]") then return invalid("base_url contains spaces or control characters", "base_url") end
+  return (url:gsub("/+$", ""))
+end
+
+--- jimeng.new(opts) -> client | nil, err
+function Client.new(opts, json)
+  opts = opts or {}
+  if type(opts) ~= "table" then error("jimeng.new: options must be a table", 2) end
+  for k, v in pairs(opts) do
+    if not OPTIONS[k] then
+      return invalid(("unknown option %q: did you mean %q?"):format(tostring(k), nearest_option(tostring(k))), tostring(k))
+    end
+    if type(v) ~= OPTIONS[k] then
+      return invalid(("option %s must be a %s; got a %s"):format(k, OPTIONS[k], type(v)), k)
+    end
+  end
+  local self = setmetatable({}, Client)
+  for k, v in pairs(DEFAULTS) do self[k] = v end
+  for k, v in pairs(opts) do self[k] = v end
+  if opts.api_key == nil then self.api_key = os.getenv("JIMENG_API_KEY") end
+  if opts.base_url == nil then self.base_url = os.getenv("JIMENG_BASE_URL") or DEFAULTS.base_url end
+  if self.api_key == "" then self.api_key = nil end
+  if self.api_key and self.api_key:find("[%c]") then
+    return invalid("api_key contains control characters (CR, LF...)", "api_key")
+  end
+  local url, err = check_base_url(self.base_url, self.allow_insecure_http)
+  if not url then return nil, err end
+  self.base_url = url
+  for _, k in ipairs { "timeout", "connect_timeout", "poll_interval", "wait_timeout" } do
+    if self[k] <= 0 then return invalid(k .. " must be positive", k) end
+  end
+  if self.max_retries < 0 or self.max_retries ~= math.floor(self.max_retries) then
+    return invalid("max_retries must be a whole number >= 0", "max_retries")
+  end
+  self.json = json
+  self.engine = core.engine()
+  local luav = _VERSION
+  if type(jit) == "table" and jit.version then luav = jit.version end -- luacheck: ignore 113
+  self.user_agent = ("jimeng/%s %s %s"):format(core._VERSION, core.curl_version(), luav)
+  return self
+end
+
+function Client:log(...)
+  if self.logger then self.logger(...) end
+end
+
+function Client:close()
+  self.engine:close()
+end
+
+---------------------------------------------------------------------------------------------------
+-- Arguments
+
+--- Task ids go into the URL path: anything that could change the path is refused before any request.
+local function check_id(id)
+  if type(id) ~= "string" then
+    if type(id) == "number" then
+      return invalid("task ids are strings (a number loses digits): pass the id as the API returned it", "id")
+    end
+    return invalid("task id must be a string; got a " .. type(id), "id")
+  end
+  if id == "" or #id > 256 or id == "." or id == ".." or not id:match("^[%w%-%._~:]+$") then
+    return invalid(("task id %q is not a valid id (letters, digits, - . _ ~ :; at most 256)"):format(id:sub(1, 64)), "id")
+  end
+  return id
+end
+Client.check_id = check_id
+
+local function need_key(self)
+  if not self.api_key then
+    return nil, errors.new { kind = "auth", message = "no API key: set JIMENG_API_KEY or pass api_key to jimeng.new" }
+  end
+  return true
+end
+
+local function check_method_self(self, name)
+  if getmetatable(self) ~= Client then
+    error(("jimeng: call client:%s(...) with a colon"):format(name), 3)
+  end
+end
+
+---------------------------------------------------------------------------------------------------
+-- Tasks
+
+local function to_task(self, decoded, r, warnings)
+  local task, why = core.task(decoded)
+  if not task then
+    return nil, errors.new({ kind = "protocol", message = why, request_id = r.headers["x-request-id"] }, self.api_key)
+  end
+  task.request_id = task.request_id or r.headers["x-request-id"]
+  task.warnings = warnings or {}
+  return task
+end
+
+--- client:create(params) -> task | nil, err. A paid call: never retried once it may have reached the server.
+function Client:create(params, opts)
+  check_method_self(self, "create")
+  local body, warnings = core.normalize(params)
+  if not body then return nil, errors.new(warnings) end
+  local ok, err = need_key(self)
+  if not ok then return nil, err end
+  for _, w in ipairs(warnings) do self:log("warning", w) end
+  local decoded, r = http.json(self, {
+    method = "POST", path = "/videos", body = body, paid = true, what = "create",
+    deadline = opts and opts.deadline,
+  })
+  if not decoded then return nil, r end
+  return to_task(self, decoded, r, warnings)
+end
+
+--- client:status(id) -> task | nil, err
+function Client:status(id, opts)
+  check_method_self(self, "status")
+  local _, err = check_id(id)
+  if err then return nil, err end
+  local ok, kerr = need_key(self)
+  if not ok then return nil, kerr end
+  local decoded, r = http.json(self, {
+    method = "GET", path = "/videos/" .. id, what = "status", deadline = opts and opts.deadline,
+  })
+  if not decoded then
+    r.task_id = id
+    return nil, r
+  end
+  local task, terr = to_task(self, decoded, r)
+  if task then task.retry_after = http.server_delay(r.headers) end
+  return task, terr
+end
+
+--- client:wait(id, opts) -> task | nil, err
+-- Polls until completed (returns the task), failed (task_failed) or the timeout (timeout, err.task =
+-- the last task seen). opts: interval, timeout, on_status(task) called on every change of status.
+function Client:wait(id, opts)
+  check_method_self(self, "wait")
+  opts = opts or {}
+  local _, err = check_id(id)
+  if err then return nil, err end
+  local interval = opts.interval or self.poll_interval
+  local deadline = opts.deadline or (now() + (opts.timeout or self.wait_timeout))
+  local last, last_status, last_err
+  while true do
+    local task, serr = self:status(id, { deadline = deadline })
+    if task then
+      last, last_err = task, nil
+      if task.status ~= last_status then
+        last_status = task.status
+        if opts.on_status then opts.on_status(task) end
+      end
+      if task.status == "completed" then return task end
+      if task.status == "failed" then
+        return nil, errors.new({
+          kind = "task_failed", task_id = id, retryable = false, task = task, request_id = task.request_id,
+          message = task.error or ("the task ended with status " .. task.raw_status),
+        }, self.api_key)
+      end
+    elseif not serr.retryable then
+      return nil, serr
+    else
+      last_err = serr -- a passing fault: keep polling until the deadline
+    end
+    local delay = (task and task.retry_after) or interval
+    local left = deadline - now()
+    if left <= 0 or delay > left then
+      if left > 0 then runtime.sleep(left) end
+      return nil, errors.new {
+        kind = "timeout", task_id = id, task = last, retryable = true,
+        message = ("task %s did not complete in time (last status: %s%s)"):format(id,
+          last and last.raw_status or "unknown", last_err and ("; last error: " .. last_err.message) or ""),
+      }
+    end
+    runtime.sleep(delay)
+  end
+end
+
+---------------------------------------------------------------------------------------------------
+-- Downloads
+
+local function remove(path) os.remove(path) end
+
+local function download_error(self, r, id)
+  local decoded
+  local ok, d = pcall(self.json.decode, r.body or "")
+  if ok then decoded = d end
+  if r.status >= 200 and r.status < 300 then
+    local msg = core.error_message(decoded, r.body) or "an empty body"
+    return errors.new({
+      kind = "protocol", status = r.status, task_id = id, request_id = r.headers["x-request-id"],
+      message = "expected a video but the server sent " .. (r.headers["content-type"] or "no content type") ..
+        ": " .. msg,
+    }, self.api_key)
+  end
+  local e = http.status_error(self, r, decoded)
+  e.task_id = id
+  return e
+end
+
+--- client:download(id, path, opts) -> info | nil, err
+-- Streams to <path>.part, checks the byte count, fsyncs and renames onto path. A failure leaves no file
+-- at path; the .part stays and the next call resumes from it (opts.resume, default true).
+-- opts.on_progress(received, total) is called at most every opts.progress_interval seconds (0.25).
+function Client:download(id, path, opts)
+  check_method_self(self, "download")
+  opts = opts or {}
+  local _, err = check_id(id)
+  if err then return nil, err end
+  if type(path) ~= "string" or path == "" then
+    return invalid("download needs an output path", "path")
+  end
+  local ok, kerr = need_key(self)
+  if not ok then return nil, kerr end
+  local part = path .. ".part"
+  if opts.resume == false then remove(part) end
+  local url = self.base_url .. "/videos/" .. id .. "/content"
+  local on_progress, every = opts.on_progress, opts.progress_interval or 0.25
+  local attempt, etag = 0, nil
+  local resumed_from
+  while true do
+    local offset = core.file_size(part) or 0
+    resumed_from = resumed_from or offset
+    local headers = {}
+    if offset > 0 then
+      headers[#headers + 1] = ("Range: bytes=%d-"):format(offset)
+      if etag then headers[#headers + 1] = "If-Range: " .. etag end
+    end
+    local timeout
+    if opts.deadline then
+      timeout = opts.deadline - now()
+      if timeout <= 0 then
+        return nil, errors.new { kind = "timeout", task_id = id, message = "the deadline passed before the download" }
+      end
+    end
+    local t, why = self.engine:request {
+      url = url, headers = headers, bearer = self.api_key, user_agent = self.user_agent, cainfo = self.cainfo,
+      connect_timeout = self.connect_timeout, timeout = timeout, low_speed_time = 30, follow = 5,
+      output = part, offset = offset, expect_binary = true, max_body = 1024 * 1024,
+    }
+    if not t then return nil, errors.new { kind = "invalid_argument", message = why } end
+    if on_progress then
+      local last_call = -1
+      while not runtime.await(self.engine, t, every) do
+        local got, total = t:progress()
+        if got ~= last_call then
+          last_call = got
+          on_progress(got, total)
+        end
+      end
+    else
+      runtime.await(self.engine, t)
+    end
+    local r = t:result()
+    etag = r.headers.etag or etag
+    local e, retry
+    if r.ok and (r.status == 200 or r.status == 206) and r.sink == "file" then
+      local total = r.content_length and (r.file_start + r.content_length)
+      local cr_total = r.headers["content-range"] and tonumber(r.headers["content-range"]:match("/(%d+)$"))
+      total = cr_total or total
+      if total and r.file_bytes ~= total then
+        e = errors.new {
+          kind = "network", task_id = id, message = ("the download ended at %d of %d bytes"):format(r.file_bytes, total),
+        }
+        retry = true
+      else
+        local done, cerr = core.commit(part, path)
+        if not done then return nil, errors.new { kind = "io", task_id = id, message = cerr } end
+        if on_progress then on_progress(r.file_bytes, r.file_bytes) end
+        return {
+          path = path, bytes = r.file_bytes, task_id = id, status = r.status,
+          resumed_from = resumed_from > 0 and resumed_from or nil,
+          content_type = r.headers["content-type"], etag = r.headers.etag,
+          request_id = r.headers["x-request-id"],
+        }
+      end
+    elseif r.ok and r.status == 416 then
+      -- the partial file is not a prefix the server can continue: start again from zero
+      remove(part)
+      e = errors.new { kind = "protocol", task_id = id, status = 416, message = "the server cannot resume this download" }
+      retry = attempt == 0
+    elseif r.range_mismatch then
+      remove(part)
+      e = errors.new { kind = "protocol", task_id = id, message = "the server resumed at the wrong offset" }
+      retry = true
+    elseif r.ok and r.sink == "none" and r.status >= 200 and r.status < 300 then
+      e = errors.new { kind = "protocol", task_id = id, status = r.status, message = "the server sent an empty video" }
+    elseif r.ok then
+      e = download_error(self, r, id)
+      retry = http.should_retry(false, r, true)
+    else
+      e = http.transport_error(r)
+      e.task_id = id
+      retry = http.should_retry(false, r, true)
+    end
+    if not retry or attempt >= self.max_retries then
+      if retry then e.retryable = true end
+      if (core.file_size(part) or 1) == 0 then remove(part) end
+      return nil, e
+    end
+    local delay = http.backoff(attempt, r.headers)
+    if e.kind == "protocol" then delay = 0 end
+    attempt = attempt + 1
+    self:log("retry", "download", attempt, delay, tostring(e))
+    runtime.sleep(delay)
+  end
+end
+
+---------------------------------------------------------------------------------------------------
+-- Workflows
+
+--- client:generate(params, opts) -> result | nil, err
+-- create + wait + download under one deadline (opts.timeout, default wait_timeout). opts.output is the
+-- file; without it the file is jimeng_video_<id>.mp4 in opts.output_dir (default: the current directory).
+-- opts.on_status and opts.on_progress as for wait and download.
+-- result: {path=, bytes=, task=}. After the create, every error carries task_id: the video is paid for.
+function Client:generate(params, opts)
+  check_method_self(self, "generate")
+  opts = opts or {}
+  local deadline = now() + (opts.timeout or self.wait_timeout)
+  for _, k in ipairs { "output", "output_dir" } do
+    if opts[k] ~= nil and (type(opts[k]) ~= "string" or opts[k] == "") then
+      return invalid(k .. " must be a path", k)
+    end
+  end
+  local task, err = self:create(params, { deadline = deadline })
+  if not task then return nil, err end
+  if opts.on_status then opts.on_status(task) end
+  local done, werr = self:wait(task.id, {
+    deadline = deadline, interval = opts.interval,
+    on_status = opts.on_status and function(t) if t.status ~= task.status then opts.on_status(t) end end,
+  })
+  if not done then return nil, werr end
+  done.warnings = task.warnings
+  local output = opts.output or ((opts.output_dir and (opts.output_dir:gsub("/+$", "") .. "/") or "") ..
+    "jimeng_video_" .. task.id .. ".mp4")
+  local info, derr = self:download(task.id, output, { deadline = deadline, on_progress = opts.on_progress })
+  if not info then return nil, derr end
+  info.task = done
+  return info
+end
+
+return Client

@@ -1,0 +1,245 @@
+--- Where a call waits: the coroutine scheduler of `jimeng.run`, or a blocking wait on the engine.
+-- Every network call is a non-blocking libcurl transfer plus `await`. Inside a coroutine that the
+-- scheduler runs, `await` and `sleep` yield to it, and the scheduler waits once (curl_multi_poll with
+-- the nearest timer as its timeout) for every transfer and timer of every coroutine. Anywhere else
+-- they block the thread without spinning. C never yields: only this Lua code does, so the same code
+-- runs on Lua 5.1 to 5.4 and LuaJIT.
+local core = require "jimeng.core"
+
+local M = {}
+
+local now = core.now
+local co_running, co_yield, co_resume, co_create, co_status =
+  coroutine.running, coroutine.yield, coroutine.resume, coroutine.create, coroutine.status
+local unpack = table.unpack or unpack -- luacheck: ignore 143
+local pack = table.pack or function(...) return { n = select("#", ...), ... } end -- luacheck: ignore 143
+
+-- The scheduler of each coroutine it runs (weak keys: a finished coroutine is forgotten).
+local owner = setmetatable({}, { __mode = "k" })
+
+--- The scheduler running the current coroutine, or nil.
+local function current()
+  local co = co_running()
+  return co and owner[co], co
+end
+
+--- Waits until a transfer is done or `timeout` seconds pass; returns whether it is done.
+function M.await(engine, transfer, timeout)
+  if transfer:done() then return true end
+  local sched = current()
+  if sched then
+    return co_yield("await", engine, transfer, timeout)
+  end
+  local deadline = timeout and now() + timeout
+  while true do
+    engine:perform()
+    if transfer:done() then return true end
+    local wait_ms = 1000
+    if deadline then
+      local left = deadline - now()
+      if left <= 0 then return false end
+      wait_ms = math.min(wait_ms, left * 1000)
+    end
+    engine:poll(wait_ms)
+  end
+end
+
+--- Sleeps `seconds`, letting other coroutines of the scheduler run meanwhile.
+function M.sleep(seconds)
+  if not seconds or seconds <= 0 then return end
+  if current() then
+    co_yield("sleep", seconds)
+  else
+    core.sleep(seconds)
+  end
+end
+
+---------------------------------------------------------------------------------------------------
+-- The scheduler
+
+local Scheduler = {}
+Scheduler.__index = Scheduler
+
+local function new_scheduler()
+  return setmetatable({
+    ready = {},       -- array of {co, pack(values to resume with)}
+    waits = {},       -- co -> {engine=, transfer=, deadline=}
+    sleeping = {},    -- co -> wake-up time
+    alive = 0,        -- coroutines not yet finished
+    handles = {},     -- co -> handle
+  }, Scheduler)
+end
+
+local Handle = {}
+Handle.__index = Handle
+
+function Scheduler:spawn(fn, ...)
+  local co = co_create(fn)
+  local h = setmetatable({ co = co, done = false, joiners = {} }, Handle)
+  owner[co] = self
+  self.handles[co] = h
+  self.alive = self.alive + 1
+  self.ready[#self.ready + 1] = { co, pack(...) }
+  return h
+end
+
+function Scheduler:finish(co, ok, ...)
+  local h = self.handles[co]
+  self.handles[co] = nil
+  self.alive = self.alive - 1
+  h.done = true
+  if ok then
+    h.results = pack(...)
+  else
+    h.error = (...)
+  end
+  for _, j in ipairs(h.joiners) do
+    self.ready[#self.ready + 1] = { j, pack() }
+  end
+  h.joiners = nil
+end
+
+-- Resumes one coroutine and files what it asks for next.
+function Scheduler:step(co, args)
+  local res = pack(co_resume(co, unpack(args, 1, args.n)))
+  if co_status(co) == "dead" then
+    return self:finish(co, unpack(res, 1, res.n))
+  end
+  local what = res[2]
+  if what == "await" then
+    local timeout = res[5]
+    self.waits[co] = { engine = res[3], transfer = res[4], deadline = timeout and now() + timeout }
+  elseif what == "sleep" then
+    self.sleeping[co] = now() + res[3]
+  elseif what == "join" then
+    local h = res[3]
+    if h.done then
+      self.ready[#self.ready + 1] = { co, pack() }
+    else
+      h.joiners[#h.joiners + 1] = co
+    end
+  else
+    -- a yield the scheduler does not own (a coroutine library inside the user's function): resume it
+    self.ready[#self.ready + 1] = { co, pack() }
+  end
+end
+
+function Scheduler:loop()
+  while self.alive > 0 do
+    while #self.ready > 0 do
+      local batch = self.ready
+      self.ready = {}
+      for i = 1, #batch do self:step(batch[i][1], batch[i][2]) end
+    end
+    if self.alive == 0 then break end
+
+    -- drive every engine that has a waiter, then wake whoever is done
+    local engines, nengines = {}, 0
+    for _, w in pairs(self.waits) do
+      if not engines[w.engine] then
+        engines[w.engine] = true
+        nengines = nengines + 1
+        w.engine:perform()
+      end
+    end
+    local t = now()
+    local nearest = math.huge
+    for co, w in pairs(self.waits) do
+      if w.transfer:done() then
+        self.waits[co] = nil
+        self.ready[#self.ready + 1] = { co, pack(true) }
+      elseif w.deadline and w.deadline <= t then
+        self.waits[co] = nil
+        self.ready[#self.ready + 1] = { co, pack(false) }
+      elseif w.deadline and w.deadline < nearest then
+        nearest = w.deadline
+      end
+    end
+    for co, at in pairs(self.sleeping) do
+      if at <= t then
+        self.sleeping[co] = nil
+        self.ready[#self.ready + 1] = { co, pack() }
+      elseif at < nearest then
+        nearest = at
+      end
+    end
+
+    if #self.ready == 0 then
+      local wait_ms = nearest == math.huge and 1000 or math.max(0, (nearest - t) * 1000)
+      if nengines == 1 then
+        local engine = next(engines)
+        engine:poll(wait_ms)
+      elseif nengines > 1 then
+        -- several clients: look at each without waiting, then wait briefly on one of them
+        for engine in pairs(engines) do engine:poll(0) end
+        local engine = next(engines)
+        engine:poll(math.min(wait_ms, 5))
+      elseif nearest ~= math.huge then
+        core.sleep(wait_ms / 1000)
+      else
+        error("jimeng: every coroutine is waiting and nothing can wake them (a join cycle?)")
+      end
+    end
+  end
+end
+
+--- Runs fn(...) in a scheduler: every API call made by it, and by the coroutines it spawns, runs
+-- concurrently with the others. Returns what fn returns once fn and every spawned coroutine are done;
+-- raises fn's error if fn raised.
+function M.run(fn, ...)
+  assert(type(fn) == "function", "jimeng.run: fn must be a function")
+  local sched = current()
+  if sched then return fn(...) end -- already inside a scheduler: the same one runs it
+  sched = new_scheduler()
+  local h = sched:spawn(fn, ...)
+  sched:loop()
+  if h.error ~= nil then error(h.error, 0) end
+  return unpack(h.results, 1, h.results.n)
+end
+
+--- Starts fn(...) as a new coroutine of the current scheduler; returns its handle.
+-- Outside a scheduler it runs fn at once and returns a finished handle.
+function M.spawn(fn, ...)
+  assert(type(fn) == "function", "jimeng.spawn: fn must be a function")
+  local sched = current()
+  if sched then return sched:spawn(fn, ...) end
+  local res = pack(pcall(fn, ...))
+  local h = setmetatable({ done = true }, Handle)
+  if res[1] then
+    h.results = pack(unpack(res, 2, res.n))
+  else
+    h.error = res[2]
+  end
+  return h
+end
+
+--- Waits for this handle's coroutine; returns its results, or nil and its error if it raised.
+function Handle:wait()
+  if not self.done then
+    assert(current(), "jimeng: a handle can only be waited for inside jimeng.run")
+    co_yield("join", self)
+  end
+  if self.error ~= nil then return nil, self.error end
+  return unpack(self.results, 1, self.results.n)
+end
+
+--- Waits for every handle (or function, spawned here) in list. Returns two arrays: the first value each
+-- returned, and the error of each that failed (its second return value when the first was nil, or
+-- what it raised). One failing never stops the others.
+function M.gather(list)
+  local handles = {}
+  for i, item in ipairs(list) do
+    handles[i] = type(item) == "function" and M.spawn(item) or item
+  end
+  local values, errors = {}, {}
+  for i, h in ipairs(handles) do
+    local v, err = h:wait()
+    values[i] = v
+    if v == nil then errors[i] = err end
+  end
+  return values, errors
+end
+
+M.in_scheduler = function() return current() ~= nil end
+
+return M

@@ -1,0 +1,97 @@
+--- Starts the local API emulator (sandbox/server.py) and talks to its control plane.
+-- Used by the demo, the examples, the specs and `jimeng sandbox`. The server binds a free loopback
+-- port, prints its URL, and exits with the process that started it.
+local core = require "jimeng.core"
+local cjson = require "cjson"
+
+local M = {}
+
+local json = cjson.new()
+
+local function dirname(p)
+  return p:match("^(.*)/[^/]*$") or "."
+end
+
+--- Where server.py is: $JIMENG_SANDBOX, next to this checkout's lua/ tree, or the installed share dir.
+function M.server_path()
+  local env = os.getenv("JIMENG_SANDBOX")
+  if env then return env end
+  local src = debug.getinfo(1, "S").source:gsub("^@", "")
+  local candidates = {
+    dirname(dirname(dirname(src))) .. "/sandbox/server.py", -- <checkout>/lua/jimeng/sandbox.lua
+    dirname(dirname(dirname(dirname(src)))) .. "/jimeng/sandbox/server.py", -- <prefix>/share/lua/5.x/jimeng
+  }
+  for _, p in ipairs(candidates) do
+    local f = io.open(p, "r")
+    if f then
+      f:close()
+      return p
+    end
+  end
+  return nil, "cannot find sandbox/server.py (set JIMENG_SANDBOX to its path)"
+end
+
+local function shell_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local Sandbox = {}
+Sandbox.__index = Sandbox
+
+--- M.start{queue_seconds=, process_seconds=, api_key=, python=} -> sandbox | nil, err
+-- sandbox.url is the base URL to give the client (".../v1").
+function M.start(opts)
+  opts = opts or {}
+  local path, err = M.server_path()
+  if not path then return nil, err end
+  local cmd = { "exec", shell_quote(opts.python or os.getenv("PYTHON") or "python3"), shell_quote(path),
+    "--port", "0", "--exit-with-parent" }
+  if opts.queue_seconds then cmd[#cmd + 1] = "--queue-seconds " .. tonumber(opts.queue_seconds) end
+  if opts.process_seconds then cmd[#cmd + 1] = "--process-seconds " .. tonumber(opts.process_seconds) end
+  if opts.api_key then cmd[#cmd + 1] = "--api-key " .. shell_quote(opts.api_key) end
+  if opts.host then cmd[#cmd + 1] = "--host " .. shell_quote(opts.host) end
+  local proc = io.popen(table.concat(cmd, " "), "r")
+  if not proc then return nil, "cannot start " .. path end
+  local url = proc:read("*l")
+  if not url or not url:match("^https?://") then
+    proc:close()
+    return nil, "the sandbox did not start (is python3 installed?)"
+  end
+  local self = setmetatable({ proc = proc, url = url, root = url:gsub("/v1$", ""), engine = core.engine() }, Sandbox)
+  return self
+end
+
+--- A control-plane call: GET when body is nil, POST otherwise. Returns the decoded answer.
+function Sandbox:call(path, body)
+  local t = assert(self.engine:request {
+    url = self.root .. path, method = body ~= nil and "POST" or "GET",
+    body = body ~= nil and json.encode(body) or nil, timeout = 30, max_body = 256 * 1024 * 1024,
+  })
+  while not t:done() do
+    self.engine:perform()
+    if not t:done() then self.engine:poll(100) end
+  end
+  local r = t:result()
+  assert(r.ok and r.status == 200,
+    ("sandbox control call %s failed: %s (HTTP %s)"):format(path, tostring(r.curl_error), tostring(r.status)))
+  return json.decode(r.body)
+end
+
+function Sandbox:log() return self:call("/_sandbox/log") end
+function Sandbox:stats() return self:call("/_sandbox/stats") end
+function Sandbox:reset() return self:call("/_sandbox/reset", {}) end
+function Sandbox:config(c) return self:call("/_sandbox/config", c) end
+function Sandbox:tasks() return self:call("/_sandbox/tasks") end
+
+--- Plans faults: the next `count` requests whose path matches `path` (a regex) get `fault`.
+function Sandbox:faults(plans) return self:call("/_sandbox/faults", plans) end
+
+function Sandbox:stop()
+  if not self.proc then return end
+  pcall(self.call, self, "/_sandbox/shutdown", {})
+  self.proc:close()
+  self.proc = nil
+  self.engine:close()
+end
+
+return M

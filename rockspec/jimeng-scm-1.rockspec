@@ -1,0 +1,41 @@
+-- The development rockspec: `luarocks make --deps-mode=none rockspec/jimeng-scm-1.rockspec` from the checkout.
+-- The module's version lives in src/jimeng.h alone (jimeng._VERSION); this file names no release.
+rockspec_format = "3.0"
+package = "jimeng"
+version = "scm-1"
+source = {
+  url = "git+file://.",
+}
+description = {
+  summary = "Jimeng video-generation API client (tokenops.ai): C core on libcurl, Lua API",
+  detailed = [[
+Create Jimeng videos (text-to-video, image-to-video, first/last frame, camera moves) and OmniHuman
+talking-head videos, wait for them and download the MP4: requests checked before any paid call,
+retries that never pay twice, atomic resumable downloads, coroutines, OpenResty and Neovim.]],
+  license = "MIT",
+  labels = { "video", "api", "http", "curl" },
+}
+dependencies = {
+  "lua >= 5.1",
+  "lua-cjson",
+}
+external_dependencies = {
+  CURL = { header = "curl/curl.h", library = "curl" },
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["jimeng.core"] = {
+      sources = { "src/core.c", "src/engine.c", "src/normalize.c", "src/files.c" },
+      libraries = { "curl", "pthread", "m" },
+      incdirs = { "$(CURL_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)" },
+    },
+    ["jimeng"] = "lua/jimeng/init.lua",
+    ["jimeng.client"] = "lua/jimeng/client.lua",
+    ["jimeng.errors"] = "lua/jimeng/errors.lua",
+    ["jimeng.http"] = "lua/jimeng/http.lua",
+    ["jimeng.runtime"] = "lua/jimeng/runtime.lua",
+    ["jimeng.sandbox"] = "lua/jimeng/sandbox.lua",
+  },
+}

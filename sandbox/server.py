@@ -1,0 +1,646 @@
+#!/usr/bin/env python3
+"""A local stand-in for the Jimeng video API on tokenops.ai (Python 3 standard library only).
+
+It implements every endpoint of the vendor page with the page's own validation rules, a task lifecycle
+with configurable timings, a real playable MP4, large synthetic bodies with Range and ETag, subject
+detection and recognition, and, for tests, a request log, counters and fault plans. See README.md here.
+
+    python3 sandbox/server.py --port 0     # prints its URL on the first line of stdout
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import secrets
+import socket
+import struct
+import sys
+import threading
+import time
+import uuid
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIXTURE = os.path.join(HERE, "fixtures", "jimeng-sample.mp4")
+
+MODELS = {
+    "jimeng-video-3.0-pro": {"jimeng_ti2v_v30_pro": (0, 1)},
+    "jimeng-video-3.0-720P": {
+        "jimeng_t2v_v30": (0, 0),
+        "jimeng_i2v_first_v30": (1, 1),
+        "jimeng_i2v_first_tail_v30": (2, 2),
+        "jimeng_i2v_recamera_v30": (1, 1),
+    },
+    "jimeng-video-3.0-1080P": {
+        "jimeng_t2v_v30_1080p": (0, 0),
+        "jimeng_i2v_first_v30_1080": (1, 1),
+        "jimeng_i2v_first_tail_v30_1080": (2, 2),
+    },
+}
+OMNI_MODEL = "OmniHuman_1.5"
+OMNI_VIDEO_KEY = "jimeng_realman_avatar_picture_omni_v15"
+DETECT_KEY = "jimeng_realman_avatar_object_detection"
+RECOG_KEY = "jimeng_realman_avatar_picture_create_role_omni_v15"
+RATIOS = {"16:9": 16 / 9, "9:16": 9 / 16, "4:3": 4 / 3, "3:4": 3 / 4, "1:1": 1.0, "21:9": 21 / 9}
+
+# Synthetic videos: an ftyp box, then byte i = ((i % 65521) * 7 + 13) % 256, so that any slice can be checked.
+PERIOD = 65521
+FTYP = struct.pack(">I4s4sI4s4s4s4s", 32, b"ftyp", b"isom", 512, b"isom", b"iso2", b"avc1", b"mp41")
+PATTERN = bytes(((i % PERIOD) * 7 + 13) % 256 for i in range(PERIOD * 17))
+# A tiny valid PNG served for mask URLs.
+MASK_PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010800000000"
+    "3a7e9b550000000a49444154789c63600000000200016a0e9a0a0000000049454e44ae426082"
+)
+
+
+class ApiError(Exception):
+    def __init__(self, status, message, code="invalid_request", etype="invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.code, self.etype = status, message, code, etype
+
+
+def bad(message, code="invalid_parameter"):
+    return ApiError(400, message, code)
+
+
+class State:
+    """Everything the server remembers; one lock guards it."""
+
+    def __init__(self, args):
+        self.lock = threading.Lock()
+        self.args = args
+        self.reset()
+
+    def reset(self):
+        self.tasks = {}
+        self.log = []
+        self.faults = []
+        self.creates = 0
+        self.connections = 0
+        self.requests = 0
+        self.config = {
+            "queue_seconds": self.args.queue_seconds,
+            "process_seconds": self.args.process_seconds,
+            "video_bytes": 0,  # 0: the MP4 fixture; N: a synthetic body of N bytes
+        }
+
+
+def new_task_id():
+    return str(10**19 + secrets.randbelow(9 * 10**19))
+
+
+def is_http_url(v):
+    return isinstance(v, str) and (v.startswith("http://") or v.startswith("https://"))
+
+
+def check_int(body, name, allowed=None):
+    v = body.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v):
+        raise bad(f"{name} must be an integer")
+    v = int(v)
+    if allowed is not None and v not in allowed:
+        raise bad(f"{name} must be one of {sorted(allowed)}, got {v}")
+    return v
+
+
+def validate_video(body):
+    """The vendor page's rules for POST /v1/videos (ordinary videos). Returns (prompt, image count)."""
+    model = body.get("model")
+    if model not in MODELS:
+        raise bad(f"model must be one of {', '.join(MODELS)}", "invalid_model")
+    req_key = body.get("req_key")
+    if req_key is None:
+        raise bad("req_key is required", "missing_req_key")
+    if req_key not in MODELS[model]:
+        raise bad(f"req_key {req_key} is not valid for model {model}", "invalid_req_key")
+    prompt = body.get("prompt")
+    images = 0
+    content = body.get("content")
+    if content is not None:
+        if not isinstance(content, list):
+            raise bad("content must be an array")
+        for item in content:
+            if not isinstance(item, dict) or item.get("type") not in ("text", "image_url", "image_base64"):
+                raise bad("content items must have type text, image_url or image_base64")
+            if item["type"] == "text":
+                if not isinstance(item.get("text"), str):
+                    raise bad("a text item needs text")
+                prompt = item["text"]  # content text wins over prompt
+            else:
+                url = (item.get("image_url") or {}).get("url")
+                if item["type"] == "image_url" and not is_http_url(url):
+                    raise bad("an image_url item needs an http(s) url")
+                if item["type"] == "image_base64" and not (isinstance(url, str) and url.startswith("data:image/")
+                                                           and ";base64," in url):
+                    raise bad("an image_base64 item needs a data:image/...;base64, url")
+                images += 1
+    urls = body.get("image_urls")
+    if urls is not None:
+        if not isinstance(urls, list) or not all(is_http_url(u) for u in urls):
+            raise bad("image_urls must be an array of http(s) URLs")
+        images += len(urls)
+    if not isinstance(prompt, str) or not prompt:
+        raise bad("prompt is required", "missing_prompt")
+    if len(prompt) > 800:
+        raise bad("prompt is too long")
+    lo, hi = MODELS[model][req_key]
+    if not lo <= images <= hi:
+        raise bad(f"req_key {req_key} takes {lo}..{hi} images, got {images}", "invalid_image_count")
+    frames = check_int(body, "frames", {121, 241})
+    seconds = body.get("seconds")
+    if seconds is not None:
+        if str(seconds) not in ("5", "10"):
+            raise bad("seconds must be 5 or 10")
+        if frames is not None and frames != (121 if str(seconds) == "5" else 241):
+            raise bad("seconds and frames disagree")
+    ar = body.get("aspect_ratio")
+    if ar is not None and ar not in RATIOS:
+        raise bad(f"aspect_ratio must be one of {', '.join(RATIOS)}")
+    size = body.get("size")
+    if size is not None:
+        m = re.fullmatch(r"(\d+)x(\d+)", str(size))
+        if not m or int(m.group(2)) == 0:
+            raise bad("size must be WIDTHxHEIGHT")
+        r = int(m.group(1)) / int(m.group(2))
+        if not any(abs(r - v) / v <= 0.03 for v in RATIOS.values()):
+            raise bad("size has no supported aspect ratio")
+    seed = check_int(body, "seed")
+    if seed is not None and not (seed == -1 or 0 <= seed <= 4294967295):
+        raise bad("seed out of range")
+    return prompt, images
+
+
+def validate_omni(body):
+    """The vendor page's rules for an OmniHuman video (generation_type omni_human)."""
+    if body.get("model") != OMNI_MODEL:
+        raise bad(f"model must be {OMNI_MODEL}", "invalid_model")
+    if body.get("req_key") != OMNI_VIDEO_KEY:
+        raise bad(f"req_key must be {OMNI_VIDEO_KEY}", "invalid_req_key")
+    content = body.get("content")
+    if not isinstance(content, list):
+        raise bad("content must include image_url and audio_url")
+    images, audios, masks = [], [], []
+    for item in content:
+        if not isinstance(item, dict):
+            raise bad("content items must be objects")
+        t = item.get("type")
+        if t == "image_url":
+            url = (item.get("image_url") or {}).get("url")
+            if not is_http_url(url):
+                raise bad("image_url needs an http(s) url")
+            (masks if item.get("role") == "mask_image" else images).append(url)
+        elif t == "audio_url":
+            url = (item.get("audio_url") or {}).get("url")
+            if not is_http_url(url):
+                raise bad("audio_url needs an http(s) url")
+            audios.append(url)
+        else:
+            raise bad(f"unsupported content type {t!r} for omni_human")
+    if len(images) != 1 or len(audios) != 1:
+        raise bad("content must include exactly one image_url and one audio_url", "invalid_content")
+    mask_urls = body.get("mask_urls")
+    if mask_urls is not None:
+        if not isinstance(mask_urls, list) or not all(is_http_url(u) for u in mask_urls):
+            raise bad("mask_urls must be an array of http(s) URLs")
+        masks += mask_urls
+    check_int(body, "output_resolution", {720, 1080})
+    if "pe_fast_mode" in body and not isinstance(body["pe_fast_mode"], bool):
+        raise bad("pe_fast_mode must be a boolean")
+    seed = check_int(body, "seed")
+    if seed is not None and not (seed == -1 or 0 <= seed <= 4294967295):
+        raise bad("seed out of range")
+    if "frames" in body or "aspect_ratio" in body:
+        raise bad("omni_human takes no frames or aspect_ratio")
+    return body.get("prompt") or "", masks
+
+
+def subjects_in(url):
+    """How many subjects the sandbox 'sees' in an image: from subjects=N or subjects-N in its URL (default 1)."""
+    m = re.search(r"subjects[=-](\d+)", url)
+    return min(int(m.group(1)), 5) if m else 1
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "jimeng-sandbox/1"
+
+    def setup(self):
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self.server.state.lock:
+            self.server.state.connections += 1
+
+    def log_message(self, *args):  # quiet: tests read /_sandbox/log instead
+        pass
+
+    # ---- plumbing ----
+
+    def read_body(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def send(self, status, body=b"", ctype="application/json", headers=None):
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body, ensure_ascii=False).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("x-request-id", self.request_id)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self.status = status
+
+    def send_error_json(self, e):
+        self.send(e.status, {"error": {"message": e.message, "type": e.etype, "code": e.code}})
+
+    def reset_connection(self):
+        """Closes the socket with a TCP RST, the way a crashed proxy does."""
+        try:
+            self.wfile.flush()
+        except OSError:
+            pass
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+        self.close_connection = True
+
+    def record(self, body):
+        st = self.server.state
+        entry = {
+            "method": self.command,
+            "path": self.path,
+            "time": time.time(),
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "body": body,
+            "host": self.server.server_address[0],
+        }
+        with st.lock:
+            st.requests += 1
+            st.log.append(entry)
+        return entry
+
+    def take_fault(self):
+        st = self.server.state
+        with st.lock:
+            for f in st.faults:
+                if f["remaining"] > 0 and f["method"] in (None, self.command) and re.search(f["path"], self.path):
+                    f["remaining"] -= 1
+                    return dict(f)
+        return None
+
+    # ---- dispatch ----
+
+    def do_GET(self):
+        self.handle_any()
+
+    def do_POST(self):
+        self.handle_any()
+
+    def do_HEAD(self):
+        self.handle_any()
+
+    def handle_any(self):
+        self.request_id = str(uuid.uuid4())
+        self.status = 0
+        raw = self.read_body()
+        path = urlsplit(self.path).path
+        if path.startswith("/_sandbox/"):
+            return self.control(path, raw)
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        entry = self.record(body)
+        fault = self.take_fault()
+        if fault and self.apply_fault_before(fault, path, body):
+            entry["status"] = self.status
+            entry["fault"] = fault["fault"]
+            return
+        try:
+            self.route(path, body, raw, fault)
+        except ApiError as e:
+            self.send_error_json(e)
+        entry["status"] = self.status
+
+    def route(self, path, body, raw, fault):
+        if path.startswith("/masks/"):
+            return self.send(200, MASK_PNG, "image/png")
+        if path == "/redirected" or path.startswith("/redirected/"):
+            return self.send(200, {"redirected": True, "authorization": self.headers.get("Authorization")})
+        self.check_auth()
+        if path == "/v1/videos" and self.command == "POST":
+            return self.create(body, raw, fault)
+        m = re.fullmatch(r"/v1/videos/([^/]+)(/content)?", path)
+        if m and self.command in ("GET", "HEAD"):
+            task = self.find_task(m.group(1))
+            return self.content(task, fault) if m.group(2) else self.send(200, self.task_view(task))
+        if path == "/v1/omnihuman/subject/detection" and self.command == "POST":
+            return self.detection(body)
+        if path == "/v1/omnihuman/subject/recognition" and self.command == "POST":
+            return self.recognition(body)
+        raise ApiError(404, f"no route for {self.command} {path}", "not_found", "not_found_error")
+
+    def check_auth(self):
+        auth = self.headers.get("Authorization") or ""
+        if not auth.startswith("Bearer ") or not auth[7:].strip():
+            raise ApiError(401, "Missing bearer API key: send Authorization: Bearer <API-KEY>", "invalid_api_key",
+                           "authentication_error")
+        key = self.server.state.args.api_key
+        if key and auth[7:] != key:
+            raise ApiError(401, "Incorrect API key provided", "invalid_api_key", "authentication_error")
+
+    # ---- the API ----
+
+    def create(self, body, raw, fault):
+        if not isinstance(body, dict):
+            raise bad("the body must be a JSON object", "invalid_json")
+        st = self.server.state
+        if body.get("generation_type") == "omni_human":
+            prompt, _ = validate_omni(body)
+        else:
+            if "generation_type" in body:
+                raise bad("generation_type must be omni_human when given")
+            prompt, _ = validate_video(body)
+        with st.lock:
+            cfg = dict(st.config)
+        queue_s, process_s, size = cfg["queue_seconds"], cfg["process_seconds"], cfg["video_bytes"]
+        m = re.search(r"sandbox:slow=([\d.]+)", prompt)
+        if m:
+            process_s = float(m.group(1))
+        m = re.search(r"sandbox:bytes=(\d+)", prompt)
+        if m:
+            size = int(m.group(1))
+        task = {
+            "id": new_task_id(),
+            "created_at": int(time.time()),
+            "start": time.monotonic(),
+            "queue_s": queue_s,
+            "process_s": process_s,
+            "fail": "sandbox:fail" in prompt,
+            "video_bytes": size,
+            "body": body,
+        }
+        with st.lock:
+            st.tasks[task["id"]] = task
+            st.creates += 1
+        if fault and fault["fault"] == "reset_after_create":
+            self.status = -1
+            return self.reset_connection()
+        self.send(200, {"id": task["id"], "object": "video", "created_at": task["created_at"], "status": "in_queue"})
+
+    def find_task(self, tid):
+        with self.server.state.lock:
+            task = self.server.state.tasks.get(tid)
+        if not task:
+            raise ApiError(404, f"video {tid} not found", "not_found", "not_found_error")
+        return task
+
+    def task_status(self, task):
+        age = time.monotonic() - task["start"]
+        if age < task["queue_s"]:
+            return "in_queue"
+        if age < task["queue_s"] + task["process_s"]:
+            return "processing"
+        return "failed" if task["fail"] else "completed"
+
+    def task_view(self, task):
+        view = {"id": task["id"], "object": "video", "created_at": task["created_at"], "status": self.task_status(task)}
+        if view["status"] == "failed":
+            view["error"] = {"code": "generation_failed", "message": "sandbox: the generation failed (asked by prompt)"}
+        return view
+
+    def content(self, task, fault):
+        status = self.task_status(task)
+        if status != "completed":
+            raise ApiError(400 if status != "failed" else 409, f"video {task['id']} is not ready: status {status}",
+                           "video_not_ready")
+        size = task["video_bytes"]
+        if size:
+            etag, total = f'"syn-{size}"', size
+        else:
+            data = self.server.fixture
+            etag, total = self.server.fixture_etag, len(data)
+        start, end, partial = 0, total - 1, False
+        rng = self.headers.get("Range")
+        if_range = self.headers.get("If-Range")
+        if rng and (if_range is None or if_range == etag):
+            m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
+            if m:
+                start = int(m.group(1))
+                if m.group(2):
+                    end = min(int(m.group(2)), total - 1)
+                if start >= total:
+                    return self.send(416, {"error": {"message": "range not satisfiable", "type": "invalid_request_error",
+                                                     "code": "range"}}, headers={"Content-Range": f"bytes */{total}"})
+                partial = True
+        length = end - start + 1
+        self.send_response(206 if partial else 200)
+        self.send_header("Content-Type", "video/mp4")
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("ETag", etag)
+        self.send_header("x-request-id", self.request_id)
+        self.send_header("Content-Length", str(length))
+        if partial:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
+        self.end_headers()
+        self.status = 206 if partial else 200
+        if self.command == "HEAD":
+            return
+        cut = None  # how many bytes to send before a mid-body fault
+        if fault and fault["fault"] in ("reset_mid_body", "short_body", "stall_mid_body"):
+            cut = max(1, min(length - 1, int(fault.get("after_bytes") or length // 2)))
+        sent = 0
+        for chunk in self.body_chunks(task, start, length if cut is None else cut):
+            self.wfile.write(chunk)
+            sent += len(chunk)
+        if cut is None:
+            return
+        if fault["fault"] == "stall_mid_body":
+            self.wfile.flush()
+            time.sleep(float(fault.get("seconds") or 5))
+        if fault["fault"] == "short_body":
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_WR)
+            return
+        self.reset_connection()
+
+    def body_chunks(self, task, start, length):
+        size = task["video_bytes"]
+        if not size:
+            yield self.server.fixture[start:start + length]
+            return
+        pos, end = start, start + length
+        while pos < end:
+            if pos < len(FTYP):
+                chunk = FTYP[pos:min(end, len(FTYP))]
+            else:
+                off = pos % PERIOD
+                n = min(end - pos, len(PATTERN) - off, 1 << 20)
+                chunk = memoryview(PATTERN)[off:off + n]
+            yield chunk
+            pos += len(chunk)
+
+    def detection(self, body):
+        url = self.subject_request(body, DETECT_KEY)
+        n = subjects_in(url)
+        base = f"http://{self.headers.get('Host')}"
+        digest = hashlib.sha1(url.encode()).hexdigest()[:12]
+        masks = [f"{base}/masks/{digest}/{i}.png?area={100 - 15 * i}" for i in range(n)]  # largest first
+        self.send(200, {"status": 1 if n else 0, "mask_urls": masks, "request_id": self.request_id})
+
+    def recognition(self, body):
+        url = self.subject_request(body, RECOG_KEY)
+        self.send(200, {"task_id": secrets.token_hex(8), "status": 1 if subjects_in(url) else 0,
+                        "request_id": self.request_id})
+
+    def subject_request(self, body, req_key):
+        if not isinstance(body, dict):
+            raise bad("the body must be a JSON object", "invalid_json")
+        if body.get("model") != OMNI_MODEL:
+            raise bad(f"model must be {OMNI_MODEL}", "invalid_model")
+        if body.get("req_key") != req_key:
+            raise bad(f"req_key must be {req_key}", "invalid_req_key")
+        if not is_http_url(body.get("image_url")):
+            raise bad("image_url must be an http(s) URL")
+        return body["image_url"]
+
+    # ---- faults ----
+
+    def apply_fault_before(self, fault, path, body):
+        """Applies a fault that replaces the response; returns False for faults applied later."""
+        kind = fault["fault"]
+        headers = dict(fault.get("headers") or {})
+        if kind == "status":
+            code = int(fault.get("status") or 500)
+            if "retry_after" in fault:
+                headers["Retry-After"] = str(fault["retry_after"])
+            if fault.get("retry_after_date"):
+                headers["Retry-After"] = formatdate(time.time() + float(fault["retry_after_date"]), usegmt=True)
+            msg = fault.get("message") or f"sandbox fault: HTTP {code}"
+            self.send(code, {"error": {"message": msg, "type": "server_error" if code >= 500 else "rate_limit_error"
+                                       if code == 429 else "invalid_request_error", "code": str(code)}},
+                      headers=headers)
+            return True
+        if kind == "reset_before":
+            self.status = -1
+            self.reset_connection()
+            return True
+        if kind == "stall":
+            time.sleep(float(fault.get("seconds") or 5))
+            return False
+        if kind == "malformed_json":
+            self.send(200, b'{"id": "123", "status": ', headers=headers)
+            return True
+        if kind == "html":
+            code = int(fault.get("status") or 502)
+            page = (f"<html><head><title>{code} Bad Gateway</title></head><body><center><h1>{code} Bad Gateway"
+                    "</h1></center><hr><center>nginx</center></body></html>").encode()
+            self.send(code, page, "text/html")
+            return True
+        if kind == "redirect":
+            self.send(int(fault.get("status") or 302), b"", "text/plain", {"Location": fault["location"]})
+            return True
+        if kind == "huge":
+            n = int(fault.get("bytes") or 20 * 1024 * 1024)
+            self.send(200, b'{"id":"1","status":"completed","pad":"' + b"x" * n + b'"}')
+            return True
+        if kind == "json":
+            self.send(int(fault.get("status") or 200), fault.get("body"), headers=headers)
+            return True
+        return False  # reset_after_create, mid-body faults: applied by the handler
+
+    # ---- the control plane, for tests ----
+
+    def control(self, path, raw):
+        st = self.server.state
+        try:
+            arg = json.loads(raw) if raw else {}
+        except ValueError:
+            return self.send(400, {"error": "bad json"})
+        if path == "/_sandbox/log":
+            with st.lock:
+                return self.send(200, list(st.log))
+        if path == "/_sandbox/stats":
+            with st.lock:
+                return self.send(200, {"creates": st.creates, "connections": st.connections,
+                                       "requests": st.requests, "tasks": len(st.tasks)})
+        if path == "/_sandbox/reset":
+            with st.lock:
+                st.reset()
+            return self.send(200, {"ok": True})
+        if path == "/_sandbox/config":
+            with st.lock:
+                st.config.update(arg)
+                return self.send(200, st.config)
+        if path == "/_sandbox/faults":
+            plans = arg if isinstance(arg, list) else [arg]
+            with st.lock:
+                for p in plans:
+                    st.faults.append({"path": p.get("path", ".*"), "method": p.get("method"),
+                                      "remaining": int(p.get("count", 1)), **p})
+            return self.send(200, {"ok": True})
+        if path == "/_sandbox/tasks":
+            with st.lock:
+                return self.send(200, {tid: {"status": self.task_status(t), "body": t["body"]}
+                                       for tid, t in st.tasks.items()})
+        if path == "/_sandbox/shutdown":
+            self.send(200, {"ok": True})
+            threading.Thread(target=self.server.shutdown, daemon=True).start()
+            return None
+        return self.send(404, {"error": "unknown control path"})
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512
+    allow_reuse_address = True
+
+
+def watch_parent(ppid):
+    while True:
+        time.sleep(0.25)
+        if os.getppid() != ppid:
+            os._exit(0)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8787, help="0 picks a free port")
+    ap.add_argument("--queue-seconds", type=float, default=0.2, help="how long a task stays in_queue")
+    ap.add_argument("--process-seconds", type=float, default=0.5, help="how long a task stays processing")
+    ap.add_argument("--api-key", default=None, help="accept only this bearer key (default: any non-empty key)")
+    ap.add_argument("--exit-with-parent", action="store_true", help="exit when the parent process exits")
+    args = ap.parse_args()
+
+    state = State(args)
+    with open(FIXTURE, "rb") as f:
+        fixture = f.read()
+    server = Server((args.host, args.port), Handler)
+    server.state = state
+    server.fixture = fixture
+    server.fixture_etag = '"' + hashlib.sha256(fixture).hexdigest()[:16] + '"'
+    host, port = server.server_address[:2]
+    print(f"http://{host}:{port}/v1", flush=True)
+    if args.exit_with_parent:
+        threading.Thread(target=watch_parent, args=(os.getppid(),), daemon=True).start()
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

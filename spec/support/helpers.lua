@@ -1,0 +1,78 @@
+-- Helpers for the specs: a sandbox per spec file, temporary directories, file reading.
+local sandbox = require "jimeng.sandbox"
+
+local M = {}
+
+--- Starts a sandbox (fast timings unless told otherwise); stop it in teardown.
+function M.sandbox(opts)
+  opts = opts or {}
+  if opts.queue_seconds == nil then opts.queue_seconds = 0.05 end
+  if opts.process_seconds == nil then opts.process_seconds = 0.1 end
+  return assert(sandbox.start(opts))
+end
+
+--- A client on the sandbox with fast polling and retries that do not make the suite slow.
+function M.client(sb, extra)
+  local jimeng = require "jimeng"
+  local opts = { api_key = "test-key", base_url = sb.url, poll_interval = 0.05 }
+  for k, v in pairs(extra or {}) do opts[k] = v end
+  return assert(jimeng.new(opts))
+end
+
+local tmpdirs = {}
+
+--- A fresh temporary directory, removed at exit of the suite.
+function M.tmpdir()
+  local p = os.tmpname()
+  os.remove(p)
+  assert(os.execute("mkdir -p '" .. p .. "'"))
+  tmpdirs[#tmpdirs + 1] = p
+  return p
+end
+
+function M.cleanup()
+  for _, p in ipairs(tmpdirs) do os.execute("rm -rf '" .. p .. "'") end
+  tmpdirs = {}
+end
+
+function M.read(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+function M.exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+function M.write(path, data)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+end
+
+--- The committed MP4 fixture the sandbox serves.
+function M.fixture()
+  return assert(M.read("sandbox/fixtures/jimeng-sample.mp4"))
+end
+
+--- The requests of the sandbox's log that hit the API (not the control plane), optionally by path pattern.
+function M.api_requests(sb, pattern)
+  local out = {}
+  for _, e in ipairs(sb:log()) do
+    if not pattern or e.path:match(pattern) then out[#out + 1] = e end
+  end
+  return out
+end
+
+--- The expected byte at offset i of a synthetic sandbox video (see sandbox/server.py).
+function M.synthetic_byte(i)
+  if i < 32 then return nil end
+  return ((i % 65521) * 7 + 13) % 256
+end
+
+return M

@@ -1,0 +1,670 @@
+/* The HTTP engine: non-blocking libcurl transfers on one multi handle per client.
+ *
+ * Lua submits a transfer (engine:request), drives the multi handle (engine:perform, engine:poll) and
+ * reads each finished transfer's result (transfer:result). C never calls Lua from a libcurl callback and
+ * never yields, so the same loop works in a plain script, a coroutine scheduler, nginx and Neovim.
+ *
+ * A transfer with an output path streams its body to that file. Whether the body goes to the file is
+ * decided on its first byte, from the final response's status and headers: a 206 whose Content-Range
+ * starts at the requested offset is appended there, a 200 restarts the file from zero, and anything
+ * else (an error status, or a JSON/HTML/text body where a binary was expected) is kept in memory so that
+ * Lua can report the server's message instead of saving it as a video.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+
+#include "jimeng.h"
+
+#define JM_ENGINE_MT "jimeng.engine"
+#define JM_TRANSFER_MT "jimeng.transfer"
+#define JM_MAX_HEADER_BYTES (64 * 1024)
+#define JM_DEFAULT_MAX_BODY (8 * 1024 * 1024)
+#define JM_DOWNLOAD_BUFFER (256 * 1024)
+
+typedef struct jm_transfer jm_transfer;
+
+typedef struct {
+    CURLM *multi;
+    jm_transfer *head; /* transfers in flight */
+    int closed;
+} jm_engine;
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+} jm_buf;
+
+enum { JM_NEW, JM_RUNNING, JM_DONE };
+enum { JM_SINK_UNDECIDED, JM_SINK_FILE, JM_SINK_MEMORY };
+
+struct jm_transfer {
+    CURL *easy;
+    struct curl_slist *hdrs;
+    jm_engine *eng; /* NULL once the engine is gone */
+    jm_transfer *prev, *next;
+    int ref; /* registry reference while in flight, so the userdata outlives Lua's own references */
+    int state;
+    int cancelled;
+    CURLcode rc;
+    char errbuf[CURL_ERROR_SIZE];
+
+    jm_buf body;
+    size_t max_body;
+    int too_large;
+
+    jm_buf head; /* header lines of the latest response (reset on each status line) */
+    long hstatus;
+    int head_too_large;
+
+    /* file sink */
+    char *path;
+    int fd;
+    curl_off_t offset; /* where a 206 must start: the size of the partial file */
+    curl_off_t file_start;
+    curl_off_t file_written;
+    int sink;
+    int expect_binary;
+    int range_mismatch;
+    int io_errno;
+};
+
+/* ---- small buffers ---- */
+
+static int jm_buf_add(jm_buf *b, const char *s, size_t n) {
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 1024;
+        char *p;
+        while (cap < b->len + n + 1) cap *= 2;
+        p = realloc(b->p, cap);
+        if (!p) return -1;
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+    return 0;
+}
+
+static void jm_buf_free(jm_buf *b) {
+    free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+}
+
+/* Finds header `name` (lower case) in the raw header lines; copies its trimmed value into out. */
+static int jm_header_value(const jm_buf *h, const char *name, char *out, size_t outsz) {
+    size_t nlen = strlen(name);
+    const char *line = h->p;
+    if (!line) return 0;
+    while (*line) {
+        const char *eol = strchr(line, '\n');
+        size_t len = eol ? (size_t)(eol - line) : strlen(line);
+        if (len > nlen && line[nlen] == ':' && strncasecmp(line, name, nlen) == 0) {
+            const char *v = line + nlen + 1, *end = line + len;
+            size_t n;
+            while (v < end && (*v == ' ' || *v == '\t')) v++;
+            while (end > v && isspace((unsigned char)end[-1])) end--;
+            n = (size_t)(end - v);
+            if (n >= outsz) n = outsz - 1;
+            memcpy(out, v, n);
+            out[n] = '\0';
+            return 1;
+        }
+        if (!eol) break;
+        line = eol + 1;
+    }
+    return 0;
+}
+
+/* ---- libcurl callbacks ---- */
+
+static size_t jm_on_header(char *ptr, size_t size, size_t nitems, void *ud) {
+    jm_transfer *t = ud;
+    size_t n = size * nitems;
+    if (n >= 5 && memcmp(ptr, "HTTP/", 5) == 0) { /* a new response (redirect, 100-continue, final) */
+        const char *sp = memchr(ptr, ' ', n);
+        t->head.len = 0;
+        if (t->head.p) t->head.p[0] = '\0';
+        t->hstatus = sp ? strtol(sp + 1, NULL, 10) : 0;
+        return n;
+    }
+    if (t->head.len + n > JM_MAX_HEADER_BYTES) {
+        t->head_too_large = 1;
+        return 0;
+    }
+    if (jm_buf_add(&t->head, ptr, n) != 0) {
+        t->io_errno = ENOMEM;
+        return 0;
+    }
+    return n;
+}
+
+static int jm_is_textual(const char *ctype) {
+    return strstr(ctype, "json") || strstr(ctype, "html") || strncasecmp(ctype, "text/", 5) == 0;
+}
+
+/* Decides where the body of the final response goes; returns 0 to abort the transfer. */
+static int jm_choose_sink(jm_transfer *t) {
+    char v[256];
+    long status = t->hstatus;
+    int flags = O_WRONLY | O_CREAT | O_CLOEXEC;
+    if (status == 206) {
+        long long start = -1;
+        if (jm_header_value(&t->head, "content-range", v, sizeof v)) sscanf(v, "bytes %lld-", &start);
+        if (start != (long long)t->offset) {
+            t->range_mismatch = 1;
+            return 0;
+        }
+        t->file_start = t->offset;
+    } else if (status == 200) {
+        if (t->expect_binary && jm_header_value(&t->head, "content-type", v, sizeof v) && jm_is_textual(v)) {
+            t->sink = JM_SINK_MEMORY;
+            return 1;
+        }
+        flags |= O_TRUNC;
+        t->file_start = 0;
+    } else {
+        t->sink = JM_SINK_MEMORY;
+        return 1;
+    }
+    t->fd = open(t->path, flags, 0644);
+    if (t->fd < 0) {
+        t->io_errno = errno;
+        return 0;
+    }
+    if (t->file_start > 0 &&
+        (ftruncate(t->fd, (off_t)t->file_start) != 0 || lseek(t->fd, (off_t)t->file_start, SEEK_SET) < 0)) {
+        t->io_errno = errno;
+        return 0;
+    }
+    t->sink = JM_SINK_FILE;
+    return 1;
+}
+
+static size_t jm_on_body(char *ptr, size_t size, size_t nmemb, void *ud) {
+    jm_transfer *t = ud;
+    size_t n = size * nmemb, done = 0;
+    if (t->path && t->sink == JM_SINK_UNDECIDED && !jm_choose_sink(t)) return 0;
+    if (t->sink != JM_SINK_FILE) {
+        if (t->body.len + n > t->max_body) {
+            t->too_large = 1;
+            return 0;
+        }
+        if (jm_buf_add(&t->body, ptr, n) != 0) {
+            t->io_errno = ENOMEM;
+            return 0;
+        }
+        return n;
+    }
+    while (done < n) {
+        ssize_t w = write(t->fd, ptr + done, n - done);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            t->io_errno = errno;
+            return 0;
+        }
+        done += (size_t)w;
+    }
+    t->file_written += (curl_off_t)n;
+    return n;
+}
+
+/* ---- transfers ---- */
+
+static jm_transfer *jm_check_transfer(lua_State *L, int i) {
+    return luaL_checkudata(L, i, JM_TRANSFER_MT);
+}
+
+static void jm_unlink(jm_transfer *t) {
+    if (t->prev) t->prev->next = t->next;
+    else if (t->eng && t->eng->head == t) t->eng->head = t->next;
+    if (t->next) t->next->prev = t->prev;
+    t->prev = t->next = NULL;
+}
+
+static void jm_close_file(jm_transfer *t) {
+    if (t->fd >= 0) {
+        if (close(t->fd) != 0 && !t->io_errno) t->io_errno = errno;
+        t->fd = -1;
+    }
+}
+
+/* Takes a running transfer off its engine: releases the registry reference and closes the file. */
+static void jm_finish(lua_State *L, jm_transfer *t, CURLcode rc) {
+    if (t->state != JM_RUNNING) return;
+    if (t->eng && t->eng->multi) curl_multi_remove_handle(t->eng->multi, t->easy);
+    jm_unlink(t);
+    t->rc = rc;
+    t->state = JM_DONE;
+    jm_close_file(t);
+    luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
+    t->ref = LUA_NOREF;
+}
+
+static int l_transfer_gc(lua_State *L) {
+    jm_transfer *t = jm_check_transfer(L, 1);
+    jm_finish(L, t, CURLE_ABORTED_BY_CALLBACK);
+    if (t->easy) curl_easy_cleanup(t->easy);
+    t->easy = NULL;
+    curl_slist_free_all(t->hdrs);
+    t->hdrs = NULL;
+    jm_buf_free(&t->body);
+    jm_buf_free(&t->head);
+    free(t->path);
+    t->path = NULL;
+    jm_close_file(t);
+    return 0;
+}
+
+/* transfer:cancel(): stops a transfer in flight; its result says cancelled. */
+static int l_transfer_cancel(lua_State *L) {
+    jm_transfer *t = jm_check_transfer(L, 1);
+    if (t->state == JM_RUNNING) {
+        t->cancelled = 1;
+        jm_finish(L, t, CURLE_ABORTED_BY_CALLBACK);
+    }
+    return 0;
+}
+
+/* transfer:done() -> boolean */
+static int l_transfer_done(lua_State *L) {
+    lua_pushboolean(L, jm_check_transfer(L, 1)->state == JM_DONE);
+    return 1;
+}
+
+/* transfer:progress() -> bytes of the file so far (including a resumed prefix), expected total or nil */
+static int l_transfer_progress(lua_State *L) {
+    jm_transfer *t = jm_check_transfer(L, 1);
+    curl_off_t cl = -1, got = t->sink == JM_SINK_FILE ? t->file_start + t->file_written : 0;
+    if (t->easy) curl_easy_getinfo(t->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+    lua_pushinteger(L, (lua_Integer)got);
+    if (cl >= 0 && t->sink == JM_SINK_FILE) lua_pushinteger(L, (lua_Integer)(t->file_start + cl));
+    else lua_pushnil(L);
+    return 2;
+}
+
+static void jm_push_headers(lua_State *L, const jm_buf *h) {
+    const char *line = h->p;
+    lua_newtable(L);
+    if (!line) return;
+    while (*line) {
+        const char *eol = strchr(line, '\n');
+        const char *end = eol ? eol : line + strlen(line);
+        const char *colon = memchr(line, ':', (size_t)(end - line));
+        if (colon && colon > line) {
+            luaL_Buffer b;
+            const char *v = colon + 1, *vend = end, *p;
+            while (v < vend && (*v == ' ' || *v == '\t')) v++;
+            while (vend > v && isspace((unsigned char)vend[-1])) vend--;
+            luaL_buffinit(L, &b);
+            for (p = line; p < colon; p++) luaL_addchar(&b, (char)tolower((unsigned char)*p));
+            luaL_pushresult(&b); /* name */
+            lua_pushvalue(L, -1);
+            lua_rawget(L, -3);
+            if (lua_isstring(L, -1)) { /* repeated header: join as HTTP allows */
+                lua_pushliteral(L, ", ");
+                lua_pushlstring(L, v, (size_t)(vend - v));
+                lua_concat(L, 3);
+            } else {
+                lua_pop(L, 1);
+                lua_pushlstring(L, v, (size_t)(vend - v));
+            }
+            lua_rawset(L, -3);
+        }
+        if (!eol) break;
+        line = eol + 1;
+    }
+}
+
+/* transfer:result() -> table describing what happened (see the Lua layer for how it is judged). */
+static int l_transfer_result(lua_State *L) {
+    jm_transfer *t = jm_check_transfer(L, 1);
+    long status = 0, redirects = 0, reqsize = 0, conns = 0;
+    double t_connect = 0, t_pre = 0, t_start = 0, t_total = 0;
+    curl_off_t cl = -1;
+    char *url = NULL;
+    if (t->state != JM_DONE) return luaL_error(L, "jimeng: transfer still running");
+    lua_newtable(L);
+    jm_setbool(L, "ok", t->rc == CURLE_OK && !t->cancelled);
+    jm_setint(L, "curl_code", (lua_Integer)t->rc);
+    jm_setstr(L, "curl_error", t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->rc));
+    if (t->cancelled) jm_setbool(L, "cancelled", 1);
+    if (t->easy) {
+        curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+        curl_easy_getinfo(t->easy, CURLINFO_REDIRECT_COUNT, &redirects);
+        curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &reqsize);
+        curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &conns);
+        curl_easy_getinfo(t->easy, CURLINFO_CONNECT_TIME, &t_connect);
+        curl_easy_getinfo(t->easy, CURLINFO_PRETRANSFER_TIME, &t_pre);
+        curl_easy_getinfo(t->easy, CURLINFO_STARTTRANSFER_TIME, &t_start);
+        curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME, &t_total);
+        curl_easy_getinfo(t->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+        curl_easy_getinfo(t->easy, CURLINFO_EFFECTIVE_URL, &url);
+    }
+    if (status == 0 && t->hstatus) status = t->hstatus;
+    jm_setint(L, "status", status);
+    jm_setint(L, "redirects", redirects);
+    jm_setint(L, "request_size", reqsize); /* 0: not a byte of the request left this machine */
+    jm_setint(L, "new_connections", conns);
+    jm_setnum(L, "connect_time", t_connect);
+    jm_setnum(L, "pretransfer_time", t_pre);
+    jm_setnum(L, "starttransfer_time", t_start);
+    jm_setnum(L, "total_time", t_total);
+    if (cl >= 0) jm_setint(L, "content_length", (lua_Integer)cl);
+    if (url) jm_setstr(L, "effective_url", url);
+    jm_push_headers(L, &t->head);
+    lua_setfield(L, -2, "headers");
+    if (t->body.len || t->sink == JM_SINK_MEMORY || !t->path) jm_setlstr(L, "body", t->body.p ? t->body.p : "", t->body.len);
+    if (t->too_large) jm_setbool(L, "too_large", 1);
+    if (t->head_too_large) jm_setbool(L, "headers_too_large", 1);
+    if (t->range_mismatch) jm_setbool(L, "range_mismatch", 1);
+    if (t->io_errno) jm_setstr(L, "io_error", strerror(t->io_errno));
+    if (t->path) {
+        jm_setstr(L, "sink", t->sink == JM_SINK_FILE ? "file" : t->sink == JM_SINK_MEMORY ? "memory" : "none");
+        if (t->sink == JM_SINK_FILE) {
+            jm_setint(L, "file_start", (lua_Integer)t->file_start);
+            jm_setint(L, "file_bytes", (lua_Integer)(t->file_start + t->file_written));
+        }
+    }
+    return 1;
+}
+
+/* ---- engine ---- */
+
+static jm_engine *jm_check_engine(lua_State *L, int i) {
+    jm_engine *e = luaL_checkudata(L, i, JM_ENGINE_MT);
+    if (e->closed) luaL_error(L, "jimeng: engine is closed");
+    return e;
+}
+
+/* core.engine() -> a new engine (one multi handle: its connections and TLS sessions are reused). */
+static int l_engine_new(lua_State *L) {
+    jm_engine *e = lua_newuserdata(L, sizeof *e);
+    memset(e, 0, sizeof *e);
+    e->multi = curl_multi_init();
+    if (!e->multi) return luaL_error(L, "jimeng: curl_multi_init failed");
+    luaL_getmetatable(L, JM_ENGINE_MT);
+    lua_setmetatable(L, -2);
+    if (curl_multi_setopt(e->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX) != CURLM_OK)
+        return luaL_error(L, "jimeng: cannot enable HTTP/2 multiplexing");
+    return 1;
+}
+
+static int l_engine_close(lua_State *L) {
+    jm_engine *e = luaL_checkudata(L, 1, JM_ENGINE_MT);
+    if (e->closed) return 0;
+    while (e->head) {
+        jm_transfer *t = e->head;
+        t->cancelled = 1;
+        jm_finish(L, t, CURLE_ABORTED_BY_CALLBACK);
+        t->eng = NULL;
+    }
+    if (e->multi) curl_multi_cleanup(e->multi);
+    e->multi = NULL;
+    e->closed = 1;
+    return 0;
+}
+
+/* Reads opts[k] as a number, or def when absent. */
+static double jm_optnum(lua_State *L, int idx, const char *k, double def) {
+    double v = def;
+    lua_getfield(L, idx, k);
+    if (!lua_isnil(L, -1)) v = luaL_checknumber(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+static const char *jm_optstr(lua_State *L, int idx, const char *k, size_t *len) {
+    const char *v = NULL;
+    lua_getfield(L, idx, k);
+    if (!lua_isnil(L, -1)) v = luaL_checklstring(L, -1, len);
+    lua_pop(L, 1); /* the string stays referenced by the options table for the call */
+    return v;
+}
+
+static int jm_has_crlf(const char *s) {
+    return strpbrk(s, "\r\n") != NULL;
+}
+
+#define JM_SET(opt, val)                                                                                      \
+    do {                                                                                                      \
+        if (rc == CURLE_OK) rc = curl_easy_setopt(t->easy, opt, val);                                         \
+    } while (0)
+
+/* engine:request(opts) -> transfer | nil, message
+ * opts: url, method ("GET"|"POST"), body, headers (array of "Name: value"), bearer, timeout,
+ * connect_timeout, low_speed_time, max_body, follow (max redirects), cainfo, user_agent,
+ * output (file path), offset (size of the partial file), expect_binary, accept_encoding. */
+static int l_engine_request(lua_State *L) {
+    jm_engine *e = jm_check_engine(L, 1);
+    jm_transfer *t;
+    CURLcode rc = CURLE_OK;
+    CURLMcode mrc;
+    size_t blen = 0;
+    const char *url, *method, *body, *bearer, *cainfo, *ua, *output;
+    double timeout, ctimeout, lowtime;
+    long follow;
+    int i, n;
+    luaL_checktype(L, 2, LUA_TTABLE);
+    url = jm_optstr(L, 2, "url", NULL);
+    if (!url) return luaL_error(L, "jimeng: request needs a url");
+    method = jm_optstr(L, 2, "method", NULL);
+    body = jm_optstr(L, 2, "body", &blen);
+    bearer = jm_optstr(L, 2, "bearer", NULL);
+    cainfo = jm_optstr(L, 2, "cainfo", NULL);
+    ua = jm_optstr(L, 2, "user_agent", NULL);
+    output = jm_optstr(L, 2, "output", NULL);
+    timeout = jm_optnum(L, 2, "timeout", 0);
+    ctimeout = jm_optnum(L, 2, "connect_timeout", 10);
+    lowtime = jm_optnum(L, 2, "low_speed_time", 0);
+    follow = (long)jm_optnum(L, 2, "follow", 0);
+    if (jm_has_crlf(url) || (bearer && jm_has_crlf(bearer)) || (ua && jm_has_crlf(ua))) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "a URL or header value contains CR or LF");
+        return 2;
+    }
+
+    t = lua_newuserdata(L, sizeof *t);
+    memset(t, 0, sizeof *t);
+    t->fd = -1;
+    t->ref = LUA_NOREF;
+    luaL_getmetatable(L, JM_TRANSFER_MT);
+    lua_setmetatable(L, -2);
+    t->max_body = (size_t)jm_optnum(L, 2, "max_body", JM_DEFAULT_MAX_BODY);
+    t->offset = (curl_off_t)jm_optnum(L, 2, "offset", 0);
+    lua_getfield(L, 2, "expect_binary");
+    t->expect_binary = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (output && !(t->path = strdup(output))) return luaL_error(L, "jimeng: out of memory");
+
+    t->easy = curl_easy_init();
+    if (!t->easy) return luaL_error(L, "jimeng: curl_easy_init failed");
+
+    lua_getfield(L, 2, "headers");
+    n = lua_istable(L, -1) ? (int)jm_rawlen(L, -1) : 0;
+    for (i = 1; i <= n; i++) {
+        struct curl_slist *nl;
+        const char *h;
+        lua_rawgeti(L, -1, i);
+        h = luaL_checkstring(L, -1);
+        if (jm_has_crlf(h)) {
+            lua_pushnil(L);
+            lua_pushliteral(L, "a header value contains CR or LF");
+            return 2;
+        }
+        nl = curl_slist_append(t->hdrs, h);
+        if (!nl) return luaL_error(L, "jimeng: out of memory");
+        t->hdrs = nl;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+
+    JM_SET(CURLOPT_URL, url);
+    JM_SET(CURLOPT_PRIVATE, (void *)t);
+    JM_SET(CURLOPT_ERRORBUFFER, t->errbuf);
+    JM_SET(CURLOPT_NOSIGNAL, 1L);
+    JM_SET(CURLOPT_TCP_KEEPALIVE, 1L);
+#if LIBCURL_VERSION_NUM >= 0x075500
+    JM_SET(CURLOPT_PROTOCOLS_STR, "http,https");
+    JM_SET(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+#else
+    JM_SET(CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+    JM_SET(CURLOPT_REDIR_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+    JM_SET(CURLOPT_SSL_VERIFYPEER, 1L);
+    JM_SET(CURLOPT_SSL_VERIFYHOST, 2L);
+    if (cainfo) JM_SET(CURLOPT_CAINFO, cainfo);
+    JM_SET(CURLOPT_FOLLOWLOCATION, follow > 0 ? 1L : 0L);
+    JM_SET(CURLOPT_MAXREDIRS, follow);
+    JM_SET(CURLOPT_CONNECTTIMEOUT_MS, (long)(ctimeout * 1000));
+    if (timeout > 0) JM_SET(CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
+    if (lowtime > 0) {
+        JM_SET(CURLOPT_LOW_SPEED_LIMIT, 1024L);
+        JM_SET(CURLOPT_LOW_SPEED_TIME, (long)lowtime);
+    }
+    if (ua) JM_SET(CURLOPT_USERAGENT, ua);
+    if (bearer) {
+        /* libcurl owns the Authorization header: it is never sent to another host on a redirect. */
+        JM_SET(CURLOPT_HTTPAUTH, (long)CURLAUTH_BEARER);
+        JM_SET(CURLOPT_XOAUTH2_BEARER, bearer);
+    }
+    lua_getfield(L, 2, "accept_encoding");
+    if (lua_toboolean(L, -1)) JM_SET(CURLOPT_ACCEPT_ENCODING, "");
+    lua_pop(L, 1);
+    if (method && strcmp(method, "POST") == 0) {
+        struct curl_slist *nl = curl_slist_append(t->hdrs, "Expect:"); /* no 100-continue round trip */
+        if (!nl) return luaL_error(L, "jimeng: out of memory");
+        t->hdrs = nl;
+        JM_SET(CURLOPT_POST, 1L);
+        JM_SET(CURLOPT_POSTFIELDSIZE, (long)blen);
+        JM_SET(CURLOPT_COPYPOSTFIELDS, body ? body : "");
+    } else if (method && strcmp(method, "GET") != 0) {
+        JM_SET(CURLOPT_CUSTOMREQUEST, method);
+    }
+    if (t->hdrs) JM_SET(CURLOPT_HTTPHEADER, t->hdrs);
+    JM_SET(CURLOPT_HEADERFUNCTION, jm_on_header);
+    JM_SET(CURLOPT_HEADERDATA, (void *)t);
+    JM_SET(CURLOPT_WRITEFUNCTION, jm_on_body);
+    JM_SET(CURLOPT_WRITEDATA, (void *)t);
+    if (output) JM_SET(CURLOPT_BUFFERSIZE, (long)JM_DOWNLOAD_BUFFER);
+    if (rc != CURLE_OK) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "libcurl refused an option: %s", curl_easy_strerror(rc));
+        return 2;
+    }
+
+    mrc = curl_multi_add_handle(e->multi, t->easy);
+    if (mrc != CURLM_OK) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "libcurl could not start the transfer: %s", curl_multi_strerror(mrc));
+        return 2;
+    }
+    t->eng = e;
+    t->state = JM_RUNNING;
+    t->next = e->head;
+    if (e->head) e->head->prev = t;
+    e->head = t;
+    lua_pushvalue(L, -1);
+    t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 1;
+}
+
+/* engine:perform() -> running, finished (an array of transfers, or nil). Never blocks. */
+static int l_engine_perform(lua_State *L) {
+    jm_engine *e = jm_check_engine(L, 1);
+    int running = 0, left = 0, nd = 0;
+    CURLMsg *m;
+    CURLMcode mrc = curl_multi_perform(e->multi, &running);
+    if (mrc != CURLM_OK) return luaL_error(L, "jimeng: curl_multi_perform: %s", curl_multi_strerror(mrc));
+    lua_pushinteger(L, running);
+    lua_pushnil(L);
+    while ((m = curl_multi_info_read(e->multi, &left)) != NULL) {
+        char *priv = NULL;
+        jm_transfer *t;
+        if (m->msg != CURLMSG_DONE) continue;
+        if (curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, &priv) != CURLE_OK || !priv) continue;
+        t = (jm_transfer *)(void *)priv;
+        if (nd == 0) {
+            lua_pop(L, 1);
+            lua_newtable(L);
+        }
+        lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+        lua_rawseti(L, -2, ++nd);
+        jm_finish(L, t, m->data.result);
+    }
+    return 2;
+}
+
+/* engine:poll(ms) -> number of sockets with activity. Waits for activity on any transfer, or ms. */
+static int l_engine_poll(lua_State *L) {
+    jm_engine *e = jm_check_engine(L, 1);
+    lua_Number ms = luaL_optnumber(L, 2, 1000);
+    int numfds = 0;
+    CURLMcode mrc = curl_multi_poll(e->multi, NULL, 0, ms < 0 ? 0 : (int)ms, &numfds);
+    if (mrc != CURLM_OK) return luaL_error(L, "jimeng: curl_multi_poll: %s", curl_multi_strerror(mrc));
+    lua_pushinteger(L, numfds);
+    return 1;
+}
+
+/* engine:timeout() -> milliseconds until libcurl wants to be called again (-1: no timer). */
+static int l_engine_timeout(lua_State *L) {
+    jm_engine *e = jm_check_engine(L, 1);
+    long ms = -1;
+    if (curl_multi_timeout(e->multi, &ms) != CURLM_OK) ms = -1;
+    lua_pushinteger(L, ms);
+    return 1;
+}
+
+/* engine:active() -> number of transfers in flight. */
+static int l_engine_active(lua_State *L) {
+    jm_engine *e = jm_check_engine(L, 1);
+    int n = 0;
+    jm_transfer *t;
+    for (t = e->head; t; t = t->next) n++;
+    lua_pushinteger(L, n);
+    return 1;
+}
+
+void jm_open_engine(lua_State *L) {
+    static const luaL_Reg engine_m[] = {
+        {"request", l_engine_request}, {"perform", l_engine_perform}, {"poll", l_engine_poll},
+        {"timeout", l_engine_timeout}, {"active", l_engine_active},   {"close", l_engine_close},
+        {NULL, NULL},
+    };
+    static const luaL_Reg transfer_m[] = {
+        {"result", l_transfer_result}, {"done", l_transfer_done}, {"progress", l_transfer_progress},
+        {"cancel", l_transfer_cancel}, {NULL, NULL},
+    };
+    luaL_newmetatable(L, JM_ENGINE_MT);
+    lua_newtable(L);
+    jm_setfuncs(L, engine_m, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_engine_close);
+    lua_setfield(L, -2, "__gc");
+#if LUA_VERSION_NUM >= 504
+    lua_pushcfunction(L, l_engine_close);
+    lua_setfield(L, -2, "__close");
+#endif
+    lua_pop(L, 1);
+
+    luaL_newmetatable(L, JM_TRANSFER_MT);
+    lua_newtable(L);
+    jm_setfuncs(L, transfer_m, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_transfer_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+
+    lua_pushcfunction(L, l_engine_new);
+    lua_setfield(L, -2, "engine");
+}

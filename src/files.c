@@ -1,0 +1,248 @@
+/* Files: local reference images (sniffed, checked, base64), atomic commit of downloads, durable appends. */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "jimeng.h"
+
+#define JM_IMAGE_MAX_BYTES 4928307L /* 4.7 MiB, the API's limit for a reference image */
+#define JM_IMAGE_MIN_SIDE 320
+#define JM_IMAGE_MAX_SIDE 4096
+#define JM_IMAGE_MAX_RATIO 3
+
+static const char jm_b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+void jm_push_base64(lua_State *L, const unsigned char *s, size_t n) {
+    luaL_Buffer b;
+    size_t i;
+    luaL_buffinit(L, &b);
+    for (i = 0; i + 2 < n; i += 3) {
+        char q[4];
+        q[0] = jm_b64[s[i] >> 2];
+        q[1] = jm_b64[((s[i] & 3) << 4) | (s[i + 1] >> 4)];
+        q[2] = jm_b64[((s[i + 1] & 15) << 2) | (s[i + 2] >> 6)];
+        q[3] = jm_b64[s[i + 2] & 63];
+        luaL_addlstring(&b, q, 4);
+    }
+    if (i < n) {
+        char q[4];
+        q[0] = jm_b64[s[i] >> 2];
+        if (i + 1 < n) {
+            q[1] = jm_b64[((s[i] & 3) << 4) | (s[i + 1] >> 4)];
+            q[2] = jm_b64[(s[i + 1] & 15) << 2];
+        } else {
+            q[1] = jm_b64[(s[i] & 3) << 4];
+            q[2] = '=';
+        }
+        q[3] = '=';
+        luaL_addlstring(&b, q, 4);
+    }
+    luaL_pushresult(&b);
+}
+
+/* Reads width and height from a PNG or JPEG header; returns the MIME type or NULL. */
+static const char *jm_sniff(const unsigned char *p, size_t n, long *w, long *h) {
+    static const unsigned char png[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    *w = *h = 0;
+    if (n >= 24 && memcmp(p, png, 8) == 0 && memcmp(p + 12, "IHDR", 4) == 0) {
+        *w = ((long)p[16] << 24) | ((long)p[17] << 16) | ((long)p[18] << 8) | p[19];
+        *h = ((long)p[20] << 24) | ((long)p[21] << 16) | ((long)p[22] << 8) | p[23];
+        return "image/png";
+    }
+    if (n >= 4 && p[0] == 0xFF && p[1] == 0xD8) {
+        size_t i = 2;
+        while (i + 4 <= n) {
+            unsigned m;
+            size_t len;
+            if (p[i] != 0xFF) return NULL;
+            m = p[i + 1];
+            if (m == 0xFF) { /* fill byte */
+                i++;
+                continue;
+            }
+            if (m == 0xD8 || m == 0x01 || (m >= 0xD0 && m <= 0xD7)) { /* markers without a length */
+                i += 2;
+                continue;
+            }
+            len = ((size_t)p[i + 2] << 8) | p[i + 3];
+            if (len < 2) return NULL;
+            if (m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC) {
+                if (i + 9 > n) return NULL;
+                *h = ((long)p[i + 5] << 8) | p[i + 6];
+                *w = ((long)p[i + 7] << 8) | p[i + 8];
+                return "image/jpeg";
+            }
+            i += 2 + len;
+        }
+    }
+    return NULL;
+}
+
+/* Reads a whole file; returns NULL with *err set. */
+static unsigned char *jm_slurp(const char *path, long max, size_t *n, char *err, size_t errsz) {
+    FILE *f = fopen(path, "rb");
+    unsigned char *buf;
+    long size;
+    if (!f) {
+        snprintf(err, errsz, "cannot read image file %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        snprintf(err, errsz, "cannot read image file %s: %s", path, strerror(errno));
+        fclose(f);
+        return NULL;
+    }
+    if (size > max) {
+        snprintf(err, errsz, "image file %s is %.1f MB; the API takes at most 4.7 MB", path,
+                 (double)size / (1024.0 * 1024.0));
+        fclose(f);
+        return NULL;
+    }
+    buf = malloc(size ? (size_t)size : 1);
+    if (!buf) {
+        snprintf(err, errsz, "out of memory reading %s", path);
+        fclose(f);
+        return NULL;
+    }
+    if (fread(buf, 1, (size_t)size, f) != (size_t)size) {
+        snprintf(err, errsz, "cannot read image file %s: short read", path);
+        free(buf);
+        fclose(f);
+        return NULL;
+    }
+    fclose(f);
+    *n = (size_t)size;
+    return buf;
+}
+
+/* Pushes the data URL of a local image after checking it, or returns 0 with a message in err. */
+int jm_image_data_url(lua_State *L, const char *path, char *err, size_t errsz) {
+    size_t n = 0;
+    long w, h, lo, hi;
+    const char *mime;
+    unsigned char *buf = jm_slurp(path, JM_IMAGE_MAX_BYTES, &n, err, errsz);
+    if (!buf) return 0;
+    mime = jm_sniff(buf, n, &w, &h);
+    if (!mime) {
+        snprintf(err, errsz, "image file %s is neither JPEG nor PNG", path);
+        free(buf);
+        return 0;
+    }
+    lo = w < h ? w : h;
+    hi = w < h ? h : w;
+    if (lo < JM_IMAGE_MIN_SIDE || hi > JM_IMAGE_MAX_SIDE) {
+        snprintf(err, errsz, "image file %s is %ldx%ld; each side must be %d to %d pixels", path, w, h,
+                 JM_IMAGE_MIN_SIDE, JM_IMAGE_MAX_SIDE);
+        free(buf);
+        return 0;
+    }
+    if (hi > JM_IMAGE_MAX_RATIO * lo) {
+        snprintf(err, errsz, "image file %s is %ldx%ld; the long side may be at most %d times the short one", path,
+                 w, h, JM_IMAGE_MAX_RATIO);
+        free(buf);
+        return 0;
+    }
+    lua_pushfstring(L, "data:%s;base64,", mime);
+    jm_push_base64(L, buf, n);
+    free(buf);
+    lua_concat(L, 2);
+    return 1;
+}
+
+static int jm_fail(lua_State *L, const char *what, const char *path) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s %s: %s", what, path, strerror(errno));
+    return 2;
+}
+
+static int jm_fsync_path(const char *path, int flags) {
+    int fd = open(path, flags | O_CLOEXEC), rc;
+    if (fd < 0) return -1;
+    rc = fsync(fd);
+    if (close(fd) != 0) rc = -1;
+    return rc;
+}
+
+/* core.commit(part, path) -> true | nil, message
+ * Makes a finished download durable: fsync the file, rename it onto path, fsync the directory. */
+static int l_commit(lua_State *L) {
+    const char *part = luaL_checkstring(L, 1), *path = luaL_checkstring(L, 2);
+    const char *slash = strrchr(path, '/');
+    if (jm_fsync_path(part, O_RDONLY) != 0) return jm_fail(L, "cannot fsync", part);
+    if (rename(part, path) != 0) return jm_fail(L, "cannot rename onto", path);
+    if (slash) {
+        lua_pushlstring(L, path, slash == path ? 1 : (size_t)(slash - path));
+        if (jm_fsync_path(lua_tostring(L, -1), O_RDONLY | O_DIRECTORY) != 0) return jm_fail(L, "cannot fsync directory", lua_tostring(L, -1));
+        lua_pop(L, 1);
+    } else if (jm_fsync_path(".", O_RDONLY | O_DIRECTORY) != 0) {
+        return jm_fail(L, "cannot fsync directory", ".");
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* core.file_size(path) -> bytes | nil (absent) */
+static int l_file_size(lua_State *L) {
+    struct stat st;
+    if (stat(luaL_checkstring(L, 1), &st) != 0 || !S_ISREG(st.st_mode)) return 0;
+    lua_pushinteger(L, (lua_Integer)st.st_size);
+    return 1;
+}
+
+/* core.append_durable(path, data) -> true | nil, message: one append and an fsync (journals). */
+static int l_append_durable(lua_State *L) {
+    size_t n, done = 0;
+    const char *path = luaL_checkstring(L, 1), *data = luaL_checklstring(L, 2, &n);
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) return jm_fail(L, "cannot open", path);
+    while (done < n) {
+        ssize_t w = write(fd, data + done, n - done);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            close(fd);
+            return jm_fail(L, "cannot write", path);
+        }
+        done += (size_t)w;
+    }
+    if (fsync(fd) != 0) {
+        close(fd);
+        return jm_fail(L, "cannot fsync", path);
+    }
+    if (close(fd) != 0) return jm_fail(L, "cannot close", path);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* core.base64(s) -> base64 text */
+static int l_base64(lua_State *L) {
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    jm_push_base64(L, (const unsigned char *)s, n);
+    return 1;
+}
+
+/* core.sniff_image(bytes) -> mime, width, height | nil */
+static int l_sniff_image(lua_State *L) {
+    size_t n;
+    long w, h;
+    const char *s = luaL_checklstring(L, 1, &n);
+    const char *mime = jm_sniff((const unsigned char *)s, n, &w, &h);
+    if (!mime) return 0;
+    lua_pushstring(L, mime);
+    lua_pushinteger(L, w);
+    lua_pushinteger(L, h);
+    return 3;
+}
+
+void jm_open_files(lua_State *L) {
+    static const luaL_Reg fns[] = {
+        {"commit", l_commit},       {"file_size", l_file_size}, {"append_durable", l_append_durable},
+        {"base64", l_base64},       {"sniff_image", l_sniff_image}, {NULL, NULL},
+    };
+    jm_setfuncs(L, fns, 0);
+}

@@ -1,0 +1,49 @@
+/* jimeng.core: shared declarations of the C core (engine, normalization, files). */
+#ifndef JIMENG_H
+#define JIMENG_H
+
+#include <stddef.h>
+#include <lua.h>
+#include <lauxlib.h>
+
+/* The one source of the version: Lua reads it as jimeng.core._VERSION, the Makefile and the
+ * version spec read it from this line. */
+#define JM_VERSION "0.1.0"
+
+/* Symbols shared between the C files: hidden, so only luaopen_jimeng_core is exported. */
+#if defined(__GNUC__)
+#define JM_HIDDEN __attribute__((visibility("hidden")))
+#else
+#define JM_HIDDEN
+#endif
+
+/* Lua 5.1 / LuaJIT shims under our own names, so they never collide with LuaJIT's own symbols. */
+#if LUA_VERSION_NUM < 502
+#define jm_rawlen(L, i) lua_objlen((L), (i))
+JM_HIDDEN void jm_setfuncs(lua_State *L, const luaL_Reg *l, int nup);
+#else
+#define jm_rawlen(L, i) lua_rawlen((L), (i))
+#define jm_setfuncs(L, l, n) luaL_setfuncs((L), (l), (n))
+#endif
+
+/* Sets t[k] = v for the table at the top of the stack. */
+JM_HIDDEN void jm_setstr(lua_State *L, const char *k, const char *v);
+JM_HIDDEN void jm_setlstr(lua_State *L, const char *k, const char *v, size_t n);
+JM_HIDDEN void jm_setint(lua_State *L, const char *k, lua_Integer v);
+JM_HIDDEN void jm_setnum(lua_State *L, const char *k, lua_Number v);
+JM_HIDDEN void jm_setbool(lua_State *L, const char *k, int v);
+
+/* Monotonic seconds. */
+JM_HIDDEN double jm_now(void);
+
+/* Registration of each C file's functions into the module table at the top of the stack. */
+JM_HIDDEN void jm_open_engine(lua_State *L);
+JM_HIDDEN void jm_open_normalize(lua_State *L);
+JM_HIDDEN void jm_open_files(lua_State *L);
+
+/* files.c: base64 of a buffer, pushed as a Lua string (raises only on memory exhaustion). */
+JM_HIDDEN void jm_push_base64(lua_State *L, const unsigned char *src, size_t n);
+/* files.c: pushes the data URL of a checked local JPEG/PNG, or returns 0 with a message in err. */
+JM_HIDDEN int jm_image_data_url(lua_State *L, const char *path, char *err, size_t errsz);
+
+#endif
