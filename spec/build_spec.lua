@@ -1,0 +1,54 @@
+-- The module installs where Lua looks for it, by make install and by luarocks, and loads from there.
+local h = require "spec.support.helpers"
+
+local lua = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
+local version = lua:match("(%d%.%d)$") or "5.4"
+
+local function run(cmd)
+  local p = io.popen(cmd .. " 2>&1")
+  local out = p:read("*a")
+  local ok = p:close()
+  return ok, out
+end
+
+-- Loads jimeng from an install tree in a fresh interpreter, with nothing from this checkout on the path.
+local function load_from(tree)
+  return run(("cd / && LUA_PATH='%s/share/lua/%s/?.lua;%s/share/lua/%s/?/init.lua;;' LUA_CPATH='%s/lib/lua/%s/?.so;;' " ..
+    "%s -e 'local j = require \"jimeng\"; local b = assert(j.normalize{prompt=\"x\"}); " ..
+    "io.write(j._VERSION, \" \", b.model, \" \", package.searchpath(\"jimeng.core\", package.cpath))'")
+    :format(tree, version, tree, version, tree, version, lua))
+end
+
+describe("installing", function()
+  after_each(h.cleanup)
+
+  it("make install puts the Lua files and core.so under PREFIX, and the module loads from there", function()
+    local dest = h.tmpdir()
+    local ok, out = run(("make -s install LUA=%s DESTDIR=%s PREFIX=/usr"):format(lua, dest))
+    assert.is_true(ok, out)
+    assert.is_true(h.exists(dest .. "/usr/lib/lua/" .. version .. "/jimeng/core.so"))
+    assert.is_true(h.exists(dest .. "/usr/share/lua/" .. version .. "/jimeng/init.lua"))
+    local lok, lout = load_from(dest .. "/usr")
+    assert.is_true(lok, lout)
+    assert.truthy(lout:find("jimeng-video-3.0-pro " .. dest .. "/usr/lib/lua/", 1, true), lout)
+  end)
+
+  it("luarocks make with the builtin rockspec builds and installs every module", function()
+    if lua:find("jit") then return pending("luarocks builds for PUC Lua here") end
+    local tree = h.tmpdir()
+    local ok, out = run(("make -s rock LUA_VERSION=%s ROCK_TREE=%s"):format(version, tree))
+    assert.is_true(ok, out)
+    local lok, lout = load_from(tree)
+    assert.is_true(lok, lout)
+    -- every Lua module of the tree is listed in the rockspec
+    local spec = h.read("rockspec/jimeng-scm-1.rockspec")
+    local p = io.popen("ls lua/jimeng")
+    for f in p:lines() do
+      local name = f:match("^(.-)%.lua$")
+      if name and name ~= "init" then
+        assert.truthy(spec:find('["jimeng.' .. name .. '"]', 1, true), "rockspec misses jimeng." .. name)
+      end
+    end
+    p:close()
+  end)
+end)
