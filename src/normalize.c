@@ -725,8 +725,11 @@ static void jm_emit_images(jm_norm *n) {
 }
 
 static int jm_video(jm_norm *n) {
-    const char *text = NULL;
+    const char *text = NULL, *gt = NULL;
     if (n->strict && jm_check_names(n, jm_video_names)) return -1;
+    if (jm_get_str(n, "generation_type", &gt) < 0) return -1;
+    if (gt && n->strict)
+        return JM_FAIL(n, "generation_type", "generation_type \"%s\" is not one the API has: use \"omni_human\" for an OmniHuman video, or leave it out", gt);
     if (jm_each_string(n, "image_urls", jm_add_image) || jm_each_string(n, "images", jm_add_image) ||
         jm_each_string(n, "image", jm_add_image) || jm_read_content(n, &text))
         return -1;
@@ -912,7 +915,31 @@ static const char *jm_message_of(lua_State *L, int idx) {
     return NULL;
 }
 
-/* core.task(decoded) -> task | nil, message */
+/* The digits of the first "id": <number> in a JSON text, pushed as a string; 0 when absent. A number
+ * id past 2^53 loses digits in any JSON decoder that yields doubles, so the raw text is the truth. */
+static int jm_push_raw_id(lua_State *L, const char *s) {
+    const char *p = s;
+    while ((p = strstr(p, "\"id\"")) != NULL) {
+        const char *q = p + 4, *d;
+        while (*q == ' ' || *q == '\t' || *q == '\r' || *q == '\n') q++;
+        if (*q++ != ':') {
+            p += 4;
+            continue;
+        }
+        while (*q == ' ' || *q == '\t' || *q == '\r' || *q == '\n') q++;
+        d = q;
+        if (*q == '-') q++;
+        while (*q >= '0' && *q <= '9') q++;
+        if (q > d && *q != '.' && *q != 'e' && *q != 'E') {
+            lua_pushlstring(L, d, (size_t)(q - d));
+            return 1;
+        }
+        p += 4;
+    }
+    return 0;
+}
+
+/* core.task(decoded[, raw_body]) -> task | nil, message */
 static int l_task(lua_State *L) {
     const char *raw, *mapped;
     int t;
@@ -921,16 +948,20 @@ static int l_task(lua_State *L) {
         lua_pushliteral(L, "the task response is not a JSON object");
         return 2;
     }
-    lua_settop(L, 1);
-    lua_newtable(L); /* 2: task */
-    lua_getfield(L, 1, "id");
-    if (!jm_push_id(L, 3)) {
+    lua_settop(L, 2);
+    lua_newtable(L);
+    lua_insert(L, 2);         /* 1 decoded, 2 task, 3 raw body */
+    lua_getfield(L, 1, "id"); /* 4 */
+    if (lua_type(L, 4) == LUA_TNUMBER && lua_type(L, 3) == LUA_TSTRING && jm_push_raw_id(L, lua_tostring(L, 3))) {
+        lua_replace(L, 4);
+    }
+    if (!jm_push_id(L, 4)) {
         lua_pushnil(L);
         lua_pushliteral(L, "the task response has no id");
         return 2;
     }
     lua_setfield(L, 2, "id");
-    lua_pop(L, 1);
+    lua_settop(L, 2);
     lua_getfield(L, 1, "status");
     t = lua_type(L, -1);
     if (t != LUA_TSTRING) {
@@ -951,8 +982,16 @@ static int l_task(lua_State *L) {
     lua_setfield(L, 2, "raw_status");
     lua_pop(L, 1);
     lua_getfield(L, 1, "created_at");
-    if (lua_type(L, -1) == LUA_TNUMBER) lua_setfield(L, 2, "created_at");
-    else lua_pop(L, 1);
+    if (lua_type(L, -1) == LUA_TNUMBER) {
+        double at = lua_tonumber(L, -1);
+        if (at == floor(at) && fabs(at) < 9e15) {
+            lua_pushinteger(L, (lua_Integer)at); /* seconds since the epoch: 1762776961, not 1762776961.0 */
+            lua_setfield(L, 2, "created_at");
+        } else {
+            lua_setfield(L, 2, "created_at");
+        }
+    }
+    lua_settop(L, 2);
     lua_getfield(L, 1, "error");
     {
         const char *m = jm_message_of(L, -1);
@@ -971,6 +1010,77 @@ static int l_task(lua_State *L) {
     if (lua_type(L, -1) == LUA_TSTRING) lua_setfield(L, 2, "request_id");
     else lua_pop(L, 1);
     lua_settop(L, 2);
+    return 1;
+}
+
+/* Reads the subject verdict of a detection or recognition answer: status 0/1 (or a boolean). */
+static int jm_has_subject(lua_State *L, int decoded, int *out) {
+    int ok = 1;
+    lua_getfield(L, decoded, "status");
+    if (lua_type(L, -1) == LUA_TNUMBER && (lua_tonumber(L, -1) == 0 || lua_tonumber(L, -1) == 1))
+        *out = lua_tonumber(L, -1) == 1;
+    else if (lua_isboolean(L, -1))
+        *out = lua_toboolean(L, -1);
+    else
+        ok = 0;
+    lua_pop(L, 1);
+    return ok;
+}
+
+static void jm_copy_string(lua_State *L, int from, int to, const char *k) {
+    lua_getfield(L, from, k);
+    if (lua_type(L, -1) == LUA_TSTRING) lua_setfield(L, to, k);
+    else if (lua_type(L, -1) == LUA_TNUMBER && jm_push_id(L, lua_gettop(L))) lua_setfield(L, to, k), lua_pop(L, 1);
+    else lua_pop(L, 1);
+}
+
+/* core.detection(decoded) -> {has_subject=, mask_urls={...}, request_id=} | nil, message
+ * mask_urls keep the server's order: by mask area, largest first. */
+static int l_detection(lua_State *L) {
+    int has = 0, i, n, k = 0;
+    if (!lua_istable(L, 1) || !jm_has_subject(L, 1, &has)) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "the detection answer has no status 0 or 1");
+        return 2;
+    }
+    lua_settop(L, 1);
+    lua_newtable(L); /* 2 */
+    lua_pushboolean(L, has);
+    lua_setfield(L, 2, "has_subject");
+    lua_newtable(L); /* 3: mask_urls, always an array (possibly empty) */
+    lua_getfield(L, 1, "mask_urls");
+    if (lua_istable(L, 4)) {
+        n = (int)jm_rawlen(L, 4);
+        for (i = 1; i <= n; i++) {
+            lua_rawgeti(L, 4, i);
+            if (lua_type(L, -1) == LUA_TSTRING) lua_rawseti(L, 3, ++k);
+            else lua_pop(L, 1);
+        }
+    } else if (!lua_isnil(L, 4)) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "the detection answer's mask_urls is not an array");
+        return 2;
+    }
+    lua_settop(L, 3);
+    lua_setfield(L, 2, "mask_urls");
+    jm_copy_string(L, 1, 2, "request_id");
+    return 1;
+}
+
+/* core.recognition(decoded) -> {has_subject=, task_id=, request_id=} | nil, message */
+static int l_recognition(lua_State *L) {
+    int has = 0;
+    if (!lua_istable(L, 1) || !jm_has_subject(L, 1, &has)) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "the recognition answer has no status 0 or 1");
+        return 2;
+    }
+    lua_settop(L, 1);
+    lua_newtable(L);
+    lua_pushboolean(L, has);
+    lua_setfield(L, 2, "has_subject");
+    jm_copy_string(L, 1, 2, "task_id");
+    jm_copy_string(L, 1, 2, "request_id");
     return 1;
 }
 
@@ -1050,7 +1160,9 @@ static int l_error_message(lua_State *L) {
     {
         size_t i = 0;
         while (i < n && isspace((unsigned char)raw[i])) i++;
-        if (i < n && raw[i] == '<') jm_push_html_text(L, raw + i, n - i);
+        while (n > i && isspace((unsigned char)raw[n - 1])) n--;
+        if (i >= n) lua_pushnil(L);
+        else if (raw[i] == '<') jm_push_html_text(L, raw + i, n - i);
         else lua_pushlstring(L, raw + i, n - i > 300 ? 300 : n - i);
     }
     return 1;
@@ -1059,7 +1171,8 @@ static int l_error_message(lua_State *L) {
 void jm_open_normalize(lua_State *L) {
     static const luaL_Reg fns[] = {
         {"normalize", l_normalize}, {"subject_body", l_subject_body}, {"task", l_task},
-        {"error_message", l_error_message}, {NULL, NULL},
+        {"error_message", l_error_message}, {"detection", l_detection}, {"recognition", l_recognition},
+        {NULL, NULL},
     };
     jm_setfuncs(L, fns, 0);
 }

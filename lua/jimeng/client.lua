@@ -141,7 +141,7 @@ end
 -- Tasks
 
 local function to_task(self, decoded, r, warnings)
-  local task, why = core.task(decoded)
+  local task, why = core.task(decoded, r.body)
   if not task then
     return nil, errors.new({ kind = "protocol", message = why, request_id = r.headers["x-request-id"] }, self.api_key)
   end
