@@ -15,8 +15,11 @@ import os
 import re
 import secrets
 import socket
+import ssl
 import struct
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -252,8 +255,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("x-request-id", self.request_id)
-        for k, v in (headers or {}).items():
+        headers = dict(headers or {})
+        if not headers.pop("no_request_id", False):
+            self.send_header("x-request-id", self.request_id)
+        for k, v in headers.items():
             self.send_header(k, v)
         self.end_headers()
         if self.command != "HEAD":
@@ -334,8 +339,8 @@ class Handler(BaseHTTPRequestHandler):
     def route(self, path, body, raw, fault):
         if path.startswith("/masks/"):
             return self.send(200, MASK_PNG, "image/png")
-        if path == "/redirected" or path.startswith("/redirected/"):
-            return self.send(200, {"redirected": True, "authorization": self.headers.get("Authorization")})
+        if path.startswith("/cdn/"):  # a storage host that needs no key, as a signed URL would be
+            return self.content(None, fault)
         self.check_auth()
         if path == "/v1/videos" and self.command == "POST":
             return self.create(body, raw, fault)
@@ -419,11 +424,12 @@ class Handler(BaseHTTPRequestHandler):
         return view
 
     def content(self, task, fault):
-        status = self.task_status(task)
-        if status != "completed":
-            raise ApiError(400 if status != "failed" else 409, f"video {task['id']} is not ready: status {status}",
-                           "video_not_ready")
-        size = task["video_bytes"]
+        if task is not None:
+            status = self.task_status(task)
+            if status != "completed":
+                raise ApiError(400 if status != "failed" else 409, f"video {task['id']} is not ready: status {status}",
+                               "video_not_ready")
+        size = task["video_bytes"] if task else 0
         if size:
             etag, total = f'"syn-{size}"', size
         else:
@@ -432,6 +438,8 @@ class Handler(BaseHTTPRequestHandler):
         start, end, partial = 0, total - 1, False
         rng = self.headers.get("Range")
         if_range = self.headers.get("If-Range")
+        if fault and fault["fault"] == "ignore_range":  # a server without Range support: the whole body
+            rng = None
         if rng and (if_range is None or if_range == etag):
             m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
             if m:
@@ -442,6 +450,8 @@ class Handler(BaseHTTPRequestHandler):
                     return self.send(416, {"error": {"message": "range not satisfiable", "type": "invalid_request_error",
                                                      "code": "range"}}, headers={"Content-Range": f"bytes */{total}"})
                 partial = True
+        if partial and fault and fault["fault"] == "bad_range":  # resumes at the wrong place
+            start = 0
         length = end - start + 1
         self.send_response(206 if partial else 200)
         self.send_header("Content-Type", "video/mp4")
@@ -475,7 +485,7 @@ class Handler(BaseHTTPRequestHandler):
         self.reset_connection()
 
     def body_chunks(self, task, start, length):
-        size = task["video_bytes"]
+        size = task["video_bytes"] if task else 0
         if not size:
             yield self.server.fixture[start:start + length]
             return
@@ -606,6 +616,18 @@ class Server(ThreadingHTTPServer):
     allow_reuse_address = True
 
 
+def make_certificate(host):
+    """A throwaway self-signed certificate for host (and localhost), made with the openssl command."""
+    d = tempfile.mkdtemp(prefix="jimeng-sandbox-tls-")
+    pem = os.path.join(d, "cert.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=" + host,
+                    "-addext", f"subjectAltName=IP:{host},DNS:localhost", "-keyout", pem, "-out", pem + ".crt"],
+                   check=True, capture_output=True)
+    with open(pem, "a") as key, open(pem + ".crt") as crt:
+        key.write(crt.read())
+    return pem
+
+
 def watch_parent(ppid):
     while True:
         time.sleep(0.25)
@@ -621,6 +643,8 @@ def main():
     ap.add_argument("--process-seconds", type=float, default=0.5, help="how long a task stays processing")
     ap.add_argument("--api-key", default=None, help="accept only this bearer key (default: any non-empty key)")
     ap.add_argument("--exit-with-parent", action="store_true", help="exit when the parent process exits")
+    ap.add_argument("--tls", action="store_true",
+                    help="serve https with a throwaway self-signed certificate (its path is printed on line 2)")
     args = ap.parse_args()
 
     state = State(args)
@@ -631,7 +655,16 @@ def main():
     server.fixture = fixture
     server.fixture_etag = '"' + hashlib.sha256(fixture).hexdigest()[:16] + '"'
     host, port = server.server_address[:2]
-    print(f"http://{host}:{port}/v1", flush=True)
+    scheme = "http"
+    if args.tls:
+        cert = make_certificate(host)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
+    print(f"{scheme}://{host}:{port}/v1", flush=True)
+    if args.tls:
+        print(f"cert: {cert}.crt", flush=True)
     if args.exit_with_parent:
         threading.Thread(target=watch_parent, args=(os.getppid(),), daemon=True).start()
     try:

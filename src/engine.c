@@ -444,7 +444,7 @@ static int jm_has_crlf(const char *s) {
 /* engine:request(opts) -> transfer | nil, message
  * opts: url, method ("GET"|"POST"), body, headers (array of "Name: value"), bearer, timeout,
  * connect_timeout, low_speed_time, max_body, follow (max redirects), cainfo, user_agent,
- * output (file path), offset (size of the partial file), expect_binary, accept_encoding. */
+ * output (file path), offset (size of the partial file), expect_binary, accept_encoding, fresh_connect. */
 static int l_engine_request(lua_State *L) {
     jm_engine *e = jm_check_engine(L, 1);
     jm_transfer *t;
@@ -540,6 +540,11 @@ static int l_engine_request(lua_State *L) {
     }
     lua_getfield(L, 2, "accept_encoding");
     if (lua_toboolean(L, -1)) JM_SET(CURLOPT_ACCEPT_ENCODING, "");
+    lua_pop(L, 1);
+    /* libcurl silently re-sends a request whose reused connection turns out dead, POST included: a paid
+     * request takes a fresh connection so that it can never be sent twice without Lua deciding it. */
+    lua_getfield(L, 2, "fresh_connect");
+    if (lua_toboolean(L, -1)) JM_SET(CURLOPT_FRESH_CONNECT, 1L);
     lua_pop(L, 1);
     if (method && strcmp(method, "POST") == 0) {
         struct curl_slist *nl = curl_slist_append(t->hdrs, "Expect:"); /* no 100-continue round trip */

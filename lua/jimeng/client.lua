@@ -12,12 +12,12 @@ local now = core.now
 local DEFAULTS = {
   base_url = "https://api.tokenops.ai/v1",
   timeout = 60, connect_timeout = 10, max_retries = 2,
-  poll_interval = 5, wait_timeout = 600,
+  poll_interval = 5, wait_timeout = 600, stall_timeout = 30,
 }
 
 local OPTIONS = {
   api_key = "string", base_url = "string", timeout = "number", connect_timeout = "number",
-  max_retries = "number", poll_interval = "number", wait_timeout = "number",
+  max_retries = "number", poll_interval = "number", wait_timeout = "number", stall_timeout = "number",
   allow_insecure_http = "boolean", cainfo = "string", logger = "function",
 }
 
@@ -84,7 +84,7 @@ function Client.new(opts, json)
   local url, err = check_base_url(self.base_url, self.allow_insecure_http)
   if not url then return nil, err end
   self.base_url = url
-  for _, k in ipairs { "timeout", "connect_timeout", "poll_interval", "wait_timeout" } do
+  for _, k in ipairs { "timeout", "connect_timeout", "poll_interval", "wait_timeout", "stall_timeout" } do
     if self[k] <= 0 then return invalid(k .. " must be positive", k) end
   end
   if self.max_retries < 0 or self.max_retries ~= math.floor(self.max_retries) then
@@ -289,7 +289,7 @@ function Client:download(id, path, opts)
     end
     local t, why = self.engine:request {
       url = url, headers = headers, bearer = self.api_key, user_agent = self.user_agent, cainfo = self.cainfo,
-      connect_timeout = self.connect_timeout, timeout = timeout, low_speed_time = 30, follow = 5,
+      connect_timeout = self.connect_timeout, timeout = timeout, low_speed_time = self.stall_timeout, follow = 5,
       output = part, offset = offset, expect_binary = true, max_body = 1024 * 1024,
     }
     if not t then return nil, errors.new { kind = "invalid_argument", message = why } end

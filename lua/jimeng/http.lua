@@ -14,6 +14,12 @@ local RETRY_STATUS = { [408] = true, [409] = true, [429] = true, [500] = true, [
 -- libcurl codes after which not one byte of the request can have reached the server.
 local NOT_SENT = { [5] = true, [6] = true, [7] = true, [35] = true, [60] = true }
 local CURLE_OPERATION_TIMEDOUT = 28
+-- A certificate that does not verify will not verify on a second try either.
+local CURLE_PEER_FAILED_VERIFICATION = 60
+-- Refusals that another try cannot change: a redirect to a protocol other than http(s), a bad URL,
+-- a redirect chain past the limit.
+local REFUSED = { [1] = "a redirect to a protocol other than http or https was refused", [3] = "the URL is malformed",
+  [47] = "more than 5 redirects" }
 
 ---------------------------------------------------------------------------------------------------
 -- Retry-After
@@ -80,6 +86,17 @@ local function transport_error(r, kind_hint)
   if r.io_error then
     return errors.new { kind = "io", message = "cannot write the download: " .. r.io_error }, sent
   end
+  if REFUSED[r.curl_code] then
+    return errors.new {
+      kind = "protocol", retryable = false, message = REFUSED[r.curl_code] .. " (" .. r.curl_error .. ")",
+    }, sent
+  end
+  if r.curl_code == CURLE_PEER_FAILED_VERIFICATION then
+    return errors.new {
+      kind = "network", retryable = false,
+      message = r.curl_error .. " (TLS verification is always on: pass cainfo= for a private CA)",
+    }, false
+  end
   return errors.new { kind = kind_hint or kind, message = r.curl_error }, sent
 end
 M.transport_error = transport_error
@@ -111,6 +128,7 @@ local function should_retry(paid, r, sent)
     return RETRY_STATUS[r.status] == true
   end
   if r.too_large or r.io_error or r.headers_too_large or r.cancelled then return false end
+  if r.curl_code == CURLE_PEER_FAILED_VERIFICATION or REFUSED[r.curl_code] then return false end
   if paid then return not sent end
   return true
 end
@@ -137,6 +155,7 @@ function M.json(client, spec)
       url = url, method = spec.method, body = body, headers = headers, bearer = client.api_key,
       timeout = timeout, connect_timeout = client.connect_timeout, user_agent = client.user_agent,
       cainfo = client.cainfo, accept_encoding = true, max_body = 8 * 1024 * 1024, follow = 0,
+      fresh_connect = spec.paid,
     }
     if not t then return nil, errors.new { kind = "invalid_argument", message = why } end
     runtime.await(client.engine, t)

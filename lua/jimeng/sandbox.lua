@@ -50,6 +50,7 @@ function M.start(opts)
   if opts.process_seconds then cmd[#cmd + 1] = "--process-seconds " .. tonumber(opts.process_seconds) end
   if opts.api_key then cmd[#cmd + 1] = "--api-key " .. shell_quote(opts.api_key) end
   if opts.host then cmd[#cmd + 1] = "--host " .. shell_quote(opts.host) end
+  if opts.tls then cmd[#cmd + 1] = "--tls" end
   local proc = io.popen(table.concat(cmd, " "), "r")
   if not proc then return nil, "cannot start " .. path end
   local url = proc:read("*l")
@@ -58,13 +59,14 @@ function M.start(opts)
     return nil, "the sandbox did not start (is python3 installed?)"
   end
   local self = setmetatable({ proc = proc, url = url, root = url:gsub("/v1$", ""), engine = core.engine() }, Sandbox)
+  if opts.tls then self.cainfo = (proc:read("*l") or ""):match("^cert: (.+)$") end
   return self
 end
 
 --- A control-plane call: GET when body is nil, POST otherwise. Returns the decoded answer.
 function Sandbox:call(path, body)
   local t = assert(self.engine:request {
-    url = self.root .. path, method = body ~= nil and "POST" or "GET",
+    url = self.root .. path, method = body ~= nil and "POST" or "GET", cainfo = self.cainfo,
     body = body ~= nil and json.encode(body) or nil, timeout = 30, max_body = 256 * 1024 * 1024,
   })
   while not t:done() do

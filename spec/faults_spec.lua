@@ -1,0 +1,541 @@
+-- The fault matrix: every fault, on every call, ends in success after the right retries or in an error
+-- of the right kind; no corrupt file at an output path; no paid create repeated; the key never shown.
+local h = require "spec.support.helpers"
+local jimeng = require "jimeng"
+
+local FAST = { ["retry-after-ms"] = "10" } -- the server's own retry hint, so that retries take no time
+local CANARY = "sk-canary-0123456789abcdef"
+
+local STATUS_PATH = "^/v1/videos/[0-9]+$"
+local CONTENT_PATH = "^/v1/videos/[0-9]+/content$"
+local CREATE_PATH = "^/v1/videos$"
+
+describe("JSON calls under faults", function()
+  local sb, client, task
+  setup(function()
+    sb = h.sandbox()
+    client = h.client(sb)
+    task = assert(client:create { prompt = "a task to look at" })
+  end)
+  teardown(function() sb:stop() end)
+
+  local function hits(path)
+    return #h.api_requests(sb, path or STATUS_PATH)
+  end
+
+  it("a 500 twice, then success: the status comes back after two retries", function()
+    local before = hits()
+    sb:faults { path = STATUS_PATH, fault = "status", status = 500, count = 2, headers = FAST }
+    local t = assert(client:status(task.id))
+    assert.equals(task.id, t.id)
+    assert.equals(3, hits() - before)
+  end)
+
+  it("a 503 every time: a server error with its status after max_retries, still marked retryable", function()
+    local before = hits()
+    sb:faults { path = STATUS_PATH, fault = "status", status = 503, count = 3, headers = FAST }
+    local t, err = client:status(task.id)
+    assert.is_nil(t)
+    assert.equals("server", err.kind)
+    assert.equals(503, err.status)
+    assert.is_true(err.retryable)
+    assert.equals(task.id, err.task_id)
+    assert.equals(3, hits() - before)
+  end)
+
+  for _, code in ipairs { 408, 409, 429, 500, 502, 503, 504 } do
+    it(("a %d once is retried"):format(code), function()
+      local before = hits()
+      sb:faults { path = STATUS_PATH, fault = "status", status = code, headers = FAST }
+      assert(client:status(task.id))
+      assert.equals(2, hits() - before)
+    end)
+  end
+
+  it("a 429 with Retry-After: 1 waits a second before the retry", function()
+    sb:faults { path = STATUS_PATH, fault = "status", status = 429, retry_after = 1 }
+    local before = hits()
+    assert(client:status(task.id))
+    local log = h.api_requests(sb, STATUS_PATH)
+    assert.equals(2, #log - before)
+    assert.is_true(log[#log].time - log[#log - 1].time >= 0.9)
+  end)
+
+  it("a 429 with Retry-After as an HTTP date waits until then", function()
+    sb:faults { path = STATUS_PATH, fault = "status", status = 429, retry_after_date = 2 }
+    assert(client:status(task.id))
+    local log = h.api_requests(sb, STATUS_PATH)
+    assert.is_true(log[#log].time - log[#log - 1].time >= 0.9)
+  end)
+
+  it("without a hint, the retry waits the jittered backoff (0.375 to 0.5 s the first time)", function()
+    sb:faults { path = STATUS_PATH, fault = "status", status = 502 }
+    assert(client:status(task.id))
+    local log = h.api_requests(sb, STATUS_PATH)
+    local gap = log[#log].time - log[#log - 1].time
+    assert.is_true(gap >= 0.35 and gap < 2, "gap " .. gap)
+  end)
+
+  it("x-should-retry: false stops a retry the status would allow", function()
+    local before = hits()
+    sb:faults { path = STATUS_PATH, fault = "status", status = 500, headers = { ["x-should-retry"] = "false" } }
+    local t, err = client:status(task.id)
+    assert.is_nil(t)
+    assert.equals("server", err.kind)
+    assert.equals(1, hits() - before)
+  end)
+
+  it("x-should-retry: true makes a retry the status would not", function()
+    local before = hits()
+    sb:faults { path = STATUS_PATH, fault = "status", status = 400, headers = { ["x-should-retry"] = "true", ["retry-after-ms"] = "10" } }
+    assert(client:status(task.id))
+    assert.equals(2, hits() - before)
+  end)
+
+  it("a connection reset before the answer is retried", function()
+    local before = hits()
+    sb:faults { path = STATUS_PATH, fault = "reset_before" }
+    assert(client:status(task.id))
+    assert.equals(2, hits() - before)
+  end)
+
+  it("malformed JSON is a protocol error, not retried", function()
+    local before = hits()
+    sb:faults { path = STATUS_PATH, fault = "malformed_json" }
+    local t, err = client:status(task.id)
+    assert.is_nil(t)
+    assert.equals("protocol", err.kind)
+    assert.equals(1, hits() - before)
+  end)
+
+  it("a proxy's HTML error page is retried, and reported by its title when it persists", function()
+    sb:faults { path = STATUS_PATH, fault = "html", status = 502, count = 3 }
+    local t, err = client:status(task.id)
+    assert.is_nil(t)
+    assert.equals("server", err.kind)
+    assert.equals("502 Bad Gateway", err.message)
+  end)
+
+  it("a body over the 8 MiB cap is refused as a protocol error", function()
+    sb:faults { path = STATUS_PATH, fault = "huge", bytes = 9 * 1024 * 1024 }
+    local t, err = client:status(task.id)
+    assert.is_nil(t)
+    assert.equals("protocol", err.kind)
+    assert.truthy(err.message:find("larger than the limit"))
+  end)
+
+  it("JSON nested deeper than the decoder's limit is a protocol error", function()
+    local deep = { id = "1", status = "completed" }
+    local cur = deep
+    for _ = 1, 40 do
+      cur.x = {}
+      cur = cur.x
+    end
+    sb:faults { path = STATUS_PATH, fault = "json", body = deep }
+    local t, err = client:status(task.id)
+    assert.is_nil(t)
+    assert.equals("protocol", err.kind)
+  end)
+
+  it("a stalled server hits the per-request timeout: a timeout error", function()
+    local c = h.client(sb, { timeout = 0.3, max_retries = 0 })
+    sb:faults { path = STATUS_PATH, fault = "stall", seconds = 1.5 }
+    local t, err = c:status(task.id)
+    assert.is_nil(t)
+    assert.equals("timeout", err.kind)
+    assert.is_true(err.retryable)
+  end)
+
+  it("an API call follows no redirect", function()
+    local before = hits()
+    sb:faults { path = STATUS_PATH, fault = "redirect", location = sb.root .. "/cdn/elsewhere" }
+    local t, err = client:status(task.id)
+    assert.is_nil(t)
+    assert.equals("http", err.kind)
+    assert.equals(302, err.status)
+    assert.equals(1, hits() - before)
+    assert.equals(0, #h.api_requests(sb, "^/cdn/"))
+  end)
+
+  it("a 404 is not_found at once", function()
+    local before = hits()
+    local t, err = client:status("11111111111111111111")
+    assert.is_nil(t)
+    assert.equals("not_found", err.kind)
+    assert.equals(1, hits() - before)
+  end)
+
+  it("the request id comes from the body when the header is absent; a flat error body gives message and code", function()
+    sb:faults { path = STATUS_PATH, fault = "json", status = 400,
+      body = { message = "quota exceeded", code = 1102, request_id = "body-rid" }, headers = { no_request_id = true } }
+    local t, err = client:status(task.id)
+    assert.is_nil(t)
+    assert.equals("invalid_argument", err.kind)
+    assert.equals("quota exceeded", err.message)
+    assert.equals("1102", err.code)
+    assert.equals("body-rid", err.request_id)
+  end)
+
+  it("reuses one connection for many calls", function()
+    local c = h.client(sb)
+    local before = sb:stats().connections
+    for _ = 1, 10 do assert(c:status(task.id)) end
+    assert.equals(1, sb:stats().connections - before)
+  end)
+end)
+
+describe("a paid create under faults", function()
+  local sb, client
+  setup(function()
+    sb = h.sandbox()
+    client = h.client(sb)
+  end)
+  before_each(function() sb:reset() end)
+  teardown(function() sb:stop() end)
+
+  local function creates() return sb:stats().creates end
+  local function attempts() return #h.api_requests(sb, CREATE_PATH) end
+
+  it("is retried after a 429 (the server refused it) and creates exactly one task", function()
+    sb:faults { path = CREATE_PATH, fault = "status", status = 429, headers = FAST }
+    assert(client:create { prompt = "x" })
+    assert.equals(2, attempts())
+    assert.equals(1, creates())
+  end)
+
+  it("is retried after a 503 that carries Retry-After", function()
+    sb:faults { path = CREATE_PATH, fault = "status", status = 503, retry_after = 1 }
+    assert(client:create { prompt = "x" })
+    assert.equals(2, attempts())
+    assert.equals(1, creates())
+  end)
+
+  for _, code in ipairs { 500, 502, 503, 504 } do
+    it(("is not retried after a %d without Retry-After: the server may have made it"):format(code), function()
+      sb:faults { path = CREATE_PATH, fault = "status", status = code }
+      local t, err = client:create { prompt = "x" }
+      assert.is_nil(t)
+      assert.equals("server", err.kind)
+      assert.equals(1, attempts())
+    end)
+  end
+
+  it("on a kept-alive connection is never re-sent by libcurl itself when that connection dies", function()
+    assert(client:create { prompt = "warm the connection up" })
+    sb:faults { path = CREATE_PATH, fault = "reset_before" }
+    local t, err = client:create { prompt = "x" }
+    assert.is_nil(t)
+    assert.equals("unknown_outcome", err.kind)
+    assert.equals(2, attempts())
+    assert.equals(1, creates())
+  end)
+
+  it("whose connection is reset after the server made the task is unknown_outcome, never retried", function()
+    sb:faults { path = CREATE_PATH, fault = "reset_after_create" }
+    local t, err = client:create { prompt = "x" }
+    assert.is_nil(t)
+    assert.equals("unknown_outcome", err.kind)
+    assert.is_false(err.retryable)
+    assert.truthy(err.message:find("check before creating it again"))
+    assert.equals(1, attempts())
+    assert.equals(1, creates())
+  end)
+
+  it("whose connection is reset after the body was sent is unknown_outcome too", function()
+    sb:faults { path = CREATE_PATH, fault = "reset_before" }
+    local t, err = client:create { prompt = "x" }
+    assert.is_nil(t)
+    assert.equals("unknown_outcome", err.kind)
+    assert.equals(1, attempts())
+  end)
+
+  it("that times out after sending is unknown_outcome, not a second paid request", function()
+    local c = h.client(sb, { timeout = 0.3 })
+    sb:faults { path = CREATE_PATH, fault = "stall", seconds = 1 }
+    local t, err = c:create { prompt = "x" }
+    assert.is_nil(t)
+    assert.equals("unknown_outcome", err.kind)
+    assert.equals(1, attempts())
+  end)
+
+  it("that cannot connect at all is retried, and reported as a retryable network error", function()
+    local retries = 0
+    local closed = assert(jimeng.new { api_key = "k", base_url = "http://127.0.0.1:9/v1", max_retries = 1,
+      logger = function(what) if what == "retry" then retries = retries + 1 end end })
+    local t, err = closed:create { prompt = "x" }
+    assert.is_nil(t)
+    assert.equals("network", err.kind)
+    assert.is_true(err.retryable)
+    assert.equals(1, retries)
+  end)
+end)
+
+describe("a download under faults", function()
+  local sb, client, dir, task, SIZE
+  setup(function()
+    sb = h.sandbox { queue_seconds = 0, process_seconds = 0 }
+    client = h.client(sb)
+    dir = h.tmpdir()
+    SIZE = 3 * 1024 * 1024 + 17
+    task = assert(client:create { prompt = "big one sandbox:bytes=" .. SIZE })
+    assert(client:wait(task.id, { interval = 0.01 }))
+  end)
+  teardown(function()
+    sb:stop()
+    h.cleanup()
+  end)
+
+  -- Checks a synthetic video byte by byte at a sample of offsets, and its size.
+  local function assert_video(path)
+    local data = assert(h.read(path))
+    assert.equals(SIZE, #data)
+    assert.equals("ftyp", data:sub(5, 8))
+    for _, i in ipairs { 32, 100, 65520, 65521, 1048575, 1048576, 1572864, SIZE - 1 } do
+      assert.equals(h.synthetic_byte(i), data:byte(i + 1), "byte " .. i)
+    end
+    local step = 4093
+    for i = 32, SIZE - 1, step do
+      if data:byte(i + 1) ~= h.synthetic_byte(i) then error("wrong byte at " .. i) end
+    end
+  end
+
+  local function content_requests() return h.api_requests(sb, CONTENT_PATH) end
+
+  it("reset mid-body is resumed within the same call with Range and If-Range", function()
+    local path = dir .. "/reset.mp4"
+    local before = #content_requests()
+    sb:faults { path = CONTENT_PATH, fault = "reset_mid_body", after_bytes = 1000000 }
+    local info = assert(client:download(task.id, path))
+    assert_video(path)
+    assert.equals(SIZE, info.bytes)
+    local log = content_requests()
+    assert.equals(2, #log - before)
+    local retry = log[#log].headers
+    assert.truthy(retry.range:match("^bytes=(%d+)%-$"))
+    assert.is_true(tonumber(retry.range:match("^bytes=(%d+)%-$")) > 0)
+    assert.equals('"syn-' .. SIZE .. '"', retry["if-range"])
+    assert.is_false(h.exists(path .. ".part"))
+  end)
+
+  it("a short body (fewer bytes than Content-Length) is resumed, never saved as if whole", function()
+    local path = dir .. "/short.mp4"
+    sb:faults { path = CONTENT_PATH, fault = "short_body", after_bytes = 2000000 }
+    assert(client:download(task.id, path))
+    assert_video(path)
+  end)
+
+  it("when the retries run out: no file at the path, the .part kept, and the next call resumes from it", function()
+    local path = dir .. "/broken.mp4"
+    local c = h.client(sb, { max_retries = 1 })
+    sb:faults { path = CONTENT_PATH, fault = "reset_mid_body", after_bytes = 700000, count = 2 }
+    local info, err = c:download(task.id, path)
+    assert.is_nil(info)
+    assert.equals("network", err.kind)
+    assert.is_true(err.retryable)
+    assert.equals(task.id, err.task_id)
+    assert.is_false(h.exists(path))
+    local partial = #h.read(path .. ".part")
+    assert.is_true(partial > 0 and partial < SIZE)
+    local again = assert(client:download(task.id, path))
+    assert.equals(partial, again.resumed_from)
+    assert_video(path)
+    local log = content_requests()
+    assert.equals(("bytes=%d-"):format(partial), log[#log].headers.range)
+    assert.is_false(h.exists(path .. ".part"))
+  end)
+
+  it("a 206 that starts at the wrong offset is thrown away and the download restarts from zero", function()
+    local path = dir .. "/badrange.mp4"
+    h.write(path .. ".part", ("\0"):rep(5000))
+    sb:faults { path = CONTENT_PATH, fault = "bad_range" }
+    assert(client:download(task.id, path))
+    assert_video(path)
+  end)
+
+  it("a server that ignores Range (200) restarts the file from zero", function()
+    local path = dir .. "/norange.mp4"
+    h.write(path .. ".part", ("\0"):rep(5000))
+    sb:faults { path = CONTENT_PATH, fault = "ignore_range" }
+    local info = assert(client:download(task.id, path))
+    assert.equals(200, info.status)
+    assert_video(path)
+  end)
+
+  it("resume=false starts over whatever the .part holds", function()
+    local path = dir .. "/fresh.mp4"
+    h.write(path .. ".part", ("\0"):rep(5000))
+    local info = assert(client:download(task.id, path, { resume = false }))
+    assert.equals(200, info.status)
+    assert_video(path)
+  end)
+
+  it("JSON where a video was expected is an error with the server's message, and no file", function()
+    local path = dir .. "/json.mp4"
+    sb:faults { path = CONTENT_PATH, fault = "json", status = 200, body = { error = { message = "video expired" } } }
+    local info, err = client:download(task.id, path)
+    assert.is_nil(info)
+    assert.equals("protocol", err.kind)
+    assert.truthy(err.message:find("video expired"))
+    assert.is_false(h.exists(path))
+    assert.is_false(h.exists(path .. ".part"))
+  end)
+
+  it("an HTML error page is retried, then reported by its title; no file", function()
+    local path = dir .. "/html.mp4"
+    sb:faults { path = CONTENT_PATH, fault = "html", status = 502, count = 3 }
+    local info, err = client:download(task.id, path)
+    assert.is_nil(info)
+    assert.equals("server", err.kind)
+    assert.equals("502 Bad Gateway", err.message)
+    assert.is_false(h.exists(path))
+  end)
+
+  it("a stall mid-body is cut by the stall timeout and resumed", function()
+    local path = dir .. "/stall.mp4"
+    local c = h.client(sb, { stall_timeout = 1 })
+    sb:faults { path = CONTENT_PATH, fault = "stall_mid_body", after_bytes = 1500000, seconds = 4 }
+    assert(c:download(task.id, path))
+    assert_video(path)
+  end)
+
+  it("follows a redirect to a storage host, without carrying the API key there", function()
+    local cdn = h.sandbox { host = "127.0.0.2" }
+    local path = dir .. "/cdn.mp4"
+    sb:faults { path = CONTENT_PATH, fault = "redirect", location = cdn.root .. "/cdn/video.mp4" }
+    local info = assert(client:download(task.id, path))
+    assert.equals(h.fixture(), h.read(path))
+    assert.equals(#h.fixture(), info.bytes)
+    local got = h.api_requests(cdn, "^/cdn/")
+    cdn:stop()
+    assert.equals(1, #got)
+    assert.is_nil(got[1].headers.authorization)
+  end)
+
+  it("keeps the key on a redirect within the same host", function()
+    local path = dir .. "/samehost.mp4"
+    sb:faults { path = CONTENT_PATH, fault = "redirect", location = sb.root .. "/cdn/video.mp4" }
+    assert(client:download(task.id, path))
+    local got = h.api_requests(sb, "^/cdn/")
+    assert.equals("Bearer test-key", got[#got].headers.authorization)
+  end)
+
+  it("refuses a redirect to a file: URL", function()
+    local path = dir .. "/file.mp4"
+    local before = #content_requests()
+    sb:faults { path = CONTENT_PATH, fault = "redirect", location = "file:///etc/passwd" }
+    local info, err = client:download(task.id, path)
+    assert.is_nil(info)
+    assert.equals("protocol", err.kind)
+    assert.is_false(err.retryable)
+    assert.equals(1, #content_requests() - before)
+    assert.is_false(h.exists(path))
+  end)
+
+  it("gives up after five redirects", function()
+    local path = dir .. "/loop.mp4"
+    sb:faults { path = "^/cdn/", fault = "redirect", location = sb.root .. "/cdn/again", count = 6 }
+    sb:faults { path = CONTENT_PATH, fault = "redirect", location = sb.root .. "/cdn/again" }
+    local info, err = client:download(task.id, path)
+    assert.is_nil(info)
+    assert.equals("protocol", err.kind)
+    assert.truthy(err.message:find("more than 5 redirects"))
+    assert.is_false(h.exists(path))
+  end)
+
+  it("keeps memory flat: a 64 MiB video does not grow the process by more than a few MiB", function()
+    local function hwm_kib()
+      local f = io.open("/proc/self/status")
+      if not f then return nil end
+      local s = f:read("*a")
+      f:close()
+      return tonumber(s:match("VmHWM:%s*(%d+)"))
+    end
+    if not hwm_kib() then return pending("no /proc here") end
+    local big = 64 * 1024 * 1024
+    local t = assert(client:create { prompt = "huge sandbox:bytes=" .. big })
+    assert(client:wait(t.id, { interval = 0.01 }))
+    collectgarbage()
+    local before = hwm_kib()
+    local info = assert(client:download(t.id, dir .. "/huge.mp4"))
+    assert.equals(big, info.bytes)
+    local grown = hwm_kib() - before
+    assert.is_true(grown < 16 * 1024, ("peak memory grew by %d KiB"):format(grown))
+    os.remove(dir .. "/huge.mp4")
+  end)
+end)
+
+describe("security", function()
+  local sb
+  setup(function() sb = h.sandbox() end)
+  teardown(function() sb:stop() end)
+
+  it("refuses a plain-http base URL to a remote host, and allows loopback or an explicit opt-in", function()
+    local c, err = jimeng.new { api_key = "k", base_url = "http://example.com/v1" }
+    assert.is_nil(c)
+    assert.equals("invalid_argument", err.kind)
+    assert.equals("base_url", err.field)
+    assert(jimeng.new { api_key = "k", base_url = "http://127.0.0.1:1/v1" })
+    assert(jimeng.new { api_key = "k", base_url = "http://localhost:1/v1" })
+    assert(jimeng.new { api_key = "k", base_url = "http://example.com/v1", allow_insecure_http = true })
+    assert(jimeng.new { api_key = "k", base_url = "https://example.com/v1" })
+    local _, ferr = jimeng.new { api_key = "k", base_url = "ftp://example.com/v1" }
+    assert.equals("invalid_argument", ferr.kind)
+  end)
+
+  it("refuses an API key with CR or LF, which could smuggle a header", function()
+    for _, key in ipairs { "sk-1\r\nX-Evil: 1", "sk-1\n", "sk\0x" } do
+      local c, err = jimeng.new { api_key = key, base_url = sb.url }
+      assert.is_nil(c)
+      assert.equals("invalid_argument", err.kind)
+      assert.falsy(tostring(err):find(key, 1, true))
+    end
+  end)
+
+  it("never shows the API key: not in errors, not in log lines, even when the server echoes it", function()
+    local lines = {}
+    local c = h.client(sb, { api_key = CANARY, logger = function(...)
+      local parts = {}
+      for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
+      lines[#lines + 1] = table.concat(parts, " ")
+    end })
+    local errs = {}
+    local function collect(_, err) if err then errs[#errs + 1] = tostring(err) .. " " .. err.message end end
+    sb:faults { path = CREATE_PATH, fault = "json", status = 401,
+      body = { error = { message = "Incorrect API key provided: " .. CANARY, code = "invalid_api_key" } } }
+    collect(c:create { prompt = "x" })
+    sb:faults { path = STATUS_PATH, fault = "status", status = 500, message = "upstream got key " .. CANARY, count = 3, headers = FAST }
+    collect(c:status("12345678901234567890"))
+    collect(c:status("12345678901234567890"))
+    sb:faults { path = CONTENT_PATH, fault = "html", count = 3 }
+    collect(c:download("12345678901234567890", os.tmpname()))
+    assert.is_true(#errs >= 3)
+    assert.is_true(#lines >= 1)
+    for _, s in ipairs(errs) do assert.falsy(s:find(CANARY, 1, true), s) end
+    for _, s in ipairs(lines) do assert.falsy(s:find(CANARY, 1, true), s) end
+    assert.truthy(errs[1]:find("Incorrect API key provided: ***", 1, true))
+  end)
+end)
+
+describe("TLS", function()
+  local sb
+  setup(function() sb = h.sandbox { tls = true } end)
+  teardown(function() sb:stop() end)
+
+  it("works against a private CA given as cainfo", function()
+    assert.truthy(sb.url:find("^https://"))
+    local c = h.client(sb, { cainfo = sb.cainfo })
+    local t = assert(c:create { prompt = "over tls" })
+    assert(c:wait(t.id, { interval = 0.02 }))
+  end)
+
+  it("refuses a certificate it cannot verify, at once and with a hint", function()
+    local c = h.client(sb)
+    local before = sb:stats().creates
+    local t, err = c:create { prompt = "x" }
+    assert.is_nil(t)
+    assert.equals("network", err.kind)
+    assert.is_false(err.retryable)
+    assert.truthy(err.message:find("cainfo"))
+    assert.equals(before, sb:stats().creates)
+  end)
+end)
