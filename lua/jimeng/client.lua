@@ -235,6 +235,30 @@ end
 
 local function remove(path) os.remove(path) end
 
+-- The ETag of a partial download is kept beside it, so that a later call resumes with If-Range.
+local function read_etag(part)
+  local f = io.open(part .. ".etag", "r")
+  if not f then return nil end
+  local etag = f:read("*l")
+  f:close()
+  if etag and etag ~= "" and not etag:find("[%c]") then return etag end
+  return nil
+end
+
+local function write_etag(part, etag)
+  if not etag then return end
+  local f = io.open(part .. ".etag", "w")
+  if f then
+    f:write(etag, "\n")
+    f:close()
+  end
+end
+
+local function remove_part(part)
+  remove(part)
+  remove(part .. ".etag")
+end
+
 local function download_error(self, r, id)
   local decoded
   local ok, d = pcall(self.json.decode, r.body or "")
@@ -267,10 +291,10 @@ function Client:download(id, path, opts)
   local ok, kerr = need_key(self)
   if not ok then return nil, kerr end
   local part = path .. ".part"
-  if opts.resume == false then remove(part) end
+  if opts.resume == false then remove_part(part) end
   local url = self.base_url .. "/videos/" .. id .. "/content"
   local on_progress, every = opts.on_progress, opts.progress_interval or 0.25
-  local attempt, etag = 0, nil
+  local attempt, etag = 0, read_etag(part)
   local resumed_from
   while true do
     local offset = core.file_size(part) or 0
@@ -320,6 +344,7 @@ function Client:download(id, path, opts)
       else
         local done, cerr = core.commit(part, path)
         if not done then return nil, errors.new { kind = "io", task_id = id, message = cerr } end
+        remove(part .. ".etag")
         if on_progress then on_progress(r.file_bytes, r.file_bytes) end
         return {
           path = path, bytes = r.file_bytes, task_id = id, status = r.status,
@@ -330,11 +355,13 @@ function Client:download(id, path, opts)
       end
     elseif r.ok and r.status == 416 then
       -- the partial file is not a prefix the server can continue: start again from zero
-      remove(part)
+      remove_part(part)
+      etag = nil
       e = errors.new { kind = "protocol", task_id = id, status = 416, message = "the server cannot resume this download" }
       retry = attempt == 0
     elseif r.range_mismatch then
-      remove(part)
+      remove_part(part)
+      etag = nil
       e = errors.new { kind = "protocol", task_id = id, message = "the server resumed at the wrong offset" }
       retry = true
     elseif r.ok and r.sink == "none" and r.status >= 200 and r.status < 300 then
@@ -349,7 +376,11 @@ function Client:download(id, path, opts)
     end
     if not retry or attempt >= self.max_retries then
       if retry then e.retryable = true end
-      if (core.file_size(part) or 1) == 0 then remove(part) end
+      if (core.file_size(part) or 0) == 0 then
+        remove_part(part)
+      else
+        write_etag(part, etag)
+      end
       return nil, e
     end
     local delay = http.backoff(attempt, r.headers)
