@@ -37,7 +37,7 @@ LUA_SRCS     = $(wildcard lua/jimeng/*.lua)
 RUN_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/?.lua;;" \
           LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" JIMENG_TEST_LUA="$(LUA)"
 
-.PHONY: all test demo install uninstall clean version rock lint
+.PHONY: all test demo examples install uninstall clean version rock lint
 
 all: $(SO)
 
@@ -58,6 +58,14 @@ test: all
 demo: all
 	@mkdir -p build/demo
 	@$(RUN_ENV) $(LUA) examples/run_with_sandbox.lua examples/text_to_video.lua build/demo
+
+# Every example, each against its own fresh sandbox.
+examples: all
+	@mkdir -p build/examples
+	@$(RUN_ENV) $(LUA) examples/run_with_sandbox.lua examples/text_to_video.lua build/examples
+	@$(RUN_ENV) $(LUA) examples/run_with_sandbox.lua examples/omnihuman.lua \
+	  "https://example.com/two-people.jpg?subjects=2" https://example.com/speech.mp3 build/examples/omnihuman.mp4
+	@$(RUN_ENV) $(LUA) examples/run_with_sandbox.lua examples/many_prompts.lua build/examples
 
 install: all
 	install -d $(DESTDIR)$(LUA_LMOD_DIR)/jimeng $(DESTDIR)$(LUA_CMOD_DIR)/jimeng

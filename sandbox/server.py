@@ -330,11 +330,14 @@ class Handler(BaseHTTPRequestHandler):
             entry["status"] = self.status
             entry["fault"] = fault["fault"]
             return
+        self.served_status = None
         try:
             self.route(path, body, raw, fault)
         except ApiError as e:
             self.send_error_json(e)
         entry["status"] = self.status
+        if self.served_status:
+            entry["task_status"] = self.served_status
 
     def route(self, path, body, raw, fault):
         if path.startswith("/masks/"):
@@ -347,7 +350,11 @@ class Handler(BaseHTTPRequestHandler):
         m = re.fullmatch(r"/v1/videos/([^/]+)(/content)?", path)
         if m and self.command in ("GET", "HEAD"):
             task = self.find_task(m.group(1))
-            return self.content(task, fault) if m.group(2) else self.send(200, self.task_view(task))
+            if m.group(2):
+                return self.content(task, fault)
+            view = self.task_view(task)
+            self.served_status = view["status"]
+            return self.send(200, view)
         if path == "/v1/omnihuman/subject/detection" and self.command == "POST":
             return self.detection(body)
         if path == "/v1/omnihuman/subject/recognition" and self.command == "POST":

@@ -392,6 +392,39 @@ function Client:download(id, path, opts)
 end
 
 ---------------------------------------------------------------------------------------------------
+-- Subjects (OmniHuman)
+
+local function subject_call(self, which, image_url, opts)
+  local body, err = core.subject_body(which, image_url)
+  if not body then return nil, errors.new(err) end
+  local ok, kerr = need_key(self)
+  if not ok then return nil, kerr end
+  local decoded, r = http.json(self, {
+    method = "POST", path = "/omnihuman/subject/" .. which, body = body, what = which,
+    deadline = opts and opts.deadline,
+  })
+  if not decoded then return nil, r end
+  local result, why = core[which](decoded)
+  if not result then
+    return nil, errors.new({ kind = "protocol", message = why, request_id = r.headers["x-request-id"] }, self.api_key)
+  end
+  result.request_id = result.request_id or r.headers["x-request-id"]
+  return result
+end
+
+--- client:detect(image_url) -> {has_subject=, mask_urls={...largest first}, request_id=} | nil, err
+function Client:detect(image_url, opts)
+  check_method_self(self, "detect")
+  return subject_call(self, "detection", image_url, opts)
+end
+
+--- client:recognize(image_url) -> {has_subject=, task_id=, request_id=} | nil, err
+function Client:recognize(image_url, opts)
+  check_method_self(self, "recognize")
+  return subject_call(self, "recognition", image_url, opts)
+end
+
+---------------------------------------------------------------------------------------------------
 -- Workflows
 
 --- client:generate(params, opts) -> result | nil, err
@@ -410,6 +443,12 @@ function Client:generate(params, opts)
   end
   local task, err = self:create(params, { deadline = deadline })
   if not task then return nil, err end
+  return self:finish(task, opts, deadline, "jimeng_video_")
+end
+
+--- Waits for a created task and downloads it to opts.output (or <opts.output_dir>/<prefix><id>.mp4)
+-- before the deadline: the second half of generate and omnihuman. -> {path=, bytes=, task=} | nil, err
+function Client:finish(task, opts, deadline, prefix)
   if opts.on_status then opts.on_status(task) end
   local done, werr = self:wait(task.id, {
     deadline = deadline, interval = opts.interval,
@@ -418,10 +457,100 @@ function Client:generate(params, opts)
   if not done then return nil, werr end
   done.warnings = task.warnings
   local output = opts.output or ((opts.output_dir and (opts.output_dir:gsub("/+$", "") .. "/") or "") ..
-    "jimeng_video_" .. task.id .. ".mp4")
+    prefix .. task.id .. ".mp4")
   local info, derr = self:download(task.id, output, { deadline = deadline, on_progress = opts.on_progress })
   if not info then return nil, derr end
   info.task = done
+  return info
+end
+
+-- The keys of client:omnihuman that steer the workflow rather than go on the wire.
+local OMNI_WORKFLOW = { subject = true, recognize = true, output = true, output_dir = true }
+
+--- Picks the speaking subject's mask from a detection, as `subject` asks: "largest", an index, or a
+-- function(mask_urls) returning a mask URL or an index.
+local function choose_mask(subject, masks)
+  local choice = subject
+  if type(subject) == "function" then
+    choice = subject(masks)
+    if choice == nil then return nil, "the subject function chose no mask" end
+  elseif subject == "largest" then
+    choice = 1
+  elseif type(subject) ~= "number" then
+    return nil, 'subject must be "largest", a number or a function(mask_urls); got ' .. tostring(subject)
+  end
+  if type(choice) == "number" then
+    if choice ~= math.floor(choice) or choice < 1 or choice > #masks then
+      return nil, ("subject %s was asked for, but detection found %d subject%s"):format(tostring(choice), #masks,
+        #masks == 1 and "" or "s")
+    end
+    return masks[choice]
+  end
+  for _, m in ipairs(masks) do
+    if m == choice then return m end
+  end
+  return nil, "the subject function returned " .. tostring(choice) .. ", which is not one of the detected masks"
+end
+
+--- client:omnihuman(params, opts) -> task | result | nil, err
+-- A talking-head video. params: image, audio, prompt, resolution, fast, seed, mask(s) (see normalize),
+-- and the workflow keys:
+--   recognize = true   first check (recognition) that the image holds a person-like subject
+--   subject = "largest" | n | function(mask_urls)   run detection and send the chosen subject's mask
+--   output = path / output_dir = dir   also wait and download: returns {path=, bytes=, task=, mask_url=}
+-- Without output it returns the created task (task.mask_url is the mask chosen, if any). Every check,
+-- recognition and detection happen before the paid create; a failed one creates nothing.
+-- opts: timeout, on_status, on_progress, interval (as for generate).
+function Client:omnihuman(params, opts)
+  check_method_self(self, "omnihuman")
+  opts = opts or {}
+  if type(params) ~= "table" then return invalid("omnihuman needs a table of parameters") end
+  local wire = { generation_type = "omni_human" }
+  for k, v in pairs(params) do
+    if not OMNI_WORKFLOW[k] then wire[k] = v end
+  end
+  local body, warnings = core.normalize(wire, "omni_human")
+  if not body then return nil, errors.new(warnings) end
+  if params.subject ~= nil and body.mask_urls then
+    return invalid("give either subject (detect and choose) or masks, not both", "subject")
+  end
+  for _, k in ipairs { "output", "output_dir" } do
+    if params[k] ~= nil and (type(params[k]) ~= "string" or params[k] == "") then return invalid(k .. " must be a path", k) end
+  end
+  local deadline = now() + (opts.timeout or self.wait_timeout)
+  local image = body.content[1].image_url.url
+  if params.recognize then
+    local rec, err = self:recognize(image, { deadline = deadline })
+    if not rec then return nil, err end
+    if not rec.has_subject then
+      return nil, errors.new { kind = "invalid_argument", field = "image", request_id = rec.request_id,
+        message = "recognition found no person, human-like or anthropomorphic subject in " .. image ..
+          ": an OmniHuman video of it would fail (nothing was paid for)" }
+    end
+  end
+  local mask
+  if params.subject ~= nil then
+    local det, err = self:detect(image, { deadline = deadline })
+    if not det then return nil, err end
+    if not det.has_subject or #det.mask_urls == 0 then
+      return nil, errors.new { kind = "invalid_argument", field = "subject", request_id = det.request_id,
+        message = "detection found no subject in " .. image .. " (nothing was paid for)" }
+    end
+    local why
+    mask, why = choose_mask(params.subject, det.mask_urls)
+    if not mask then return nil, errors.new { kind = "invalid_argument", field = "subject", message = why } end
+    wire.mask = mask
+  end
+  local task, err = self:create(wire, { deadline = deadline })
+  if not task then return nil, err end
+  task.mask_url = mask
+  if not params.output and not params.output_dir then return task end
+  local info, ferr = self:finish(task, {
+    output = params.output, output_dir = params.output_dir, interval = opts.interval,
+    on_status = opts.on_status, on_progress = opts.on_progress,
+  }, deadline, "omnihuman_video_")
+  if not info then return nil, ferr end
+  info.task.mask_url, info.mask_url = mask, mask
   return info
 end
 
