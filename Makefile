@@ -3,6 +3,14 @@
 
 LUA_VERSION ?= 5.4
 LUA         ?= lua$(LUA_VERSION)
+ifeq ($(LUA),luajit)
+# LuaJIT speaks the 5.1 API; Debian's luajit2 (OpenResty's branch) serves it, nginx and Neovim alike
+LUA_VERSION := 5.1
+LUA_PC      ?= luajit
+else ifneq ($(filter lua5.%,$(LUA)),)
+# make LUA=lua5.3 means LUA_VERSION=5.3
+LUA_VERSION := $(patsubst lua%,%,$(LUA))
+endif
 LUA_PC      ?= lua$(LUA_VERSION)
 PKG_CONFIG  ?= pkg-config
 PYTHON      ?= python3
@@ -37,7 +45,7 @@ LUA_SRCS     = $(wildcard lua/jimeng/*.lua)
 RUN_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/?.lua;;" \
           LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" JIMENG_TEST_LUA="$(LUA)"
 
-.PHONY: all test demo examples install uninstall clean version rock lint
+.PHONY: all test test-all demo examples install uninstall clean version rock lint
 
 all: $(SO)
 
@@ -54,6 +62,14 @@ version:
 
 test: all
 	@$(RUN_ENV) $(LUA) $(BUSTED) --lua=$(LUA) -o spec/support/summary.lua $(BUSTED_ARGS) spec
+
+# The whole suite on every Lua: each build has its own directory, so they never mix.
+TEST_LUAS ?= lua5.1 lua5.2 lua5.3 lua5.4 luajit
+test-all:
+	@set -e; for l in $(TEST_LUAS); do \
+	  echo "== $$l"; \
+	  $(MAKE) --no-print-directory test LUA=$$l; \
+	done
 
 demo: all
 	@mkdir -p build/demo

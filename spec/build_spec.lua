@@ -2,20 +2,24 @@
 local h = require "spec.support.helpers"
 
 local lua = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
-local version = lua:match("(%d%.%d)$") or "5.4"
+local version = lua:find("jit") and "5.1" or lua:match("(%d%.%d)$") or "5.4"
 
+-- Runs a shell command; returns whether it exited 0, and its output (5.1's close() tells no status).
 local function run(cmd)
-  local p = io.popen(cmd .. " 2>&1")
+  local p = io.popen(cmd .. " 2>&1; echo \"exit=$?\"")
   local out = p:read("*a")
-  local ok = p:close()
-  return ok, out
+  p:close()
+  local code = tonumber(out:match("exit=(%d+)%s*$"))
+  return code == 0, (out:gsub("exit=%d+%s*$", ""))
 end
 
 -- Loads jimeng from an install tree in a fresh interpreter, with nothing from this checkout on the path.
 local function load_from(tree)
   return run(("cd / && LUA_PATH='%s/share/lua/%s/?.lua;%s/share/lua/%s/?/init.lua;;' LUA_CPATH='%s/lib/lua/%s/?.so;;' " ..
     "%s -e 'local j = require \"jimeng\"; local b = assert(j.normalize{prompt=\"x\"}); " ..
-    "io.write(j._VERSION, \" \", b.model, \" \", package.searchpath(\"jimeng.core\", package.cpath))'")
+    "local found; for t in package.cpath:gmatch(\"[^;]+\") do local f = t:gsub(\"%%?\", \"jimeng/core\"); " ..
+    "local h = io.open(f); if h and not found then h:close(); found = f end end; " ..
+    "io.write(j._VERSION, \" \", b.model, \" \", found)'")
     :format(tree, version, tree, version, tree, version, lua))
 end
 
@@ -34,7 +38,6 @@ describe("installing", function()
   end)
 
   it("luarocks make with the builtin rockspec builds and installs every module", function()
-    if lua:find("jit") then return pending("luarocks builds for PUC Lua here") end
     local tree = h.tmpdir()
     local ok, out = run(("make -s rock LUA_VERSION=%s ROCK_TREE=%s"):format(version, tree))
     assert.is_true(ok, out)
