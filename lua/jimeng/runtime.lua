@@ -2,8 +2,9 @@
 -- Every network call is a non-blocking libcurl transfer plus `await`. Inside a coroutine that the
 -- scheduler runs, `await` and `sleep` yield to it, and the scheduler waits once (curl_multi_poll with
 -- the nearest timer as its timeout) for every transfer and timer of every coroutine. Anywhere else
--- they block the thread without spinning. C never yields: only this Lua code does, so the same code
--- runs on Lua 5.1 to 5.4 and LuaJIT.
+-- they block the thread without spinning, except inside nginx (OpenResty), where they step the engine
+-- and ngx.sleep between steps so that the worker keeps serving. C never yields: only this Lua code
+-- does, so the same code runs on Lua 5.1 to 5.4 and LuaJIT.
 local core = require "jimeng.core"
 
 local M = {}
@@ -16,6 +17,23 @@ local pack = table.pack or function(...) return { n = select("#", ...), ... } en
 
 -- The scheduler of each coroutine it runs (weak keys: a finished coroutine is forgotten).
 local owner = setmetatable({}, { __mode = "k" })
+
+-- nginx phases in which ngx.sleep may be called (it yields the request's coroutine to nginx).
+local NGX_SLEEP_PHASES = {
+  rewrite = true, access = true, content = true, timer = true, ssl_cert = true,
+  ssl_session_fetch = true, ssl_client_hello = true, precontent = true,
+}
+
+--- ngx.sleep when this code runs inside nginx in a phase that allows it, else nil.
+local function ngx_sleep()
+  local ngx = rawget(_G, "ngx")
+  if type(ngx) == "table" and ngx.get_phase and NGX_SLEEP_PHASES[ngx.get_phase()] then return ngx.sleep end
+  return nil
+end
+M.ngx_sleep = ngx_sleep
+
+-- Inside nginx, a transfer is stepped with ngx.sleep in between: short at first, up to 20 ms.
+local NGX_STEP_MIN, NGX_STEP_MAX = 0.001, 0.02
 
 --- The scheduler running the current coroutine, or nil.
 local function current()
@@ -31,16 +49,23 @@ function M.await(engine, transfer, timeout)
     return co_yield("await", engine, transfer, timeout)
   end
   local deadline = timeout and now() + timeout
+  local nsleep = ngx_sleep()
+  local step = NGX_STEP_MIN
   while true do
     engine:perform()
     if transfer:done() then return true end
+    if nsleep then
+      if deadline and now() >= deadline then return false end
+      nsleep(step)
+      step = math.min(step * 2, NGX_STEP_MAX)
+    end
     local wait_ms = 1000
     if deadline then
       local left = deadline - now()
       if left <= 0 then return false end
       wait_ms = math.min(wait_ms, left * 1000)
     end
-    engine:poll(wait_ms)
+    if not nsleep then engine:poll(wait_ms) end
   end
 end
 
@@ -50,7 +75,8 @@ function M.sleep(seconds)
   if current() then
     co_yield("sleep", seconds)
   else
-    core.sleep(seconds)
+    local nsleep = ngx_sleep()
+    if nsleep then nsleep(seconds) else core.sleep(seconds) end
   end
 end
 
@@ -124,14 +150,17 @@ function Scheduler:step(co, args)
   end
 end
 
-function Scheduler:loop()
-  while self.alive > 0 do
+--- One round: resume whoever is ready, drive the engines, wake whoever is done, and wait at most
+-- max_wait_ms (math.huge: until something happens) for the next event. Returns the number of
+-- coroutines still alive. The Neovim adapter calls it from a timer with max_wait_ms = 0.
+function Scheduler:tick(max_wait_ms)
+  do
     while #self.ready > 0 do
       local batch = self.ready
       self.ready = {}
       for i = 1, #batch do self:step(batch[i][1], batch[i][2]) end
     end
-    if self.alive == 0 then break end
+    if self.alive == 0 then return 0 end
 
     -- drive every engine that has a waiter, then wake whoever is done
     local engines, nengines = {}, 0
@@ -164,9 +193,14 @@ function Scheduler:loop()
       end
     end
 
-    if #self.ready == 0 then
+    if #self.ready == 0 and max_wait_ms > 0 then
       local wait_ms = nearest == math.huge and 1000 or math.max(0, (nearest - t) * 1000)
-      if nengines == 1 then
+      wait_ms = math.min(wait_ms, max_wait_ms)
+      local nsleep = ngx_sleep()
+      if nsleep then
+        -- inside nginx: never block the worker; let it serve others while we wait
+        nsleep(math.max(NGX_STEP_MIN, math.min(wait_ms / 1000, NGX_STEP_MAX)))
+      elseif nengines == 1 then
         local engine = next(engines)
         engine:poll(wait_ms)
       elseif nengines > 1 then
@@ -181,6 +215,11 @@ function Scheduler:loop()
       end
     end
   end
+  return self.alive
+end
+
+function Scheduler:loop()
+  while self:tick(math.huge) > 0 do end
 end
 
 --- Runs fn(...) in a scheduler: every API call made by it, and by the coroutines it spawns, runs
@@ -241,5 +280,8 @@ function M.gather(list)
 end
 
 M.in_scheduler = function() return current() ~= nil end
+
+--- A scheduler to drive by hand (host event loops): sched:spawn(fn, ...) -> handle, sched:tick(0).
+M.scheduler = new_scheduler
 
 return M

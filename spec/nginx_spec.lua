@@ -1,0 +1,83 @@
+-- Inside Debian's nginx with its Lua module: a create -> wait -> download never blocks the worker.
+local h = require "spec.support.helpers"
+local proc = require "spec.support.process"
+local core = require "jimeng.core"
+
+local nginx = proc.run("command -v nginx && test -f /usr/share/nginx/modules/ngx_http_lua_module.so")
+
+describe("inside nginx (examples/openresty)", function()
+  if not nginx then
+    it("needs nginx and libnginx-mod-http-lua (apt-get install nginx libnginx-mod-http-lua)", function()
+      pending("nginx with its Lua module is not installed")
+    end)
+    return
+  end
+
+  local sb, prefix, port, server
+  setup(function()
+    local ok, out = proc.run("make -s LUA=luajit")
+    assert(ok, out)
+    sb = h.sandbox { queue_seconds = 0.2, process_seconds = 0.2 }
+    prefix = h.tmpdir()
+    port = proc.free_port()
+    assert(proc.run("mkdir -p " .. prefix .. "/logs " .. prefix .. "/videos"))
+    local conf = assert(h.read("examples/openresty/nginx.conf"))
+    conf = conf:gsub("listen 127%.0%.0%.1:8080;", "listen 127.0.0.1:" .. port .. ";")
+    conf = conf:gsub("%$prefix/%.%./%.%./", proc.root .. "/")
+    conf = conf:gsub("%$prefix/%?%.lua", proc.root .. "/examples/openresty/?.lua")
+    h.write(prefix .. "/nginx.conf", conf)
+    server = io.popen(("cd %s && JIMENG_API_KEY=nginx-key JIMENG_BASE_URL=%s JIMENG_OUTPUT_DIR=%s/videos " ..
+      "exec nginx -p %s/ -c %s/nginx.conf -g 'daemon off; master_process off;' > %s/logs/stdout 2>&1")
+      :format(prefix, sb.url, prefix, prefix, prefix, prefix), "r")
+    local deadline = core.now() + 10
+    repeat
+      local r = proc.get(("http://127.0.0.1:%d/health"):format(port), 1)
+      if r.status == 200 then return end
+      core.sleep(0.1)
+    until core.now() > deadline
+    error("nginx did not start: " .. tostring(h.read(prefix .. "/logs/error.log")) .. tostring(h.read(prefix .. "/logs/stdout")))
+  end)
+  teardown(function()
+    if prefix then proc.run(("kill -QUIT $(cat %s/logs/nginx.pid)"):format(prefix)) end
+    if server then server:close() end
+    if sb then sb:stop() end
+    h.cleanup()
+  end)
+
+  it("keeps answering other requests on its one worker while a slow video is created, waited on and saved", function()
+    local base = ("http://127.0.0.1:%d"):format(port)
+    local slow = proc.start_get(base .. "/generate?prompt=slow+one+sandbox%3Aslow%3D2.5&interval=0.1", 30)
+    local answered, worst = 0, 0
+    while not slow:done() do
+      local t0 = core.now()
+      local r = proc.get(base .. "/health", 5)
+      if slow:done() then break end
+      assert.equals(200, r.status)
+      assert.equals("ok\n", r.body)
+      answered = answered + 1
+      worst = math.max(worst, core.now() - t0)
+      core.sleep(0.05)
+    end
+    local r = slow:result()
+    assert.equals(200, r.status, r.body)
+    local body = require("cjson").decode(r.body)
+    assert.equals(h.fixture(), h.read(body.path))
+    assert.is_string(body.task_id)
+    -- a blocked worker would answer no /health at all until the video was done
+    assert.is_true(answered >= 10, ("only %d /health answers during the generate"):format(answered))
+    assert.is_true(worst < 1, ("a /health answer took %.2f s"):format(worst))
+    local creates = h.api_requests(sb, "^/v1/videos$")
+    assert.equals("Bearer nginx-key", creates[#creates].headers.authorization)
+    assert.truthy(creates[#creates].headers["user-agent"]:find("LuaJIT"))
+  end)
+
+  it("answers a bad request with the client's error as JSON, without calling the API", function()
+    local before = #sb:log()
+    local r = proc.get(("http://127.0.0.1:%d/generate?seconds=7&prompt=x"):format(port))
+    assert.equals(400, r.status)
+    local body = require("cjson").decode(r.body)
+    assert.equals("invalid_argument", body.kind)
+    assert.truthy(body.error:find("seconds must be 5 or 10"))
+    assert.equals(before, #sb:log())
+  end)
+end)

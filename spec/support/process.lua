@@ -1,0 +1,50 @@
+-- Helpers for specs that drive other programs: shell commands, free ports, plain HTTP GETs.
+local core = require "jimeng.core"
+
+local M = {}
+
+--- Runs a shell command; returns whether it exited 0, and its output (5.1's close() tells no status).
+function M.run(cmd)
+  local p = io.popen(cmd .. " 2>&1; echo \"exit=$?\"")
+  local out = p:read("*a")
+  p:close()
+  local code = tonumber(out:match("exit=(%d+)%s*$"))
+  return code == 0, (out:gsub("exit=%d+%s*$", ""))
+end
+
+--- A free TCP port on 127.0.0.1 (the kernel's choice, released for the caller to bind).
+function M.free_port()
+  local ok, out = M.run([[python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])']])
+  assert(ok, out)
+  return tonumber(out:match("%d+"))
+end
+
+M.root = (function()
+  local p = io.popen("pwd")
+  local d = p:read("*l")
+  p:close()
+  return d
+end)()
+
+local engine = core.engine()
+
+--- Starts a GET and returns its transfer without waiting (the caller drives M.step()).
+function M.start_get(url, timeout)
+  return assert(engine:request { url = url, timeout = timeout or 30, max_body = 1024 * 1024 })
+end
+
+--- Drives the helper's transfers for up to ms milliseconds.
+function M.step(ms)
+  engine:perform()
+  engine:poll(ms or 10)
+  engine:perform()
+end
+
+--- A blocking GET: the result table of the engine (status, body, ...).
+function M.get(url, timeout)
+  local t = M.start_get(url, timeout)
+  while not t:done() do M.step(50) end
+  return t:result()
+end
+
+return M
