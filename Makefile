@@ -45,7 +45,7 @@ LUA_SRCS     = $(wildcard lua/jimeng/*.lua)
 RUN_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/?.lua;;" \
           LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" JIMENG_TEST_LUA="$(LUA)"
 
-.PHONY: all test test-all demo examples install uninstall clean version rock lint
+.PHONY: all test test-all demo examples install uninstall clean version rock lint docs
 
 all: $(SO)
 
@@ -83,10 +83,16 @@ examples: all
 	  "https://example.com/two-people.jpg?subjects=2" https://example.com/speech.mp3 build/examples/omnihuman.mp4
 	@$(RUN_ENV) $(LUA) examples/run_with_sandbox.lua examples/many_prompts.lua build/examples
 
+SHARE_DIR   ?= $(PREFIX)/share/jimeng
+
 install: all
-	install -d $(DESTDIR)$(LUA_LMOD_DIR)/jimeng $(DESTDIR)$(LUA_CMOD_DIR)/jimeng
+	install -d $(DESTDIR)$(LUA_LMOD_DIR)/jimeng $(DESTDIR)$(LUA_CMOD_DIR)/jimeng $(DESTDIR)$(BIN_DIR) \
+	  $(DESTDIR)$(SHARE_DIR)/sandbox/fixtures
 	install -m 644 $(LUA_SRCS) $(DESTDIR)$(LUA_LMOD_DIR)/jimeng/
 	install -m 755 $(SO) $(DESTDIR)$(LUA_CMOD_DIR)/jimeng/core.so
+	sed '1s|.*|#!/usr/bin/env $(LUA)|' bin/jimeng > $(DESTDIR)$(BIN_DIR)/jimeng && chmod 755 $(DESTDIR)$(BIN_DIR)/jimeng
+	install -m 644 sandbox/server.py $(DESTDIR)$(SHARE_DIR)/sandbox/
+	install -m 644 sandbox/fixtures/jimeng-sample.mp4 $(DESTDIR)$(SHARE_DIR)/sandbox/fixtures/
 
 # The same build through luarocks (the builtin rockspec), into a private tree.
 MULTIARCH ?= $(shell $(CC) -print-multiarch 2>/dev/null)
@@ -96,10 +102,15 @@ rock:
 	  CURL_INCDIR=/usr/include/$(MULTIARCH) CURL_LIBDIR=/usr/lib/$(MULTIARCH)
 
 lint:
-	luacheck lua spec examples
+	luacheck lua spec examples bin
+
+# The reference of the public API, from its doc comments (Debian's lua-ldoc), in build/docs/.
+docs:
+	ldoc .
 
 uninstall:
-	rm -rf $(DESTDIR)$(LUA_LMOD_DIR)/jimeng $(DESTDIR)$(LUA_CMOD_DIR)/jimeng
+	rm -rf $(DESTDIR)$(LUA_LMOD_DIR)/jimeng $(DESTDIR)$(LUA_CMOD_DIR)/jimeng $(DESTDIR)$(SHARE_DIR)
+	rm -f $(DESTDIR)$(BIN_DIR)/jimeng
 
 clean:
 	rm -rf build

@@ -32,11 +32,16 @@ build = {
       libdirs = { "$(CURL_LIBDIR)" },
     },
     ["jimeng"] = "lua/jimeng/init.lua",
+    ["jimeng.batch"] = "lua/jimeng/batch.lua",
+    ["jimeng.cli"] = "lua/jimeng/cli.lua",
     ["jimeng.client"] = "lua/jimeng/client.lua",
     ["jimeng.errors"] = "lua/jimeng/errors.lua",
     ["jimeng.http"] = "lua/jimeng/http.lua",
     ["jimeng.nvim"] = "lua/jimeng/nvim.lua",
     ["jimeng.runtime"] = "lua/jimeng/runtime.lua",
     ["jimeng.sandbox"] = "lua/jimeng/sandbox.lua",
+  },
+  install = {
+    bin = { jimeng = "bin/jimeng" },
   },
 }

@@ -239,10 +239,35 @@ static int l_sniff_image(lua_State *L) {
     return 3;
 }
 
+/* core.isatty(fd) -> boolean: whether a progress bar may redraw its line there. */
+static int l_isatty(lua_State *L) {
+    lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+    return 1;
+}
+
+/* core.fingerprint(s) -> 32 hex digits: two independent 64-bit FNV-1a hashes of s (one over the bytes,
+ * one over them in reverse with another offset). A stable identity for batch jobs, not a security hash. */
+static int l_fingerprint(lua_State *L) {
+    size_t n, i;
+    const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
+    unsigned long long a = 14695981039346656037ULL, b = 0x84222325cbf29ce4ULL;
+    const unsigned long long prime = 1099511628211ULL;
+    char out[33];
+    for (i = 0; i < n; i++) {
+        a = (a ^ s[i]) * prime;
+        b = (b ^ s[n - 1 - i]) * prime;
+    }
+    b ^= (unsigned long long)n;
+    snprintf(out, sizeof out, "%016llx%016llx", a, b);
+    lua_pushstring(L, out);
+    return 1;
+}
+
 void jm_open_files(lua_State *L) {
     static const luaL_Reg fns[] = {
         {"commit", l_commit},       {"file_size", l_file_size}, {"append_durable", l_append_durable},
-        {"base64", l_base64},       {"sniff_image", l_sniff_image}, {NULL, NULL},
+        {"base64", l_base64},       {"sniff_image", l_sniff_image}, {"isatty", l_isatty},
+        {"fingerprint", l_fingerprint}, {NULL, NULL},
     };
     jm_setfuncs(L, fns, 0);
 }

@@ -106,7 +106,6 @@ function Client:close()
   self.engine:close()
 end
 
----------------------------------------------------------------------------------------------------
 -- Arguments
 
 --- Task ids go into the URL path: anything that could change the path is refused before any request.
@@ -137,7 +136,6 @@ local function check_method_self(self, name)
   end
 end
 
----------------------------------------------------------------------------------------------------
 -- Tasks
 
 local function to_task(self, decoded, r, warnings)
@@ -230,7 +228,6 @@ function Client:wait(id, opts)
   end
 end
 
----------------------------------------------------------------------------------------------------
 -- Downloads
 
 local function remove(path) os.remove(path) end
@@ -391,7 +388,6 @@ function Client:download(id, path, opts)
   end
 end
 
----------------------------------------------------------------------------------------------------
 -- Subjects (OmniHuman)
 
 local function subject_call(self, which, image_url, opts)
@@ -424,7 +420,6 @@ function Client:recognize(image_url, opts)
   return subject_call(self, "recognition", image_url, opts)
 end
 
----------------------------------------------------------------------------------------------------
 -- Workflows
 
 --- client:generate(params, opts) -> result | nil, err
@@ -462,6 +457,12 @@ function Client:finish(task, opts, deadline, prefix)
   if not info then return nil, derr end
   info.task = done
   return info
+end
+
+--- client:batch(jobs, opts) -> summary | nil, err: many videos with a journal (see jimeng.batch).
+function Client:batch(jobs, opts)
+  check_method_self(self, "batch")
+  return require("jimeng.batch").run(self, jobs, opts)
 end
 
 -- The keys of client:omnihuman that steer the workflow rather than go on the wire.

@@ -27,12 +27,13 @@ M.kinds = {
 }
 
 --- Makes an error. fields: kind (required), message, and any of status, code, request_id, task_id,
--- retryable, field, task. `secret`, when given, is scrubbed from the message (a server may echo a key).
+-- retryable, field, task. `secret`, when given, is scrubbed from the message (a server may echo a key);
+-- a secret under 8 characters is no real key, and scrubbing it would only mangle words.
 function M.new(fields, secret)
   local e = setmetatable({}, Error)
   for k, v in pairs(fields) do e[k] = v end
   e.message = tostring(e.message or e.kind)
-  if secret and secret ~= "" then
+  if secret and #secret >= 8 then
     local out, pos = {}, 1
     while true do
       local s, f = e.message:find(secret, pos, true)

@@ -21,7 +21,6 @@ local CURLE_PEER_FAILED_VERIFICATION = 60
 local REFUSED = { [1] = "a redirect to a protocol other than http or https was refused", [3] = "the URL is malformed",
   [47] = "more than 5 redirects" }
 
----------------------------------------------------------------------------------------------------
 -- Retry-After
 
 local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, Aug = 8, Sep = 9, Oct = 10, Nov = 11, Dec = 12 }
@@ -70,7 +69,6 @@ function M.backoff(n, headers)
   return min(0.5 * 2 ^ n, 8) * (1 - 0.25 * random())
 end
 
----------------------------------------------------------------------------------------------------
 
 --- Turns a failed transfer (a libcurl error) into an error; `sent` tells if the request may have
 -- reached the server.

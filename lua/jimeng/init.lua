@@ -49,7 +49,7 @@ local function default()
   return default_client
 end
 
-for _, name in ipairs { "create", "status", "wait", "download", "generate", "detect", "recognize", "omnihuman" } do
+for _, name in ipairs { "create", "status", "wait", "download", "generate", "detect", "recognize", "omnihuman", "batch" } do
   if Client[name] then
     M[name] = function(...)
       local c, err = default()

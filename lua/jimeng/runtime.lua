@@ -80,7 +80,6 @@ function M.sleep(seconds)
   end
 end
 
----------------------------------------------------------------------------------------------------
 -- The scheduler
 
 local Scheduler = {}

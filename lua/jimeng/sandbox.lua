@@ -38,14 +38,14 @@ end
 local Sandbox = {}
 Sandbox.__index = Sandbox
 
---- M.start{queue_seconds=, process_seconds=, api_key=, python=} -> sandbox | nil, err
+--- M.start{port=, host=, queue_seconds=, process_seconds=, api_key=, tls=, python=} -> sandbox | nil, err
 -- sandbox.url is the base URL to give the client (".../v1").
 function M.start(opts)
   opts = opts or {}
   local path, err = M.server_path()
   if not path then return nil, err end
   local cmd = { "exec", shell_quote(opts.python or os.getenv("PYTHON") or "python3"), shell_quote(path),
-    "--port", "0", "--exit-with-parent" }
+    "--port", tostring(math.floor(tonumber(opts.port) or 0)), "--exit-with-parent" }
   if opts.queue_seconds then cmd[#cmd + 1] = "--queue-seconds " .. tonumber(opts.queue_seconds) end
   if opts.process_seconds then cmd[#cmd + 1] = "--process-seconds " .. tonumber(opts.process_seconds) end
   if opts.api_key then cmd[#cmd + 1] = "--api-key " .. shell_quote(opts.api_key) end

@@ -1,0 +1,415 @@
+--- The `jimeng` command: generate, create, status, wait, download, detect, recognize, omnihuman, batch,
+-- sandbox. Progress goes to stderr (a redrawn line on a terminal, plain lines otherwise); results to
+-- stdout, as JSON with --json. Exit codes: 0 ok, 1 task failed, 2 usage or invalid input, 3 API or
+-- network error.
+local argparse = require "argparse"
+local jimeng = require "jimeng"
+local core = require "jimeng.core"
+
+local M = {}
+
+local EXIT_OK, EXIT_TASK, EXIT_USAGE, EXIT_API = 0, 1, 2, 3
+
+-- What to do about each kind of error, said after the message.
+local HINTS = {
+  invalid_argument = "fix the parameter named above (see jimeng COMMAND --help)",
+  auth = "set JIMENG_API_KEY to a valid key (or pass --api-key)",
+  not_found = "check the task id: it is the id that create printed",
+  rate_limited = "the API is rate limiting: wait a minute and run the command again (for batches, lower -j)",
+  server = "the API had a server error: run the command again in a while",
+  http = "the API answered with an unexpected HTTP status: check JIMENG_BASE_URL",
+  network = "check the network and JIMENG_BASE_URL, then run the command again",
+  timeout = "the task may still finish: run `jimeng wait ID` later, then `jimeng download ID`",
+  task_failed = "the server failed this task: change the prompt or parameters and generate again",
+  protocol = "the server's answer was not what the API documents: run again; report it if it persists",
+  io = "check that the output path is writable and the disk has room",
+  unknown_outcome = "the task may exist and be billed: check with `jimeng status ID` before creating again",
+}
+
+local function exit_code(err)
+  if err.kind == "task_failed" then return EXIT_TASK end
+  if err.kind == "invalid_argument" then return EXIT_USAGE end
+  return EXIT_API
+end
+
+-- Output
+
+local Out = {}
+Out.__index = Out
+
+local function new_out(args, stdout, stderr)
+  return setmetatable({
+    json = args.json, quiet = args.quiet, stdout = stdout, stderr = stderr,
+    tty = stderr == io.stderr and core.isatty(2), started = core.now(), line_open = false,
+  }, Out)
+end
+
+-- JSON output: a task's empty warnings list is left out (lua-cjson would print it as {}).
+local function for_json(value)
+  if type(value) == "table" then
+    if value.warnings and next(value.warnings) == nil then value.warnings = nil end
+    if type(value.task) == "table" then for_json(value.task) end
+  end
+  return value
+end
+
+function Out:result(value, text)
+  if self.json then
+    value = for_json(value)
+    self.stdout:write(jimeng.json.encode(value), "\n")
+  elseif text then
+    self.stdout:write(text, "\n")
+  end
+end
+
+-- A progress line: redrawn in place on a terminal; on anything else, printed only when `final`
+-- or when its text changes (never a stream of carriage returns into a log file).
+function Out:progress(text, final)
+  if self.quiet then return end
+  if self.tty then
+    self.stderr:write("\r\27[K", text)
+    self.line_open = true
+    if final then
+      self.stderr:write("\n")
+      self.line_open = false
+    end
+  elseif final or text ~= self.last_plain then
+    self.stderr:write(text, "\n")
+  end
+  self.last_plain = text
+  self.stderr:flush()
+end
+
+function Out:note(text)
+  if self.quiet then return end
+  if self.line_open then
+    self.stderr:write("\n")
+    self.line_open = false
+  end
+  self.stderr:write(text, "\n")
+end
+
+function Out:fail(err)
+  if self.line_open then self.stderr:write("\n") end
+  self.stderr:write(tostring(err), "\n")
+  if HINTS[err.kind] then self.stderr:write("  what to do: ", HINTS[err.kind], "\n") end
+  if self.json then
+    self.stdout:write(jimeng.json.encode { error = {
+      kind = err.kind, message = err.message, status = err.status, code = err.code, field = err.field,
+      request_id = err.request_id, task_id = err.task_id, retryable = err.retryable,
+    } }, "\n")
+  end
+  return exit_code(err)
+end
+
+local function human_bytes(n)
+  if n >= 1024 * 1024 * 1024 then return ("%.1f GiB"):format(n / 1024 ^ 3) end
+  if n >= 1024 * 1024 then return ("%.1f MiB"):format(n / 1024 ^ 2) end
+  if n >= 1024 then return ("%.1f KiB"):format(n / 1024) end
+  return ("%d B"):format(n)
+end
+
+-- Status and elapsed time while waiting.
+function Out:status_reporter(id_hint)
+  return function(task)
+    local text = ("task %s: %s (%ds)"):format(task.id or id_hint, task.status, math.floor(core.now() - self.started))
+    self:progress(text, task.status == "completed" or task.status == "failed")
+  end
+end
+
+-- A download bar with rate and ETA (on a terminal), or a start and an end line.
+function Out:download_reporter()
+  local t0, shown_start = core.now(), false
+  return function(got, total)
+    local elapsed = math.max(core.now() - t0, 1e-3)
+    local rate = got / elapsed
+    if not self.tty then
+      if not shown_start then
+        shown_start = true
+        self:progress(("downloading %s"):format(total and human_bytes(total) or "..."))
+      end
+      if total and got >= total then self:progress(("downloaded %s"):format(human_bytes(got)), true) end
+      return
+    end
+    local width, pct = 30, total and total > 0 and got / total or 0
+    local filled = math.floor(pct * width)
+    local eta = total and rate > 0 and (total - got) / rate or nil
+    self:progress(("[%s%s] %3d%% %s %s/s%s"):format(("#"):rep(filled), ("."):rep(width - filled), math.floor(pct * 100),
+      human_bytes(got), human_bytes(rate), eta and (" ETA %ds"):format(math.ceil(eta)) or ""), total and got >= total)
+  end
+end
+
+-- Arguments
+
+local function add_video_options(cmd)
+  cmd:option("--seconds", "Length: 5 or 10 seconds.")
+  cmd:option("--frames", "Frames: 121 or 241 (instead of --seconds).")
+  cmd:option("--size", "Size WIDTHxHEIGHT, e.g. 1280x720 (becomes the nearest aspect ratio).")
+  cmd:option("--aspect-ratio", "16:9, 9:16, 4:3, 3:4, 1:1 or 21:9 (default 16:9).")
+  cmd:option("--image", "A reference image: URL or local JPEG/PNG (twice: first and last frame).")
+    :count("*"):args(1)
+  cmd:option("--model", "jimeng-video-3.0-pro (default), jimeng-video-3.0-720P or jimeng-video-3.0-1080P.")
+  cmd:option("--req-key", "A req_key of the model (chosen for you when left out).")
+  cmd:option("--seed", "Random seed: -1 (random, default) or 0..4294967295.")
+  cmd:flag("--camera-move", "A camera move from one image (720P).")
+end
+
+local function video_params(args)
+  local images = args.image
+  if images and #images == 0 then images = nil end
+  return {
+    prompt = args.prompt, seconds = args.seconds, frames = args.frames, size = args.size,
+    aspect_ratio = args.aspect_ratio, images = images, model = args.model, req_key = args.req_key,
+    seed = args.seed, camera_move = args.camera_move or nil,
+  }
+end
+
+local function number_option(cmd, name, desc)
+  return cmd:option(name, desc):convert(tonumber)
+end
+
+local function build_parser()
+  local p = argparse("jimeng", "Generate videos with the Jimeng API (tokenops.ai): create, wait, download.")
+    :epilog([[
+Examples:
+  jimeng generate "千军万马奔腾在草原上,阳光明媚,高清画质" --seconds 5 -o horses.mp4
+  jimeng generate "a cat jumps" --image cat.jpg --size 1280x720 --seed 7 -o cat.mp4
+  jimeng create "waves at dusk" --json          # prints the task; then: jimeng wait ID; jimeng download ID
+  jimeng omnihuman --image https://.../portrait.jpg --audio https://.../speech.mp3 --subject largest -o talk.mp4
+  jimeng batch jobs.jsonl --journal run.jsonl -o videos/ -j 8
+  jimeng sandbox                                 # a local API for trying all of this without a key
+
+Environment: JIMENG_API_KEY (required for the real API), JIMENG_BASE_URL (default https://api.tokenops.ai/v1).
+Exit codes: 0 ok, 1 the task failed, 2 usage or invalid input, 3 API or network error.]])
+  p:command_target("command")
+
+  local gen = p:command("generate g", "Create a video, wait for it and download it.")
+  gen:argument("prompt", "What the video shows (up to 800 characters).")
+  add_video_options(gen)
+  gen:option("-o --output", "Output file (default jimeng_video_<id>.mp4).")
+
+  local create = p:command("create", "Create a video task and print its id (no waiting).")
+  create:argument("prompt", "What the video shows.")
+  add_video_options(create)
+
+  p:command("status", "Print a task's status."):argument("id", "Task id.")
+
+  p:command("wait", "Wait until a task completes or fails."):argument("id", "Task id.")
+
+  local dl = p:command("download", "Download a completed task's video (resumes a broken download).")
+  dl:argument("id", "Task id.")
+  dl:option("-o --output", "Output file (default jimeng_video_<id>.mp4).")
+  dl:flag("--no-resume", "Start over even if a .part file exists.")
+
+  p:command("detect", "Detect the subjects of a portrait (OmniHuman): their mask URLs, largest first.")
+    :argument("image", "Portrait image URL.")
+  p:command("recognize", "Tell whether a portrait holds a person-like subject (OmniHuman).")
+    :argument("image", "Portrait image URL.")
+
+  local omni = p:command("omnihuman", "A talking-head video from a portrait and an audio track.")
+  omni:option("--image", "Portrait image URL."):count(1)
+  omni:option("--audio", "Audio URL (under 60 s)."):count(1)
+  omni:option("--prompt", "How the person speaks (up to 300 characters advised).")
+  omni:option("--subject", 'Who speaks: "largest" or a number (runs detection first).')
+  omni:flag("--recognize", "First check that the portrait holds a person-like subject.")
+  omni:option("--mask", "A mask URL for the speaker (instead of --subject)."):count("*"):args(1)
+  omni:option("--resolution", "720 or 1080 (default 1080).")
+  omni:flag("--fast", "Fast mode (pe_fast_mode).")
+  omni:option("--seed", "Random seed.")
+  omni:option("-o --output", "Output file (without it, only the task is created).")
+
+  local batch = p:command("batch", "Run many jobs from a JSON-lines file, resumable with a journal.")
+  batch:argument("jobs", "JSON-lines file: one job per line, create parameters plus optional label and output.")
+  batch:option("--journal", "Journal file: rerunning with it re-creates and re-downloads nothing already done.")
+  batch:option("-o --output-dir", "Directory for the videos.", ".")
+  number_option(batch, "-j --jobs-in-flight", "How many jobs run at once (default 4).")
+  batch:flag("--recreate-unknown", "Create again the jobs whose earlier create may or may not have happened.")
+
+  local sb = p:command("sandbox", "Run the local API emulator; prints its URL and the environment to use it.")
+  number_option(sb, "--port", "Port (default: a free one).")
+  number_option(sb, "--queue-seconds", "How long a task stays in_queue (default 0.2).")
+  number_option(sb, "--process-seconds", "How long a task stays processing (default 0.5).")
+
+  -- the options every command takes, after the command name: jimeng create "..." --json
+  for _, cmd in ipairs(p._commands) do
+    cmd:flag("--json", "Print results as JSON on stdout.")
+    cmd:flag("-q --quiet", "No progress on stderr.")
+    if cmd._name ~= "sandbox" then
+      cmd:option("--api-key", "API key (default: $JIMENG_API_KEY).")
+      cmd:option("--base-url", "API base URL (default: $JIMENG_BASE_URL or https://api.tokenops.ai/v1).")
+      number_option(cmd, "--timeout", "Seconds to wait for a task (default 600).")
+      number_option(cmd, "--interval", "Seconds between status polls (default 5).")
+    end
+  end
+  return p
+end
+
+-- Commands
+
+local function task_text(t)
+  local s = ("%s\t%s"):format(t.id, t.status)
+  if t.error then s = s .. "\t" .. t.error end
+  return s
+end
+
+local commands = {}
+
+function commands.generate(client, args, out)
+  local result, err = client:generate(video_params(args), {
+    output = args.output, timeout = args.timeout, interval = args.interval,
+    on_status = out:status_reporter(), on_progress = out:download_reporter(),
+  })
+  if not result then return out:fail(err) end
+  for _, w in ipairs(result.task.warnings or {}) do out:note("warning: " .. w) end
+  out:result({ path = result.path, bytes = result.bytes, task = result.task }, result.path)
+  return EXIT_OK
+end
+
+function commands.create(client, args, out)
+  local task, err = client:create(video_params(args))
+  if not task then return out:fail(err) end
+  for _, w in ipairs(task.warnings or {}) do out:note("warning: " .. w) end
+  out:result(task, task.id)
+  return EXIT_OK
+end
+
+function commands.status(client, args, out)
+  local task, err = client:status(args.id)
+  if not task then return out:fail(err) end
+  out:result(task, task_text(task))
+  return EXIT_OK
+end
+
+function commands.wait(client, args, out)
+  local task, err = client:wait(args.id, { timeout = args.timeout, interval = args.interval,
+    on_status = out:status_reporter(args.id) })
+  if not task then return out:fail(err) end
+  out:result(task, task_text(task))
+  return EXIT_OK
+end
+
+function commands.download(client, args, out)
+  local path = args.output or ("jimeng_video_" .. args.id .. ".mp4")
+  local info, err = client:download(args.id, path, { resume = not args.no_resume, on_progress = out:download_reporter() })
+  if not info then return out:fail(err) end
+  out:result(info, info.path)
+  return EXIT_OK
+end
+
+function commands.detect(client, args, out)
+  local d, err = client:detect(args.image)
+  if not d then return out:fail(err) end
+  out:result(d, #d.mask_urls == 0 and "no subject" or table.concat(d.mask_urls, "\n"))
+  return EXIT_OK
+end
+
+function commands.recognize(client, args, out)
+  local r, err = client:recognize(args.image)
+  if not r then return out:fail(err) end
+  out:result(r, r.has_subject and "subject found" or "no person-like subject")
+  return EXIT_OK
+end
+
+function commands.omnihuman(client, args, out)
+  local subject = args.subject
+  if subject and subject ~= "largest" then
+    subject = tonumber(subject)
+    if not subject then return out:fail(jimeng.error { kind = "invalid_argument", field = "subject",
+      message = '--subject takes "largest" or a number' }) end
+  end
+  local masks = args.mask
+  if masks and #masks == 0 then masks = nil end
+  local result, err = client:omnihuman({
+    image = args.image, audio = args.audio, prompt = args.prompt, subject = subject, recognize = args.recognize or nil,
+    masks = masks, resolution = args.resolution, fast = args.fast or nil, seed = args.seed, output = args.output,
+  }, { timeout = args.timeout, interval = args.interval, on_status = out:status_reporter(),
+       on_progress = out:download_reporter() })
+  if not result then return out:fail(err) end
+  if result.path then
+    out:result({ path = result.path, bytes = result.bytes, task = result.task, mask_url = result.mask_url }, result.path)
+  else
+    out:result(result, result.id)
+  end
+  return EXIT_OK
+end
+
+function commands.batch(client, args, out)
+  local done = 0
+  local summary, err = client:batch(args.jobs, {
+    journal = args.journal, output_dir = args.output_dir, concurrency = args.jobs_in_flight,
+    recreate_unknown = args.recreate_unknown, interval = args.interval, timeout = args.timeout,
+    on_event = function(ev)
+      local job = ev.job
+      local name = job.label or ("job " .. job.index)
+      if ev.type == "backoff" then
+        out:note(("rate limited: %d job(s) in flight from now on"):format(ev.limit))
+      elseif ev.type == "created" then
+        out:note(("%s: created task %s"):format(name, ev.task.id))
+      elseif ev.type ~= "status" then
+        done = done + 1
+        local what = ev.type == "saved" and ("saved " .. job.path) or ev.type == "skipped" and ("already saved " .. job.path)
+          or (ev.type .. ": " .. tostring(job.error))
+        out:note(("[%d/%d] %s: %s"):format(done, job.total, name, what))
+      end
+    end,
+  })
+  if not summary then return out:fail(err) end
+  local line = ("%d jobs: %d saved, %d already saved, %d failed, %d unknown, %d errors"):format(summary.total,
+    summary.saved, summary.skipped, summary.failed, summary.unknown, summary.errors)
+  if out.json then
+    local jobs = {}
+    for i, j in ipairs(summary.jobs) do
+      jobs[i] = { index = j.index, label = j.label, status = j.status, path = j.path, task_id = j.task_id,
+        error = j.error and { kind = j.error.kind, message = j.error.message } or nil }
+    end
+    out:result({ total = summary.total, saved = summary.saved, skipped = summary.skipped, failed = summary.failed,
+      unknown = summary.unknown, errors = summary.errors, jobs = jobs })
+  end
+  out:note(line)
+  if summary.errors > 0 or summary.unknown > 0 then return EXIT_API end
+  if summary.failed > 0 then return EXIT_TASK end
+  return EXIT_OK
+end
+
+function commands.sandbox(_, args, out)
+  local sandbox = require "jimeng.sandbox"
+  local sb, err = sandbox.start { port = args.port, queue_seconds = args.queue_seconds, process_seconds = args.process_seconds }
+  if not sb then
+    out.stderr:write("cannot start the sandbox: ", tostring(err), "\n")
+    return EXIT_API
+  end
+  out:result({ base_url = sb.url, api_key = "sandbox" }, ("JIMENG_BASE_URL=%s\nJIMENG_API_KEY=sandbox"):format(sb.url))
+  out:note(("sandbox: %s (Ctrl-C stops it)\n  export JIMENG_BASE_URL=%s JIMENG_API_KEY=sandbox"):format(sb.url, sb.url))
+  out.stdout:flush()
+  sb.proc:read("*a") -- until the server exits
+  return EXIT_OK
+end
+
+--- Runs the command line `argv` (an array of strings); returns the exit code.
+-- streams: {stdout=, stderr=} (default io.stdout, io.stderr).
+function M.main(argv, streams)
+  streams = streams or {}
+  local stdout, stderr = streams.stdout or io.stdout, streams.stderr or io.stderr
+  local parser = build_parser()
+  local list = {}
+  for i = 1, #argv do list[i] = argv[i] end
+  if #list == 0 then
+    stdout:write(parser:get_help(), "\n")
+    return EXIT_USAGE
+  end
+  local ok, args = parser:pparse(list)
+  if not ok then
+    stderr:write(parser:get_usage(), "\n\njimeng: ", tostring(args), "\n  what to do: see jimeng --help\n")
+    return EXIT_USAGE
+  end
+  local out = new_out(args, stdout, stderr)
+  local client
+  if args.command ~= "sandbox" then
+    local err
+    client, err = jimeng.new { api_key = args.api_key, base_url = args.base_url, poll_interval = args.interval }
+    if not client then return out:fail(err) end
+  end
+  return commands[args.command](client, args, out)
+end
+
+return M
