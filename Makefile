@@ -101,8 +101,12 @@ rock:
 	luarocks --lua-version $(LUA_VERSION) make --deps-mode=none --tree $(ROCK_TREE) rockspec/jimeng-scm-1.rockspec \
 	  CURL_INCDIR=/usr/include/$(MULTIARCH) CURL_LIBDIR=/usr/lib/$(MULTIARCH)
 
+# Lua with luacheck; C with cppcheck and clang-tidy (.clang-tidy says which checks and why), all clean.
 lint:
 	luacheck lua spec examples bin
+	cppcheck -q --enable=warning,style,performance,portability --std=c99 --error-exitcode=1 --inline-suppr \
+	  --suppress=missingIncludeSystem --suppress=toomanyconfigs -I src $(LUA_CFLAGS) src/
+	clang-tidy --quiet src/*.c -- -std=c99 $(LUA_CFLAGS) $(CURL_CFLAGS)
 
 # The reference of the public API, from its doc comments (Debian's lua-ldoc), in build/docs/.
 docs:

@@ -26,9 +26,9 @@
 
 #define JM_ENGINE_MT "jimeng.engine"
 #define JM_TRANSFER_MT "jimeng.transfer"
-#define JM_MAX_HEADER_BYTES (64 * 1024)
-#define JM_DEFAULT_MAX_BODY (8 * 1024 * 1024)
-#define JM_DOWNLOAD_BUFFER (256 * 1024)
+#define JM_MAX_HEADER_BYTES ((size_t)64 * 1024)
+#define JM_DEFAULT_MAX_BODY ((double)8 * 1024 * 1024)
+#define JM_DOWNLOAD_BUFFER (256L * 1024)
 
 typedef struct jm_transfer jm_transfer;
 
@@ -155,12 +155,18 @@ static int jm_is_textual(const char *ctype) {
 
 /* Decides where the body of the final response goes; returns 0 to abort the transfer. */
 static int jm_choose_sink(jm_transfer *t) {
-    char v[256];
+    char v[256] = {0};
     long status = t->hstatus;
     int flags = O_WRONLY | O_CREAT | O_CLOEXEC;
     if (status == 206) {
         long long start = -1;
-        if (jm_header_value(&t->head, "content-range", v, sizeof v)) sscanf(v, "bytes %lld-", &start);
+        if (jm_header_value(&t->head, "content-range", v, sizeof v) && strncmp(v, "bytes ", 6) == 0 &&
+            isdigit((unsigned char)v[6])) {
+            char *end;
+            errno = 0;
+            start = strtoll(v + 6, &end, 10);
+            if (errno || *end != '-') start = -1;
+        }
         if (start != (long long)t->offset) {
             t->range_mismatch = 1;
             return 0;
@@ -288,7 +294,7 @@ static int l_transfer_progress(lua_State *L) {
     curl_off_t cl = -1, got = t->sink == JM_SINK_FILE ? t->file_start + t->file_written : 0;
     if (t->easy) curl_easy_getinfo(t->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
     lua_pushinteger(L, (lua_Integer)got);
-    if (cl >= 0 && t->sink == JM_SINK_FILE) lua_pushinteger(L, (lua_Integer)(t->file_start + cl));
+    if (cl >= 0 && t->sink == JM_SINK_FILE) lua_pushinteger(L, (lua_Integer)t->file_start + (lua_Integer)cl);
     else lua_pushnil(L);
     return 2;
 }
@@ -373,7 +379,7 @@ static int l_transfer_result(lua_State *L) {
         jm_setstr(L, "sink", t->sink == JM_SINK_FILE ? "file" : t->sink == JM_SINK_MEMORY ? "memory" : "none");
         if (t->sink == JM_SINK_FILE) {
             jm_setint(L, "file_start", (lua_Integer)t->file_start);
-            jm_setint(L, "file_bytes", (lua_Integer)(t->file_start + t->file_written));
+            jm_setint(L, "file_bytes", (lua_Integer)t->file_start + (lua_Integer)t->file_written);
         }
     }
     return 1;

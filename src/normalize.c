@@ -9,6 +9,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <ctype.h>
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -31,7 +32,8 @@ typedef struct {
     int camera; /* only chosen when a camera move is asked for */
 } jm_reqkey;
 
-static const char *const jm_models[] = {"jimeng-video-3.0-pro", "jimeng-video-3.0-720P", "jimeng-video-3.0-1080P"};
+/* NULL-terminated: jm_nearest walks it to the end */
+static const char *const jm_models[] = {"jimeng-video-3.0-pro", "jimeng-video-3.0-720P", "jimeng-video-3.0-1080P", NULL};
 #define JM_NMODELS 3
 
 static const jm_reqkey jm_reqkeys[] = {
@@ -133,7 +135,7 @@ static void jm_warn(jm_norm *n, const char *fmt, ...) {
 /* ---- small helpers ---- */
 
 static size_t jm_edit_distance(const char *a, const char *b) {
-    size_t la = strlen(a), lb = strlen(b), i, j, prev[64], cur[64];
+    size_t la = strlen(a), lb = strlen(b), i, j, prev[64] = {0}, cur[64] = {0};
     if (la >= 63 || lb >= 63) return 99;
     for (j = 0; j <= lb; j++) prev[j] = j;
     for (i = 1; i <= la; i++) {
@@ -340,7 +342,7 @@ static int jm_add_image(jm_norm *n, const char *field, const char *v) {
         return JM_FAIL(n, field, "%s: only http and https image URLs (or local JPEG/PNG files) are accepted; got %s", field, v);
     } else {
         char err[512];
-        if (!n->omni && !jm_image_data_url(L, v, err, sizeof err)) return JM_FAIL(n, field, "%s", err);
+        if (!jm_image_data_url(L, v, err, sizeof err)) return JM_FAIL(n, field, "%s", err);
         kind = "data";
     }
     lua_newtable(L);
@@ -563,7 +565,7 @@ static const jm_reqkey *jm_find_reqkey(const char *k) {
 }
 
 static int jm_frames(jm_norm *n) {
-    double frames = 0, seconds = 0, from_seconds = 0;
+    double frames = 0, seconds = 0;
     int hf = jm_get_int(n, "frames", &frames), hs;
     if (hf < 0) return -1;
     hs = jm_get_int(n, "seconds", &seconds);
@@ -571,6 +573,7 @@ static int jm_frames(jm_norm *n) {
     if (hf && frames != 121 && frames != 241)
         return JM_FAIL(n, "frames", "frames must be 121 (5 s) or 241 (10 s); got %.0f", frames);
     if (hs) {
+        double from_seconds;
         if (seconds != 5 && seconds != 10) return JM_FAIL(n, "seconds", "seconds must be 5 or 10; got %.0f", seconds);
         from_seconds = seconds == 5 ? 121 : 241;
         if (hf && frames != from_seconds)
@@ -593,10 +596,13 @@ static int jm_aspect(jm_norm *n) {
         if (!ok) return JM_FAIL(n, "aspect_ratio", "aspect_ratio must be one of %s; got \"%s\"", JM_RATIO_LIST, ar);
     }
     if (size) {
-        long w = 0, h = 0;
-        char x = 0, extra = 0;
+        char *p, *q;
+        long w, h;
         double r, best = 1e9;
-        if (sscanf(size, "%ld%c%ld%c", &w, &x, &h, &extra) != 3 || (x != 'x' && x != 'X' && x != '*') || w <= 0 || h <= 0)
+        errno = 0;
+        w = isdigit((unsigned char)size[0]) ? strtol(size, &p, 10) : 0;
+        h = w > 0 && (*p == 'x' || *p == 'X' || *p == '*') && isdigit((unsigned char)p[1]) ? strtol(p + 1, &q, 10) : 0;
+        if (w <= 0 || h <= 0 || errno || *q != '\0')
             return JM_FAIL(n, "size", "size must be WIDTHxHEIGHT, like \"1280x720\"; got \"%s\"", size);
         r = (double)w / (double)h;
         for (i = 0; i < JM_NRATIOS; i++) {
@@ -621,7 +627,6 @@ static int jm_model_reqkey(jm_norm *n) {
     const char *model = NULL, *req_key = NULL, *canon = NULL;
     const jm_reqkey *rk = NULL;
     int camera = 0, count = n->nimages;
-    size_t i;
     if (jm_get_str(n, "model", &model) < 0 || jm_get_str(n, "req_key", &req_key) < 0) return -1;
     if (jm_get_bool(n, "camera_move", &camera) < 0) return -1;
     if (model && !(canon = jm_canonical_model(model))) {
@@ -653,7 +658,7 @@ static int jm_model_reqkey(jm_norm *n) {
             return JM_FAIL(n, "req_key", "camera_move needs req_key jimeng_i2v_recamera_v30 (model jimeng-video-3.0-720P), not %s", req_key);
     } else {
         if (!canon) canon = camera ? "jimeng-video-3.0-720P" : jm_models[0];
-        for (i = 0; i < JM_NREQKEYS && !rk; i++) {
+        for (size_t i = 0; i < JM_NREQKEYS && !rk; i++) {
             const jm_reqkey *c = &jm_reqkeys[i];
             if (strcmp(c->model, canon) == 0 && c->camera == camera && count >= c->min_images && count <= c->max_images) rk = c;
         }
@@ -745,7 +750,7 @@ static int jm_omni(jm_norm *n) {
     lua_State *L = n->L;
     const char *text = NULL, *model = NULL, *req_key = NULL, *gt = NULL;
     double res = 1080;
-    int fast = 0, has_res, has_res2, has_fast;
+    int fast = 0, has_res, has_fast;
     if (n->strict && jm_check_names(n, jm_omni_names)) return -1;
     if (jm_get_str(n, "model", &model) < 0 || jm_get_str(n, "req_key", &req_key) < 0 ||
         jm_get_str(n, "generation_type", &gt) < 0)
@@ -795,7 +800,8 @@ static int jm_omni(jm_norm *n) {
     if ((has_res = jm_get_int(n, "output_resolution", &res)) < 0) return -1;
     {
         double r2 = 0;
-        if ((has_res2 = jm_get_int(n, "resolution", &r2)) < 0) return -1;
+        int has_res2 = jm_get_int(n, "resolution", &r2);
+        if (has_res2 < 0) return -1;
         if (has_res2) {
             if (has_res && r2 != res) return JM_FAIL(n, "resolution", "resolution %.0f and output_resolution %.0f disagree", r2, res);
             res = r2;
@@ -1037,7 +1043,7 @@ static void jm_copy_string(lua_State *L, int from, int to, const char *k) {
 /* core.detection(decoded) -> {has_subject=, mask_urls={...}, request_id=} | nil, message
  * mask_urls keep the server's order: by mask area, largest first. */
 static int l_detection(lua_State *L) {
-    int has = 0, i, n, k = 0;
+    int has = 0;
     if (!lua_istable(L, 1) || !jm_has_subject(L, 1, &has)) {
         lua_pushnil(L);
         lua_pushliteral(L, "the detection answer has no status 0 or 1");
@@ -1050,8 +1056,8 @@ static int l_detection(lua_State *L) {
     lua_newtable(L); /* 3: mask_urls, always an array (possibly empty) */
     lua_getfield(L, 1, "mask_urls");
     if (lua_istable(L, 4)) {
-        n = (int)jm_rawlen(L, 4);
-        for (i = 1; i <= n; i++) {
+        int n = (int)jm_rawlen(L, 4), k = 0;
+        for (int i = 1; i <= n; i++) {
             lua_rawgeti(L, 4, i);
             if (lua_type(L, -1) == LUA_TSTRING) lua_rawseti(L, 3, ++k);
             else lua_pop(L, 1);
