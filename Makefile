@@ -45,7 +45,7 @@ LUA_SRCS     = $(wildcard lua/jimeng/*.lua)
 RUN_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/?.lua;;" \
           LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" JIMENG_TEST_LUA="$(LUA)"
 
-.PHONY: all test test-all demo examples install uninstall clean version rock lint docs
+.PHONY: all test test-all demo examples install uninstall clean version rock lint docs asan valgrind fuzz
 
 all: $(SO)
 
@@ -61,7 +61,7 @@ version:
 	@sed -n 's/^#define JM_VERSION "\(.*\)"/\1/p' src/jimeng.h
 
 test: all
-	@$(RUN_ENV) $(LUA) $(BUSTED) --lua=$(LUA) -o spec/support/summary.lua $(BUSTED_ARGS) spec
+	@$(RUN_ENV) $(TEST_PRELOAD) $(LUA) $(BUSTED) --lua=$(LUA) -o spec/support/summary.lua $(BUSTED_ARGS) spec
 
 # The whole suite on every Lua: each build has its own directory, so they never mix.
 TEST_LUAS ?= lua5.1 lua5.2 lua5.3 lua5.4 luajit
@@ -70,6 +70,18 @@ test-all:
 	  echo "== $$l"; \
 	  $(MAKE) --no-print-directory test LUA=$$l; \
 	done
+
+# The suite against the module built with AddressSanitizer and UBSan (any report fails the run). The
+# interpreter is not instrumented, so the runtimes are preloaded into it. The nginx and Neovim proofs
+# (#host) are left out: they test other programs, not this C code, under the sanitizer.
+SAN_FLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+SAN_PRELOAD = $(shell $(CC) -print-file-name=libasan.so):$(shell $(CC) -print-file-name=libubsan.so)
+asan:
+	@$(MAKE) --no-print-directory test BUILD=build/asan-$(LUA) CFLAGS="$(SAN_FLAGS)" LDFLAGS="-fsanitize=address,undefined" \
+	  BUSTED_ARGS="--exclude-tags=host $(BUSTED_ARGS)" \
+	  TEST_PRELOAD="LD_PRELOAD=$(SAN_PRELOAD) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:exitcode=23 \
+	    LSAN_OPTIONS=suppressions=$(CURDIR)/sanitizers/lsan.supp:print_suppressions=0 \
+	    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1"
 
 demo: all
 	@mkdir -p build/demo

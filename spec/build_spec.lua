@@ -1,17 +1,9 @@
 -- The module installs where Lua looks for it, by make install and by luarocks, and loads from there.
 local h = require "spec.support.helpers"
+local run = require("spec.support.process").run
 
 local lua = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
 local version = lua:find("jit") and "5.1" or lua:match("(%d%.%d)$") or "5.4"
-
--- Runs a shell command; returns whether it exited 0, and its output (5.1's close() tells no status).
-local function run(cmd)
-  local p = io.popen(cmd .. " 2>&1; echo \"exit=$?\"")
-  local out = p:read("*a")
-  p:close()
-  local code = tonumber(out:match("exit=(%d+)%s*$"))
-  return code == 0, (out:gsub("exit=%d+%s*$", ""))
-end
 
 -- Loads jimeng from an install tree in a fresh interpreter, with nothing from this checkout on the path.
 local function load_from(tree)

@@ -20,8 +20,8 @@ describe("the jimeng command", function()
   -- Runs `jimeng <args>`; returns the exit code, stdout and stderr.
   local function jimeng(args, extra_env)
     local errfile = dir .. "/stderr"
-    local p = io.popen(("cd %s && %s %s %s %s/bin/jimeng %s 2>%s; echo \"exit=$?\""):format(
-      dir, env, extra_env or "", lua, proc.root, args, errfile))
+    local p = io.popen(("%scd %s && %s %s %s %s/bin/jimeng %s 2>%s; echo \"exit=$?\""):format(
+      proc.clean_env, dir, env, extra_env or "", lua, proc.root, args, errfile))
     local out = p:read("*a")
     p:close()
     local code = tonumber(out:match("exit=(%d+)%s*$"))
@@ -154,8 +154,8 @@ describe("the jimeng command", function()
 
   it("sandbox starts a local API and prints how to use it", function()
     local out = dir .. "/sandbox.out"
-    local pid = io.popen(("%s %s/bin/jimeng sandbox --queue-seconds 0 --process-seconds 0 >%s 2>&1 & echo $!")
-      :format(lua, proc.root, out)):read("*l")
+    local pid = io.popen(("%s%s %s/bin/jimeng sandbox --queue-seconds 0 --process-seconds 0 >%s 2>&1 & echo $!")
+      :format(proc.clean_env, lua, proc.root, out)):read("*l")
     local url
     for _ = 1, 100 do
       url = (h.read(out) or ""):match("JIMENG_BASE_URL=(%S+)")

@@ -5,7 +5,7 @@ local core = require "jimeng.core"
 
 local nginx = proc.run("command -v nginx && test -f /usr/share/nginx/modules/ngx_http_lua_module.so")
 
-describe("inside nginx (examples/openresty)", function()
+describe("inside nginx (examples/openresty) #host", function()
   if not nginx then
     it("needs nginx and libnginx-mod-http-lua (apt-get install nginx libnginx-mod-http-lua)", function()
       pending("nginx with its Lua module is not installed")
@@ -26,7 +26,7 @@ describe("inside nginx (examples/openresty)", function()
     conf = conf:gsub("%$prefix/%.%./%.%./", proc.root .. "/")
     conf = conf:gsub("%$prefix/%?%.lua", proc.root .. "/examples/openresty/?.lua")
     h.write(prefix .. "/nginx.conf", conf)
-    server = io.popen(("cd %s && JIMENG_API_KEY=nginx-key JIMENG_BASE_URL=%s JIMENG_OUTPUT_DIR=%s/videos " ..
+    server = io.popen((proc.clean_env .. "cd %s && JIMENG_API_KEY=nginx-key JIMENG_BASE_URL=%s JIMENG_OUTPUT_DIR=%s/videos " ..
       "exec nginx -p %s/ -c %s/nginx.conf -g 'daemon off; master_process off;' > %s/logs/stdout 2>&1")
       :format(prefix, sb.url, prefix, prefix, prefix, prefix), "r")
     local deadline = core.now() + 10

@@ -4,7 +4,7 @@ local proc = require "spec.support.process"
 
 local nvim = proc.run("command -v nvim")
 
-describe("inside Neovim (examples/nvim)", function()
+describe("inside Neovim (examples/nvim) #host", function()
   if not nvim then
     it("needs Neovim (apt-get install neovim)", function() pending("neovim is not installed") end)
     return

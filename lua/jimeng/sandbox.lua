@@ -44,7 +44,8 @@ function M.start(opts)
   opts = opts or {}
   local path, err = M.server_path()
   if not path then return nil, err end
-  local cmd = { "exec", shell_quote(opts.python or os.getenv("PYTHON") or "python3"), shell_quote(path),
+  -- env -u LD_PRELOAD: a sanitizer preloaded into the caller (make asan) has no business in Python
+  local cmd = { "exec env -u LD_PRELOAD", shell_quote(opts.python or os.getenv("PYTHON") or "python3"), shell_quote(path),
     "--port", tostring(math.floor(tonumber(opts.port) or 0)), "--exit-with-parent" }
   if opts.queue_seconds then cmd[#cmd + 1] = "--queue-seconds " .. tonumber(opts.queue_seconds) end
   if opts.process_seconds then cmd[#cmd + 1] = "--process-seconds " .. tonumber(opts.process_seconds) end

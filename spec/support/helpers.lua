@@ -25,13 +25,13 @@ local tmpdirs = {}
 function M.tmpdir()
   local p = os.tmpname()
   os.remove(p)
-  assert(os.execute("mkdir -p '" .. p .. "'"))
+  assert(os.execute("unset LD_PRELOAD; mkdir -p '" .. p .. "'"))
   tmpdirs[#tmpdirs + 1] = p
   return p
 end
 
 function M.cleanup()
-  for _, p in ipairs(tmpdirs) do os.execute("rm -rf '" .. p .. "'") end
+  for _, p in ipairs(tmpdirs) do os.execute("unset LD_PRELOAD; rm -rf '" .. p .. "'") end
   tmpdirs = {}
 end
 

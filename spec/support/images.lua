@@ -13,7 +13,7 @@ png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 
       chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
 open(%q, "wb").write(png)
 ]]):format(w, h, path)
-  local p = assert(io.popen("python3 -", "w"))
+  local p = assert(io.popen("unset LD_PRELOAD; python3 -", "w"))
   p:write(script)
   assert(p:close())
   return path

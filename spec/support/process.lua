@@ -3,9 +3,13 @@ local core = require "jimeng.core"
 
 local M = {}
 
+-- Subprocesses are other programs (make, sed, nginx, the CLI on the ordinary build): a sanitizer
+-- preloaded into the suite (make asan) is not theirs, nor are the variables of the make running it.
+M.clean_env = "unset LD_PRELOAD MAKEFLAGS MAKELEVEL MFLAGS BUILD CFLAGS LDFLAGS BUSTED_ARGS TEST_PRELOAD; "
+
 --- Runs a shell command; returns whether it exited 0, and its output (5.1's close() tells no status).
 function M.run(cmd)
-  local p = io.popen(cmd .. " 2>&1; echo \"exit=$?\"")
+  local p = io.popen(M.clean_env .. cmd .. " 2>&1; echo \"exit=$?\"")
   local out = p:read("*a")
   p:close()
   local code = tonumber(out:match("exit=(%d+)%s*$"))
