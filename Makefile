@@ -61,7 +61,7 @@ version:
 	@sed -n 's/^#define JM_VERSION "\(.*\)"/\1/p' src/jimeng.h
 
 test: all
-	@$(RUN_ENV) $(TEST_PRELOAD) $(LUA) $(BUSTED) --lua=$(LUA) -o spec/support/summary.lua $(BUSTED_ARGS) spec
+	@$(RUN_ENV) $(TEST_PRELOAD) $(TEST_WRAPPER) $(LUA) $(BUSTED) -o spec/support/summary.lua $(BUSTED_ARGS) spec
 
 # The whole suite on every Lua: each build has its own directory, so they never mix.
 TEST_LUAS ?= lua5.1 lua5.2 lua5.3 lua5.4 luajit
@@ -82,6 +82,13 @@ asan:
 	  TEST_PRELOAD="LD_PRELOAD=$(SAN_PRELOAD) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:exitcode=23 \
 	    LSAN_OPTIONS=suppressions=$(CURDIR)/sanitizers/lsan.supp:print_suppressions=0 \
 	    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1"
+
+# The suite under valgrind's memcheck: any invalid access, or any block definitely or indirectly lost,
+# fails the run. Only the Lua process is traced (the sandbox, nginx and the CLI children are not ours).
+VALGRIND ?= valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=1 \
+  --num-callers=30 --suppressions=$(CURDIR)/sanitizers/valgrind.supp
+valgrind: all
+	@$(MAKE) --no-print-directory test TEST_WRAPPER="$(VALGRIND)" BUSTED_ARGS="--exclude-tags=host $(BUSTED_ARGS)"
 
 demo: all
 	@mkdir -p build/demo
