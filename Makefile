@@ -90,6 +90,34 @@ VALGRIND ?= valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,
 valgrind: all
 	@$(MAKE) --no-print-directory test TEST_WRAPPER="$(VALGRIND)" BUSTED_ARGS="--exclude-tags=host $(BUSTED_ARGS)"
 
+# libFuzzer (clang) over normalization and response handling, seeded from the vendor page's examples.
+# Findings land in build/fuzz/ (crash-*); each one found becomes a spec case.
+FUZZ_SECONDS ?= 60
+FUZZ_CC      ?= clang
+FUZZ_FLAGS    = -g -O1 -std=c99 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Isrc
+FUZZ_LUA     ?= lua5.4
+FUZZ_LUA_LIB ?= $(shell $(PKG_CONFIG) --variable=libdir $(FUZZ_LUA))/lib$(FUZZ_LUA).a
+FUZZ_LINK     = -Wl,-E $(FUZZ_LUA_LIB) $(CURL_LIBS) -lm -ldl -lpthread
+FUZZ_CFLAGS   = $(shell $(PKG_CONFIG) --cflags $(FUZZ_LUA)) $(CURL_CFLAGS)
+
+build/fuzz/normalize: fuzz/fuzz_normalize.c $(SRCS) src/jimeng.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_CFLAGS) fuzz/fuzz_normalize.c $(SRCS) -o $@ $(FUZZ_LINK)
+
+build/fuzz/response: fuzz/fuzz_response.c $(SRCS) src/jimeng.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_CFLAGS) fuzz/fuzz_response.c src/core.c src/normalize.c src/files.c -o $@ $(FUZZ_LINK)
+
+fuzz: build/fuzz/normalize build/fuzz/response
+	@for t in normalize response; do \
+	  mkdir -p build/fuzz/corpus-$$t; \
+	  echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+	  if build/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -timeout=10 -artifact_prefix=build/fuzz/ \
+	      -print_final_stats=1 build/fuzz/corpus-$$t fuzz/corpus/$$t > build/fuzz/$$t.log 2>&1; then \
+	    grep -E "^(stat::number_of_executed_units|INFO: seed corpus)" build/fuzz/$$t.log; \
+	  else tail -40 build/fuzz/$$t.log; echo "fuzz $$t FOUND A PROBLEM: see build/fuzz/crash-*"; exit 1; fi; \
+	done
+
 demo: all
 	@mkdir -p build/demo
 	@$(RUN_ENV) $(LUA) examples/run_with_sandbox.lua examples/text_to_video.lua build/demo

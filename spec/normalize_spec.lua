@@ -321,6 +321,8 @@ describe("normalize reads local image files", function()
     { "a GIF is neither JPEG nor PNG", function(d) return images.junk(d .. "/anim.gif", 2000) end, "neither JPEG nor PNG" },
     { "a 5 MB file is over 4.7 MB", function(d) return images.jpeg(d .. "/big.jpg", 1000, 1000, 5 * 1024 * 1024) end, "at most 4.7 MB" },
     { "a missing file cannot be read", function(d) return d .. "/nothing-here.png" end, "cannot read" },
+    { "a directory is not an image", function(d) return d end, "not a regular file" },
+    { "a device is not an image", function() return "/dev/zero" end, "not a regular file" },
   }
   for _, row in ipairs(bad) do
     it(row[1], function()

@@ -88,8 +88,14 @@ static unsigned char *jm_slurp(const char *path, long max, size_t *n, char *err,
     FILE *f = fopen(path, "rb");
     unsigned char *buf;
     long size;
+    struct stat st;
     if (!f) {
         snprintf(err, errsz, "cannot read image file %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) { /* a device or a pipe could block or never end */
+        snprintf(err, errsz, "image file %s is not a regular file", path);
+        fclose(f);
         return NULL;
     }
     if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {

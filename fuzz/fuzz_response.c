@@ -1,0 +1,72 @@
+#define _GNU_SOURCE /* memmem */
+/* libFuzzer target: the engine's response handling fed with arbitrary bytes, through the same libcurl
+ * callbacks a transfer uses: header lines (status lines, redirects, Content-Range, Content-Type), the
+ * choice between the file and memory sinks, the body, and the headers table Lua receives.
+ * Input: [8 bytes: resume offset][header block]\n\n[body]. engine.c is included for its static helpers. */
+#include "../src/engine.c"
+
+#include <lualib.h>
+#include <stdint.h>
+#include <stdio.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static lua_State *L;
+static char part_path[64];
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    jm_transfer t;
+    size_t i, start;
+    const char *sep;
+    uint64_t off = 0;
+    if (!L) {
+        L = luaL_newstate();
+        snprintf(part_path, sizeof part_path, "/tmp/jimeng-fuzz-%d.part", (int)getpid());
+    }
+    if (size < 8) return 0;
+    for (i = 0; i < 8; i++) off = (off << 8) | data[i];
+    data += 8;
+    size -= 8;
+    memset(&t, 0, sizeof t);
+    t.fd = -1;
+    t.max_body = 4096;
+    t.offset = (curl_off_t)(off % 100000);
+    t.expect_binary = (int)(off >> 63);
+    t.path = (off >> 62) & 1 ? part_path : NULL;
+
+    sep = memmem(data, size, "\n\n", 2);
+    start = 0;
+    for (i = 0; i < (sep ? (size_t)(sep - (const char *)data) : size); i++) {
+        if (data[i] == '\n') {
+            char line[4096];
+            size_t n = i + 1 - start;
+            if (n < sizeof line) {
+                memcpy(line, data + start, n);
+                if (jm_on_header(line, 1, n, &t) != n) break;
+            }
+            start = i + 1;
+        }
+    }
+    if (sep) {
+        size_t body = (size_t)(sep - (const char *)data) + 2;
+        if (body < size) {
+            char buf[8192];
+            size_t n = size - body < sizeof buf ? size - body : sizeof buf;
+            memcpy(buf, data + body, n);
+            jm_on_body(buf, 1, n, &t);
+        }
+    }
+    {
+        char v[256];
+        jm_header_value(&t.head, "content-range", v, sizeof v);
+        jm_header_value(&t.head, "content-type", v, sizeof v);
+        jm_header_value(&t.head, "etag", v, sizeof v);
+    }
+    jm_push_headers(L, &t.head);
+    lua_settop(L, 0);
+    jm_close_file(&t);
+    jm_buf_free(&t.body);
+    jm_buf_free(&t.head);
+    unlink(part_path);
+    return 0;
+}
