@@ -14,6 +14,8 @@ import json
 import os
 import re
 import secrets
+import select
+import shutil
 import socket
 import ssl
 import struct
@@ -54,6 +56,47 @@ RATIOS = {"16:9": 16 / 9, "9:16": 9 / 16, "4:3": 4 / 3, "3:4": 3 / 4, "1:1": 1.0
 PERIOD = 65521
 FTYP = struct.pack(">I4s4sI4s4s4s4s", 32, b"ftyp", b"isom", 512, b"isom", b"iso2", b"avc1", b"mp41")
 PATTERN = bytes(((i % PERIOD) * 7 + 13) % 256 for i in range(PERIOD * 17))
+# Large synthetic bodies are served from a file of the pattern with sendfile, so that the server is not
+# what a download benchmark measures. The files live in one temporary directory, removed at exit.
+SENDFILE_FROM = 16 * 1024 * 1024
+_blob_dir = None
+_blob_lock = threading.Lock()
+
+
+def synthetic_chunks(start, length):
+    """The bytes start..start+length of a synthetic video, in chunks of at most 1 MiB."""
+    pos, end = start, start + length
+    while pos < end:
+        if pos < len(FTYP):
+            chunk = FTYP[pos:min(end, len(FTYP))]
+        else:
+            off = pos % PERIOD
+            n = min(end - pos, len(PATTERN) - off, 1 << 20)
+            chunk = memoryview(PATTERN)[off:off + n]
+        yield chunk
+        pos += len(chunk)
+
+
+def blob_file(size):
+    """A file holding the synthetic video of `size` bytes, written on first use."""
+    global _blob_dir
+    with _blob_lock:
+        if _blob_dir is None:
+            _blob_dir = tempfile.mkdtemp(prefix="jimeng-sandbox-blob-")
+        path = os.path.join(_blob_dir, str(size))
+        if not os.path.exists(path):
+            with open(path + ".tmp", "wb") as f:
+                for chunk in synthetic_chunks(0, size):
+                    f.write(chunk)
+            os.rename(path + ".tmp", path)
+        return path
+
+
+def remove_blobs():
+    if _blob_dir:
+        shutil.rmtree(_blob_dir, ignore_errors=True)
+
+
 # A tiny valid PNG served for mask URLs.
 MASK_PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010800000000"
@@ -475,6 +518,10 @@ class Handler(BaseHTTPRequestHandler):
         cut = None  # how many bytes to send before a mid-body fault
         if fault and fault["fault"] in ("reset_mid_body", "short_body", "stall_mid_body"):
             cut = max(1, min(length - 1, int(fault.get("after_bytes") or length // 2)))
+        elif size >= SENDFILE_FROM:
+            with open(blob_file(size), "rb") as f:
+                self.connection.sendfile(f, start, length)
+            return
         sent = 0
         for chunk in self.body_chunks(task, start, length if cut is None else cut):
             self.wfile.write(chunk)
@@ -496,16 +543,7 @@ class Handler(BaseHTTPRequestHandler):
         if not size:
             yield self.server.fixture[start:start + length]
             return
-        pos, end = start, start + length
-        while pos < end:
-            if pos < len(FTYP):
-                chunk = FTYP[pos:min(end, len(FTYP))]
-            else:
-                off = pos % PERIOD
-                n = min(end - pos, len(PATTERN) - off, 1 << 20)
-                chunk = memoryview(PATTERN)[off:off + n]
-            yield chunk
-            pos += len(chunk)
+        yield from synthetic_chunks(start, length)
 
     def detection(self, body):
         url = self.subject_request(body, DETECT_KEY)
@@ -642,9 +680,14 @@ def make_certificate(host):
 
 
 def watch_parent(ppid):
+    """Exits when the parent exits, or when it closes the pipe it reads our stdout from: a parent that
+    pclose()s us (Lua's io.popen handle closed, even by an error's cleanup) then waits for us to end."""
+    out = select.poll()
+    out.register(sys.stdout.fileno(), 0)  # POLLERR and POLLHUP are always reported
     while True:
-        time.sleep(0.25)
-        if os.getppid() != ppid:
+        gone = os.getppid() != ppid or any(ev & (select.POLLERR | select.POLLHUP) for _, ev in out.poll(250))
+        if gone:
+            remove_blobs()
             os._exit(0)
 
 
@@ -684,6 +727,8 @@ def main():
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
         pass
+    finally:
+        remove_blobs()
     server.server_close()
     return 0
 

@@ -29,12 +29,23 @@
 #define JM_MAX_HEADER_BYTES ((size_t)64 * 1024)
 #define JM_DEFAULT_MAX_BODY ((double)8 * 1024 * 1024)
 #define JM_DOWNLOAD_BUFFER (256L * 1024)
+#define JM_POOL 16 /* idle easy handles an engine keeps for its next transfers */
 
 typedef struct jm_transfer jm_transfer;
+
+/* Idle easy handles, each remembering the profile it was configured for: creating, resetting and
+ * configuring a handle per request costs more than a status poll itself, so a request of the same
+ * profile (say, a client's JSON calls) takes a handle already configured and sets only its own options. */
+typedef struct {
+    CURL *easy;
+    char *profile;
+} jm_idle;
 
 typedef struct {
     CURLM *multi;
     jm_transfer *head; /* transfers in flight */
+    jm_idle pool[JM_POOL];
+    int npool;
     int closed;
 } jm_engine;
 
@@ -48,6 +59,7 @@ enum { JM_SINK_UNDECIDED, JM_SINK_FILE, JM_SINK_MEMORY };
 
 struct jm_transfer {
     CURL *easy;
+    char *profile; /* the profile its handle is configured for (goes back to the pool with it) */
     struct curl_slist *hdrs;
     jm_engine *eng; /* NULL once the engine is gone */
     jm_transfer *prev, *next;
@@ -64,6 +76,12 @@ struct jm_transfer {
     jm_buf head; /* header lines of the latest response (reset on each status line) */
     long hstatus;
     int head_too_large;
+
+    /* what libcurl knew when the transfer finished (its handle goes back to the pool then) */
+    struct {
+        long status, reqsize;
+        curl_off_t content_length;
+    } info;
 
     /* file sink */
     char *path;
@@ -245,7 +263,74 @@ static void jm_close_file(jm_transfer *t) {
     }
 }
 
-/* Takes a running transfer off its engine: releases the registry reference and closes the file. */
+/* Copies what the result needs out of the easy handle. */
+static void jm_capture(jm_transfer *t) {
+    t->info.content_length = -1;
+    curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &t->info.status);
+    curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &t->info.reqsize);
+    curl_easy_getinfo(t->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &t->info.content_length);
+}
+
+/* Gives the easy handle back to the engine's pool, configured as it is (its connections stay in the
+ * multi handle) but holding no pointer into this transfer; cleaned up when the pool is full or the
+ * engine gone. */
+static void jm_release_easy(jm_transfer *t) {
+    jm_engine *e = t->eng;
+    if (!t->easy) return;
+    if (e && !e->closed && e->npool < JM_POOL && !t->path &&
+        curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, NULL) == CURLE_OK &&
+        curl_easy_setopt(t->easy, CURLOPT_ERRORBUFFER, NULL) == CURLE_OK &&
+        curl_easy_setopt(t->easy, CURLOPT_PRIVATE, NULL) == CURLE_OK &&
+        curl_easy_setopt(t->easy, CURLOPT_HEADERDATA, NULL) == CURLE_OK &&
+        curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, NULL) == CURLE_OK) {
+        e->pool[e->npool].easy = t->easy;
+        e->pool[e->npool].profile = t->profile;
+        e->npool++;
+    } else {
+        curl_easy_cleanup(t->easy);
+        free(t->profile);
+    }
+    t->easy = NULL;
+    t->profile = NULL;
+    curl_slist_free_all(t->hdrs);
+    t->hdrs = NULL;
+}
+
+/* Takes an idle handle configured for `profile` (returns 1), or any idle handle reset to its defaults,
+ * or a new one (returns 0: every option must be set). A download always gets a new handle, and it is not
+ * pooled after: libcurl refuses CURLOPT_BUFFERSIZE on a handle whose buffer is still allocated (as it is
+ * after a failed transfer, reset or not), and a large buffer is not worth keeping idle. */
+static int jm_acquire_easy(jm_engine *e, jm_transfer *t, const char *profile) {
+    int i;
+    if (t->path) {
+        t->easy = curl_easy_init();
+        t->profile = NULL;
+        return 0;
+    }
+    if (profile) {
+        for (i = e->npool - 1; i >= 0; i--) {
+            if (e->pool[i].profile && strcmp(e->pool[i].profile, profile) == 0) {
+                t->easy = e->pool[i].easy;
+                t->profile = e->pool[i].profile;
+                e->pool[i] = e->pool[--e->npool];
+                return 1;
+            }
+        }
+    }
+    if (e->npool > 0) {
+        jm_idle *idle = &e->pool[--e->npool];
+        t->easy = idle->easy;
+        free(idle->profile);
+        curl_easy_reset(t->easy);
+    } else {
+        t->easy = curl_easy_init();
+    }
+    t->profile = profile ? strdup(profile) : NULL;
+    return 0;
+}
+
+/* Takes a running transfer off its engine: keeps its result, returns its handle, releases the registry
+ * reference and closes the file. */
 static void jm_finish(lua_State *L, jm_transfer *t, CURLcode rc) {
     if (t->state != JM_RUNNING) return;
     if (t->eng && t->eng->multi) curl_multi_remove_handle(t->eng->multi, t->easy);
@@ -253,6 +338,8 @@ static void jm_finish(lua_State *L, jm_transfer *t, CURLcode rc) {
     t->rc = rc;
     t->state = JM_DONE;
     jm_close_file(t);
+    jm_capture(t);
+    jm_release_easy(t);
     luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
     t->ref = LUA_NOREF;
 }
@@ -262,6 +349,8 @@ static int l_transfer_gc(lua_State *L) {
     jm_finish(L, t, CURLE_ABORTED_BY_CALLBACK);
     if (t->easy) curl_easy_cleanup(t->easy);
     t->easy = NULL;
+    free(t->profile);
+    t->profile = NULL;
     curl_slist_free_all(t->hdrs);
     t->hdrs = NULL;
     jm_buf_free(&t->body);
@@ -291,30 +380,41 @@ static int l_transfer_done(lua_State *L) {
 /* transfer:progress() -> bytes of the file so far (including a resumed prefix), expected total or nil */
 static int l_transfer_progress(lua_State *L) {
     jm_transfer *t = jm_check_transfer(L, 1);
-    curl_off_t cl = -1, got = t->sink == JM_SINK_FILE ? t->file_start + t->file_written : 0;
-    if (t->easy) curl_easy_getinfo(t->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+    curl_off_t cl = t->info.content_length, got = t->sink == JM_SINK_FILE ? t->file_start + t->file_written : 0;
+    if (t->easy && t->state == JM_RUNNING) curl_easy_getinfo(t->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
     lua_pushinteger(L, (lua_Integer)got);
     if (cl >= 0 && t->sink == JM_SINK_FILE) lua_pushinteger(L, (lua_Integer)t->file_start + (lua_Integer)cl);
     else lua_pushnil(L);
     return 2;
 }
 
+/* The response headers the Lua layer reads; the others are never turned into Lua strings (this table
+ * is built for every status poll). */
+static const char *const jm_wanted_headers[] = {
+    "x-request-id", "retry-after", "retry-after-ms", "x-should-retry", "content-type", "content-range", "etag", NULL,
+};
+
+static const char *jm_wanted(const char *name, size_t n) {
+    const char *const *w;
+    for (w = jm_wanted_headers; *w; w++)
+        if (strlen(*w) == n && strncasecmp(*w, name, n) == 0) return *w;
+    return NULL;
+}
+
 static void jm_push_headers(lua_State *L, const jm_buf *h) {
     const char *line = h->p;
-    lua_newtable(L);
+    lua_createtable(L, 0, 4);
     if (!line) return;
     while (*line) {
         const char *eol = strchr(line, '\n');
         const char *end = eol ? eol : line + strlen(line);
         const char *colon = memchr(line, ':', (size_t)(end - line));
-        if (colon && colon > line) {
-            luaL_Buffer b;
-            const char *v = colon + 1, *vend = end, *p;
+        const char *name = colon && colon > line ? jm_wanted(line, (size_t)(colon - line)) : NULL;
+        if (name) {
+            const char *v = colon + 1, *vend = end;
             while (v < vend && (*v == ' ' || *v == '\t')) v++;
             while (vend > v && isspace((unsigned char)vend[-1])) vend--;
-            luaL_buffinit(L, &b);
-            for (p = line; p < colon; p++) luaL_addchar(&b, (char)tolower((unsigned char)*p));
-            luaL_pushresult(&b); /* name */
+            lua_pushstring(L, name);
             lua_pushvalue(L, -1);
             lua_rawget(L, -3);
             if (lua_isstring(L, -1)) { /* repeated header: join as HTTP allows */
@@ -332,42 +432,25 @@ static void jm_push_headers(lua_State *L, const jm_buf *h) {
     }
 }
 
-/* transfer:result() -> table describing what happened (see the Lua layer for how it is judged). */
+/* transfer:result() -> table describing what happened (see the Lua layer for how it is judged):
+ * ok, status, headers, body, and only when they apply: curl_code and curl_error (a failure),
+ * request_size, content_length, the flags of the sinks and limits. Lean: it is built for every poll. */
 static int l_transfer_result(lua_State *L) {
     jm_transfer *t = jm_check_transfer(L, 1);
-    long status = 0, redirects = 0, reqsize = 0, conns = 0;
-    double t_connect = 0, t_pre = 0, t_start = 0, t_total = 0;
-    curl_off_t cl = -1;
-    char *url = NULL;
+    long status = t->info.status;
+    int ok = t->rc == CURLE_OK && !t->cancelled;
     if (t->state != JM_DONE) return luaL_error(L, "jimeng: transfer still running");
-    lua_newtable(L);
-    jm_setbool(L, "ok", t->rc == CURLE_OK && !t->cancelled);
-    jm_setint(L, "curl_code", (lua_Integer)t->rc);
-    jm_setstr(L, "curl_error", t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->rc));
-    if (t->cancelled) jm_setbool(L, "cancelled", 1);
-    if (t->easy) {
-        curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
-        curl_easy_getinfo(t->easy, CURLINFO_REDIRECT_COUNT, &redirects);
-        curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &reqsize);
-        curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &conns);
-        curl_easy_getinfo(t->easy, CURLINFO_CONNECT_TIME, &t_connect);
-        curl_easy_getinfo(t->easy, CURLINFO_PRETRANSFER_TIME, &t_pre);
-        curl_easy_getinfo(t->easy, CURLINFO_STARTTRANSFER_TIME, &t_start);
-        curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME, &t_total);
-        curl_easy_getinfo(t->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
-        curl_easy_getinfo(t->easy, CURLINFO_EFFECTIVE_URL, &url);
+    lua_createtable(L, 0, 8);
+    jm_setbool(L, "ok", ok);
+    if (!ok) {
+        jm_setint(L, "curl_code", (lua_Integer)t->rc);
+        jm_setstr(L, "curl_error", t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->rc));
     }
+    if (t->cancelled) jm_setbool(L, "cancelled", 1);
     if (status == 0 && t->hstatus) status = t->hstatus;
     jm_setint(L, "status", status);
-    jm_setint(L, "redirects", redirects);
-    jm_setint(L, "request_size", reqsize); /* 0: not a byte of the request left this machine */
-    jm_setint(L, "new_connections", conns);
-    jm_setnum(L, "connect_time", t_connect);
-    jm_setnum(L, "pretransfer_time", t_pre);
-    jm_setnum(L, "starttransfer_time", t_start);
-    jm_setnum(L, "total_time", t_total);
-    if (cl >= 0) jm_setint(L, "content_length", (lua_Integer)cl);
-    if (url) jm_setstr(L, "effective_url", url);
+    jm_setint(L, "request_size", t->info.reqsize); /* 0: not a byte of the request left this machine */
+    if (t->info.content_length >= 0) jm_setint(L, "content_length", (lua_Integer)t->info.content_length);
     jm_push_headers(L, &t->head);
     lua_setfield(L, -2, "headers");
     if (t->body.len || t->sink == JM_SINK_MEMORY || !t->path) jm_setlstr(L, "body", t->body.p ? t->body.p : "", t->body.len);
@@ -409,11 +492,17 @@ static int l_engine_new(lua_State *L) {
 static int l_engine_close(lua_State *L) {
     jm_engine *e = luaL_checkudata(L, 1, JM_ENGINE_MT);
     if (e->closed) return 0;
+    e->closed = 1; /* handles of the transfers finished below are cleaned up, not pooled */
     while (e->head) {
         jm_transfer *t = e->head;
         t->cancelled = 1;
         jm_finish(L, t, CURLE_ABORTED_BY_CALLBACK);
         t->eng = NULL;
+    }
+    while (e->npool > 0) {
+        e->npool--;
+        curl_easy_cleanup(e->pool[e->npool].easy);
+        free(e->pool[e->npool].profile);
     }
     if (e->multi) curl_multi_cleanup(e->multi);
     e->multi = NULL;
@@ -444,20 +533,23 @@ static int jm_has_crlf(const char *s) {
 
 #define JM_SET(opt, val)                                                                                      \
     do {                                                                                                      \
-        if (rc == CURLE_OK) rc = curl_easy_setopt(t->easy, opt, val);                                         \
+        if (rc == CURLE_OK && (rc = curl_easy_setopt(t->easy, opt, val)) != CURLE_OK) bad_opt = (int)(opt);   \
     } while (0)
 
 /* engine:request(opts) -> transfer | nil, message
  * opts: url, method ("GET"|"POST"), body, headers (array of "Name: value"), bearer, timeout,
  * connect_timeout, low_speed_time, max_body, follow (max redirects), cainfo, user_agent,
- * output (file path), offset (size of the partial file), expect_binary, accept_encoding, fresh_connect. */
+ * output (file path), offset (size of the partial file), expect_binary, accept_encoding, fresh_connect,
+ * profile: requests with the same profile must pass the same values for every option but url, method,
+ * body, headers, timeout and fresh_connect; they then share configured handles. */
 static int l_engine_request(lua_State *L) {
     jm_engine *e = jm_check_engine(L, 1);
     jm_transfer *t;
     CURLcode rc = CURLE_OK;
     CURLMcode mrc;
     size_t blen = 0;
-    const char *url, *method, *body, *bearer, *cainfo, *ua, *output;
+    const char *url, *method, *body, *bearer, *cainfo, *ua, *output, *profile;
+    int reuse, bad_opt = 0;
     double timeout, ctimeout, lowtime;
     long follow;
     int i, n;
@@ -470,6 +562,7 @@ static int l_engine_request(lua_State *L) {
     cainfo = jm_optstr(L, 2, "cainfo", NULL);
     ua = jm_optstr(L, 2, "user_agent", NULL);
     output = jm_optstr(L, 2, "output", NULL);
+    profile = jm_optstr(L, 2, "profile", NULL);
     timeout = jm_optnum(L, 2, "timeout", 0);
     ctimeout = jm_optnum(L, 2, "connect_timeout", 10);
     lowtime = jm_optnum(L, 2, "low_speed_time", 0);
@@ -493,7 +586,7 @@ static int l_engine_request(lua_State *L) {
     lua_pop(L, 1);
     if (output && !(t->path = strdup(output))) return luaL_error(L, "jimeng: out of memory");
 
-    t->easy = curl_easy_init();
+    reuse = jm_acquire_easy(e, t, profile);
     if (!t->easy) return luaL_error(L, "jimeng: curl_easy_init failed");
 
     lua_getfield(L, 2, "headers");
@@ -515,9 +608,38 @@ static int l_engine_request(lua_State *L) {
     }
     lua_pop(L, 1);
 
+    /* per request: where it goes, what it sends, whose callbacks' data */
     JM_SET(CURLOPT_URL, url);
     JM_SET(CURLOPT_PRIVATE, (void *)t);
     JM_SET(CURLOPT_ERRORBUFFER, t->errbuf);
+    JM_SET(CURLOPT_HEADERDATA, (void *)t);
+    JM_SET(CURLOPT_WRITEDATA, (void *)t);
+    JM_SET(CURLOPT_TIMEOUT_MS, timeout > 0 ? (long)(timeout * 1000) : 0L);
+    {
+        long fresh = 0;
+        lua_getfield(L, 2, "fresh_connect");
+        fresh = lua_toboolean(L, -1) ? 1L : 0L;
+        lua_pop(L, 1);
+        /* libcurl silently re-sends a request whose reused connection turns out dead, POST included: a paid
+         * request takes a fresh connection so that it can never be sent twice without Lua deciding it. */
+        JM_SET(CURLOPT_FRESH_CONNECT, fresh);
+    }
+    if (method && strcmp(method, "POST") == 0) {
+        struct curl_slist *nl = curl_slist_append(t->hdrs, "Expect:"); /* no 100-continue round trip */
+        if (!nl) return luaL_error(L, "jimeng: out of memory");
+        t->hdrs = nl;
+        JM_SET(CURLOPT_POST, 1L);
+        JM_SET(CURLOPT_POSTFIELDSIZE, (long)blen);
+        JM_SET(CURLOPT_COPYPOSTFIELDS, body ? body : "");
+    } else if (method && strcmp(method, "GET") != 0) {
+        JM_SET(CURLOPT_CUSTOMREQUEST, method);
+    } else {
+        JM_SET(CURLOPT_HTTPGET, 1L);
+    }
+    JM_SET(CURLOPT_HTTPHEADER, t->hdrs);
+    if (reuse) goto configured;
+
+    /* per profile: the same for every request of a client's kind of call */
     JM_SET(CURLOPT_NOSIGNAL, 1L);
     JM_SET(CURLOPT_TCP_KEEPALIVE, 1L);
 #if LIBCURL_VERSION_NUM >= 0x075500
@@ -533,7 +655,6 @@ static int l_engine_request(lua_State *L) {
     JM_SET(CURLOPT_FOLLOWLOCATION, follow > 0 ? 1L : 0L);
     JM_SET(CURLOPT_MAXREDIRS, follow);
     JM_SET(CURLOPT_CONNECTTIMEOUT_MS, (long)(ctimeout * 1000));
-    if (timeout > 0) JM_SET(CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
     if (lowtime > 0) {
         JM_SET(CURLOPT_LOW_SPEED_LIMIT, 1024L);
         JM_SET(CURLOPT_LOW_SPEED_TIME, (long)lowtime);
@@ -547,30 +668,13 @@ static int l_engine_request(lua_State *L) {
     lua_getfield(L, 2, "accept_encoding");
     if (lua_toboolean(L, -1)) JM_SET(CURLOPT_ACCEPT_ENCODING, "");
     lua_pop(L, 1);
-    /* libcurl silently re-sends a request whose reused connection turns out dead, POST included: a paid
-     * request takes a fresh connection so that it can never be sent twice without Lua deciding it. */
-    lua_getfield(L, 2, "fresh_connect");
-    if (lua_toboolean(L, -1)) JM_SET(CURLOPT_FRESH_CONNECT, 1L);
-    lua_pop(L, 1);
-    if (method && strcmp(method, "POST") == 0) {
-        struct curl_slist *nl = curl_slist_append(t->hdrs, "Expect:"); /* no 100-continue round trip */
-        if (!nl) return luaL_error(L, "jimeng: out of memory");
-        t->hdrs = nl;
-        JM_SET(CURLOPT_POST, 1L);
-        JM_SET(CURLOPT_POSTFIELDSIZE, (long)blen);
-        JM_SET(CURLOPT_COPYPOSTFIELDS, body ? body : "");
-    } else if (method && strcmp(method, "GET") != 0) {
-        JM_SET(CURLOPT_CUSTOMREQUEST, method);
-    }
-    if (t->hdrs) JM_SET(CURLOPT_HTTPHEADER, t->hdrs);
     JM_SET(CURLOPT_HEADERFUNCTION, jm_on_header);
-    JM_SET(CURLOPT_HEADERDATA, (void *)t);
     JM_SET(CURLOPT_WRITEFUNCTION, jm_on_body);
-    JM_SET(CURLOPT_WRITEDATA, (void *)t);
     if (output) JM_SET(CURLOPT_BUFFERSIZE, (long)JM_DOWNLOAD_BUFFER);
+configured:
     if (rc != CURLE_OK) {
         lua_pushnil(L);
-        lua_pushfstring(L, "libcurl refused an option: %s", curl_easy_strerror(rc));
+        lua_pushfstring(L, "libcurl refused option %d: %s", bad_opt, curl_easy_strerror(rc));
         return 2;
     }
 

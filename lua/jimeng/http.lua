@@ -131,14 +131,35 @@ local function should_retry(paid, r, sent)
   return true
 end
 
+-- The options of a client's JSON requests that never change: one table per client, of which each call
+-- sets only its own fields (engine:request reads it at once, so coroutines cannot see each other's).
+-- JSON calls follow no redirect, so the key can travel as a plain Authorization header: it cannot reach
+-- another host (downloads, which follow redirects, leave it to libcurl's bearer handling instead). No
+-- Accept-Encoding: compressing answers of a hundred bytes costs more than it saves.
+local function request_options(client)
+  local o = client._json_request
+  if not o then
+    local auth = "Authorization: Bearer " .. client.api_key
+    o = {
+      profile = "json", -- the engine is this client's own: its JSON calls share configured handles
+      connect_timeout = client.connect_timeout, user_agent = client.user_agent, cainfo = client.cainfo,
+      max_body = 8 * 1024 * 1024, follow = 0,
+      get_headers = { "Accept: application/json", auth },
+      post_headers = { "Accept: application/json", "Content-Type: application/json", auth },
+    }
+    client._json_request = o
+  end
+  return o
+end
+
 --- Performs a JSON API call with retries. spec: method, path, body (table), paid (bool), deadline
 -- (absolute, from core.now), max_retries. Returns decoded, result | nil, err.
 function M.json(client, spec)
   local url = client.base_url .. spec.path
   local body = spec.body and client.json.encode(spec.body)
-  local headers = { "Accept: application/json" }
-  if body then headers[#headers + 1] = "Content-Type: application/json" end
   local retries = spec.max_retries or client.max_retries
+  local opts = request_options(client)
+  local headers = body and opts.post_headers or opts.get_headers
   local attempt = 0
   while true do
     local timeout = client.timeout
@@ -149,12 +170,10 @@ function M.json(client, spec)
       end
       timeout = min(timeout, left)
     end
-    local t, why = client.engine:request {
-      url = url, method = spec.method, body = body, headers = headers, bearer = client.api_key,
-      timeout = timeout, connect_timeout = client.connect_timeout, user_agent = client.user_agent,
-      cainfo = client.cainfo, accept_encoding = true, max_body = 8 * 1024 * 1024, follow = 0,
-      fresh_connect = spec.paid,
-    }
+    opts.url, opts.method, opts.body, opts.headers = url, spec.method, body, headers
+    opts.timeout, opts.fresh_connect = timeout, spec.paid
+    local t, why = client.engine:request(opts)
+    opts.body = nil -- the request has its own copy; a large body is not kept alive here
     if not t then return nil, errors.new { kind = "invalid_argument", message = why } end
     runtime.await(client.engine, t)
     local r = t:result()

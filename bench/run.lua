@@ -1,0 +1,188 @@
+--- make bench: the client side by side with curl, Python requests and a hand-written lua-curl loop,
+-- against the sandbox on loopback, in one run; prints one table of ratios. See bench/README.md.
+-- Environment: BENCH_RUNS (3), BENCH_DOWNLOAD_MB (1024), BENCH_POLLS (2000), BENCH_TASKS (200),
+-- BENCH_LUA (the interpreter running this), JIMENG_TEST_LUA.
+local sandbox = require "jimeng.sandbox"
+local core = require "jimeng.core"
+
+local RUNS = tonumber(os.getenv("BENCH_RUNS") or "") or 3
+local MB = tonumber(os.getenv("BENCH_DOWNLOAD_MB") or "") or 1024
+local POLLS = tonumber(os.getenv("BENCH_POLLS") or "") or 2000
+local TASKS = tonumber(os.getenv("BENCH_TASKS") or "") or 200
+local LUA = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
+local PY = "/usr/bin/python3" -- Debian's, where python3-requests is installed
+
+local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+local function sh(cmd)
+  local p = assert(io.popen(cmd .. " 2>&1; echo \"exit=$?\""))
+  local out = p:read("*a")
+  p:close()
+  local code = tonumber(out:match("exit=(%d+)%s*$"))
+  return code == 0, (out:gsub("exit=%d+%s*$", ""))
+end
+
+local tmp = os.tmpname()
+os.remove(tmp)
+assert(sh("mkdir -p " .. tmp))
+
+--- Runs cmd under GNU time: wall seconds, peak RSS in KiB, CPU seconds (user + sys, children included).
+local function measure(cmd)
+  local tf = tmp .. "/time.out"
+  local t0 = core.now()
+  local ok, out = sh(("/usr/bin/time -f '%%e %%M %%U %%S' -o %s sh -c %s"):format(tf, q(cmd)))
+  local wall = core.now() - t0
+  assert(ok, cmd .. "\n" .. out)
+  local f = assert(io.open(tf))
+  local _, m, u, s = f:read("*a"):match("([%d.]+) (%d+) ([%d.]+) ([%d.]+)%s*$")
+  f:close()
+  -- wall from the monotonic clock (GNU time rounds to 10 ms); a program may report its own loop's CPU
+  return { wall = wall, rss = tonumber(m), cpu = tonumber(out:match("cpu ([%d.]+)")) or (tonumber(u) + tonumber(s)) }
+end
+
+local function median(list, key)
+  local v = {}
+  for i, r in ipairs(list) do v[i] = r[key] end
+  table.sort(v)
+  local n = #v
+  if n % 2 == 1 then return v[(n + 1) / 2] end
+  return (v[n / 2] + v[n / 2 + 1]) / 2
+end
+
+local function runs(cmd, n, before)
+  local list = {}
+  for i = 1, n or RUNS do
+    if before then before(i) end
+    list[i] = measure(cmd)
+  end
+  return { wall = median(list, "wall"), rss = median(list, "rss"), cpu = median(list, "cpu") }
+end
+
+local function lua_env()
+  local root = os.getenv("PWD")
+  return ("LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;;' LUA_CPATH='%s/build/%s/?.so;;'"):format(root, root, root, LUA)
+end
+
+local rows = {}
+local function row(section, name, value, ratio, note)
+  rows[#rows + 1] = { section, name, value, ratio or "", note or "" }
+end
+
+local sb = assert(sandbox.start { queue_seconds = 0, process_seconds = 0 })
+local url = sb.url
+local key = "-H 'Authorization: Bearer bench'"
+local function new_task(prompt)
+  local t = assert(io.popen(("curl -s -X POST %s/videos %s -H 'Content-Type: application/json' -d '%s'")
+    :format(url, key, ('{"model":"jimeng-video-3.0-pro","req_key":"jimeng_ti2v_v30_pro","prompt":"%s"}'):format(prompt))))
+  local body = t:read("*a")
+  t:close()
+  local id = assert(body:match('"id": "(%d+)"'), body)
+  core.sleep(0.05)
+  return id
+end
+
+io.stderr:write(("bench: %d runs each; download %d MiB; %d polls; %d tasks\n"):format(RUNS, MB, POLLS, TASKS))
+
+-- 1. Download ----------------------------------------------------------------------------------
+do
+  local bytes = MB * 1024 * 1024
+  local id = new_task("bench download sandbox:bytes=" .. bytes)
+  local out = tmp .. "/video.mp4"
+  local content = ("%s/videos/%s/content"):format(url, id)
+  assert(sh(("curl -s -o /dev/null %s %s"):format(key, content))) -- the server writes its file once
+  local function check()
+    local size = core.file_size(out)
+    assert(size == bytes, ("the download is %s bytes, not %d"):format(tostring(size), bytes))
+    os.remove(out)
+  end
+  local results = {}
+  local sides = {
+    { "jimeng client:download", ("%s %s bench/download_jimeng.lua %s %s %s"):format(lua_env(), LUA, url, id, out) },
+    { "curl -s -o", ("curl -s -o %s %s %s"):format(out, key, content) },
+    { "requests .content (vendor page)", ("%s bench/download_requests.py content %s %s %s"):format(PY, url, id, out) },
+    { "requests iter_content", ("%s bench/download_requests.py stream %s %s %s"):format(PY, url, id, out) },
+  }
+  for _, side in ipairs(sides) do
+    local list = {}
+    for i = 1, RUNS do
+      list[i] = measure(side[2])
+      check()
+    end
+    results[side[1]] = { wall = median(list, "wall"), rss = median(list, "rss") }
+  end
+  local curl = results["curl -s -o"]
+  for _, side in ipairs(sides) do
+    local r = results[side[1]]
+    row("download " .. MB .. " MiB", side[1], ("%.2f s, %.0f MiB/s, peak RSS %.1f MiB"):format(r.wall, MB / r.wall, r.rss / 1024),
+      ("%.2fx curl time"):format(r.wall / curl.wall))
+  end
+end
+
+-- 2. Polling ------------------------------------------------------------------------------------
+do
+  local id = new_task("bench polling")
+  local status = ("%s/videos/%s"):format(url, id)
+  local curl_calls = math.min(POLLS, 500)
+  local sides = {
+    { "jimeng client:status", function(n) return ("%s %s bench/poll_jimeng.lua %s %s %d"):format(lua_env(), LUA, url, id, n) end },
+    { "lua-curl easy loop (Lua 5.1)", function(n) return ("lua5.1 bench/poll_luacurl.lua %s %s %d"):format(url, id, n) end },
+    { "requests.Session", function(n) return ("%s bench/poll_requests.py %s %s %d"):format(PY, url, id, n) end },
+    { "one curl process per call", function(n)
+      return ("i=0; while [ $i -lt %d ]; do curl -s %s %s >/dev/null; i=$((i+1)); done"):format(n, key, status)
+    end, curl_calls },
+  }
+  local per = {}
+  for _, side in ipairs(sides) do
+    local n = side[3] or POLLS
+    local conns
+    local full = runs(side[2](n), RUNS, function()
+      conns = sb:stats().connections
+    end)
+    conns = sb:stats().connections - conns
+    per[side[1]] = { cpu = full.cpu / n, wall = full.wall, conns = conns, n = n }
+  end
+  local base_req, base_lc = per["requests.Session"].cpu, per["lua-curl easy loop (Lua 5.1)"].cpu
+  for _, side in ipairs(sides) do
+    local p = per[side[1]]
+    row(POLLS .. " status polls", side[1],
+      ("%.1f us CPU/call (%d calls, %d connection%s)"):format(p.cpu * 1e6, p.n, p.conns, p.conns == 1 and "" or "s"),
+      ("%.2fx requests.Session, %.2fx lua-curl"):format(p.cpu / base_req, p.cpu / base_lc),
+      side[3] and "each call starts a process: that cost is the point" or "the loop's own CPU, start-up excluded")
+  end
+end
+
+-- 3. Concurrency ------------------------------------------------------------------------------
+do
+  sb:config { queue_seconds = 1, process_seconds = 1 }
+  local dir = tmp .. "/many"
+  assert(sh("mkdir -p " .. dir))
+  local one = runs(("%s %s bench/many_jimeng.lua %s 1 %s"):format(lua_env(), LUA, url, dir))
+  local many = runs(("%s %s bench/many_jimeng.lua %s %d %s"):format(lua_env(), LUA, url, TASKS, dir))
+  local seq_n = 5
+  local seq = runs(("%s bench/sequential_requests.py %s %d %s 0.25"):format(PY, url, seq_n, dir), 1)
+  row("tasks of 2 s", "jimeng: 1 task alone", ("%.2f s"):format(one.wall), "1.00x")
+  row("tasks of 2 s", ("jimeng.run: %d tasks at once"):format(TASKS), ("%.2f s, peak RSS %.1f MiB"):format(many.wall, many.rss / 1024),
+    ("%.2fx one task alone"):format(many.wall / one.wall))
+  row("tasks of 2 s", ("vendor loop (requests), %d in a row"):format(seq_n), ("%.2f s"):format(seq.wall),
+    ("%.2fx one task alone"):format(seq.wall / one.wall), ("%d tasks so: about %.0f s"):format(TASKS, seq.wall / seq_n * TASKS))
+  sb:config { queue_seconds = 0, process_seconds = 0 }
+end
+
+-- 4. Start-up ---------------------------------------------------------------------------------
+do
+  local req = runs(("%s %s -e 'require \"jimeng\"'"):format(lua_env(), LUA), 10)
+  local help = runs(("%s bin/jimeng --help >/dev/null"):format(LUA), 10)
+  local bare = runs(("%s -e ''"):format(LUA), 10)
+  row("start-up", "require \"jimeng\"", ("%.0f ms"):format(req.wall * 1000), "", ("bare %s: %.0f ms"):format(LUA, bare.wall * 1000))
+  row("start-up", "jimeng --help", ("%.0f ms"):format(help.wall * 1000))
+end
+
+sb:stop()
+sh("rm -rf " .. tmp)
+
+-- The table ------------------------------------------------------------------------------------
+local machine = select(2, sh("nproc")):gsub("%s+$", "") .. " cores, " ..
+  (select(2, sh("grep -m1 'model name' /proc/cpuinfo")):match(":%s*(.-)%s*$") or "unknown CPU")
+print(("| measure | side | result | ratio | note |\n|---|---|---|---|---|"))
+for _, r in ipairs(rows) do print(("| %s | %s | %s | %s | %s |"):format(r[1], r[2], r[3], r[4], r[5])) end
+print(("\nmachine: %s; %s; libcurl %s; %d runs each, medians"):format(machine, _VERSION, core.curl_version(), RUNS))
