@@ -45,7 +45,7 @@ LUA_SRCS     = $(wildcard lua/jimeng/*.lua)
 RUN_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/?.lua;;" \
           LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" JIMENG_TEST_LUA="$(LUA)"
 
-.PHONY: all test test-all demo examples install uninstall clean version rock lint docs asan valgrind fuzz
+.PHONY: all test test-all demo examples install uninstall clean version rock lint docs asan valgrind fuzz bench
 
 all: $(SO)
 
@@ -118,6 +118,11 @@ fuzz: build/fuzz/normalize build/fuzz/response
 	  else tail -40 build/fuzz/$$t.log; echo "fuzz $$t FOUND A PROBLEM: see build/fuzz/crash-*"; exit 1; fi; \
 	done
 
+# Benchmarks against curl, Python requests and a hand-written lua-curl loop (bench/README.md). Not tests:
+# nothing here is asserted. Needs: time curl python3-requests lua5.1 lua-curl (apt-get).
+bench: all
+	@$(RUN_ENV) $(LUA) bench/run.lua
+
 demo: all
 	@mkdir -p build/demo
 	@$(RUN_ENV) $(LUA) examples/run_with_sandbox.lua examples/text_to_video.lua build/demo
@@ -150,7 +155,7 @@ rock:
 
 # Lua with luacheck; C with cppcheck and clang-tidy (.clang-tidy says which checks and why), all clean.
 lint:
-	luacheck lua spec examples bin
+	luacheck lua spec examples bin bench
 	cppcheck -q --enable=warning,style,performance,portability --std=c99 --error-exitcode=1 --inline-suppr \
 	  --suppress=missingIncludeSystem --suppress=toomanyconfigs -I src $(LUA_CFLAGS) src/
 	clang-tidy --quiet src/*.c -- -std=c99 $(LUA_CFLAGS) $(CURL_CFLAGS)
