@@ -148,6 +148,19 @@ static int jm_header_value(const jm_buf *h, const char *name, char *out, size_t 
 
 /* ---- libcurl callbacks ---- */
 
+/* Keeps n more bytes in b unless that passes cap (sets *over) or memory runs out; 0 aborts the transfer. */
+static int jm_keep(jm_transfer *t, jm_buf *b, const char *p, size_t n, size_t cap, int *over) {
+    if (b->len + n > cap) {
+        *over = 1;
+        return 0;
+    }
+    if (jm_buf_add(b, p, n) != 0) {
+        t->io_errno = ENOMEM;
+        return 0;
+    }
+    return 1;
+}
+
 static size_t jm_on_header(char *ptr, size_t size, size_t nitems, void *ud) {
     jm_transfer *t = ud;
     size_t n = size * nitems;
@@ -158,15 +171,7 @@ static size_t jm_on_header(char *ptr, size_t size, size_t nitems, void *ud) {
         t->hstatus = sp ? strtol(sp + 1, NULL, 10) : 0;
         return n;
     }
-    if (t->head.len + n > JM_MAX_HEADER_BYTES) {
-        t->head_too_large = 1;
-        return 0;
-    }
-    if (jm_buf_add(&t->head, ptr, n) != 0) {
-        t->io_errno = ENOMEM;
-        return 0;
-    }
-    return n;
+    return jm_keep(t, &t->head, ptr, n, JM_MAX_HEADER_BYTES, &t->head_too_large) ? n : 0;
 }
 
 static int jm_is_textual(const char *ctype) {
@@ -221,17 +226,7 @@ static size_t jm_on_body(char *ptr, size_t size, size_t nmemb, void *ud) {
     jm_transfer *t = ud;
     size_t n = size * nmemb, done = 0;
     if (t->path && t->sink == JM_SINK_UNDECIDED && !jm_choose_sink(t)) return 0;
-    if (t->sink != JM_SINK_FILE) {
-        if (t->body.len + n > t->max_body) {
-            t->too_large = 1;
-            return 0;
-        }
-        if (jm_buf_add(&t->body, ptr, n) != 0) {
-            t->io_errno = ENOMEM;
-            return 0;
-        }
-        return n;
-    }
+    if (t->sink != JM_SINK_FILE) return jm_keep(t, &t->body, ptr, n, t->max_body, &t->too_large) ? n : 0;
     while (done < n) {
         ssize_t w = write(t->fd, ptr + done, n - done);
         if (w < 0) {
@@ -312,14 +307,13 @@ static void jm_release_easy(jm_transfer *t) {
  * pooled after: libcurl refuses CURLOPT_BUFFERSIZE on a handle whose buffer is still allocated (as it is
  * after a failed transfer, reset or not), and a large buffer is not worth keeping idle. */
 static int jm_acquire_easy(jm_engine *e, jm_transfer *t, const char *profile) {
-    int i;
     if (t->path) {
         t->easy = curl_easy_init();
         t->profile = NULL;
         return 0;
     }
     if (profile) {
-        for (i = e->npool - 1; i >= 0; i--) {
+        for (int i = e->npool - 1; i >= 0; i--) {
             if (e->pool[i].profile && strcmp(e->pool[i].profile, profile) == 0) {
                 t->easy = e->pool[i].easy;
                 t->profile = e->pool[i].profile;
