@@ -146,12 +146,10 @@ install: all
 	install -m 644 sandbox/server.py $(DESTDIR)$(SHARE_DIR)/sandbox/
 	install -m 644 sandbox/fixtures/jimeng-sample.mp4 $(DESTDIR)$(SHARE_DIR)/sandbox/fixtures/
 
-# The same build through luarocks (the builtin rockspec), into a private tree.
-MULTIARCH ?= $(shell $(CC) -print-multiarch 2>/dev/null)
+# The same build through luarocks (the builtin rockspec), into a private tree: the plain command a user runs.
 ROCK_TREE ?= build/rock
 rock:
-	luarocks --lua-version $(LUA_VERSION) make --deps-mode=none --tree $(ROCK_TREE) rockspec/jimeng-scm-1.rockspec \
-	  CURL_INCDIR=/usr/include/$(MULTIARCH) CURL_LIBDIR=/usr/lib/$(MULTIARCH)
+	luarocks --lua-version $(LUA_VERSION) make --deps-mode=none --tree $(ROCK_TREE) rockspec/jimeng-scm-1.rockspec
 
 # Lua with luacheck; C with cppcheck and clang-tidy (.clang-tidy says which checks and why), all clean.
 lint:

@@ -19,8 +19,10 @@ dependencies = {
   "lua >= 5.1",
   "lua-cjson",
 }
+-- Found by its library: Debian keeps curl/curl.h in the multiarch include directory, which luarocks does not
+-- search for headers, so the include directories below name it (CURL_INCDIR still overrides).
 external_dependencies = {
-  CURL = { header = "curl/curl.h", library = "curl" },
+  CURL = { library = "curl" },
 }
 build = {
   type = "builtin",
@@ -28,7 +30,8 @@ build = {
     ["jimeng.core"] = {
       sources = { "src/core.c", "src/engine.c", "src/normalize.c", "src/files.c" },
       libraries = { "curl", "pthread", "m" },
-      incdirs = { "$(CURL_INCDIR)" },
+      incdirs = { "$(CURL_INCDIR)", "$(CURL_INCDIR)/x86_64-linux-gnu", "$(CURL_INCDIR)/aarch64-linux-gnu",
+        "$(CURL_INCDIR)/i386-linux-gnu", "$(CURL_INCDIR)/arm-linux-gnueabihf" },
       libdirs = { "$(CURL_LIBDIR)" },
     },
     ["jimeng"] = "lua/jimeng/init.lua",
