@@ -176,6 +176,31 @@ describe("JSON calls under faults", function()
     assert.equals("body-rid", err.request_id)
   end)
 
+  it("wait keeps polling through a fault that outlasts status's own retries, and completes", function()
+    local t = assert(client:create { prompt = "patient" })
+    sb:faults { path = STATUS_PATH, fault = "status", status = 503, count = 4, headers = FAST }
+    local done = assert(client:wait(t.id, { interval = 0.05, timeout = 10 }))
+    assert.equals("completed", done.status)
+  end)
+
+  it("wait stops at once on an error that waiting cannot cure", function()
+    local t, err = client:wait("11111111111111111111", { interval = 0.05, timeout = 10 })
+    assert.is_nil(t)
+    assert.equals("not_found", err.kind)
+  end)
+
+  it("wait takes the server's hint over its own interval", function()
+    local t = assert(client:create { prompt = "hinted" })
+    sb:faults { path = STATUS_PATH, fault = "json", status = 200, body = { id = t.id, object = "video", status = "processing" },
+      headers = { ["retry-after-ms"] = "600" } }
+    local before = #h.api_requests(sb, STATUS_PATH)
+    assert(client:wait(t.id, { interval = 0.02, timeout = 10 }))
+    local log = h.api_requests(sb, STATUS_PATH)
+    assert.is_true(#log - before >= 2)
+    local gap = log[before + 2].time - log[before + 1].time
+    assert.is_true(gap >= 0.5, ("the poll after the hint came %.2f s later"):format(gap))
+  end)
+
   it("reuses one connection for many calls", function()
     local c = h.client(sb)
     local before = sb:stats().connections
