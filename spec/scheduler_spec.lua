@@ -101,6 +101,30 @@ describe("jimeng.run", function()
     for i = 1, 5 do assert.same({ "in_queue", "processing", "completed" }, seen[i]) end
   end)
 
+  it("runs the tasks of several clients concurrently in one scheduler", function()
+    local other = h.client(sb, { poll_interval = 0.25, api_key = "second-key" })
+    local values, errs = jimeng.run(function()
+      return jimeng.gather {
+        function() return client:generate({ prompt = "first client" }, { output = dir .. "/first.mp4" }) end,
+        function() return other:generate({ prompt = "second client" }, { output = dir .. "/second.mp4" }) end,
+      }
+    end)
+    assert.same({}, errs)
+    assert.equals(h.fixture(), h.read(values[1].path))
+    assert.equals(h.fixture(), h.read(values[2].path))
+    local keys, last_create, first_completed = {}, 0, math.huge
+    for _, e in ipairs(sb:log()) do
+      if e.path == "/v1/videos" then
+        keys[e.headers.authorization] = true
+        last_create = math.max(last_create, e.time)
+      elseif e.task_status == "completed" then
+        first_completed = math.min(first_completed, e.time)
+      end
+    end
+    assert.is_true(keys["Bearer test-key"] and keys["Bearer second-key"])
+    assert.is_true(last_create < first_completed, "the second client waited for the first")
+  end)
+
   it("sleeps in a coroutine without holding up the others", function()
     local order = {}
     jimeng.run(function()

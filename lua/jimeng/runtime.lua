@@ -203,10 +203,10 @@ function Scheduler:tick(max_wait_ms)
         local engine = next(engines)
         engine:poll(wait_ms)
       elseif nengines > 1 then
-        -- several clients: look at each without waiting, then wait briefly on one of them
-        for engine in pairs(engines) do engine:poll(0) end
-        local engine = next(engines)
-        engine:poll(math.min(wait_ms, 5))
+        -- several clients: one wait over all their sockets and timers
+        local list = {}
+        for engine in pairs(engines) do list[#list + 1] = engine end
+        core.wait_all(list, wait_ms)
       elseif nearest ~= math.huge then
         core.sleep(wait_ms / 1000)
       else
