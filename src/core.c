@@ -83,11 +83,6 @@ void jm_setint(lua_State *L, const char *k, lua_Integer v) {
     lua_setfield(L, -2, k);
 }
 
-void jm_setnum(lua_State *L, const char *k, lua_Number v) {
-    lua_pushnumber(L, v);
-    lua_setfield(L, -2, k);
-}
-
 void jm_setbool(lua_State *L, const char *k, int v) {
     lua_pushboolean(L, v);
     lua_setfield(L, -2, k);

@@ -783,30 +783,10 @@ static int l_wait_all(lua_State *L) {
     return 1;
 }
 
-/* engine:timeout() -> milliseconds until libcurl wants to be called again (-1: no timer). */
-static int l_engine_timeout(lua_State *L) {
-    jm_engine *e = jm_check_engine(L, 1);
-    long ms = -1;
-    if (curl_multi_timeout(e->multi, &ms) != CURLM_OK) ms = -1;
-    lua_pushinteger(L, ms);
-    return 1;
-}
-
-/* engine:active() -> number of transfers in flight. */
-static int l_engine_active(lua_State *L) {
-    jm_engine *e = jm_check_engine(L, 1);
-    int n = 0;
-    jm_transfer *t;
-    for (t = e->head; t; t = t->next) n++;
-    lua_pushinteger(L, n);
-    return 1;
-}
-
 void jm_open_engine(lua_State *L) {
     static const luaL_Reg engine_m[] = {
         {"request", l_engine_request}, {"perform", l_engine_perform}, {"poll", l_engine_poll},
-        {"timeout", l_engine_timeout}, {"active", l_engine_active},   {"close", l_engine_close},
-        {NULL, NULL},
+        {"close", l_engine_close},     {NULL, NULL},
     };
     static const luaL_Reg transfer_m[] = {
         {"result", l_transfer_result}, {"done", l_transfer_done}, {"progress", l_transfer_progress},

@@ -30,7 +30,6 @@ JM_HIDDEN void jm_setfuncs(lua_State *L, const luaL_Reg *l, int nup);
 JM_HIDDEN void jm_setstr(lua_State *L, const char *k, const char *v);
 JM_HIDDEN void jm_setlstr(lua_State *L, const char *k, const char *v, size_t n);
 JM_HIDDEN void jm_setint(lua_State *L, const char *k, lua_Integer v);
-JM_HIDDEN void jm_setnum(lua_State *L, const char *k, lua_Number v);
 JM_HIDDEN void jm_setbool(lua_State *L, const char *k, int v);
 
 /* Monotonic seconds. */
