@@ -600,7 +600,7 @@ class Handler(BaseHTTPRequestHandler):
             code = int(fault.get("status") or 502)
             page = (f"<html><head><title>{code} Bad Gateway</title></head><body><center><h1>{code} Bad Gateway"
                     "</h1></center><hr><center>nginx</center></body></html>").encode()
-            self.send(code, page, "text/html")
+            self.send(code, page, "text/html", headers=headers)
             return True
         if kind == "redirect":
             self.send(int(fault.get("status") or 302), b"", "text/plain", {"Location": fault["location"]})

@@ -209,6 +209,53 @@ describe("JSON calls under faults", function()
   end)
 end)
 
+describe("every fault on every call that changes nothing (status, detect, recognize)", function()
+  local sb, client, task
+  setup(function()
+    sb = h.sandbox()
+    client = h.client(sb, { timeout = 0.5 })
+    task = assert(client:create { prompt = "matrix" })
+  end)
+  teardown(function() sb:stop() end)
+
+  local IMAGE = "https://example.com/portrait.jpg?subjects=2"
+  local calls = {
+    { "status", STATUS_PATH, function() return client:status(task.id) end },
+    { "detect", "detection$", function() return client:detect(IMAGE) end },
+    { "recognize", "recognition$", function() return client:recognize(IMAGE) end },
+  }
+  -- fault plan, then what the user gets: "ok" after retries, or the kind of the error
+  local faults = {
+    { "a 429 once", { fault = "status", status = 429, headers = FAST }, "ok", 2 },
+    { "a 502 once", { fault = "status", status = 502, headers = FAST }, "ok", 2 },
+    { "a 500 every time", { fault = "status", status = 500, count = 3, headers = FAST }, "server", 3 },
+    { "a reset before the answer", { fault = "reset_before" }, "ok", 2 },
+    { "an HTML error page every time", { fault = "html", status = 502, count = 3, headers = FAST }, "server", 3 },
+    { "malformed JSON", { fault = "malformed_json" }, "protocol", 1 },
+    { "a huge body", { fault = "huge", bytes = 9 * 1024 * 1024 }, "protocol", 1 },
+    { "a stall past the timeout, every time", { fault = "stall", seconds = 1, count = 3 }, "timeout", 3 },
+    { "a 401", { fault = "status", status = 401 }, "auth", 1 },
+  }
+  for _, call in ipairs(calls) do
+    for _, f in ipairs(faults) do
+      it(("%s: %s -> %s after %d request%s"):format(call[1], f[1], f[3], f[4], f[4] == 1 and "" or "s"), function()
+        local plan = { path = call[2] }
+        for k, v in pairs(f[2]) do plan[k] = v end
+        local before = #h.api_requests(sb, call[2])
+        sb:faults(plan)
+        local value, err = call[3]()
+        if f[3] == "ok" then
+          assert.is_table(value, err and tostring(err))
+        else
+          assert.is_nil(value)
+          assert.equals(f[3], err.kind)
+        end
+        assert.equals(f[4], #h.api_requests(sb, call[2]) - before)
+      end)
+    end
+  end
+end)
+
 describe("a paid create under faults", function()
   local sb, client
   setup(function()
