@@ -275,21 +275,26 @@ describe("a paid create under faults", function()
     assert.equals(1, creates())
   end)
 
-  it("is retried after a 503 that carries Retry-After", function()
-    sb:faults { path = CREATE_PATH, fault = "status", status = 503, retry_after = 1 }
+  it("is retried after a complete 503 that says x-should-retry: true (the server's word that it made nothing)", function()
+    sb:faults { path = CREATE_PATH, fault = "status", status = 503, headers = { ["x-should-retry"] = "true",
+      ["retry-after-ms"] = "10" } }
     assert(client:create { prompt = "x" })
     assert.equals(2, attempts())
     assert.equals(1, creates())
   end)
 
   for _, code in ipairs { 500, 502, 503, 504 } do
-    it(("is not retried after a %d without Retry-After: the server may have made it"):format(code), function()
-      sb:faults { path = CREATE_PATH, fault = "status", status = code }
-      local t, err = client:create { prompt = "x" }
-      assert.is_nil(t)
-      assert.equals("server", err.kind)
-      assert.equals(1, attempts())
-    end)
+    it(("after a %d is unknown_outcome, not retried: a gateway answers so after the backend got it"):format(code),
+      function()
+        sb:faults { path = CREATE_PATH, fault = "status", status = code, retry_after = 1 }
+        local t, err = client:create { prompt = "x" }
+        assert.is_nil(t)
+        assert.equals("unknown_outcome", err.kind)
+        assert.equals(code, err.status)
+        assert.is_nil(err.created)
+        assert.truthy(err.message:find("check before creating it again"))
+        assert.equals(1, attempts())
+      end)
   end
 
   it("on a kept-alive connection is never re-sent by libcurl itself when that connection dies", function()
@@ -607,7 +612,8 @@ describe("TLS", function()
     local before = sb:stats().creates
     local t, err = c:create { prompt = "x" }
     assert.is_nil(t)
-    assert.equals("network", err.kind)
+    assert.equals("tls", err.kind)
+    assert.is_false(err.created)
     assert.is_false(err.retryable)
     assert.truthy(err.message:find("cainfo"))
     assert.equals(before, sb:stats().creates)

@@ -423,10 +423,26 @@ describe("responses are normalized", function()
     end)
   end
 
-  it("an unknown status is a protocol problem, not a guess", function()
-    local task, why = core.task { id = "1", status = "teleporting" }
-    assert.is_nil(task)
-    assert.truthy(why:find("teleporting"))
+  it("an unknown status is kept as it came, with status \"unknown\" (not a guess, not an error)", function()
+    local task = assert(core.task { id = "1", status = "teleporting" })
+    assert.equals("unknown", task.status)
+    assert.equals("teleporting", task.raw_status)
+  end)
+
+  it("a numeric id is read from the top-level object only, never from a nested one", function()
+    local raw = '{"owner": {"id": 42}, "items": [{"id": 7}], "note": "\\"id\\": 9", "id": 12345678901234567890, ' ..
+      '"status": "in_queue"}'
+    local task = assert(core.task(jimeng.json.decode(raw), raw))
+    assert.equals("12345678901234567890", task.id)
+    assert.equals("123", core.raw_id('{"owner":{"id":42},"id": "123", "status": '))
+    assert.is_nil(core.raw_id('{"owner":{"id":42}}'))
+  end)
+
+  it("a created_at JSON cannot hold (1e400) is left out rather than passed on", function()
+    local raw = '{"id": "1", "status": "in_queue", "created_at": 1e400}'
+    local task = assert(core.task(jimeng.json.decode(raw), raw))
+    assert.is_nil(task.created_at)
+    assert.truthy(jimeng.json.encode(task))
   end)
 
   it("a numeric id keeps all its digits, read from the raw body", function()

@@ -2,6 +2,8 @@
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
+#include <string.h>
 #include <time.h>
 
 #include <curl/curl.h>
@@ -15,6 +17,84 @@ static void jm_curl_global(void) {
     jm_curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
+/* ---- signals: SIGINT and SIGTERM become a flag that every wait checks (core.trap_signals) ---- */
+
+#define JM_TRAP_WAIT_MS 250.0
+
+static volatile sig_atomic_t jm_caught = 0;
+static int jm_trapped = 0;
+static struct sigaction jm_old_int, jm_old_term, jm_old_pipe;
+
+static void jm_on_signal(int sig) {
+    if (jm_caught) { /* a second one: the user insists; die of it as if we had never caught it */
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return;
+    }
+    jm_caught = sig;
+}
+
+int jm_interrupted(void) {
+    return (int)jm_caught;
+}
+
+double jm_wait_cap(double ms) {
+    if (!(ms >= 0)) return 0;               /* NaN and negatives: do not wait */
+    if (ms > 86400000.0) ms = 86400000.0;   /* a day at most: the int libcurl takes never overflows */
+    return jm_trapped && ms > JM_TRAP_WAIT_MS ? JM_TRAP_WAIT_MS : ms;
+}
+
+/* core.trap_signals() -> true if this call set the trap (false: it was set already): SIGINT and SIGTERM set a flag instead of killing the process (without
+ * SA_RESTART, so a sleep or poll in progress returns at once), SIGPIPE is ignored (a closed stdout is an
+ * error to report, not a death that hides a paid task id). core.untrap_signals() puts the old handlers back. */
+static int l_trap_signals(lua_State *L) {
+    struct sigaction sa;
+    if (jm_trapped) {
+        lua_pushboolean(L, 0); /* someone else (the CLI) set it: they will undo it */
+        return 1;
+    }
+    {
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = jm_on_signal;
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(SIGINT, &sa, &jm_old_int) != 0 || sigaction(SIGTERM, &sa, &jm_old_term) != 0)
+            return luaL_error(L, "jimeng: sigaction: %s", strerror(errno));
+        sa.sa_handler = SIG_IGN;
+        if (sigaction(SIGPIPE, &sa, &jm_old_pipe) != 0) return luaL_error(L, "jimeng: sigaction: %s", strerror(errno));
+        jm_trapped = 1;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_untrap_signals(lua_State *L) {
+    (void)L;
+    if (jm_trapped) {
+        sigaction(SIGINT, &jm_old_int, NULL);
+        sigaction(SIGTERM, &jm_old_term, NULL);
+        sigaction(SIGPIPE, &jm_old_pipe, NULL);
+        jm_trapped = 0;
+    }
+    return 0;
+}
+
+/* core.interrupted() -> the name of the signal caught ("SIGINT", "SIGTERM") or nil. */
+static int l_interrupted(lua_State *L) {
+    int sig = (int)jm_caught;
+    if (sig == SIGINT) lua_pushliteral(L, "SIGINT");
+    else if (sig == SIGTERM) lua_pushliteral(L, "SIGTERM");
+    else if (sig) lua_pushfstring(L, "signal %d", sig);
+    else lua_pushnil(L);
+    return 1;
+}
+
+/* core.clear_interrupt(): forgets a caught signal. */
+static int l_clear_interrupt(lua_State *L) {
+    (void)L;
+    jm_caught = 0;
+    return 0;
+}
+
 /* core.now() -> monotonic seconds (float). */
 static int l_now(lua_State *L) {
     lua_pushnumber(L, jm_now());
@@ -25,10 +105,12 @@ static int l_now(lua_State *L) {
 static int l_sleep(lua_State *L) {
     double s = luaL_checknumber(L, 1);
     struct timespec ts;
-    if (s <= 0) return 0;
+    if (!(s > 0)) return 0;     /* NaN too */
+    if (s > 86400.0) s = 86400.0; /* a day at most: time_t and the nanoseconds stay in range */
     ts.tv_sec = (time_t)s;
     ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
     while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+        if (jm_caught) break; /* a trapped signal ends the sleep: the caller checks core.interrupted() */
     }
     return 0;
 }
@@ -47,6 +129,10 @@ __attribute__((visibility("default"))) int luaopen_jimeng_core(lua_State *L) {
         {"now", l_now},
         {"sleep", l_sleep},
         {"curl_version", l_curl_version},
+        {"trap_signals", l_trap_signals},
+        {"untrap_signals", l_untrap_signals},
+        {"interrupted", l_interrupted},
+        {"clear_interrupt", l_clear_interrupt},
         {NULL, NULL},
     };
     if (pthread_once(&jm_curl_once, jm_curl_global) != 0 || jm_curl_init_rc != CURLE_OK)

@@ -18,8 +18,13 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/select.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <linux/tcp.h> /* struct tcp_info with tcpi_bytes_acked (glibc's netinet/tcp.h lacks it) */
+#include <netinet/in.h>
+#endif
 
 #include <curl/curl.h>
 
@@ -32,6 +37,7 @@
 #define JM_DOWNLOAD_BUFFER (256L * 1024)
 #define JM_POOL 16 /* idle easy handles an engine keeps for its next transfers */
 #define JM_WRITEBACK_EVERY ((curl_off_t)8 * 1024 * 1024)
+#define JM_DEFAULT_MAX_CONNECTIONS 8
 
 typedef struct jm_transfer jm_transfer;
 
@@ -45,7 +51,10 @@ typedef struct {
 
 typedef struct {
     CURLM *multi;
-    jm_transfer *head; /* transfers in flight */
+    jm_transfer *head; /* transfers in flight: in the multi handle, or queued for a free slot */
+    jm_transfer *qhead, *qtail; /* queued: configured but holding no socket, their clocks not started */
+    int running;                /* transfers in the multi handle */
+    int max_running;            /* at most this many at once: so at most this many connections per host */
     jm_idle pool[JM_POOL];
     int npool;
     int closed;
@@ -65,11 +74,29 @@ struct jm_transfer {
     struct curl_slist *hdrs;
     jm_engine *eng; /* NULL once the engine is gone */
     jm_transfer *prev, *next;
+    jm_transfer *qnext; /* in the engine's queue */
     int ref; /* registry reference while in flight, so the userdata outlives Lua's own references */
     int state;
+    int queued;
+    int in_multi;
     int cancelled;
     CURLcode rc;
     char errbuf[CURL_ERROR_SIZE];
+
+    /* the clock starts when the transfer gets its slot, not when it is queued */
+    long timeout_ms;
+    double deadline; /* absolute (jm_now), 0: none */
+
+    /* facts for the Lua layer's decision on a paid request, from libcurl and the OS */
+    int handed_over;         /* the pre-request callback fired: connected (proxy tunnel, TLS done), request next */
+    int paid;                /* closesocket callback armed: TCP_INFO is read before libcurl closes the socket */
+    int acked_known;         /* the OS said how many request bytes the peer acknowledged */
+    long long acked_base;    /* bytes acked before the request (handshakes) */
+    long long acked;         /* request bytes acknowledged by the peer */
+    int reset_sent;          /* closed with a TCP reset: the request can never land */
+    char *journal;           /* appended and fsynced at the moment of hand-over: "path\0line" */
+    size_t journal_len;
+    int journal_errno;
 
     jm_buf body;
     size_t max_body;
@@ -81,8 +108,8 @@ struct jm_transfer {
 
     /* what libcurl knew when the transfer finished (its handle goes back to the pool then) */
     struct {
-        long status, reqsize;
-        curl_off_t content_length;
+        long status, reqsize, connectcode, os_errno;
+        curl_off_t content_length, connect_us;
     } info;
 
     /* file sink */
@@ -250,6 +277,91 @@ static size_t jm_on_body(char *ptr, size_t size, size_t nmemb, void *ud) {
     return n;
 }
 
+/* The moment of truth for a paid request: connected (through any proxy tunnel, TLS done) and the request
+ * about to be written. From here on the server may act on it; before, it cannot have. A journal line
+ * given with the request is made durable now, before the first request byte leaves. */
+#if LIBCURL_VERSION_NUM >= 0x075000
+static int jm_on_prereq(void *ud, char *conn_primary_ip, char *conn_local_ip, int conn_primary_port,
+                        int conn_local_port) {
+    jm_transfer *t = ud;
+    (void)conn_primary_ip;
+    (void)conn_local_ip;
+    (void)conn_primary_port;
+    (void)conn_local_port;
+    if (t->journal) {
+        const char *path = t->journal, *line = t->journal + strlen(t->journal) + 1;
+        size_t n = t->journal_len - strlen(t->journal) - 1, done = 0;
+        int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+        if (fd < 0) {
+            t->journal_errno = errno;
+            return CURL_PREREQFUNC_ABORT;
+        }
+        while (done < n) {
+            ssize_t w = write(fd, line + done, n - done);
+            if (w < 0 && errno == EINTR) continue;
+            if (w <= 0) {
+                t->journal_errno = w < 0 ? errno : EIO;
+                close(fd);
+                return CURL_PREREQFUNC_ABORT;
+            }
+            done += (size_t)w;
+        }
+        if (fsync(fd) != 0) {
+            t->journal_errno = errno;
+            close(fd);
+            return CURL_PREREQFUNC_ABORT;
+        }
+        if (close(fd) != 0) {
+            t->journal_errno = errno;
+            return CURL_PREREQFUNC_ABORT;
+        }
+    }
+    t->handed_over = 1;
+#ifdef __linux__
+    if (t->paid) {
+        curl_socket_t s = CURL_SOCKET_BAD;
+        struct tcp_info ti;
+        socklen_t len = sizeof ti;
+        memset(&ti, 0, sizeof ti);
+        if (curl_easy_getinfo(t->easy, CURLINFO_ACTIVESOCKET, &s) == CURLE_OK && s != CURL_SOCKET_BAD &&
+            getsockopt(s, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 && len >= offsetof(struct tcp_info, tcpi_bytes_acked) + 8)
+            t->acked_base = (long long)ti.tcpi_bytes_acked;
+        else
+            t->acked_base = -1;
+    }
+#endif
+    return CURL_PREREQFUNC_OK;
+}
+#endif
+
+/* Called by libcurl as it closes a paid request's connection (never reused: it closes when the transfer
+ * ends, so `ud` is still alive). Reads from the OS how many request bytes the peer acknowledged; when
+ * none were and no answer came, closes with a reset so that the request can never land later. */
+static int jm_on_closesocket(void *ud, curl_socket_t s) {
+    jm_transfer *t = ud;
+#ifdef __linux__
+    if (t && t->state == JM_RUNNING && t->handed_over && t->acked_base >= 0) {
+        struct tcp_info ti;
+        socklen_t len = sizeof ti;
+        memset(&ti, 0, sizeof ti);
+        if (getsockopt(s, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
+            len >= offsetof(struct tcp_info, tcpi_bytes_acked) + 8) {
+            t->acked = (long long)ti.tcpi_bytes_acked - t->acked_base;
+            t->acked_known = 1;
+            if (t->acked <= 0 && t->hstatus == 0) {
+                struct linger lg;
+                lg.l_onoff = 1;
+                lg.l_linger = 0;
+                if (setsockopt(s, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) == 0) t->reset_sent = 1;
+            }
+        }
+    }
+#else
+    (void)t;
+#endif
+    return close(s);
+}
+
 /* ---- transfers ---- */
 
 static jm_transfer *jm_check_transfer(lua_State *L, int i) {
@@ -273,9 +385,62 @@ static void jm_close_file(jm_transfer *t) {
 /* Copies what the result needs out of the easy handle. */
 static void jm_capture(jm_transfer *t) {
     t->info.content_length = -1;
+    if (!t->easy) return;
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &t->info.status);
     curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &t->info.reqsize);
     curl_easy_getinfo(t->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &t->info.content_length);
+    curl_easy_getinfo(t->easy, CURLINFO_HTTP_CONNECTCODE, &t->info.connectcode);
+    curl_easy_getinfo(t->easy, CURLINFO_OS_ERRNO, &t->info.os_errno);
+    curl_easy_getinfo(t->easy, CURLINFO_CONNECT_TIME_T, &t->info.connect_us);
+}
+
+/* The class of a failed transfer, from libcurl's code and what it saw: what Lua needs to decide, never a
+ * bare libcurl number. NULL for a transfer that did not fail in transport. */
+static const char *jm_failure_class(const jm_transfer *t) {
+    if (t->journal_errno) return "io";
+    if (t->io_errno) return "io";
+    if (t->too_large || t->head_too_large) return "too_large";
+    if (t->cancelled) return "cancelled";
+    if (t->info.connectcode >= 300) return "proxy";
+    switch (t->rc) {
+    case CURLE_OK: return NULL;
+    case CURLE_COULDNT_RESOLVE_PROXY:
+#if LIBCURL_VERSION_NUM >= 0x074900
+    case CURLE_PROXY:
+#endif
+        return "proxy";
+    case CURLE_COULDNT_RESOLVE_HOST: return "dns";
+    case CURLE_COULDNT_CONNECT: return "connect";
+    case CURLE_OPERATION_TIMEDOUT: return "timeout";
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_ENGINE_INITFAILED:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_SHUTDOWN_FAILED:
+    case CURLE_USE_SSL_FAILED:
+        return "tls";
+    case CURLE_UNSUPPORTED_PROTOCOL:
+    case CURLE_URL_MALFORMAT:
+    case CURLE_TOO_MANY_REDIRECTS:
+    case CURLE_BAD_CONTENT_ENCODING:
+        return "refused";
+    case CURLE_WRITE_ERROR:
+    case CURLE_READ_ERROR:
+    case CURLE_OUT_OF_MEMORY:
+        return "io";
+    case CURLE_FILESIZE_EXCEEDED: return "too_large";
+    case CURLE_ABORTED_BY_CALLBACK: return "cancelled";
+    case CURLE_FAILED_INIT: return "internal";
+    default: return "reset"; /* the connection broke: sent nothing back, closed, reset, or an HTTP/2 stream error */
+    }
 }
 
 /* Gives the easy handle back to the engine's pool, configured as it is (its connections stay in the
@@ -289,7 +454,11 @@ static void jm_release_easy(jm_transfer *t) {
         curl_easy_setopt(t->easy, CURLOPT_ERRORBUFFER, NULL) == CURLE_OK &&
         curl_easy_setopt(t->easy, CURLOPT_PRIVATE, NULL) == CURLE_OK &&
         curl_easy_setopt(t->easy, CURLOPT_HEADERDATA, NULL) == CURLE_OK &&
-        curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, NULL) == CURLE_OK) {
+        curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, NULL) == CURLE_OK &&
+#if LIBCURL_VERSION_NUM >= 0x075000
+        curl_easy_setopt(t->easy, CURLOPT_PREREQDATA, NULL) == CURLE_OK &&
+#endif
+        curl_easy_setopt(t->easy, CURLOPT_CLOSESOCKETDATA, NULL) == CURLE_OK) {
         e->pool[e->npool].easy = t->easy;
         e->pool[e->npool].profile = t->profile;
         e->npool++;
@@ -335,19 +504,71 @@ static int jm_acquire_easy(jm_engine *e, jm_transfer *t, const char *profile) {
     return 0;
 }
 
-/* Takes a running transfer off its engine: keeps its result, returns its handle, releases the registry
- * reference and closes the file. */
+static void jm_unqueue(jm_transfer *t) {
+    jm_engine *e = t->eng;
+    jm_transfer *prev = NULL, *q;
+    t->queued = 0;
+    if (!e) return;
+    for (q = e->qhead; q && q != t; q = q->qnext) prev = q;
+    if (!q) return;
+    if (prev) prev->qnext = t->qnext;
+    else e->qhead = t->qnext;
+    if (e->qtail == t) e->qtail = prev;
+    t->qnext = NULL;
+}
+
+/* Takes a transfer off its engine (running or still queued): keeps its result, returns its handle,
+ * releases the registry reference and closes the file. */
 static void jm_finish(lua_State *L, jm_transfer *t, CURLcode rc) {
     if (t->state != JM_RUNNING) return;
-    if (t->eng && t->eng->multi) curl_multi_remove_handle(t->eng->multi, t->easy);
+    if (t->queued) {
+        jm_unqueue(t);
+    } else if (t->in_multi && t->eng && t->eng->multi) {
+        curl_multi_remove_handle(t->eng->multi, t->easy);
+        t->eng->running--;
+    }
+    t->in_multi = 0;
     jm_unlink(t);
     t->rc = rc;
+    jm_capture(t);
     t->state = JM_DONE;
     jm_close_file(t);
-    jm_capture(t);
     jm_release_easy(t);
     luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
     t->ref = LUA_NOREF;
+}
+
+/* Starts queued transfers while the engine has free slots. A transfer's clocks (its timeout) start now,
+ * so time spent queued never eats them; one whose deadline already passed ends as a timeout, unsent. */
+static void jm_pump(lua_State *L, jm_engine *e) {
+    while (e->qhead && e->running < e->max_running) {
+        jm_transfer *t = e->qhead;
+        long ms = t->timeout_ms;
+        CURLMcode mrc;
+        jm_unqueue(t);
+        if (t->cancelled) continue;
+        if (t->deadline > 0) {
+            double left = (t->deadline - jm_now()) * 1000;
+            if (left < 1) {
+                snprintf(t->errbuf, sizeof t->errbuf, "the deadline passed while the request waited for a connection");
+                jm_finish(L, t, CURLE_OPERATION_TIMEDOUT);
+                continue;
+            }
+            if (ms == 0 || left < (double)ms) ms = (long)left;
+        }
+        if (curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, ms) != CURLE_OK) {
+            jm_finish(L, t, CURLE_FAILED_INIT);
+            continue;
+        }
+        mrc = curl_multi_add_handle(e->multi, t->easy);
+        if (mrc != CURLM_OK) {
+            snprintf(t->errbuf, sizeof t->errbuf, "libcurl could not start the transfer: %s", curl_multi_strerror(mrc));
+            jm_finish(L, t, CURLE_FAILED_INIT);
+            continue;
+        }
+        t->in_multi = 1;
+        e->running++;
+    }
 }
 
 static int l_transfer_gc(lua_State *L) {
@@ -363,6 +584,8 @@ static int l_transfer_gc(lua_State *L) {
     jm_buf_free(&t->head);
     free(t->path);
     t->path = NULL;
+    free(t->journal);
+    t->journal = NULL;
     jm_close_file(t);
     return 0;
 }
@@ -449,9 +672,19 @@ static int l_transfer_result(lua_State *L) {
     lua_createtable(L, 0, 8);
     jm_setbool(L, "ok", ok);
     if (!ok) {
+        const char *cls = jm_failure_class(t);
         jm_setint(L, "curl_code", (lua_Integer)t->rc);
         jm_setstr(L, "curl_error", t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->rc));
+        if (cls) jm_setstr(L, "class", cls);
+        if (t->info.os_errno) jm_setstr(L, "os_error", strerror((int)t->info.os_errno));
+        if (t->info.connectcode) jm_setint(L, "proxy_status", t->info.connectcode);
     }
+    /* how far the request got, as libcurl and the OS saw it */
+    if (t->info.connect_us > 0 || t->handed_over) jm_setbool(L, "connected", 1);
+    if (t->handed_over) jm_setbool(L, "handed_over", 1);
+    if (t->acked_known) jm_setint(L, "acked", (lua_Integer)t->acked);
+    if (t->reset_sent) jm_setbool(L, "reset_sent", 1);
+    if (t->journal_errno) jm_setstr(L, "journal_error", strerror(t->journal_errno));
     if (t->cancelled) jm_setbool(L, "cancelled", 1);
     if (status == 0 && t->hstatus) status = t->hstatus;
     jm_setint(L, "status", status);
@@ -482,16 +715,31 @@ static jm_engine *jm_check_engine(lua_State *L, int i) {
     return e;
 }
 
-/* core.engine() -> a new engine (one multi handle: its connections and TLS sessions are reused). */
+static double jm_optnum(lua_State *L, int idx, const char *k, double def);
+
+/* core.engine([{max_connections=8}]) -> a new engine (one multi handle: its connections and TLS sessions are
+ * reused). At most max_connections transfers run at once, so at most that many connections are open to a
+ * host: the rest wait in the engine's queue, holding no socket, their timeouts not yet running. */
 static int l_engine_new(lua_State *L) {
-    jm_engine *e = lua_newuserdata(L, sizeof *e);
+    long maxc = JM_DEFAULT_MAX_CONNECTIONS;
+    jm_engine *e;
+    if (lua_istable(L, 1)) {
+        double v = jm_optnum(L, 1, "max_connections", (double)JM_DEFAULT_MAX_CONNECTIONS);
+        if (!(v >= 1 && v <= 1024)) return luaL_error(L, "jimeng: max_connections must be 1 to 1024");
+        maxc = (long)v;
+    }
+    e = lua_newuserdata(L, sizeof *e);
     memset(e, 0, sizeof *e);
+    e->max_running = (int)maxc;
     e->multi = curl_multi_init();
     if (!e->multi) return luaL_error(L, "jimeng: curl_multi_init failed");
     luaL_getmetatable(L, JM_ENGINE_MT);
     lua_setmetatable(L, -2);
     if (curl_multi_setopt(e->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX) != CURLM_OK)
         return luaL_error(L, "jimeng: cannot enable HTTP/2 multiplexing");
+    /* a backstop: libcurl itself never opens more (it closes an idle connection to make room) */
+    if (curl_multi_setopt(e->multi, CURLMOPT_MAX_HOST_CONNECTIONS, maxc) != CURLM_OK)
+        return luaL_error(L, "jimeng: cannot limit connections per host");
     return 1;
 }
 
@@ -552,7 +800,6 @@ static int l_engine_request(lua_State *L) {
     jm_engine *e = jm_check_engine(L, 1);
     jm_transfer *t;
     CURLcode rc = CURLE_OK;
-    CURLMcode mrc;
     size_t blen = 0;
     const char *url, *method, *body, *bearer, *cainfo, *ua, *output, *profile;
     int reuse, bad_opt = 0;
@@ -585,6 +832,8 @@ static int l_engine_request(lua_State *L) {
     t->ref = LUA_NOREF;
     luaL_getmetatable(L, JM_TRANSFER_MT);
     lua_setmetatable(L, -2);
+    t->timeout_ms = timeout > 0 ? (long)(timeout * 1000) : 0L;
+    t->deadline = jm_optnum(L, 2, "deadline", 0);
     t->max_body = (size_t)jm_optnum(L, 2, "max_body", JM_DEFAULT_MAX_BODY);
     t->offset = (curl_off_t)jm_optnum(L, 2, "offset", 0);
     lua_getfield(L, 2, "expect_binary");
@@ -620,15 +869,32 @@ static int l_engine_request(lua_State *L) {
     JM_SET(CURLOPT_ERRORBUFFER, t->errbuf);
     JM_SET(CURLOPT_HEADERDATA, (void *)t);
     JM_SET(CURLOPT_WRITEDATA, (void *)t);
-    JM_SET(CURLOPT_TIMEOUT_MS, timeout > 0 ? (long)(timeout * 1000) : 0L);
+#if LIBCURL_VERSION_NUM >= 0x075000
+    JM_SET(CURLOPT_PREREQFUNCTION, jm_on_prereq);
+    JM_SET(CURLOPT_PREREQDATA, (void *)t);
+#endif
+    lua_getfield(L, 2, "paid");
+    t->paid = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    /* libcurl silently re-sends a request whose reused connection turns out dead, POST included: a paid
+     * request takes a fresh connection, so that it is never sent twice without Lua deciding it, and closes
+     * it when done, so that the OS can tell (TCP_INFO) how much of the request the peer acknowledged. */
+    JM_SET(CURLOPT_FRESH_CONNECT, t->paid ? 1L : 0L);
+    JM_SET(CURLOPT_FORBID_REUSE, t->paid ? 1L : 0L);
+    JM_SET(CURLOPT_CLOSESOCKETFUNCTION, t->paid ? jm_on_closesocket : NULL);
+    JM_SET(CURLOPT_CLOSESOCKETDATA, t->paid ? (void *)t : NULL);
     {
-        long fresh = 0;
-        lua_getfield(L, 2, "fresh_connect");
-        fresh = lua_toboolean(L, -1) ? 1L : 0L;
-        lua_pop(L, 1);
-        /* libcurl silently re-sends a request whose reused connection turns out dead, POST included: a paid
-         * request takes a fresh connection so that it can never be sent twice without Lua deciding it. */
-        JM_SET(CURLOPT_FRESH_CONNECT, fresh);
+        size_t plen = 0, llen = 0;
+        const char *jpath = jm_optstr(L, 2, "journal", &plen), *jline = jm_optstr(L, 2, "journal_line", &llen);
+        if (jpath && jline) {
+            if (memchr(jpath, 0, plen)) return luaL_error(L, "jimeng: journal path contains NUL");
+            t->journal_len = plen + 1 + llen;
+            t->journal = malloc(t->journal_len + 1);
+            if (!t->journal) return luaL_error(L, "jimeng: out of memory");
+            memcpy(t->journal, jpath, plen + 1);
+            memcpy(t->journal + plen + 1, jline, llen);
+            t->journal[t->journal_len] = '\0';
+        }
     }
     if (method && strcmp(method, "POST") == 0) {
         struct curl_slist *nl = curl_slist_append(t->hdrs, "Expect:"); /* no 100-continue round trip */
@@ -684,12 +950,6 @@ configured:
         return 2;
     }
 
-    mrc = curl_multi_add_handle(e->multi, t->easy);
-    if (mrc != CURLM_OK) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "libcurl could not start the transfer: %s", curl_multi_strerror(mrc));
-        return 2;
-    }
     t->eng = e;
     t->state = JM_RUNNING;
     t->next = e->head;
@@ -697,6 +957,11 @@ configured:
     e->head = t;
     lua_pushvalue(L, -1);
     t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    t->queued = 1;
+    if (e->qtail) e->qtail->qnext = t;
+    else e->qhead = t;
+    e->qtail = t;
+    jm_pump(L, e);
     return 1;
 }
 
@@ -723,15 +988,18 @@ static int l_engine_perform(lua_State *L) {
         lua_rawseti(L, -2, ++nd);
         jm_finish(L, t, m->data.result);
     }
+    jm_pump(L, e); /* the slots just freed go to queued transfers */
     return 2;
 }
 
 /* engine:poll(ms) -> number of sockets with activity. Waits for activity on any transfer, or ms. */
 static int l_engine_poll(lua_State *L) {
     jm_engine *e = jm_check_engine(L, 1);
-    lua_Number ms = luaL_optnumber(L, 2, 1000);
+    lua_Number ms = jm_wait_cap(luaL_optnumber(L, 2, 1000));
     int numfds = 0;
-    CURLMcode mrc = curl_multi_poll(e->multi, NULL, 0, ms < 0 ? 0 : (int)ms, &numfds);
+    CURLMcode mrc;
+    if (jm_interrupted()) ms = 0;
+    mrc = curl_multi_poll(e->multi, NULL, 0, ms < 0 ? 0 : (int)ms, &numfds);
     if (mrc != CURLM_OK) return luaL_error(L, "jimeng: curl_multi_poll: %s", curl_multi_strerror(mrc));
     lua_pushinteger(L, numfds);
     return 1;
@@ -748,7 +1016,8 @@ static int l_wait_all(lua_State *L) {
     jm_engine *first;
     CURLMcode mrc;
     luaL_checktype(L, 1, LUA_TTABLE);
-    ms = (long)luaL_optnumber(L, 2, 1000);
+    ms = (long)jm_wait_cap(luaL_optnumber(L, 2, 1000));
+    if (jm_interrupted()) ms = 0;
     count = (int)jm_rawlen(L, 1);
     if (count < 1) return luaL_error(L, "jimeng: wait_all needs at least one engine");
     lua_rawgeti(L, 1, 1);

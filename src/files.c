@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -269,11 +270,153 @@ static int l_fingerprint(lua_State *L) {
     return 1;
 }
 
+/* ---- output paths, checked before anything is paid for ---- */
+
+/* core.check_output(path) -> "absent" | "file", or nil, message: whether a video can be saved at path.
+ * The path itself must be absent or a regular file (not a directory, a link or a device); its directory
+ * must exist and be writable by us. Nothing is created. */
+static int l_check_output(lua_State *L) {
+    size_t n;
+    const char *path = luaL_checklstring(L, 1, &n), *slash;
+    struct stat st;
+    const char *state = "absent";
+    if (n == 0 || memchr(path, 0, n)) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "the output path is empty or contains NUL");
+        return 2;
+    }
+    if (path[n - 1] == '/') {
+        lua_pushnil(L);
+        lua_pushfstring(L, "%s names a directory, not a file", path);
+        return 2;
+    }
+    if (lstat(path, &st) == 0) {
+        if (S_ISDIR(st.st_mode)) {
+            lua_pushnil(L);
+            lua_pushfstring(L, "%s is a directory, not a file", path);
+            return 2;
+        }
+        if (!S_ISREG(st.st_mode)) {
+            lua_pushnil(L);
+            lua_pushfstring(L, "%s exists and is not a regular file (a link, a device or a pipe)", path);
+            return 2;
+        }
+        state = "file";
+    } else if (errno != ENOENT) {
+        return jm_fail(L, "cannot check", path);
+    }
+    slash = strrchr(path, '/');
+    if (slash) lua_pushlstring(L, path, slash == path ? 1 : (size_t)(slash - path));
+    else lua_pushliteral(L, ".");
+    if (stat(lua_tostring(L, -1), &st) != 0) {
+        if (errno == ENOENT) {
+            lua_pushnil(L);
+            lua_pushfstring(L, "the directory %s does not exist (for %s)", lua_tostring(L, -2), path);
+            return 2;
+        }
+        return jm_fail(L, "cannot check directory", lua_tostring(L, -1));
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "%s is not a directory (for %s)", lua_tostring(L, -2), path);
+        return 2;
+    }
+    if (access(lua_tostring(L, -1), W_OK | X_OK) != 0) return jm_fail(L, "cannot write in directory", lua_tostring(L, -1));
+    lua_pushstring(L, state);
+    return 1;
+}
+
+/* core.mkdirs(dir) -> true | nil, message: makes dir and its missing parents (mode 0755). */
+static int l_mkdirs(lua_State *L) {
+    size_t n, i;
+    const char *dir = luaL_checklstring(L, 1, &n);
+    char *p;
+    struct stat st;
+    if (n == 0 || memchr(dir, 0, n)) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "the directory name is empty or contains NUL");
+        return 2;
+    }
+    p = malloc(n + 1);
+    if (!p) return luaL_error(L, "jimeng: out of memory");
+    memcpy(p, dir, n + 1);
+    for (i = 1; i <= n; i++) {
+        if (p[i] != '/' && p[i] != '\0') continue;
+        p[i] = '\0';
+        if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+            int e = errno;
+            lua_pushnil(L);
+            lua_pushfstring(L, "cannot make directory %s: %s", p, strerror(e));
+            free(p);
+            return 2;
+        }
+        if (i < n) p[i] = '/';
+    }
+    free(p);
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "%s is not a directory", dir);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* ---- locks: one process at a time on a journal ---- */
+
+#define JM_LOCK_MT "jimeng.lock"
+
+typedef struct {
+    int fd;
+} jm_lock;
+
+/* core.lock(path) -> lock | nil, message, "locked": an exclusive flock on path (created if absent, never
+ * through a link), held until lock:unlock() or the lock is collected. Refuses at once if another holds it. */
+static int l_lock(lua_State *L) {
+    const char *path = luaL_checkstring(L, 1);
+    jm_lock *lk = lua_newuserdata(L, sizeof *lk);
+    lk->fd = -1;
+    luaL_getmetatable(L, JM_LOCK_MT);
+    lua_setmetatable(L, -2);
+    lk->fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (lk->fd < 0) return jm_fail(L, "cannot open", path);
+    if (flock(lk->fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        close(lk->fd);
+        lk->fd = -1;
+        lua_pushnil(L);
+        if (e == EWOULDBLOCK) {
+            lua_pushfstring(L, "%s is in use by another run (it holds the lock)", path);
+            lua_pushliteral(L, "locked");
+            return 3;
+        }
+        lua_pushfstring(L, "cannot lock %s: %s", path, strerror(e));
+        return 2;
+    }
+    return 1;
+}
+
+static int l_unlock(lua_State *L) {
+    jm_lock *lk = luaL_checkudata(L, 1, JM_LOCK_MT);
+    if (lk->fd >= 0) close(lk->fd); /* closing the descriptor releases the flock */
+    lk->fd = -1;
+    return 0;
+}
+
 void jm_open_files(lua_State *L) {
     static const luaL_Reg fns[] = {
         {"commit", l_commit},       {"file_size", l_file_size}, {"append_durable", l_append_durable},
         {"base64", l_base64},       {"sniff_image", l_sniff_image}, {"isatty", l_isatty},
-        {"fingerprint", l_fingerprint}, {NULL, NULL},
+        {"fingerprint", l_fingerprint}, {"check_output", l_check_output}, {"mkdirs", l_mkdirs},
+        {"lock", l_lock}, {NULL, NULL},
     };
+    static const luaL_Reg lock_m[] = {{"unlock", l_unlock}, {NULL, NULL}};
     jm_setfuncs(L, fns, 0);
+    luaL_newmetatable(L, JM_LOCK_MT);
+    lua_newtable(L);
+    jm_setfuncs(L, lock_m, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_unlock);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
 }

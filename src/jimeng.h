@@ -35,6 +35,11 @@ JM_HIDDEN void jm_setbool(lua_State *L, const char *k, int v);
 /* Monotonic seconds. */
 JM_HIDDEN double jm_now(void);
 
+/* Signals: the signal number caught since the trap was set (0: none), and a wait in milliseconds capped so
+ * that a caught signal is seen within 250 ms even if it came just before the wait began. */
+JM_HIDDEN int jm_interrupted(void);
+JM_HIDDEN double jm_wait_cap(double ms);
+
 /* Registration of each C file's functions into the module table at the top of the stack. */
 JM_HIDDEN void jm_open_engine(lua_State *L);
 JM_HIDDEN void jm_open_normalize(lua_State *L);

@@ -921,28 +921,89 @@ static const char *jm_message_of(lua_State *L, int idx) {
     return NULL;
 }
 
-/* The digits of the first "id": <number> in a JSON text, pushed as a string; 0 when absent. A number
- * id past 2^53 loses digits in any JSON decoder that yields doubles, so the raw text is the truth. */
-static int jm_push_raw_id(lua_State *L, const char *s) {
-    const char *p = s;
-    while ((p = strstr(p, "\"id\"")) != NULL) {
-        const char *q = p + 4, *d;
-        while (*q == ' ' || *q == '\t' || *q == '\r' || *q == '\n') q++;
-        if (*q++ != ':') {
-            p += 4;
+/* Skips a JSON string starting at its opening quote; returns the position after the closing quote. */
+static const char *jm_skip_string(const char *q) {
+    for (q++; *q && *q != '"'; q++)
+        if (*q == '\\' && q[1]) q++;
+    return *q ? q + 1 : q;
+}
+
+static const char *jm_skip_ws(const char *q) {
+    while (*q == ' ' || *q == '\t' || *q == '\r' || *q == '\n') q++;
+    return q;
+}
+
+/* Skips one JSON value (any nesting); returns the position after it. */
+static const char *jm_skip_value(const char *q) {
+    int depth = 0;
+    do {
+        if (*q == '"') {
+            q = jm_skip_string(q);
             continue;
         }
-        while (*q == ' ' || *q == '\t' || *q == '\r' || *q == '\n') q++;
-        d = q;
-        if (*q == '-') q++;
-        while (*q >= '0' && *q <= '9') q++;
-        if (q > d && *q != '.' && *q != 'e' && *q != 'E') {
-            lua_pushlstring(L, d, (size_t)(q - d));
-            return 1;
-        }
-        p += 4;
+        if (*q == '{' || *q == '[') depth++;
+        else if (*q == '}' || *q == ']') depth--;
+        else if (depth == 0 && (*q == ',' || *q == '\0')) return q;
+        if (*q) q++;
+    } while (*q && depth > 0);
+    if (depth == 0) {
+        while (*q && *q != ',' && *q != '}' && *q != ']') q++;
     }
-    return 0;
+    return q;
+}
+
+/* The digits of the top-level object's "id" when it is a number, pushed as a string; 0 otherwise. A
+ * number id past 2^53 loses digits in any JSON decoder that yields doubles, so the raw text is the
+ * truth; an "id" inside a nested object ({"owner":{"id":42}}) is not the task's. */
+static int jm_push_raw_id_of(lua_State *L, const char *s, int strings) {
+    const char *q = jm_skip_ws(s);
+    if (*q++ != '{') return 0;
+    for (;;) {
+        const char *k, *d;
+        int is_id;
+        q = jm_skip_ws(q);
+        if (*q != '"') return 0;
+        k = q;
+        q = jm_skip_string(q);
+        is_id = (size_t)(q - k) == 4 && strncmp(k, "\"id\"", 4) == 0;
+        q = jm_skip_ws(q);
+        if (*q++ != ':') return 0;
+        q = jm_skip_ws(q);
+        if (is_id) {
+            d = q;
+            if (strings && *q == '"') { /* a plain string id, as the API sends it (no escapes: ids never need them) */
+                const char *e = jm_skip_string(q);
+                if (e > q + 2 && e[-1] == '"' && !memchr(q + 1, '\\', (size_t)(e - q - 2))) {
+                    lua_pushlstring(L, q + 1, (size_t)(e - q - 2));
+                    return 1;
+                }
+                return 0;
+            }
+            if (*q == '-') q++;
+            while (*q >= '0' && *q <= '9') q++;
+            if (q > d && *q != '.' && *q != 'e' && *q != 'E') {
+                lua_pushlstring(L, d, (size_t)(q - d));
+                return 1;
+            }
+            return 0;
+        }
+        q = jm_skip_value(q);
+        q = jm_skip_ws(q);
+        if (*q++ != ',') return 0;
+    }
+}
+
+static int jm_push_raw_id(lua_State *L, const char *s) {
+    return jm_push_raw_id_of(L, s, 0);
+}
+
+/* core.raw_id(text) -> the top-level "id" of a JSON object text, read even from a broken or truncated
+ * one (the answer to a create that cut off still names the task it made), or nil. */
+static int l_raw_id(lua_State *L) {
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    if (!jm_push_raw_id_of(L, s, 1)) return 0;
+    return 1;
 }
 
 /* core.task(decoded[, raw_body]) -> task | nil, message */
@@ -977,11 +1038,7 @@ static int l_task(lua_State *L) {
     }
     raw = lua_tostring(L, -1);
     mapped = jm_map_status(raw);
-    if (!mapped) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "the task response has an unknown status \"%s\"", raw);
-        return 2;
-    }
+    if (!mapped) mapped = "unknown"; /* a status newer than this client: the task exists; waiting goes on */
     lua_pushstring(L, mapped);
     lua_setfield(L, 2, "status");
     lua_pushstring(L, raw);
@@ -993,7 +1050,7 @@ static int l_task(lua_State *L) {
         if (at == floor(at) && fabs(at) < 9e15) {
             lua_pushinteger(L, (lua_Integer)at); /* seconds since the epoch: 1762776961, not 1762776961.0 */
             lua_setfield(L, 2, "created_at");
-        } else {
+        } else if (at - at == 0) { /* finite: 1e400 or NaN would break every JSON encoder downstream */
             lua_setfield(L, 2, "created_at");
         }
     }
@@ -1176,7 +1233,7 @@ static int l_error_message(lua_State *L) {
 
 void jm_open_normalize(lua_State *L) {
     static const luaL_Reg fns[] = {
-        {"normalize", l_normalize}, {"subject_body", l_subject_body}, {"task", l_task},
+        {"normalize", l_normalize}, {"subject_body", l_subject_body}, {"task", l_task}, {"raw_id", l_raw_id},
         {"error_message", l_error_message}, {"detection", l_detection}, {"recognition", l_recognition},
         {NULL, NULL},
     };

@@ -4,13 +4,15 @@
 -- run again: a job is identified by its normalized body (plus its label), so the second run re-creates
 -- nothing the journal says was created, and re-downloads nothing already saved.
 --
--- Journal records: {"event":"creating","job":K} before a create is sent; {"event":"created","job":K,
--- "task_id":ID} as soon as its answer comes; {"event":"saved","job":K,"task_id":ID,"path":P,"bytes":N};
--- {"event":"failed","job":K,"task_id":ID,"kind":...,"error":...} when the task itself failed;
--- {"event":"not_created","job":K} when a create was refused before it could make a task.
--- A "creating" without its "created" means the process died while the create was in flight: the task
--- may or may not exist, and the API cannot say. Such a job is reported as `unknown` and not created
--- again, unless opts.recreate_unknown is true.
+-- Journal records: {"event":"sending","job":K}, made durable by the engine at the moment the create is
+-- handed to the wire (after connecting, before the first byte of the request); {"event":"not_created",
+-- "job":K} as soon as an attempt is known to have made nothing (refused, or never acknowledged and reset),
+-- before any backoff; {"event":"created","job":K,"task_id":ID} as soon as its answer comes;
+-- {"event":"saved","job":K,"task_id":ID,"path":P,"bytes":N}; {"event":"failed","job":K,"task_id":ID,
+-- "kind":...,"error":...} when the task itself failed. A "sending" with nothing after it means the process
+-- died (or the answer was lost) between hand-over and answer: the task may or may not exist, and the API
+-- cannot say. Only such a job is reported as `unknown` and not created again, unless
+-- opts.recreate_unknown is true. The journal is locked while a run uses it: a second run refuses at once.
 local core = require "jimeng.core"
 local errors = require "jimeng.errors"
 local runtime = require "jimeng.runtime"
@@ -71,10 +73,12 @@ function M.read_journal(path, json)
     if ok and type(rec) == "table" and type(rec.job) == "string" then
       local s = state[rec.job] or {}
       state[rec.job] = s
-      if rec.event == "creating" then
+      if rec.event == "sending" or rec.event == "creating" then -- "creating": journals of version 0.1
         s.creating = true
       elseif rec.event == "created" and type(rec.task_id) == "string" then
         s.task_id, s.creating = rec.task_id, false
+      elseif rec.event == "created" then -- paid, but its answer named no readable id
+        s.creating, s.unreadable = true, rec.error
       elseif rec.event == "saved" then
         s.saved = { path = rec.path, bytes = rec.bytes }
         s.task_id = rec.task_id or s.task_id
@@ -107,10 +111,10 @@ function M.run(client, jobs, opts)
   if type(jobs) ~= "table" then
     return nil, errors.new { kind = "invalid_argument", message = "jobs must be an array or a JSON-lines path" }
   end
-  local output_dir = (opts.output_dir or "."):gsub("/+$", "")
+  local output_dir = (opts.output_dir or "."):gsub("(.)/+$", "%1")
   local cap = opts.concurrency or 4
-  if type(cap) ~= "number" or cap < 1 then
-    return nil, errors.new { kind = "invalid_argument", field = "concurrency", message = "concurrency must be at least 1" }
+  if type(cap) ~= "number" or not (cap >= 1 and cap <= 1024) then -- luacheck: ignore 581
+    return nil, errors.new { kind = "invalid_argument", field = "concurrency", message = "concurrency must be 1 to 1024" }
   end
   local on_event = opts.on_event or function() end
 
@@ -133,14 +137,57 @@ function M.run(client, jobs, opts)
     local fp = core.fingerprint(canonical(json, body) .. "\0" .. tostring(job.label or ""))
     seen[fp] = (seen[fp] or 0) + 1
     local key = fp:sub(1, 24) .. (seen[fp] > 1 and ("#" .. seen[fp]) or "") -- identical jobs stay distinct
+    if job.output ~= nil and (type(job.output) ~= "string" or job.output == "") then
+      return nil, errors.new { kind = "invalid_argument", field = "output",
+        message = ("job %d: output must be a file path"):format(i) }
+    end
     local name = job.output or (job.label and (tostring(job.label):gsub("[^%w%-_.]", "_") .. ".mp4"))
       or ("job-%03d-%s.mp4"):format(i, fp:sub(1, 8))
     prepared[i] = { index = i, total = #jobs, key = key, label = job.label, params = params,
       path = name:find("^/") and name or (output_dir .. "/" .. name) }
   end
 
+  local lock
+  if opts.journal then
+    local why
+    lock, why = core.lock(opts.journal)
+    if not lock then
+      return nil, errors.new { kind = "io", field = "journal", message = why ..
+        ": two runs on one journal would pay for every job twice; wait for the other run, or use another journal" }
+    end
+  end
   local state, torn = {}, false
   if opts.journal then state, torn = M.read_journal(opts.journal, json) end
+
+  -- every output path, checked before the first create: a video paid for must have somewhere to go
+  local ok, why = core.mkdirs(output_dir)
+  if not ok then
+    if lock then lock:unlock() end
+    return nil, errors.new { kind = "invalid_argument", field = "output_dir", message = why .. " (nothing was paid for)" }
+  end
+  local owner = {}
+  for _, job in ipairs(prepared) do
+    local function refuse(msg)
+      if lock then lock:unlock() end
+      return nil, errors.new { kind = "invalid_argument", field = "output",
+        message = ("job %d%s: %s (nothing was paid for)"):format(job.index,
+          job.label and (" (" .. tostring(job.label) .. ")") or "", msg) }
+    end
+    local other = owner[job.path]
+    if other then
+      return refuse(("it would be saved to %s, like job %d%s: give the jobs distinct labels or outputs"):format(
+        job.path, other.index, other.label and (" (" .. tostring(other.label) .. ")") or ""))
+    end
+    owner[job.path] = job
+    local st, cwhy = core.check_output(job.path)
+    if not st then return refuse(cwhy) end
+    local s = state[job.key]
+    if st == "file" and not (s and (s.task_id or s.saved)) and not opts.overwrite then
+      return refuse(job.path .. " exists and this journal did not make it: move it away, or pass overwrite " ..
+        "(--force)")
+    end
+  end
+
   local function journal(rec)
     if not opts.journal then return true end
     local line = json.encode(rec) .. "\n"
@@ -148,18 +195,27 @@ function M.run(client, jobs, opts)
       line = "\n" .. line
       torn = false
     end
-    local ok, why = core.append_durable(opts.journal, line)
-    if not ok then return nil, errors.new { kind = "io", message = "cannot write the journal: " .. why } end
+    local jok, jwhy = core.append_durable(opts.journal, line)
+    if not jok then return nil, errors.new { kind = "io", message = "cannot write the journal: " .. jwhy } end
     return true
+  end
+  if torn then
+    local jok, jerr = journal { event = "resumed" }
+    if not jok then
+      if lock then lock:unlock() end
+      return nil, jerr
+    end
   end
 
   local limit, in_flight = cap, 0
-  local summary = { total = #prepared, saved = 0, skipped = 0, failed = 0, unknown = 0, errors = 0, jobs = {} }
+  local summary = { total = #prepared, saved = 0, skipped = 0, failed = 0, unknown = 0, errors = 0, interrupted = 0,
+    jobs = {} }
 
   local function finish(job, status, fields)
     job.status = status
     for k, v in pairs(fields or {}) do job[k] = v end
-    summary[status == "error" and "errors" or status] = summary[status == "error" and "errors" or status] + 1
+    local field = status == "error" and "errors" or status
+    summary[field] = summary[field] + 1
     summary.jobs[job.index] = job
     on_event { type = status, job = job }
   end
@@ -175,38 +231,54 @@ function M.run(client, jobs, opts)
     end
     if s.creating and not s.task_id and not opts.recreate_unknown then
       return finish(job, "unknown", { error = errors.new { kind = "unknown_outcome", retryable = false,
-        message = "an earlier run died while this job's create was in flight: the task may exist and be billed; " ..
-          "check, then run again with recreate_unknown (--recreate-unknown) to create it" } })
+        message = (s.unreadable and ("the task was made but its answer named no id (%s)"):format(s.unreadable) or
+          "an earlier run sent this job's create and got no answer: the task may exist and be billed") ..
+          "; check, then run again with recreate_unknown (--recreate-unknown) to create it" } })
     end
-    while in_flight >= limit do runtime.sleep(0.05) end
+    while in_flight >= limit do
+      local sig = runtime.sleep(0.05)
+      if sig then return finish(job, "interrupted", { error = errors.new { kind = "interrupted",
+        message = "interrupted (" .. sig .. ") before this job started: nothing was sent" } }) end
+    end
+    if core.interrupted() then
+      return finish(job, "interrupted", { error = errors.new { kind = "interrupted",
+        message = "interrupted (" .. core.interrupted() .. ") before this job started: nothing was sent" } })
+    end
     in_flight = in_flight + 1
+    local deadline = core.now() + (opts.timeout or client.wait_timeout)
     local task_id = s.task_id
     if not task_id then
-      local ok, jerr = journal { event = "creating", job = job.key, index = job.index }
-      if not ok then
-        in_flight = in_flight - 1
-        return finish(job, "error", { error = jerr })
-      end
-      local task, err
-      local backoff = 0
-      while true do
-        task, err = client:create(job.params)
-        if task or err.kind ~= "rate_limited" then break end
-        -- the API is saturated: fewer jobs in flight, and wait before asking again
-        limit = math.max(1, math.floor(limit / 2))
-        backoff = backoff + 1
-        on_event { type = "backoff", job = job, limit = limit }
-        runtime.sleep(math.min(2 ^ backoff, 30) * (1 - 0.25 * math.random()))
+      local task, err = client:create(job.params, {
+        deadline = deadline, until_deadline = true,
+        journal = opts.journal and { path = opts.journal,
+          sending = json.encode { event = "sending", job = job.key, index = job.index } .. "\n",
+          not_created = json.encode { event = "not_created", job = job.key } .. "\n" },
+        on_retry = function(err)
+          if err.kind == "rate_limited" then
+            -- the API is saturated: fewer jobs in flight until it recovers
+            limit = math.max(1, math.floor(limit / 2))
+            on_event { type = "backoff", job = job, limit = limit }
+          end
+        end,
+      })
+      if not task and err.created and err.task_id then
+        task = { id = err.task_id } -- the answer was unreadable, but it named the task it made
+        on_event { type = "warning", job = job, message = tostring(err) }
       end
       if not task then
         in_flight = in_flight - 1
-        -- only a create without an answer, or a 5xx, may have made a task; any other refusal made none
-        if err.kind ~= "unknown_outcome" and err.kind ~= "server" then journal { event = "not_created", job = job.key } end
-        return finish(job, err.kind == "unknown_outcome" and "unknown" or "error", { error = err })
+        if err.created then
+          journal { event = "created", job = job.key, error = err.message }
+          return finish(job, "unknown", { error = err })
+        end
+        if err.kind == "interrupted" then
+          return finish(job, err.created == nil and "unknown" or "interrupted", { error = err })
+        end
+        return finish(job, err.created == nil and "unknown" or "error", { error = err })
       end
       task_id = task.id
-      ok, jerr = journal { event = "created", job = job.key, task_id = task_id }
-      if not ok then
+      local jok, jerr = journal { event = "created", job = job.key, task_id = task_id }
+      if not jok then
         in_flight = in_flight - 1
         return finish(job, "error", { task_id = task_id, error = jerr })
       end
@@ -214,7 +286,6 @@ function M.run(client, jobs, opts)
       if limit < cap then limit = limit + 1 end
     end
     job.task_id = task_id
-    local deadline = core.now() + (opts.timeout or client.wait_timeout)
     local done, werr = client:wait(task_id, { interval = opts.interval, deadline = deadline,
       on_status = function(t) on_event { type = "status", job = job, task = t } end })
     if not done then
@@ -223,13 +294,15 @@ function M.run(client, jobs, opts)
         journal { event = "failed", job = job.key, task_id = task_id, kind = werr.kind, error = werr.message }
         return finish(job, "failed", { error = werr })
       end
-      return finish(job, "error", { error = werr })
+      return finish(job, werr.kind == "interrupted" and "interrupted" or "error", { error = werr })
     end
     local info, derr = client:download(task_id, job.path, { deadline = deadline })
     in_flight = in_flight - 1
-    if not info then return finish(job, "error", { error = derr }) end
-    local ok, jerr = journal { event = "saved", job = job.key, task_id = task_id, path = job.path, bytes = info.bytes }
-    if not ok then return finish(job, "error", { error = jerr, path = job.path }) end
+    if not info then
+      return finish(job, derr.kind == "interrupted" and "interrupted" or "error", { error = derr })
+    end
+    local jok, jerr = journal { event = "saved", job = job.key, task_id = task_id, path = job.path, bytes = info.bytes }
+    if not jok then return finish(job, "error", { error = jerr, path = job.path }) end
     return finish(job, "saved", { path = job.path, bytes = info.bytes })
   end
 
@@ -239,10 +312,12 @@ function M.run(client, jobs, opts)
     local _, raised = runtime.gather(list)
     for i, e in pairs(raised) do
       if not prepared[i].status then
-        finish(prepared[i], "error", { error = errors.new { kind = "protocol", message = tostring(e) } })
+        finish(prepared[i], "error", { error = errors.new { kind = "callback", task_id = prepared[i].task_id,
+          message = "this job stopped on an error in Lua code: " .. tostring(e) } })
       end
     end
   end)
+  if lock then lock:unlock() end
   return summary
 end
 

@@ -8,29 +8,9 @@ local core = require "jimeng.core"
 
 local M = {}
 
-local EXIT_OK, EXIT_TASK, EXIT_USAGE, EXIT_API = 0, 1, 2, 3
+local errors = require "jimeng.errors"
 
--- What to do about each kind of error, said after the message.
-local HINTS = {
-  invalid_argument = "fix the parameter named above (see jimeng COMMAND --help)",
-  auth = "set JIMENG_API_KEY to a valid key (or pass --api-key)",
-  not_found = "check the task id: it is the id that create printed",
-  rate_limited = "the API is rate limiting: wait a minute and run the command again (for batches, lower -j)",
-  server = "the API had a server error: run the command again in a while",
-  http = "the API answered with an unexpected HTTP status: check JIMENG_BASE_URL",
-  network = "check the network and JIMENG_BASE_URL, then run the command again",
-  timeout = "the task may still finish: run `jimeng wait ID` later, then `jimeng download ID`",
-  task_failed = "the server failed this task: change the prompt or parameters and generate again",
-  protocol = "the server's answer was not what the API documents: run again; report it if it persists",
-  io = "check that the output path is writable and the disk has room",
-  unknown_outcome = "the task may exist and be billed: check with `jimeng status ID` before creating again",
-}
-
-local function exit_code(err)
-  if err.kind == "task_failed" then return EXIT_TASK end
-  if err.kind == "invalid_argument" then return EXIT_USAGE end
-  return EXIT_API
-end
+local EXIT_OK, EXIT_TASK, EXIT_USAGE, EXIT_API, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 -- Output
 
@@ -42,6 +22,13 @@ local function new_out(args, stdout, stderr)
     json = args.json, quiet = args.quiet, stdout = stdout, stderr = stderr,
     tty = stderr == io.stderr and core.isatty(2), started = core.now(), line_open = false,
   }, Out)
+end
+
+-- Encodes for --json output; never raises (a value JSON cannot hold becomes an error object instead).
+local function encode(value)
+  local ok, text = pcall(jimeng.json.encode, value)
+  if ok then return text end
+  return jimeng.json.encode { error = { kind = "protocol", message = "cannot encode the result as JSON: " .. tostring(text) } }
 end
 
 -- JSON output: a task's empty warnings list is left out (lua-cjson would print it as {}).
@@ -56,7 +43,7 @@ end
 function Out:result(value, text)
   if self.json then
     value = for_json(value)
-    self.stdout:write(jimeng.json.encode(value), "\n")
+    self.stdout:write(encode(value), "\n")
   elseif text then
     self.stdout:write(text, "\n")
   end
@@ -89,17 +76,49 @@ function Out:note(text)
   self.stderr:write(text, "\n")
 end
 
-function Out:fail(err)
+-- Said the moment a task exists, whatever -q or --json say: the id is what was paid for.
+function Out:created(task)
+  if self.announced == task.id then return end
+  self.announced = task.id
+  if self.line_open then
+    self.stderr:write("\n")
+    self.line_open = false
+  end
+  self.stderr:write(("created task %s\n"):format(task.id))
+  self.stderr:flush()
+end
+
+-- After Ctrl-C or SIGTERM: what exists, and the command that continues it.
+function Out:interrupted(err, continue)
+  if self.line_open then self.stderr:write("\n") end
+  local what
+  if err.task_id then
+    what = ("task %s exists (it is paid for); continue with: %s"):format(err.task_id, continue(err.task_id))
+  elseif err.created == nil and err.kind == "interrupted" and err.message:find("create") then
+    what = "the create was in flight: the task may or may not exist (check before creating again)"
+  else
+    what = "nothing was sent: run the same command again"
+  end
+  self.stderr:write("jimeng: ", err.message, "\n  ", what, "\n")
+  if self.json then
+    self.stdout:write(encode { error = { kind = err.kind, message = err.message, task_id = err.task_id } }, "\n")
+  end
+  return EXIT_INTERRUPTED
+end
+
+function Out:fail(err, continue)
+  if err.kind == "interrupted" and continue then return self:interrupted(err, continue) end
   if self.line_open then self.stderr:write("\n") end
   self.stderr:write(tostring(err), "\n")
-  if HINTS[err.kind] then self.stderr:write("  what to do: ", HINTS[err.kind], "\n") end
+  local hint = errors.hint(err.kind)
+  if hint then self.stderr:write("  what to do: ", hint, "\n") end
   if self.json then
-    self.stdout:write(jimeng.json.encode { error = {
+    self.stdout:write(encode { error = {
       kind = err.kind, message = err.message, status = err.status, code = err.code, field = err.field,
       request_id = err.request_id, task_id = err.task_id, retryable = err.retryable,
     } }, "\n")
   end
-  return exit_code(err)
+  return errors.exit_code(err.kind)
 end
 
 local function human_bytes(n)
@@ -187,6 +206,7 @@ Exit codes: 0 ok, 1 the task failed, 2 usage or invalid input, 3 API or network 
   gen:argument("prompt", "What the video shows (up to 800 characters).")
   add_video_options(gen)
   gen:option("-o --output", "Output file (default jimeng_video_<id>.mp4).")
+  gen:flag("--force", "Replace the output file if it exists (otherwise refused before paying).")
 
   local create = p:command("create", "Create a video task and print its id (no waiting).")
   create:argument("prompt", "What the video shows.")
@@ -217,6 +237,7 @@ Exit codes: 0 ok, 1 the task failed, 2 usage or invalid input, 3 API or network 
   omni:flag("--fast", "Fast mode (pe_fast_mode).")
   omni:option("--seed", "Random seed.")
   omni:option("-o --output", "Output file (without it, only the task is created).")
+  omni:flag("--force", "Replace the output file if it exists (otherwise refused before paying).")
 
   local batch = p:command("batch", "Run many jobs from a JSON-lines file, resumable with a journal.")
   batch:argument("jobs", "JSON-lines file: one job per line, create parameters plus optional label and output.")
@@ -224,6 +245,7 @@ Exit codes: 0 ok, 1 the task failed, 2 usage or invalid input, 3 API or network 
   batch:option("-o --output-dir", "Directory for the videos.", ".")
   number_option(batch, "-j --jobs-in-flight", "How many jobs run at once (default 4).")
   batch:flag("--recreate-unknown", "Create again the jobs whose earlier create may or may not have happened.")
+  batch:flag("--force", "Replace output files this journal did not make (otherwise refused before paying).")
 
   local sb = p:command("sandbox", "Run the local API emulator; prints its URL and the environment to use it.")
   number_option(sb, "--port", "Port (default: a free one).")
@@ -235,7 +257,8 @@ Exit codes: 0 ok, 1 the task failed, 2 usage or invalid input, 3 API or network 
     cmd:flag("--json", "Print results as JSON on stdout.")
     cmd:flag("-q --quiet", "No progress on stderr.")
     if cmd._name ~= "sandbox" then
-      cmd:option("--api-key", "API key (default: $JIMENG_API_KEY).")
+      cmd:option("--api-key", "API key (default: $JIMENG_API_KEY); visible to other users in the process list.")
+      cmd:option("--api-key-file", "Read the API key from this file ('-': standard input).")
       cmd:option("--base-url", "API base URL (default: $JIMENG_BASE_URL or https://api.tokenops.ai/v1).")
       number_option(cmd, "--timeout", "Seconds to wait for a task (default 600).")
       number_option(cmd, "--interval", "Seconds between status polls (default 5).")
@@ -246,6 +269,11 @@ end
 
 -- Commands
 
+local function shell_quote(s)
+  if s:match("^[%w%-_./:=@%%+,]+$") then return s end
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
 local function task_text(t)
   local s = ("%s\t%s"):format(t.id, t.status)
   if t.error then s = s .. "\t" .. t.error end
@@ -254,12 +282,21 @@ end
 
 local commands = {}
 
+-- The command that continues a paid task after an interruption or a timeout.
+local function continue_with(output)
+  return function(id)
+    return ("jimeng wait %s && jimeng download %s -o %s"):format(id, id, output and shell_quote(output) or
+      ("jimeng_video_" .. id .. ".mp4"))
+  end
+end
+
 function commands.generate(client, args, out)
   local result, err = client:generate(video_params(args), {
-    output = args.output, timeout = args.timeout, interval = args.interval,
+    output = args.output, timeout = args.timeout, interval = args.interval, overwrite = args.force,
+    on_created = function(task) out:created(task) end,
     on_status = out:status_reporter(), on_progress = out:download_reporter(),
   })
-  if not result then return out:fail(err) end
+  if not result then return out:fail(err, continue_with(args.output)) end
   for _, w in ipairs(result.task.warnings or {}) do out:note("warning: " .. w) end
   out:result({ path = result.path, bytes = result.bytes, task = result.task }, result.path)
   return EXIT_OK
@@ -267,7 +304,8 @@ end
 
 function commands.create(client, args, out)
   local task, err = client:create(video_params(args))
-  if not task then return out:fail(err) end
+  if not task then return out:fail(err, continue_with(nil)) end
+  out:created(task)
   for _, w in ipairs(task.warnings or {}) do out:note("warning: " .. w) end
   out:result(task, task.id)
   return EXIT_OK
@@ -283,7 +321,7 @@ end
 function commands.wait(client, args, out)
   local task, err = client:wait(args.id, { timeout = args.timeout, interval = args.interval,
     on_status = out:status_reporter(args.id) })
-  if not task then return out:fail(err) end
+  if not task then return out:fail(err, function(id) return "jimeng wait " .. id end) end
   out:result(task, task_text(task))
   return EXIT_OK
 end
@@ -291,7 +329,10 @@ end
 function commands.download(client, args, out)
   local path = args.output or ("jimeng_video_" .. args.id .. ".mp4")
   local info, err = client:download(args.id, path, { resume = not args.no_resume, on_progress = out:download_reporter() })
-  if not info then return out:fail(err) end
+  if not info then
+    err.task_id = err.task_id or args.id
+    return out:fail(err, function(id) return ("jimeng download %s -o %s"):format(id, shell_quote(path)) end)
+  end
   out:result(info, info.path)
   return EXIT_OK
 end
@@ -323,8 +364,9 @@ function commands.omnihuman(client, args, out)
     image = args.image, audio = args.audio, prompt = args.prompt, subject = subject, recognize = args.recognize or nil,
     masks = masks, resolution = args.resolution, fast = args.fast or nil, seed = args.seed, output = args.output,
   }, { timeout = args.timeout, interval = args.interval, on_status = out:status_reporter(),
-       on_progress = out:download_reporter() })
-  if not result then return out:fail(err) end
+       on_progress = out:download_reporter(), overwrite = args.force, on_created = function(task) out:created(task) end })
+  if not result then return out:fail(err, continue_with(args.output)) end
+  out:created(result.task or result)
   if result.path then
     out:result({ path = result.path, bytes = result.bytes, task = result.task, mask_url = result.mask_url }, result.path)
   else
@@ -336,15 +378,17 @@ end
 function commands.batch(client, args, out)
   local done = 0
   local summary, err = client:batch(args.jobs, {
-    journal = args.journal, output_dir = args.output_dir, concurrency = args.jobs_in_flight,
+    journal = args.journal, output_dir = args.output_dir, concurrency = args.jobs_in_flight, overwrite = args.force,
     recreate_unknown = args.recreate_unknown, interval = args.interval, timeout = args.timeout,
     on_event = function(ev)
       local job = ev.job
       local name = job.label or ("job " .. job.index)
       if ev.type == "backoff" then
         out:note(("rate limited: %d job(s) in flight from now on"):format(ev.limit))
+      elseif ev.type == "warning" then
+        out:note(("%s: %s"):format(name, ev.message))
       elseif ev.type == "created" then
-        out:note(("%s: created task %s"):format(name, ev.task.id))
+        out.stderr:write(("%s: created task %s\n"):format(name, ev.task.id)) -- even with -q: it is paid for
       elseif ev.type ~= "status" then
         done = done + 1
         local what = ev.type == "saved" and ("saved " .. job.path) or ev.type == "skipped" and ("already saved " .. job.path)
@@ -354,8 +398,9 @@ function commands.batch(client, args, out)
     end,
   })
   if not summary then return out:fail(err) end
-  local line = ("%d jobs: %d saved, %d already saved, %d failed, %d unknown, %d errors"):format(summary.total,
-    summary.saved, summary.skipped, summary.failed, summary.unknown, summary.errors)
+  local line = ("%d jobs: %d saved, %d already saved, %d failed, %d unknown, %d errors%s"):format(summary.total,
+    summary.saved, summary.skipped, summary.failed, summary.unknown, summary.errors,
+    summary.interrupted > 0 and (", %d interrupted"):format(summary.interrupted) or "")
   if out.json then
     local jobs = {}
     for i, j in ipairs(summary.jobs) do
@@ -366,6 +411,11 @@ function commands.batch(client, args, out)
       unknown = summary.unknown, errors = summary.errors, jobs = jobs })
   end
   out:note(line)
+  if summary.interrupted > 0 then
+    out.stderr:write(("jimeng: interrupted; nothing is lost: run the same command again (with --journal %s) to " ..
+      "continue\n"):format(args.journal and shell_quote(args.journal) or "FILE, next time,"))
+    return EXIT_INTERRUPTED
+  end
   if summary.errors > 0 or summary.unknown > 0 then return EXIT_API end
   if summary.failed > 0 then return EXIT_TASK end
   return EXIT_OK
@@ -383,6 +433,32 @@ function commands.sandbox(_, args, out)
   out.stdout:flush()
   sb.proc:read("*a") -- until the server exits
   return EXIT_OK
+end
+
+--- The API key from --api-key-file (a file, or - for standard input), --api-key (with a warning: the
+-- process list shows it), or the environment (jimeng.new reads JIMENG_API_KEY). -> key | nil, nil | nil, err
+function M.api_key(args, out)
+  if args.api_key_file then
+    local f, why = io.stdin, nil
+    if args.api_key_file ~= "-" then f, why = io.open(args.api_key_file, "r") end
+    if not f then
+      return nil, jimeng.error { kind = "invalid_argument", field = "api_key_file",
+        message = "cannot read the API key file: " .. tostring(why) }
+    end
+    local key = f:read("*l")
+    if f ~= io.stdin then f:close() end
+    key = key and key:match("^%s*(.-)%s*$")
+    if not key or key == "" then
+      return nil, jimeng.error { kind = "invalid_argument", field = "api_key_file",
+        message = "the API key file " .. args.api_key_file .. " is empty" }
+    end
+    return key
+  end
+  if args.api_key then
+    out:note("warning: --api-key shows the key to every user of this machine (ps); prefer JIMENG_API_KEY " ..
+      "or --api-key-file")
+  end
+  return args.api_key
 end
 
 --- Runs the command line `argv` (an array of strings); returns the exit code.
@@ -405,11 +481,18 @@ function M.main(argv, streams)
   local out = new_out(args, stdout, stderr)
   local client
   if args.command ~= "sandbox" then
-    local err
-    client, err = jimeng.new { api_key = args.api_key, base_url = args.base_url, poll_interval = args.interval }
+    local key, err = M.api_key(args, out)
+    if err then return out:fail(err) end
+    client, err = jimeng.new { api_key = key, base_url = args.base_url, poll_interval = args.interval }
     if not client then return out:fail(err) end
   end
-  return commands[args.command](client, args, out)
+  -- Ctrl-C and SIGTERM end waits within a quarter second and come back as errors the commands report
+  -- (what exists, how to continue); a closed stdout is an error on write, not a silent death (SIGPIPE)
+  core.trap_signals()
+  local done, code = pcall(commands[args.command], client, args, out)
+  core.untrap_signals()
+  if not done then error(code, 0) end
+  return code
 end
 
 return M

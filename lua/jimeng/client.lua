@@ -18,7 +18,7 @@ local DEFAULTS = {
 local OPTIONS = {
   api_key = "string", base_url = "string", timeout = "number", connect_timeout = "number",
   max_retries = "number", poll_interval = "number", wait_timeout = "number", stall_timeout = "number",
-  allow_insecure_http = "boolean", cainfo = "string", logger = "function",
+  allow_insecure_http = "boolean", cainfo = "string", logger = "function", max_connections = "number",
 }
 
 local function invalid(message, field)
@@ -84,14 +84,24 @@ function Client.new(opts, json)
   local url, err = check_base_url(self.base_url, self.allow_insecure_http)
   if not url then return nil, err end
   self.base_url = url
-  for _, k in ipairs { "timeout", "connect_timeout", "poll_interval", "wait_timeout", "stall_timeout" } do
-    if self[k] <= 0 then return invalid(k .. " must be positive", k) end
+  -- seconds: positive, finite, and sane (NaN, infinities and microseconds are mistakes, not settings)
+  for k, lo in pairs { timeout = 0.001, connect_timeout = 0.001, poll_interval = 0.01, wait_timeout = 0.001,
+    stall_timeout = 1 } do
+    local v = self[k]
+    if not (v >= lo and v <= 30 * 86400) then
+      return invalid(("%s must be a number of seconds from %g to %d; got %s"):format(k, lo, 30 * 86400, tostring(v)), k)
+    end
   end
-  if self.max_retries < 0 or self.max_retries ~= math.floor(self.max_retries) then
-    return invalid("max_retries must be a whole number >= 0", "max_retries")
+  if not (self.max_retries >= 0 and self.max_retries <= 100) or self.max_retries ~= math.floor(self.max_retries) then
+    return invalid("max_retries must be a whole number from 0 to 100", "max_retries")
+  end
+  self.max_connections = self.max_connections or 8
+  if not (self.max_connections >= 1 and self.max_connections <= 1024) or
+      self.max_connections ~= math.floor(self.max_connections) then
+    return invalid("max_connections must be a whole number from 1 to 1024", "max_connections")
   end
   self.json = json
-  self.engine = core.engine()
+  self.engine = core.engine { max_connections = self.max_connections }
   local luav = _VERSION
   if type(jit) == "table" and jit.version then luav = jit.version end -- luacheck: ignore 113
   self.user_agent = ("jimeng/%s %s %s"):format(core._VERSION, core.curl_version(), luav)
@@ -143,25 +153,44 @@ local function to_task(self, decoded, r, warnings)
   if not task then
     return nil, errors.new({ kind = "protocol", message = why, request_id = r.headers["x-request-id"] }, self.api_key)
   end
-  task.request_id = task.request_id or r.headers["x-request-id"]
+  task.request_id = errors.scrub(task.request_id or r.headers["x-request-id"], self.api_key)
+  task.error = errors.scrub(task.error, self.api_key)
   task.warnings = warnings or {}
+  if task.status == "unknown" then
+    task.warnings[#task.warnings + 1] = ("the API answered an unknown status %q: still waiting"):format(task.raw_status)
+  end
   return task
 end
 
---- client:create(params) -> task | nil, err. A paid call: never retried once it may have reached the server.
+--- client:create(params[, opts]) -> task | nil, err. A paid call: sent again only when the first try
+-- provably made nothing. err.created says what is known: true (the task exists: err.task_id when its id
+-- could be read), false (nothing was made), nil (unknown_outcome). opts: deadline, journal (see http.json),
+-- until_deadline, on_retry.
 function Client:create(params, opts)
   check_method_self(self, "create")
   local body, warnings = core.normalize(params)
   if not body then return nil, errors.new(warnings) end
   local ok, err = need_key(self)
   if not ok then return nil, err end
+  opts = opts or {}
+  local sig = core.interrupted()
+  if sig then
+    return nil, errors.new { kind = "interrupted", created = false, message = "interrupted (" .. sig .. "): not sent" }
+  end
   for _, w in ipairs(warnings) do self:log("warning", w) end
   local decoded, r = http.json(self, {
     method = "POST", path = "/videos", body = body, paid = true, what = "create",
-    deadline = opts and opts.deadline,
+    deadline = opts.deadline, journal = opts.journal, until_deadline = opts.until_deadline, on_retry = opts.on_retry,
   })
   if not decoded then return nil, r end
-  return to_task(self, decoded, r, warnings)
+  local task, terr = to_task(self, decoded, r, warnings)
+  if not task then
+    -- a 2xx: the task exists even if its answer makes no sense
+    terr.created, terr.task_id = true, core.raw_id(r.body or "")
+    terr.message = terr.message .. " (the task was made" .. (terr.task_id and "" or "; its id cannot be read") .. ")"
+    return nil, terr
+  end
+  return task
 end
 
 --- client:status(id) -> task | nil, err
@@ -179,20 +208,38 @@ function Client:status(id, opts)
     return nil, r
   end
   local task, terr = to_task(self, decoded, r)
-  if task then task.retry_after = http.server_delay(r.headers) end
-  return task, terr
+  if not task then return nil, terr end
+  if task.id ~= id then
+    return nil, errors.new({ kind = "protocol", task_id = id, request_id = task.request_id,
+      message = ("asked for task %s, the API answered about task %s"):format(id, task.id:sub(1, 64)) }, self.api_key)
+  end
+  task.retry_after = http.server_delay(r.headers)
+  return task
+end
+
+-- Calls a user's callback; a callback that raises becomes an error of kind `callback` carrying the task
+-- id, so that a paid task is never lost to a bug in the caller's code.
+local function call_back(fn, name, task_id, ...)
+  if not fn then return true end
+  local ok, why = pcall(fn, ...)
+  if ok then return true end
+  return nil, errors.new { kind = "callback", task_id = task_id, retryable = false,
+    message = ("%s raised: %s"):format(name, tostring(why)) }
 end
 
 --- client:wait(id, opts) -> task | nil, err
 -- Polls until completed (returns the task), failed (task_failed) or the timeout (timeout, err.task =
 -- the last task seen). opts: interval, timeout, on_status(task) called on every change of status.
+-- A status this client does not know keeps it waiting (with a warning), until the deadline.
 function Client:wait(id, opts)
   check_method_self(self, "wait")
   opts = opts or {}
   local _, err = check_id(id)
   if err then return nil, err end
   local interval = opts.interval or self.poll_interval
+  if not (interval >= 0.01) then return invalid("interval must be at least 0.01 seconds", "interval") end -- luacheck: ignore 581
   local deadline = opts.deadline or (now() + (opts.timeout or self.wait_timeout))
+  if deadline ~= deadline then return invalid("timeout must be a number of seconds", "timeout") end
   local last, last_status, last_err
   while true do
     local task, serr = self:status(id, { deadline = deadline })
@@ -200,7 +247,9 @@ function Client:wait(id, opts)
       last, last_err = task, nil
       if task.status ~= last_status then
         last_status = task.status
-        if opts.on_status then opts.on_status(task) end
+        if task.status == "unknown" then self:log("warning", task.warnings[#task.warnings]) end
+        local ok, cerr = call_back(opts.on_status, "on_status", id, task)
+        if not ok then return nil, cerr end
       end
       if task.status == "completed" then return task end
       if task.status == "failed" then
@@ -209,12 +258,14 @@ function Client:wait(id, opts)
           message = task.error or ("the task ended with status " .. task.raw_status),
         }, self.api_key)
       end
-    elseif not serr.retryable then
+    elseif serr.kind == "interrupted" or not serr.retryable then
+      serr.task_id = id
       return nil, serr
     else
       last_err = serr -- a passing fault: keep polling until the deadline
     end
-    local delay = (task and task.retry_after) or interval
+    -- the server's hint wins, within sane bounds: never a storm of polls, never a day's sleep
+    local delay = math.max((task and task.retry_after) or interval, math.min(interval, 1))
     local left = deadline - now()
     if left <= 0 or delay > left then
       if left > 0 then runtime.sleep(left) end
@@ -224,7 +275,11 @@ function Client:wait(id, opts)
           last and last.raw_status or "unknown", last_err and ("; last error: " .. last_err.message) or ""),
       }
     end
-    runtime.sleep(delay)
+    local sig = runtime.sleep(delay)
+    if sig then
+      return nil, errors.new { kind = "interrupted", task_id = id, task = last, created = true,
+        message = ("interrupted (%s) while waiting for task %s"):format(sig, id) }
+    end
   end
 end
 
@@ -422,40 +477,89 @@ end
 
 -- Workflows
 
+--- Checks, before anything is paid for, that a video can be saved at opts.output (or in opts.output_dir,
+-- which is made when missing: the user named it). An existing file is not replaced unless opts.overwrite.
+-- Returns a function(task_id) -> path | nil, err.
+local function plan_output(opts, prefix)
+  for _, k in ipairs { "output", "output_dir" } do
+    if opts[k] ~= nil and (type(opts[k]) ~= "string" or opts[k] == "" or opts[k]:find("%z")) then
+      return invalid(k .. " must be a path", k)
+    end
+  end
+  if opts.output then
+    local state, why = core.check_output(opts.output)
+    if not state then return invalid(why .. " (nothing was paid for)", "output") end
+    if state == "file" and not opts.overwrite then
+      return invalid(opts.output .. " exists: choose another path, or pass overwrite=true (CLI --force) to " ..
+        "replace it (nothing was paid for)", "output")
+    end
+    return function() return opts.output end
+  end
+  local dir = opts.output_dir and opts.output_dir:gsub("(.)/+$", "%1")
+  if dir then
+    local ok, why = core.mkdirs(dir)
+    if not ok then return invalid(why .. " (nothing was paid for)", "output_dir") end
+  end
+  local base = dir and (dir == "/" and "/" or dir .. "/") or ""
+  local state, why = core.check_output(base .. prefix .. "x.mp4")
+  if not state then return invalid(why .. " (nothing was paid for)", dir and "output_dir" or "output") end
+  return function(id) return base .. prefix .. id .. ".mp4" end
+end
+Client.plan_output = plan_output
+
 --- client:generate(params, opts) -> result | nil, err
 -- create + wait + download under one deadline (opts.timeout, default wait_timeout). opts.output is the
--- file; without it the file is jimeng_video_<id>.mp4 in opts.output_dir (default: the current directory).
--- opts.on_status and opts.on_progress as for wait and download.
+-- file; without it the file is jimeng_video_<id>.mp4 in opts.output_dir (default: the current directory),
+-- checked before the create (opts.overwrite to replace an existing file). opts.on_created(task) as soon
+-- as the task exists; opts.on_status and opts.on_progress as for wait and download.
 -- result: {path=, bytes=, task=}. After the create, every error carries task_id: the video is paid for.
 function Client:generate(params, opts)
   check_method_self(self, "generate")
   opts = opts or {}
-  local deadline = now() + (opts.timeout or self.wait_timeout)
-  for _, k in ipairs { "output", "output_dir" } do
-    if opts[k] ~= nil and (type(opts[k]) ~= "string" or opts[k] == "") then
-      return invalid(k .. " must be a path", k)
-    end
-  end
+  local timeout = opts.timeout or self.wait_timeout
+  if not (timeout > 0) then return invalid("timeout must be a positive number of seconds", "timeout") end -- luacheck: ignore 581
+  local deadline = now() + timeout
+  local output, oerr = plan_output(opts, "jimeng_video_")
+  if not output then return nil, oerr end
   local task, err = self:create(params, { deadline = deadline })
   if not task then return nil, err end
-  return self:finish(task, opts, deadline, "jimeng_video_")
+  return self:finish(task, opts, deadline, output)
 end
 
---- Waits for a created task and downloads it to opts.output (or <opts.output_dir>/<prefix><id>.mp4)
--- before the deadline: the second half of generate and omnihuman. -> {path=, bytes=, task=} | nil, err
-function Client:finish(task, opts, deadline, prefix)
-  if opts.on_status then opts.on_status(task) end
+--- Waits for a created task and downloads it to output(task.id) before the deadline: the second half of
+-- generate and omnihuman. -> {path=, bytes=, task=} | nil, err (always with task_id: it is paid for)
+function Client:finish(task, opts, deadline, output)
+  local ok, cerr = call_back(opts.on_created, "on_created", task.id, task)
+  if not ok then return nil, cerr end
+  ok, cerr = call_back(opts.on_status, "on_status", task.id, task)
+  if not ok then return nil, cerr end
   local done, werr = self:wait(task.id, {
     deadline = deadline, interval = opts.interval,
     on_status = opts.on_status and function(t) if t.status ~= task.status then opts.on_status(t) end end,
   })
-  if not done then return nil, werr end
+  if not done then
+    werr.task_id = task.id
+    return nil, werr
+  end
   done.warnings = task.warnings
-  local output = opts.output or ((opts.output_dir and (opts.output_dir:gsub("/+$", "") .. "/") or "") ..
-    prefix .. task.id .. ".mp4")
-  local info, derr = self:download(task.id, output, { deadline = deadline, on_progress = opts.on_progress })
-  if not info then return nil, derr end
+  local progress_err
+  local progress = opts.on_progress and function(...)
+    if progress_err then return end
+    local _, perr = call_back(opts.on_progress, "on_progress", task.id, ...)
+    progress_err = perr
+  end
+  local path = output(task.id)
+  local info, derr = self:download(task.id, path, { deadline = deadline, on_progress = progress })
+  if not info then
+    derr.task_id = task.id
+    return nil, derr
+  end
   info.task = done
+  if progress_err then
+    progress_err.message = progress_err.message .. " (the video was saved all the same: " .. info.path .. ")"
+    progress_err.path = info.path
+    return nil, progress_err
+  end
   return info
 end
 
@@ -515,8 +619,12 @@ function Client:omnihuman(params, opts)
   if params.subject ~= nil and body.mask_urls then
     return invalid("give either subject (detect and choose) or masks, not both", "subject")
   end
-  for _, k in ipairs { "output", "output_dir" } do
-    if params[k] ~= nil and (type(params[k]) ~= "string" or params[k] == "") then return invalid(k .. " must be a path", k) end
+  local output
+  if params.output or params.output_dir then
+    local oerr
+    output, oerr = plan_output({ output = params.output, output_dir = params.output_dir,
+      overwrite = opts.overwrite }, "omnihuman_video_")
+    if not output then return nil, oerr end
   end
   local deadline = now() + (opts.timeout or self.wait_timeout)
   local image = body.content[1].image_url.url
@@ -545,11 +653,10 @@ function Client:omnihuman(params, opts)
   local task, err = self:create(wire, { deadline = deadline })
   if not task then return nil, err end
   task.mask_url = mask
-  if not params.output and not params.output_dir then return task end
+  if not output then return task end
   local info, ferr = self:finish(task, {
-    output = params.output, output_dir = params.output_dir, interval = opts.interval,
-    on_status = opts.on_status, on_progress = opts.on_progress,
-  }, deadline, "omnihuman_video_")
+    interval = opts.interval, on_created = opts.on_created, on_status = opts.on_status, on_progress = opts.on_progress,
+  }, deadline, output)
   if not info then return nil, ferr end
   info.task.mask_url, info.mask_url = mask, mask
   return info

@@ -1,6 +1,42 @@
 --- Errors: tables with kind, message, status, code, request_id, retryable, task_id, and a __tostring.
 -- Failures are returned as `nil, err`; only misuse of the Lua API itself raises.
+-- The one table of kinds below says, for each, whether the same call may succeed if made again later,
+-- what to do about it, and the CLI's exit code: the library and the CLI both read it.
 local M = {}
+
+local EXIT_TASK, EXIT_USAGE, EXIT_API, EXIT_INTERRUPTED = 1, 2, 3, 130
+
+--- kind -> {retryable=, exit=, hint=}
+M.KINDS = {
+  invalid_argument = { retryable = false, exit = EXIT_USAGE,
+    hint = "fix the parameter named above (see jimeng COMMAND --help)" },
+  auth = { retryable = false, exit = EXIT_API, hint = "set JIMENG_API_KEY to a valid key (or --api-key-file)" },
+  not_found = { retryable = false, exit = EXIT_API, hint = "check the task id: it is the id that create printed" },
+  rate_limited = { retryable = true, exit = EXIT_API,
+    hint = "the API is rate limiting: wait a minute and run the command again (for batches, lower -j)" },
+  server = { retryable = true, exit = EXIT_API, hint = "the API had a server error: run the command again in a while" },
+  http = { retryable = false, exit = EXIT_API,
+    hint = "the API answered with an unexpected HTTP status: check JIMENG_BASE_URL" },
+  network = { retryable = true, exit = EXIT_API,
+    hint = "check the network and JIMENG_BASE_URL, then run the command again" },
+  proxy = { retryable = false, exit = EXIT_API,
+    hint = "check the proxy settings (proxy=, --proxy, https_proxy, no_proxy) and its credentials" },
+  tls = { retryable = false, exit = EXIT_API,
+    hint = "the server's certificate was refused: see the message (cainfo= / --cainfo for a private CA)" },
+  timeout = { retryable = true, exit = EXIT_API,
+    hint = "the task may still finish: run `jimeng wait ID` later, then `jimeng download ID`" },
+  task_failed = { retryable = false, exit = EXIT_TASK,
+    hint = "the server failed this task: change the prompt or parameters and generate again" },
+  protocol = { retryable = false, exit = EXIT_API,
+    hint = "the server's answer was not what the API documents: run again; report it if it persists" },
+  io = { retryable = false, exit = EXIT_API, hint = "check that the output path is writable and the disk has room" },
+  unknown_outcome = { retryable = false, exit = EXIT_API,
+    hint = "the task may exist and be billed: check with `jimeng status ID` before creating again" },
+  callback = { retryable = false, exit = EXIT_API,
+    hint = "a callback of yours raised an error; the task id above is what was paid for" },
+  interrupted = { retryable = false, exit = EXIT_INTERRUPTED,
+    hint = "interrupted: nothing was lost; the line above says how to continue" },
+}
 
 local Error = {}
 Error.__index = Error
@@ -16,40 +52,51 @@ Error.__tostring = function(e)
   return s
 end
 
--- Whether the same call may succeed if made again later, by kind (unknown_outcome: check first).
-local RETRYABLE = {
-  rate_limited = true, server = true, network = true, timeout = true,
-}
+--- Replaces every occurrence of secret in s with "***". A secret under 8 characters is no real key, and
+-- scrubbing it would only mangle words ("k" in "asked").
+function M.scrub(s, secret)
+  if type(s) ~= "string" or not secret or #secret < 8 then return s end
+  local out, pos = {}, 1
+  while true do
+    local a, b = s:find(secret, pos, true)
+    if not a then break end
+    out[#out + 1] = s:sub(pos, a - 1) .. "***"
+    pos = b + 1
+  end
+  if pos == 1 then return s end
+  out[#out + 1] = s:sub(pos)
+  return table.concat(out)
+end
 
-M.kinds = {
-  "invalid_argument", "auth", "not_found", "rate_limited", "server", "http", "network", "timeout",
-  "task_failed", "protocol", "io", "unknown_outcome",
-}
+-- The fields of an error that can carry a server's text.
+local TEXT_FIELDS = { "message", "code", "request_id", "body", "type" }
 
 --- Makes an error. fields: kind (required), message, and any of status, code, request_id, task_id,
--- retryable, field, task. `secret`, when given, is scrubbed from the message (a server may echo a key);
--- a secret under 8 characters is no real key, and scrubbing it would only mangle words.
+-- retryable, field, task. `secret`, when given, is scrubbed from every text field (a server may echo a key).
 function M.new(fields, secret)
   local e = setmetatable({}, Error)
   for k, v in pairs(fields) do e[k] = v end
   e.message = tostring(e.message or e.kind)
-  if secret and #secret >= 8 then
-    local out, pos = {}, 1
-    while true do
-      local s, f = e.message:find(secret, pos, true)
-      if not s then break end
-      out[#out + 1] = e.message:sub(pos, s - 1) .. "***"
-      pos = f + 1
-    end
-    out[#out + 1] = e.message:sub(pos)
-    e.message = table.concat(out)
+  if e.code ~= nil and type(e.code) ~= "string" then e.code = tostring(e.code) end
+  if secret then
+    for _, k in ipairs(TEXT_FIELDS) do e[k] = M.scrub(e[k], secret) end
   end
-  if e.retryable == nil then e.retryable = RETRYABLE[e.kind] == true end
+  if e.retryable == nil then e.retryable = (M.KINDS[e.kind] or {}).retryable == true end
   return e
 end
 
 function M.is(v)
   return getmetatable(v) == Error
+end
+
+--- What to do about an error of this kind (one sentence), or nil.
+function M.hint(kind)
+  return M.KINDS[kind] and M.KINDS[kind].hint
+end
+
+--- The CLI's exit code for an error of this kind.
+function M.exit_code(kind)
+  return M.KINDS[kind] and M.KINDS[kind].exit or EXIT_API
 end
 
 --- The kind an HTTP status maps to.

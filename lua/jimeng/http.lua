@@ -11,15 +11,18 @@ local floor, min, random = math.floor, math.min, math.random
 
 -- Statuses worth another try for calls that change nothing (status, detection, downloads...).
 local RETRY_STATUS = { [408] = true, [409] = true, [429] = true, [500] = true, [502] = true, [503] = true, [504] = true }
--- libcurl codes after which not one byte of the request can have reached the server.
-local NOT_SENT = { [5] = true, [6] = true, [7] = true, [35] = true, [60] = true }
-local CURLE_OPERATION_TIMEDOUT = 28
--- A certificate that does not verify will not verify on a second try either.
-local CURLE_PEER_FAILED_VERIFICATION = 60
--- Refusals that another try cannot change: a redirect to a protocol other than http(s), a bad URL,
--- a redirect chain past the limit.
-local REFUSED = { [1] = "a redirect to a protocol other than http or https was refused", [3] = "the URL is malformed",
-  [47] = "more than 5 redirects" }
+-- Transport failures (the engine's class) worth another try: the path to the server, not the request.
+local RETRY_CLASS = { dns = true, connect = true, timeout = true, reset = true }
+-- What a failure class is, said to a user.
+local CLASS_KIND = { timeout = "timeout", tls = "tls", proxy = "proxy", refused = "protocol", too_large = "protocol",
+  io = "io", internal = "network", cancelled = "network" }
+local CLASS_SAYS = {
+  refused = "the request was refused by the client's rules (a redirect to another protocol, a malformed URL " ..
+    "or more than 5 redirects)",
+  too_large = "the answer is larger than the limit (8 MiB of JSON, 64 KiB of headers)",
+}
+-- Codes with which a 429 means "no more, ever" rather than "not now": retrying cannot help.
+local FINAL_429 = { insufficient_quota = true, ["50430"] = true }
 
 -- Retry-After
 
@@ -70,32 +73,22 @@ function M.backoff(n, headers)
 end
 
 
---- Turns a failed transfer (a libcurl error) into an error; `sent` tells if the request may have
--- reached the server.
-local function transport_error(r, kind_hint)
-  local sent = not (NOT_SENT[r.curl_code] or (r.request_size or 0) == 0)
-  local kind = r.curl_code == CURLE_OPERATION_TIMEDOUT and "timeout" or "network"
-  if r.too_large then
-    return errors.new { kind = "protocol", message = "the response body is larger than the limit", status = r.status }, sent
+--- The error for a failed transfer (no usable HTTP answer), from the engine's failure class.
+local function transport_error(r)
+  local class = r.class or "reset"
+  local kind = CLASS_KIND[class] or "network"
+  local message = r.curl_error or class
+  if CLASS_SAYS[class] then message = CLASS_SAYS[class] .. " (" .. message .. ")" end
+  if r.io_error then message = "cannot write the download: " .. r.io_error end
+  if r.journal_error then message = "cannot write the journal before sending: " .. r.journal_error end
+  if class == "tls" then
+    message = message .. " (TLS verification is always on: pass cainfo= for a private CA)"
+  elseif class == "proxy" then
+    message = ("the proxy refused%s: %s"):format(r.proxy_status and r.proxy_status > 0 and
+      (" with HTTP " .. r.proxy_status) or "", message)
   end
-  if r.headers_too_large then
-    return errors.new { kind = "protocol", message = "the response headers are larger than 64 KiB" }, sent
-  end
-  if r.io_error then
-    return errors.new { kind = "io", message = "cannot write the download: " .. r.io_error }, sent
-  end
-  if REFUSED[r.curl_code] then
-    return errors.new {
-      kind = "protocol", retryable = false, message = REFUSED[r.curl_code] .. " (" .. r.curl_error .. ")",
-    }, sent
-  end
-  if r.curl_code == CURLE_PEER_FAILED_VERIFICATION then
-    return errors.new {
-      kind = "network", retryable = false,
-      message = r.curl_error .. " (TLS verification is always on: pass cainfo= for a private CA)",
-    }, false
-  end
-  return errors.new { kind = kind_hint or kind, message = r.curl_error }, sent
+  return errors.new { kind = kind, message = message, class = class,
+    retryable = RETRY_CLASS[class] == true or nil }
 end
 M.transport_error = transport_error
 
@@ -113,23 +106,47 @@ function M.status_error(client, r, decoded)
   }, client.api_key)
 end
 
---- Whether to try again after a failure. `paid` calls (create) only retry when the request cannot
--- have reached the server, or the server refused it outright.
-local function should_retry(paid, r, sent)
-  local hint = r.headers and r.headers["x-should-retry"]
-  if hint == "true" then return true end
-  if hint == "false" then return false end
-  if r.status and r.status > 0 and r.ok then
-    if paid then
-      return r.status == 429 or (r.status == 503 and M.server_delay(r.headers) ~= nil)
-    end
-    return RETRY_STATUS[r.status] == true
+--- Whether a paid request made its task, from what the engine saw: true (any 2xx: the task exists),
+-- false (never handed to the wire, refused with a 3xx/4xx, or not one byte acknowledged and reset so it
+-- can never land), nil (handed over, then a 5xx or no answer: it may exist).
+local function created(r)
+  if not r.handed_over or r.class == "proxy" then return false end
+  local status = r.status or 0
+  if status >= 200 and status < 300 then return true end
+  if status >= 300 and status < 500 then return false end
+  if status >= 500 then
+    -- the server's own word that nothing was done, on a complete answer
+    if r.ok and r.headers["x-should-retry"] == "true" then return false end
+    return nil
   end
-  if r.too_large or r.io_error or r.headers_too_large or r.cancelled then return false end
-  if r.curl_code == CURLE_PEER_FAILED_VERIFICATION or REFUSED[r.curl_code] then return false end
-  if paid then return not sent end
-  return true
+  if r.reset_sent or r.acked == 0 then return false end
+  return nil
 end
+M.created = created
+
+--- Whether to try again after a failure. A paid request is tried again only when it made no task.
+local function should_retry(paid, r, err)
+  if r.cancelled or (err and err.code and FINAL_429[err.code]) then return false end
+  local status = r.status or 0
+  if paid then
+    if created(r) ~= false then return false end
+    if status > 0 and r.handed_over and r.ok then
+      local hint = r.headers["x-should-retry"]
+      if hint then return hint == "true" end -- only a complete answer may say so
+      return status == 429 or status == 408 or status >= 500
+    end
+    if status > 0 and r.handed_over then return status == 429 or status == 408 end
+    return RETRY_CLASS[r.class or "reset"] == true or r.reset_sent == true
+  end
+  if status > 0 and r.ok then
+    local hint = r.headers["x-should-retry"]
+    if hint == "true" then return true end
+    if hint == "false" then return false end
+    return RETRY_STATUS[status] == true
+  end
+  return RETRY_CLASS[r.class or "reset"] == true
+end
+M.should_retry = function(paid, r) return should_retry(paid, r) end
 
 -- The options of a client's JSON requests that never change: one table per client, of which each call
 -- sets only its own fields (engine:request reads it at once, so coroutines cannot see each other's).
@@ -152,58 +169,90 @@ local function request_options(client)
   return o
 end
 
---- Performs a JSON API call with retries. spec: method, path, body (table), paid (bool), deadline
--- (absolute, from core.now), max_retries. Returns decoded, result | nil, err.
+-- The answer of a 2xx that cannot be read: the task exists all the same, so its id (when the raw body
+-- shows one) and the body go into the error, and the error says the task was made.
+local function unreadable(client, spec, r)
+  local id = core.raw_id and core.raw_id(r.body or "")
+  local body = errors.scrub(r.body or "", client.api_key)
+  return errors.new({
+    kind = "protocol", status = r.status, request_id = r.headers["x-request-id"], task_id = id, created = true,
+    body = #body > 2000 and body:sub(1, 2000) or body,
+    message = ("the server's answer to %s is not a JSON object%s: %s"):format(spec.what,
+      spec.paid and (" but it made the task" .. (id and "" or " (its id cannot be read)")) or "",
+      core.error_message(nil, body) or "empty body"),
+  }, client.api_key)
+end
+
+--- Performs a JSON API call: the one retry driver. spec: method, path, body (table), what (a name for
+-- messages), paid (bool: a create), deadline (absolute, from core.now), max_retries, journal (for a paid
+-- call: {path=, sending=line, not_created=line}: `sending` is made durable by the engine the moment the
+-- request is handed to the wire, `not_created` when an attempt is found to have made nothing),
+-- until_deadline (retry rate limits until the deadline, not max_retries), on_retry(err, delay).
+-- Returns decoded, result | nil, err. A paid call's error says `created`: true, false or nil (unknown).
 function M.json(client, spec)
   local url = client.base_url .. spec.path
   local body = spec.body and client.json.encode(spec.body)
   local retries = spec.max_retries or client.max_retries
   local opts = request_options(client)
   local headers = body and opts.post_headers or opts.get_headers
+  local journal = spec.paid and spec.journal
   local attempt = 0
   while true do
-    local timeout = client.timeout
-    if spec.deadline then
-      local left = spec.deadline - now()
-      if left <= 0 then
-        return nil, errors.new { kind = "timeout", message = "the deadline passed before " .. spec.what }
-      end
-      timeout = min(timeout, left)
+    if spec.deadline and spec.deadline - now() <= 0 then
+      return nil, errors.new { kind = "timeout", created = spec.paid and false or nil,
+        message = "the deadline passed before " .. spec.what }
     end
     opts.url, opts.method, opts.body, opts.headers = url, spec.method, body, headers
-    opts.timeout, opts.fresh_connect = timeout, spec.paid
+    opts.timeout, opts.deadline, opts.paid = client.timeout, spec.deadline, spec.paid
+    opts.journal, opts.journal_line = journal and journal.path, journal and journal.sending
     local t, why = client.engine:request(opts)
     opts.body = nil -- the request has its own copy; a large body is not kept alive here
     if not t then return nil, errors.new { kind = "invalid_argument", message = why } end
-    runtime.await(client.engine, t)
+    local _, interrupted = runtime.await(client.engine, t)
+    if interrupted then t:cancel() end
     local r = t:result()
-    local err, sent
+    local made = spec.paid and created(r)
     if r.ok and r.status >= 200 and r.status < 300 then
       local ok, decoded = pcall(client.json.decode, r.body)
       if ok and type(decoded) == "table" then return decoded, r end
-      return nil, errors.new({
-        kind = "protocol",
-        message = "the server's answer to " .. spec.what .. " is not a JSON object: " ..
-          (core.error_message(nil, r.body) or "empty body"),
-        status = r.status, request_id = r.headers["x-request-id"],
-      }, client.api_key)
-    elseif r.ok then
-      local ok, decoded = pcall(client.json.decode, r.body)
+      return nil, unreadable(client, spec, r)
+    end
+    local err
+    if spec.paid and made then
+      -- a 2xx whose body broke off: the task exists, whatever else went wrong
+      err = unreadable(client, spec, r)
+    elseif r.status > 0 and (r.ok or r.class ~= "proxy") and r.handed_over ~= false and r.status >= 300 then
+      local ok, decoded = pcall(client.json.decode, r.body or "")
       err = M.status_error(client, r, ok and decoded or nil)
-      sent = true
     else
-      err, sent = transport_error(r)
+      err = transport_error(r)
     end
-    local retry = should_retry(spec.paid, r, sent)
-    if spec.paid and not r.ok and sent and not retry then
-      -- the body left this machine and no answer came back: the video may exist and be billed
-      err = errors.new {
-        kind = "unknown_outcome", retryable = false,
-        message = "the create request was sent but no answer came back (" .. r.curl_error ..
-          "); the task may exist and be billed: check before creating it again",
-      }
+    if spec.paid then
+      err.created = made
+      if made == nil then
+        err = errors.new({
+          kind = "unknown_outcome", retryable = false, created = nil, status = r.status > 0 and r.status or nil,
+          request_id = err.request_id,
+          message = ("the create request was sent and %s; the task may exist and be billed: check before " ..
+            "creating it again"):format(r.status > 0 and ("the answer was HTTP " .. r.status .. " (" .. err.message .. ")")
+            or ("no answer came back (" .. (r.curl_error or "?") .. ")")),
+        }, client.api_key)
+      elseif made == false and r.handed_over and journal and journal.not_created then
+        -- journaled before any backoff: a kill during the wait leaves a job known not to be created
+        local ok, jerr = core.append_durable(journal.path, journal.not_created)
+        if not ok then
+          return nil, errors.new { kind = "io", created = false, message = "cannot write the journal: " .. jerr }
+        end
+      end
     end
-    if not retry or attempt >= retries then
+    if interrupted then
+      return nil, errors.new({ kind = "interrupted", created = err.created, status = err.status,
+        message = ("interrupted (%s) during %s"):format(interrupted, spec.what) })
+    end
+    local retry = should_retry(spec.paid, r, err)
+    local limit = retries
+    if spec.until_deadline and err.kind == "rate_limited" then limit = math.huge end
+    if not retry or attempt >= limit then
       if retry then err.retryable = true end
       return nil, err
     end
@@ -211,10 +260,13 @@ function M.json(client, spec)
     if spec.deadline and now() + delay >= spec.deadline then return nil, err end
     attempt = attempt + 1
     client:log("retry", spec.what, attempt, delay, tostring(err))
-    runtime.sleep(delay)
+    if spec.on_retry then spec.on_retry(err, delay) end
+    local stopped = runtime.sleep(delay)
+    if stopped then
+      return nil, errors.new { kind = "interrupted", created = err.created,
+        message = ("interrupted (%s) while waiting to retry %s"):format(stopped, spec.what) }
+    end
   end
 end
-
-M.should_retry = should_retry
 
 return M

@@ -15,6 +15,10 @@ local co_running, co_yield, co_resume, co_create, co_status =
 local unpack = table.unpack or unpack -- luacheck: ignore 143
 local pack = table.pack or function(...) return { n = select("#", ...), ... } end -- luacheck: ignore 143
 
+local interrupted = core.interrupted
+-- A day: longer sleeps are cut to it (they are always inside a loop that checks its own deadline).
+local MAX_SLEEP = 86400
+
 -- The scheduler of each coroutine it runs (weak keys: a finished coroutine is forgotten).
 local owner = setmetatable({}, { __mode = "k" })
 
@@ -41,7 +45,8 @@ local function current()
   return co and owner[co], co
 end
 
---- Waits until a transfer is done or `timeout` seconds pass; returns whether it is done.
+--- Waits until a transfer is done or `timeout` seconds pass; returns whether it is done, and the name
+-- of the signal when a trapped SIGINT/SIGTERM (core.trap_signals) ended the wait.
 function M.await(engine, transfer, timeout)
   if transfer:done() then return true end
   local sched = current()
@@ -54,6 +59,8 @@ function M.await(engine, transfer, timeout)
   while true do
     engine:perform()
     if transfer:done() then return true end
+    local sig = interrupted()
+    if sig then return false, sig end
     if nsleep then
       if deadline and now() >= deadline then return false end
       nsleep(step)
@@ -69,15 +76,21 @@ function M.await(engine, transfer, timeout)
   end
 end
 
---- Sleeps `seconds`, letting other coroutines of the scheduler run meanwhile.
+--- Sleeps `seconds`, letting other coroutines of the scheduler run meanwhile. Returns the name of the
+-- signal when a trapped SIGINT/SIGTERM cut the sleep short, else nil.
 function M.sleep(seconds)
-  if not seconds or seconds <= 0 then return end
+  if not seconds or not (seconds > 0) then return interrupted() end -- luacheck: ignore 581
+  if seconds > MAX_SLEEP then seconds = MAX_SLEEP end
   if current() then
-    co_yield("sleep", seconds)
-  else
-    local nsleep = ngx_sleep()
-    if nsleep then nsleep(seconds) else core.sleep(seconds) end
+    return co_yield("sleep", seconds)
   end
+  local nsleep = ngx_sleep()
+  if nsleep then
+    nsleep(seconds)
+  elseif not interrupted() then
+    core.sleep(seconds)
+  end
+  return interrupted()
 end
 
 -- The scheduler
@@ -131,6 +144,12 @@ function Scheduler:step(co, args)
     return self:finish(co, unpack(res, 1, res.n))
   end
   local what = res[2]
+  local sig = interrupted()
+  if sig and (what == "await" or what == "sleep") then
+    -- after Ctrl-C nothing waits: every call returns its interrupted error at once
+    self.ready[#self.ready + 1] = { co, what == "await" and pack(res[4]:done(), sig) or pack(sig) }
+    return
+  end
   if what == "await" then
     local timeout = res[5]
     self.waits[co] = { engine = res[3], transfer = res[4], deadline = timeout and now() + timeout }
@@ -172,6 +191,13 @@ function Scheduler:tick(max_wait_ms)
     end
     local t = now()
     local nearest = math.huge
+    local sig = interrupted()
+    if sig then
+      for co in pairs(self.waits) do self.ready[#self.ready + 1] = { co, pack(false, sig) } end
+      for co in pairs(self.sleeping) do self.ready[#self.ready + 1] = { co, pack(sig) } end
+      self.waits, self.sleeping = {}, {}
+      return self.alive
+    end
     for co, w in pairs(self.waits) do
       if w.transfer:done() then
         self.waits[co] = nil
@@ -224,13 +250,22 @@ end
 --- Runs fn(...) in a scheduler: every API call made by it, and by the coroutines it spawns, runs
 -- concurrently with the others. Returns what fn returns once fn and every spawned coroutine are done;
 -- raises fn's error if fn raised.
+-- While it runs, SIGINT and SIGTERM are trapped (unless the program trapped them already, as the CLI
+-- does): every call in flight returns an `interrupted` error within a quarter of a second (with the task
+-- id it concerns), nothing new is sent, and run returns; then the signals' old handlers are back.
 function M.run(fn, ...)
   assert(type(fn) == "function", "jimeng.run: fn must be a function")
   local sched = current()
   if sched then return fn(...) end -- already inside a scheduler: the same one runs it
   sched = new_scheduler()
   local h = sched:spawn(fn, ...)
-  sched:loop()
+  local mine = core.trap_signals()
+  local ok, err = pcall(sched.loop, sched)
+  if mine then
+    core.untrap_signals()
+    core.clear_interrupt()
+  end
+  if not ok then error(err, 0) end
   if h.error ~= nil then error(h.error, 0) end
   return unpack(h.results, 1, h.results.n)
 end
