@@ -43,7 +43,7 @@ LUA_SRCS     = $(wildcard lua/jimeng/*.lua)
 
 # The environment the specs, the demo and the examples run in: this checkout's modules first.
 RUN_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/?.lua;;" \
-          LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" JIMENG_TEST_LUA="$(LUA)"
+          LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" JIMENG_TEST_LUA="$(LUA)" JIMENG_BUILD="$(CURDIR)/$(BUILD)"
 
 .PHONY: all test test-all demo examples install uninstall clean version rock lint docs asan valgrind fuzz bench
 

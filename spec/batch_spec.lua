@@ -143,14 +143,14 @@ describe("jimeng.batch", function()
       "-o videos -j 8 --interval 0.05"):format(dir, sb.url, lua, proc.root)
     math.randomseed(os.time())
     for round = 1, 3 do
-      local pid = io.popen(("%ssh -c '%s >>%s/batch.log 2>&1 & echo $!'"):format(proc.clean_env, cmd:gsub("'", "'\\''"), dir))
+      local pid = io.popen(("%ssh -c '%s >>%s/batch.log 2>&1 & echo $!'"):format(proc.own_env, cmd:gsub("'", "'\\''"), dir))
         :read("*l")
       core.sleep(0.3 + math.random() * 1.5)
       os.execute("kill -9 " .. pid .. " 2>/dev/null")
       core.sleep(0.1)
       assert.is_string(pid, "round " .. round)
     end
-    local ok, out = proc.run(cmd .. " --json -q")
+    local ok, out = proc.run(cmd .. " --json -q", proc.own_env)
     local summary = cjson.decode(out:match("{.*}"))
     -- never paid twice: whatever the kills hit, no prompt was created more than once
     local counts = creates_by_prompt(sb)
@@ -161,7 +161,7 @@ describe("jimeng.batch", function()
       for _, j in ipairs(summary.jobs) do
         if j.status == "unknown" then assert.equals("unknown_outcome", j.error.kind) end
       end
-      ok, out = proc.run(cmd .. " --json -q --recreate-unknown")
+      ok, out = proc.run(cmd .. " --json -q --recreate-unknown", proc.own_env)
       summary = cjson.decode(out:match("{.*}"))
     else
       assert.equals(30, sb:stats().creates)

@@ -21,7 +21,7 @@ describe("the jimeng command", function()
   local function jimeng(args, extra_env)
     local errfile = dir .. "/stderr"
     local p = io.popen(("%scd %s && %s %s %s %s/bin/jimeng %s 2>%s; echo \"exit=$?\""):format(
-      proc.clean_env, dir, env, extra_env or "", lua, proc.root, args, errfile))
+      proc.own_env, dir, env, extra_env or "", lua, proc.root, args, errfile))
     local out = p:read("*a")
     p:close()
     local code = tonumber(out:match("exit=(%d+)%s*$"))
@@ -155,7 +155,7 @@ describe("the jimeng command", function()
   it("sandbox starts a local API and prints how to use it", function()
     local out = dir .. "/sandbox.out"
     local pid = io.popen(("%s%s %s/bin/jimeng sandbox --queue-seconds 0 --process-seconds 0 >%s 2>&1 & echo $!")
-      :format(proc.clean_env, lua, proc.root, out)):read("*l")
+      :format(proc.own_env, lua, proc.root, out)):read("*l")
     local url
     for _ = 1, 100 do
       url = (h.read(out) or ""):match("JIMENG_BASE_URL=(%S+)")

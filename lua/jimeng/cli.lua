@@ -490,6 +490,7 @@ function M.main(argv, streams)
   -- (what exists, how to continue); a closed stdout is an error on write, not a silent death (SIGPIPE)
   core.trap_signals()
   local done, code = pcall(commands[args.command], client, args, out)
+  stdout:flush() -- while SIGPIPE is still ignored: a reader that went away is not a death
   core.untrap_signals()
   if not done then error(code, 0) end
   return code

@@ -7,9 +7,17 @@ local M = {}
 -- preloaded into the suite (make asan) is not theirs, nor are the variables of the make running it.
 M.clean_env = "unset LD_PRELOAD MAKEFLAGS MAKELEVEL MFLAGS BUILD CFLAGS LDFLAGS BUSTED_ARGS TEST_PRELOAD; "
 
---- Runs a shell command; returns whether it exited 0, and its output (5.1's close() tells no status).
-function M.run(cmd)
-  local p = io.popen(M.clean_env .. cmd .. " 2>&1; echo \"exit=$?\"")
+-- Our own code in a child (the jimeng command, a Lua script using the module) runs the same build as the
+-- suite, under the same sanitizer (make asan preloads it; JIMENG_BUILD names the build): only make's
+-- variables go. The leak check is left to this process, which runs the same code (LeakSanitizer's tracer
+-- can crash in short-lived children).
+M.own_env = "unset MAKEFLAGS MAKELEVEL MFLAGS BUILD CFLAGS LDFLAGS BUSTED_ARGS TEST_PRELOAD; " ..
+  "export ASAN_OPTIONS=\"${ASAN_OPTIONS:-}:detect_leaks=0\"; "
+
+--- Runs a shell command (another program's: clean_env; pass M.own_env for ours); returns whether it
+-- exited 0, and its output (5.1's close() tells no status).
+function M.run(cmd, env)
+  local p = io.popen((env or M.clean_env) .. cmd .. " 2>&1; echo \"exit=$?\"")
   local out = p:read("*a")
   p:close()
   local code = tonumber(out:match("exit=(%d+)%s*$"))

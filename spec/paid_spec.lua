@@ -1,0 +1,305 @@
+-- Paid calls decided by facts: never pay twice, never pay for what cannot be saved, never lose a paid task
+-- id. Each case counts the sandbox's creates, the one number that says what the user paid for.
+local h = require "spec.support.helpers"
+local proc = require "spec.support.process"
+local core = require "jimeng.core"
+local cjson = require "cjson"
+
+local lua = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
+
+local function creates_by_prompt(sb)
+  local count = {}
+  for _, t in pairs(sb:tasks()) do
+    local p = t.body.prompt
+    count[p] = (count[p] or 0) + 1
+  end
+  return count
+end
+
+describe("every output path is checked before the first create", function()
+  local sb, client, dir
+  setup(function()
+    sb = h.sandbox()
+    client = h.client(sb)
+  end)
+  before_each(function()
+    sb:reset()
+    dir = h.tmpdir()
+  end)
+  teardown(function()
+    sb:stop()
+    h.cleanup()
+  end)
+
+  local function refused(result, err, needle)
+    assert.is_nil(result)
+    assert.equals("invalid_argument", err.kind)
+    assert.truthy(err.message:find(needle, 1, true), err.message)
+    assert.truthy(err.message:find("nothing was paid for", 1, true), err.message)
+    assert.equals(0, sb:stats().creates)
+  end
+
+  it("generate into a directory that does not exist is refused, naming it, and pays nothing", function()
+    refused(nil, select(2, client:generate({ prompt = "x" }, { output = dir .. "/no/such/dir/v.mp4" })), dir .. "/no/such/dir")
+  end)
+
+  it("generate onto a directory is refused, naming the path", function()
+    refused(nil, select(2, client:generate({ prompt = "x" }, { output = dir })), dir)
+  end)
+
+  it("generate onto an existing file is refused unless overwrite is asked for", function()
+    h.write(dir .. "/taken.mp4", "precious")
+    refused(nil, select(2, client:generate({ prompt = "x" }, { output = dir .. "/taken.mp4" })), "taken.mp4")
+    assert.equals("precious", h.read(dir .. "/taken.mp4"))
+    local r = assert(client:generate({ prompt = "x" }, { output = dir .. "/taken.mp4", overwrite = true }))
+    assert.equals(h.fixture(), h.read(r.path))
+  end)
+
+  it("output_dir is made when missing: the user named it", function()
+    local r = assert(client:generate({ prompt = "x" }, { output_dir = dir .. "/new/videos/" }))
+    assert.equals(dir .. "/new/videos/jimeng_video_" .. r.task.id .. ".mp4", r.path)
+  end)
+
+  it("omnihuman with an output in a missing directory pays for nothing, not even detection", function()
+    local _, err = client:omnihuman { image = "https://example.com/p.jpg", audio = "https://example.com/a.mp3",
+      subject = "largest", output = dir .. "/missing/talk.mp4" }
+    refused(nil, err, dir .. "/missing")
+    assert.equals(0, #h.api_requests(sb))
+  end)
+
+  it("a batch whose two jobs map to one file (fox/1, fox 1) is refused before any create", function()
+    local _, err = client:batch({ { prompt = "a", label = "fox/1" }, { prompt = "b", label = "fox 1" } },
+      { output_dir = dir })
+    refused(nil, err, "fox_1.mp4")
+    assert.truthy(err.message:find("job 1", 1, true))
+    local _, err2 = client:batch({ { prompt = "a", output = "same.mp4" }, { prompt = "b", output = "same.mp4" } },
+      { output_dir = dir })
+    refused(nil, err2, "same.mp4")
+  end)
+
+  it("a batch into a directory that cannot hold files (a file of that name) pays nothing", function()
+    h.write(dir .. "/videos", "a file, not a directory")
+    local _, err = client:batch({ { prompt = "a" } }, { output_dir = dir .. "/videos" })
+    assert.equals("invalid_argument", err.kind)
+    assert.equals(0, sb:stats().creates)
+  end)
+
+  it("the README's `jimeng batch jobs.jsonl -o videos/` makes videos/ and saves there", function()
+    h.write(dir .. "/jobs.jsonl", '{"prompt": "readme job", "label": "one"}\n')
+    local ok, out = proc.run(("cd %s && JIMENG_API_KEY=k JIMENG_BASE_URL=%s %s %s/bin/jimeng batch jobs.jsonl " ..
+      "--journal run.jsonl -o videos/ -j 8 --interval 0.05"):format(dir, sb.url, lua, proc.root), proc.own_env)
+    assert.is_true(ok, out)
+    assert.equals(h.fixture(), h.read(dir .. "/videos/one.mp4"))
+  end)
+
+  it("a directory this user cannot write in is refused before paying (checked as an unprivileged user)", function()
+    if not proc.run("command -v setpriv && id nobody") then return pending("setpriv or user nobody missing") end
+    assert(proc.run("chmod 755 " .. dir))
+    local ok, out = proc.run(("cd /tmp && JIMENG_API_KEY=k JIMENG_BASE_URL=%s setpriv --reuid=nobody --regid=nogroup " ..
+      "--clear-groups %s %s/bin/jimeng generate 'not mine' -o %s/v.mp4"):format(sb.url, lua, proc.root, dir), proc.own_env)
+    assert.is_false(ok)
+    assert.truthy(out:find("cannot write in directory " .. dir, 1, true), out)
+    assert.equals(0, sb:stats().creates)
+  end)
+end)
+
+describe("a paid task id is never lost", function()
+  local sb, client, dir
+  setup(function()
+    sb = h.sandbox()
+    client = h.client(sb)
+  end)
+  before_each(function()
+    sb:reset()
+    dir = h.tmpdir()
+  end)
+  teardown(function()
+    sb:stop()
+    h.cleanup()
+  end)
+
+  local function jimeng(args, stdout_to)
+    local errfile = dir .. "/stderr"
+    local out = io.popen(("%scd %s && JIMENG_API_KEY=k JIMENG_BASE_URL=%s %s %s/bin/jimeng %s 2>%s %s; " ..
+      "echo \"exit=$?\""):format(proc.own_env, dir, sb.url, lua, proc.root, args, errfile,
+      stdout_to or "")):read("*a")
+    return tonumber(out:match("exit=(%d+)")), (out:gsub("exit=%d+%s*$", "")), h.read(errfile) or ""
+  end
+
+  it("an on_status that raises after the create still returns the task id, as a callback error", function()
+    local r, err = client:generate({ prompt = "callback bug" }, { output = dir .. "/v.mp4",
+      on_status = function(t) if t.status == "processing" then error("my bug") end end })
+    assert.is_nil(r)
+    assert.equals("callback", err.kind)
+    assert.truthy(err.message:find("my bug", 1, true))
+    assert.is_string(err.task_id)
+    assert.truthy(sb:tasks()[err.task_id])
+  end)
+
+  it("the CLI says the task id on stderr the moment it exists, even with -q", function()
+    local code, out, err = jimeng("generate 'quiet one' -q -o q.mp4 --interval 0.05")
+    assert.equals(0, code, err)
+    assert.equals("q.mp4\n", out)
+    local id = err:match("created task (%d+)")
+    assert.truthy(sb:tasks()[id], err)
+  end)
+
+  it("create --json | true: the pipe closes, the id is on stderr all the same, no death by SIGPIPE", function()
+    local errfile = dir .. "/stderr"
+    local out = io.popen(("%scd %s && JIMENG_API_KEY=k JIMENG_BASE_URL=%s bash -c '%s %s/bin/jimeng create piped " ..
+      "--json 2>%s | true; echo exit=${PIPESTATUS[0]}'"):format(proc.own_env, dir, sb.url, lua, proc.root, errfile))
+      :read("*a")
+    local code = tonumber(out:match("exit=(%d+)"))
+    assert.is_not.equals(141, code, "killed by SIGPIPE")
+    local id = (h.read(errfile) or ""):match("created task (%d+)")
+    assert.truthy(id and sb:tasks()[id], h.read(errfile))
+    assert.equals(1, sb:stats().creates)
+  end)
+end)
+
+describe("interrupts", function()
+  local sb, dir
+  setup(function() sb = h.sandbox { queue_seconds = 0.05, process_seconds = 30 } end)
+  before_each(function() dir = h.tmpdir() end)
+  teardown(function()
+    sb:stop()
+    h.cleanup()
+  end)
+
+  -- Starts `jimeng args` in the background; returns its pid and the stderr file.
+  local function start(args)
+    local errfile = dir .. "/stderr"
+    local pid = io.popen(("%scd %s && JIMENG_API_KEY=k JIMENG_BASE_URL=%s sh -c 'exec %s %s/bin/jimeng %s' " ..
+      ">%s/stdout 2>%s & echo $!"):format(proc.own_env, dir, sb.url, lua, proc.root, args, dir, errfile)):read("*l")
+    return pid, errfile
+  end
+
+  local function wait_for(errfile, pattern)
+    local t0 = core.now()
+    while core.now() - t0 < 10 do
+      local text = h.read(errfile) or ""
+      local m = text:match(pattern)
+      if m then return m end
+      core.sleep(0.02)
+    end
+    error("timed out waiting for " .. pattern .. " in: " .. tostring(h.read(errfile)))
+  end
+
+  for _, sig in ipairs { "INT", "TERM" } do
+    it(("SIG%s during a 5 s poll sleep: out in well under a second, no traceback, the task and the command " ..
+      "that continues it"):format(sig), function()
+      local pid, errfile = start("generate \"interrupt me\" --interval 5 -o me.mp4")
+      local id = wait_for(errfile, "created task (%d+)")
+      core.sleep(0.3) -- inside the 5 s sleep between polls
+      local t0 = core.now()
+      os.execute(("kill -%s %s"):format(sig, pid))
+      wait_for(errfile, "continue with")
+      local took = core.now() - t0
+      assert.is_true(took < 2, ("took %.2f s"):format(took))
+      local err = h.read(errfile)
+      assert.falsy(err:find("traceback"), err)
+      assert.truthy(err:find("interrupted", 1, true), err)
+      assert.truthy(err:find(("jimeng wait %s && jimeng download %s -o me.mp4"):format(id, id), 1, true), err)
+    end)
+  end
+
+  it("SIGINT exits 130", function()
+    local errfile = dir .. "/stderr"
+    local task = assert(h.client(sb):create { prompt = "a long one" })
+    local pid = io.popen(("%scd %s && JIMENG_API_KEY=k JIMENG_BASE_URL=%s sh -c '%s %s/bin/jimeng wait " .. task.id .. " " ..
+      "--interval 5 2>%s; echo $? > %s/code' >/dev/null 2>&1 & echo $!"):format(proc.own_env, dir, sb.url, lua,
+      proc.root, errfile, dir)):read("*l")
+    core.sleep(0.5)
+    os.execute("pkill -INT -P " .. pid)
+    local t0 = core.now()
+    while not (h.read(dir .. "/code") or ""):find("%d") and core.now() - t0 < 10 do core.sleep(0.02) end
+    assert.equals("130", (h.read(dir .. "/code") or ""):match("%d+"), h.read(errfile))
+  end)
+end)
+
+describe("two runs on one journal", function()
+  local sb, dir
+  setup(function() sb = h.sandbox { queue_seconds = 0.05, process_seconds = 2 } end)
+  before_each(function()
+    sb:reset()
+    dir = h.tmpdir()
+  end)
+  teardown(function()
+    sb:stop()
+    h.cleanup()
+  end)
+
+  it("the second refuses at once, naming the journal, and pays for nothing", function()
+    local lines = {}
+    for i = 1, 4 do lines[i] = cjson.encode { prompt = "locked job " .. i } end
+    h.write(dir .. "/jobs.jsonl", table.concat(lines, "\n") .. "\n")
+    local cmd = ("cd %s && JIMENG_API_KEY=k JIMENG_BASE_URL=%s %s %s/bin/jimeng batch jobs.jsonl --journal run.jsonl " ..
+      "-o videos --interval 0.05"):format(dir, sb.url, lua, proc.root)
+    local first = io.popen(proc.own_env .. cmd .. " >/dev/null 2>&1 & echo $!"):read("*l")
+    local t0 = core.now()
+    while sb:stats().creates < 4 and core.now() - t0 < 10 do core.sleep(0.05) end
+    assert.equals(4, sb:stats().creates)
+    local ok, out = proc.run(cmd, proc.own_env)
+    assert.is_false(ok)
+    assert.truthy(out:find("run.jsonl is in use by another run", 1, true), out)
+    assert.equals(4, sb:stats().creates)
+    os.execute("kill -9 " .. first)
+  end)
+end)
+
+describe("a batch of 30 killed 10 times at random moments, with a storm of 429s in between", function()
+  local sb, dir
+  setup(function()
+    sb = h.sandbox { queue_seconds = 0.2, process_seconds = 0.6 }
+    dir = h.tmpdir()
+  end)
+  teardown(function()
+    sb:stop()
+    h.cleanup()
+  end)
+
+  it("pays for each video once; only jobs killed between hand-over and answer are unknown", function()
+    local lines = {}
+    for i = 1, 30 do lines[i] = cjson.encode { prompt = ("storm job %02d"):format(i), label = ("job%02d"):format(i) } end
+    h.write(dir .. "/jobs.jsonl", table.concat(lines, "\n") .. "\n")
+    local cmd = ("cd %s && JIMENG_API_KEY=k JIMENG_BASE_URL=%s %s %s/bin/jimeng batch jobs.jsonl --journal run.jsonl " ..
+      "-o videos -j 8 --interval 0.05"):format(dir, sb.url, lua, proc.root)
+    math.randomseed(os.time())
+    for round = 1, 10 do
+      if round % 3 == 1 then -- a storm: the next creates are refused, with a short hint
+        sb:faults { path = "^/v1/videos$", fault = "status", status = 429, count = 12,
+          headers = { ["retry-after-ms"] = "150" } }
+      end
+      local pid = io.popen(("%ssh -c '%s >>%s/batch.log 2>&1 & echo $!'"):format(proc.own_env, cmd:gsub("'", "'\\''"),
+        dir)):read("*l")
+      core.sleep(0.1 + math.random() * 0.9)
+      os.execute("kill -9 " .. pid .. " 2>/dev/null")
+      core.sleep(0.05)
+    end
+    for p, n in pairs(creates_by_prompt(sb)) do assert.equals(1, n, p) end -- never paid twice
+    -- each job the journal leaves unknown was handed to the wire and got no answer: its last record is "sending"
+    local last = {}
+    for line in (h.read(dir .. "/run.jsonl") or ""):gmatch("[^\n]+") do
+      local ok, rec = pcall(cjson.decode, line)
+      if ok and type(rec) == "table" and rec.job then last[rec.job] = rec.event end
+    end
+    local ok, out = proc.run(cmd .. " --json -q", proc.own_env)
+    local summary = cjson.decode(out:match("{.*}"))
+    local unknown = 0
+    for _, j in ipairs(summary.jobs) do
+      if j.status == "unknown" then
+        unknown = unknown + 1
+        assert.equals("unknown_outcome", j.error.kind)
+      end
+    end
+    local sending = 0
+    for _, ev in pairs(last) do if ev == "sending" then sending = sending + 1 end end
+    assert.equals(sending, unknown)
+    for p, n in pairs(creates_by_prompt(sb)) do assert.equals(1, n, p) end
+    if unknown == 0 then
+      assert.is_true(ok, out)
+      assert.equals(30, sb:stats().creates)
+      assert.equals(30, summary.saved + summary.skipped)
+    end
+  end)
+end)
