@@ -303,3 +303,137 @@ describe("a batch of 30 killed 10 times at random moments, with a storm of 429s 
     end
   end)
 end)
+
+describe("hostile answers to a create that made its task", function()
+  local sb, client, dir
+  setup(function()
+    sb = h.sandbox()
+    client = h.client(sb)
+  end)
+  before_each(function()
+    sb:reset()
+    dir = h.tmpdir()
+  end)
+  teardown(function()
+    sb:stop()
+    h.cleanup()
+  end)
+
+  local function attempts() return #h.api_requests(sb, "^/v1/videos$") end
+
+  -- answer, what the client must say: a task (usable), or an error that knows the task exists
+  local cases = {
+    { "malformed", "id" }, { "unknown_status", "task" }, { "no_id", "made" }, { "html", "made" },
+    { "empty", "made" }, { "bignum", "task" }, { "cut", "made", { ["x-should-retry"] = "true" } },
+  }
+  for _, c in ipairs(cases) do
+    it(("%s: one payment, never retried, and never taken for 'not created'"):format(c[1]), function()
+      sb:faults { path = "^/v1/videos$", fault = "create_then", answer = c[1], headers = c[3] }
+      local t, err = client:create { prompt = "hostile " .. c[1] }
+      assert.equals(1, sb:stats().creates)
+      assert.equals(1, attempts())
+      if c[2] == "task" then
+        assert.is_table(t, err and tostring(err))
+        assert.truthy(sb:tasks()[t.id])
+      else
+        assert.is_nil(t)
+        assert.is_true(err.created, tostring(err))
+        assert.truthy(err.message:find("made the task", 1, true) or err.message:find("task was made", 1, true),
+          err.message)
+        if c[2] == "id" then assert.truthy(sb:tasks()[err.task_id], tostring(err.task_id)) end
+      end
+    end)
+  end
+
+  for _, code in ipairs { 502, 504 } do
+    it(("a gateway's %d after the backend made the task: unknown_outcome, and a batch rerun pays nothing more")
+      :format(code), function()
+      sb:faults { path = "^/v1/videos$", fault = "create_then", answer = "status", status = code }
+      local journal = dir .. "/run.jsonl"
+      local s = assert(client:batch({ { prompt = "gateway " .. code, label = "g" } },
+        { journal = journal, output_dir = dir }))
+      assert.equals(1, s.unknown)
+      assert.equals("unknown_outcome", s.jobs[1].error.kind)
+      s = assert(client:batch({ { prompt = "gateway " .. code, label = "g" } }, { journal = journal, output_dir = dir }))
+      assert.equals(1, s.unknown)
+      assert.equals(1, sb:stats().creates)
+    end)
+  end
+
+  it("a batch job whose create answer is malformed but names its id goes on to save the video, paid once", function()
+    sb:faults { path = "^/v1/videos$", fault = "create_then", answer = "malformed" }
+    local journal = dir .. "/run.jsonl"
+    local s = assert(client:batch({ { prompt = "malformed but named", label = "m" } },
+      { journal = journal, output_dir = dir }))
+    assert.equals(1, s.saved, tostring(s.jobs[1].error))
+    assert(client:batch({ { prompt = "malformed but named", label = "m" } }, { journal = journal, output_dir = dir }))
+    assert.equals(1, sb:stats().creates)
+  end)
+
+  it("a batch job whose create answer names no id is unknown (paid), never created again", function()
+    sb:faults { path = "^/v1/videos$", fault = "create_then", answer = "no_id" }
+    local journal = dir .. "/run.jsonl"
+    for _ = 1, 2 do
+      local s = assert(client:batch({ { prompt = "nameless", label = "n" } }, { journal = journal, output_dir = dir }))
+      assert.equals(1, s.unknown)
+    end
+    assert.equals(1, sb:stats().creates)
+  end)
+end)
+
+describe("creates that never left", function()
+  local sb, dir
+  setup(function() dir = h.tmpdir() end)
+  after_each(function() if sb then sb:stop() end end)
+  teardown(function() h.cleanup() end)
+
+  it("100 concurrent generates on a server with a listen backlog of 5: 100 videos, no unknown_outcome, " ..
+    "never more than max_connections open", function()
+    sb = h.sandbox { backlog = 5, queue_seconds = 0.2, process_seconds = 0.5 }
+    local client = h.client(sb, { poll_interval = 0.2, max_connections = 8 })
+    local results, errs = require("jimeng").run(function()
+      local list = {}
+      for i = 1, 100 do
+        list[i] = function()
+          return client:generate({ prompt = "crowd " .. i }, { output = ("%s/crowd-%03d.mp4"):format(dir, i) })
+        end
+      end
+      return require("jimeng").gather(list)
+    end)
+    for i = 1, 100 do assert.is_table(results[i], errs[i] and tostring(errs[i])) end
+    local stats = sb:stats()
+    assert.equals(100, stats.creates)
+    assert.is_true(stats.max_open_connections <= 8, "connections: " .. stats.max_open_connections)
+  end)
+end)
+
+describe("a proxy that refuses the tunnel", function()
+  local dir
+  setup(function() dir = h.tmpdir() end)
+  teardown(function() h.cleanup() end)
+
+  for _, status in ipairs { 407, 403 } do
+    it(("answering %d: kind proxy, not retried, nothing created, never unknown_outcome"):format(status), function()
+      local log = dir .. "/proxy-" .. status .. ".log"
+      local p = io.popen(("%spython3 %s/spec/support/refusing_proxy.py %d %s"):format(proc.clean_env, proc.root, status,
+        log))
+      local port, pid = p:read("*l"):match("(%d+) (%d+)")
+      finally(function()
+        os.execute("kill " .. pid .. " 2>/dev/null")
+        p:close()
+      end)
+      -- the API as a TLS host only the proxy would reach: the tunnel is refused before anything is sent
+      local client = assert(require("jimeng").new { api_key = "k", base_url = "https://api.example.invalid/v1",
+        proxy = "http://127.0.0.1:" .. port, max_retries = 2 })
+      local t, err = client:create { prompt = "through a refusing proxy" }
+      assert.is_nil(t)
+      assert.equals("proxy", err.kind, tostring(err))
+      assert.is_false(err.created)
+      assert.is_false(err.retryable)
+      assert.truthy(tostring(err):find(tostring(status), 1, true), tostring(err))
+      local lines = 0
+      for _ in (h.read(log) or ""):gmatch("[^\n]+") do lines = lines + 1 end
+      assert.equals(1, lines) -- one CONNECT: a refusal that cannot change is not retried
+    end)
+  end
+end)

@@ -54,6 +54,7 @@ typedef struct {
     jm_transfer *head; /* transfers in flight: in the multi handle, or queued for a free slot */
     jm_transfer *qhead, *qtail; /* queued: configured but holding no socket, their clocks not started */
     int running;                /* transfers in the multi handle */
+    int *done, ndone, donecap;  /* registry refs of transfers finished since the last perform, in order */
     int max_running;            /* at most this many at once: so at most this many connections per host */
     jm_idle pool[JM_POOL];
     int npool;
@@ -534,6 +535,24 @@ static void jm_finish(lua_State *L, jm_transfer *t, CURLcode rc) {
     t->state = JM_DONE;
     jm_close_file(t);
     jm_release_easy(t);
+    /* the next engine:perform() reports it, however it ended (libcurl, a deadline in the queue, a cancel):
+     * a scheduler wakes exactly the coroutine that waits for it, never scanning the others */
+    if (t->eng && !t->eng->closed && t->ref != LUA_NOREF) {
+        jm_engine *e = t->eng;
+        if (e->ndone == e->donecap) {
+            int cap = e->donecap ? e->donecap * 2 : 64;
+            int *d = realloc(e->done, (size_t)cap * sizeof *d);
+            if (d) {
+                e->done = d;
+                e->donecap = cap;
+            }
+        }
+        if (e->ndone < e->donecap) {
+            e->done[e->ndone++] = t->ref;
+            t->ref = LUA_NOREF;
+            return;
+        }
+    }
     luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
     t->ref = LUA_NOREF;
 }
@@ -758,6 +777,10 @@ static int l_engine_close(lua_State *L) {
         curl_easy_cleanup(e->pool[e->npool].easy);
         free(e->pool[e->npool].profile);
     }
+    while (e->ndone > 0) luaL_unref(L, LUA_REGISTRYINDEX, e->done[--e->ndone]);
+    free(e->done);
+    e->done = NULL;
+    e->donecap = 0;
     if (e->multi) curl_multi_cleanup(e->multi);
     e->multi = NULL;
     e->closed = 1;
@@ -965,30 +988,33 @@ configured:
     return 1;
 }
 
-/* engine:perform() -> running, finished (an array of transfers, or nil). Never blocks. */
+/* engine:perform() -> running, finished (an array of the transfers finished since the last call, or nil).
+ * Never blocks. */
 static int l_engine_perform(lua_State *L) {
     jm_engine *e = jm_check_engine(L, 1);
-    int running = 0, left = 0, nd = 0;
+    int running = 0, left = 0, i;
     CURLMsg *m;
     CURLMcode mrc = curl_multi_perform(e->multi, &running);
     if (mrc != CURLM_OK) return luaL_error(L, "jimeng: curl_multi_perform: %s", curl_multi_strerror(mrc));
-    lua_pushinteger(L, running);
-    lua_pushnil(L);
     while ((m = curl_multi_info_read(e->multi, &left)) != NULL) {
         char *priv = NULL;
-        jm_transfer *t;
         if (m->msg != CURLMSG_DONE) continue;
         if (curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, &priv) != CURLE_OK || !priv) continue;
-        t = (jm_transfer *)(void *)priv;
-        if (nd == 0) {
-            lua_pop(L, 1);
-            lua_newtable(L);
-        }
-        lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
-        lua_rawseti(L, -2, ++nd);
-        jm_finish(L, t, m->data.result);
+        jm_finish(L, (jm_transfer *)(void *)priv, m->data.result);
     }
     jm_pump(L, e); /* the slots just freed go to queued transfers */
+    lua_pushinteger(L, running + (e->qhead ? 1 : 0));
+    if (e->ndone == 0) {
+        lua_pushnil(L);
+        return 2;
+    }
+    lua_createtable(L, e->ndone, 0);
+    for (i = 0; i < e->ndone; i++) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, e->done[i]);
+        lua_rawseti(L, -2, i + 1);
+        luaL_unref(L, LUA_REGISTRYINDEX, e->done[i]);
+    }
+    e->ndone = 0;
     return 2;
 }
 

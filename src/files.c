@@ -86,12 +86,15 @@ static const char *jm_sniff(const unsigned char *p, size_t n, long *w, long *h) 
 
 /* Reads a whole file; returns NULL with *err set. */
 static unsigned char *jm_slurp(const char *path, long max, size_t *n, char *err, size_t errsz) {
-    FILE *f = fopen(path, "rb");
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below as not a regular file) */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    FILE *f = fd >= 0 ? fdopen(fd, "rb") : NULL;
     unsigned char *buf;
     long size;
     struct stat st;
     if (!f) {
         snprintf(err, errsz, "cannot read image file %s: %s", path, strerror(errno));
+        if (fd >= 0) close(fd);
         return NULL;
     }
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) { /* a device or a pipe could block or never end */

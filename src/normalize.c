@@ -252,8 +252,13 @@ static int jm_get_str(jm_norm *n, const char *k, const char **out) {
         lua_pop(L, 1);
         return JM_FAIL(n, k, "%s must be a string; got a %s", k, tn);
     }
-    *out = lua_tostring(L, -1); /* stays alive: params holds it */
-    lua_pop(L, 1);
+    {
+        size_t len;
+        *out = lua_tolstring(L, -1, &len); /* stays alive: params holds it */
+        lua_pop(L, 1);
+        if (memchr(*out, '\0', len)) /* C would cut it there: the paid request would say less than asked */
+            return JM_FAIL(n, k, "%s contains a NUL byte", k);
+    }
     return 1;
 }
 
@@ -363,7 +368,13 @@ static int jm_each_string(jm_norm *n, const char *k, int (*fn)(jm_norm *, const 
         return 0;
     }
     if (lua_type(L, -1) == LUA_TSTRING) {
-        rc = fn(n, k, lua_tostring(L, -1));
+        size_t sl;
+        const char *v = lua_tolstring(L, -1, &sl);
+        if (memchr(v, '\0', sl)) {
+            lua_pop(L, 1);
+            return JM_FAIL(n, k, "%s contains a NUL byte", k);
+        }
+        rc = fn(n, k, v);
         lua_pop(L, 1);
         return rc;
     }
@@ -374,9 +385,9 @@ static int jm_each_string(jm_norm *n, const char *k, int (*fn)(jm_norm *, const 
     len = (int)jm_rawlen(L, -1);
     for (i = 1; i <= len && rc == 0; i++) {
         lua_rawgeti(L, -1, i);
-        if (lua_type(L, -1) != LUA_TSTRING) {
+        if (lua_type(L, -1) != LUA_TSTRING || memchr(lua_tostring(L, -1), '\0', jm_rawlen(L, -1))) {
             lua_pop(L, 2);
-            return JM_FAIL(n, k, "%s[%d] must be a string", k, i);
+            return JM_FAIL(n, k, "%s[%d] must be a string without NUL bytes", k, i);
         }
         rc = fn(n, k, lua_tostring(L, -1));
         lua_pop(L, 1);
@@ -427,15 +438,17 @@ static int jm_set_audio(jm_norm *n, const char *field, const char *v) {
 /* Reads the url of a content item's image_url / audio_url member: {url="..."} or a plain string. */
 static const char *jm_item_url(lua_State *L, int item, const char *member) {
     const char *url = NULL;
+    size_t len = 0;
     lua_getfield(L, item, member);
     if (lua_type(L, -1) == LUA_TSTRING) {
-        url = lua_tostring(L, -1);
+        url = lua_tolstring(L, -1, &len);
     } else if (lua_istable(L, -1)) {
         lua_getfield(L, -1, "url");
-        if (lua_type(L, -1) == LUA_TSTRING) url = lua_tostring(L, -1);
+        if (lua_type(L, -1) == LUA_TSTRING) url = lua_tolstring(L, -1, &len);
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
+    if (url && memchr(url, '\0', len)) return ""; /* refused as "not an http(s) URL" by every caller */
     return url; /* alive while the item is */
 }
 
@@ -1006,6 +1019,32 @@ static int l_raw_id(lua_State *L) {
     return 1;
 }
 
+/* core.utf8_clean(s) -> s with every byte that does not start a valid UTF-8 sequence replaced by U+FFFD:
+ * text from a server may be anything, and a JSON document printed from it must stay valid. */
+static int l_utf8_clean(lua_State *L) {
+    size_t n, i = 0;
+    const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
+    luaL_Buffer b;
+    if (jm_utf8_len(s, n) >= 0) {
+        lua_settop(L, 1);
+        return 1;
+    }
+    luaL_buffinit(L, &b);
+    while (i < n) {
+        size_t len = s[i] < 0x80 ? 1 : s[i] >= 0xC2 && s[i] <= 0xDF ? 2 : s[i] >= 0xE0 && s[i] <= 0xEF ? 3
+                     : s[i] >= 0xF0 && s[i] <= 0xF4 ? 4 : 0;
+        if (len && i + len <= n && jm_utf8_len(s + i, len) == 1) {
+            luaL_addlstring(&b, (const char *)s + i, len);
+            i += len;
+        } else {
+            luaL_addstring(&b, "\xEF\xBF\xBD");
+            i++;
+        }
+    }
+    luaL_pushresult(&b);
+    return 1;
+}
+
 /* core.task(decoded[, raw_body]) -> task | nil, message */
 static int l_task(lua_State *L) {
     const char *raw, *mapped;
@@ -1233,7 +1272,7 @@ static int l_error_message(lua_State *L) {
 
 void jm_open_normalize(lua_State *L) {
     static const luaL_Reg fns[] = {
-        {"normalize", l_normalize}, {"subject_body", l_subject_body}, {"task", l_task}, {"raw_id", l_raw_id},
+        {"normalize", l_normalize}, {"subject_body", l_subject_body}, {"task", l_task}, {"raw_id", l_raw_id}, {"utf8_clean", l_utf8_clean},
         {"error_message", l_error_message}, {"detection", l_detection}, {"recognition", l_recognition},
         {NULL, NULL},
     };

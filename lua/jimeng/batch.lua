@@ -43,6 +43,10 @@ M.canonical = canonical
 --- Reads jobs from a JSON-lines file: one JSON object per line (params, plus label and output).
 function M.read_jobs(path, json)
   local f, why = io.open(path, "r")
+  if f and not f:read(0) and f:seek("end") ~= 0 then -- a directory opens, then fails every read
+    f:close()
+    f, why = nil, path .. " is not a readable file"
+  end
   if not f then return nil, errors.new { kind = "io", message = "cannot read the jobs file: " .. tostring(why) } end
   local jobs, n = {}, 0
   for line in f:lines() do

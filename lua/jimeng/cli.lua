@@ -24,9 +24,18 @@ local function new_out(args, stdout, stderr)
   }, Out)
 end
 
+-- A copy of value whose strings are valid UTF-8 (a server may send anything; the output must stay JSON).
+local function clean(value, depth)
+  if type(value) == "string" then return core.utf8_clean(value) end
+  if type(value) ~= "table" or (depth or 0) > 16 then return value end
+  local out = {}
+  for k, v in pairs(value) do out[clean(k, 17)] = clean(v, (depth or 0) + 1) end
+  return out
+end
+
 -- Encodes for --json output; never raises (a value JSON cannot hold becomes an error object instead).
 local function encode(value)
-  local ok, text = pcall(jimeng.json.encode, value)
+  local ok, text = pcall(jimeng.json.encode, clean(value))
   if ok then return text end
   return jimeng.json.encode { error = { kind = "protocol", message = "cannot encode the result as JSON: " .. tostring(text) } }
 end
@@ -455,8 +464,8 @@ function M.api_key(args, out)
     return key
   end
   if args.api_key then
-    out:note("warning: --api-key shows the key to every user of this machine (ps); prefer JIMENG_API_KEY " ..
-      "or --api-key-file")
+    out:note("warning: --api-key puts the key in the process list, where every user of this machine sees it; " ..
+      "prefer JIMENG_API_KEY or --api-key-file")
   end
   return args.api_key
 end

@@ -459,7 +459,9 @@ local function subject_call(self, which, image_url, opts)
   if not result then
     return nil, errors.new({ kind = "protocol", message = why, request_id = r.headers["x-request-id"] }, self.api_key)
   end
-  result.request_id = result.request_id or r.headers["x-request-id"]
+  result.request_id = errors.scrub(result.request_id or r.headers["x-request-id"], self.api_key)
+  result.task_id = errors.scrub(result.task_id, self.api_key)
+  for i, m in ipairs(result.mask_urls or {}) do result.mask_urls[i] = errors.scrub(m, self.api_key) end
   return result
 end
 

@@ -92,9 +92,15 @@ local function transport_error(r)
 end
 M.transport_error = transport_error
 
---- The error for an HTTP response that is not a success.
+--- The error for an HTTP response that is not a success. The body is scrubbed of the key before it is
+-- read or cut short (a key split at a cut would leak its first half).
 function M.status_error(client, r, decoded)
-  local msg, code = core.error_message(decoded, r.body)
+  local body = errors.scrub(r.body, client.api_key)
+  if body ~= r.body then
+    local ok, d = pcall(client.json.decode, body)
+    decoded = ok and d or nil
+  end
+  local msg, code = core.error_message(decoded, body)
   local rid = r.headers["x-request-id"]
   if not rid and type(decoded) == "table" and type(decoded.request_id) == "string" then rid = decoded.request_id end
   return errors.new({

@@ -36,6 +36,7 @@ M.spawn = runtime.spawn
 M.gather = runtime.gather
 M.sleep = runtime.sleep
 M.error = errors.new
+M.errors = errors -- errors.KINDS: kind -> {retryable=, exit=, hint=}
 M.is_error = errors.is
 
 -- The module-level calls use a default client made from the environment on first use.

@@ -94,6 +94,10 @@ function M.sleep(seconds)
 end
 
 -- The scheduler
+--
+-- Its cost per event does not grow with the number of waiting coroutines: a finished transfer comes back
+-- from engine:perform() (libcurl's completion list) and wakes exactly the coroutine that waits for it;
+-- sleepers and await deadlines sit in a binary heap of timers; nothing scans all waiters per tick.
 
 local Scheduler = {}
 Scheduler.__index = Scheduler
@@ -101,11 +105,43 @@ Scheduler.__index = Scheduler
 local function new_scheduler()
   return setmetatable({
     ready = {},       -- array of {co, pack(values to resume with)}
-    waits = {},       -- co -> {engine=, transfer=, deadline=}
-    sleeping = {},    -- co -> wake-up time
+    waiting = {},     -- transfer -> {co=, engine=} (its timer entry, if any, is entry.timer)
+    engines = {},     -- engine -> number of transfers waited on
+    heap = {},        -- timers: {at=, co=, transfer=|nil}, smallest `at` first
+    nengines = 0,
     alive = 0,        -- coroutines not yet finished
     handles = {},     -- co -> handle
   }, Scheduler)
+end
+
+-- The timer heap.
+local function heap_push(heap, e)
+  local i = #heap + 1
+  heap[i] = e
+  while i > 1 do
+    local parent = (i - i % 2) / 2
+    if heap[parent].at <= e.at then break end
+    heap[i], heap[parent] = heap[parent], e
+    i = parent
+  end
+end
+
+local function heap_pop(heap)
+  local n = #heap
+  local top = heap[1]
+  heap[1] = heap[n]
+  heap[n] = nil
+  n = n - 1
+  local i = 1
+  while true do
+    local l, smallest = 2 * i, i
+    if l <= n and heap[l].at < heap[smallest].at then smallest = l end
+    if l + 1 <= n and heap[l + 1].at < heap[smallest].at then smallest = l + 1 end
+    if smallest == i then break end
+    heap[i], heap[smallest] = heap[smallest], heap[i]
+    i = smallest
+  end
+  return top
 end
 
 local Handle = {}
@@ -137,6 +173,22 @@ function Scheduler:finish(co, ok, ...)
   h.joiners = nil
 end
 
+-- Stops waiting for a transfer (it finished, or its waiter's deadline came).
+function Scheduler:unwait(transfer)
+  local w = self.waiting[transfer]
+  if not w then return nil end
+  self.waiting[transfer] = nil
+  local n = self.engines[w.engine] - 1
+  if n == 0 then
+    self.engines[w.engine] = nil
+    self.nengines = self.nengines - 1
+  else
+    self.engines[w.engine] = n
+  end
+  if w.timer then w.timer.dead = true end
+  return w
+end
+
 -- Resumes one coroutine and files what it asks for next.
 function Scheduler:step(co, args)
   local res = pack(co_resume(co, unpack(args, 1, args.n)))
@@ -151,10 +203,22 @@ function Scheduler:step(co, args)
     return
   end
   if what == "await" then
-    local timeout = res[5]
-    self.waits[co] = { engine = res[3], transfer = res[4], deadline = timeout and now() + timeout }
+    local engine, transfer, timeout = res[3], res[4], res[5]
+    if transfer:done() then
+      self.ready[#self.ready + 1] = { co, pack(true) }
+      return
+    end
+    local w = { co = co, engine = engine }
+    self.waiting[transfer] = w
+    local n = self.engines[engine]
+    if not n then self.nengines = self.nengines + 1 end
+    self.engines[engine] = (n or 0) + 1
+    if timeout then
+      w.timer = { at = now() + timeout, co = co, transfer = transfer }
+      heap_push(self.heap, w.timer)
+    end
   elseif what == "sleep" then
-    self.sleeping[co] = now() + res[3]
+    heap_push(self.heap, { at = now() + res[3], co = co })
   elseif what == "join" then
     local h = res[3]
     if h.done then
@@ -168,76 +232,76 @@ function Scheduler:step(co, args)
   end
 end
 
+-- Wakes everyone after a trapped signal.
+function Scheduler:interrupt(sig)
+  for transfer, w in pairs(self.waiting) do
+    self:unwait(transfer)
+    self.ready[#self.ready + 1] = { w.co, pack(false, sig) }
+  end
+  for _, e in ipairs(self.heap) do
+    if not e.dead and not e.transfer then self.ready[#self.ready + 1] = { e.co, pack(sig) } end
+  end
+  self.heap = {}
+end
+
 --- One round: resume whoever is ready, drive the engines, wake whoever is done, and wait at most
 -- max_wait_ms (math.huge: until something happens) for the next event. Returns the number of
 -- coroutines still alive. The Neovim adapter calls it from a timer with max_wait_ms = 0.
 function Scheduler:tick(max_wait_ms)
-  do
-    while #self.ready > 0 do
-      local batch = self.ready
-      self.ready = {}
-      for i = 1, #batch do self:step(batch[i][1], batch[i][2]) end
-    end
-    if self.alive == 0 then return 0 end
+  while #self.ready > 0 do
+    local batch = self.ready
+    self.ready = {}
+    for i = 1, #batch do self:step(batch[i][1], batch[i][2]) end
+  end
+  if self.alive == 0 then return 0 end
 
-    -- drive every engine that has a waiter, then wake whoever is done
-    local engines, nengines = {}, 0
-    for _, w in pairs(self.waits) do
-      if not engines[w.engine] then
-        engines[w.engine] = true
-        nengines = nengines + 1
-        w.engine:perform()
+  -- drive every engine that has a waiter; wake exactly the waiters of the transfers that finished
+  for engine in pairs(self.engines) do
+    local _, finished = engine:perform()
+    if finished then
+      for i = 1, #finished do
+        local w = self:unwait(finished[i])
+        if w then self.ready[#self.ready + 1] = { w.co, pack(true) } end
       end
     end
-    local t = now()
-    local nearest = math.huge
-    local sig = interrupted()
-    if sig then
-      for co in pairs(self.waits) do self.ready[#self.ready + 1] = { co, pack(false, sig) } end
-      for co in pairs(self.sleeping) do self.ready[#self.ready + 1] = { co, pack(sig) } end
-      self.waits, self.sleeping = {}, {}
-      return self.alive
-    end
-    for co, w in pairs(self.waits) do
-      if w.transfer:done() then
-        self.waits[co] = nil
-        self.ready[#self.ready + 1] = { co, pack(true) }
-      elseif w.deadline and w.deadline <= t then
-        self.waits[co] = nil
-        self.ready[#self.ready + 1] = { co, pack(false) }
-      elseif w.deadline and w.deadline < nearest then
-        nearest = w.deadline
-      end
-    end
-    for co, at in pairs(self.sleeping) do
-      if at <= t then
-        self.sleeping[co] = nil
-        self.ready[#self.ready + 1] = { co, pack() }
-      elseif at < nearest then
-        nearest = at
-      end
-    end
-
-    if #self.ready == 0 and max_wait_ms > 0 then
-      local wait_ms = nearest == math.huge and 1000 or math.max(0, (nearest - t) * 1000)
-      wait_ms = math.min(wait_ms, max_wait_ms)
-      local nsleep = ngx_sleep()
-      if nsleep then
-        -- inside nginx: never block the worker; let it serve others while we wait
-        nsleep(math.max(NGX_STEP_MIN, math.min(wait_ms / 1000, NGX_STEP_MAX)))
-      elseif nengines == 1 then
-        local engine = next(engines)
-        engine:poll(wait_ms)
-      elseif nengines > 1 then
-        -- several clients: one wait over all their sockets and timers
-        local list = {}
-        for engine in pairs(engines) do list[#list + 1] = engine end
-        core.wait_all(list, wait_ms)
-      elseif nearest ~= math.huge then
-        core.sleep(wait_ms / 1000)
+  end
+  local sig = interrupted()
+  if sig then
+    self:interrupt(sig)
+    return self.alive
+  end
+  local heap, t = self.heap, now()
+  while heap[1] and (heap[1].dead or heap[1].at <= t) do
+    local e = heap_pop(heap)
+    if not e.dead then
+      if e.transfer then
+        self:unwait(e.transfer)
+        self.ready[#self.ready + 1] = { e.co, pack(false) }
       else
-        error("jimeng: every coroutine is waiting and nothing can wake them (a join cycle?)")
+        self.ready[#self.ready + 1] = { e.co, pack() }
       end
+    end
+  end
+
+  if #self.ready == 0 and max_wait_ms > 0 then
+    local nearest = heap[1] and heap[1].at or math.huge
+    local wait_ms = nearest == math.huge and 1000 or math.max(0, (nearest - t) * 1000)
+    wait_ms = math.min(wait_ms, max_wait_ms)
+    local nsleep = ngx_sleep()
+    if nsleep then
+      -- inside nginx: never block the worker; let it serve others while we wait
+      nsleep(math.max(NGX_STEP_MIN, math.min(wait_ms / 1000, NGX_STEP_MAX)))
+    elseif self.nengines == 1 then
+      next(self.engines):poll(wait_ms)
+    elseif self.nengines > 1 then
+      -- several clients: one wait over all their sockets and timers
+      local list = {}
+      for engine in pairs(self.engines) do list[#list + 1] = engine end
+      core.wait_all(list, wait_ms)
+    elseif nearest ~= math.huge then
+      core.sleep(wait_ms / 1000)
+    else
+      error("jimeng: every coroutine is waiting and nothing can wake them (a join cycle?)")
     end
   end
   return self.alive

@@ -1,0 +1,207 @@
+-- The key never shows, and numbers and text are checked at the door. A server that echoes the
+-- Authorization header back into every field it can (the sandbox's echo_auth fault) is the adversary.
+local h = require "spec.support.helpers"
+local proc = require "spec.support.process"
+local cjson = require "cjson"
+local jimeng = require "jimeng"
+
+local lua = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
+local CANARY = "sk-canary-0123456789abcdef-SECRET"
+local STATUS_PATH = "^/v1/videos/[0-9]+$"
+local CREATE_PATH = "^/v1/videos$"
+
+-- Every string reachable from v (tables walked), concatenated: where a key could hide.
+local function all_text(v, seen)
+  seen = seen or {}
+  if type(v) == "string" then return v end
+  if type(v) ~= "table" or seen[v] then return "" end
+  seen[v] = true
+  local out = {}
+  for k, x in pairs(v) do out[#out + 1] = all_text(k, seen) .. "=" .. all_text(x, seen) end
+  return table.concat(out, " ")
+end
+
+local function no_key(text)
+  assert.falsy(text:find(CANARY, 1, true), "the key leaked: " .. text)
+  assert.falsy(text:find(CANARY:sub(1, 12), 1, true), "half the key leaked: " .. text)
+end
+
+describe("a server that echoes the key", function()
+  local sb, client, logged, dir
+  setup(function()
+    sb = h.sandbox()
+    logged = {}
+    client = h.client(sb, { api_key = CANARY, max_retries = 1,
+      logger = function(...) logged[#logged + 1] = table.concat({ ... }, " ", 1, select("#", ...)) end })
+    dir = h.tmpdir()
+  end)
+  teardown(function()
+    sb:stop()
+    h.cleanup()
+  end)
+
+  it("in an error's message, code, type and request id: none of them, nor tostring(err), shows it", function()
+    local task = assert(client:create { prompt = "echo me" })
+    sb:faults { path = STATUS_PATH, fault = "echo_auth", status = 400 }
+    local _, err = client:status(task.id)
+    assert.equals("invalid_argument", err.kind)
+    no_key(all_text(err) .. tostring(err))
+    assert.truthy(tostring(err):find("***", 1, true))
+  end)
+
+  it("in a failed task's error and request id: the task and the task_failed error are clean", function()
+    local task = assert(client:create { prompt = "echo my task" })
+    sb:faults { path = STATUS_PATH, fault = "echo_auth", answer = "task" }
+    local t, err = client:wait(task.id, { interval = 0.02 })
+    assert.is_nil(t)
+    assert.equals("task_failed", err.kind)
+    no_key(all_text(err) .. tostring(err))
+  end)
+
+  it("in a plain-text body where a cut at 300 characters would split it: scrubbed before it is cut", function()
+    local task = assert(client:create { prompt = "echo as text" })
+    sb:faults { path = STATUS_PATH, fault = "echo_auth", answer = "text", status = 400 }
+    local _, err = client:status(task.id)
+    no_key(all_text(err) .. tostring(err))
+  end)
+
+  it("in the retry lines of the logger", function()
+    local task = assert(client:create { prompt = "echo while retrying" })
+    sb:faults { path = STATUS_PATH, fault = "echo_auth", status = 503, count = 2,
+      headers = { ["retry-after-ms"] = "5" } }
+    client:status(task.id)
+    assert.is_true(#logged > 0)
+    no_key(table.concat(logged, "\n"))
+  end)
+
+  it("through the CLI: status text, --json, and the error lines", function()
+    local task = assert(client:create { prompt = "echo to the command" })
+    for _, args in ipairs { "status " .. task.id, "status " .. task.id .. " --json" } do
+      sb:faults { path = STATUS_PATH, fault = "echo_auth", answer = "task" }
+      local ok, out = proc.run(("cd %s && JIMENG_API_KEY=%s JIMENG_BASE_URL=%s %s %s/bin/jimeng %s"):format(dir, CANARY,
+        sb.url, lua, proc.root, args), proc.own_env)
+      assert.is_true(ok, out)
+      no_key(out)
+      sb:faults { path = STATUS_PATH, fault = "echo_auth", status = 400 }
+      local _, eout = proc.run(("cd %s && JIMENG_API_KEY=%s JIMENG_BASE_URL=%s %s %s/bin/jimeng %s"):format(dir, CANARY,
+        sb.url, lua, proc.root, args), proc.own_env)
+      no_key(eout)
+    end
+  end)
+
+  it("the CLI reads the key from --api-key-file or stdin, and warns that --api-key shows in ps", function()
+    h.write(dir .. "/key", CANARY .. "\n")
+    local ok, out = proc.run(("cd %s && JIMENG_BASE_URL=%s %s %s/bin/jimeng create 'key from a file' --api-key-file key")
+      :format(dir, sb.url, lua, proc.root), proc.own_env)
+    assert.is_true(ok, out)
+    local log = h.api_requests(sb, CREATE_PATH)
+    assert.equals("Bearer " .. CANARY, log[#log].headers.authorization)
+    ok, out = proc.run(("cd %s && echo %s | JIMENG_BASE_URL=%s %s %s/bin/jimeng create 'key from stdin' --api-key-file -")
+      :format(dir, CANARY, sb.url, lua, proc.root), proc.own_env)
+    assert.is_true(ok, out)
+    ok, out = proc.run(("cd %s && JIMENG_BASE_URL=%s %s %s/bin/jimeng create 'key in argv' --api-key %s")
+      :format(dir, sb.url, lua, proc.root, CANARY), proc.own_env)
+    assert.is_true(ok, out)
+    assert.truthy(out:find("process list", 1, true), out)
+  end)
+end)
+
+describe("numbers and text checked at the door", function()
+  local sb, client, dir
+  setup(function()
+    sb = h.sandbox()
+    client = h.client(sb)
+    dir = h.tmpdir()
+  end)
+  before_each(function() sb:reset() end)
+  teardown(function()
+    sb:stop()
+    h.cleanup()
+  end)
+
+  it("NaN, infinities and absurd values are refused for every timing option, with the field named", function()
+    for _, k in ipairs { "timeout", "connect_timeout", "poll_interval", "wait_timeout", "stall_timeout" } do
+      for _, v in ipairs { 0 / 0, math.huge, -math.huge, -1, 0, 1e-9 } do
+        local c, err = jimeng.new { api_key = "k", base_url = sb.url, [k] = v }
+        assert.is_nil(c, k .. "=" .. tostring(v))
+        assert.equals("invalid_argument", err.kind)
+        assert.equals(k, err.field)
+      end
+    end
+    for _, v in ipairs { 0 / 0, math.huge, -1, 2.5 } do
+      assert.is_nil((jimeng.new { api_key = "k", base_url = sb.url, max_retries = v }))
+      assert.is_nil((jimeng.new { api_key = "k", base_url = sb.url, max_connections = v }))
+    end
+    local _, err = client:wait("123", { interval = 0 / 0 })
+    assert.equals("interval", err.field)
+    assert.equals(0, #h.api_requests(sb))
+  end)
+
+  it("a NUL byte in any string parameter is refused: C would cut the paid request short", function()
+    for _, params in ipairs {
+      { prompt = "a cat\0 and a hidden dog" },
+      { prompt = "x", images = { "https://example.com/a.jpg\0.png" } },
+      { prompt = "x", image = "https://example.com/a\0b.jpg" },
+      { prompt = "x", model = "jimeng-video-3.0-pro\0" },
+    } do
+      local t, err = client:create(params)
+      assert.is_nil(t)
+      assert.equals("invalid_argument", err.kind)
+    end
+    assert.equals(0, sb:stats().creates)
+  end)
+
+  it("an --image that is a FIFO is refused at once, not waited on", function()
+    local fifo = dir .. "/pipe.jpg"
+    assert(proc.run("mkfifo " .. fifo))
+    local t, err = client:create { prompt = "x", images = { fifo } }
+    assert.is_nil(t)
+    assert.truthy(err.message:find("not a regular file", 1, true), err.message)
+  end)
+
+  it("`jimeng batch /tmp` says the jobs file is not a file, without a traceback", function()
+    local ok, out = proc.run(("JIMENG_API_KEY=k JIMENG_BASE_URL=%s %s %s/bin/jimeng batch /tmp"):format(sb.url, lua,
+      proc.root), proc.own_env)
+    assert.is_false(ok)
+    assert.truthy(out:find("not a readable file", 1, true), out)
+    assert.falsy(out:find("traceback", 1, true), out)
+  end)
+
+  it("a status answer about another task is refused, not taken for the one asked", function()
+    local task = assert(client:create { prompt = "mine" })
+    sb:faults { path = STATUS_PATH, fault = "other_id" }
+    local t, err = client:status(task.id)
+    assert.is_nil(t)
+    assert.equals("protocol", err.kind)
+    assert.truthy(err.message:find(task.id, 1, true))
+  end)
+
+  it("an unknown status keeps wait waiting (with a warning) until the task completes", function()
+    local task = assert(client:create { prompt = "strange statuses" })
+    sb:faults { path = STATUS_PATH, fault = "answer_status", status_value = "warp_drive", count = 2 }
+    local seen = {}
+    local done = assert(client:wait(task.id, { interval = 0.02, on_status = function(t) seen[#seen + 1] = t.status end }))
+    assert.equals("completed", done.status)
+    assert.equals("unknown", seen[1])
+  end)
+
+  it("retry-after-ms: 1 on every status answer does not drive a storm of polls", function()
+    local c = h.client(sb, { poll_interval = 0.2 })
+    sb:config { queue_seconds = 0.5, process_seconds = 0.5 }
+    local task = assert(c:create { prompt = "hinted" })
+    sb:faults { path = STATUS_PATH, fault = "headers", headers = { ["retry-after-ms"] = "1" }, count = 1000 }
+    assert(c:wait(task.id))
+    local polls = #h.api_requests(sb, STATUS_PATH)
+    assert.is_true(polls <= 8, polls .. " polls for a task of one second at a 0.2 s interval")
+  end)
+
+  it("invalid UTF-8 from the server still gives valid JSON from the CLI", function()
+    local task = assert(client:create { prompt = "bytes" })
+    sb:faults { path = STATUS_PATH, fault = "json", body = '{"id":"' .. task.id .. '","status":"failed",' ..
+      '"error":"bad \255\254 bytes"}' }
+    local _, out = proc.run(("JIMENG_API_KEY=k JIMENG_BASE_URL=%s %s %s/bin/jimeng status %s --json"):format(sb.url, lua,
+      proc.root, task.id), proc.own_env)
+    local decoded = cjson.decode(out:match("{.*}"))
+    assert.truthy(decoded.error:find("bad", 1, true))
+  end)
+end)
