@@ -313,17 +313,23 @@ describe("the sandbox's rate limit", function()
 
   it("the window slides: a request is served once the oldest of the last N is a second old, not at a boundary", function()
     local sb = h.sandbox { max_rps = 2 }
-    local function at(t0, s)
-      local wait = t0 + s - now()
+    local function at(t)
+      local wait = t - now()
       if wait > 0 then P.run(("sleep %.3f"):format(wait)) end
       return curl(sb.url .. "/videos/1").status
     end
-    local first = curl(sb.url .. "/videos/1").status
-    local t0 = sb:log()[1].time
-    local got = { first, at(t0, 0.5), at(t0, 0.5), at(t0, 1.25), at(t0, 1.25), at(t0, 1.75) }
+    local function last_time() local log = sb:log() return log[#log].time end
+    local got = { at(0) } -- A, served
+    local a = last_time()
+    got[2] = at(a + 0.7) -- B, served
+    local b = last_time()
+    got[3] = at(0) -- C, the third in a second: refused
+    -- between A's first second and B's: A has left the window, B has not
+    got[4] = at((a + b) / 2 + 1) -- D, served
+    got[5] = at(0) -- E: B and D are in the window, refused (a window restarted each second would serve it)
+    got[6] = at(b + 1.25) -- F: B has left the window, served
     local log = sb:log()
     sb:stop()
-    -- 0: served; 0.5: served, then over; 1.25: the one of 0 has left the window, the one of 0.5 has not
     assert.same({ 404, 404, 429, 404, 429, 404 }, got)
     -- and in the log, no one-second window holds more than two served requests
     for i, e in ipairs(log) do
