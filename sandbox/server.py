@@ -9,6 +9,8 @@ detection and recognition, and, for tests, a request log, counters and fault pla
 """
 
 import argparse
+import collections
+import gzip
 import hashlib
 import json
 import os
@@ -16,8 +18,10 @@ import re
 import secrets
 import select
 import shutil
+import signal
 import socket
 import ssl
+import stat
 import struct
 import subprocess
 import sys
@@ -26,6 +30,7 @@ import threading
 import time
 import uuid
 from email.utils import formatdate
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -52,49 +57,74 @@ DETECT_KEY = "jimeng_realman_avatar_object_detection"
 RECOG_KEY = "jimeng_realman_avatar_picture_create_role_omni_v15"
 RATIOS = {"16:9": 16 / 9, "9:16": 9 / 16, "4:3": 4 / 3, "3:4": 3 / 4, "1:1": 1.0, "21:9": 21 / 9}
 
-# Synthetic videos: an ftyp box, then byte i = ((i % 65521) * 7 + 13) % 256, so that any slice can be checked.
+# Synthetic videos: an ftyp box, then byte i = ((i % 65521) * 7 + 13 + seed) % 256, so that any slice can be
+# checked (seed 0 unless the prompt says sandbox:seed=N).
 PERIOD = 65521
 FTYP = struct.pack(">I4s4sI4s4s4s4s", 32, b"ftyp", b"isom", 512, b"isom", b"iso2", b"avc1", b"mp41")
-PATTERN = bytes(((i % PERIOD) * 7 + 13) % 256 for i in range(PERIOD * 17))
+PATTERN = bytes((i * 7 + 13) % 256 for i in range(PERIOD)) * 17  # one period, repeated: fast to start
 # Large synthetic bodies are served from a file of the pattern with sendfile, so that the server is not
 # what a download benchmark measures. The files live in one temporary directory, removed at exit.
 SENDFILE_FROM = 16 * 1024 * 1024
+_patterns = {0: PATTERN}  # seed % 256 -> the pattern shifted by it
+_pattern_lock = threading.Lock()
+# Temporary directories (the blobs, the TLS certificate) are removed at exit, whatever the route.
 _blob_dir = None
 _blob_lock = threading.Lock()
+_temp_dirs = []
+_cleanup_lock = threading.Lock()
 
 
-def synthetic_chunks(start, length):
+def seeded_pattern(seed):
+    shift = seed % 256
+    with _pattern_lock:
+        if shift not in _patterns:
+            _patterns[shift] = PATTERN.translate(bytes((b + shift) % 256 for b in range(256)))
+        return _patterns[shift]
+
+
+def synthetic_chunks(start, length, seed=0):
     """The bytes start..start+length of a synthetic video, in chunks of at most 1 MiB."""
+    pattern = seeded_pattern(seed)
     pos, end = start, start + length
     while pos < end:
         if pos < len(FTYP):
             chunk = FTYP[pos:min(end, len(FTYP))]
         else:
             off = pos % PERIOD
-            n = min(end - pos, len(PATTERN) - off, 1 << 20)
-            chunk = memoryview(PATTERN)[off:off + n]
+            n = min(end - pos, len(pattern) - off, 1 << 20)
+            chunk = memoryview(pattern)[off:off + n]
         yield chunk
         pos += len(chunk)
 
 
-def blob_file(size):
-    """A file holding the synthetic video of `size` bytes, written on first use."""
+def blob_file(size, seed=0):
+    """A file holding the synthetic video of `size` bytes (and seed), written on first use."""
     global _blob_dir
     with _blob_lock:
         if _blob_dir is None:
-            _blob_dir = tempfile.mkdtemp(prefix="jimeng-sandbox-blob-")
-        path = os.path.join(_blob_dir, str(size))
+            _blob_dir = temp_dir("jimeng-sandbox-blob-")
+        path = os.path.join(_blob_dir, f"{size}-{seed % 256}")
         if not os.path.exists(path):
             with open(path + ".tmp", "wb") as f:
-                for chunk in synthetic_chunks(0, size):
+                for chunk in synthetic_chunks(0, size, seed):
                     f.write(chunk)
             os.rename(path + ".tmp", path)
         return path
 
 
-def remove_blobs():
-    if _blob_dir:
-        shutil.rmtree(_blob_dir, ignore_errors=True)
+def temp_dir(prefix):
+    """A new temporary directory, removed by remove_temp_dirs."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    with _cleanup_lock:
+        _temp_dirs.append(d)
+    return d
+
+
+def remove_temp_dirs():
+    """Removes the sandbox's temporary directories; safe from any thread, any number of times."""
+    with _cleanup_lock:
+        while _temp_dirs:
+            shutil.rmtree(_temp_dirs.pop(), ignore_errors=True)
 
 
 # A tiny valid PNG served for mask URLs.
@@ -120,6 +150,8 @@ class State:
     def __init__(self, args):
         self.lock = threading.Lock()
         self.args = args
+        self.open_sockets = set()  # not reset: the connections are still open
+        self.open_connections = 0
         self.reset()
 
     def reset(self):
@@ -127,13 +159,29 @@ class State:
         self.log = []
         self.faults = []
         self.creates = 0
+        self.creates_by_prompt = {}
         self.connections = 0
+        self.max_open_connections = self.open_connections
         self.requests = 0
+        self.rate_limited = 0
+        self.admitted = collections.deque()  # times of the API requests served in the last second
         self.config = {
             "queue_seconds": self.args.queue_seconds,
             "process_seconds": self.args.process_seconds,
             "video_bytes": 0,  # 0: the MP4 fixture; N: a synthetic body of N bytes
+            "max_rps": self.args.max_rps,  # 0: no limit
         }
+
+    def over_rate(self, now):
+        """Whether an API request at `now` goes over max_rps in the last second; admits it when not."""
+        limit = self.config.get("max_rps") or 0
+        while self.admitted and self.admitted[0] <= now - 1.0:
+            self.admitted.popleft()
+        if limit > 0 and len(self.admitted) >= limit:
+            self.rate_limited += 1
+            return True
+        self.admitted.append(now)
+        return False
 
 
 def new_task_id():
@@ -273,6 +321,39 @@ def subjects_in(url):
     return min(int(m.group(1)), 5) if m else 1
 
 
+def gateway_page(code):
+    """The error page an nginx in front of the API answers with."""
+    reason = HTTPStatus(code).phrase if code in HTTPStatus._value2member_map_ else "Error"
+    return (f"<html><head><title>{code} {reason}</title></head><body><center><h1>{code} {reason}"
+            "</h1></center><hr><center>nginx</center></body></html>").encode()
+
+
+# The fault names and the answers they take; a plan naming anything else is refused (a typo is not a plan).
+FAULTS = {"status", "reset_before", "reset_after_create", "stall", "malformed_json", "html", "redirect", "huge",
+          "json", "reset_mid_body", "short_body", "stall_mid_body", "ignore_range", "bad_range", "create_then",
+          "no_validators", "other_etag", "http10_close", "gzip", "octet_json", "other_id", "answer_status",
+          "headers", "echo_auth"}
+CREATE_THEN = {"malformed", "unknown_status", "no_id", "html", "empty", "bignum", "status", "cut"}
+ECHO_AUTH = {None, "json", "task", "text"}
+
+
+def check_plan(p):
+    """Why a fault plan cannot be used, or None."""
+    if not isinstance(p, dict):
+        return "a fault plan is a JSON object"
+    if p.get("fault") not in FAULTS:
+        return f"unknown fault {p.get('fault')!r}; known: {', '.join(sorted(FAULTS))}"
+    if p["fault"] == "create_then" and p.get("answer") not in CREATE_THEN:
+        return f"create_then takes answer = one of {', '.join(sorted(CREATE_THEN))}"
+    if p["fault"] == "echo_auth" and p.get("answer") not in ECHO_AUTH:
+        return "echo_auth takes answer = json (the default), task or text"
+    if p["fault"] == "answer_status" and not isinstance(p.get("status_value"), str):
+        return "answer_status takes status_value, a string"
+    if not isinstance(p.get("headers", {}), dict):
+        return "headers is an object of name: value"
+    return None
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "jimeng-sandbox/1"
@@ -298,15 +379,19 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
-        headers = dict(headers or {})
+        headers = {**self.extra_headers, **(headers or {})}  # a fault plan's headers, then the answer's own
         if not headers.pop("no_request_id", False):
             self.send_header("x-request-id", self.request_id)
         for k, v in headers.items():
-            self.send_header(k, v)
+            self.send_header(k, str(v))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
         self.status = status
+
+    def send_extra_headers(self):
+        for k, v in self.extra_headers.items():
+            self.send_header(k, str(v))
 
     def send_error_json(self, e):
         self.send(e.status, {"error": {"message": e.message, "type": e.etype, "code": e.code}})
@@ -321,7 +406,14 @@ class Handler(BaseHTTPRequestHandler):
         self.connection.close()
         self.close_connection = True
 
+    def close_cleanly(self):
+        """Ends the answer with a FIN: whatever was sent is all the client gets."""
+        self.wfile.flush()
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_WR)
+
     def record(self, body):
+        """Logs an API request; returns its log entry, with rate_limited set when it goes over max_rps."""
         st = self.server.state
         entry = {
             "method": self.command,
@@ -334,6 +426,8 @@ class Handler(BaseHTTPRequestHandler):
         with st.lock:
             st.requests += 1
             st.log.append(entry)
+            if st.over_rate(entry["time"]):
+                entry["rate_limited"] = True
         return entry
 
     def take_fault(self):
@@ -359,6 +453,7 @@ class Handler(BaseHTTPRequestHandler):
     def handle_any(self):
         self.request_id = str(uuid.uuid4())
         self.status = 0
+        self.extra_headers = {}
         raw = self.read_body()
         path = urlsplit(self.path).path
         if path.startswith("/_sandbox/"):
@@ -367,12 +462,19 @@ class Handler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw else None
         except ValueError:
             body = raw.decode("utf-8", "replace")
-        entry = self.record(body)
-        fault = self.take_fault()
-        if fault and self.apply_fault_before(fault, path, body):
+        entry = self.entry = self.record(body)
+        if entry.get("rate_limited"):
+            self.send(429, {"error": {"message": "rate limit reached: too many requests in one second, retry after 1 s",
+                                      "type": "rate_limit_error", "code": "50429"}}, headers={"Retry-After": "1"})
             entry["status"] = self.status
-            entry["fault"] = fault["fault"]
             return
+        fault = self.take_fault()
+        if fault:
+            entry["fault"] = fault["fault"]
+            self.extra_headers = {str(k): str(v) for k, v in (fault.get("headers") or {}).items()}
+            if self.apply_fault_before(fault, path, body):
+                entry["status"] = self.status
+                return
         self.served_status = None
         try:
             self.route(path, body, raw, fault)
@@ -396,6 +498,11 @@ class Handler(BaseHTTPRequestHandler):
             if m.group(2):
                 return self.content(task, fault)
             view = self.task_view(task)
+            kind = fault["fault"] if fault else None
+            if kind == "other_id":  # an answer meant for another task (a confused cache, a mixed-up proxy)
+                view["id"] = str(fault.get("id") or new_task_id())
+            elif kind == "answer_status":
+                view["status"] = fault["status_value"]
             self.served_status = view["status"]
             return self.send(200, view)
         if path == "/v1/omnihuman/subject/detection" and self.command == "POST":
@@ -434,6 +541,7 @@ class Handler(BaseHTTPRequestHandler):
         m = re.search(r"sandbox:bytes=(\d+)", prompt)
         if m:
             size = int(m.group(1))
+        m = re.search(r"sandbox:seed=(\d+)", prompt)
         task = {
             "id": new_task_id(),
             "created_at": int(time.time()),
@@ -442,15 +550,58 @@ class Handler(BaseHTTPRequestHandler):
             "process_s": process_s,
             "fail": "sandbox:fail" in prompt,
             "video_bytes": size,
+            "seed": int(m.group(1)) if m else 0,
             "body": body,
         }
         with st.lock:
             st.tasks[task["id"]] = task
             st.creates += 1
-        if fault and fault["fault"] == "reset_after_create":
+            st.creates_by_prompt[prompt] = st.creates_by_prompt.get(prompt, 0) + 1
+        self.entry["task_id"] = task["id"]
+        kind = fault["fault"] if fault else None
+        if kind == "reset_after_create":
             self.status = -1
             return self.reset_connection()
-        self.send(200, {"id": task["id"], "object": "video", "created_at": task["created_at"], "status": "in_queue"})
+        answer = {"id": task["id"], "object": "video", "created_at": task["created_at"], "status": "in_queue"}
+        if kind == "create_then":
+            return self.create_then(fault, answer)
+        self.send(200, answer)
+
+    def create_then(self, fault, answer):
+        """A hostile answer to a create that did make its task."""
+        how, tid = fault["answer"], answer["id"]
+        if how == "malformed":
+            return self.send(200, f'{{"id": "{tid}", "status": '.encode())
+        if how == "unknown_status":
+            return self.send(200, {**answer, "status": "warp_drive"})
+        if how == "no_id":
+            return self.send(200, {k: v for k, v in answer.items() if k != "id"})
+        if how == "html":
+            return self.send(200, b"<!DOCTYPE html><html><head><title>Welcome</title></head><body><h1>Welcome</h1>"
+                                  b"<p>The page you asked for is being served by a captive portal.</p></body></html>",
+                             "text/html")
+        if how == "empty":
+            return self.send(200, b"")
+        if how == "bignum":
+            return self.send(200, f'{{"id": "{tid}", "object": "video", "created_at": 1e400, '
+                                  f'"status": "in_queue"}}'.encode())
+        if how == "status":  # a gateway that gave up waiting while the backend made the task
+            code = int(fault.get("status") or 502)
+            if fault.get("format") == "json":
+                return self.send(code, {"error": {"message": f"sandbox: upstream answered HTTP {code}",
+                                                  "type": "server_error", "code": str(code)}})
+            return self.send(code, gateway_page(code), "text/html")
+        # cut: a 200 whose body stops half way, then a TCP reset
+        body = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("x-request-id", self.request_id)
+        self.send_extra_headers()
+        self.end_headers()
+        self.wfile.write(body[:len(body) // 2])
+        self.status = 200
+        return self.reset_connection()
 
     def find_task(self, tid):
         with self.server.state.lock:
@@ -474,23 +625,38 @@ class Handler(BaseHTTPRequestHandler):
         return view
 
     def content(self, task, fault):
+        kind = fault["fault"] if fault else None
         if task is not None:
             status = self.task_status(task)
             if status != "completed":
                 raise ApiError(400 if status != "failed" else 409, f"video {task['id']} is not ready: status {status}",
                                "video_not_ready")
         size = task["video_bytes"] if task else 0
+        seed = task["seed"] if task else 0
         if size:
-            etag, total = f'"syn-{size}"', size
+            etag, total = (f'"syn-{size}-{seed}"' if seed else f'"syn-{size}"'), size
         else:
             data = self.server.fixture
             etag, total = self.server.fixture_etag, len(data)
+        if kind == "octet_json":  # storage that labels its error page as the video
+            return self.send(200, {"error": {"message": "sandbox: the object is not available", "type": "server_error",
+                                             "code": "object_unavailable"}}, "application/octet-stream")
+        if kind == "gzip":  # compressed whatever the client accepts; a representation of its own
+            whole = b"".join(bytes(c) for c in self.body_chunks(task, 0, total))
+            return self.send(200, gzip.compress(whole, compresslevel=1, mtime=0), "video/mp4",
+                             {"Content-Encoding": "gzip", "ETag": etag[:-1] + '-gzip"'})
         start, end, partial = 0, total - 1, False
         rng = self.headers.get("Range")
         if_range = self.headers.get("If-Range")
-        if fault and fault["fault"] == "ignore_range":  # a server without Range support: the whole body
+        if kind == "ignore_range":  # a server without Range support: the whole body
             rng = None
-        if rng and (if_range is None or if_range == etag):
+        if kind == "other_etag":  # the object changed, yet the server sends the part asked for
+            range_applies = True
+        elif kind == "no_validators":  # nothing an If-Range could match: RFC 9110 sends the whole body
+            range_applies = if_range is None
+        else:
+            range_applies = if_range is None or if_range == etag
+        if rng and range_applies:
             m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
             if m:
                 start = int(m.group(1))
@@ -500,50 +666,70 @@ class Handler(BaseHTTPRequestHandler):
                     return self.send(416, {"error": {"message": "range not satisfiable", "type": "invalid_request_error",
                                                      "code": "range"}}, headers={"Content-Range": f"bytes */{total}"})
                 partial = True
-        if partial and fault and fault["fault"] == "bad_range":  # resumes at the wrong place
+        if partial and kind == "bad_range":  # resumes at the wrong place
             start = 0
+        if kind == "other_etag":
+            etag = f'"changed-{secrets.token_hex(6)}"'
         length = end - start + 1
-        self.send_response(206 if partial else 200)
+        code = 206 if partial else 200
+        if kind == "http10_close":
+            return self.http10_close(fault, task, code, etag, start, end, total)
+        self.send_response(code)
         self.send_header("Content-Type", "video/mp4")
         self.send_header("Accept-Ranges", "bytes")
-        self.send_header("ETag", etag)
+        if kind != "no_validators":
+            self.send_header("ETag", etag)
         self.send_header("x-request-id", self.request_id)
         self.send_header("Content-Length", str(length))
         if partial:
             self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
+        self.send_extra_headers()
         self.end_headers()
-        self.status = 206 if partial else 200
+        self.status = code
         if self.command == "HEAD":
             return
         cut = None  # how many bytes to send before a mid-body fault
-        if fault and fault["fault"] in ("reset_mid_body", "short_body", "stall_mid_body"):
+        if kind in ("reset_mid_body", "short_body", "stall_mid_body"):
             cut = max(1, min(length - 1, int(fault.get("after_bytes") or length // 2)))
         elif size >= SENDFILE_FROM:
-            with open(blob_file(size), "rb") as f:
+            with open(blob_file(size, seed), "rb") as f:
                 self.connection.sendfile(f, start, length)
             return
-        sent = 0
         for chunk in self.body_chunks(task, start, length if cut is None else cut):
             self.wfile.write(chunk)
-            sent += len(chunk)
         if cut is None:
             return
-        if fault["fault"] == "stall_mid_body":
+        if kind == "stall_mid_body":
             self.wfile.flush()
             time.sleep(float(fault.get("seconds") or 5))
-        if fault["fault"] == "short_body":
-            self.wfile.flush()
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_WR)
-            return
+        if kind == "short_body":
+            return self.close_cleanly()
         self.reset_connection()
+
+    def http10_close(self, fault, task, code, etag, start, end, total):
+        """An HTTP/1.0 answer without Content-Length: the body ends where the server closes, after after_bytes."""
+        length = end - start + 1
+        n = fault.get("after_bytes")
+        n = length // 2 if n is None else max(0, min(length, int(n)))
+        head = [f"HTTP/1.0 {code} {HTTPStatus(code).phrase}", f"Server: {self.version_string()}",
+                f"Date: {self.date_time_string()}", "Content-Type: video/mp4", f"ETag: {etag}",
+                f"x-request-id: {self.request_id}", "Connection: close"]
+        if code == 206:
+            head.append(f"Content-Range: bytes {start}-{end}/{total}")
+        head += [f"{k}: {v}" for k, v in self.extra_headers.items()]
+        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        self.status = code
+        if self.command != "HEAD":
+            for chunk in self.body_chunks(task, start, n):
+                self.wfile.write(chunk)
+        self.close_cleanly()
 
     def body_chunks(self, task, start, length):
         size = task["video_bytes"] if task else 0
         if not size:
             yield self.server.fixture[start:start + length]
             return
-        yield from synthetic_chunks(start, length)
+        yield from synthetic_chunks(start, length, task["seed"])
 
     def detection(self, body):
         url = self.subject_request(body, DETECT_KEY)
@@ -574,7 +760,7 @@ class Handler(BaseHTTPRequestHandler):
     def apply_fault_before(self, fault, path, body):
         """Applies a fault that replaces the response; returns False for faults applied later."""
         kind = fault["fault"]
-        headers = dict(fault.get("headers") or {})
+        headers = {}
         if kind == "status":
             code = int(fault.get("status") or 500)
             if "retry_after" in fault:
@@ -594,13 +780,13 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(float(fault.get("seconds") or 5))
             return False
         if kind == "malformed_json":
-            self.send(200, b'{"id": "123", "status": ', headers=headers)
+            self.send(200, b'{"id": "123", "status": ')
             return True
         if kind == "html":
             code = int(fault.get("status") or 502)
             page = (f"<html><head><title>{code} Bad Gateway</title></head><body><center><h1>{code} Bad Gateway"
                     "</h1></center><hr><center>nginx</center></body></html>").encode()
-            self.send(code, page, "text/html", headers=headers)
+            self.send(code, page, "text/html")
             return True
         if kind == "redirect":
             self.send(int(fault.get("status") or 302), b"", "text/plain", {"Location": fault["location"]})
@@ -610,9 +796,34 @@ class Handler(BaseHTTPRequestHandler):
             self.send(200, b'{"id":"1","status":"completed","pad":"' + b"x" * n + b'"}')
             return True
         if kind == "json":
-            self.send(int(fault.get("status") or 200), fault.get("body"), headers=headers)
+            self.send(int(fault.get("status") or 200), fault.get("body"))
             return True
-        return False  # reset_after_create, mid-body faults: applied by the handler
+        if kind == "echo_auth":
+            self.echo_auth(fault, path)
+            return True
+        return False  # faults applied by the handler: on a create, a status, a download
+
+    def echo_auth(self, fault, path):
+        """An answer that carries the request's whole Authorization value everywhere it can."""
+        auth = self.headers.get("Authorization") or ""
+        self.request_id = auth  # the x-request-id header
+        answer = fault.get("answer")
+        if answer == "task":
+            m = re.fullmatch(r"/v1/videos/([^/]+)", path)
+            status = str(fault.get("status_value") or "failed").replace("{auth}", auth)
+            return self.send(int(fault.get("status") or 200), {
+                "id": m.group(1) if m else new_task_id(), "object": "video", "created_at": int(time.time()),
+                "status": status, "error": {"code": auth, "message": f"sandbox: the generation failed for {auth}"},
+                "request_id": auth})
+        code = int(fault.get("status") or 400)
+        if answer == "text":  # the key itself starts at offset 290: a cut at 300 leaves a piece of it
+            key = auth[7:] if auth[:7].lower() == "bearer " else auth
+            lead = ("sandbox: the upstream proxy answered in plain text. " * 6)[:288 - (len(auth) - len(key))]
+            text = lead + ": " + auth
+            text += (" Try again later." * 60)[:max(0, 1000 - len(text))]
+            return self.send(code, text.encode("latin-1", "replace"), "text/plain")
+        return self.send(code, {"error": {"message": f"Incorrect API key provided: {auth}", "type": auth, "code": auth},
+                                "request_id": auth})
 
     # ---- the control plane, for tests ----
 
@@ -628,17 +839,27 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/_sandbox/stats":
             with st.lock:
                 return self.send(200, {"creates": st.creates, "connections": st.connections,
-                                       "requests": st.requests, "tasks": len(st.tasks)})
+                                       "requests": st.requests, "tasks": len(st.tasks),
+                                       "open_connections": st.open_connections,
+                                       "max_open_connections": st.max_open_connections,
+                                       "rate_limited": st.rate_limited,
+                                       "creates_by_prompt": dict(st.creates_by_prompt), "pid": os.getpid()})
         if path == "/_sandbox/reset":
             with st.lock:
                 st.reset()
             return self.send(200, {"ok": True})
         if path == "/_sandbox/config":
+            if not isinstance(arg, dict):
+                return self.send(400, {"error": "config is a JSON object"})
             with st.lock:
                 st.config.update(arg)
                 return self.send(200, st.config)
         if path == "/_sandbox/faults":
             plans = arg if isinstance(arg, list) else [arg]
+            for p in plans:
+                why = check_plan(p)
+                if why:
+                    return self.send(400, {"error": why})
             with st.lock:
                 for p in plans:
                     st.faults.append({"path": p.get("path", ".*"), "method": p.get("method"),
@@ -646,7 +867,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(200, {"ok": True})
         if path == "/_sandbox/tasks":
             with st.lock:
-                return self.send(200, {tid: {"status": self.task_status(t), "body": t["body"]}
+                return self.send(200, {tid: {"status": self.task_status(t), "body": t["body"], "seed": t["seed"],
+                                             "bytes": t["video_bytes"] or len(self.server.fixture)}
                                        for tid, t in st.tasks.items()})
         if path == "/_sandbox/shutdown":
             self.send(200, {"ok": True})
@@ -657,8 +879,28 @@ class Handler(BaseHTTPRequestHandler):
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
-    request_queue_size = 512
     allow_reuse_address = True
+
+    def __init__(self, address, handler, family=socket.AF_INET, backlog=512):
+        self.address_family = family  # read when the socket is made
+        self.request_queue_size = backlog  # read by listen()
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        # open from accept (counted here, in the accepting thread, so in accept order) to close
+        st = self.state
+        with st.lock:
+            st.open_sockets.add(request)
+            st.open_connections = len(st.open_sockets)
+            st.max_open_connections = max(st.max_open_connections, st.open_connections)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):
+        st = self.state
+        with st.lock:
+            st.open_sockets.discard(request)
+            st.open_connections = len(st.open_sockets)
+        super().shutdown_request(request)
 
     def handle_error(self, request, client_address):
         # clients that hang up (and the faults that reset on purpose) are part of the job, not errors
@@ -668,33 +910,52 @@ class Server(ThreadingHTTPServer):
 
 
 def make_certificate(host):
-    """A throwaway self-signed certificate for host (and localhost), made with the openssl command."""
-    d = tempfile.mkdtemp(prefix="jimeng-sandbox-tls-")
+    """A throwaway self-signed certificate for host (and localhost), made with the openssl command, in a
+    temporary directory removed at exit. Returns the paths of the key (with the certificate) and of the certificate."""
+    d = temp_dir("jimeng-sandbox-tls-")
     pem = os.path.join(d, "cert.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=" + host,
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-days", "2", "-subj", "/CN=" + host,
                     "-addext", f"subjectAltName=IP:{host},DNS:localhost", "-keyout", pem, "-out", pem + ".crt"],
                    check=True, capture_output=True)
     with open(pem, "a") as key, open(pem + ".crt") as crt:
         key.write(crt.read())
-    return pem
+    return pem, pem + ".crt"
 
 
 def watch_parent(ppid):
     """Exits when the parent exits, or when it closes the pipe it reads our stdout from: a parent that
     pclose()s us (Lua's io.popen handle closed, even by an error's cleanup) then waits for us to end."""
-    out = select.poll()
-    out.register(sys.stdout.fileno(), 0)  # POLLERR and POLLHUP are always reported
+    out, fd = None, sys.stdout.fileno()
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd):  # a file is always "ready": no poll
+        out = select.poll()
+        out.register(fd, 0)  # POLLERR and POLLHUP are always reported
     while True:
-        gone = os.getppid() != ppid or any(ev & (select.POLLERR | select.POLLHUP) for _, ev in out.poll(250))
+        if out is None:
+            time.sleep(0.25)
+        gone = os.getppid() != ppid or (out is not None and
+                                        any(ev & (select.POLLERR | select.POLLHUP) for _, ev in out.poll(250)))
         if gone:
-            remove_blobs()
+            remove_temp_dirs()
             os._exit(0)
+
+
+class Stop(Exception):
+    """A signal asked the server to stop."""
+
+
+def on_signal(signum, frame):
+    raise Stop(signum)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--host", default="127.0.0.1", help="the address to listen on (::1 for IPv6)")
     ap.add_argument("--port", type=int, default=8787, help="0 picks a free port")
+    ap.add_argument("--backlog", type=int, default=512, help="the listen backlog (queue of unaccepted connections)")
+    ap.add_argument("--max-rps", type=int, default=0,
+                    help="answer 429 to API requests over this many in any one second (0: no limit)")
     ap.add_argument("--queue-seconds", type=float, default=0.2, help="how long a task stays in_queue")
     ap.add_argument("--process-seconds", type=float, default=0.5, help="how long a task stays processing")
     ap.add_argument("--api-key", default=None, help="accept only this bearer key (default: any non-empty key)")
@@ -703,33 +964,47 @@ def main():
                     help="serve https with a throwaway self-signed certificate (its path is printed on line 2)")
     args = ap.parse_args()
 
+    # however the server ends (shutdown, SIGTERM, SIGHUP, Ctrl-C), its temporary directories go with it
+    stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    for sig in stops:
+        signal.signal(sig, on_signal)
+    try:
+        return serve(args)
+    except (Stop, KeyboardInterrupt):
+        return 0
+    finally:
+        for sig in stops:  # a second Ctrl-C must not cut the cleanup short
+            signal.signal(sig, signal.SIG_IGN)
+        remove_temp_dirs()
+
+
+def serve(args):
     state = State(args)
     with open(FIXTURE, "rb") as f:
         fixture = f.read()
-    server = Server((args.host, args.port), Handler)
+    family = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)[0][0]
+    server = Server((args.host, args.port), Handler, family, args.backlog)
     server.state = state
     server.fixture = fixture
     server.fixture_etag = '"' + hashlib.sha256(fixture).hexdigest()[:16] + '"'
     host, port = server.server_address[:2]
     scheme = "http"
     if args.tls:
-        cert = make_certificate(host)
+        key, cert = make_certificate(host)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(cert)
+        ctx.load_cert_chain(key)
+        os.remove(key)  # loaded: the private key need not stay on disk while the server runs
         server.socket = ctx.wrap_socket(server.socket, server_side=True)
         scheme = "https"
-    print(f"{scheme}://{host}:{port}/v1", flush=True)
+    print(f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}/v1", flush=True)
     if args.tls:
-        print(f"cert: {cert}.crt", flush=True)
+        print(f"cert: {cert}", flush=True)
     if args.exit_with_parent:
         threading.Thread(target=watch_parent, args=(os.getppid(),), daemon=True).start()
     try:
         server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
-        pass
     finally:
-        remove_blobs()
-    server.server_close()
+        server.server_close()
     return 0
 
 

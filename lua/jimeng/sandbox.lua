@@ -38,8 +38,11 @@ end
 local Sandbox = {}
 Sandbox.__index = Sandbox
 
---- M.start{port=, host=, queue_seconds=, process_seconds=, api_key=, tls=, python=} -> sandbox | nil, err
--- sandbox.url is the base URL to give the client (".../v1").
+--- M.start{port=, host=, queue_seconds=, process_seconds=, api_key=, tls=, backlog=, max_rps=, python=}
+-- -> sandbox | nil, err
+-- sandbox.url is the base URL to give the client (".../v1"; host "::1" gives "http://[::1]:PORT/v1");
+-- with tls, sandbox.cainfo is the certificate to trust. backlog is the listen backlog (default 512);
+-- max_rps answers 429 to API requests over that many in any one second (see sandbox/README.md).
 function M.start(opts)
   opts = opts or {}
   local path, err = M.server_path()
@@ -52,6 +55,8 @@ function M.start(opts)
   if opts.api_key then cmd[#cmd + 1] = "--api-key " .. shell_quote(opts.api_key) end
   if opts.host then cmd[#cmd + 1] = "--host " .. shell_quote(opts.host) end
   if opts.tls then cmd[#cmd + 1] = "--tls" end
+  if opts.backlog then cmd[#cmd + 1] = "--backlog " .. math.floor(assert(tonumber(opts.backlog), "backlog: a number")) end
+  if opts.max_rps then cmd[#cmd + 1] = "--max-rps " .. math.floor(assert(tonumber(opts.max_rps), "max_rps: a number")) end
   local proc = io.popen(table.concat(cmd, " "), "r")
   if not proc then return nil, "cannot start " .. path end
   local url = proc:read("*l")
@@ -88,6 +93,23 @@ function Sandbox:tasks() return self:call("/_sandbox/tasks") end
 
 --- Plans faults: the next `count` requests whose path matches `path` (a regex) get `fault`.
 function Sandbox:faults(plans) return self:call("/_sandbox/faults", plans) end
+
+--- One task as /_sandbox/tasks shows it ({status=, body=, seed=, bytes=}), or nil.
+function Sandbox:task(id) return self:tasks()[tostring(id)] end
+
+--- How many creates the sandbox took for this prompt (0 for none): one payment per job, or more.
+function Sandbox:creates_for(prompt) return self:stats().creates_by_prompt[prompt] or 0 end
+
+--- Answers 429 to API requests over n in any one second from now on (0 or nil: no limit).
+function Sandbox:max_rps(n) return self:config { max_rps = n or 0 } end
+
+--- The log entry of the create that made task `id` (its `task_id`), or nil.
+function Sandbox:create_entry(id)
+  for _, e in ipairs(self:log()) do
+    if e.task_id == tostring(id) then return e end
+  end
+  return nil
+end
 
 function Sandbox:stop()
   if not self.proc then return end
