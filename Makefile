@@ -61,9 +61,11 @@ version:
 	@sed -n 's/^#define JM_VERSION "\(.*\)"/\1/p' src/jimeng.h
 
 test: all
-	@$(RUN_ENV) $(TEST_PRELOAD) $(TEST_WRAPPER) $(LUA) $(BUSTED) -o spec/support/summary.lua $(BUSTED_ARGS) spec
+	@$(RUN_ENV) $(TEST_PRELOAD) $(TEST_WRAPPER) $(LUA) $(BUSTED) -o spec/support/summary.lua $(BUSTED_ARGS) $(SPECS)
 
 # The whole suite on every Lua: each build has its own directory, so they never mix.
+# SPECS: the spec files or directories to run (make test SPECS=spec/paid_spec.lua)
+SPECS ?= spec
 TEST_LUAS ?= lua5.1 lua5.2 lua5.3 lua5.4 luajit
 test-all:
 	@set -e; for l in $(TEST_LUAS); do \

@@ -796,7 +796,10 @@ class Handler(BaseHTTPRequestHandler):
             self.send(200, b'{"id":"1","status":"completed","pad":"' + b"x" * n + b'"}')
             return True
         if kind == "json":
-            self.send(int(fault.get("status") or 200), fault.get("body"))
+            body = fault.get("body")
+            if fault.get("body_hex"):  # bytes JSON cannot carry through the control plane (invalid UTF-8)
+                body = bytes.fromhex(fault["body_hex"])
+            self.send(int(fault.get("status") or 200), body)
             return True
         if kind == "echo_auth":
             self.echo_auth(fault, path)

@@ -197,8 +197,8 @@ describe("numbers and text checked at the door", function()
 
   it("invalid UTF-8 from the server still gives valid JSON from the CLI", function()
     local task = assert(client:create { prompt = "bytes" })
-    sb:faults { path = STATUS_PATH, fault = "json", body = '{"id":"' .. task.id .. '","status":"failed",' ..
-      '"error":"bad \255\254 bytes"}' }
+    local raw = '{"id":"' .. task.id .. '","status":"failed","error":"bad \255\254 bytes"}'
+    sb:faults { path = STATUS_PATH, fault = "json", body_hex = (raw:gsub(".", function(c) return ("%02x"):format(c:byte()) end)) }
     local _, out = proc.run(("JIMENG_API_KEY=k JIMENG_BASE_URL=%s %s %s/bin/jimeng status %s --json"):format(sb.url, lua,
       proc.root, task.id), proc.own_env)
     local decoded = cjson.decode(out:match("{.*}"))
