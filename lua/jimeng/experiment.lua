@@ -25,7 +25,10 @@ end
 
 --- A JSON text with object keys sorted, so that equal values give equal texts.
 local function canonical(json, v)
-  if type(v) ~= "table" then return json.encode(v) end
+  if type(v) ~= "table" then
+    -- lua-cjson writes "/" as "\/": valid, but not what a person pastes; a "\/" is always that escape
+    return (json.encode(v):gsub("\\/", "/"))
+  end
   local n, count = #v, 0
   for _ in pairs(v) do count = count + 1 end
   local parts = {}

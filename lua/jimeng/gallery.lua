@@ -246,7 +246,7 @@ local function card(c, data, canonical)
   end
   if c.extra then add(chip("cell", c.id)) end
   add("</div>")
-  if data.prompt_varies and c.prompt then add(('<p class="prompt">%s</p>'):format(esc(c.prompt))) end
+  if data.prompt_varies and c.prompt and c.axes.prompt == nil then add(('<p class="prompt">%s</p>'):format(esc(c.prompt))) end
   add('<div class="facts">')
   add(('<span class="status">%s</span>'):format(esc(STATUS_WORDS[c.status] or c.status)))
   if c.duration then add(('<span class="dur">%.1f s video</span>'):format(c.duration)) end
