@@ -290,10 +290,12 @@ describe("jimeng experiment (the command)", function()
     sb:config { queue_seconds = 0.05, process_seconds = 1.5 }
     h.write(dir .. "/six.lua", SPEC)
     local cmd = jimeng_cmd("six.lua -o out -j 2 --interval 0.05")
-    local pid = io.popen(("%ssh -c '%s >%s/first.log 2>&1 & echo $!'"):format(proc.clean_env, cmd:gsub("'", "'\\''"), dir))
-      :read("*l")
+    local p = io.popen(("%ssh -c '%s >%s/first.log 2>&1 & echo $!'"):format(proc.clean_env, cmd:gsub("'", "'\\''"), dir))
+    local pid = p:read("*l")
+    p:close()
     -- kill it once two tasks are created and no create is in flight (both wait 1.5 s for their video)
-    local journal, deadline = "", core.now() + 20
+    local journal
+    local deadline = core.now() + 20
     repeat
       core.sleep(0.02)
       journal = h.read(dir .. "/out/journal.jsonl") or ""

@@ -112,4 +112,35 @@ describe("the experiment gallery in headless Chromium #host", function()
     assert.equals("\137PNG", png:sub(1, 4))
     assert.is_true(#png > 20000)
   end)
+
+  it("reloads itself while the run is live, and stays put once it has ended", function()
+    local live_dir = h.tmpdir()
+    local snapshot
+    assert(client:experiment({ name = "live", base = { prompt = "a kite" }, vary = { seed = { 1, 2 } } }, {
+      dir = live_dir, on_event = function(ev)
+        if ev.type == "created" and not snapshot then snapshot = h.read(live_dir .. "/index.html") end
+      end }))
+    h.write(live_dir .. "/live.html", assert(snapshot))
+    -- how this page was loaded, after waiting `ms`
+    for name, ms in pairs { now = 0, later = 3500 } do
+      h.write(("%s/%s.js"):format(live_dir, name), ([[
+(async () => {
+  await new Promise((r) => setTimeout(r, %d));
+  return { type: performance.getEntriesByType("navigation")[0].type, live: document.body.dataset.live };
+})()
+]]):format(ms))
+    end
+    local function open(page, loads, script)
+      local ok, out = proc.run(("python3 %s/spec/support/browser.py --url 'file://%s/%s' --script %s/%s.js --loads %d 2>&1")
+        :format(proc.root, live_dir, page, live_dir, script, loads))
+      assert.is_true(ok, out)
+      local r = cjson.decode(out:match("{.*}"))
+      assert.same({}, r.console)
+      return r.result
+    end
+    -- a live page has reloaded itself by its second load
+    assert.same({ type = "reload", live = "1" }, open("live.html", 2, "now"))
+    -- the finished page is still its first load after 3.5 s
+    assert.same({ type = "navigate", live = "0" }, open("index.html", 1, "later"))
+  end)
 end)

@@ -277,8 +277,9 @@ local function shell_quote(s)
 end
 M.shell_quote = shell_quote
 
+-- Other programs run without LD_PRELOAD: a sanitizer preloaded into this process (make asan) is not theirs.
 local function mkdir(path)
-  return os.execute("mkdir -p " .. shell_quote(path))
+  return os.execute("unset LD_PRELOAD; mkdir -p " .. shell_quote(path))
 end
 
 --- The duration in seconds of an MP4 file, from its movie header (mvhd), or nil.
@@ -331,7 +332,7 @@ local function find_ffmpeg(opt)
   if opt == false then return nil end
   if type(opt) == "string" then return opt end
   if ffmpeg_found == nil then
-    local p = io.popen("command -v ffmpeg 2>/dev/null")
+    local p = io.popen("unset LD_PRELOAD; command -v ffmpeg 2>/dev/null")
     local out = p and p:read("*l")
     if p then p:close() end
     ffmpeg_found = out and out ~= "" and out or false

@@ -2,7 +2,7 @@
 """Opens a page in headless Chromium and runs a script in its context, over the DevTools protocol on a
 pipe (--remote-debugging-pipe: NUL-separated JSON on fds 3 and 4, no port, no websocket, no Node).
 
-    python3 browser.py --url file:///.../index.html --script probe.js [--screenshot out.png]
+    python3 browser.py --url file:///.../index.html --script probe.js [--screenshot out.png] [--loads N]
 
 Prints one JSON object: {"result": <what the script's expression returned (awaited)>, "console": [every
 console message and log entry of level warning or error, and every uncaught exception], "screenshot": path}.
@@ -124,6 +124,7 @@ def main():
     ap.add_argument("--width", type=int, default=1400)
     ap.add_argument("--height", type=int, default=900)
     ap.add_argument("--timeout", type=float, default=60)
+    ap.add_argument("--loads", type=int, default=1, help="how many page loads to wait for before the script")
     ap.add_argument("--chromium", default=os.environ.get("CHROMIUM") or shutil.which("chromium") or "chromium")
     args = ap.parse_args()
 
@@ -141,7 +142,8 @@ def main():
         b.send("Emulation.setDeviceMetricsOverride", {"width": args.width, "height": args.height,
                "deviceScaleFactor": 1, "mobile": False}, session=session)
         b.send("Page.navigate", {"url": args.url}, session=session)
-        b.wait_event("Page.loadEventFired", args.timeout)
+        for _ in range(args.loads):  # a page that reloads itself fires one more each time
+            b.wait_event("Page.loadEventFired", args.timeout)
         result = None
         if args.script:
             with open(args.script, encoding="utf-8") as f:
