@@ -76,16 +76,17 @@ function M.load(path, json)
   if not f then return invalid("cannot read the experiment spec: " .. tostring(why), "spec") end
   local text = f:read("*a")
   f:close()
+  local ok, spec
   if path:match("%.json$") or text:match("^%s*{") then
-    local ok, spec = pcall(json.decode, text)
+    ok, spec = pcall(json.decode, text)
     if not ok or type(spec) ~= "table" then return invalid(path .. " is not a JSON object: " .. tostring(spec), "spec") end
-    return spec
+  else
+    local chunk, lerr = (loadstring or load)(text, "@" .. path) -- luacheck: ignore 113
+    if not chunk then return invalid("cannot load " .. path .. ": " .. tostring(lerr), "spec") end
+    ok, spec = pcall(chunk)
+    if not ok then return invalid(path .. " raised an error: " .. tostring(spec), "spec") end
+    if type(spec) ~= "table" then return invalid(path .. " must return a table (the experiment spec)", "spec") end
   end
-  local chunk, lerr = (loadstring or load)(text, "@" .. path) -- luacheck: ignore 113
-  if not chunk then return invalid("cannot load " .. path .. ": " .. tostring(lerr), "spec") end
-  local ok, spec = pcall(chunk)
-  if not ok then return invalid(path .. " raised an error: " .. tostring(spec), "spec") end
-  if type(spec) ~= "table" then return invalid(path .. " must return a table (the experiment spec)", "spec") end
   if spec.name == nil then spec.name = path:match("([^/]+)%.[^./]*$") or path:match("([^/]+)$") end
   return spec
 end
@@ -429,6 +430,9 @@ function M.run(client, spec, opts)
   if type(dir) ~= "string" or dir == "" then return invalid("the experiment needs a directory (dir)", "dir") end
   dir = dir:gsub("/+$", "")
   local rows, cols = opts.rows or plan.rows, opts.cols or plan.cols
+  if rows ~= nil and rows == cols then
+    return invalid(("rows and cols are both %s: pick two axes"):format(tostring(rows)), "cols")
+  end
   for _, pick in ipairs { { "rows", rows }, { "cols", cols } } do
     if pick[2] ~= nil then
       local found = false
