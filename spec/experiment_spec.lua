@@ -174,6 +174,30 @@ describe("jimeng.experiment", function()
     assert.is_nil(failed.video)
   end)
 
+  it("lays the gallery out as asked: rows, columns, one grid per value of another axis, shared values once", function()
+    local s = spec { vars = { animal = { "red fox", "owl" }, place = { "dawn", "dusk" } } }
+    assert(client:experiment(s, { dir = dir, rows = "animal", cols = "seed" }))
+    local html = h.read(dir .. "/index.html")
+    local r = results(dir)
+    assert.equals("animal", r.rows)
+    assert.equals("seed", r.cols)
+    assert.same({ "place" }, r.pages)
+    assert.same({ "place = dawn", "place = dusk" }, (function()
+      local t = {}
+      for title in html:gmatch("<h2>(.-)</h2>") do t[#t + 1] = title end
+      return t
+    end)())
+    assert.equals(2, count(html, 'class="corner"'))
+    assert.equals(4, count(html, 'class="rowhead"'))
+    assert.equals(8, count(html, "<article "))
+    -- shared once at the top (with the prompt's template), varying per cell
+    assert.equals(1, count(html, "<b>aspect_ratio</b>16:9"))
+    assert.truthy(html:find("prompt template: <code>a {animal} at {place}</code>", 1, true))
+    assert.equals(8, count(html, "<b>seed</b>"))
+    assert.equals(2, count(html, '<p class="prompt">a red fox at dusk</p>'))
+    assert.same({ aspect_ratio = "16:9", seconds = "5" }, r.shared)
+  end)
+
   it("rewrites the gallery atomically while it runs, reloading itself until the run ends", function()
     local seen, torn = {}, 0
     local report = assert(client:experiment(spec(), { dir = dir, on_event = function(ev)
