@@ -45,7 +45,7 @@ LUA_SRCS     = $(wildcard lua/jimeng/*.lua)
 RUN_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/?.lua;;" \
           LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" JIMENG_TEST_LUA="$(LUA)" JIMENG_BUILD="$(CURDIR)/$(BUILD)"
 
-.PHONY: all test test-all demo examples install uninstall clean version rock lint docs asan valgrind fuzz bench
+.PHONY: all test test-all demo experiment examples install uninstall clean version rock lint docs asan valgrind fuzz bench
 
 all: $(SO)
 
@@ -128,6 +128,14 @@ bench: all
 demo: all
 	@mkdir -p build/demo
 	@$(RUN_ENV) $(LUA) examples/run_with_sandbox.lua examples/text_to_video.lua build/demo
+
+# A prompt experiment end to end against a fresh sandbox: examples/experiment.lua's six cells, their videos,
+# posters (with ffmpeg) and the gallery, build/experiment/index.html.
+experiment: all
+	@rm -rf build/experiment && mkdir -p build/experiment
+	@$(RUN_ENV) $(LUA) examples/run_with_sandbox.lua bin/jimeng experiment examples/experiment.lua \
+	  -o build/experiment --interval 0.5
+	@echo "the gallery: build/experiment/index.html"
 
 # Every example, each against its own fresh sandbox.
 examples: all

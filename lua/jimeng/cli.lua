@@ -1,5 +1,5 @@
 --- The `jimeng` command: generate, create, status, wait, download, detect, recognize, omnihuman, batch,
--- sandbox. Progress goes to stderr (a redrawn line on a terminal, plain lines otherwise); results to
+-- experiment, sandbox. Progress goes to stderr (a redrawn line on a terminal, plain lines otherwise); results to
 -- stdout, as JSON with --json. Exit codes: 0 ok, 1 task failed, 2 usage or invalid input, 3 API or
 -- network error.
 local argparse = require "argparse"
@@ -205,6 +205,7 @@ Examples:
   jimeng create "waves at dusk" --json          # prints the task; then: jimeng wait ID; jimeng download ID
   jimeng omnihuman --image https://.../portrait.jpg --audio https://.../speech.mp3 --subject largest -o talk.mp4
   jimeng batch jobs.jsonl --journal run.jsonl -o videos/ -j 8
+  jimeng experiment examples/experiment.lua --dry-run   # then without --dry-run; open DIR/index.html
   jimeng sandbox                                 # a local API for trying all of this without a key
 
 Environment: JIMENG_API_KEY (required for the real API), JIMENG_BASE_URL (default https://api.tokenops.ai/v1).
@@ -255,6 +256,21 @@ Exit codes: 0 ok, 1 the task failed, 2 usage or invalid input, 3 API or network 
   number_option(batch, "-j --jobs-in-flight", "How many jobs run at once (default 4).")
   batch:flag("--recreate-unknown", "Create again the jobs whose earlier create may or may not have happened.")
   batch:flag("--force", "Replace output files this journal did not make (otherwise refused before paying).")
+
+  local exp = p:command("experiment", "Run a grid of variations (a spec file) as one resumable batch, with a gallery.")
+  exp:argument("spec", "Experiment spec: a Lua file returning a table, or a JSON file (base, vary, vars, cells).")
+  exp:option("-o --output-dir", "The experiment's directory: journal, videos, index.html, results.json "
+    .. "(default: the spec's name).")
+  exp:option("--rows", "The axis shown as the gallery's rows.")
+  exp:option("--cols", "The axis shown as the gallery's columns.")
+  exp:flag("--dry-run", "Print the grid, how many videos would be paid and their seconds; create nothing.")
+  number_option(exp, "--max-videos", "Refuse a run that would pay for more videos than this without --yes (default 20).")
+  exp:flag("-y --yes", "Run even above --max-videos.")
+  exp:option("--retake", "Make a new take of this cell (its id, as --dry-run prints it); earlier takes are kept.")
+    :count("*"):args(1)
+  number_option(exp, "-j --jobs-in-flight", "How many videos are made at once (default 4).")
+  exp:flag("--recreate-unknown", "Create again the cells whose earlier create may or may not have happened.")
+  exp:flag("--no-posters", "Do not make poster images with ffmpeg.")
 
   local sb = p:command("sandbox", "Run the local API emulator; prints its URL and the environment to use it.")
   number_option(sb, "--port", "Port (default: a free one).")
@@ -427,6 +443,62 @@ function commands.batch(client, args, out)
   end
   if summary.errors > 0 or summary.unknown > 0 then return EXIT_API end
   if summary.failed > 0 then return EXIT_TASK end
+  return EXIT_OK
+end
+
+function commands.experiment(client, args, out)
+  local done = 0
+  local retake = args.retake
+  if retake and #retake == 0 then retake = nil end
+  local spec, serr = require("jimeng.experiment").load(args.spec, jimeng.json)
+  if not spec then return out:fail(serr) end
+  local report, err = client:experiment(spec, {
+    dir = args.output_dir or (tostring(spec.name):gsub("[^%w%-_.]", "_")), rows = args.rows, cols = args.cols,
+    dry_run = args.dry_run, max_videos = args.max_videos, yes = args.yes, retake = retake,
+    concurrency = args.jobs_in_flight, recreate_unknown = args.recreate_unknown, interval = args.interval,
+    timeout = args.timeout, ffmpeg = args.no_posters and false or nil,
+    on_plan = function(plan, r)
+      local dims = {}
+      for _, a in ipairs(plan.axes) do dims[#dims + 1] = ("%d %s"):format(#a.values, a.name) end
+      out:note(("experiment %s: %d cells (%s), %d videos with their takes, in %s"):format(plan.name, #plan.cells,
+        #dims > 0 and table.concat(dims, " x ") or "no axes", #r.takes, r.dir))
+      if not args.dry_run then return end
+      for _, t in ipairs(r.takes) do
+        out:note(("  %-50s %s  %s"):format(t.label, t.cell.seconds and (t.cell.seconds .. " s") or "?",
+          t.new and "to make" or ("made: " .. tostring(t.task_id))))
+      end
+    end,
+    on_event = function(ev)
+      local name = ev.job.label
+      if ev.type == "backoff" then
+        out:note(("rate limited: %d video(s) in flight from now on"):format(ev.limit))
+      elseif ev.type == "created" then
+        out:note(("%s: created task %s"):format(name, ev.task.id))
+      elseif ev.type ~= "status" then
+        done = done + 1
+        local what = ev.type == "saved" and ("saved " .. ev.job.path) or ev.type == "skipped" and "already made"
+          or (ev.type .. ": " .. tostring(ev.job.error))
+        out:note(("[%d/%d] %s: %s"):format(done, ev.job.total, name, what))
+      end
+    end,
+  })
+  if not report then return out:fail(err) end
+  if report.dry_run then
+    local line = ("would pay for %d videos, %d s in total (%d already made); --max-videos is %d"):format(report.to_pay,
+      report.to_pay_seconds, #report.takes - report.to_pay, args.max_videos or 20)
+    out:result({ name = report.name, dir = report.dir, cells = report.cells, videos = #report.takes,
+      to_pay = report.to_pay, to_pay_seconds = report.to_pay_seconds }, line)
+    return EXIT_OK
+  end
+  local line = ("%d videos: %d made, %d already made, %d failed, %d unknown, %d errors; paid for %d videos (%d s); "
+    .. "gallery: %s"):format(#report.takes, report.made, report.skipped, report.failed, report.unknown, report.errors,
+    report.paid, report.paid_seconds, report.gallery)
+  out:result({ name = report.name, dir = report.dir, gallery = report.gallery, results = report.results,
+    videos = #report.takes, made = report.made, skipped = report.skipped, failed = report.failed,
+    unknown = report.unknown, errors = report.errors, paid = report.paid, paid_seconds = report.paid_seconds })
+  out:note(line)
+  if report.errors > 0 or report.unknown > 0 then return EXIT_API end
+  if report.failed > 0 then return EXIT_TASK end
   return EXIT_OK
 end
 

@@ -39,6 +39,12 @@ M.error = errors.new
 M.errors = errors -- errors.KINDS: kind -> {retryable=, exit=, hint=}
 M.is_error = errors.is
 
+--- client:experiment(spec, opts) -> report | nil, err: a grid of variations as one resumable, budgeted
+-- batch with a gallery (see jimeng.experiment). Client stays free of it: the method lives here.
+function Client:experiment(spec, opts)
+  return require("jimeng.experiment").run(self, spec, opts)
+end
+
 -- The module-level calls use a default client made from the environment on first use.
 local default_client
 local function default()
@@ -50,7 +56,8 @@ local function default()
   return default_client
 end
 
-for _, name in ipairs { "create", "status", "wait", "download", "generate", "detect", "recognize", "omnihuman", "batch" } do
+for _, name in ipairs { "create", "status", "wait", "download", "generate", "detect", "recognize", "omnihuman", "batch",
+  "experiment" } do
   if Client[name] then
     M[name] = function(...)
       local c, err = default()

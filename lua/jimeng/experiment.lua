@@ -1,0 +1,591 @@
+--- Prompt experiments: a grid of variations run as one resumable, budgeted batch, seen in a gallery.
+-- A spec (a Lua table, a Lua file returning one, or a JSON file) names `base` parameters, `vary` axes
+-- (any create parameter), prompt templates with `vars`, and explicit extra `cells`. Its cells are the
+-- product of the axes; each becomes a batch job whose label is the cell's id (made of its axis values,
+-- plus the take number), all sharing one journal in the experiment's directory. So a run killed at any
+-- point continues where it stopped, adding a value to an axis pays only for the new cells, and
+-- `retake` adds a take of one cell while keeping the earlier ones.
+--
+-- Files in the experiment's directory: journal.jsonl (the batch journal), takes.json (takes per cell),
+-- videos/*.mp4, posters/*.jpg (first frames, when ffmpeg is installed), index.html (the gallery) and
+-- results.json (the same data for scripts), both rewritten atomically after every job event.
+local core = require "jimeng.core"
+local errors = require "jimeng.errors"
+local gallery = require "jimeng.gallery"
+
+local M = {}
+
+local SPEC_KEYS = { name = true, base = true, vary = true, vars = true, cells = true, order = true,
+  rows = true, cols = true }
+local TAKE_SEP = " take "
+
+local function invalid(message, field)
+  return nil, errors.new { kind = "invalid_argument", message = message, field = field }
+end
+
+--- A JSON text with object keys sorted, so that equal values give equal texts.
+local function canonical(json, v)
+  if type(v) ~= "table" then
+    -- lua-cjson writes "/" as "\/": valid, but not what a person pastes; a "\/" is always that escape
+    return (json.encode(v):gsub("\\/", "/"))
+  end
+  local n, count = #v, 0
+  for _ in pairs(v) do count = count + 1 end
+  local parts = {}
+  if count == n and n > 0 then
+    for i = 1, n do parts[i] = canonical(json, v[i]) end
+    return "[" .. table.concat(parts, ",") .. "]"
+  end
+  local keys = {}
+  for k in pairs(v) do keys[#keys + 1] = tostring(k) end
+  table.sort(keys)
+  for i, k in ipairs(keys) do parts[i] = json.encode(k) .. ":" .. canonical(json, v[k]) end
+  return "{" .. table.concat(parts, ",") .. "}"
+end
+M.canonical = canonical
+
+local function copy(t)
+  local c = {}
+  for k, v in pairs(t or {}) do c[k] = v end
+  return c
+end
+
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+  return keys
+end
+
+--- How one axis value reads in a cell id: itself when short and plain, else a slug and a hash.
+local function value_id(json, v)
+  local s = type(v) == "string" and v or canonical(json, v)
+  if #s <= 24 and s:match("^[%w%-_.:]+$") then return s end
+  if #s <= 24 and s:match("^[%w%-_.: ]+$") and not s:match("^ ") and not s:match(" $") then return (s:gsub(" ", "-")) end
+  local slug = s:sub(1, 24):gsub("[^%w]+", "-"):gsub("^%-+", ""):gsub("%-+$", ""):lower()
+  return slug .. "~" .. core.fingerprint(s):sub(1, 6)
+end
+
+-- Axes are shown in this order unless the spec gives `order`: the template's variables, then these.
+local PRIORITY = { "prompt", "model", "req_key", "image", "images", "image_urls", "aspect_ratio", "size",
+  "seconds", "frames", "camera_move", "seed" }
+
+--- Reads a spec: a Lua file returning a table, or a JSON file (by its extension or its first character).
+function M.load(path, json)
+  local f, why = io.open(path, "rb")
+  if not f then return invalid("cannot read the experiment spec: " .. tostring(why), "spec") end
+  local text = f:read("*a")
+  f:close()
+  local ok, spec
+  if path:match("%.json$") or text:match("^%s*{") then
+    ok, spec = pcall(json.decode, text)
+    if not ok or type(spec) ~= "table" then return invalid(path .. " is not a JSON object: " .. tostring(spec), "spec") end
+  else
+    local chunk, lerr = (loadstring or load)(text, "@" .. path) -- luacheck: ignore 113
+    if not chunk then return invalid("cannot load " .. path .. ": " .. tostring(lerr), "spec") end
+    ok, spec = pcall(chunk)
+    if not ok then return invalid(path .. " raised an error: " .. tostring(spec), "spec") end
+    if type(spec) ~= "table" then return invalid(path .. " must return a table (the experiment spec)", "spec") end
+  end
+  if spec.name == nil then spec.name = path:match("([^/]+)%.[^./]*$") or path:match("([^/]+)$") end
+  return spec
+end
+
+local function placeholders(s)
+  local names = {}
+  for name in s:gmatch("{([%w_]+)}") do names[#names + 1] = name end
+  return names
+end
+
+local function render(template, values)
+  return (template:gsub("{([%w_]+)}", function(name)
+    if values[name] ~= nil then return tostring(values[name]) end
+  end))
+end
+
+local function seconds_of(body)
+  if body.frames == 241 then return 10 end
+  if body.frames == 121 then return 5 end
+  return nil
+end
+
+--- Expands a spec into its cells, each validated: plan | nil, err (the cell and field named).
+-- plan: {name=, axes={{name=, values=, var=bool}}, cells={...}, shared={...}, varying={...}, rows=, cols=}
+-- A cell: {id=, axes={name=value}, params={...}, body={...}, seconds=, extra=bool, index=}.
+function M.plan(spec, json)
+  if type(spec) ~= "table" then return invalid("the experiment spec must be a table", "spec") end
+  for k in pairs(spec) do
+    if not SPEC_KEYS[k] then
+      return invalid(("the experiment spec has an unknown key %q (known: base, vary, vars, cells, name, order, rows, cols)")
+        :format(tostring(k)), tostring(k))
+    end
+  end
+  local base = spec.base or {}
+  if type(base) ~= "table" then return invalid("base must be a table of create parameters", "base") end
+
+  -- the axes: every var of the prompt template, then every varied parameter
+  local axes, by_name = {}, {}
+  local function add_axis(name, values, var, where)
+    if type(values) ~= "table" or #values == 0 then
+      return invalid(("%s.%s must be a non-empty list of values"):format(where, name), where .. "." .. name)
+    end
+    if by_name[name] then return invalid(("%s is both a var and a varied parameter"):format(name), where .. "." .. name) end
+    local seen = {}
+    for _, v in ipairs(values) do
+      local key = canonical(json, v)
+      if seen[key] then return invalid(("%s.%s lists %s twice"):format(where, name, key), where .. "." .. name) end
+      seen[key] = true
+    end
+    local axis = { name = name, values = values, var = var }
+    axes[#axes + 1], by_name[name] = axis, axis
+    return true
+  end
+  for _, name in ipairs(sorted_keys(spec.vars or {})) do
+    local ok, err = add_axis(name, spec.vars[name], true, "vars")
+    if not ok then return nil, err end
+  end
+  for _, name in ipairs(sorted_keys(spec.vary or {})) do
+    local ok, err = add_axis(name, spec.vary[name], false, "vary")
+    if not ok then return nil, err end
+  end
+
+  -- display order: the spec's `order`, else vars, then PRIORITY, then the rest by name
+  local rank = {}
+  for i, name in ipairs(spec.order or {}) do
+    if not by_name[name] then return invalid(("order names %q, which is not an axis"):format(tostring(name)), "order") end
+    rank[name] = i
+  end
+  for i, name in ipairs(PRIORITY) do rank[name] = rank[name] or (1000 + i) end
+  table.sort(axes, function(a, b)
+    local ra = rank[a.name] or (a.var and 500 or 2000)
+    local rb = rank[b.name] or (b.var and 500 or 2000)
+    if ra ~= rb then return ra < rb end
+    return a.name < b.name
+  end)
+  -- ids name the axes in a fixed order (by name), so that reordering the display never changes them
+  local id_axes = {}
+  for i, a in ipairs(axes) do id_axes[i] = a end
+  table.sort(id_axes, function(a, b) return a.name < b.name end)
+
+  local cells, ids = {}, {}
+  local function add_cell(id, values, params, extra)
+    if ids[id] then return invalid(("two cells have the id %q"):format(id), "cells") end
+    ids[id] = true
+    if type(params.prompt) == "string" then
+      for _, name in ipairs(placeholders(params.prompt)) do
+        if values[name] == nil then
+          return invalid(("cell %s: the prompt names {%s}, which vars does not define"):format(id, name), "prompt")
+        end
+      end
+      params.prompt = render(params.prompt, values)
+    end
+    local body, err = core.normalize(params)
+    if not body then
+      local e = errors.new(err)
+      e.message = ("cell %s: %s"):format(id, e.message)
+      return nil, e
+    end
+    cells[#cells + 1] = { id = id, index = #cells + 1, axes = values, params = params, body = body,
+      seconds = seconds_of(body), extra = extra or nil }
+    return true
+  end
+
+  -- the product of the axes, the first axis varying slowest
+  local function walk(i, values)
+    if i > #axes then
+      local params, parts = copy(base), {}
+      for _, a in ipairs(axes) do
+        if not a.var then params[a.name] = values[a.name] end
+      end
+      for _, a in ipairs(id_axes) do parts[#parts + 1] = a.name .. "=" .. value_id(json, values[a.name]) end
+      return add_cell(#parts > 0 and table.concat(parts, ",") or "base", copy(values), params)
+    end
+    for _, v in ipairs(axes[i].values) do
+      values[axes[i].name] = v
+      local ok, err = walk(i + 1, values)
+      if not ok then return nil, err end
+    end
+    values[axes[i].name] = nil
+    return true
+  end
+  local ok, err = walk(1, {})
+  if not ok then return nil, err end
+
+  -- explicit extra cells: base plus their own parameters (a template's vars may be given among them)
+  for i, extra in ipairs(spec.cells or {}) do
+    if type(extra) ~= "table" then return invalid(("cells[%d] must be a table of parameters"):format(i), "cells") end
+    local params, values = copy(base), {}
+    for k, v in pairs(extra) do
+      if k ~= "id" then
+        if by_name[k] and by_name[k].var then values[k] = v else params[k] = v end
+      end
+    end
+    local id = extra.id and tostring(extra.id) or ("cell-" .. core.fingerprint(canonical(json, extra)):sub(1, 8))
+    ok, err = add_cell(id, values, params, true)
+    if not ok then return nil, err end
+  end
+  if #cells == 0 then return invalid("the experiment has no cells: give base, vary or cells", "spec") end
+
+  -- what is the same in every cell is shown once; what differs, per cell
+  local shared, varying = {}, {}
+  local first = cells[1].params
+  local names = {}
+  for _, c in ipairs(cells) do for k in pairs(c.params) do names[k] = true end end
+  for k in pairs(names) do
+    local same = first[k] ~= nil
+    for _, c in ipairs(cells) do
+      if c.params[k] == nil or canonical(json, c.params[k]) ~= canonical(json, first[k]) then same = false end
+    end
+    if same then shared[k] = first[k] else varying[#varying + 1] = k end
+  end
+  table.sort(varying)
+  local template = type(base.prompt) == "string" and #placeholders(base.prompt) > 0 and base.prompt or nil
+
+  local plan = { name = tostring(spec.name or "experiment"), axes = axes, cells = cells, shared = shared,
+    varying = varying, template = template, rows = spec.rows, cols = spec.cols }
+  return plan
+end
+
+-- Files
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+--- Writes a file atomically: a temporary file beside it, then rename(2) onto it.
+local function write_atomic(path, data)
+  local tmp = path .. ".tmp"
+  local f, why = io.open(tmp, "wb")
+  if not f then return nil, why end
+  local ok, werr = f:write(data)
+  f:close()
+  if not ok then
+    os.remove(tmp)
+    return nil, werr
+  end
+  return os.rename(tmp, path)
+end
+M.write_atomic = write_atomic
+
+local function shell_quote(s)
+  s = tostring(s)
+  if s ~= "" and s:match("^[%w%-_./:=@,+]+$") then return s end
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+M.shell_quote = shell_quote
+
+-- Other programs run without LD_PRELOAD: a sanitizer preloaded into this process (make asan) is not theirs.
+local function mkdir(path)
+  return os.execute("unset LD_PRELOAD; mkdir -p " .. shell_quote(path))
+end
+
+--- The duration in seconds of an MP4 file, from its movie header (mvhd), or nil.
+function M.mp4_duration(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local function u(s, i, n)
+    local v = 0
+    for k = i, i + n - 1 do v = v * 256 + s:byte(k) end
+    return v
+  end
+  -- walks the boxes between from and to, returning the offset and size of the first of type `want`
+  local function find(from, to, want)
+    local pos = from
+    while pos + 8 <= to do
+      f:seek("set", pos)
+      local h = f:read(16)
+      if not h or #h < 8 then return nil end
+      local size, kind, header = u(h, 1, 4), h:sub(5, 8), 8
+      if size == 1 and #h >= 16 then size, header = u(h, 9, 8), 16 end
+      if size == 0 then size = to - pos end
+      if size < header then return nil end
+      if kind == want then return pos + header, size - header end
+      pos = pos + size
+    end
+  end
+  local total = f:seek("end")
+  local duration
+  local moov, moov_size = find(0, total, "moov")
+  if moov then
+    local mvhd = find(moov, moov + moov_size, "mvhd")
+    if mvhd then
+      f:seek("set", mvhd)
+      local b = f:read(32) or ""
+      if #b >= 20 and b:byte(1) == 0 then
+        local scale, units = u(b, 13, 4), u(b, 17, 4)
+        if scale > 0 then duration = units / scale end
+      elseif #b >= 32 and b:byte(1) == 1 then
+        local scale, units = u(b, 21, 4), u(b, 25, 8)
+        if scale > 0 then duration = units / scale end
+      end
+    end
+  end
+  f:close()
+  return duration
+end
+
+local ffmpeg_found
+local function find_ffmpeg(opt)
+  if opt == false then return nil end
+  if type(opt) == "string" then return opt end
+  if ffmpeg_found == nil then
+    local p = io.popen("unset LD_PRELOAD; command -v ffmpeg 2>/dev/null")
+    local out = p and p:read("*l")
+    if p then p:close() end
+    ffmpeg_found = out and out ~= "" and out or false
+  end
+  return ffmpeg_found or nil
+end
+
+--- The first frame of a video as a JPEG, with ffmpeg: true when made.
+local function make_poster(ffmpeg, video, poster)
+  local tmp = poster .. ".tmp.jpg"
+  local cmd = ("%s -nostdin -loglevel error -y -i %s -frames:v 1 -q:v 3 %s >/dev/null 2>&1"):format(
+    shell_quote(ffmpeg), shell_quote(video), shell_quote(tmp))
+  local ok = os.execute("unset LD_PRELOAD; " .. cmd)
+  if (ok == true or ok == 0) and core.file_size(tmp) and core.file_size(tmp) > 0 then
+    return os.rename(tmp, poster)
+  end
+  os.remove(tmp)
+  return false
+end
+
+-- Commands and parameters for the gallery's copy buttons
+
+local FLAGS = { seconds = "--seconds", frames = "--frames", size = "--size", aspect_ratio = "--aspect-ratio",
+  model = "--model", req_key = "--req-key", seed = "--seed" }
+
+--- The `jimeng generate` command that makes one cell, shell-quoted; nil and the reason when a
+-- parameter has no option on the command line.
+function M.command(params, output)
+  if type(params.prompt) ~= "string" then return nil, "no prompt" end
+  local words = { "jimeng", "generate", shell_quote(params.prompt) }
+  for _, k in ipairs(sorted_keys(params)) do
+    local v = params[k]
+    if k == "prompt" then -- luacheck: ignore 542 (the positional argument above)
+    elseif FLAGS[k] then
+      words[#words + 1] = FLAGS[k] .. " " .. shell_quote(v)
+    elseif k == "image" or k == "images" or k == "image_urls" then
+      for _, img in ipairs(type(v) == "table" and v or { v }) do words[#words + 1] = "--image " .. shell_quote(img) end
+    elseif k == "camera_move" then
+      if v then words[#words + 1] = "--camera-move" end
+    else
+      return nil, ("%s has no option in jimeng generate"):format(k)
+    end
+  end
+  if output then words[#words + 1] = "-o " .. shell_quote(output) end
+  return table.concat(words, " ")
+end
+
+-- Running
+
+local function read_json(path, json)
+  local text = read_file(path)
+  if not text then return nil end
+  local ok, v = pcall(json.decode, text)
+  if ok and type(v) == "table" then return v end
+end
+
+local function file_name(id)
+  return (id:gsub("[^%w%-_.~=,]", "_"):gsub("^%.", "_"))
+end
+
+--- The takes of each cell: every cell has take 1; retakes add more (kept in takes.json).
+local function expand_takes(plan, takes_count)
+  local takes, used = {}, {}
+  for _, cell in ipairs(plan.cells) do
+    local base = file_name(cell.id)
+    if used[base] then base = base .. "-" .. core.fingerprint(cell.id):sub(1, 6) end
+    used[base] = true
+    for n = 1, math.max(1, tonumber(takes_count[cell.id]) or 1) do
+      local stem = n == 1 and base or (base .. "-take" .. n)
+      takes[#takes + 1] = { cell = cell, take = n, label = n == 1 and cell.id or (cell.id .. TAKE_SEP .. n),
+        video = "videos/" .. stem .. ".mp4", poster = "posters/" .. stem .. ".jpg", status = "pending" }
+    end
+  end
+  return takes
+end
+
+--- Runs (or with opts.dry_run, only plans) an experiment. client: a jimeng client; spec: a table or a
+-- path. opts: dir (required), rows, cols, dry_run, max_videos (default 20), yes, retake (a cell id or a
+-- list), concurrency, recreate_unknown, interval, timeout, ffmpeg (a path, or false for no posters),
+-- on_event(ev) (the batch's events, with ev.take), on_plan(plan, report).
+-- Returns a report: {name=, dir=, gallery=, results=, cells=, takes={...}, to_pay=, to_pay_seconds=,
+-- made=, skipped=, failed=, unknown=, errors=, paid=, paid_seconds=, dry_run=} | nil, err.
+function M.run(client, spec, opts)
+  opts = opts or {}
+  local json = client.json
+  if type(spec) == "string" then
+    local err
+    spec, err = M.load(spec, json)
+    if not spec then return nil, err end
+  end
+  local plan, perr = M.plan(spec, json)
+  if not plan then return nil, perr end
+  local dir = opts.dir
+  if type(dir) ~= "string" or dir == "" then return invalid("the experiment needs a directory (dir)", "dir") end
+  dir = dir:gsub("/+$", "")
+  local rows, cols = opts.rows or plan.rows, opts.cols or plan.cols
+  if rows ~= nil and rows == cols then
+    return invalid(("rows and cols are both %s: pick two axes"):format(tostring(rows)), "cols")
+  end
+  for _, pick in ipairs { { "rows", rows }, { "cols", cols } } do
+    if pick[2] ~= nil then
+      local found = false
+      for _, a in ipairs(plan.axes) do found = found or a.name == pick[2] end
+      if not found then
+        local names = {}
+        for i, a in ipairs(plan.axes) do names[i] = a.name end
+        return invalid(("--%s %s is not an axis of this experiment (axes: %s)"):format(pick[1], tostring(pick[2]),
+          #names > 0 and table.concat(names, ", ") or "none"), pick[1])
+      end
+    end
+  end
+
+  -- takes: one per cell, plus the retakes asked for now and before
+  local takes_path = dir .. "/takes.json"
+  local takes_count = read_json(takes_path, json) or {}
+  local retake = opts.retake
+  if type(retake) == "string" then retake = { retake } end
+  local ids = {}
+  for _, c in ipairs(plan.cells) do ids[c.id] = true end
+  for _, id in ipairs(retake or {}) do
+    if not ids[id] then
+      local list = {}
+      for i = 1, math.min(#plan.cells, 6) do list[i] = plan.cells[i].id end
+      return invalid(("--retake %s: no such cell (cells: %s%s)"):format(id, table.concat(list, " "),
+        #plan.cells > 6 and " ..." or ""), "retake")
+    end
+    takes_count[id] = (tonumber(takes_count[id]) or 1) + 1
+  end
+  local takes = expand_takes(plan, takes_count)
+
+  -- what was made before: the previous results, for what this run would pay and for the gallery
+  local results_path, gallery_path = dir .. "/results.json", dir .. "/index.html"
+  local previous = {}
+  for _, r in ipairs((read_json(results_path, json) or {}).cells or {}) do
+    if type(r) == "table" and r.label then previous[r.label] = r end
+  end
+  local to_pay, to_pay_seconds = 0, 0
+  for _, t in ipairs(takes) do
+    local p = previous[t.label]
+    if p and p.task_id then
+      for _, k in ipairs { "task_id", "status", "error", "created_at", "generation_seconds", "duration" } do t[k] = p[k] end
+      if t.status == "in_queue" or t.status == "processing" or t.status == "creating" then t.status = "pending" end
+    else
+      t.new = true
+      to_pay = to_pay + 1
+      to_pay_seconds = to_pay_seconds + (t.cell.seconds or 0)
+    end
+  end
+
+  local report = { name = plan.name, dir = dir, gallery = gallery_path, results = results_path, plan = plan,
+    cells = #plan.cells, takes = takes, to_pay = to_pay, to_pay_seconds = to_pay_seconds, dry_run = opts.dry_run,
+    made = 0, skipped = 0, failed = 0, unknown = 0, errors = 0, paid = 0, paid_seconds = 0, rows = rows, cols = cols }
+  if opts.on_plan then opts.on_plan(plan, report) end
+  if opts.dry_run then return report end
+  local max = opts.max_videos or 20
+  if to_pay > max and not opts.yes then
+    return invalid(("this run would pay for %d videos (%d s), above the limit of %d: run with --dry-run to see them, "
+      .. "then pass --yes (yes=true) or raise --max-videos"):format(to_pay, to_pay_seconds, max), "max_videos")
+  end
+
+  for _, sub in ipairs { "", "/videos", "/posters" } do
+    if not mkdir(dir .. sub) then return nil, errors.new { kind = "io", message = "cannot make " .. dir .. sub } end
+  end
+  if retake then
+    local ok, why = write_atomic(takes_path, json.encode(takes_count))
+    if not ok then return nil, errors.new { kind = "io", message = "cannot write " .. takes_path .. ": " .. tostring(why) } end
+  end
+
+  local ffmpeg = find_ffmpeg(opts.ffmpeg)
+  local by_label = {}
+  for _, t in ipairs(takes) do
+    by_label[t.label] = t
+    t.command = M.command(t.cell.params, t.video:match("[^/]+$"))
+  end
+  local live = true
+  local function publish()
+    local data = gallery.data(plan, takes, { json = json, live = live, rows = rows, cols = cols, report = report,
+      canonical = function(v) return canonical(json, v) end })
+    local ok, why = write_atomic(results_path, gallery.results_json(data, json))
+    if ok then ok, why = write_atomic(gallery_path, gallery.html(data, json)) end
+    if not ok then return nil, errors.new { kind = "io", message = "cannot write the gallery: " .. tostring(why) } end
+    return true
+  end
+  local function finish_video(t)
+    local path = dir .. "/" .. t.video
+    t.duration = M.mp4_duration(path)
+    local poster = dir .. "/" .. t.poster
+    if ffmpeg and not core.file_size(poster) then make_poster(ffmpeg, path, poster) end
+    t.has_poster = core.file_size(poster) ~= nil
+  end
+  for _, t in ipairs(takes) do
+    if t.status == "saved" then
+      if core.file_size(dir .. "/" .. t.video) then finish_video(t) else t.status = "pending" end
+    end
+  end
+  local ok, werr = publish()
+  if not ok then return nil, werr end
+
+  local jobs = {}
+  for i, t in ipairs(takes) do
+    local job = copy(t.cell.params)
+    job.label, job.output = t.label, t.video
+    jobs[i] = job
+  end
+  local publish_error
+  local summary, berr = client:batch(jobs, {
+    journal = dir .. "/journal.jsonl", output_dir = dir, concurrency = opts.concurrency,
+    recreate_unknown = opts.recreate_unknown, interval = opts.interval, timeout = opts.timeout,
+    on_event = function(ev)
+      local t = by_label[ev.job.label]
+      local changed = true
+      if ev.type == "created" then
+        t.task_id, t.status, t.created_at, t.t0 = ev.task.id, "in_queue", os.time(), core.now()
+        report.paid, report.paid_seconds = report.paid + 1, report.paid_seconds + (t.cell.seconds or 0)
+      elseif ev.type == "status" then
+        changed = t.status ~= ev.task.status
+        t.status, t.task_id = ev.task.status, ev.task.id or t.task_id
+        if ev.task.status == "completed" then
+          t.generation_seconds = t.t0 and (core.now() - t.t0) or (t.created_at and os.time() - t.created_at) or nil
+        end
+      elseif ev.type == "saved" or ev.type == "skipped" then
+        t.status, t.task_id = "saved", ev.job.task_id or t.task_id
+        t.error = nil
+        finish_video(t)
+        report[ev.type == "saved" and "made" or "skipped"] = report[ev.type == "saved" and "made" or "skipped"] + 1
+      elseif ev.type == "failed" or ev.type == "unknown" or ev.type == "error" then
+        t.status, t.task_id = ev.type, ev.job.task_id or t.task_id
+        local e = ev.job.error
+        t.error = e and { kind = e.kind, message = e.message } or nil
+        report[ev.type == "error" and "errors" or ev.type] = report[ev.type == "error" and "errors" or ev.type] + 1
+      else
+        changed = false
+      end
+      if changed then
+        local pok, perr2 = publish()
+        if not pok then publish_error = perr2 end
+      end
+      if opts.on_event then
+        ev.take = t
+        opts.on_event(ev)
+      end
+    end,
+  })
+  live = false
+  if not summary then
+    publish()
+    return nil, berr
+  end
+  ok, werr = publish()
+  if not ok then return nil, werr end
+  if publish_error then return nil, publish_error end
+  return report
+end
+
+return M

@@ -1,0 +1,349 @@
+-- Prompt experiments: grids and templates, validation and the budget before paying, resume without paying
+-- twice (after SIGKILL too), takes, and the gallery's files.
+local h = require "spec.support.helpers"
+local proc = require "spec.support.process"
+local core = require "jimeng.core"
+local cjson = require "cjson"
+local jimeng = require "jimeng"
+local experiment = require "jimeng.experiment"
+
+local lua = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
+
+local function count(text, pattern)
+  local n = 0
+  for _ in text:gmatch(pattern) do n = n + 1 end
+  return n
+end
+
+local function results(dir)
+  local text = h.read(dir .. "/results.json")
+  assert.is_string(text, dir .. "/results.json")
+  return cjson.decode(text)
+end
+
+describe("jimeng.experiment", function()
+  local sb, client, dir
+  setup(function()
+    sb = h.sandbox { queue_seconds = 0.05, process_seconds = 0.1 }
+    client = h.client(sb, { poll_interval = 0.05 })
+  end)
+  before_each(function()
+    sb:reset()
+    sb:config { queue_seconds = 0.05, process_seconds = 0.1 }
+    dir = h.tmpdir()
+  end)
+  teardown(function()
+    sb:stop()
+    h.cleanup()
+  end)
+
+  local function spec(extra)
+    local s = { name = "foxes", base = { prompt = "a {animal} at {place}", seconds = 5, aspect_ratio = "16:9" },
+      vars = { animal = { "red fox", "owl" }, place = { "dawn" } }, vary = { seed = { 1, 2 } } }
+    for k, v in pairs(extra or {}) do s[k] = v end
+    return s
+  end
+
+  it("makes the product of the axes, fills the prompt template, and names each cell by its values", function()
+    local plan = assert(experiment.plan(spec { vary = { seed = { 1, 2 }, seconds = { 5, 10 } } }, jimeng.json))
+    assert.equals(8, #plan.cells)
+    local by_id = {}
+    for _, c in ipairs(plan.cells) do by_id[c.id] = c end
+    local c = assert(by_id["animal=red-fox,place=dawn,seconds=10,seed=2"])
+    assert.equals("a red fox at dawn", c.params.prompt)
+    assert.equals(241, c.body.frames)
+    assert.equals(10, c.seconds)
+    assert.equals("16:9", plan.shared.aspect_ratio)
+    assert.same({ "prompt", "seconds", "seed" }, plan.varying)
+    -- the template's variables come first, then the parameters, prompt-like ones before the seed
+    local names = {}
+    for i, a in ipairs(plan.axes) do names[i] = a.name end
+    assert.same({ "animal", "place", "seconds", "seed" }, names)
+    -- a long prompt as an axis value reads as a slug and a hash, and stays the same from run to run
+    local long = assert(experiment.plan({ vary = { prompt = { "waves at dusk over a quiet harbour, 4k", "b" } } }, jimeng.json))
+    assert.truthy(long.cells[1].id:match("^prompt=waves%-at%-dusk%-over%-a%-qui~%x%x%x%x%x%x$"), long.cells[1].id)
+    assert.equals("prompt=b", long.cells[2].id)
+  end)
+
+  it("adds the spec's extra cells, on top of base, with their own ids", function()
+    local plan = assert(experiment.plan(spec { cells = { { id = "hand-picked", animal = "heron", place = "noon", seed = 9 },
+      { prompt = "no template here", seconds = 10 } } }, jimeng.json))
+    assert.equals(6, #plan.cells)
+    assert.equals("hand-picked", plan.cells[5].id)
+    assert.equals("a heron at noon", plan.cells[5].params.prompt)
+    assert.is_true(plan.cells[5].extra)
+    assert.truthy(plan.cells[6].id:match("^cell%-%x+$"))
+    assert.equals(241, plan.cells[6].body.frames)
+  end)
+
+  it("refuses a bad cell before paying for any, naming the cell and the field", function()
+    local _, err = client:experiment(spec { vary = { seed = { 1, 2 }, seconds = { 5, 7 } } }, { dir = dir })
+    assert.equals("invalid_argument", err.kind)
+    assert.equals("seconds", err.field)
+    assert.truthy(err.message:find("cell animal=red-fox,place=dawn,seconds=7,seed=1", 1, true), err.message)
+    local _, terr = client:experiment(spec { base = { prompt = "a {animal} in {weather}" } }, { dir = dir })
+    assert.equals("prompt", terr.field)
+    assert.truthy(terr.message:find("{weather}", 1, true), terr.message)
+    local _, uerr = client:experiment(spec { vary = { sedd = { 1 } } }, { dir = dir })
+    assert.equals("sedd", uerr.field)
+    assert.truthy(uerr.message:find("seed", 1, true), uerr.message)
+    assert.equals(0, sb:stats().creates)
+    assert.is_nil(h.read(dir .. "/journal.jsonl"))
+  end)
+
+  it("refuses a run above max_videos unless told yes, then pays for exactly its cells", function()
+    local _, err = client:experiment(spec(), { dir = dir, max_videos = 3 })
+    assert.equals("invalid_argument", err.kind)
+    assert.equals("max_videos", err.field)
+    assert.truthy(err.message:find("4 videos (20 s)", 1, true), err.message)
+    assert.equals(0, sb:stats().creates)
+    local report = assert(client:experiment(spec(), { dir = dir, max_videos = 3, yes = true }))
+    assert.equals(4, report.made)
+    assert.equals(4, sb:stats().creates)
+    assert.equals(20, report.paid_seconds)
+  end)
+
+  it("run again, pays for nothing; with a seed added, pays only for the new cells", function()
+    local first = assert(client:experiment(spec(), { dir = dir }))
+    assert.equals(4, first.made)
+    for _, t in ipairs(first.takes) do assert.equals(h.fixture(), h.read(dir .. "/" .. t.video)) end
+    local again = assert(client:experiment(spec(), { dir = dir }))
+    assert.equals(0, again.to_pay)
+    assert.equals(4, again.skipped)
+    assert.equals(4, sb:stats().creates)
+    local more = assert(client:experiment(spec { vary = { seed = { 1, 2, 3 } } }, { dir = dir }))
+    assert.equals(2, more.to_pay)
+    assert.equals(2, more.made)
+    assert.equals(4, more.skipped)
+    assert.equals(6, sb:stats().creates)
+    -- and the gallery holds all six, each with its task
+    local r = results(dir)
+    assert.equals(6, #r.cells)
+    for _, c in ipairs(r.cells) do
+      assert.equals("saved", c.status)
+      assert.is_string(c.task_id)
+    end
+  end)
+
+  it("a retake makes one more video of one cell and keeps the earlier take", function()
+    assert(client:experiment(spec(), { dir = dir }))
+    local id = "animal=owl,place=dawn,seed=2"
+    local report = assert(client:experiment(spec(), { dir = dir, retake = id }))
+    assert.equals(1, report.made)
+    assert.equals(5, sb:stats().creates)
+    local takes = {}
+    for _, c in ipairs(results(dir).cells) do
+      if c.id == id then takes[c.take] = c end
+    end
+    assert.equals("videos/animal=owl,place=dawn,seed=2.mp4", takes[1].video)
+    assert.equals("videos/animal=owl,place=dawn,seed=2-take2.mp4", takes[2].video)
+    assert.are_not.equal(takes[1].task_id, takes[2].task_id)
+    assert.equals(h.fixture(), h.read(dir .. "/" .. takes[1].video))
+    assert.equals(h.fixture(), h.read(dir .. "/" .. takes[2].video))
+    -- the take stays part of the experiment; a plain rerun pays for nothing
+    local again = assert(client:experiment(spec(), { dir = dir }))
+    assert.equals(5, #again.takes)
+    assert.equals(0, again.to_pay)
+    assert.equals(5, sb:stats().creates)
+    local _, err = client:experiment(spec(), { dir = dir, retake = "animal=cat" })
+    assert.equals("retake", err.field)
+    assert.equals(5, sb:stats().creates)
+  end)
+
+  it("writes a gallery that needs no network, escapes what the spec and server say, and shows failures in words", function()
+    local s = { name = "<b>tags</b> & 'quotes'", base = { seconds = 5 },
+      vary = { prompt = { "a cat <script>alert(1)</script> & \"dog\"", "sandbox:fail a storm" } } }
+    local report = assert(client:experiment(s, { dir = dir }))
+    assert.equals(1, report.made)
+    assert.equals(1, report.failed)
+    local html = assert(h.read(dir .. "/index.html"))
+    assert.falsy(html:find("<script>alert", 1, true))
+    assert.truthy(html:find("a cat &lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;dog&quot;", 1, true))
+    assert.truthy(html:find("&lt;b&gt;tags&lt;/b&gt; &amp; &#39;quotes&#39;", 1, true))
+    assert.falsy(html:find("https?://"), "the page refers to the network")
+    assert.falsy(html:find("<link", 1, true))
+    assert.equals(1, count(html, "<script>"))
+    assert.truthy(html:find("sandbox: the generation failed (asked by prompt)", 1, true))
+    assert.truthy(html:find('data-live="0"', 1, true))
+    assert.falsy(html:find("http-equiv", 1, true))
+    local r = results(dir)
+    assert.equals("<b>tags</b> & 'quotes'", r.name)
+    local failed
+    for _, c in ipairs(r.cells) do if c.status == "failed" then failed = c end end
+    assert.equals("task_failed", failed.error.kind)
+    assert.is_nil(failed.video)
+  end)
+
+  it("lays the gallery out as asked: rows, columns, one grid per value of another axis, shared values once", function()
+    local s = spec { vars = { animal = { "red fox", "owl" }, place = { "dawn", "dusk" } } }
+    assert(client:experiment(s, { dir = dir, rows = "animal", cols = "seed" }))
+    local html = h.read(dir .. "/index.html")
+    local r = results(dir)
+    assert.equals("animal", r.rows)
+    assert.equals("seed", r.cols)
+    assert.same({ "place" }, r.pages)
+    assert.same({ "place = dawn", "place = dusk" }, (function()
+      local t = {}
+      for title in html:gmatch("<h2>(.-)</h2>") do t[#t + 1] = title end
+      return t
+    end)())
+    assert.equals(2, count(html, 'class="corner"'))
+    assert.equals(4, count(html, 'class="rowhead"'))
+    assert.equals(8, count(html, "<article "))
+    -- shared once at the top (with the prompt's template), varying per cell
+    assert.equals(1, count(html, "<b>aspect_ratio</b>16:9"))
+    assert.truthy(html:find("prompt template: <code>a {animal} at {place}</code>", 1, true))
+    assert.equals(8, count(html, "<b>seed</b>"))
+    assert.equals(2, count(html, '<p class="prompt">a red fox at dusk</p>'))
+    assert.same({ aspect_ratio = "16:9", seconds = "5" }, r.shared)
+  end)
+
+  it("rewrites the gallery atomically while it runs, reloading itself until the run ends", function()
+    local seen, torn = {}, 0
+    local report = assert(client:experiment(spec(), { dir = dir, on_event = function(ev)
+      local html = h.read(dir .. "/index.html") or ""
+      if not html:find("</html>\n$") then torn = torn + 1 end
+      seen[#seen + 1] = { type = ev.type, live = html:find('data-live="1"', 1, true) ~= nil,
+        saved = count(html, 'data%-status="saved"') }
+    end }))
+    assert.equals(4, report.made)
+    assert.equals(0, torn)
+    local last_saved = 0
+    for _, e in ipairs(seen) do
+      assert.is_true(e.live, e.type)
+      assert.is_true(e.saved >= last_saved)
+      last_saved = e.saved
+    end
+    assert.equals(4, last_saved)
+    local html = h.read(dir .. "/index.html")
+    assert.truthy(html:find('data-live="0"', 1, true))
+    assert.falsy(html:find("http-equiv", 1, true))
+    assert.falsy(h.exists(dir .. "/index.html.tmp"))
+  end)
+
+  it("gives each video a poster of its first frame with ffmpeg, and a plain card without it", function()
+    assert(client:experiment(spec(), { dir = dir }))
+    for _, c in ipairs(results(dir).cells) do
+      local jpeg = assert(h.read(dir .. "/" .. c.poster), c.poster)
+      assert.equals("\255\216\255", jpeg:sub(1, 3))
+    end
+    assert.equals(4, count(h.read(dir .. "/index.html"), ' poster="posters/'))
+    local plain = h.tmpdir()
+    assert(client:experiment(spec(), { dir = plain, ffmpeg = false }))
+    assert.equals(0, count(h.read(plain .. "/index.html"), "poster="))
+    for _, c in ipairs(results(plain).cells) do assert.is_nil(c.poster) end
+  end)
+
+  it("records each video's real duration, read from its MP4 header", function()
+    assert(client:experiment(spec { vary = { seconds = { 5, 10 } } }, { dir = dir }))
+    for _, c in ipairs(results(dir).cells) do
+      -- the sandbox serves its 5-second fixture whatever was asked: the gallery says what the file holds
+      assert.near(5.0, c.duration, 0.01)
+    end
+    assert.is_nil(experiment.mp4_duration(dir .. "/results.json"))
+  end)
+
+  it("the copied command makes the same request, however the prompt is quoted", function()
+    local prompt = [[it's a "test" of $HOME, `date` & \n; 千军万马]]
+    assert(client:experiment({ base = { prompt = prompt, seed = 42, aspect_ratio = "9:16" } }, { dir = dir }))
+    local cell = results(dir).cells[1]
+    assert.equals(prompt, cell.params.prompt)
+    local cmd = cell.command:gsub("^jimeng ", ("cd %s && JIMENG_API_KEY=k JIMENG_BASE_URL=%s %s %s/bin/jimeng "):format(
+      dir, sb.url, lua, proc.root)) .. " --interval 0.05 -q"
+    local ok, out = proc.run(cmd)
+    assert.is_true(ok, out)
+    local bodies = {}
+    for _, t in pairs(sb:tasks()) do bodies[#bodies + 1] = t.body end
+    assert.equals(2, #bodies)
+    assert.same(bodies[1], bodies[2])
+    assert.equals(prompt, bodies[1].prompt)
+  end)
+end)
+
+describe("jimeng experiment (the command)", function()
+  local sb, dir
+  setup(function() sb = h.sandbox { queue_seconds = 0.05, process_seconds = 0.1 } end)
+  before_each(function()
+    sb:reset()
+    dir = h.tmpdir()
+  end)
+  teardown(function()
+    sb:stop()
+    h.cleanup()
+  end)
+
+  local function jimeng_cmd(args)
+    return ("cd %s && JIMENG_API_KEY=k JIMENG_BASE_URL=%s %s %s/bin/jimeng experiment %s"):format(dir, sb.url, lua,
+      proc.root, args)
+  end
+
+  local SPEC = [[return { name = "six", base = { prompt = "a {animal} running", seconds = 5 },
+    vars = { animal = { "fox", "hare", "lynx" } }, vary = { seed = { 1, 2 } } }]]
+
+  it("--dry-run prints the grid, the videos it would pay for and their seconds, and creates nothing", function()
+    h.write(dir .. "/six.lua", SPEC)
+    local ok, out = proc.run(jimeng_cmd("six.lua --dry-run"))
+    assert.is_true(ok, out)
+    assert.truthy(out:find("6 cells (3 animal x 2 seed)", 1, true), out)
+    assert.truthy(out:find("animal=lynx,seed=2", 1, true), out)
+    assert.truthy(out:find("would pay for 6 videos, 30 s in total", 1, true), out)
+    assert.equals(0, sb:stats().creates)
+    assert.falsy(h.exists(dir .. "/six/journal.jsonl"))
+  end)
+
+  it("refuses above --max-videos without --yes (exit 2), and a JSON spec works the same", function()
+    h.write(dir .. "/six.json", cjson.encode { name = "six", base = { prompt = "a {animal}" },
+      vars = { animal = { "fox", "hare", "lynx" } }, vary = { seed = { 1, 2 } } })
+    local ok, out = proc.run(jimeng_cmd("six.json --max-videos 5 --interval 0.05"))
+    assert.is_false(ok)
+    assert.truthy(out:find("would pay for 6 videos (30 s), above the limit of 5", 1, true), out)
+    assert.equals(0, sb:stats().creates)
+    ok, out = proc.run(jimeng_cmd("six.json --max-videos 5 --yes --interval 0.05 -o out --rows seed --cols animal"))
+    assert.is_true(ok, out)
+    assert.truthy(out:find("6 videos: 6 made, 0 already made, 0 failed, 0 unknown, 0 errors; paid for 6 videos (30 s)", 1, true), out)
+    assert.equals(6, sb:stats().creates)
+    local r = results(dir .. "/out")
+    assert.equals("seed", r.rows)
+    assert.equals("animal", r.cols)
+    ok, out = proc.run(jimeng_cmd("six.json -o out --rows weather"))
+    assert.is_false(ok)
+    assert.truthy(out:find("--rows weather is not an axis of this experiment (axes: animal, seed)", 1, true), out)
+    ok, out = proc.run(jimeng_cmd("six.json -o out --rows seed --cols seed"))
+    assert.is_false(ok)
+    assert.truthy(out:find("rows and cols are both seed", 1, true), out)
+    assert.equals(6, sb:stats().creates)
+  end)
+
+  it("killed with SIGKILL mid-run, then run again: every cell made, none paid twice", function()
+    sb:config { queue_seconds = 0.05, process_seconds = 1.5 }
+    h.write(dir .. "/six.lua", SPEC)
+    local cmd = jimeng_cmd("six.lua -o out -j 2 --interval 0.05")
+    local p = io.popen(("%ssh -c '%s >%s/first.log 2>&1 & echo $!'"):format(proc.clean_env, cmd:gsub("'", "'\\''"), dir))
+    local pid = p:read("*l")
+    p:close()
+    -- kill it once two tasks are created and no create is in flight (both wait 1.5 s for their video)
+    local journal
+    local deadline = core.now() + 20
+    repeat
+      core.sleep(0.02)
+      journal = h.read(dir .. "/out/journal.jsonl") or ""
+      local created = count(journal, '"event":"created"')
+    until (created >= 2 and created == count(journal, '"event":"creating"')) or core.now() > deadline
+    os.execute("kill -9 " .. pid)
+    assert.equals(2, count(journal, '"event":"created"'), journal)
+    assert.equals(0, count(journal, '"event":"saved"'), journal)
+    local live = h.read(dir .. "/out/index.html")
+    assert.truthy(live:find('data-live="1"', 1, true))
+    local ok, out = proc.run(cmd)
+    assert.is_true(ok, out)
+    assert.truthy(out:find("paid for 4 videos (20 s)", 1, true), out)
+    assert.equals(6, sb:stats().creates)
+    local r = results(dir .. "/out")
+    assert.equals(6, #r.cells)
+    assert.is_false(r.live)
+    for _, c in ipairs(r.cells) do
+      assert.equals("saved", c.status, c.id)
+      assert.equals(h.fixture(), h.read(dir .. "/out/" .. c.video))
+    end
+  end)
+end)
