@@ -1,5 +1,6 @@
 -- Downloads: streamed to <path>.part, renamed only when complete; a failed one leaves no file at path.
 local h = require "spec.support.helpers"
+local proc = require "spec.support.process"
 
 describe("download", function()
   local sb, client, dir
@@ -68,5 +69,216 @@ describe("download", function()
     local last = calls[#calls]
     assert.equals(#h.fixture(), last[1])
     assert.equals(#h.fixture(), last[2])
+  end)
+end)
+
+-- Against a small server of the spec's own (spec/support/video_server.py): each task id's prefix picks how it
+-- answers (with or without validators, another ETag on a 206, HTTP/1.0 halves, gzip, JSON as octet-stream).
+describe("download bound to its task and its bytes", function()
+  local vs = require "spec.support.video_server"
+  local core = require "jimeng.core"
+  local jimeng = require "jimeng"
+  local server, dir, files, client, once
+
+  -- Bytes that look like an MP4 (ftyp box first), different for every seed.
+  local function video(seed, size)
+    local out, x = { "\0\0\0\24ftypisom\0\0\2\0isomiso2" }, seed * 7919 + 17
+    for i = 2, math.ceil(size / 64) + 1 do
+      local chunk = {}
+      for j = 1, 64 do
+        x = (x * 1103515245 + 12345) % 2147483648
+        chunk[j] = string.char(math.floor(x / 65536) % 256)
+      end
+      out[i] = table.concat(chunk)
+    end
+    return table.concat(out):sub(1, size)
+  end
+
+  setup(function()
+    dir = h.tmpdir()
+    files = h.tmpdir()
+    server = vs.start(files)
+    client = assert(jimeng.new { api_key = "k", base_url = server.url, max_retries = 2 })
+    once = assert(jimeng.new { api_key = "k", base_url = server.url, max_retries = 0 })
+  end)
+  teardown(function()
+    server:stop()
+    h.cleanup()
+  end)
+
+  local function serve(id, data) h.write(files .. "/" .. id .. ".mp4", data) end
+  -- The next answer for id sends its headers and half its body, then closes.
+  local function break_next(id) h.write(files .. "/" .. id .. ".break", "") end
+
+  it("gives the second video whole when two tasks share a path on a server without ETags", function()
+    local a, b = video(1, 150000), video(2, 150000)
+    serve("noetag-a", a)
+    serve("noetag-b", b)
+    local path = dir .. "/shared.mp4"
+    break_next("noetag-a")
+    local info, err = once:download("noetag-a", path)
+    assert.is_nil(info)
+    assert.equals("network", err.kind)
+    assert.equals(75000, #h.read(path .. ".part"))
+    info = assert(client:download("noetag-b", path))
+    assert.equals(b, h.read(path))
+    assert.is_nil(info.resumed_from)
+    local got = server:requests("noetag-b")
+    assert.equals(1, #got)
+    assert.is_nil(got[1].range)
+    assert.is_false(h.exists(path .. ".part"))
+    assert.is_false(h.exists(path .. ".part.json"))
+  end)
+
+  it("starts over rather than resume blind when the server gives no validator", function()
+    local a = video(3, 120000)
+    serve("noetag-c", a)
+    local path = dir .. "/blind.mp4"
+    break_next("noetag-c")
+    assert.is_nil(once:download("noetag-c", path))
+    local info = assert(client:download("noetag-c", path))
+    assert.equals(a, h.read(path))
+    assert.is_nil(info.resumed_from)
+    local got = server:requests("noetag-c")
+    assert.equals(2, #got)
+    assert.is_nil(got[2].range)
+  end)
+
+  it("resumes with If-Range: Last-Modified when that is the server's only validator", function()
+    local a = video(4, 120000)
+    serve("lastmod-d", a)
+    local path = dir .. "/lastmod.mp4"
+    break_next("lastmod-d")
+    assert.is_nil(once:download("lastmod-d", path))
+    local info = assert(client:download("lastmod-d", path))
+    assert.equals(a, h.read(path))
+    assert.equals(60000, info.resumed_from)
+    assert.equals(206, info.status)
+    local got = server:requests("lastmod-d")
+    assert.equals("bytes=60000-", got[2].range)
+    assert.truthy(got[2].if_range:match("^%a%a%a, %d%d %a%a%a %d%d%d%d %d%d:%d%d:%d%d GMT$"))
+    assert.equals(206, got[2].status)
+  end)
+
+  it("throws away a 206 whose ETag is not the one If-Range sent, and saves the current video whole", function()
+    local a, other = video(5, 100000), video(6, 100000)
+    serve("otheretag-e", a)
+    h.write(files .. "/otheretag-e.other", other)
+    local path = dir .. "/otheretag.mp4"
+    break_next("otheretag-e")
+    assert.is_nil(once:download("otheretag-e", path))
+    local info = assert(client:download("otheretag-e", path))
+    assert.equals(a, h.read(path))
+    assert.equals(200, info.status)
+    assert.is_nil(info.resumed_from)
+    local got = server:requests("otheretag-e")
+    assert.equals(3, #got)
+    assert.equals("bytes=50000-", got[2].range)
+    assert.truthy(got[2].if_range:match('^"%x+"$'))
+    assert.equals(206, got[2].status)
+    assert.is_nil(got[3].range)
+  end)
+
+  it("never saves an HTTP/1.0 answer without a length that closes halfway", function()
+    serve("http10-f", video(7, 100000))
+    local path = dir .. "/http10.mp4"
+    local info, err = client:download("http10-f", path)
+    assert.is_nil(info)
+    assert.equals("protocol", err.kind)
+    assert.truthy(err.message:find("without a length"))
+    assert.is_false(h.exists(path))
+    assert.is_false(h.exists(path .. ".part"))
+  end)
+
+  it("refuses a gzip-encoded video instead of saving it compressed, and asks for identity", function()
+    serve("gzip-g", video(8, 100000))
+    local path = dir .. "/gzip.mp4"
+    local info, err = client:download("gzip-g", path)
+    assert.is_nil(info)
+    assert.equals("protocol", err.kind)
+    assert.is_false(err.retryable)
+    assert.truthy(err.message:find("Content%-Encoding"))
+    assert.is_false(h.exists(path))
+    assert.is_false(h.exists(path .. ".part"))
+    local got = server:requests("gzip-g")
+    assert.equals(1, #got)
+    assert.equals("identity", got[1].accept_encoding)
+  end)
+
+  it("reports JSON sent as application/octet-stream as the server's error, not as a video", function()
+    local path = dir .. "/octet.mp4"
+    local info, err = client:download("octetjson-h", path)
+    assert.is_nil(info)
+    assert.equals("protocol", err.kind)
+    assert.truthy(err.message:find("video expired"))
+    assert.is_false(h.exists(path))
+    assert.is_false(h.exists(path .. ".part"))
+  end)
+
+  it("refuses a .part that is a symbolic link, leaving the file it points to untouched", function()
+    serve("plain-i", video(9, 50000))
+    local path, victim = dir .. "/linked.mp4", dir .. "/precious.txt"
+    h.write(victim, "do not touch")
+    assert(proc.run(("ln -s '%s' '%s.part'"):format(victim, path)))
+    local info, err = client:download("plain-i", path)
+    assert.is_nil(info)
+    assert.equals("io", err.kind)
+    assert.truthy(err.message:find("symbolic link"))
+    assert.equals("do not touch", h.read(victim))
+    assert.is_false(h.exists(path))
+    assert.equals(0, #server:requests("plain-i"))
+  end)
+
+  it("replaces a record (or its temp file) that is a symbolic link instead of writing through it", function()
+    local a = video(10, 50000)
+    serve("plain-j", a)
+    local path = dir .. "/linkedrecord.mp4"
+    local v1, v2 = dir .. "/precious1.txt", dir .. "/precious2.txt"
+    h.write(v1, "one")
+    h.write(v2, "two")
+    assert(proc.run(("ln -s '%s' '%s.part.json' && ln -s '%s' '%s.part.json.tmp'"):format(v1, path, v2, path)))
+    assert(client:download("plain-j", path))
+    assert.equals(a, h.read(path))
+    assert.equals("one", h.read(v1))
+    assert.equals("two", h.read(v2))
+    assert.is_nil(core.file_size(path .. ".part.json"))
+  end)
+
+  it("refuses a second download to a path while the first is writing it; the file is the first's, whole", function()
+    local a, b = video(11, 300000), video(12, 300000)
+    serve("plain-k", a)
+    serve("plain-l", b)
+    h.write(files .. "/plain-k.slow", "600000")
+    local path = dir .. "/twice.mp4"
+    local results, errs
+    jimeng.run(function()
+      results, errs = jimeng.gather {
+        function() return client:download("plain-k", path) end,
+        function() return client:download("plain-l", path) end,
+      }
+    end)
+    os.remove(files .. "/plain-k.slow")
+    assert.equals(300000, results[1].bytes)
+    assert.is_nil(results[2])
+    assert.equals("io", errs[2].kind)
+    assert.truthy(errs[2].message:find("another download is writing " .. path .. ".part", 1, true))
+    assert.equals(a, h.read(path))
+    assert.equals(0, #server:requests("plain-l"))
+  end)
+
+  it("finalizes a .part that is already whole without downloading it again", function()
+    local a = video(13, 80000)
+    serve("plain-m", a)
+    local path = dir .. "/whole.mp4"
+    assert(proc.run(("mkdir '%s'"):format(path))) -- the rename onto it fails: the whole .part stays
+    local info, err = client:download("plain-m", path)
+    assert.is_nil(info)
+    assert.equals("io", err.kind)
+    assert.equals(80000, core.file_size(path .. ".part"))
+    assert(proc.run(("rmdir '%s'"):format(path)))
+    info = assert(client:download("plain-m", path))
+    assert.equals(a, h.read(path))
+    assert.equals(80000, info.resumed_from)
+    assert.equals(1, #server:requests("plain-m"))
   end)
 end)
