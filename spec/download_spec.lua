@@ -80,18 +80,12 @@ describe("download bound to its task and its bytes", function()
   local jimeng = require "jimeng"
   local server, dir, files, client, once
 
-  -- Bytes that look like an MP4 (ftyp box first), different for every seed.
-  local function video(seed, size)
-    local out, x = { "\0\0\0\24ftypisom\0\0\2\0isomiso2" }, seed * 7919 + 17
-    for i = 2, math.ceil(size / 64) + 1 do
-      local chunk = {}
-      for j = 1, 64 do
-        x = (x * 1103515245 + 12345) % 2147483648
-        chunk[j] = string.char(math.floor(x / 65536) % 256)
-      end
-      out[i] = table.concat(chunk)
-    end
-    return table.concat(out):sub(1, size)
+  -- Bytes that look like an MP4 (an ftyp box, then random bytes): two calls never give the same video.
+  local function video(size)
+    local f = assert(io.open("/dev/urandom", "rb"))
+    local bytes = f:read(size - 24)
+    f:close()
+    return "\0\0\0\24ftypisom\0\0\2\0isomiso2" .. bytes
   end
 
   setup(function()
@@ -111,7 +105,7 @@ describe("download bound to its task and its bytes", function()
   local function break_next(id) h.write(files .. "/" .. id .. ".break", "") end
 
   it("gives the second video whole when two tasks share a path on a server without ETags", function()
-    local a, b = video(1, 150000), video(2, 150000)
+    local a, b = video(150000), video(150000)
     serve("noetag-a", a)
     serve("noetag-b", b)
     local path = dir .. "/shared.mp4"
@@ -131,7 +125,7 @@ describe("download bound to its task and its bytes", function()
   end)
 
   it("starts over rather than resume blind when the server gives no validator", function()
-    local a = video(3, 120000)
+    local a = video(120000)
     serve("noetag-c", a)
     local path = dir .. "/blind.mp4"
     break_next("noetag-c")
@@ -145,7 +139,7 @@ describe("download bound to its task and its bytes", function()
   end)
 
   it("resumes with If-Range: Last-Modified when that is the server's only validator", function()
-    local a = video(4, 120000)
+    local a = video(120000)
     serve("lastmod-d", a)
     local path = dir .. "/lastmod.mp4"
     break_next("lastmod-d")
@@ -161,7 +155,7 @@ describe("download bound to its task and its bytes", function()
   end)
 
   it("throws away a 206 whose ETag is not the one If-Range sent, and saves the current video whole", function()
-    local a, other = video(5, 100000), video(6, 100000)
+    local a, other = video(100000), video(100000)
     serve("otheretag-e", a)
     h.write(files .. "/otheretag-e.other", other)
     local path = dir .. "/otheretag.mp4"
@@ -180,7 +174,7 @@ describe("download bound to its task and its bytes", function()
   end)
 
   it("never saves an HTTP/1.0 answer without a length that closes halfway", function()
-    serve("http10-f", video(7, 100000))
+    serve("http10-f", video(100000))
     local path = dir .. "/http10.mp4"
     local info, err = client:download("http10-f", path)
     assert.is_nil(info)
@@ -191,7 +185,7 @@ describe("download bound to its task and its bytes", function()
   end)
 
   it("refuses a gzip-encoded video instead of saving it compressed, and asks for identity", function()
-    serve("gzip-g", video(8, 100000))
+    serve("gzip-g", video(100000))
     local path = dir .. "/gzip.mp4"
     local info, err = client:download("gzip-g", path)
     assert.is_nil(info)
@@ -216,7 +210,7 @@ describe("download bound to its task and its bytes", function()
   end)
 
   it("refuses a .part that is a symbolic link, leaving the file it points to untouched", function()
-    serve("plain-i", video(9, 50000))
+    serve("plain-i", video(50000))
     local path, victim = dir .. "/linked.mp4", dir .. "/precious.txt"
     h.write(victim, "do not touch")
     assert(proc.run(("ln -s '%s' '%s.part'"):format(victim, path)))
@@ -230,7 +224,7 @@ describe("download bound to its task and its bytes", function()
   end)
 
   it("replaces a record (or its temp file) that is a symbolic link instead of writing through it", function()
-    local a = video(10, 50000)
+    local a = video(50000)
     serve("plain-j", a)
     local path = dir .. "/linkedrecord.mp4"
     local v1, v2 = dir .. "/precious1.txt", dir .. "/precious2.txt"
@@ -245,7 +239,7 @@ describe("download bound to its task and its bytes", function()
   end)
 
   it("refuses a second download to a path while the first is writing it; the file is the first's, whole", function()
-    local a, b = video(11, 300000), video(12, 300000)
+    local a, b = video(300000), video(300000)
     serve("plain-k", a)
     serve("plain-l", b)
     h.write(files .. "/plain-k.slow", "600000")
@@ -267,7 +261,7 @@ describe("download bound to its task and its bytes", function()
   end)
 
   it("finalizes a .part that is already whole without downloading it again", function()
-    local a = video(13, 80000)
+    local a = video(80000)
     serve("plain-m", a)
     local path = dir .. "/whole.mp4"
     assert(proc.run(("mkdir '%s'"):format(path))) -- the rename onto it fails: the whole .part stays
