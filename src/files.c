@@ -278,7 +278,7 @@ static int l_part_open(lua_State *L) {
     memcpy(p->record + len, ".json", 6);
     for (attempt = 0; attempt < 8; attempt++) {
         struct stat st;
-        int flags, fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0644);
+        int fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0644);
         if (fd < 0) {
             if (errno == ELOOP) {
                 lua_pushnil(L);
@@ -308,7 +308,8 @@ static int l_part_open(lua_State *L) {
         /* the holder before us may have renamed this file onto its path while we waited: then it is no longer
          * the .part, and a new one is opened */
         if (jm_part_is_ours(p)) {
-            if ((flags = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+            int flags = fcntl(fd, F_GETFL);
+            if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
                 jm_part_release(p);
                 return jm_fail(L, "cannot open", path);
             }
