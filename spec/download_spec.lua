@@ -60,6 +60,26 @@ describe("download", function()
     assert.equals(h.fixture(), h.read(path))
   end)
 
+  it("throws away a resumed 206 that starts anywhere but where the .part ends, and saves the video whole", function()
+    local size = 200000
+    local task = assert(client:create { prompt = "resumed badly sandbox:bytes=" .. size })
+    assert(client:wait(task.id, { interval = 0.01 }))
+    local path = dir .. "/badrange.mp4"
+    sb:faults { path = "^/v1/videos/[0-9]+/content$", fault = "reset_mid_body", after_bytes = 50000 }
+    assert.is_nil(h.client(sb, { max_retries = 0 }):download(task.id, path))
+    assert.equals(50000, #h.read(path .. ".part"))
+    sb:faults { path = "^/v1/videos/[0-9]+/content$", fault = "bad_range" }
+    local info = assert(client:download(task.id, path))
+    assert.equals(200, info.status)
+    assert.is_nil(info.resumed_from)
+    local data = h.read(path)
+    assert.equals(size, #data)
+    for i = 32, size - 1, 997 do assert.equals(h.synthetic_byte(i), data:byte(i + 1), "byte " .. i) end
+    local log = h.api_requests(sb, "^/v1/videos/" .. task.id .. "/content$")
+    assert.equals("bytes=50000-", log[#log - 1].headers.range)
+    assert.is_nil(log[#log].headers.range)
+  end)
+
   it("reports progress, ending with the whole size", function()
     local task = finished_task()
     local calls = {}
@@ -258,6 +278,29 @@ describe("download bound to its task and its bytes", function()
     assert.truthy(errs[2].message:find("another download is writing " .. path .. ".part", 1, true))
     assert.equals(a, h.read(path))
     assert.equals(0, #server:requests("plain-l"))
+  end)
+
+  it("renames only the .part it wrote: one moved away and replaced meanwhile stays where it is", function()
+    serve("plain-n", video(200000))
+    h.write(files .. "/plain-n.slow", "400000")
+    local path = dir .. "/moved.mp4"
+    local info, err
+    jimeng.run(function()
+      jimeng.gather {
+        function() info, err = client:download("plain-n", path) end,
+        function()
+          while (core.file_size(path .. ".part") or 0) < 20000 do jimeng.sleep(0.01) end
+          assert(os.rename(path .. ".part", dir .. "/moved-away.part"))
+          h.write(path .. ".part", "another program's file")
+        end,
+      }
+    end)
+    os.remove(files .. "/plain-n.slow")
+    assert.is_nil(info)
+    assert.equals("io", err.kind)
+    assert.truthy(err.message:find("moved or replaced", 1, true))
+    assert.is_false(h.exists(path))
+    assert.equals("another program's file", h.read(path .. ".part"))
   end)
 
   it("finalizes a .part that is already whole without downloading it again", function()
