@@ -303,6 +303,19 @@ describe("download bound to its task and its bytes", function()
     assert.equals("another program's file", h.read(path .. ".part"))
   end)
 
+  it("releases the path when an on_progress callback raises, so the next download to it can run", function()
+    local a = video(100000)
+    serve("plain-o", a)
+    local path = dir .. "/raised.mp4"
+    local ok, why = pcall(client.download, client, "plain-o", path, { progress_interval = 0,
+      on_progress = function() error("stop here") end })
+    assert.is_false(ok)
+    assert.truthy(tostring(why):find("stop here"))
+    if _VERSION == "Lua 5.1" and not rawget(_G, "jit") then return end -- there the collector releases it
+    assert(client:download("plain-o", path))
+    assert.equals(a, h.read(path))
+  end)
+
   it("finalizes a .part that is already whole without downloading it again", function()
     local a = video(80000)
     serve("plain-m", a)

@@ -230,6 +230,8 @@ end
 
 -- Downloads
 
+local YIELDING_PCALL = _VERSION ~= "Lua 5.1" or type(jit) == "table" -- luacheck: ignore 113
+
 -- The record beside a .part (written by the engine before the first byte lands in it): the task, the
 -- validator (ETag, else Last-Modified) and the total length of the bytes it holds. nil when it is missing,
 -- unreadable, a link, or another task's.
@@ -415,8 +417,15 @@ function Client:download(id, path, opts)
   if not ok then return nil, kerr end
   local part, perr = core.part_open(path .. ".part")
   if not part then return nil, errors.new { kind = "io", task_id = id, message = perr } end
-  local info, derr = fetch(self, part, id, path, opts)
+  if not YIELDING_PCALL then -- PUC 5.1 cannot yield across pcall: an error leaves the lock to the collector
+    local info, derr = fetch(self, part, id, path, opts)
+    part:close()
+    return info, derr
+  end
+  -- an error raised inside (an on_progress callback, Ctrl-C) releases the lock at once, not at the next collection
+  local done, info, derr = pcall(fetch, self, part, id, path, opts)
   part:close()
+  if not done then error(info, 0) end
   return info, derr
 end
 
