@@ -288,6 +288,13 @@ local REFUSED = {
   encoding = { false, "the server sent the video compressed (Content-Encoding) although identity was asked", false },
 }
 
+-- The error for a download stopped by a signal its runtime trapped; an empty .part goes, any other stays.
+local function interrupted(part, id, sig)
+  if (part:size() or 0) == 0 then part:discard() end
+  return nil, errors.new { kind = "interrupted", task_id = id, retryable = false,
+    message = ("interrupted (%s): the .part is kept and the next download of this task resumes it"):format(tostring(sig)) }
+end
+
 -- The download proper, with the .part open and locked; the caller closes it.
 local function fetch(self, part, id, path, opts)
   if opts.resume == false then
@@ -328,9 +335,12 @@ local function fetch(self, part, id, path, opts)
       expect_binary = true, max_body = 1024 * 1024,
     }
     if not t then return nil, errors.new { kind = "invalid_argument", message = why } end
+    local done, sig
     if on_progress then
       local last_call = -1
-      while not runtime.await(self.engine, t, every) do
+      while true do
+        done, sig = runtime.await(self.engine, t, every)
+        if done or sig then break end
         local got, total = t:progress()
         if got ~= last_call then
           last_call = got
@@ -338,7 +348,12 @@ local function fetch(self, part, id, path, opts)
         end
       end
     else
-      runtime.await(self.engine, t)
+      done, sig = runtime.await(self.engine, t)
+    end
+    if not done then
+      -- a runtime that traps SIGINT/SIGTERM ended the wait with the signal's name: stop, keeping the .part
+      t:cancel()
+      return interrupted(part, id, sig)
     end
     local r = t:result()
     if r.sink == "file" and r.file_start == 0 then kept = 0 end
@@ -351,8 +366,8 @@ local function fetch(self, part, id, path, opts)
         }
         retry = true
       else
-        local done, cerr = part:commit(path)
-        if not done then return nil, errors.new { kind = "io", task_id = id, message = cerr } end
+        local committed, cerr = part:commit(path)
+        if not committed then return nil, errors.new { kind = "io", task_id = id, message = cerr } end
         if on_progress then on_progress(r.file_bytes, r.file_bytes) end
         return {
           path = path, bytes = r.file_bytes, task_id = id, status = r.status,
@@ -394,7 +409,8 @@ local function fetch(self, part, id, path, opts)
     if e.kind == "protocol" then delay = 0 end
     attempt = attempt + 1
     self:log("retry", "download", attempt, delay, tostring(e))
-    runtime.sleep(delay)
+    sig = runtime.sleep(delay)
+    if sig then return interrupted(part, id, sig) end
   end
 end
 
