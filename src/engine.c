@@ -205,9 +205,12 @@ static long long jm_parse_size(const char *v) {
     return n;
 }
 
-/* The response's validator: its ETag, else its Last-Modified. */
+/* The response's validator: its ETag, else its Last-Modified. A weak ETag (W/"...") cannot serve in If-Range
+ * (servers answer it with the whole body), so a Last-Modified wins over it. */
 static int jm_validator(const jm_transfer *t, char *out, size_t outsz) {
-    return jm_header_value(&t->head, "etag", out, outsz) || jm_header_value(&t->head, "last-modified", out, outsz);
+    if (jm_header_value(&t->head, "etag", out, outsz) && strncmp(out, "W/", 2) != 0) return 1;
+    if (jm_header_value(&t->head, "last-modified", out, outsz)) return 1;
+    return jm_header_value(&t->head, "etag", out, outsz);
 }
 
 /* Whether the first bytes of a body are JSON, HTML/XML or text rather than a video: an opening {, [, < or ",

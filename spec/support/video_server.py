@@ -5,6 +5,7 @@ way the task id's prefix says, so that each spec case picks its server by the id
   plain-     the file ID.mp4 with Content-Length, an ETag (a hash of its bytes) and Last-Modified; Range and
              If-Range as HTTP says
   lastmod-   the same with Last-Modified only
+  weak-      the same with a weak ETag (W/"...", which If-Range never matches) and Last-Modified
   noetag-    the same with neither: Range is honoured, nothing tells one version from another
   otheretag- 200 as plain-, but a Range request gets a 206 with another ETag and the bytes of ID.other
   http10-    an HTTP/1.0 answer without a length: half the file, then the connection closes
@@ -117,15 +118,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return self.serve_file(vid, kind, data)
 
     def serve_file(self, vid, kind, data):
-        etag = '"%s"' % hashlib.sha1(data).hexdigest()[:16] if kind in ("plain", "otheretag") else None
+        etag = '"%s"' % hashlib.sha1(data).hexdigest()[:16] if kind in ("plain", "otheretag", "weak") else None
+        if kind == "weak":
+            etag = "W/" + etag
         mtime = os.stat(os.path.join(ARGS.dir, vid + ".mp4")).st_mtime
-        lastmod = email.utils.formatdate(mtime, usegmt=True) if kind in ("plain", "lastmod") else None
+        lastmod = email.utils.formatdate(mtime, usegmt=True) if kind in ("plain", "lastmod", "weak") else None
         total, start = len(data), 0
         rng, if_range = self.headers.get("Range"), self.headers.get("If-Range")
         partial = False
         if rng and rng.startswith("bytes=") and rng.endswith("-") and rng[6:-1].isdigit():
-            current = etag or lastmod
-            if kind == "otheretag" or if_range is None or (current is not None and if_range == current):
+            strong = etag if etag and not etag.startswith("W/") else None
+            if kind == "otheretag" or if_range is None or if_range in (strong, lastmod):
                 start, partial = int(rng[6:-1]), True
         if partial and start >= total:
             self.log_request_line(vid, 416)
