@@ -208,6 +208,21 @@ describe("download bound to its task and its bytes", function()
     assert.is_nil(got[3].range)
   end)
 
+  it("throws away a 206 whose total is not the length the download began with, and saves the video whole", function()
+    local a = video(100000)
+    serve("othertotal-q", a)
+    local path = dir .. "/othertotal.mp4"
+    break_next("othertotal-q")
+    assert.is_nil(once:download("othertotal-q", path))
+    local info = assert(client:download("othertotal-q", path))
+    assert.equals(a, h.read(path))
+    assert.equals(200, info.status)
+    local got = server:requests("othertotal-q")
+    assert.equals(3, #got)
+    assert.equals(206, got[2].status)
+    assert.is_nil(got[3].range)
+  end)
+
   it("never saves an HTTP/1.0 answer without a length that closes halfway", function()
     serve("http10-f", video(100000))
     local path = dir .. "/http10.mp4"

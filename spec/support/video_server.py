@@ -8,6 +8,7 @@ way the task id's prefix says, so that each spec case picks its server by the id
   weak-      the same with a weak ETag (W/"...", which If-Range never matches) and Last-Modified
   noetag-    the same with neither: Range is honoured, nothing tells one version from another
   otheretag- 200 as plain-, but a Range request gets a 206 with another ETag and the bytes of ID.other
+  othertotal- as plain-, but a 206's Content-Range claims a total one byte longer than the 200's length
   http10-    an HTTP/1.0 answer without a length: half the file, then the connection closes
   gzip-      the file gzip-compressed, with Content-Encoding: gzip
   octetjson- a JSON error sent as application/octet-stream
@@ -118,7 +119,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return self.serve_file(vid, kind, data)
 
     def serve_file(self, vid, kind, data):
-        etag = '"%s"' % hashlib.sha1(data).hexdigest()[:16] if kind in ("plain", "otheretag", "weak") else None
+        etag = None
+        if kind in ("plain", "otheretag", "othertotal", "weak"):
+            etag = '"%s"' % hashlib.sha1(data).hexdigest()[:16]
         if kind == "weak":
             etag = "W/" + etag
         mtime = os.stat(os.path.join(ARGS.dir, vid + ".mp4")).st_mtime
@@ -150,7 +153,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Last-Modified", lastmod)
         self.send_header("Content-Length", str(len(body)))
         if partial:
-            self.send_header("Content-Range", "bytes %d-%d/%d" % (start, total - 1, total))
+            self.send_header("Content-Range", "bytes %d-%d/%d" % (start, total - 1, total + (kind == "othertotal")))
         self.end_headers()
         cut = take_break(vid)
         if cut is not None:
