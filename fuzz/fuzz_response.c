@@ -2,7 +2,8 @@
 /* libFuzzer target: the engine's response handling fed with arbitrary bytes, through the same libcurl
  * callbacks a transfer uses: header lines (status lines, redirects, Content-Range, Content-Type), the
  * choice between the file and memory sinks, the body, and the headers table Lua receives.
- * Input: [8 bytes: resume offset][header block]\n\n[body]. engine.c is included for its static helpers. */
+ * Input: [8 bytes: resume offset, record total and flags][header block]\n\n[body]. engine.c is included for
+ * its static helpers. */
 #include "../src/engine.c"
 
 #include <lualib.h>
@@ -12,7 +13,8 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static lua_State *L;
-static char part_path[64];
+static char part_path[64], record_path[80];
+static jm_part part = {-1, part_path, record_path};
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     jm_transfer t;
@@ -22,6 +24,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!L) {
         L = luaL_newstate();
         snprintf(part_path, sizeof part_path, "/tmp/jimeng-fuzz-%d.part", (int)getpid());
+        snprintf(record_path, sizeof record_path, "%s.json", part_path);
+        part.fd = open(part_path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        if (part.fd < 0 || unlink(part_path) != 0) abort(); /* the engine writes through the fd; nothing is left behind */
     }
     if (size < 8) return 0;
     for (i = 0; i < 8; i++) off = (off << 8) | data[i];
@@ -31,8 +36,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     t.fd = -1;
     t.max_body = 4096;
     t.offset = (curl_off_t)(off % 100000);
+    t.total = (curl_off_t)((off >> 20) % 200000);
     t.expect_binary = (int)(off >> 63);
-    t.path = (off >> 62) & 1 ? part_path : NULL;
+    t.validator = (off >> 61) & 1 ? "\"fuzz\"" : NULL;
+    t.task_id = "fuzz";
+    if ((off >> 62) & 1) {
+        t.path = part_path;
+        t.part = &part;
+        t.fd = part.fd;
+    }
 
     sep = memmem(data, size, "\n\n", 2);
     start = 0;
@@ -53,7 +65,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             char buf[8192];
             size_t n = size - body < sizeof buf ? size - body : sizeof buf;
             memcpy(buf, data + body, n);
-            jm_on_body(buf, 1, n, &t);
+            if (jm_on_body(buf, 1, n, &t) == n && t.sink == JM_SINK_SNIFF) (void)jm_sniffed(&t);
         }
     }
     {
@@ -64,9 +76,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     jm_push_headers(L, &t.head);
     lua_settop(L, 0);
-    jm_close_file(&t);
     jm_buf_free(&t.body);
     jm_buf_free(&t.head);
-    unlink(part_path);
+    if (ftruncate(part.fd, 0) != 0) abort();
+    unlink(record_path);
     return 0;
 }

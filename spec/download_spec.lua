@@ -1,5 +1,6 @@
 -- Downloads: streamed to <path>.part, renamed only when complete; a failed one leaves no file at path.
 local h = require "spec.support.helpers"
+local proc = require "spec.support.process"
 
 describe("download", function()
   local sb, client, dir
@@ -59,6 +60,26 @@ describe("download", function()
     assert.equals(h.fixture(), h.read(path))
   end)
 
+  it("throws away a resumed 206 that starts anywhere but where the .part ends, and saves the video whole", function()
+    local size = 200000
+    local task = assert(client:create { prompt = "resumed badly sandbox:bytes=" .. size })
+    assert(client:wait(task.id, { interval = 0.01 }))
+    local path = dir .. "/badrange.mp4"
+    sb:faults { path = "^/v1/videos/[0-9]+/content$", fault = "reset_mid_body", after_bytes = 50000 }
+    assert.is_nil(h.client(sb, { max_retries = 0 }):download(task.id, path))
+    assert.equals(50000, #h.read(path .. ".part"))
+    sb:faults { path = "^/v1/videos/[0-9]+/content$", fault = "bad_range" }
+    local info = assert(client:download(task.id, path))
+    assert.equals(200, info.status)
+    assert.is_nil(info.resumed_from)
+    local data = h.read(path)
+    assert.equals(size, #data)
+    for i = 32, size - 1, 997 do assert.equals(h.synthetic_byte(i), data:byte(i + 1), "byte " .. i) end
+    local log = h.api_requests(sb, "^/v1/videos/" .. task.id .. "/content$")
+    assert.equals("bytes=50000-", log[#log - 1].headers.range)
+    assert.is_nil(log[#log].headers.range)
+  end)
+
   it("reports progress, ending with the whole size", function()
     local task = finished_task()
     local calls = {}
@@ -68,5 +89,276 @@ describe("download", function()
     local last = calls[#calls]
     assert.equals(#h.fixture(), last[1])
     assert.equals(#h.fixture(), last[2])
+  end)
+end)
+
+-- Against a small server of the spec's own (spec/support/video_server.py): each task id's prefix picks how it
+-- answers (with or without validators, another ETag on a 206, HTTP/1.0 halves, gzip, JSON as octet-stream).
+describe("download bound to its task and its bytes", function()
+  local vs = require "spec.support.video_server"
+  local core = require "jimeng.core"
+  local jimeng = require "jimeng"
+  local server, dir, files, client, once
+
+  -- Bytes that look like an MP4 (an ftyp box, then random bytes): two calls never give the same video.
+  local function video(size)
+    local f = assert(io.open("/dev/urandom", "rb"))
+    local bytes = f:read(size - 24)
+    f:close()
+    return "\0\0\0\24ftypisom\0\0\2\0isomiso2" .. bytes
+  end
+
+  setup(function()
+    dir = h.tmpdir()
+    files = h.tmpdir()
+    server = vs.start(files)
+    client = assert(jimeng.new { api_key = "k", base_url = server.url, max_retries = 2 })
+    once = assert(jimeng.new { api_key = "k", base_url = server.url, max_retries = 0 })
+  end)
+  teardown(function()
+    server:stop()
+    h.cleanup()
+  end)
+
+  local function serve(id, data) h.write(files .. "/" .. id .. ".mp4", data) end
+  -- The next answer for id sends its headers and half its body, then closes.
+  local function break_next(id) h.write(files .. "/" .. id .. ".break", "") end
+
+  it("gives the second video whole when two tasks share a path on a server without ETags", function()
+    local a, b = video(150000), video(150000)
+    serve("noetag-a", a)
+    serve("noetag-b", b)
+    local path = dir .. "/shared.mp4"
+    break_next("noetag-a")
+    local info, err = once:download("noetag-a", path)
+    assert.is_nil(info)
+    assert.equals("network", err.kind)
+    assert.equals(75000, #h.read(path .. ".part"))
+    info = assert(client:download("noetag-b", path))
+    assert.equals(b, h.read(path))
+    assert.is_nil(info.resumed_from)
+    local got = server:requests("noetag-b")
+    assert.equals(1, #got)
+    assert.is_nil(got[1].range)
+    assert.is_false(h.exists(path .. ".part"))
+    assert.is_false(h.exists(path .. ".part.json"))
+  end)
+
+  it("starts over rather than resume blind when the server gives no validator", function()
+    local a = video(120000)
+    serve("noetag-c", a)
+    local path = dir .. "/blind.mp4"
+    break_next("noetag-c")
+    assert.is_nil(once:download("noetag-c", path))
+    local info = assert(client:download("noetag-c", path))
+    assert.equals(a, h.read(path))
+    assert.is_nil(info.resumed_from)
+    local got = server:requests("noetag-c")
+    assert.equals(2, #got)
+    assert.is_nil(got[2].range)
+  end)
+
+  it("resumes with If-Range: Last-Modified when that is the server's only validator", function()
+    local a = video(120000)
+    serve("lastmod-d", a)
+    local path = dir .. "/lastmod.mp4"
+    break_next("lastmod-d")
+    assert.is_nil(once:download("lastmod-d", path))
+    local info = assert(client:download("lastmod-d", path))
+    assert.equals(a, h.read(path))
+    assert.equals(60000, info.resumed_from)
+    assert.equals(206, info.status)
+    local got = server:requests("lastmod-d")
+    assert.equals("bytes=60000-", got[2].range)
+    assert.truthy(got[2].if_range:match("^%a%a%a, %d%d %a%a%a %d%d%d%d %d%d:%d%d:%d%d GMT$"))
+    assert.equals(206, got[2].status)
+  end)
+
+  it("resumes with If-Range: Last-Modified when the ETag is weak (If-Range never matches a weak one)", function()
+    local a = video(120000)
+    serve("weak-p", a)
+    local path = dir .. "/weak.mp4"
+    break_next("weak-p")
+    assert.is_nil(once:download("weak-p", path))
+    local info = assert(client:download("weak-p", path))
+    assert.equals(a, h.read(path))
+    assert.equals(206, info.status)
+    assert.equals(60000, info.resumed_from)
+    local got = server:requests("weak-p")
+    assert.equals(2, #got)
+    assert.truthy(got[2].if_range:match("GMT$"))
+  end)
+
+  it("throws away a 206 whose ETag is not the one If-Range sent, and saves the current video whole", function()
+    local a, other = video(100000), video(100000)
+    serve("otheretag-e", a)
+    h.write(files .. "/otheretag-e.other", other)
+    local path = dir .. "/otheretag.mp4"
+    break_next("otheretag-e")
+    assert.is_nil(once:download("otheretag-e", path))
+    local info = assert(client:download("otheretag-e", path))
+    assert.equals(a, h.read(path))
+    assert.equals(200, info.status)
+    assert.is_nil(info.resumed_from)
+    local got = server:requests("otheretag-e")
+    assert.equals(3, #got)
+    assert.equals("bytes=50000-", got[2].range)
+    assert.truthy(got[2].if_range:match('^"%x+"$'))
+    assert.equals(206, got[2].status)
+    assert.is_nil(got[3].range)
+  end)
+
+  it("throws away a 206 whose total is not the length the download began with, and saves the video whole", function()
+    local a = video(100000)
+    serve("othertotal-q", a)
+    local path = dir .. "/othertotal.mp4"
+    break_next("othertotal-q")
+    assert.is_nil(once:download("othertotal-q", path))
+    local info = assert(client:download("othertotal-q", path))
+    assert.equals(a, h.read(path))
+    assert.equals(200, info.status)
+    local got = server:requests("othertotal-q")
+    assert.equals(3, #got)
+    assert.equals(206, got[2].status)
+    assert.is_nil(got[3].range)
+  end)
+
+  it("never saves an HTTP/1.0 answer without a length that closes halfway", function()
+    serve("http10-f", video(100000))
+    local path = dir .. "/http10.mp4"
+    local info, err = client:download("http10-f", path)
+    assert.is_nil(info)
+    assert.equals("protocol", err.kind)
+    assert.truthy(err.message:find("without a length"))
+    assert.is_false(h.exists(path))
+    assert.is_false(h.exists(path .. ".part"))
+  end)
+
+  it("refuses a gzip-encoded video instead of saving it compressed, and asks for identity", function()
+    serve("gzip-g", video(100000))
+    local path = dir .. "/gzip.mp4"
+    local info, err = client:download("gzip-g", path)
+    assert.is_nil(info)
+    assert.equals("protocol", err.kind)
+    assert.is_false(err.retryable)
+    assert.truthy(err.message:find("Content%-Encoding"))
+    assert.is_false(h.exists(path))
+    assert.is_false(h.exists(path .. ".part"))
+    local got = server:requests("gzip-g")
+    assert.equals(1, #got)
+    assert.equals("identity", got[1].accept_encoding)
+  end)
+
+  it("reports JSON sent as application/octet-stream as the server's error, not as a video", function()
+    local path = dir .. "/octet.mp4"
+    local info, err = client:download("octetjson-h", path)
+    assert.is_nil(info)
+    assert.equals("protocol", err.kind)
+    assert.truthy(err.message:find("video expired"))
+    assert.is_false(h.exists(path))
+    assert.is_false(h.exists(path .. ".part"))
+  end)
+
+  it("refuses a .part that is a symbolic link, leaving the file it points to untouched", function()
+    serve("plain-i", video(50000))
+    local path, victim = dir .. "/linked.mp4", dir .. "/precious.txt"
+    h.write(victim, "do not touch")
+    assert(proc.run(("ln -s '%s' '%s.part'"):format(victim, path)))
+    local info, err = client:download("plain-i", path)
+    assert.is_nil(info)
+    assert.equals("io", err.kind)
+    assert.truthy(err.message:find("symbolic link"))
+    assert.equals("do not touch", h.read(victim))
+    assert.is_false(h.exists(path))
+    assert.equals(0, #server:requests("plain-i"))
+  end)
+
+  it("replaces a record (or its temp file) that is a symbolic link instead of writing through it", function()
+    local a = video(50000)
+    serve("plain-j", a)
+    local path = dir .. "/linkedrecord.mp4"
+    local v1, v2 = dir .. "/precious1.txt", dir .. "/precious2.txt"
+    h.write(v1, "one")
+    h.write(v2, "two")
+    assert(proc.run(("ln -s '%s' '%s.part.json' && ln -s '%s' '%s.part.json.tmp'"):format(v1, path, v2, path)))
+    assert(client:download("plain-j", path))
+    assert.equals(a, h.read(path))
+    assert.equals("one", h.read(v1))
+    assert.equals("two", h.read(v2))
+    assert.is_nil(core.file_size(path .. ".part.json"))
+  end)
+
+  it("refuses a second download to a path while the first is writing it; the file is the first's, whole", function()
+    local a, b = video(300000), video(300000)
+    serve("plain-k", a)
+    serve("plain-l", b)
+    h.write(files .. "/plain-k.slow", "600000")
+    local path = dir .. "/twice.mp4"
+    local results, errs
+    jimeng.run(function()
+      results, errs = jimeng.gather {
+        function() return client:download("plain-k", path) end,
+        function() return client:download("plain-l", path) end,
+      }
+    end)
+    os.remove(files .. "/plain-k.slow")
+    assert.equals(300000, results[1].bytes)
+    assert.is_nil(results[2])
+    assert.equals("io", errs[2].kind)
+    assert.truthy(errs[2].message:find("another download is writing " .. path .. ".part", 1, true))
+    assert.equals(a, h.read(path))
+    assert.equals(0, #server:requests("plain-l"))
+  end)
+
+  it("renames only the .part it wrote: one moved away and replaced meanwhile stays where it is", function()
+    serve("plain-n", video(200000))
+    h.write(files .. "/plain-n.slow", "400000")
+    local path = dir .. "/moved.mp4"
+    local info, err
+    jimeng.run(function()
+      jimeng.gather {
+        function() info, err = client:download("plain-n", path) end,
+        function()
+          while (core.file_size(path .. ".part") or 0) < 20000 do jimeng.sleep(0.01) end
+          assert(os.rename(path .. ".part", dir .. "/moved-away.part"))
+          h.write(path .. ".part", "another program's file")
+        end,
+      }
+    end)
+    os.remove(files .. "/plain-n.slow")
+    assert.is_nil(info)
+    assert.equals("io", err.kind)
+    assert.truthy(err.message:find("moved or replaced", 1, true))
+    assert.is_false(h.exists(path))
+    assert.equals("another program's file", h.read(path .. ".part"))
+  end)
+
+  it("releases the path when an on_progress callback raises, so the next download to it can run", function()
+    local a = video(100000)
+    serve("plain-o", a)
+    local path = dir .. "/raised.mp4"
+    local ok, why = pcall(client.download, client, "plain-o", path, { progress_interval = 0,
+      on_progress = function() error("stop here") end })
+    assert.is_false(ok)
+    assert.truthy(tostring(why):find("stop here"))
+    if _VERSION == "Lua 5.1" and not rawget(_G, "jit") then return end -- there the collector releases it
+    assert(client:download("plain-o", path))
+    assert.equals(a, h.read(path))
+  end)
+
+  it("finalizes a .part that is already whole without downloading it again", function()
+    local a = video(80000)
+    serve("plain-m", a)
+    local path = dir .. "/whole.mp4"
+    assert(proc.run(("mkdir '%s'"):format(path))) -- the rename onto it fails: the whole .part stays
+    local info, err = client:download("plain-m", path)
+    assert.is_nil(info)
+    assert.equals("io", err.kind)
+    assert.equals(80000, core.file_size(path .. ".part"))
+    assert(proc.run(("rmdir '%s'"):format(path)))
+    info = assert(client:download("plain-m", path))
+    assert.equals(a, h.read(path))
+    assert.equals(80000, info.resumed_from)
+    assert.equals(1, #server:requests("plain-m"))
   end)
 end)

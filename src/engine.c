@@ -4,11 +4,13 @@
  * reads each finished transfer's result (transfer:result). C never calls Lua from a libcurl callback and
  * never yields, so the same loop works in a plain script, a coroutine scheduler, nginx and Neovim.
  *
- * A transfer with an output path streams its body to that file. Whether the body goes to the file is
- * decided on its first byte, from the final response's status and headers: a 206 whose Content-Range
- * starts at the requested offset is appended there, a 200 restarts the file from zero, and anything
- * else (an error status, or a JSON/HTML/text body where a binary was expected) is kept in memory so that
- * Lua can report the server's message instead of saving it as a video.
+ * A download streams its body into a partial file (a locked jm_part of files.c, which outlives the retries
+ * of one call). Whether the body goes there is decided from the final response's status, headers and first
+ * bytes: a 206 is appended only if its Content-Range starts at the requested offset, its validator (ETag,
+ * else Last-Modified) is the one sent in If-Range and its total is the record's; a 200 restarts the file from
+ * zero after the record (task id, validator, total) is written beside it. A video must come identity-encoded
+ * and with a length. Anything else (an error status, or a body that is JSON, HTML or text by its type or by
+ * its first bytes) is kept in memory so that Lua can report the server's message instead of saving it.
  */
 #define _GNU_SOURCE /* sync_file_range on Linux; POSIX 2008 everywhere */
 #include <ctype.h>
@@ -67,7 +69,9 @@ typedef struct {
 } jm_buf;
 
 enum { JM_NEW, JM_RUNNING, JM_DONE };
-enum { JM_SINK_UNDECIDED, JM_SINK_FILE, JM_SINK_MEMORY };
+/* SNIFF: a 200 whose first bytes are held in memory until they show whether it is a video or text */
+enum { JM_SINK_UNDECIDED, JM_SINK_SNIFF, JM_SINK_FILE, JM_SINK_MEMORY };
+#define JM_SNIFF_BYTES 64
 
 struct jm_transfer {
     CURL *easy;
@@ -114,15 +118,21 @@ struct jm_transfer {
     } info;
 
     /* file sink */
-    char *path;
-    int fd;
+    char *path;     /* the partial file's path: set for a download */
+    jm_part *part;  /* the partial file, kept alive by part_ref while the transfer holds it */
+    int part_ref;
+    int fd;         /* part->fd, borrowed */
+    char *task_id;  /* what the record binds the bytes to */
+    char *validator; /* sent in If-Range: a 206 must carry the same */
     curl_off_t offset; /* where a 206 must start: the size of the partial file */
+    curl_off_t total;  /* the record's total: a 206 must have the same */
+    curl_off_t expected; /* the whole video's length, once the response says it */
     curl_off_t file_start;
     curl_off_t file_written;
     curl_off_t written_back; /* bytes already handed to the disk's writeback */
     int sink;
     int expect_binary;
-    int range_mismatch;
+    const char *refused; /* why the body was refused: range, validator, total, length, encoding */
     int io_errno;
 };
 
@@ -207,57 +217,108 @@ static int jm_is_textual(const char *ctype) {
     return strstr(ctype, "json") || strstr(ctype, "html") || strncasecmp(ctype, "text/", 5) == 0;
 }
 
-/* Decides where the body of the final response goes; returns 0 to abort the transfer. */
-static int jm_choose_sink(jm_transfer *t) {
-    char v[256] = {0};
-    long status = t->hstatus;
-    int flags = O_WRONLY | O_CREAT | O_CLOEXEC;
-    if (status == 206) {
-        long long start = -1;
-        if (jm_header_value(&t->head, "content-range", v, sizeof v) && strncmp(v, "bytes ", 6) == 0 &&
-            isdigit((unsigned char)v[6])) {
-            char *end;
-            errno = 0;
-            start = strtoll(v + 6, &end, 10);
-            if (errno || *end != '-') start = -1;
+static int jm_refuse(jm_transfer *t, const char *why) {
+    t->refused = why;
+    return 0;
+}
+
+/* A non-negative decimal size, or -1. */
+static long long jm_parse_size(const char *v) {
+    char *end;
+    long long n;
+    if (!isdigit((unsigned char)*v)) return -1;
+    errno = 0;
+    n = strtoll(v, &end, 10);
+    if (errno || *end) return -1;
+    return n;
+}
+
+/* The response's validator: its ETag, else its Last-Modified. A weak ETag (W/"...") cannot serve in If-Range
+ * (servers answer it with the whole body), so a Last-Modified wins over it. */
+static int jm_validator(const jm_transfer *t, char *out, size_t outsz) {
+    if (jm_header_value(&t->head, "etag", out, outsz) && strncmp(out, "W/", 2) != 0) return 1;
+    if (jm_header_value(&t->head, "last-modified", out, outsz)) return 1;
+    return jm_header_value(&t->head, "etag", out, outsz);
+}
+
+/* Whether the first bytes of a body are JSON, HTML/XML or text rather than a video: an opening {, [, < or ",
+ * or nothing but printable ASCII and well-formed UTF-8 (a sequence cut by the end of the sample counts). */
+static int jm_looks_textual(const unsigned char *p, size_t n) {
+    size_t i = 0;
+    if (n >= 3 && p[0] == 0xEF && p[1] == 0xBB && p[2] == 0xBF) i = 3; /* UTF-8 byte order mark */
+    while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\r' || p[i] == '\n')) i++;
+    if (i < n && (p[i] == '{' || p[i] == '[' || p[i] == '<' || p[i] == '"')) return 1;
+    if (n == 0) return 0;
+    while (i < n) {
+        unsigned char c = p[i];
+        size_t k, more;
+        if (c == '\t' || c == '\r' || c == '\n' || (c >= 0x20 && c < 0x7f)) {
+            i++;
+            continue;
         }
-        if (start != (long long)t->offset) {
-            t->range_mismatch = 1;
-            return 0;
-        }
-        t->file_start = t->offset;
-    } else if (status == 200) {
-        if (t->expect_binary && jm_header_value(&t->head, "content-type", v, sizeof v) && jm_is_textual(v)) {
-            t->sink = JM_SINK_MEMORY;
-            return 1;
-        }
-        flags |= O_TRUNC;
-        t->file_start = 0;
-    } else {
-        t->sink = JM_SINK_MEMORY;
-        return 1;
+        if (c >= 0xC2 && c <= 0xDF) more = 1;
+        else if (c >= 0xE0 && c <= 0xEF) more = 2;
+        else if (c >= 0xF0 && c <= 0xF4) more = 3;
+        else return 0;
+        for (k = 1; k <= more && i + k < n; k++)
+            if ((p[i + k] & 0xC0) != 0x80) return 0;
+        i += more + 1;
     }
-    t->fd = open(t->path, flags, 0644);
-    if (t->fd < 0) {
-        t->io_errno = errno;
-        return 0;
-    }
-    if (t->file_start > 0 &&
-        (ftruncate(t->fd, (off_t)t->file_start) != 0 || lseek(t->fd, (off_t)t->file_start, SEEK_SET) < 0)) {
-        t->io_errno = errno;
-        return 0;
-    }
-    t->sink = JM_SINK_FILE;
     return 1;
 }
 
-static size_t jm_on_body(char *ptr, size_t size, size_t nmemb, void *ud) {
-    jm_transfer *t = ud;
-    size_t n = size * nmemb, done = 0;
-    if (t->path && t->sink == JM_SINK_UNDECIDED && !jm_choose_sink(t)) return 0;
-    if (t->sink != JM_SINK_FILE) return jm_keep(t, &t->body, ptr, n, t->max_body, &t->too_large) ? n : 0;
+/* Decides where the body of the final response goes; returns 0 to abort the transfer. */
+static int jm_choose_sink(jm_transfer *t) {
+    char v[1024] = {0};
+    long status = t->hstatus;
+    long long length = -1;
+    if (status != 200 && status != 206) {
+        t->sink = JM_SINK_MEMORY;
+        return 1;
+    }
+    if (t->expect_binary && jm_header_value(&t->head, "content-type", v, sizeof v) && jm_is_textual(v)) {
+        t->sink = JM_SINK_MEMORY;
+        return 1;
+    }
+    /* a video is saved as its bytes: an encoded one would be saved encoded, or decoded past every check */
+    if (jm_header_value(&t->head, "content-encoding", v, sizeof v) && strcasecmp(v, "identity") != 0)
+        return jm_refuse(t, "encoding");
+    if (jm_header_value(&t->head, "content-length", v, sizeof v)) length = jm_parse_size(v);
+    if (status == 206) {
+        long long start = -1, total = -1;
+        char *end;
+        if (jm_header_value(&t->head, "content-range", v, sizeof v) && strncmp(v, "bytes ", 6) == 0 &&
+            isdigit((unsigned char)v[6])) {
+            errno = 0;
+            start = strtoll(v + 6, &end, 10);
+            if (errno || *end != '-') start = -1;
+            end = strchr(v, '/');
+            if (end) total = jm_parse_size(end + 1);
+        }
+        if (start < 0 || start != (long long)t->offset) return jm_refuse(t, "range");
+        if (!t->validator || !jm_validator(t, v, sizeof v) || strcmp(v, t->validator) != 0) return jm_refuse(t, "validator");
+        if (total < 0 && length >= 0) total = start + length;
+        if (total < 0 || total != (long long)t->total) return jm_refuse(t, "total");
+        t->expected = (curl_off_t)total;
+        if (ftruncate(t->fd, (off_t)t->offset) != 0 || lseek(t->fd, (off_t)t->offset, SEEK_SET) < 0) {
+            t->io_errno = errno;
+            return 0;
+        }
+        t->file_start = t->offset;
+        t->sink = JM_SINK_FILE;
+        return 1;
+    }
+    /* a body without a length ends where the connection happens to close: a cut one would pass as whole */
+    if (length < 0) return jm_refuse(t, "length");
+    t->expected = (curl_off_t)length;
+    t->sink = JM_SINK_SNIFF;
+    return 1;
+}
+
+static int jm_write_file(jm_transfer *t, const char *p, size_t n) {
+    size_t done = 0;
     while (done < n) {
-        ssize_t w = write(t->fd, ptr + done, n - done);
+        ssize_t w = write(t->fd, p + done, n - done);
         if (w < 0) {
             if (errno == EINTR) continue;
             t->io_errno = errno;
@@ -266,6 +327,46 @@ static size_t jm_on_body(char *ptr, size_t size, size_t nmemb, void *ud) {
         done += (size_t)w;
     }
     t->file_written += (curl_off_t)n;
+    return 1;
+}
+
+/* The sniffed first bytes of a 200 decide: text stays in memory; a video starts the file from zero, its
+ * record written before its first byte. Returns 0 to abort the transfer. */
+static int jm_sniffed(jm_transfer *t) {
+    char v[1024];
+    int e;
+    if (t->expect_binary && jm_looks_textual((const unsigned char *)t->body.p, t->body.len)) {
+        t->sink = JM_SINK_MEMORY;
+        return 1;
+    }
+    if (ftruncate(t->fd, 0) != 0 || lseek(t->fd, 0, SEEK_SET) < 0) {
+        t->io_errno = errno;
+        return 0;
+    }
+    if ((e = jm_part_write_record(t->part, t->task_id ? t->task_id : "", jm_validator(t, v, sizeof v) ? v : NULL,
+                                  (long long)t->expected)) != 0) {
+        t->io_errno = e;
+        return 0;
+    }
+    t->file_start = 0;
+    t->sink = JM_SINK_FILE;
+    if (!jm_write_file(t, t->body.p ? t->body.p : "", t->body.len)) return 0;
+    t->body.len = 0;
+    if (t->body.p) t->body.p[0] = '\0';
+    return 1;
+}
+
+static size_t jm_on_body(char *ptr, size_t size, size_t nmemb, void *ud) {
+    jm_transfer *t = ud;
+    size_t n = size * nmemb;
+    if (t->path && t->sink == JM_SINK_UNDECIDED && !jm_choose_sink(t)) return 0;
+    if (t->sink == JM_SINK_SNIFF) {
+        if (!jm_keep(t, &t->body, ptr, n, t->max_body, &t->too_large)) return 0;
+        if (t->body.len < JM_SNIFF_BYTES) return n;
+        return jm_sniffed(t) ? n : 0;
+    }
+    if (t->sink != JM_SINK_FILE) return jm_keep(t, &t->body, ptr, n, t->max_body, &t->too_large) ? n : 0;
+    if (!jm_write_file(t, ptr, n)) return 0;
 #ifdef __linux__
     /* start writing back what has arrived, so that the fsync before the rename finds little left to do and
      * the disk works while the network does (a hint: its failure changes nothing) */
@@ -376,11 +477,12 @@ static void jm_unlink(jm_transfer *t) {
     t->prev = t->next = NULL;
 }
 
-static void jm_close_file(jm_transfer *t) {
-    if (t->fd >= 0) {
-        if (close(t->fd) != 0 && !t->io_errno) t->io_errno = errno;
-        t->fd = -1;
-    }
+/* Lets go of the partial file (its owner, the Lua part object, closes it). */
+static void jm_drop_part(lua_State *L, jm_transfer *t) {
+    t->fd = -1;
+    t->part = NULL;
+    luaL_unref(L, LUA_REGISTRYINDEX, t->part_ref);
+    t->part_ref = LUA_NOREF;
 }
 
 /* Copies what the result needs out of the easy handle. */
@@ -530,10 +632,12 @@ static void jm_finish(lua_State *L, jm_transfer *t, CURLcode rc) {
     }
     t->in_multi = 0;
     jm_unlink(t);
+    /* a body shorter than the sniff sample is decided when it ends whole */
+    if (t->sink == JM_SINK_SNIFF && rc == CURLE_OK && !jm_sniffed(t)) rc = CURLE_WRITE_ERROR;
     t->rc = rc;
     jm_capture(t);
     t->state = JM_DONE;
-    jm_close_file(t);
+    jm_drop_part(L, t);
     jm_release_easy(t);
     /* the next engine:perform() reports it, however it ended (libcurl, a deadline in the queue, a cancel):
      * a scheduler wakes exactly the coroutine that waits for it, never scanning the others */
@@ -602,10 +706,11 @@ static int l_transfer_gc(lua_State *L) {
     jm_buf_free(&t->body);
     jm_buf_free(&t->head);
     free(t->path);
-    t->path = NULL;
+    free(t->task_id);
+    free(t->validator);
     free(t->journal);
-    t->journal = NULL;
-    jm_close_file(t);
+    t->path = t->task_id = t->validator = t->journal = NULL;
+    jm_drop_part(L, t);
     return 0;
 }
 
@@ -625,13 +730,12 @@ static int l_transfer_done(lua_State *L) {
     return 1;
 }
 
-/* transfer:progress() -> bytes of the file so far (including a resumed prefix), expected total or nil */
+/* transfer:progress() -> bytes of the file so far (including a resumed prefix), the whole video's length or nil */
 static int l_transfer_progress(lua_State *L) {
     jm_transfer *t = jm_check_transfer(L, 1);
-    curl_off_t cl = t->info.content_length, got = t->sink == JM_SINK_FILE ? t->file_start + t->file_written : 0;
-    if (t->easy && t->state == JM_RUNNING) curl_easy_getinfo(t->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+    curl_off_t got = t->sink == JM_SINK_FILE ? t->file_start + t->file_written : 0;
     lua_pushinteger(L, (lua_Integer)got);
-    if (cl >= 0 && t->sink == JM_SINK_FILE) lua_pushinteger(L, (lua_Integer)t->file_start + (lua_Integer)cl);
+    if (t->sink == JM_SINK_FILE) lua_pushinteger(L, (lua_Integer)t->expected);
     else lua_pushnil(L);
     return 2;
 }
@@ -714,13 +818,14 @@ static int l_transfer_result(lua_State *L) {
     if (t->body.len || t->sink == JM_SINK_MEMORY || !t->path) jm_setlstr(L, "body", t->body.p ? t->body.p : "", t->body.len);
     if (t->too_large) jm_setbool(L, "too_large", 1);
     if (t->head_too_large) jm_setbool(L, "headers_too_large", 1);
-    if (t->range_mismatch) jm_setbool(L, "range_mismatch", 1);
+    if (t->refused) jm_setstr(L, "refused", t->refused);
     if (t->io_errno) jm_setstr(L, "io_error", strerror(t->io_errno));
     if (t->path) {
         jm_setstr(L, "sink", t->sink == JM_SINK_FILE ? "file" : t->sink == JM_SINK_MEMORY ? "memory" : "none");
         if (t->sink == JM_SINK_FILE) {
             jm_setint(L, "file_start", (lua_Integer)t->file_start);
             jm_setint(L, "file_bytes", (lua_Integer)t->file_start + (lua_Integer)t->file_written);
+            jm_setint(L, "total", (lua_Integer)t->expected);
         }
     }
     return 1;
@@ -816,7 +921,8 @@ static int jm_has_crlf(const char *s) {
 /* engine:request(opts) -> transfer | nil, message
  * opts: url, method ("GET"|"POST"), body, headers (array of "Name: value"), bearer, timeout,
  * connect_timeout, low_speed_time, max_body, follow (max redirects), cainfo, user_agent,
- * output (file path), offset (size of the partial file), expect_binary, accept_encoding, fresh_connect,
+ * part (a core.part_open object: the download's file), task_id (written in its record), offset (where a 206
+ * must start), validator and total (what a 206 must carry), expect_binary, accept_encoding, fresh_connect,
  * profile: requests with the same profile must pass the same values for every option but url, method,
  * body, headers, timeout and fresh_connect; they then share configured handles. */
 static int l_engine_request(lua_State *L) {
@@ -824,7 +930,8 @@ static int l_engine_request(lua_State *L) {
     jm_transfer *t;
     CURLcode rc = CURLE_OK;
     size_t blen = 0;
-    const char *url, *method, *body, *bearer, *cainfo, *ua, *output, *profile;
+    const char *url, *method, *body, *bearer, *cainfo, *ua, *profile, *task_id, *validator;
+    jm_part *part = NULL;
     int reuse, bad_opt = 0;
     double timeout, ctimeout, lowtime;
     long follow;
@@ -837,7 +944,8 @@ static int l_engine_request(lua_State *L) {
     bearer = jm_optstr(L, 2, "bearer", NULL);
     cainfo = jm_optstr(L, 2, "cainfo", NULL);
     ua = jm_optstr(L, 2, "user_agent", NULL);
-    output = jm_optstr(L, 2, "output", NULL);
+    task_id = jm_optstr(L, 2, "task_id", NULL);
+    validator = jm_optstr(L, 2, "validator", NULL);
     profile = jm_optstr(L, 2, "profile", NULL);
     timeout = jm_optnum(L, 2, "timeout", 0);
     ctimeout = jm_optnum(L, 2, "connect_timeout", 10);
@@ -853,6 +961,7 @@ static int l_engine_request(lua_State *L) {
     memset(t, 0, sizeof *t);
     t->fd = -1;
     t->ref = LUA_NOREF;
+    t->part_ref = LUA_NOREF;
     luaL_getmetatable(L, JM_TRANSFER_MT);
     lua_setmetatable(L, -2);
     t->timeout_ms = timeout > 0 ? (long)(timeout * 1000) : 0L;
@@ -862,7 +971,20 @@ static int l_engine_request(lua_State *L) {
     lua_getfield(L, 2, "expect_binary");
     t->expect_binary = lua_toboolean(L, -1);
     lua_pop(L, 1);
-    if (output && !(t->path = strdup(output))) return luaL_error(L, "jimeng: out of memory");
+    t->total = (curl_off_t)jm_optnum(L, 2, "total", -1);
+    lua_getfield(L, 2, "part");
+    if (!lua_isnil(L, -1)) {
+        part = luaL_checkudata(L, -1, JM_PART_MT);
+        if (part->fd < 0) return luaL_error(L, "jimeng: the partial file is closed");
+        t->part = part;
+        t->fd = part->fd;
+        t->part_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* the transfer keeps its file alive */
+        if (!(t->path = strdup(part->path)) || (task_id && !(t->task_id = strdup(task_id))) ||
+            (validator && !(t->validator = strdup(validator))))
+            return luaL_error(L, "jimeng: out of memory");
+    } else {
+        lua_pop(L, 1);
+    }
 
     reuse = jm_acquire_easy(e, t, profile);
     if (!t->easy) return luaL_error(L, "jimeng: curl_easy_init failed");
@@ -965,7 +1087,7 @@ static int l_engine_request(lua_State *L) {
     lua_pop(L, 1);
     JM_SET(CURLOPT_HEADERFUNCTION, jm_on_header);
     JM_SET(CURLOPT_WRITEFUNCTION, jm_on_body);
-    if (output) JM_SET(CURLOPT_BUFFERSIZE, (long)JM_DOWNLOAD_BUFFER);
+    if (part) JM_SET(CURLOPT_BUFFERSIZE, (long)JM_DOWNLOAD_BUFFER);
 configured:
     if (rc != CURLE_OK) {
         lua_pushnil(L);

@@ -1,4 +1,6 @@
-/* Files: local reference images (sniffed, checked, base64), atomic commit of downloads, durable appends. */
+/* Files: local reference images (sniffed, checked, base64), the locked partial file of a download and its
+ * record, atomic commit of downloads, durable appends. */
+#define _DEFAULT_SOURCE /* flock: a lock per open file, so two downloads in one process exclude each other too */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <fcntl.h>
@@ -178,13 +180,209 @@ static int jm_fsync_path(const char *path, int flags) {
     return rc;
 }
 
-/* core.commit(part, path) -> true | nil, message
- * Makes a finished download durable: fsync the file, rename it onto path, fsync the directory. */
-static int l_commit(lua_State *L) {
-    const char *part = luaL_checkstring(L, 1), *path = luaL_checkstring(L, 2);
+static int jm_write_all(int fd, const char *s, size_t n) {
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = write(fd, s + done, n - done);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        done += (size_t)w;
+    }
+    return 0;
+}
+
+/* ---- the partial file of a download ---- */
+
+static jm_part *jm_check_part(lua_State *L, int i) {
+    jm_part *p = luaL_checkudata(L, i, JM_PART_MT);
+    if (p->fd < 0) luaL_error(L, "jimeng: the partial file %s is closed", p->path ? p->path : "?");
+    return p;
+}
+
+/* Whether p->path still names the file this part holds open (not renamed away, not replaced). */
+static int jm_part_is_ours(const jm_part *p) {
+    struct stat fst, lst;
+    return fstat(p->fd, &fst) == 0 && lstat(p->path, &lst) == 0 && fst.st_dev == lst.st_dev && fst.st_ino == lst.st_ino;
+}
+
+static void jm_part_release(jm_part *p) {
+    if (p->fd >= 0) (void)close(p->fd); /* releases the lock; nothing was written through it that is not fsynced or left to resume */
+    p->fd = -1;
+}
+
+/* Copies s into out as the inside of a JSON string; -1 if it does not fit. */
+static int jm_json_escape(char *out, size_t outsz, const char *s) {
+    size_t j = 0;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (j + 7 >= outsz) return -1;
+        if (c == '"' || c == '\\') {
+            out[j++] = '\\';
+            out[j++] = (char)c;
+        } else if (c < 0x20 || c == 0x7f) {
+            j += (size_t)snprintf(out + j, outsz - j, "\\u%04x", c);
+        } else {
+            out[j++] = (char)c;
+        }
+    }
+    out[j] = '\0';
+    return 0;
+}
+
+int jm_part_write_record(const jm_part *p, const char *task_id, const char *validator, long long total) {
+    char text[4096], tmp[4096], id[1100], val[2100];
+    int fd, n, e;
+    if (jm_json_escape(id, sizeof id, task_id) != 0 || (validator && jm_json_escape(val, sizeof val, validator) != 0))
+        return EOVERFLOW;
+    if (validator)
+        n = snprintf(text, sizeof text, "{\"task_id\":\"%s\",\"validator\":\"%s\",\"total\":%lld}\n", id, val, total);
+    else
+        n = snprintf(text, sizeof text, "{\"task_id\":\"%s\",\"total\":%lld}\n", id, total);
+    if (n < 0 || (size_t)n >= sizeof text) return EOVERFLOW;
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", p->record) >= sizeof tmp) return ENAMETOOLONG;
+    /* a temp file left by a killed process, or a planted link, is removed (never followed): the .part's lock
+     * says no other download of this path is running */
+    if (unlink(tmp) != 0 && errno != ENOENT) return errno;
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0) return errno;
+    if (jm_write_all(fd, text, (size_t)n) != 0 || fsync(fd) != 0) {
+        e = errno;
+        (void)close(fd);
+        (void)unlink(tmp);
+        return e;
+    }
+    if (close(fd) != 0 || rename(tmp, p->record) != 0) {
+        e = errno;
+        (void)unlink(tmp);
+        return e;
+    }
+    return 0;
+}
+
+/* core.part_open(part_path) -> part | nil, message
+ * Opens (creating it) the partial file of a download without following a link, and locks it: a second
+ * download to the same path is refused while this one holds it. */
+static int l_part_open(lua_State *L) {
+    const char *path = luaL_checkstring(L, 1);
+    size_t len = strlen(path);
+    jm_part *p = lua_newuserdata(L, sizeof *p);
+    int attempt;
+    p->fd = -1;
+    p->path = p->record = NULL;
+    luaL_getmetatable(L, JM_PART_MT);
+    lua_setmetatable(L, -2);
+    p->path = malloc(len + 1);
+    p->record = malloc(len + 6);
+    if (!p->path || !p->record) return luaL_error(L, "jimeng: out of memory");
+    memcpy(p->path, path, len + 1);
+    memcpy(p->record, path, len);
+    memcpy(p->record + len, ".json", 6);
+    for (attempt = 0; attempt < 8; attempt++) {
+        struct stat st;
+        int fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0644);
+        if (fd < 0) {
+            if (errno == ELOOP) {
+                lua_pushnil(L);
+                lua_pushfstring(L, "%s is a symbolic link: refusing to write through it (remove it to download here)", path);
+                return 2;
+            }
+            return jm_fail(L, "cannot open", path);
+        }
+        if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+            (void)close(fd);
+            lua_pushnil(L);
+            lua_pushfstring(L, "%s is not a regular file: refusing to write to it", path);
+            return 2;
+        }
+        if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            int e = errno;
+            (void)close(fd);
+            errno = e;
+            if (e == EWOULDBLOCK) {
+                lua_pushnil(L);
+                lua_pushfstring(L, "another download is writing %s: wait for it to finish, or choose another path", path);
+                return 2;
+            }
+            return jm_fail(L, "cannot lock", path);
+        }
+        p->fd = fd;
+        /* the holder before us may have renamed this file onto its path while we waited: then it is no longer
+         * the .part, and a new one is opened */
+        if (jm_part_is_ours(p)) {
+            int flags = fcntl(fd, F_GETFL);
+            if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+                jm_part_release(p);
+                return jm_fail(L, "cannot open", path);
+            }
+            return 1;
+        }
+        jm_part_release(p);
+    }
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s keeps being replaced by another program", path);
+    return 2;
+}
+
+/* part:size() -> bytes it holds */
+static int l_part_size(lua_State *L) {
+    jm_part *p = jm_check_part(L, 1);
+    struct stat st;
+    if (fstat(p->fd, &st) != 0) return jm_fail(L, "cannot stat", p->path);
+    lua_pushinteger(L, (lua_Integer)st.st_size);
+    return 1;
+}
+
+/* part:record() -> the record's text | nil (none, a link, or not a small regular file) */
+static int l_part_record(lua_State *L) {
+    jm_part *p = jm_check_part(L, 1);
+    char buf[4096];
+    struct stat st;
+    ssize_t n;
+    size_t got = 0;
+    int fd = open(p->record, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return 0;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size >= (off_t)sizeof buf) {
+        (void)close(fd);
+        return 0;
+    }
+    while (got < sizeof buf && (n = read(fd, buf + got, sizeof buf - got)) != 0) {
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            (void)close(fd);
+            return 0;
+        }
+        got += (size_t)n;
+    }
+    (void)close(fd);
+    lua_pushlstring(L, buf, got);
+    return 1;
+}
+
+/* part:reset() -> true | nil, message: empties the file and removes its record (a download from zero). */
+static int l_part_reset(lua_State *L) {
+    jm_part *p = jm_check_part(L, 1);
+    if (unlink(p->record) != 0 && errno != ENOENT) return jm_fail(L, "cannot remove", p->record);
+    if (ftruncate(p->fd, 0) != 0) return jm_fail(L, "cannot truncate", p->path);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* part:commit(path) -> true | nil, message
+ * Makes a finished download durable: fsync the file, rename it onto path (only if the .part is still the file
+ * this call wrote), fsync the directory, remove the record; then the lock is released. */
+static int l_part_commit(lua_State *L) {
+    jm_part *p = jm_check_part(L, 1);
+    const char *path = luaL_checkstring(L, 2);
     const char *slash = strrchr(path, '/');
-    if (jm_fsync_path(part, O_RDONLY) != 0) return jm_fail(L, "cannot fsync", part);
-    if (rename(part, path) != 0) return jm_fail(L, "cannot rename onto", path);
+    if (!jm_part_is_ours(p)) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "%s was moved or replaced during the download: not renaming it onto %s", p->path, path);
+        return 2;
+    }
+    if (fsync(p->fd) != 0) return jm_fail(L, "cannot fsync", p->path);
+    if (rename(p->path, path) != 0) return jm_fail(L, "cannot rename onto", path);
     if (slash) {
         lua_pushlstring(L, path, slash == path ? 1 : (size_t)(slash - path));
         if (jm_fsync_path(lua_tostring(L, -1), O_RDONLY | O_DIRECTORY) != 0) return jm_fail(L, "cannot fsync directory", lua_tostring(L, -1));
@@ -192,32 +390,56 @@ static int l_commit(lua_State *L) {
     } else if (jm_fsync_path(".", O_RDONLY | O_DIRECTORY) != 0) {
         return jm_fail(L, "cannot fsync directory", ".");
     }
+    (void)unlink(p->record); /* a record left without its .part binds nothing: an empty .part restarts */
+    jm_part_release(p);
     lua_pushboolean(L, 1);
     return 1;
 }
 
-/* core.file_size(path) -> bytes | nil (absent) */
+/* part:discard(): removes the .part (if it is still this one) and its record, and releases the lock. */
+static int l_part_discard(lua_State *L) {
+    jm_part *p = jm_check_part(L, 1);
+    if (jm_part_is_ours(p)) {
+        (void)unlink(p->path);
+        (void)unlink(p->record);
+    }
+    jm_part_release(p);
+    return 0;
+}
+
+/* part:close() (also __gc, __close): releases the lock and keeps the files for the next call. */
+static int l_part_close(lua_State *L) {
+    jm_part *p = luaL_checkudata(L, 1, JM_PART_MT);
+    jm_part_release(p);
+    return 0;
+}
+
+static int l_part_gc(lua_State *L) {
+    jm_part *p = luaL_checkudata(L, 1, JM_PART_MT);
+    jm_part_release(p);
+    free(p->path);
+    free(p->record);
+    p->path = p->record = NULL;
+    return 0;
+}
+
+/* core.file_size(path) -> bytes | nil (absent, or not a regular file: a link is not followed) */
 static int l_file_size(lua_State *L) {
     struct stat st;
-    if (stat(luaL_checkstring(L, 1), &st) != 0 || !S_ISREG(st.st_mode)) return 0;
+    if (lstat(luaL_checkstring(L, 1), &st) != 0 || !S_ISREG(st.st_mode)) return 0;
     lua_pushinteger(L, (lua_Integer)st.st_size);
     return 1;
 }
 
 /* core.append_durable(path, data) -> true | nil, message: one append and an fsync (journals). */
 static int l_append_durable(lua_State *L) {
-    size_t n, done = 0;
+    size_t n;
     const char *path = luaL_checkstring(L, 1), *data = luaL_checklstring(L, 2, &n);
     int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd < 0) return jm_fail(L, "cannot open", path);
-    while (done < n) {
-        ssize_t w = write(fd, data + done, n - done);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            close(fd);
-            return jm_fail(L, "cannot write", path);
-        }
-        done += (size_t)w;
+    if (jm_write_all(fd, data, n) != 0) {
+        close(fd);
+        return jm_fail(L, "cannot write", path);
     }
     if (fsync(fd) != 0) {
         close(fd);
@@ -407,13 +629,28 @@ static int l_unlock(lua_State *L) {
 }
 
 void jm_open_files(lua_State *L) {
+    static const luaL_Reg part_m[] = {
+        {"size", l_part_size},       {"record", l_part_record}, {"reset", l_part_reset}, {"commit", l_part_commit},
+        {"discard", l_part_discard}, {"close", l_part_close},   {NULL, NULL},
+    };
     static const luaL_Reg fns[] = {
-        {"commit", l_commit},       {"file_size", l_file_size}, {"append_durable", l_append_durable},
+        {"part_open", l_part_open}, {"file_size", l_file_size}, {"append_durable", l_append_durable},
         {"base64", l_base64},       {"sniff_image", l_sniff_image}, {"isatty", l_isatty},
         {"fingerprint", l_fingerprint}, {"check_output", l_check_output}, {"mkdirs", l_mkdirs},
         {"lock", l_lock}, {NULL, NULL},
     };
     static const luaL_Reg lock_m[] = {{"unlock", l_unlock}, {NULL, NULL}};
+    luaL_newmetatable(L, JM_PART_MT);
+    lua_newtable(L);
+    jm_setfuncs(L, part_m, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_part_gc);
+    lua_setfield(L, -2, "__gc");
+#if LUA_VERSION_NUM >= 504
+    lua_pushcfunction(L, l_part_close);
+    lua_setfield(L, -2, "__close");
+#endif
+    lua_pop(L, 1);
     jm_setfuncs(L, fns, 0);
     luaL_newmetatable(L, JM_LOCK_MT);
     lua_newtable(L);

@@ -45,6 +45,17 @@ JM_HIDDEN void jm_open_engine(lua_State *L);
 JM_HIDDEN void jm_open_normalize(lua_State *L);
 JM_HIDDEN void jm_open_files(lua_State *L);
 
+/* files.c: a download's partial file, <path>.part, opened without following a link and locked (flock) from
+ * core.part_open until it is committed or closed; its record <path>.part.json says whose bytes it holds. */
+#define JM_PART_MT "jimeng.part"
+typedef struct {
+    int fd;       /* open for writing and locked; -1 once closed */
+    char *path;   /* <path>.part */
+    char *record; /* <path>.part.json */
+} jm_part;
+/* files.c: replaces the record (temp file, fsync, rename: never through a link); returns 0 or an errno. */
+JM_HIDDEN int jm_part_write_record(const jm_part *p, const char *task_id, const char *validator, long long total);
+
 /* files.c: base64 of a buffer, pushed as a Lua string (raises only on memory exhaustion). */
 JM_HIDDEN void jm_push_base64(lua_State *L, const unsigned char *src, size_t n);
 /* files.c: pushes the data URL of a checked local JPEG/PNG, or returns 0 with a message in err. */

@@ -285,30 +285,34 @@ end
 
 -- Downloads
 
-local function remove(path) os.remove(path) end
+local YIELDING_PCALL = _VERSION ~= "Lua 5.1" or type(jit) == "table" -- luacheck: ignore 113
 
--- The ETag of a partial download is kept beside it, so that a later call resumes with If-Range.
-local function read_etag(part)
-  local f = io.open(part .. ".etag", "r")
-  if not f then return nil end
-  local etag = f:read("*l")
-  f:close()
-  if etag and etag ~= "" and not etag:find("[%c]") then return etag end
-  return nil
+-- The record beside a .part (written by the engine before the first byte lands in it): the task, the
+-- validator (ETag, else Last-Modified) and the total length of the bytes it holds. nil when it is missing,
+-- unreadable, a link, or another task's.
+local function read_record(self, part, id)
+  local text = part:record()
+  if not text then return nil end
+  local ok, rec = pcall(self.json.decode, text)
+  if not ok or type(rec) ~= "table" or rec.task_id ~= id then return nil end
+  if type(rec.total) ~= "number" or rec.total < 1 or rec.total ~= math.floor(rec.total) then return nil end
+  if type(rec.validator) ~= "string" or rec.validator == "" or rec.validator:find("%c") then rec.validator = nil end
+  return rec
 end
 
-local function write_etag(part, etag)
-  if not etag then return end
-  local f = io.open(part .. ".etag", "w")
-  if f then
-    f:write(etag, "\n")
-    f:close()
+-- Where the next attempt starts: the bytes of the .part are kept only when its record binds them to this
+-- task and they can be continued (a validator to send in If-Range) or are already whole; otherwise the .part
+-- is emptied and its record removed. -> offset, record | nil, err
+local function resume_point(self, part, id)
+  local size, serr = part:size()
+  if not size then return nil, serr end
+  local rec = size > 0 and read_record(self, part, id)
+  if rec and size <= rec.total and (rec.validator or size == rec.total) then return size, rec end
+  if size > 0 or part:record() then
+    local ok, rerr = part:reset()
+    if not ok then return nil, rerr end
   end
-end
-
-local function remove_part(part)
-  remove(part)
-  remove(part .. ".etag")
+  return 0
 end
 
 local function download_error(self, r, id)
@@ -328,33 +332,49 @@ local function download_error(self, r, id)
   return e
 end
 
---- client:download(id, path, opts) -> info | nil, err
--- Streams to <path>.part, checks the byte count, fsyncs and renames onto path. A failure leaves no file
--- at path; the .part stays and the next call resumes from it (opts.resume, default true).
--- opts.on_progress(received, total) is called at most every opts.progress_interval seconds (0.25).
-function Client:download(id, path, opts)
-  check_method_self(self, "download")
-  opts = opts or {}
-  local _, err = check_id(id)
-  if err then return nil, err end
-  if type(path) ~= "string" or path == "" then
-    return invalid("download needs an output path", "path")
+-- What a refused body means (see the engine): whether the .part must restart from zero, the message, and
+-- whether another try may succeed.
+local REFUSED = {
+  range = { true, "the server resumed at the wrong offset", true },
+  validator = { true, "the server resumed another version of the video (its ETag or Last-Modified changed)", true },
+  total = { true, "the server resumed a video of another length", true },
+  length = { false, "the server sent the video without a length (no Content-Length or Content-Range): " ..
+    "a cut one could not be told from a whole one", true },
+  encoding = { false, "the server sent the video compressed (Content-Encoding) although identity was asked", false },
+}
+
+-- The error for a download stopped by a signal its runtime trapped; an empty .part goes, any other stays.
+local function interrupted(part, id, sig)
+  if (part:size() or 0) == 0 then part:discard() end
+  return nil, errors.new { kind = "interrupted", task_id = id, retryable = false,
+    message = ("interrupted (%s): the .part is kept and the next download of this task resumes it"):format(tostring(sig)) }
+end
+
+-- The download proper, with the .part open and locked; the caller closes it.
+local function fetch(self, part, id, path, opts)
+  if opts.resume == false then
+    local ok, rerr = part:reset()
+    if not ok then return nil, errors.new { kind = "io", task_id = id, message = rerr } end
   end
-  local ok, kerr = need_key(self)
-  if not ok then return nil, kerr end
-  local part = path .. ".part"
-  if opts.resume == false then remove_part(part) end
   local url = self.base_url .. "/videos/" .. id .. "/content"
   local on_progress, every = opts.on_progress, opts.progress_interval or 0.25
-  local attempt, etag = 0, read_etag(part)
-  local resumed_from
+  local attempt = 0
+  local kept -- bytes of an earlier call's .part that are still in it: resumed_from
   while true do
-    local offset = core.file_size(part) or 0
-    resumed_from = resumed_from or offset
-    local headers = {}
+    local offset, rec = resume_point(self, part, id)
+    if not offset then return nil, errors.new { kind = "io", task_id = id, message = rec } end
+    if kept == nil or offset == 0 then kept = offset end
+    if rec and offset == rec.total then -- already whole: an earlier call was stopped before its rename
+      local done, cerr = part:commit(path)
+      if not done then return nil, errors.new { kind = "io", task_id = id, message = cerr } end
+      if on_progress then on_progress(offset, offset) end
+      return { path = path, bytes = offset, task_id = id, resumed_from = kept > 0 and kept or nil,
+        etag = rec.validator and rec.validator:find('"', 1, true) and rec.validator or nil }
+    end
+    local headers = { "Accept-Encoding: identity" }
     if offset > 0 then
-      headers[#headers + 1] = ("Range: bytes=%d-"):format(offset)
-      if etag then headers[#headers + 1] = "If-Range: " .. etag end
+      headers[2] = ("Range: bytes=%d-"):format(offset)
+      headers[3] = "If-Range: " .. rec.validator
     end
     local timeout
     if opts.deadline then
@@ -366,12 +386,16 @@ function Client:download(id, path, opts)
     local t, why = self.engine:request {
       url = url, headers = headers, bearer = self.api_key, user_agent = self.user_agent, cainfo = self.cainfo,
       connect_timeout = self.connect_timeout, timeout = timeout, low_speed_time = self.stall_timeout, follow = 5,
-      output = part, offset = offset, expect_binary = true, max_body = 1024 * 1024,
+      part = part, task_id = id, offset = offset, validator = rec and rec.validator, total = rec and rec.total,
+      expect_binary = true, max_body = 1024 * 1024,
     }
     if not t then return nil, errors.new { kind = "invalid_argument", message = why } end
+    local done, sig
     if on_progress then
       local last_call = -1
-      while not runtime.await(self.engine, t, every) do
+      while true do
+        done, sig = runtime.await(self.engine, t, every)
+        if done or sig then break end
         local got, total = t:progress()
         if got ~= last_call then
           last_call = got
@@ -379,43 +403,48 @@ function Client:download(id, path, opts)
         end
       end
     else
-      runtime.await(self.engine, t)
+      done, sig = runtime.await(self.engine, t)
+    end
+    if not done then
+      -- a runtime that traps SIGINT/SIGTERM ended the wait with the signal's name: stop, keeping the .part
+      t:cancel()
+      return interrupted(part, id, sig)
     end
     local r = t:result()
-    etag = r.headers.etag or etag
+    if r.sink == "file" and r.file_start == 0 then kept = 0 end
     local e, retry
+    local refused = REFUSED[r.refused or ""]
     if r.ok and (r.status == 200 or r.status == 206) and r.sink == "file" then
-      local total = r.content_length and (r.file_start + r.content_length)
-      local cr_total = r.headers["content-range"] and tonumber(r.headers["content-range"]:match("/(%d+)$"))
-      total = cr_total or total
-      if total and r.file_bytes ~= total then
+      if r.file_bytes ~= r.total then
         e = errors.new {
-          kind = "network", task_id = id, message = ("the download ended at %d of %d bytes"):format(r.file_bytes, total),
+          kind = "network", task_id = id, message = ("the download ended at %d of %d bytes"):format(r.file_bytes, r.total),
         }
         retry = true
       else
-        local done, cerr = core.commit(part, path)
-        if not done then return nil, errors.new { kind = "io", task_id = id, message = cerr } end
-        remove(part .. ".etag")
+        local committed, cerr = part:commit(path)
+        if not committed then return nil, errors.new { kind = "io", task_id = id, message = cerr } end
         if on_progress then on_progress(r.file_bytes, r.file_bytes) end
         return {
           path = path, bytes = r.file_bytes, task_id = id, status = r.status,
-          resumed_from = resumed_from > 0 and resumed_from or nil,
+          resumed_from = kept > 0 and kept or nil,
           content_type = r.headers["content-type"], etag = r.headers.etag,
           request_id = r.headers["x-request-id"],
         }
       end
+    elseif refused then
+      if refused[1] then
+        local ok, rerr = part:reset()
+        if not ok then return nil, errors.new { kind = "io", task_id = id, message = rerr } end
+      end
+      e = errors.new { kind = "protocol", task_id = id, status = r.status, message = refused[2],
+        retryable = refused[3], request_id = r.headers["x-request-id"] }
+      retry = refused[3]
     elseif r.ok and r.status == 416 then
       -- the partial file is not a prefix the server can continue: start again from zero
-      remove_part(part)
-      etag = nil
+      local ok, rerr = part:reset()
+      if not ok then return nil, errors.new { kind = "io", task_id = id, message = rerr } end
       e = errors.new { kind = "protocol", task_id = id, status = 416, message = "the server cannot resume this download" }
       retry = attempt == 0
-    elseif r.range_mismatch then
-      remove_part(part)
-      etag = nil
-      e = errors.new { kind = "protocol", task_id = id, message = "the server resumed at the wrong offset" }
-      retry = true
     elseif r.ok and r.sink == "none" and r.status >= 200 and r.status < 300 then
       e = errors.new { kind = "protocol", task_id = id, status = r.status, message = "the server sent an empty video" }
     elseif r.ok then
@@ -428,19 +457,47 @@ function Client:download(id, path, opts)
     end
     if not retry or attempt >= self.max_retries then
       if retry then e.retryable = true end
-      if (core.file_size(part) or 0) == 0 then
-        remove_part(part)
-      else
-        write_etag(part, etag)
-      end
+      if (part:size() or 0) == 0 then part:discard() end
       return nil, e
     end
     local delay = http.backoff(attempt, r.headers)
     if e.kind == "protocol" then delay = 0 end
     attempt = attempt + 1
     self:log("retry", "download", attempt, delay, tostring(e))
-    runtime.sleep(delay)
+    sig = runtime.sleep(delay)
+    if sig then return interrupted(part, id, sig) end
   end
+end
+
+--- client:download(id, path, opts) -> info | nil, err
+-- Streams to <path>.part, checks the byte count, fsyncs and renames onto path. A failure leaves no file
+-- at path; the .part stays, bound to the task by its record (<path>.part.json), and the next call for the
+-- same task resumes from it (opts.resume, default true). The .part is locked: a second download to the same
+-- path is refused while one runs. opts.on_progress(received, total) is called at most every
+-- opts.progress_interval seconds (0.25). info: {path=, bytes=, task_id=, status=, resumed_from= (bytes kept
+-- from an earlier call), etag=, content_type=, request_id=}.
+function Client:download(id, path, opts)
+  check_method_self(self, "download")
+  opts = opts or {}
+  local _, err = check_id(id)
+  if err then return nil, err end
+  if type(path) ~= "string" or path == "" then
+    return invalid("download needs an output path", "path")
+  end
+  local ok, kerr = need_key(self)
+  if not ok then return nil, kerr end
+  local part, perr = core.part_open(path .. ".part")
+  if not part then return nil, errors.new { kind = "io", task_id = id, message = perr } end
+  if not YIELDING_PCALL then -- PUC 5.1 cannot yield across pcall: an error leaves the lock to the collector
+    local info, derr = fetch(self, part, id, path, opts)
+    part:close()
+    return info, derr
+  end
+  -- an error raised inside (an on_progress callback, Ctrl-C) releases the lock at once, not at the next collection
+  local done, info, derr = pcall(fetch, self, part, id, path, opts)
+  part:close()
+  if not done then error(info, 0) end
+  return info, derr
 end
 
 -- Subjects (OmniHuman)
