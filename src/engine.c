@@ -40,6 +40,7 @@
 #define JM_POOL 16 /* idle easy handles an engine keeps for its next transfers */
 #define JM_WRITEBACK_EVERY ((curl_off_t)8 * 1024 * 1024)
 #define JM_DEFAULT_MAX_CONNECTIONS 8
+#define JM_STREAMS_PER_CONNECTION 16 /* well under nginx's default of 128 concurrent streams */
 
 typedef struct jm_transfer jm_transfer;
 
@@ -58,6 +59,7 @@ typedef struct {
     int running;                /* transfers in the multi handle */
     int *done, ndone, donecap;  /* registry refs of transfers finished since the last perform, in order */
     int max_running;            /* at most this many at once: so at most this many connections per host */
+    int multiplexed;            /* its server was seen speaking HTTP/2: transfers share connections as streams */
     jm_idle pool[JM_POOL];
     int npool;
     int closed;
@@ -495,6 +497,11 @@ static void jm_capture(jm_transfer *t) {
     curl_easy_getinfo(t->easy, CURLINFO_HTTP_CONNECTCODE, &t->info.connectcode);
     curl_easy_getinfo(t->easy, CURLINFO_OS_ERRNO, &t->info.os_errno);
     curl_easy_getinfo(t->easy, CURLINFO_CONNECT_TIME_T, &t->info.connect_us);
+    {
+        long v = 0;
+        if (t->eng && curl_easy_getinfo(t->easy, CURLINFO_HTTP_VERSION, &v) == CURLE_OK && v >= CURL_HTTP_VERSION_2_0)
+            t->eng->multiplexed = 1;
+    }
 }
 
 /* The class of a failed transfer, from libcurl's code and what it saw: what Lua needs to decide, never a
@@ -664,7 +671,10 @@ static void jm_finish(lua_State *L, jm_transfer *t, CURLcode rc) {
 /* Starts queued transfers while the engine has free slots. A transfer's clocks (its timeout) start now,
  * so time spent queued never eats them; one whose deadline already passed ends as a timeout, unsent. */
 static void jm_pump(lua_State *L, jm_engine *e) {
-    while (e->qhead && e->running < e->max_running) {
+    /* over HTTP/1.1 one transfer is one connection; over HTTP/2 they are streams of the same few connections
+     * (libcurl waits to multiplex rather than open more, and never opens more than max_running per host) */
+    int cap = e->multiplexed ? e->max_running * JM_STREAMS_PER_CONNECTION : e->max_running;
+    while (e->qhead && e->running < cap) {
         jm_transfer *t = e->qhead;
         long ms = t->timeout_ms;
         CURLMcode mrc;

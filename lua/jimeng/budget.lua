@@ -1,0 +1,90 @@
+--- A client-wide request budget: a token bucket shared by every coroutine of a client, so that many
+-- waiting tasks pace their polls (spread evenly, not in bursts) and stay under the API's rate limit.
+-- With `max_rps` set, the client never sends faster; without it, the rate is unlimited until the API
+-- answers 429, and then adapts: it drops below the rate that was refused, and grows back slowly while
+-- answers are good (additive increase, multiplicative decrease), never above max_rps.
+local core = require "jimeng.core"
+
+local M = {}
+M.__index = M
+
+local now = core.now
+
+--- M.new(max_rps) -> budget. max_rps nil: unknown (start unlimited, learn from 429s). The bucket's rate
+-- and burst add up to max_rps, so no one-second window ever holds more than max_rps requests.
+function M.new(max_rps)
+  local self = setmetatable({ cap = max_rps or math.huge, window = {}, at = now() }, M)
+  self:set(self.cap)
+  self.grown_at = self.at
+  return self
+end
+
+function M:set(rps)
+  if rps == math.huge then
+    self.rate, self.burst, self.tokens = math.huge, math.huge, math.huge
+    return
+  end
+  self.burst = math.max(1, math.floor(rps * 0.05))
+  self.rate = math.max(0.2, rps - self.burst)
+  self.tokens = math.min(self.tokens or self.burst, self.burst)
+end
+
+--- Takes one request's token; returns how long to wait before sending it (0: now). Reserving ahead (a
+-- negative balance) spaces the waiting requests evenly, in the order they asked.
+function M:take()
+  local t = now()
+  local w = self.window
+  w[#w + 1] = t
+  if #w > 64 and w[1] < t - 1 then -- keep the window short: drop what is older than a second
+    local keep, j = {}, 0
+    for i = 1, #w do
+      if w[i] >= t - 1 then
+        j = j + 1
+        keep[j] = w[i]
+      end
+    end
+    self.window = keep
+  end
+  if self.rate == math.huge then return 0 end
+  self.tokens = math.min(self.burst, self.tokens + (t - self.at) * self.rate)
+  self.at = t
+  self.tokens = self.tokens - 1
+  if self.tokens >= 0 then return 0 end
+  return -self.tokens / self.rate
+end
+
+--- The requests per second in force (math.huge: unlimited).
+function M:rps()
+  return self.rate == math.huge and math.huge or self.rate + self.burst
+end
+
+--- The API refused for rate (429 / 50429): go well below the rate it refused, and remember that rate.
+function M:refused()
+  local t, n = now(), 0
+  for _, at in ipairs(self.window) do
+    if at >= t - 1 then n = n + 1 end
+  end
+  local seen = math.max(1, n - 1) -- the rate that was sent, less the one refused
+  self.limit_seen = math.min(self.limit_seen or math.huge, seen)
+  local target = math.min(self:rps(), seen) * 0.7
+  if target < self:rps() then
+    self:set(math.max(0.5, target))
+    self.tokens = math.min(self.tokens, 0)
+    self.at, self.grown_at = t, t
+  end
+end
+
+--- A good answer: grow back toward the ceiling: 10% a second up to 90% of the rate last refused, then
+-- 0.2% a second (a probe: the limit may have been raised).
+function M:granted()
+  local rps = self:rps()
+  if rps >= self.cap then return end
+  local t = now()
+  local dt = math.min(t - self.grown_at, 1)
+  self.grown_at = t
+  local soft = self.limit_seen and 0.9 * self.limit_seen or math.huge
+  local next_rps = rps < soft and math.min(soft, rps * (1 + 0.1 * dt)) or rps * (1 + 0.002 * dt)
+  self:set(math.min(self.cap, next_rps))
+end
+
+return M
