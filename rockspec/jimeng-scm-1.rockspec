@@ -28,7 +28,7 @@ build = {
   type = "builtin",
   modules = {
     ["jimeng.core"] = {
-      sources = { "src/core.c", "src/engine.c", "src/normalize.c", "src/files.c" },
+      sources = { "src/core.c", "src/engine.c", "src/normalize.c", "src/files.c", "src/url.c" },
       libraries = { "curl", "pthread", "m" },
       incdirs = { "$(CURL_INCDIR)", "$(CURL_INCDIR)/x86_64-linux-gnu", "$(CURL_INCDIR)/aarch64-linux-gnu",
         "$(CURL_INCDIR)/i386-linux-gnu", "$(CURL_INCDIR)/arm-linux-gnueabihf" },

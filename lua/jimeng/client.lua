@@ -38,26 +38,31 @@ local function nearest_option(name)
   return best
 end
 
-local function is_loopback(host)
-  return host == "localhost" or host == "[::1]" or host:match("^127%.%d+%.%d+%.%d+$") ~= nil
-end
-
---- Checks a base URL: https, or http on a loopback host (or with allow_insecure_http).
+--- Checks a base URL with libcurl's own parser (core.parse_url), so the host judged is the host libcurl will
+-- connect to: https, or http on a loopback host (or with allow_insecure_http); no userinfo, query or fragment.
+-- Returns the URL as libcurl normalized it, without trailing slashes.
 local function check_base_url(url, allow_http)
-  local scheme, host = url:match("^(%a[%w+.-]*)://(%[?[^/:%]]*%]?)")
-  if not scheme or host == "" then
-    return invalid("base_url must look like https://host/v1; got " .. url, "base_url")
+  if url:find("[%s%c]") then return invalid("base_url contains spaces or control characters", "base_url") end
+  local u, why = core.parse_url(url)
+  if not u then
+    return invalid(("base_url must look like https://host/v1; got %s (%s)"):format(url, why), "base_url")
   end
-  scheme = scheme:lower()
+  local scheme = u.scheme:lower()
   if scheme ~= "https" and scheme ~= "http" then
     return invalid("base_url must be http or https; got " .. url, "base_url")
   end
-  if scheme == "http" and not allow_http and not is_loopback(host:lower()) then
-    return invalid("base_url " .. url .. " is plain http to a non-loopback host: the API key would travel in " ..
-      "clear text; use https, or pass allow_insecure_http=true", "base_url")
+  if u.user or u.password or u.options then
+    return invalid("base_url must not carry a user name or password (user@host): the API key is the only " ..
+      "credential, and a URL like http://localhost:x@other-host/ goes to other-host", "base_url")
   end
-  if url:find("[%s%c]") then return invalid("base_url contains spaces or control characters", "base_url") end
-  return (url:gsub("/+$", ""))
+  if u.query or u.fragment then
+    return invalid("base_url must not have a query (?...) or fragment (#...); got " .. url, "base_url")
+  end
+  if scheme == "http" and not allow_http and not u.loopback then
+    return invalid("base_url " .. url .. " is plain http to a non-loopback host (" .. u.host .. "): the API key " ..
+      "would travel in clear text; use https, or pass allow_insecure_http=true", "base_url")
+  end
+  return (u.url:gsub("/+$", "")), u
 end
 
 --- jimeng.new(opts) -> client | nil, err
@@ -81,9 +86,9 @@ function Client.new(opts, json)
   if self.api_key and self.api_key:find("[%c]") then
     return invalid("api_key contains control characters (CR, LF...)", "api_key")
   end
-  local url, err = check_base_url(self.base_url, self.allow_insecure_http)
-  if not url then return nil, err end
-  self.base_url = url
+  local url, parsed = check_base_url(self.base_url, self.allow_insecure_http)
+  if not url then return nil, parsed end
+  self.base_url, self.base_host = url, parsed.host
   for _, k in ipairs { "timeout", "connect_timeout", "poll_interval", "wait_timeout", "stall_timeout" } do
     if self[k] <= 0 then return invalid(k .. " must be positive", k) end
   end
