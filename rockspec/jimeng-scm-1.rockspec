@@ -40,6 +40,7 @@ build = {
     ["jimeng.client"] = "lua/jimeng/client.lua",
     ["jimeng.errors"] = "lua/jimeng/errors.lua",
     ["jimeng.http"] = "lua/jimeng/http.lua",
+    ["jimeng.neterrors"] = "lua/jimeng/neterrors.lua",
     ["jimeng.nvim"] = "lua/jimeng/nvim.lua",
     ["jimeng.runtime"] = "lua/jimeng/runtime.lua",
     ["jimeng.sandbox"] = "lua/jimeng/sandbox.lua",

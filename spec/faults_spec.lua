@@ -607,7 +607,7 @@ describe("TLS", function()
     local before = sb:stats().creates
     local t, err = c:create { prompt = "x" }
     assert.is_nil(t)
-    assert.equals("network", err.kind)
+    assert.equals("tls", err.kind)
     assert.is_false(err.retryable)
     assert.truthy(err.message:find("cainfo"))
     assert.equals(before, sb:stats().creates)

@@ -88,7 +88,6 @@ static int jm_prefix_match(const unsigned char *a, const unsigned char *p, size_
 /* One entry of a no-proxy list against a host (both lower case, no brackets). */
 static int jm_noproxy_entry(const char *host, int host_is_ip, const char *entry, size_t elen) {
     char e[256];
-    char *slash;
     size_t hlen = strlen(host);
     if (elen == 0 || elen >= sizeof e) return 0;
     memcpy(e, entry, elen);
@@ -102,7 +101,7 @@ static int jm_noproxy_entry(const char *host, int host_is_ip, const char *entry,
         unsigned char a[16], p[16];
         long bits = -1;
         int af = strchr(host, ':') ? AF_INET6 : AF_INET;
-        slash = strchr(e, '/');
+        char *slash = strchr(e, '/');
         if (slash) {
             char *end;
             *slash = '\0';
@@ -215,7 +214,7 @@ static int l_parse_url(lua_State *L) {
  * <scheme>_proxy, its upper-case form except for http (HTTP_PROXY can be set by a CGI request), then
  * all_proxy and ALL_PROXY. */
 static const char *jm_env_proxy(const char *scheme) {
-    char name[32], upper[32];
+    char name[32];
     const char *v;
     size_t i, n = strlen(scheme);
     if (n + sizeof "_proxy" > sizeof name) return NULL;
@@ -223,6 +222,7 @@ static const char *jm_env_proxy(const char *scheme) {
     memcpy(name + n, "_proxy", sizeof "_proxy");
     v = getenv(name);
     if (!v && strcmp(name, "http_proxy") != 0) {
+        char upper[32];
         for (i = 0; name[i]; i++) upper[i] = (char)toupper((unsigned char)name[i]);
         upper[i] = '\0';
         v = getenv(upper);
@@ -233,27 +233,37 @@ static const char *jm_env_proxy(const char *scheme) {
 }
 
 int jm_proxy_for(const char *url, const char *proxy, const char *noproxy, char *where, size_t wheresz) {
-    CURLU *u = curl_url();
-    char *scheme = NULL, *host = NULL, *phost = NULL, *pport = NULL;
+    CURLU *u;
+    char *host = NULL, *phost = NULL, *pport = NULL;
     int used = 0;
+    if (!proxy) { /* the scheme as written picks the variable; no URL parse on the common path */
+        char scheme[16];
+        const char *sep = strstr(url, "://");
+        size_t n = sep ? (size_t)(sep - url) : 0;
+        if (n == 0 || n >= sizeof scheme) return 0;
+        memcpy(scheme, url, n);
+        scheme[n] = '\0';
+        proxy = jm_env_proxy(scheme);
+    }
+    if (!proxy || !*proxy) return 0;
+    if (!noproxy) noproxy = getenv("no_proxy");
+    if (!noproxy) noproxy = getenv("NO_PROXY");
+    u = curl_url();
     if (!u) return 0;
     if (curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) == CURLUE_OK &&
-        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
-        curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
-        if (!proxy) proxy = jm_env_proxy(scheme);
-        if (!noproxy) noproxy = getenv("no_proxy");
-        if (!noproxy) noproxy = getenv("NO_PROXY");
-        if (proxy && *proxy && !jm_noproxy_match(host, noproxy)) used = 1;
-    }
+        curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK)
+        used = !jm_noproxy_match(host, noproxy);
     /* where: the proxy's host:port, never its credentials (they may be in the proxy URL) */
     if (used && wheresz > 0) {
         where[0] = '\0';
         if (curl_url_set(u, CURLUPART_URL, proxy, CURLU_DEFAULT_SCHEME | CURLU_NON_SUPPORT_SCHEME) == CURLUE_OK &&
-            curl_url_get(u, CURLUPART_HOST, &phost, 0) == CURLUE_OK &&
-            curl_url_get(u, CURLUPART_PORT, &pport, CURLU_DEFAULT_PORT) == CURLUE_OK)
-            snprintf(where, wheresz, "%s:%s", phost, pport);
+            curl_url_get(u, CURLUPART_HOST, &phost, 0) == CURLUE_OK) {
+            if (curl_url_get(u, CURLUPART_PORT, &pport, CURLU_DEFAULT_PORT) == CURLUE_OK)
+                snprintf(where, wheresz, "%s:%s", phost, pport);
+            else
+                snprintf(where, wheresz, "%s", phost);
+        }
     }
-    curl_free(scheme);
     curl_free(host);
     curl_free(phost);
     curl_free(pport);

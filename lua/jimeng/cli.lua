@@ -24,6 +24,9 @@ local HINTS = {
   protocol = "the server's answer was not what the API documents: run again; report it if it persists",
   io = "check that the output path is writable and the disk has room",
   unknown_outcome = "the task may exist and be billed: check with `jimeng status ID` before creating again",
+  proxy = "fix the proxy setting (--proxy, https_proxy/http_proxy) or bypass it for this host (--no-proxy, no_proxy)",
+  tls = "the server's certificate does not verify: for a private CA pass --cainfo FILE (or set CURL_CA_BUNDLE); " ..
+    "an expired or wrong-host certificate must be fixed on the server",
 }
 
 local function exit_code(err)
@@ -239,6 +242,11 @@ Exit codes: 0 ok, 1 the task failed, 2 usage or invalid input, 3 API or network 
       cmd:option("--base-url", "API base URL (default: $JIMENG_BASE_URL or https://api.tokenops.ai/v1).")
       number_option(cmd, "--timeout", "Seconds to wait for a task (default 600).")
       number_option(cmd, "--interval", "Seconds between status polls (default 5).")
+      cmd:option("--cainfo", "PEM file of the CA(s) to trust, for a private CA (default: $CURL_CA_BUNDLE, $SSL_CERT_FILE).")
+      cmd:option("--proxy", "Proxy URL, http://user:password@host:port (default: $https_proxy, $http_proxy, $all_proxy).")
+      cmd:option("--no-proxy", "Hosts that bypass the proxy, comma-separated (default: $no_proxy); loopback always does.")
+      cmd:mutex(cmd:flag("--http1.1", "Speak HTTP/1.1 only."),
+        cmd:flag("--http2", "Ask for HTTP/2 (the default already uses it over TLS when the server speaks it)."))
     end
   end
   return p
@@ -406,7 +414,9 @@ function M.main(argv, streams)
   local client
   if args.command ~= "sandbox" then
     local err
-    client, err = jimeng.new { api_key = args.api_key, base_url = args.base_url, poll_interval = args.interval }
+    client, err = jimeng.new { api_key = args.api_key, base_url = args.base_url, poll_interval = args.interval,
+      cainfo = args.cainfo, proxy = args.proxy, no_proxy = args.no_proxy,
+      http_version = args["http1.1"] and "1.1" or args.http2 and "2" or nil }
     if not client then return out:fail(err) end
   end
   return commands[args.command](client, args, out)

@@ -16,14 +16,15 @@ Error.__tostring = function(e)
   return s
 end
 
--- Whether the same call may succeed if made again later, by kind (unknown_outcome: check first).
+-- Whether the same call may succeed if made again later, by kind (unknown_outcome: check first; a proxy's
+-- refusal and a certificate that does not verify stay as they are until someone changes a setting).
 local RETRYABLE = {
-  rate_limited = true, server = true, network = true, timeout = true,
+  rate_limited = true, server = true, network = true, timeout = true, proxy = false, tls = false,
 }
 
 M.kinds = {
   "invalid_argument", "auth", "not_found", "rate_limited", "server", "http", "network", "timeout",
-  "task_failed", "protocol", "io", "unknown_outcome",
+  "task_failed", "protocol", "io", "unknown_outcome", "proxy", "tls",
 }
 
 --- Makes an error. fields: kind (required), message, and any of status, code, request_id, task_id,

@@ -2,6 +2,7 @@
 -- The engine (C) moves bytes; this decides what a result means and whether to try again.
 local core = require "jimeng.core"
 local errors = require "jimeng.errors"
+local neterrors = require "jimeng.neterrors"
 local runtime = require "jimeng.runtime"
 
 local M = {}
@@ -71,8 +72,8 @@ end
 
 
 --- Turns a failed transfer (a libcurl error) into an error; `sent` tells if the request may have
--- reached the server.
-local function transport_error(r, kind_hint)
+-- reached the server. `client` lets a TLS failure be explained with the server's certificate.
+local function transport_error(r, kind_hint, client)
   local sent = not (NOT_SENT[r.curl_code] or (r.request_size or 0) == 0)
   local kind = r.curl_code == CURLE_OPERATION_TIMEDOUT and "timeout" or "network"
   if r.too_large then
@@ -89,19 +90,20 @@ local function transport_error(r, kind_hint)
       kind = "protocol", retryable = false, message = REFUSED[r.curl_code] .. " (" .. r.curl_error .. ")",
     }, sent
   end
-  if r.curl_code == CURLE_PEER_FAILED_VERIFICATION then
-    return errors.new {
-      kind = "network", retryable = false,
-      message = r.curl_error .. " (TLS verification is always on: pass cainfo= for a private CA)",
-    }, false
-  end
+  local explained = neterrors.explain(r, client) -- a proxy's refusal, a certificate: the request never left
+  if explained then return errors.new(explained), false end
   return errors.new { kind = kind_hint or kind, message = r.curl_error }, sent
 end
 M.transport_error = transport_error
 
 --- The error for an HTTP response that is not a success.
 function M.status_error(client, r, decoded)
+  local explained = neterrors.explain(r, client)
+  if explained then return errors.new(explained) end
   local msg, code = core.error_message(decoded, r.body)
+  if r.status >= 300 and r.status < 400 and r.headers.location then
+    msg = ("HTTP %d redirect to %s (API calls follow no redirect: check the base URL)"):format(r.status, r.headers.location)
+  end
   local rid = r.headers["x-request-id"]
   if not rid and type(decoded) == "table" and type(decoded.request_id) == "string" then rid = decoded.request_id end
   return errors.new({
@@ -119,6 +121,7 @@ local function should_retry(paid, r, sent)
   local hint = r.headers and r.headers["x-should-retry"]
   if hint == "true" then return true end
   if hint == "false" then return false end
+  if neterrors.final(r) then return false end
   if r.status and r.status > 0 and r.ok then
     if paid then
       return r.status == 429 or (r.status == 503 and M.server_delay(r.headers) ~= nil)
@@ -143,6 +146,7 @@ local function request_options(client)
     o = {
       profile = "json", -- the engine is this client's own: its JSON calls share configured handles
       connect_timeout = client.connect_timeout, user_agent = client.user_agent, cainfo = client.cainfo,
+      capath = client.capath, proxy = client.proxy, no_proxy = client.no_proxy, http_version = client.http_version,
       max_body = 8 * 1024 * 1024, follow = 0,
       get_headers = { "Accept: application/json", auth },
       post_headers = { "Accept: application/json", "Content-Type: application/json", auth },
@@ -192,7 +196,7 @@ function M.json(client, spec)
       err = M.status_error(client, r, ok and decoded or nil)
       sent = true
     else
-      err, sent = transport_error(r)
+      err, sent = transport_error(r, nil, client)
     end
     local retry = should_retry(spec.paid, r, sent)
     if spec.paid and not r.ok and sent and not retry then
