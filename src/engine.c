@@ -30,6 +30,7 @@
 #define JM_MAX_HEADER_BYTES ((size_t)64 * 1024)
 #define JM_DEFAULT_MAX_BODY ((double)8 * 1024 * 1024)
 #define JM_DOWNLOAD_BUFFER (256L * 1024)
+#define JM_MAX_HOST_CONNECTIONS 64
 #define JM_POOL 16 /* idle easy handles an engine keeps for its next transfers */
 #define JM_WRITEBACK_EVERY ((curl_off_t)8 * 1024 * 1024)
 
@@ -478,7 +479,7 @@ static void jm_push_headers(lua_State *L, const jm_buf *h) {
 }
 
 /* Why a certificate did not verify, from OpenSSL's verify result (X509_V_ERR_*) and libcurl's message: libcurl
- * checks the host name itself, after OpenSSL accepted the chain, so a wrong host comes with result 0. */
+ * checks the host name itself, after OpenSSL accepted the chain, so a wrong host is known by its message. */
 static void jm_push_tls(lua_State *L, const jm_transfer *t) {
     const char *reason = "other";
     switch (t->info.verify) {
@@ -492,10 +493,8 @@ static void jm_push_tls(lua_State *L, const jm_transfer *t) {
     case 21: /* X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE */
         reason = "unknown_issuer";
         break;
-    case 0:
+    default: /* libcurl reports its own host check with result 0 or 1 (X509_V_ERR_UNSPECIFIED) */
         if (strstr(t->errbuf, "subject name") || strstr(t->errbuf, "does not match")) reason = "wrong_host";
-        break;
-    default:
         break;
     }
     jm_setstr(L, "tls_reason", reason);
@@ -565,6 +564,13 @@ static int l_engine_new(lua_State *L) {
     lua_setmetatable(L, -2);
     if (curl_multi_setopt(e->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX) != CURLM_OK)
         return luaL_error(L, "jimeng: cannot enable HTTP/2 multiplexing");
+    /* libcurl's default of 100 streams per connection would open a new connection for every transfer past
+     * the hundredth started at once; the server's own limit (SETTINGS_MAX_CONCURRENT_STREAMS) still holds */
+    (void)curl_multi_setopt(e->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, 4096L);
+    /* and past JM_MAX_HOST_CONNECTIONS connections to one host, transfers wait for one to be free: 2,000
+     * polls at once hold at most that many sockets (HTTP/1.1), or share that many HTTP/2 connections */
+    if (curl_multi_setopt(e->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)JM_MAX_HOST_CONNECTIONS) != CURLM_OK)
+        return luaL_error(L, "jimeng: cannot limit connections per host");
     return 1;
 }
 
@@ -748,6 +754,9 @@ static int l_engine_request(lua_State *L) {
     if (proxy) JM_SET(CURLOPT_PROXY, proxy); /* "" means none; NULL leaves libcurl to the environment */
     if (noproxy) JM_SET(CURLOPT_NOPROXY, noproxy);
     JM_SET(CURLOPT_HTTP_VERSION, httpversion);
+    /* many transfers started at once wait for the first connection to say whether it multiplexes (HTTP/2)
+     * rather than each opening its own: 2,000 waiting tasks share a few connections, not 2,000 sockets */
+    if (httpversion != CURL_HTTP_VERSION_1_1) JM_SET(CURLOPT_PIPEWAIT, 1L);
     if (t->probe) {
         /* a certificate probe after a failed verification, to say why: it connects and handshakes, reads
          * the certificate, and sends no request (no header, no key), so verification can be off */

@@ -82,7 +82,7 @@ end
 local function check_ca_file(path)
   local f, why = io.open(path, "rb")
   if not f then return nil, "cannot be read (" .. tostring(why) .. ")" end
-  local data, rerr = f:read(1024 * 1024)
+  local data, rerr = f:read(64 * 1024) -- a bundle's first certificate is near its start
   f:close()
   if not data then return nil, "is a directory or cannot be read (" .. tostring(rerr or "empty") .. ")" end
   if not data:find("-----BEGIN [%u ]*CERTIFICATE-----") then
