@@ -124,6 +124,7 @@ describe("TLS and HTTP/2 through nginx #host", function()
     local task = assert(client("good", { cainfo = ca }):create { prompt = "for the cli" })
     local args = ("status %s --json --api-key k --base-url %s"):format(task.id, url("good"))
     local code, out, err = cli(args, "SSL_CERT_FILE= CURL_CA_BUNDLE=" .. ca)
+    local _
     assert.equals(0, code, err)
     assert.equals(task.id, require("cjson").decode(out).id)
     code, _, err = cli(args, "CURL_CA_BUNDLE= SSL_CERT_FILE=" .. ca)
