@@ -282,6 +282,15 @@ describe("through Debian's squid #host", function()
     assert.equals(1, #squid_log_settled(here .. ":" .. sbport, 1))
   end)
 
+  it("names a proxy that cannot be reached", function()
+    local closed = proc.free_port()
+    local c = client(("http://api.test:%s/v1"):format(sbport), { proxy = ("http://127.0.0.1:%d"):format(closed), max_retries = 0 })
+    local t, err = c:status("unreachable-1")
+    assert.is_nil(t)
+    assert.equals("network", err.kind)
+    assert.truthy(err.message:find(("cannot reach the proxy at 127.0.0.1:%d"):format(closed), 1, true), err.message)
+  end)
+
   it("never sends a loopback base URL through the proxy, even with http_proxy set or proxy= given", function()
     local before = #squid_log()
     -- credentials left out: a request that reached squid would fail with 407
