@@ -571,6 +571,9 @@ static int l_engine_new(lua_State *L) {
      * polls at once hold at most that many sockets (HTTP/1.1), or share that many HTTP/2 connections */
     if (curl_multi_setopt(e->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)JM_MAX_HOST_CONNECTIONS) != CURLM_OK)
         return luaL_error(L, "jimeng: cannot limit connections per host");
+    /* and keeps that many idle: libcurl's default cache (4 per transfer in flight) shrinks to nothing between
+     * two rounds of polls, so HTTP/1.1 connections would be closed and opened again every round */
+    (void)curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, (long)JM_MAX_HOST_CONNECTIONS);
     return 1;
 }
 
