@@ -85,7 +85,7 @@ local function check_ca_file(path)
   local data, rerr = f:read(64 * 1024) -- a bundle's first certificate is near its start
   f:close()
   if not data then return nil, "is a directory or cannot be read (" .. tostring(rerr or "empty") .. ")" end
-  if not data:find("-----BEGIN [%u ]*CERTIFICATE-----") then
+  if not data:find("%-%-%-%-%-BEGIN [%u ]*CERTIFICATE%-%-%-%-%-") then
     return nil, "holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
   end
   return true

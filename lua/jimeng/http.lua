@@ -118,10 +118,10 @@ end
 --- Whether to try again after a failure. `paid` calls (create) only retry when the request cannot
 -- have reached the server, or the server refused it outright.
 local function should_retry(paid, r, sent)
+  if neterrors.final(r) then return false end -- a proxy's refusal, a certificate: no header changes them
   local hint = r.headers and r.headers["x-should-retry"]
   if hint == "true" then return true end
   if hint == "false" then return false end
-  if neterrors.final(r) then return false end
   if r.status and r.status > 0 and r.ok then
     if paid then
       return r.status == 429 or (r.status == 503 and M.server_delay(r.headers) ~= nil)
