@@ -37,7 +37,7 @@ LIBS         = $(CURL_LIBS) -lm -lpthread
 
 BUILD       ?= build/$(LUA)
 SO           = $(BUILD)/jimeng/core.so
-SRCS         = src/core.c src/engine.c src/normalize.c src/files.c
+SRCS         = src/core.c src/engine.c src/normalize.c src/files.c src/url.c
 OBJS         = $(SRCS:src/%.c=$(BUILD)/obj/%.o)
 LUA_SRCS     = $(wildcard lua/jimeng/*.lua)
 
@@ -92,7 +92,7 @@ VALGRIND ?= valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,
 valgrind: all
 	@$(MAKE) --no-print-directory test TEST_WRAPPER="$(VALGRIND)" BUSTED_ARGS="--exclude-tags=host $(BUSTED_ARGS)"
 
-# libFuzzer (clang) over normalization and response handling, seeded from the vendor page's examples.
+# libFuzzer (clang) over normalization, response handling and URL parsing, seeded from the vendor page's examples.
 # Findings land in build/fuzz/ (crash-*); each one found becomes a spec case.
 FUZZ_SECONDS ?= 60
 FUZZ_CC      ?= clang
@@ -108,10 +108,14 @@ build/fuzz/normalize: fuzz/fuzz_normalize.c $(SRCS) src/jimeng.h
 
 build/fuzz/response: fuzz/fuzz_response.c $(SRCS) src/jimeng.h
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_CFLAGS) fuzz/fuzz_response.c src/core.c src/normalize.c src/files.c -o $@ $(FUZZ_LINK)
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_CFLAGS) fuzz/fuzz_response.c src/core.c src/normalize.c src/files.c src/url.c -o $@ $(FUZZ_LINK)
 
-fuzz: build/fuzz/normalize build/fuzz/response
-	@for t in normalize response; do \
+build/fuzz/url: fuzz/fuzz_url.c $(SRCS) src/jimeng.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_CFLAGS) fuzz/fuzz_url.c $(SRCS) -o $@ $(FUZZ_LINK)
+
+fuzz: build/fuzz/normalize build/fuzz/response build/fuzz/url
+	@for t in normalize response url; do \
 	  mkdir -p build/fuzz/corpus-$$t; \
 	  echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
 	  if build/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -timeout=10 -artifact_prefix=build/fuzz/ \

@@ -1,6 +1,6 @@
 --- make bench: the client side by side with curl, Python requests and a hand-written lua-curl loop,
 -- against the sandbox on loopback, in one run; prints one table of ratios. See bench/README.md.
--- Environment: BENCH_RUNS (3), BENCH_DOWNLOAD_MB (1024), BENCH_POLLS (2000), BENCH_TASKS (200),
+-- Environment: BENCH_RUNS (3), BENCH_DOWNLOAD_MB (1024), BENCH_POLLS (2000), BENCH_TASKS (200), BENCH_WAITING (1000),
 -- BENCH_LUA (the interpreter running this), JIMENG_TEST_LUA.
 local sandbox = require "jimeng.sandbox"
 local core = require "jimeng.core"
@@ -9,6 +9,7 @@ local RUNS = tonumber(os.getenv("BENCH_RUNS") or "") or 3
 local MB = tonumber(os.getenv("BENCH_DOWNLOAD_MB") or "") or 1024
 local POLLS = tonumber(os.getenv("BENCH_POLLS") or "") or 2000
 local TASKS = tonumber(os.getenv("BENCH_TASKS") or "") or 200
+local WAITING = tonumber(os.getenv("BENCH_WAITING") or "") or 1000
 local LUA = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
 local PY = "/usr/bin/python3" -- Debian's, where python3-requests is installed
 
@@ -172,7 +173,57 @@ do
   sb:config { queue_seconds = 0, process_seconds = 0 }
 end
 
--- 4. Start-up ---------------------------------------------------------------------------------
+-- 4. Many tasks waiting through a TLS front: HTTP/2 against HTTP/1.1 -------------------------------
+do
+  local tls = require "spec.support.tls"
+  if not tls.available then
+    row(WAITING .. " tasks waiting via nginx", "skipped", "needs nginx (http_v2) and openssl")
+  else
+    local dir = tmp .. "/front"
+    assert(sh("mkdir -p " .. dir))
+    tls.make_ca(dir, { front = { san = "DNS:localhost,IP:127.0.0.1" } })
+    local front = tls.nginx_front(dir, url, { { name = "front", cert = "front" } })
+    local front_url = ("https://127.0.0.1:%d/v1"):format(front.ports.front)
+    sb:config { queue_seconds = 2, process_seconds = 2 }
+    local function cmd(n, version)
+      return ("%s %s bench/wait_front_jimeng.lua %s %s %s %d %s"):format(lua_env(), LUA, url, front_url, dir .. "/ca.pem", n,
+        version)
+    end
+    local per = {}
+    for _, version in ipairs { "2", "1.1" } do
+      local polls, conns
+      local full = runs(cmd(WAITING, version), RUNS, function()
+        os.remove(front.log)
+        sh(("kill -USR1 $(cat %s/logs/nginx.pid)"):format(dir)) -- reopen the access log: one run's lines only
+        sh("sleep 0.2")
+      end)
+      local seen, count = {}, 0
+      polls = 0
+      for _, e in ipairs(tls.access(front)) do
+        if e.uri:match("^/v1/videos/[^/]+$") then
+          polls = polls + 1
+          if not seen[e.connection] then seen[e.connection], count = true, count + 1 end
+        end
+      end
+      conns = count
+      local one = runs(cmd(1, version), RUNS)
+      per[version] = { cpu = full.cpu / math.max(polls, 1), polls = polls, conns = conns, wall = full.wall,
+        rss_task = (full.rss - one.rss) / (WAITING - 1) }
+    end
+    for _, version in ipairs { "2", "1.1" } do
+      local p, other = per[version], per[version == "2" and "1.1" or "2"]
+      row(WAITING .. " tasks waiting via nginx (TLS)", "HTTP/" .. version,
+        ("%d connections, %.1f us CPU/poll (%d polls, last run), %.1f KiB RSS/task"):format(p.conns, p.cpu * 1e6, p.polls,
+          p.rss_task),
+        ("%.2fx HTTP/%s CPU/poll"):format(p.cpu / other.cpu, version == "2" and "1.1" or "2"),
+        "tasks of 4 s, polled every 0.5 s; at most 64 connections per host")
+    end
+    front.stop()
+    sb:config { queue_seconds = 0, process_seconds = 0 }
+  end
+end
+
+-- 5. Start-up ---------------------------------------------------------------------------------
 do
   local req = runs(("%s %s -e 'require \"jimeng\"'"):format(lua_env(), LUA), 10)
   local help = runs(("%s bin/jimeng --help >/dev/null"):format(LUA), 10)

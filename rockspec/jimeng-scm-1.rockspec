@@ -28,7 +28,7 @@ build = {
   type = "builtin",
   modules = {
     ["jimeng.core"] = {
-      sources = { "src/core.c", "src/engine.c", "src/normalize.c", "src/files.c" },
+      sources = { "src/core.c", "src/engine.c", "src/normalize.c", "src/files.c", "src/url.c" },
       libraries = { "curl", "pthread", "m" },
       incdirs = { "$(CURL_INCDIR)", "$(CURL_INCDIR)/x86_64-linux-gnu", "$(CURL_INCDIR)/aarch64-linux-gnu",
         "$(CURL_INCDIR)/i386-linux-gnu", "$(CURL_INCDIR)/arm-linux-gnueabihf" },
@@ -42,6 +42,7 @@ build = {
     ["jimeng.experiment"] = "lua/jimeng/experiment.lua",
     ["jimeng.gallery"] = "lua/jimeng/gallery.lua",
     ["jimeng.http"] = "lua/jimeng/http.lua",
+    ["jimeng.neterrors"] = "lua/jimeng/neterrors.lua",
     ["jimeng.nvim"] = "lua/jimeng/nvim.lua",
     ["jimeng.runtime"] = "lua/jimeng/runtime.lua",
     ["jimeng.sandbox"] = "lua/jimeng/sandbox.lua",

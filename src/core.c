@@ -143,6 +143,7 @@ __attribute__((visibility("default"))) int luaopen_jimeng_core(lua_State *L) {
     jm_open_engine(L);
     jm_open_normalize(L);
     jm_open_files(L);
+    jm_open_url(L);
     return 1;
 }
 

@@ -37,6 +37,7 @@
 #define JM_MAX_HEADER_BYTES ((size_t)64 * 1024)
 #define JM_DEFAULT_MAX_BODY ((double)8 * 1024 * 1024)
 #define JM_DOWNLOAD_BUFFER (256L * 1024)
+#define JM_MAX_HOST_CONNECTIONS 64
 #define JM_POOL 16 /* idle easy handles an engine keeps for its next transfers */
 #define JM_WRITEBACK_EVERY ((curl_off_t)8 * 1024 * 1024)
 #define JM_DEFAULT_MAX_CONNECTIONS 8
@@ -117,7 +118,15 @@ struct jm_transfer {
     struct {
         long status, reqsize, connectcode, os_errno;
         curl_off_t content_length, connect_us;
+        long verify;       /* the X509 verify result of a failed TLS handshake */
+        char *url;         /* where a failed transfer was going (kept only on failure) */
+        char *cert_expire, *cert_names; /* a certificate probe's findings */
     } info;
+
+    /* the proxy this request goes through, derived as libcurl does (libcurl 7.88 cannot tell after) */
+    int proxy_used;
+    char proxy_where[256];
+    int probe; /* a certificate probe: connect and handshake only, never pooled */
 
     /* file sink */
     char *path;     /* the partial file's path: set for a download */
@@ -487,6 +496,23 @@ static void jm_drop_part(lua_State *L, jm_transfer *t) {
     t->part_ref = LUA_NOREF;
 }
 
+/* Copies a certificate field's value ("Name:value" in libcurl's certinfo) into a new string. */
+static char *jm_cert_field(const struct curl_slist *l, const char *name) {
+    size_t n = strlen(name);
+    for (; l; l = l->next)
+        if (strncasecmp(l->data, name, n) == 0 && l->data[n] == ':') return strdup(l->data + n + 1);
+    return NULL;
+}
+
+/* The server certificate's expiry and names, from a probe's certinfo (the first certificate is the server's). */
+static void jm_capture_cert(jm_transfer *t) {
+    struct curl_certinfo *ci = NULL;
+    if (curl_easy_getinfo(t->easy, CURLINFO_CERTINFO, &ci) != CURLE_OK || !ci || ci->num_of_certs < 1) return;
+    t->info.cert_expire = jm_cert_field(ci->certinfo[0], "Expire date");
+    t->info.cert_names = jm_cert_field(ci->certinfo[0], "X509v3 Subject Alternative Name");
+    if (!t->info.cert_names) t->info.cert_names = jm_cert_field(ci->certinfo[0], "Subject");
+}
+
 /* Copies what the result needs out of the easy handle. */
 static void jm_capture(jm_transfer *t) {
     t->info.content_length = -1;
@@ -494,14 +520,21 @@ static void jm_capture(jm_transfer *t) {
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &t->info.status);
     curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &t->info.reqsize);
     curl_easy_getinfo(t->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &t->info.content_length);
+    if (t->eng && !t->eng->multiplexed) {
+        long v = 0;
+        if (curl_easy_getinfo(t->easy, CURLINFO_HTTP_VERSION, &v) == CURLE_OK && v >= CURL_HTTP_VERSION_2_0)
+            t->eng->multiplexed = 1;
+    }
+    if (t->rc == CURLE_OK && !t->probe && !t->paid) return; /* a status poll stops here: nothing more to read */
     curl_easy_getinfo(t->easy, CURLINFO_HTTP_CONNECTCODE, &t->info.connectcode);
     curl_easy_getinfo(t->easy, CURLINFO_OS_ERRNO, &t->info.os_errno);
     curl_easy_getinfo(t->easy, CURLINFO_CONNECT_TIME_T, &t->info.connect_us);
-    {
-        long v = 0;
-        if (t->eng && curl_easy_getinfo(t->easy, CURLINFO_HTTP_VERSION, &v) == CURLE_OK && v >= CURL_HTTP_VERSION_2_0)
-            t->eng->multiplexed = 1;
+    if (t->rc == CURLE_PEER_FAILED_VERIFICATION) curl_easy_getinfo(t->easy, CURLINFO_SSL_VERIFYRESULT, &t->info.verify);
+    if (t->rc != CURLE_OK) {
+        char *u = NULL;
+        if (curl_easy_getinfo(t->easy, CURLINFO_EFFECTIVE_URL, &u) == CURLE_OK && u) t->info.url = strdup(u);
     }
+    if (t->probe) jm_capture_cert(t);
 }
 
 /* The class of a failed transfer, from libcurl's code and what it saw: what Lua needs to decide, never a
@@ -559,7 +592,7 @@ static const char *jm_failure_class(const jm_transfer *t) {
 static void jm_release_easy(jm_transfer *t) {
     jm_engine *e = t->eng;
     if (!t->easy) return;
-    if (e && !e->closed && e->npool < JM_POOL && !t->path &&
+    if (e && !e->closed && e->npool < JM_POOL && !t->path && !t->probe &&
         curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, NULL) == CURLE_OK &&
         curl_easy_setopt(t->easy, CURLOPT_ERRORBUFFER, NULL) == CURLE_OK &&
         curl_easy_setopt(t->easy, CURLOPT_PRIVATE, NULL) == CURLE_OK &&
@@ -719,7 +752,11 @@ static int l_transfer_gc(lua_State *L) {
     free(t->task_id);
     free(t->validator);
     free(t->journal);
+    free(t->info.url);
+    free(t->info.cert_expire);
+    free(t->info.cert_names);
     t->path = t->task_id = t->validator = t->journal = NULL;
+    t->info.url = t->info.cert_expire = t->info.cert_names = NULL;
     jm_drop_part(L, t);
     return 0;
 }
@@ -753,7 +790,8 @@ static int l_transfer_progress(lua_State *L) {
 /* The response headers the Lua layer reads; the others are never turned into Lua strings (this table
  * is built for every status poll). */
 static const char *const jm_wanted_headers[] = {
-    "x-request-id", "retry-after", "retry-after-ms", "x-should-retry", "content-type", "content-range", "etag", NULL,
+    "x-request-id", "retry-after", "retry-after-ms", "x-should-retry", "content-type", "content-range", "etag",
+    "location", NULL,
 };
 
 static const char *jm_wanted(const char *name, size_t n) {
@@ -794,6 +832,29 @@ static void jm_push_headers(lua_State *L, const jm_buf *h) {
     }
 }
 
+/* Why a certificate did not verify, from OpenSSL's verify result (X509_V_ERR_*) and libcurl's message: libcurl
+ * checks the host name itself, after OpenSSL accepted the chain, so a wrong host is known by its message. */
+static void jm_push_tls(lua_State *L, const jm_transfer *t) {
+    const char *reason = "other";
+    switch (t->info.verify) {
+    case 10: /* X509_V_ERR_CERT_HAS_EXPIRED */
+        reason = "expired";
+        break;
+    case 2:  /* X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT */
+    case 18: /* X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT */
+    case 19: /* X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN */
+    case 20: /* X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY */
+    case 21: /* X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE */
+        reason = "unknown_issuer";
+        break;
+    default: /* libcurl reports its own host check with result 0 or 1 (X509_V_ERR_UNSPECIFIED) */
+        if (strstr(t->errbuf, "subject name") || strstr(t->errbuf, "does not match")) reason = "wrong_host";
+        break;
+    }
+    jm_setstr(L, "tls_reason", reason);
+    jm_setint(L, "tls_verify", t->info.verify);
+}
+
 /* transfer:result() -> table describing what happened (see the Lua layer for how it is judged):
  * ok, status, headers, body, and only when they apply: curl_code and curl_error (a failure),
  * request_size, content_length, the flags of the sinks and limits. Lean: it is built for every poll. */
@@ -810,7 +871,6 @@ static int l_transfer_result(lua_State *L) {
         jm_setstr(L, "curl_error", t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->rc));
         if (cls) jm_setstr(L, "class", cls);
         if (t->info.os_errno) jm_setstr(L, "os_error", strerror((int)t->info.os_errno));
-        if (t->info.connectcode) jm_setint(L, "proxy_status", t->info.connectcode);
     }
     /* how far the request got, as libcurl and the OS saw it */
     if (t->info.connect_us > 0 || t->handed_over) jm_setbool(L, "connected", 1);
@@ -820,6 +880,15 @@ static int l_transfer_result(lua_State *L) {
     if (t->journal_errno) jm_setstr(L, "journal_error", strerror(t->journal_errno));
     if (t->cancelled) jm_setbool(L, "cancelled", 1);
     if (status == 0 && t->hstatus) status = t->hstatus;
+    if (t->proxy_used || t->info.connectcode) {
+        jm_setbool(L, "proxy_used", 1);
+        if (t->proxy_where[0]) jm_setstr(L, "proxy", t->proxy_where);
+        if (t->info.connectcode) jm_setint(L, "proxy_status", t->info.connectcode);
+    }
+    if (t->info.url) jm_setstr(L, "url", t->info.url);
+    if (t->rc == CURLE_PEER_FAILED_VERIFICATION) jm_push_tls(L, t);
+    if (t->info.cert_expire) jm_setstr(L, "cert_expire", t->info.cert_expire);
+    if (t->info.cert_names) jm_setstr(L, "cert_names", t->info.cert_names);
     jm_setint(L, "status", status);
     jm_setint(L, "request_size", t->info.reqsize); /* 0: not a byte of the request left this machine */
     if (t->info.content_length >= 0) jm_setint(L, "content_length", (lua_Integer)t->info.content_length);
@@ -871,9 +940,15 @@ static int l_engine_new(lua_State *L) {
     lua_setmetatable(L, -2);
     if (curl_multi_setopt(e->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX) != CURLM_OK)
         return luaL_error(L, "jimeng: cannot enable HTTP/2 multiplexing");
+    /* libcurl's default of 100 streams per connection would open a new connection for every transfer past
+     * the hundredth started at once; the server's own limit (SETTINGS_MAX_CONCURRENT_STREAMS) still holds */
+    (void)curl_multi_setopt(e->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, 4096L);
     /* a backstop: libcurl itself never opens more (it closes an idle connection to make room) */
     if (curl_multi_setopt(e->multi, CURLMOPT_MAX_HOST_CONNECTIONS, maxc) != CURLM_OK)
         return luaL_error(L, "jimeng: cannot limit connections per host");
+    /* and keeps enough idle: libcurl's default cache (4 per transfer in flight) shrinks to nothing between
+     * two rounds of polls, so HTTP/1.1 connections would be closed and opened again every round */
+    (void)curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, (long)JM_MAX_HOST_CONNECTIONS);
     return 1;
 }
 
@@ -933,6 +1008,8 @@ static int jm_has_crlf(const char *s) {
  * connect_timeout, low_speed_time, max_body, follow (max redirects), cainfo, user_agent,
  * part (a core.part_open object: the download's file), task_id (written in its record), offset (where a 206
  * must start), validator and total (what a 206 must carry), expect_binary, accept_encoding, fresh_connect,
+ * capath, proxy ("" for none; absent: the environment's), no_proxy, http_version ("auto"|"1.1"|"2"),
+ * probe_cert (handshake only, to read the certificate of a failed verification: cert_expire, cert_names),
  * profile: requests with the same profile must pass the same values for every option but url, method,
  * body, headers, timeout and fresh_connect; they then share configured handles. */
 static int l_engine_request(lua_State *L) {
@@ -940,8 +1017,10 @@ static int l_engine_request(lua_State *L) {
     jm_transfer *t;
     CURLcode rc = CURLE_OK;
     size_t blen = 0;
-    const char *url, *method, *body, *bearer, *cainfo, *ua, *profile, *task_id, *validator;
+    const char *url, *method, *body, *bearer, *cainfo, *capath, *proxy, *noproxy, *httpv, *ua, *profile, *task_id,
+        *validator;
     jm_part *part = NULL;
+    long httpversion = CURL_HTTP_VERSION_2TLS;
     int reuse, bad_opt = 0;
     double timeout, ctimeout, lowtime;
     long follow;
@@ -953,6 +1032,10 @@ static int l_engine_request(lua_State *L) {
     body = jm_optstr(L, 2, "body", &blen);
     bearer = jm_optstr(L, 2, "bearer", NULL);
     cainfo = jm_optstr(L, 2, "cainfo", NULL);
+    capath = jm_optstr(L, 2, "capath", NULL);
+    proxy = jm_optstr(L, 2, "proxy", NULL);
+    noproxy = jm_optstr(L, 2, "no_proxy", NULL);
+    httpv = jm_optstr(L, 2, "http_version", NULL);
     ua = jm_optstr(L, 2, "user_agent", NULL);
     task_id = jm_optstr(L, 2, "task_id", NULL);
     validator = jm_optstr(L, 2, "validator", NULL);
@@ -995,6 +1078,12 @@ static int l_engine_request(lua_State *L) {
     } else {
         lua_pop(L, 1);
     }
+    lua_getfield(L, 2, "probe_cert");
+    t->probe = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (httpv && strcmp(httpv, "1.1") == 0) httpversion = CURL_HTTP_VERSION_1_1;
+    else if (httpv && strcmp(httpv, "2") == 0) httpversion = CURL_HTTP_VERSION_2_0;
+    t->proxy_used = jm_proxy_for(url, proxy, noproxy, t->proxy_where, sizeof t->proxy_where);
 
     reuse = jm_acquire_easy(e, t, profile);
     if (!t->easy) return luaL_error(L, "jimeng: curl_easy_init failed");
@@ -1079,6 +1168,23 @@ static int l_engine_request(lua_State *L) {
     JM_SET(CURLOPT_SSL_VERIFYPEER, 1L);
     JM_SET(CURLOPT_SSL_VERIFYHOST, 2L);
     if (cainfo) JM_SET(CURLOPT_CAINFO, cainfo);
+    if (capath) JM_SET(CURLOPT_CAPATH, capath);
+    if (proxy) JM_SET(CURLOPT_PROXY, proxy); /* "" means none; NULL leaves libcurl to the environment */
+    if (noproxy) JM_SET(CURLOPT_NOPROXY, noproxy);
+    JM_SET(CURLOPT_HTTP_VERSION, httpversion);
+    /* many transfers started at once wait for the first connection to say whether it multiplexes (HTTP/2)
+     * rather than each opening its own: 2,000 waiting tasks share a few connections, not 2,000 sockets */
+    if (httpversion != CURL_HTTP_VERSION_1_1) JM_SET(CURLOPT_PIPEWAIT, 1L);
+    if (t->probe) {
+        /* a certificate probe after a failed verification, to say why: it connects and handshakes, reads
+         * the certificate, and sends no request (no header, no key), so verification can be off */
+        JM_SET(CURLOPT_CONNECT_ONLY, 1L);
+        JM_SET(CURLOPT_SSL_VERIFYPEER, 0L);
+        JM_SET(CURLOPT_SSL_VERIFYHOST, 0L);
+        JM_SET(CURLOPT_CERTINFO, 1L);
+        JM_SET(CURLOPT_FRESH_CONNECT, 1L);
+        JM_SET(CURLOPT_FORBID_REUSE, 1L);
+    }
     JM_SET(CURLOPT_FOLLOWLOCATION, follow > 0 ? 1L : 0L);
     JM_SET(CURLOPT_MAXREDIRS, follow);
     JM_SET(CURLOPT_CONNECTTIMEOUT_MS, (long)(ctimeout * 1000));

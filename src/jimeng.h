@@ -15,6 +15,14 @@
 #define JM_HIDDEN __attribute__((visibility("hidden")))
 #else
 #define JM_HIDDEN
+/* url.c: whether a host (as libcurl gives it: IPv6 in brackets) is loopback; whether a no-proxy list
+ * (libcurl's syntax) covers it. */
+JM_HIDDEN int jm_host_is_loopback(const char *host);
+JM_HIDDEN int jm_noproxy_match(const char *host, const char *list);
+/* url.c: whether a request to url goes through a proxy: `proxy` (NULL: libcurl's environment variables) unless
+ * `noproxy` (NULL: no_proxy / NO_PROXY) covers its host; when it does, `where` gets the proxy's host:port. */
+JM_HIDDEN int jm_proxy_for(const char *url, const char *proxy, const char *noproxy, char *where, size_t wheresz);
+
 #endif
 
 /* Lua 5.1 / LuaJIT shims under our own names, so they never collide with LuaJIT's own symbols. */
@@ -24,6 +32,14 @@ JM_HIDDEN void jm_setfuncs(lua_State *L, const luaL_Reg *l, int nup);
 #else
 #define jm_rawlen(L, i) lua_rawlen((L), (i))
 #define jm_setfuncs(L, l, n) luaL_setfuncs((L), (l), (n))
+/* url.c: whether a host (as libcurl gives it: IPv6 in brackets) is loopback; whether a no-proxy list
+ * (libcurl's syntax) covers it. */
+JM_HIDDEN int jm_host_is_loopback(const char *host);
+JM_HIDDEN int jm_noproxy_match(const char *host, const char *list);
+/* url.c: whether a request to url goes through a proxy: `proxy` (NULL: libcurl's environment variables) unless
+ * `noproxy` (NULL: no_proxy / NO_PROXY) covers its host; when it does, `where` gets the proxy's host:port. */
+JM_HIDDEN int jm_proxy_for(const char *url, const char *proxy, const char *noproxy, char *where, size_t wheresz);
+
 #endif
 
 /* Sets t[k] = v for the table at the top of the stack. */
@@ -44,6 +60,7 @@ JM_HIDDEN double jm_wait_cap(double ms);
 JM_HIDDEN void jm_open_engine(lua_State *L);
 JM_HIDDEN void jm_open_normalize(lua_State *L);
 JM_HIDDEN void jm_open_files(lua_State *L);
+JM_HIDDEN void jm_open_url(lua_State *L);
 
 /* files.c: a download's partial file, <path>.part, opened without following a link and locked (flock) from
  * core.part_open until it is committed or closed; its record <path>.part.json says whose bytes it holds. */
@@ -60,5 +77,13 @@ JM_HIDDEN int jm_part_write_record(const jm_part *p, const char *task_id, const 
 JM_HIDDEN void jm_push_base64(lua_State *L, const unsigned char *src, size_t n);
 /* files.c: pushes the data URL of a checked local JPEG/PNG, or returns 0 with a message in err. */
 JM_HIDDEN int jm_image_data_url(lua_State *L, const char *path, char *err, size_t errsz);
+
+/* url.c: whether a host (as libcurl gives it: IPv6 in brackets) is loopback; whether a no-proxy list
+ * (libcurl's syntax) covers it. */
+JM_HIDDEN int jm_host_is_loopback(const char *host);
+JM_HIDDEN int jm_noproxy_match(const char *host, const char *list);
+/* url.c: whether a request to url goes through a proxy: `proxy` (NULL: libcurl's environment variables) unless
+ * `noproxy` (NULL: no_proxy / NO_PROXY) covers its host; when it does, `where` gets the proxy's host:port. */
+JM_HIDDEN int jm_proxy_for(const char *url, const char *proxy, const char *noproxy, char *where, size_t wheresz);
 
 #endif

@@ -287,6 +287,11 @@ Exit codes: 0 ok, 1 the task failed, 2 usage or invalid input, 3 API or network 
       cmd:option("--base-url", "API base URL (default: $JIMENG_BASE_URL or https://api.tokenops.ai/v1).")
       number_option(cmd, "--timeout", "Seconds to wait for a task (default 600).")
       number_option(cmd, "--interval", "Seconds between status polls (default 5).")
+      cmd:option("--cainfo", "PEM file of the CA(s) to trust, for a private CA (default: $CURL_CA_BUNDLE, $SSL_CERT_FILE).")
+      cmd:option("--proxy", "Proxy URL, http://user:password@host:port (default: $https_proxy, $http_proxy, $all_proxy).")
+      cmd:option("--no-proxy", "Hosts that bypass the proxy, comma-separated (default: $no_proxy); loopback always does.")
+      cmd:mutex(cmd:flag("--http1.1", "Speak HTTP/1.1 only."),
+        cmd:flag("--http2", "Ask for HTTP/2 (the default already uses it over TLS when the server speaks it)."))
     end
   end
   return p
@@ -564,7 +569,9 @@ function M.main(argv, streams)
   if args.command ~= "sandbox" then
     local key, err = M.api_key(args, out)
     if err then return out:fail(err) end
-    client, err = jimeng.new { api_key = key, base_url = args.base_url, poll_interval = args.interval }
+    client, err = jimeng.new { api_key = key, base_url = args.base_url, poll_interval = args.interval,
+      cainfo = args.cainfo, proxy = args.proxy, no_proxy = args.no_proxy,
+      http_version = args["http1.1"] and "1.1" or args.http2 and "2" or nil }
     if not client then return out:fail(err) end
   end
   -- Ctrl-C and SIGTERM end waits within a quarter second and come back as errors the commands report

@@ -12,14 +12,27 @@ local now = core.now
 local DEFAULTS = {
   base_url = "https://api.tokenops.ai/v1",
   timeout = 60, connect_timeout = 10, max_retries = 2,
-  poll_interval = 5, wait_timeout = 600, stall_timeout = 30,
+  poll_interval = 5, wait_timeout = 600, stall_timeout = 30, http_version = "auto",
 }
 
 local OPTIONS = {
   api_key = "string", base_url = "string", timeout = "number", connect_timeout = "number",
   max_retries = "number", poll_interval = "number", wait_timeout = "number", stall_timeout = "number",
-  allow_insecure_http = "boolean", cainfo = "string", logger = "function", max_connections = "number",
+  allow_insecure_http = "boolean", cainfo = "string", capath = "string", logger = "function",
+  proxy = "string", no_proxy = "string", http_version = "string", max_connections = "number", max_rps = "number",
 }
+
+local HTTP_VERSIONS = { auto = true, ["1.1"] = true, ["2"] = true }
+
+-- Hosts never sent through a proxy, whatever the settings say: the key would go to the proxy for a server
+-- on this very machine (the sandbox, make demo). libcurl's syntax: names, IPs and CIDR ranges.
+local LOOPBACK_NO_PROXY = "localhost,127.0.0.1,::1,127.0.0.0/8"
+
+local function getenv_nonempty(name)
+  local v = os.getenv(name)
+  if v == "" then return nil end
+  return v
+end
 
 local function invalid(message, field)
   return nil, errors.new { kind = "invalid_argument", message = message, field = field }
@@ -38,26 +51,102 @@ local function nearest_option(name)
   return best
 end
 
-local function is_loopback(host)
-  return host == "localhost" or host == "[::1]" or host:match("^127%.%d+%.%d+%.%d+$") ~= nil
-end
-
---- Checks a base URL: https, or http on a loopback host (or with allow_insecure_http).
+--- Checks a base URL with libcurl's own parser (core.parse_url), so the host judged is the host libcurl will
+-- connect to: https, or http on a loopback host (or with allow_insecure_http); no userinfo, query or fragment.
+-- Returns the URL as libcurl normalized it, without trailing slashes.
 local function check_base_url(url, allow_http)
-  local scheme, host = url:match("^(%a[%w+.-]*)://(%[?[^/:%]]*%]?)")
-  if not scheme or host == "" then
-    return invalid("base_url must look like https://host/v1; got " .. url, "base_url")
+  if url:find("[%s%c]") then return invalid("base_url contains spaces or control characters", "base_url") end
+  local u, why = core.parse_url(url)
+  if not u then
+    return invalid(("base_url must look like https://host/v1; got %s (%s)"):format(url, why), "base_url")
   end
-  scheme = scheme:lower()
+  local scheme = u.scheme:lower()
   if scheme ~= "https" and scheme ~= "http" then
     return invalid("base_url must be http or https; got " .. url, "base_url")
   end
-  if scheme == "http" and not allow_http and not is_loopback(host:lower()) then
-    return invalid("base_url " .. url .. " is plain http to a non-loopback host: the API key would travel in " ..
-      "clear text; use https, or pass allow_insecure_http=true", "base_url")
+  if u.user or u.password or u.options then
+    return invalid("base_url must not carry a user name or password (user@host): the API key is the only " ..
+      "credential, and a URL like http://localhost:x@other-host/ goes to other-host", "base_url")
   end
-  if url:find("[%s%c]") then return invalid("base_url contains spaces or control characters", "base_url") end
-  return (url:gsub("/+$", ""))
+  if u.query or u.fragment then
+    return invalid("base_url must not have a query (?...) or fragment (#...); got " .. url, "base_url")
+  end
+  if scheme == "http" and not allow_http and not u.loopback then
+    return invalid("base_url " .. url .. " is plain http to a non-loopback host (" .. u.host .. "): the API key " ..
+      "would travel in clear text; use https, or pass allow_insecure_http=true", "base_url")
+  end
+  return (u.url:gsub("/+$", "")), u
+end
+
+-- Whether path is a readable file that holds a PEM certificate (a CA bundle), or why not.
+local function check_ca_file(path)
+  local f, why = io.open(path, "rb")
+  if not f then return nil, "cannot be read (" .. tostring(why) .. ")" end
+  local data, rerr = f:read(64 * 1024) -- a bundle's first certificate is near its start
+  f:close()
+  if not data then return nil, "is a directory or cannot be read (" .. tostring(rerr or "empty") .. ")" end
+  if not data:find("%-%-%-%-%-BEGIN [%u ]*CERTIFICATE%-%-%-%-%-") then
+    return nil, "holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+  end
+  return true
+end
+
+-- Whether path is a readable directory.
+local function check_ca_dir(path)
+  local f = io.open(path .. "/.", "rb")
+  if not f then return nil, "is not a readable directory" end
+  f:close()
+  return true
+end
+
+--- The network settings: http_version, TLS trust (cainfo/capath, or CURL_CA_BUNDLE, SSL_CERT_FILE and
+-- SSL_CERT_DIR as curl reads them), the proxy (proxy=, or libcurl's https_proxy/http_proxy/all_proxy) and
+-- the hosts that bypass it (no_proxy=, or no_proxy/NO_PROXY), loopback always among them.
+local function network_options(self, opts)
+  if not HTTP_VERSIONS[self.http_version] then
+    return invalid(('http_version must be "auto", "1.1" or "2"; got %q'):format(self.http_version), "http_version")
+  end
+  local sources = {
+    { "cainfo", { "CURL_CA_BUNDLE", "SSL_CERT_FILE" }, check_ca_file },
+    { "capath", { "SSL_CERT_DIR" }, check_ca_dir },
+  }
+  for _, src in ipairs(sources) do
+    local field, vars, check = src[1], src[2], src[3]
+    local value, from = opts[field], field
+    if value == nil then
+      for _, var in ipairs(vars) do
+        value = getenv_nonempty(var)
+        if value then
+          from = var .. " (used as " .. field .. ")"
+          break
+        end
+      end
+    end
+    if value ~= nil then
+      local ok, why = check(value)
+      if not ok then return invalid(("%s %s %s"):format(from, value, why), field) end
+    end
+    self[field] = value
+  end
+  if opts.proxy ~= nil and opts.proxy ~= "" then
+    local with_scheme = opts.proxy:find("://", 1, true) and opts.proxy or ("http://" .. opts.proxy)
+    local u, why = core.parse_url(with_scheme)
+    if not u then return invalid("proxy must be a URL like http://user:password@host:3128; " .. why, "proxy") end
+    local scheme = u.scheme:lower()
+    if not (scheme == "http" or scheme == "https" or scheme:match("^socks[45]h?a?$")) then
+      return invalid("proxy must be http://, https:// or socks5:// (socks4, socks4a, socks5h); got " .. scheme, "proxy")
+    end
+  end
+  local no_proxy = opts.no_proxy
+  if no_proxy == nil then no_proxy = getenv_nonempty("no_proxy") or getenv_nonempty("NO_PROXY") end
+  if no_proxy and no_proxy:find("[%c]") then return invalid("no_proxy contains control characters", "no_proxy") end
+  if no_proxy and no_proxy:match("^%s*%*%s*$") then
+    self.no_proxy = "*"
+  else
+    no_proxy = no_proxy and no_proxy:gsub("^[%s,]+", ""):gsub("[%s,]+$", "") or ""
+    self.no_proxy = no_proxy == "" and LOOPBACK_NO_PROXY or (no_proxy .. "," .. LOOPBACK_NO_PROXY)
+  end
+  return true
 end
 
 --- jimeng.new(opts) -> client | nil, err
@@ -81,9 +170,11 @@ function Client.new(opts, json)
   if self.api_key and self.api_key:find("[%c]") then
     return invalid("api_key contains control characters (CR, LF...)", "api_key")
   end
-  local url, err = check_base_url(self.base_url, self.allow_insecure_http)
-  if not url then return nil, err end
-  self.base_url = url
+  local url, parsed = check_base_url(self.base_url, self.allow_insecure_http)
+  if not url then return nil, parsed end
+  self.base_url, self.base_host = url, parsed.host
+  local ok, nerr = network_options(self, opts)
+  if not ok then return nil, nerr end
   -- seconds: positive, finite, and sane (NaN, infinities and microseconds are mistakes, not settings)
   for k, lo in pairs { timeout = 0.001, connect_timeout = 0.001, poll_interval = 0.01, wait_timeout = 0.001,
     stall_timeout = 1 } do
@@ -385,6 +476,7 @@ local function fetch(self, part, id, path, opts)
     end
     local t, why = self.engine:request {
       url = url, headers = headers, bearer = self.api_key, user_agent = self.user_agent, cainfo = self.cainfo,
+      capath = self.capath, proxy = self.proxy, no_proxy = self.no_proxy, http_version = self.http_version,
       connect_timeout = self.connect_timeout, timeout = timeout, low_speed_time = self.stall_timeout, follow = 5,
       part = part, task_id = id, offset = offset, validator = rec and rec.validator, total = rec and rec.total,
       expect_binary = true, max_body = 1024 * 1024,
@@ -451,7 +543,7 @@ local function fetch(self, part, id, path, opts)
       e = download_error(self, r, id)
       retry = http.should_retry(false, r, true)
     else
-      e = http.transport_error(r)
+      e = http.transport_error(r, nil, self)
       e.task_id = id
       retry = http.should_retry(false, r, true)
     end

@@ -2,6 +2,7 @@
 -- The engine (C) moves bytes; this decides what a result means and whether to try again.
 local core = require "jimeng.core"
 local errors = require "jimeng.errors"
+local neterrors = require "jimeng.neterrors"
 local runtime = require "jimeng.runtime"
 
 local M = {}
@@ -74,7 +75,13 @@ end
 
 
 --- The error for a failed transfer (no usable HTTP answer), from the engine's failure class.
-local function transport_error(r)
+local function transport_error(r, _, client)
+  local explained = neterrors.explain(r, client) -- a proxy's refusal, a certificate: said with their details
+  if explained then
+    local e = errors.new(explained)
+    e.class = r.class
+    return e
+  end
   local class = r.class or "reset"
   local kind = CLASS_KIND[class] or "network"
   local message = r.curl_error or class
@@ -95,12 +102,18 @@ M.transport_error = transport_error
 --- The error for an HTTP response that is not a success. The body is scrubbed of the key before it is
 -- read or cut short (a key split at a cut would leak its first half).
 function M.status_error(client, r, decoded)
+  local explained = neterrors.explain(r, client)
+  if explained then return errors.new(explained) end
   local body = errors.scrub(r.body, client.api_key)
   if body ~= r.body then
     local ok, d = pcall(client.json.decode, body)
     decoded = ok and d or nil
   end
   local msg, code = core.error_message(decoded, body)
+  if r.status >= 300 and r.status < 400 and r.headers.location then
+    msg = ("HTTP %d redirect to %s (API calls follow no redirect: check the base URL)"):format(r.status,
+      errors.scrub(r.headers.location, client.api_key))
+  end
   local rid = r.headers["x-request-id"]
   if not rid and type(decoded) == "table" and type(decoded.request_id) == "string" then rid = decoded.request_id end
   return errors.new({
@@ -133,6 +146,7 @@ M.created = created
 --- Whether to try again after a failure. A paid request is tried again only when it made no task.
 local function should_retry(paid, r, err)
   if r.cancelled or (err and err.code and FINAL_429[err.code]) then return false end
+  if neterrors.final(r) then return false end -- a proxy's refusal, a certificate: no header changes them
   local status = r.status or 0
   if paid then
     if created(r) ~= false then return false end
@@ -166,6 +180,7 @@ local function request_options(client)
     o = {
       profile = "json", -- the engine is this client's own: its JSON calls share configured handles
       connect_timeout = client.connect_timeout, user_agent = client.user_agent, cainfo = client.cainfo,
+      capath = client.capath, proxy = client.proxy, no_proxy = client.no_proxy, http_version = client.http_version,
       max_body = 8 * 1024 * 1024, follow = 0,
       get_headers = { "Accept: application/json", auth },
       post_headers = { "Accept: application/json", "Content-Type: application/json", auth },
@@ -231,7 +246,7 @@ function M.json(client, spec)
       local ok, decoded = pcall(client.json.decode, r.body or "")
       err = M.status_error(client, r, ok and decoded or nil)
     else
-      err = transport_error(r)
+      err = transport_error(r, nil, client)
     end
     if spec.paid then
       err.created = made

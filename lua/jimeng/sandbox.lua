@@ -72,7 +72,7 @@ end
 --- A control-plane call: GET when body is nil, POST otherwise. Returns the decoded answer.
 function Sandbox:call(path, body)
   local t = assert(self.engine:request {
-    url = self.root .. path, method = body ~= nil and "POST" or "GET", cainfo = self.cainfo,
+    url = self.root .. path, method = body ~= nil and "POST" or "GET", cainfo = self.cainfo, proxy = "", -- never proxied
     body = body ~= nil and json.encode(body) or nil, timeout = 30, max_body = 256 * 1024 * 1024,
   })
   while not t:done() do
