@@ -36,6 +36,7 @@ build = {
     },
     ["jimeng"] = "lua/jimeng/init.lua",
     ["jimeng.batch"] = "lua/jimeng/batch.lua",
+    ["jimeng.budget"] = "lua/jimeng/budget.lua",
     ["jimeng.cli"] = "lua/jimeng/cli.lua",
     ["jimeng.client"] = "lua/jimeng/client.lua",
     ["jimeng.errors"] = "lua/jimeng/errors.lua",

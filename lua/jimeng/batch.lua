@@ -290,7 +290,7 @@ function M.run(client, jobs, opts)
       if limit < cap then limit = limit + 1 end
     end
     job.task_id = task_id
-    local done, werr = client:wait(task_id, { interval = opts.interval, deadline = deadline,
+    local done, werr = client:wait(task_id, { interval = opts.interval, deadline = deadline, fresh = not s.task_id,
       on_status = function(t) on_event { type = "status", job = job, task = t } end })
     if not done then
       in_flight = in_flight - 1

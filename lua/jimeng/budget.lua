@@ -32,20 +32,8 @@ end
 --- Takes one request's token; returns how long to wait before sending it (0: now). Reserving ahead (a
 -- negative balance) spaces the waiting requests evenly, in the order they asked.
 function M:take()
-  local t = now()
-  local w = self.window
-  w[#w + 1] = t
-  if #w > 64 and w[1] < t - 1 then -- keep the window short: drop what is older than a second
-    local keep, j = {}, 0
-    for i = 1, #w do
-      if w[i] >= t - 1 then
-        j = j + 1
-        keep[j] = w[i]
-      end
-    end
-    self.window = keep
-  end
   if self.rate == math.huge then return 0 end
+  local t = now()
   self.tokens = math.min(self.burst, self.tokens + (t - self.at) * self.rate)
   self.at = t
   self.tokens = self.tokens - 1
@@ -58,13 +46,23 @@ function M:rps()
   return self.rate == math.huge and math.huge or self.rate + self.burst
 end
 
---- The API refused for rate (429 / 50429): go well below the rate it refused, and remember that rate.
-function M:refused()
-  local t, n = now(), 0
-  for _, at in ipairs(self.window) do
-    if at >= t - 1 then n = n + 1 end
+-- The answers granted in the last second: the rate the API let through.
+local function granted_last_second(self, t)
+  local w, n = self.window, 0
+  for i = #w, 1, -1 do
+    if w[i] < t - 1 then break end
+    n = n + 1
   end
-  local seen = math.max(1, n - 1) -- the rate that was sent, less the one refused
+  return n
+end
+
+--- The API refused for rate (429 / 50429): go well below the rate it let through, and remember that rate.
+-- Once per half second at most: the refusals of one burst are one signal, not many.
+function M:refused()
+  local t = now()
+  if self.cut_at and t - self.cut_at < 0.5 then return end
+  self.cut_at = t
+  local seen = math.max(1, granted_last_second(self, t))
   self.limit_seen = math.min(self.limit_seen or math.huge, seen)
   local target = math.min(self:rps(), seen) * 0.7
   if target < self:rps() then
@@ -77,9 +75,21 @@ end
 --- A good answer: grow back toward the ceiling: 10% a second up to 90% of the rate last refused, then
 -- 0.2% a second (a probe: the limit may have been raised).
 function M:granted()
+  local t = now()
+  local w = self.window
+  w[#w + 1] = t
+  if #w > 4096 or (#w > 64 and w[1] < t - 2) then -- keep about a second of it
+    local keep, j = {}, 0
+    for i = 1, #w do
+      if w[i] >= t - 1 then
+        j = j + 1
+        keep[j] = w[i]
+      end
+    end
+    self.window = keep
+  end
   local rps = self:rps()
   if rps >= self.cap then return end
-  local t = now()
   local dt = math.min(t - self.grown_at, 1)
   self.grown_at = t
   local soft = self.limit_seen and 0.9 * self.limit_seen or math.huge

@@ -1,5 +1,6 @@
 --- A client of the Jimeng video API: its settings, its engine (one libcurl multi handle), its calls.
 local core = require "jimeng.core"
+local Budget = require "jimeng.budget"
 local errors = require "jimeng.errors"
 local http = require "jimeng.http"
 local runtime = require "jimeng.runtime"
@@ -191,6 +192,10 @@ function Client.new(opts, json)
       self.max_connections ~= math.floor(self.max_connections) then
     return invalid("max_connections must be a whole number from 1 to 1024", "max_connections")
   end
+  if self.max_rps ~= nil and not (self.max_rps >= 0.5 and self.max_rps <= 100000) then -- luacheck: ignore 581
+    return invalid("max_rps must be a number of requests per second from 0.5 to 100000", "max_rps")
+  end
+  self.budget = Budget.new(self.max_rps)
   self.json = json
   self.engine = core.engine { max_connections = self.max_connections }
   local luav = _VERSION
@@ -332,8 +337,30 @@ function Client:wait(id, opts)
   local deadline = opts.deadline or (now() + (opts.timeout or self.wait_timeout))
   if deadline ~= deadline then return invalid("timeout must be a number of seconds", "timeout") end
   local last, last_status, last_err
+  local started, queued_until, learnt = now(), nil, false
+  if opts.fresh and self.typical_queue then
+    -- a task just created: its first poll comes no earlier than tasks of this client usually wait in the
+    -- queue (a poll before that would only say in_queue)
+    local first = math.min(self.typical_queue, deadline - now() - 0.05)
+    if first > 0 then
+      local sig = runtime.sleep(first)
+      if sig then
+        return nil, errors.new { kind = "interrupted", task_id = id, created = true,
+          message = ("interrupted (%s) while waiting for task %s"):format(sig, id) }
+      end
+    end
+  end
   while true do
     local task, serr = self:status(id, { deadline = deadline })
+    if task and opts.fresh and not learnt then
+      if task.status == "in_queue" then
+        queued_until = now() - started
+      elseif task.status ~= "unknown" then
+        learnt = true
+        local q = queued_until or 0 -- it was queued at least this long: learn the lower bound
+        self.typical_queue = self.typical_queue and (0.8 * self.typical_queue + 0.2 * q) or q
+      end
+    end
     if task then
       last, last_err = task, nil
       if task.status ~= last_status then
@@ -355,8 +382,10 @@ function Client:wait(id, opts)
     else
       last_err = serr -- a passing fault: keep polling until the deadline
     end
-    -- the server's hint wins, within sane bounds: never a storm of polls, never a day's sleep
-    local delay = math.max((task and task.retry_after) or interval, math.min(interval, 1))
+    -- the server's hint wins, within sane bounds; otherwise the interval, give or take 10%, so that the
+    -- polls of many tasks created together drift apart and spread over the interval
+    local delay = task and task.retry_after or interval * (0.9 + 0.2 * math.random())
+    delay = math.max(delay, math.min(interval, 1))
     local left = deadline - now()
     if left <= 0 or delay > left then
       if left > 0 then runtime.sleep(left) end
@@ -685,7 +714,7 @@ function Client:finish(task, opts, deadline, output)
   ok, cerr = call_back(opts.on_status, "on_status", task.id, task)
   if not ok then return nil, cerr end
   local done, werr = self:wait(task.id, {
-    deadline = deadline, interval = opts.interval,
+    deadline = deadline, interval = opts.interval, fresh = true,
     on_status = opts.on_status and function(t) if t.status ~= task.status then opts.on_status(t) end end,
   })
   if not done then

@@ -223,6 +223,16 @@ function M.json(client, spec)
       return nil, errors.new { kind = "timeout", created = spec.paid and false or nil,
         message = "the deadline passed before " .. spec.what }
     end
+    -- the client-wide budget: many coroutines' requests spread out under max_rps (or the rate the API
+    -- allows, learnt from its 429s)
+    local wait = client.budget:take()
+    if wait > 0 then
+      local stopped = runtime.sleep(wait)
+      if stopped then
+        return nil, errors.new { kind = "interrupted", created = spec.paid and false or nil,
+          message = ("interrupted (%s) before %s was sent"):format(stopped, spec.what) }
+      end
+    end
     opts.url, opts.method, opts.body, opts.headers = url, spec.method, body, headers
     opts.timeout, opts.deadline, opts.paid = client.timeout, spec.deadline, spec.paid
     opts.journal, opts.journal_line = journal and journal.path, journal and journal.sending
@@ -233,6 +243,7 @@ function M.json(client, spec)
     if interrupted then t:cancel() end
     local r = t:result()
     local made = spec.paid and created(r)
+    if r.status == 429 then client.budget:refused() elseif r.ok and r.status < 400 then client.budget:granted() end
     if r.ok and r.status >= 200 and r.status < 300 then
       local ok, decoded = pcall(client.json.decode, r.body)
       if ok and type(decoded) == "table" then return decoded, r end

@@ -1,0 +1,96 @@
+-- A client-wide request budget: many waiting tasks pace their polls under max_rps (or under the rate the API
+-- allows, learnt from its 429s), and a new task's first poll waits out the usual queue time.
+local h = require "spec.support.helpers"
+local jimeng = require "jimeng"
+
+local STATUS_PATH = "^/v1/videos/[0-9]+$"
+
+-- The most requests the sandbox's log holds in any one-second window.
+local function busiest_second(log)
+  local times = {}
+  for _, e in ipairs(log) do times[#times + 1] = e.time end
+  table.sort(times)
+  local most, j = 0, 1
+  for i = 1, #times do
+    while times[i] - times[j] >= 1 do j = j + 1 end
+    most = math.max(most, i - j + 1)
+  end
+  return most
+end
+
+-- Creates n tasks and waits for all of them concurrently; returns the tasks.
+local function wait_many(client, n, prefix)
+  return jimeng.run(function()
+    local list = {}
+    for i = 1, n do
+      list[i] = function()
+        local t = assert(client:create { prompt = prefix .. " " .. i })
+        return assert(client:wait(t.id, { timeout = 60 }))
+      end
+    end
+    return jimeng.gather(list)
+  end)
+end
+
+describe("the request budget", function()
+  local sb
+  setup(function() sb = h.sandbox { queue_seconds = 0.2, process_seconds = 1 } end)
+  before_each(function() sb:reset() end)
+  teardown(function() sb:stop() end)
+
+  it("with max_rps known, never sends more than max_rps in any one-second window: not one 429", function()
+    sb:config { max_rps = 25, queue_seconds = 0.2, process_seconds = 1 }
+    local client = h.client(sb, { max_rps = 25, poll_interval = 0.05 })
+    local done = wait_many(client, 20, "paced")
+    assert.equals(20, #done)
+    assert.equals(0, sb:stats().rate_limited)
+    assert.is_true(busiest_second(sb:log()) <= 25, "busiest second: " .. busiest_second(sb:log()))
+  end)
+
+  it("with the limit unknown, learns it from the 429s and stops getting them", function()
+    sb:config { max_rps = 30, queue_seconds = 0.5, process_seconds = 4 }
+    local client = h.client(sb, { poll_interval = 0.05, max_retries = 5 })
+    local t0 = os.time()
+    local done = wait_many(client, 30, "learning")
+    assert.equals(30, #done)
+    local log = sb:log()
+    local last = log[#log].time
+    local late, all = 0, 0
+    for _, e in ipairs(log) do
+      if e.rate_limited then
+        all = all + 1
+        if e.time > last - 2 then late = late + 1 end
+      end
+    end
+    assert.is_true(all > 0, "the sandbox never refused: the test proves nothing")
+    assert.is_true(late <= 1, ("%d refusals in the last 2 s (of %d)"):format(late, all))
+    assert.is_true(os.time() - t0 < 30)
+  end)
+
+  it("a new task's first poll waits out the queue time the client has seen, then polls at the interval", function()
+    sb:config { queue_seconds = 0.6, process_seconds = 0.2 }
+    local client = h.client(sb, { poll_interval = 0.05 })
+    local dir = h.tmpdir()
+    assert(client:generate({ prompt = "teaches the queue time" }, { output = dir .. "/a.mp4" }))
+    sb:reset()
+    sb:config { queue_seconds = 0.6, process_seconds = 0.2 }
+    local r = assert(client:generate({ prompt = "uses it" }, { output = dir .. "/b.mp4" }))
+    local log = sb:log()
+    local created, first
+    for _, e in ipairs(log) do
+      if e.path == "/v1/videos" then created = e.time end
+      if not first and e.path:match(STATUS_PATH) then first = e.time end
+    end
+    assert.is_true(first - created >= 0.3, ("first poll %.2f s after the create"):format(first - created))
+    assert.equals("completed", r.task.status)
+    h.cleanup()
+  end)
+
+  it("max_rps is checked at jimeng.new", function()
+    for _, v in ipairs { 0, -1, 0 / 0, math.huge } do
+      local c, err = jimeng.new { api_key = "k", base_url = sb.url, max_rps = v }
+      assert.is_nil(c)
+      assert.equals("max_rps", err.field)
+    end
+  end)
+end)
