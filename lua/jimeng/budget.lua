@@ -25,7 +25,7 @@ function M:set(rps)
     return
   end
   self.burst = math.max(1, math.floor(rps * 0.05))
-  self.rate = math.max(0.2, rps - self.burst)
+  self.rate = rps >= 2 and rps - self.burst or rps
   self.tokens = math.min(self.tokens or self.burst, self.burst)
 end
 
@@ -62,17 +62,22 @@ function M:refused()
   local t = now()
   if self.cut_at and t - self.cut_at < 0.5 then return end
   self.cut_at = t
-  local seen = math.max(1, granted_last_second(self, t))
-  self.limit_seen = math.min(self.limit_seen or math.huge, seen)
-  local target = math.min(self:rps(), seen) * 0.7
+  local seen = granted_last_second(self, t)
+  local target
+  if seen > 0 then
+    self.limit_seen = math.min(self.limit_seen or math.huge, seen)
+    target = math.min(self:rps(), seen) * 0.7
+  else -- nothing got through lately (a storm of 429s): the limit is unknown, halve what is in force
+    target = self:rps() == math.huge and 10 or self:rps() * 0.5
+  end
   if target < self:rps() then
-    self:set(math.max(0.5, target))
+    self:set(math.max(1, target))
     self.tokens = math.min(self.tokens, 0)
     self.at, self.grown_at = t, t
   end
 end
 
---- A good answer: grow back toward the ceiling: 10% a second up to 90% of the rate last refused, then
+--- A good answer: grow back toward the ceiling: 25% a second up to 90% of the rate last refused, then
 -- 0.2% a second (a probe: the limit may have been raised).
 function M:granted()
   local t = now()
@@ -88,12 +93,15 @@ function M:granted()
     end
     self.window = keep
   end
+  if self.limit_seen and self.cut_at and t - self.cut_at > 30 then
+    self.limit_seen = nil -- no refusal for half a minute: the limit seen then may have been a passing storm
+  end
   local rps = self:rps()
   if rps >= self.cap then return end
   local dt = math.min(t - self.grown_at, 1)
   self.grown_at = t
   local soft = self.limit_seen and 0.9 * self.limit_seen or math.huge
-  local next_rps = rps < soft and math.min(soft, rps * (1 + 0.1 * dt)) or rps * (1 + 0.002 * dt)
+  local next_rps = rps < soft and math.min(soft, rps * (1 + 0.25 * dt)) or rps * (1 + 0.002 * dt)
   self:set(math.min(self.cap, next_rps))
 end
 
