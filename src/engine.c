@@ -99,6 +99,7 @@ struct jm_transfer {
     int handed_over;         /* the pre-request callback fired: connected (proxy tunnel, TLS done), request next */
     int paid;                /* closesocket callback armed: TCP_INFO is read before libcurl closes the socket */
     int acked_known;         /* the OS said how many request bytes the peer acknowledged */
+    /* cppcheck-suppress unusedStructMember ; read under __linux__ only */
     long long acked_base;    /* bytes acked before the request (handshakes) */
     long long acked;         /* request bytes acknowledged by the peer */
     int reset_sent;          /* closed with a TCP reset: the request can never land */

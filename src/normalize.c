@@ -972,7 +972,7 @@ static int jm_push_raw_id_of(lua_State *L, const char *s, int strings) {
     const char *q = jm_skip_ws(s);
     if (*q++ != '{') return 0;
     for (;;) {
-        const char *k, *d;
+        const char *k;
         int is_id;
         q = jm_skip_ws(q);
         if (*q != '"') return 0;
@@ -983,7 +983,7 @@ static int jm_push_raw_id_of(lua_State *L, const char *s, int strings) {
         if (*q++ != ':') return 0;
         q = jm_skip_ws(q);
         if (is_id) {
-            d = q;
+            const char *d = q;
             if (strings && *q == '"') { /* a plain string id, as the API sends it (no escapes: ids never need them) */
                 const char *e = jm_skip_string(q);
                 if (e > q + 2 && e[-1] == '"' && !memchr(q + 1, '\\', (size_t)(e - q - 2))) {
