@@ -5,7 +5,7 @@ local n, dir = tonumber(arg[2]), arg[3]
 local _, errs = jimeng.run(function()
   local list = {}
   for i = 1, n do
-    list[i] = function() return client:generate({ prompt = "bench " .. i }, { output = dir .. "/c" .. i .. ".mp4" }) end
+    list[i] = function() return client:generate({ prompt = "bench " .. i }, { output = dir .. "/c" .. i .. ".mp4", overwrite = true }) end
   end
   return jimeng.gather(list)
 end)

@@ -65,6 +65,7 @@ local function lua_env()
 end
 
 local rows = {}
+local POLL_CPU -- one sequential status poll's CPU (section 2), the yardstick of section 5
 local function row(section, name, value, ratio, note)
   rows[#rows + 1] = { section, name, value, ratio or "", note or "" }
 end
@@ -147,6 +148,7 @@ do
     per[side[1]] = { cpu = full.cpu / n, wall = full.wall, conns = conns, n = n }
   end
   local base_req, base_lc = per["requests.Session"].cpu, per["lua-curl easy loop (Lua 5.1)"].cpu
+  POLL_CPU = per["jimeng client:status"].cpu
   for _, side in ipairs(sides) do
     local p = per[side[1]]
     row(POLLS .. " status polls", side[1],
@@ -223,7 +225,44 @@ do
   end
 end
 
--- 5. Start-up ---------------------------------------------------------------------------------
+-- 5. Many tasks waiting on the sandbox: cost flat in the number of tasks ---------------------------
+do
+  local sizes = {}
+  for v in (os.getenv("BENCH_FLEET") or "1,100,1000"):gmatch("%d+") do sizes[#sizes + 1] = tonumber(v) end
+  local interval = tonumber(os.getenv("BENCH_FLEET_INTERVAL") or "") or 5
+  local function fleet(n, max_rps)
+    sb:reset()
+    sb:config { queue_seconds = 1, process_seconds = 9, max_rps = max_rps and max_rps.server or 0 }
+    local ok, out = sh(("%s %s bench/fleet_jimeng.lua %s %d %g %s"):format(lua_env(), LUA, url, n, interval,
+      max_rps and max_rps.client or ""))
+    assert(ok, out)
+    local cpu, wall, rss = out:match("cpu ([%d.]+) wall ([%d.]+) rss_kb (%d+)")
+    local st = sb:stats()
+    local polls = st.requests - st.creates
+    return { cpu = tonumber(cpu), wall = tonumber(wall), rss = tonumber(rss), polls = polls, limited = st.rate_limited }
+  end
+  local single = fleet(1)
+  local seq = POLL_CPU -- CPU of one sequential client:status, from section 2
+  for _, n in ipairs(sizes) do
+    local r = n == 1 and single or fleet(n)
+    row(("tasks of 10 s, polled every %g s"):format(interval), ("%d task%s waiting"):format(n, n == 1 and "" or "s"),
+      ("%.1f us CPU/poll, %.1f KiB RSS/task, %.1f polls/video, %.1f s"):format(r.cpu / math.max(r.polls, 1) * 1e6,
+        r.rss / n, r.polls / n, r.wall),
+      ("%.2fx a sequential poll, wall %.2fx one task"):format(r.cpu / math.max(r.polls, 1) / seq, r.wall / single.wall),
+      "CPU of the waiting alone; RSS growth past start-up")
+  end
+  local n = sizes[#sizes]
+  local limit = math.max(20, math.floor(n / interval / 2))
+  for _, side in ipairs { { "max_rps known", { server = limit, client = limit } }, { "limit unknown", { server = limit } } } do
+    local r = fleet(n, side[2])
+    row(("%d tasks, the API allows %d requests/s"):format(n, limit), side[1],
+      ("%d 429s, %.1f polls/video, %.1f s"):format(r.limited, r.polls / n, r.wall), "",
+      side[2].client and "max_rps set to the API's limit" or "learnt from the 429s")
+  end
+  sb:config { queue_seconds = 0, process_seconds = 0, max_rps = 0 }
+end
+
+-- 6. Start-up ---------------------------------------------------------------------------------
 do
   local req = runs(("%s %s -e 'require \"jimeng\"'"):format(lua_env(), LUA), 10)
   local help = runs(("%s bin/jimeng --help >/dev/null"):format(LUA), 10)

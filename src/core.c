@@ -1,10 +1,13 @@
 /* jimeng.core: the C half of jimeng (HTTP engine, normalization, files); Lua owns control flow. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 
@@ -19,10 +22,11 @@ static void jm_curl_global(void) {
 
 /* ---- signals: SIGINT and SIGTERM become a flag that every wait checks (core.trap_signals) ---- */
 
-#define JM_TRAP_WAIT_MS 250.0
-
 static volatile sig_atomic_t jm_caught = 0;
 static int jm_trapped = 0;
+/* the self-pipe: the handler writes a byte, every wait also watches the read end, so a signal that lands
+ * just before a wait begins still ends it at once, and no wait needs a short timeout to notice */
+static int jm_sigpipe[2] = {-1, -1};
 static struct sigaction jm_old_int, jm_old_term, jm_old_pipe;
 
 static void jm_on_signal(int sig) {
@@ -32,6 +36,16 @@ static void jm_on_signal(int sig) {
         return;
     }
     jm_caught = sig;
+    if (jm_sigpipe[1] >= 0) {
+        int saved = errno;
+        ssize_t w = write(jm_sigpipe[1], "!", 1); /* async-signal-safe; a full pipe already says enough */
+        (void)w;
+        errno = saved;
+    }
+}
+
+int jm_signal_fd(void) {
+    return jm_trapped ? jm_sigpipe[0] : -1;
 }
 
 int jm_interrupted(void) {
@@ -39,9 +53,9 @@ int jm_interrupted(void) {
 }
 
 double jm_wait_cap(double ms) {
-    if (!(ms >= 0)) return 0;               /* NaN and negatives: do not wait */
-    if (ms > 86400000.0) ms = 86400000.0;   /* a day at most: the int libcurl takes never overflows */
-    return jm_trapped && ms > JM_TRAP_WAIT_MS ? JM_TRAP_WAIT_MS : ms;
+    if (!(ms >= 0)) return 0;             /* NaN and negatives: do not wait */
+    if (ms > 86400000.0) ms = 86400000.0; /* a day at most: the int libcurl takes never overflows */
+    return ms;
 }
 
 /* core.trap_signals() -> true if this call set the trap (false: it was set already): SIGINT and SIGTERM set a flag instead of killing the process (without
@@ -52,6 +66,13 @@ static int l_trap_signals(lua_State *L) {
     if (jm_trapped) {
         lua_pushboolean(L, 0); /* someone else (the CLI) set it: they will undo it */
         return 1;
+    }
+    if (jm_sigpipe[0] < 0) {
+        int i;
+        if (pipe(jm_sigpipe) != 0) return luaL_error(L, "jimeng: pipe: %s", strerror(errno));
+        for (i = 0; i < 2; i++)
+            if (fcntl(jm_sigpipe[i], F_SETFL, O_NONBLOCK) != 0 || fcntl(jm_sigpipe[i], F_SETFD, FD_CLOEXEC) != 0)
+                return luaL_error(L, "jimeng: fcntl: %s", strerror(errno));
     }
     {
         memset(&sa, 0, sizeof sa);
@@ -90,8 +111,12 @@ static int l_interrupted(lua_State *L) {
 
 /* core.clear_interrupt(): forgets a caught signal. */
 static int l_clear_interrupt(lua_State *L) {
+    char buf[64];
     (void)L;
     jm_caught = 0;
+    if (jm_sigpipe[0] >= 0)
+        while (read(jm_sigpipe[0], buf, sizeof buf) > 0) {
+        }
     return 0;
 }
 
@@ -107,10 +132,22 @@ static int l_sleep(lua_State *L) {
     struct timespec ts;
     if (!(s > 0)) return 0;     /* NaN too */
     if (s > 86400.0) s = 86400.0; /* a day at most: time_t and the nanoseconds stay in range */
+    if (jm_trapped) { /* wait on the self-pipe: a trapped signal ends the sleep, even one just before it */
+        struct pollfd pfd;
+        double end = jm_now() + s;
+        pfd.fd = jm_sigpipe[0];
+        pfd.events = POLLIN;
+        while (!jm_caught) {
+            double left = end - jm_now();
+            if (left <= 0) break;
+            pfd.revents = 0;
+            if (poll(&pfd, 1, (int)(left * 1000) + 1) > 0) break;
+        }
+        return 0;
+    }
     ts.tv_sec = (time_t)s;
     ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
     while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
-        if (jm_caught) break; /* a trapped signal ends the sleep: the caller checks core.interrupted() */
     }
     return 0;
 }

@@ -1261,10 +1261,14 @@ static int l_engine_perform(lua_State *L) {
 static int l_engine_poll(lua_State *L) {
     jm_engine *e = jm_check_engine(L, 1);
     lua_Number ms = jm_wait_cap(luaL_optnumber(L, 2, 1000));
-    int numfds = 0;
+    int numfds = 0, sfd = jm_signal_fd();
+    struct curl_waitfd sig;
     CURLMcode mrc;
     if (jm_interrupted()) ms = 0;
-    mrc = curl_multi_poll(e->multi, NULL, 0, ms < 0 ? 0 : (int)ms, &numfds);
+    sig.fd = sfd;
+    sig.events = CURL_WAIT_POLLIN;
+    sig.revents = 0;
+    mrc = curl_multi_poll(e->multi, sfd >= 0 ? &sig : NULL, sfd >= 0 ? 1 : 0, (int)ms, &numfds);
     if (mrc != CURLM_OK) return luaL_error(L, "jimeng: curl_multi_poll: %s", curl_multi_strerror(mrc));
     lua_pushinteger(L, numfds);
     return 1;
@@ -1274,7 +1278,7 @@ static int l_engine_poll(lua_State *L) {
  * any of the engines, or for the nearest of their timers, or ms: the scheduler's one wait when coroutines
  * use several clients. The first engine polls with the others' sockets as extra descriptors. */
 static int l_wait_all(lua_State *L) {
-    struct curl_waitfd extra[64];
+    struct curl_waitfd extra[65];
     unsigned n = 0;
     int i, count, numfds = 0;
     long ms;
@@ -1301,7 +1305,7 @@ static int l_wait_all(lua_State *L) {
         FD_ZERO(&w);
         FD_ZERO(&x);
         if (curl_multi_fdset(e->multi, &r, &w, &x, &maxfd) != CURLM_OK) continue;
-        for (fd = 0; fd <= maxfd && n < sizeof extra / sizeof extra[0]; fd++) {
+        for (fd = 0; fd <= maxfd && n < sizeof extra / sizeof extra[0] - 1; fd++) {
             short events = (short)((FD_ISSET(fd, &r) ? CURL_WAIT_POLLIN : 0) | (FD_ISSET(fd, &w) ? CURL_WAIT_POLLOUT : 0) |
                                    (FD_ISSET(fd, &x) ? CURL_WAIT_POLLPRI : 0));
             if (!events) continue;
@@ -1310,6 +1314,12 @@ static int l_wait_all(lua_State *L) {
             extra[n].revents = 0;
             n++;
         }
+    }
+    if (jm_signal_fd() >= 0) { /* a trapped signal ends the wait at once (room kept for it) */
+        extra[n].fd = jm_signal_fd();
+        extra[n].events = CURL_WAIT_POLLIN;
+        extra[n].revents = 0;
+        n++;
     }
     mrc = curl_multi_poll(first->multi, extra, n, ms < 0 ? 0 : (int)ms, &numfds);
     if (mrc != CURLM_OK) return luaL_error(L, "jimeng: curl_multi_poll: %s", curl_multi_strerror(mrc));

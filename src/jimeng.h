@@ -51,9 +51,10 @@ JM_HIDDEN void jm_setbool(lua_State *L, const char *k, int v);
 /* Monotonic seconds. */
 JM_HIDDEN double jm_now(void);
 
-/* Signals: the signal number caught since the trap was set (0: none), and a wait in milliseconds capped so
- * that a caught signal is seen within 250 ms even if it came just before the wait began. */
+/* Signals: the signal number caught since the trap was set (0: none); the read end of the self-pipe a
+ * trapped signal writes to (-1: no trap), for every wait to watch; a wait's milliseconds made sane. */
 JM_HIDDEN int jm_interrupted(void);
+JM_HIDDEN int jm_signal_fd(void);
 JM_HIDDEN double jm_wait_cap(double ms);
 
 /* Registration of each C file's functions into the module table at the top of the stack. */
