@@ -275,13 +275,25 @@ describe("a paid create under faults", function()
     assert.equals(1, creates())
   end)
 
-  it("is retried after a complete 503 that says x-should-retry: true (the server's word that it made nothing)", function()
-    sb:faults { path = CREATE_PATH, fault = "status", status = 503, headers = { ["x-should-retry"] = "true",
+  it("is retried after a complete refusal that says x-should-retry: true (a 409: nothing was made)", function()
+    sb:faults { path = CREATE_PATH, fault = "status", status = 409, headers = { ["x-should-retry"] = "true",
       ["retry-after-ms"] = "10" } }
     assert(client:create { prompt = "x" })
     assert.equals(2, attempts())
     assert.equals(1, creates())
   end)
+
+  it("is not retried after a 5xx that says x-should-retry: true: a gateway may say so after the backend made it",
+    function()
+      sb:faults { path = CREATE_PATH, fault = "create_then", answer = "status", status = 502, count = 3,
+        headers = { ["x-should-retry"] = "true", ["retry-after-ms"] = "10" } }
+      local t, err = client:create { prompt = "x" }
+      assert.is_nil(t)
+      assert.equals("unknown_outcome", err.kind)
+      assert.is_nil(err.created)
+      assert.equals(1, attempts())
+      assert.equals(1, creates())
+    end)
 
   for _, code in ipairs { 500, 502, 503, 504 } do
     it(("after a %d is unknown_outcome, not retried: a gateway answers so after the backend got it"):format(code),

@@ -77,6 +77,32 @@ describe("every output path is checked before the first create", function()
     refused(nil, err2, "same.mp4")
   end)
 
+  it("a batch whose two jobs name one file in different spellings (same.mp4, ./same.mp4, sub/../same.mp4) " ..
+    "is refused before any create", function()
+    assert(proc.run("mkdir -p " .. dir .. "/sub"))
+    for _, other in ipairs { "./same.mp4", "sub/../same.mp4", dir .. "/same.mp4" } do
+      local _, err = client:batch({ { prompt = "a", output = "same.mp4" }, { prompt = "b", output = other } },
+        { output_dir = dir })
+      refused(nil, err, "same.mp4")
+    end
+  end)
+
+  it("generate -o dir/ makes the directory and saves the video in it under its default name", function()
+    local r = assert(client:generate({ prompt = "x" }, { output = dir .. "/made/here/" }))
+    assert.equals(dir .. "/made/here/jimeng_video_" .. r.task.id .. ".mp4", r.path)
+  end)
+
+  it("a journal that is the jobs file itself, or a directory, is refused before any create", function()
+    h.write(dir .. "/jobs.jsonl", '{"prompt": "j"}\n')
+    for _, journal in ipairs { dir .. "/jobs.jsonl", dir } do
+      local _, err = client:batch(dir .. "/jobs.jsonl", { journal = journal, output_dir = dir })
+      assert.equals("invalid_argument", err.kind)
+      assert.equals("journal", err.field)
+    end
+    assert.equals('{"prompt": "j"}\n', h.read(dir .. "/jobs.jsonl"))
+    assert.equals(0, sb:stats().creates)
+  end)
+
   it("a batch into a directory that cannot hold files (a file of that name) pays nothing", function()
     h.write(dir .. "/videos", "a file, not a directory")
     local _, err = client:batch({ { prompt = "a" } }, { output_dir = dir .. "/videos" })

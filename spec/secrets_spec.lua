@@ -58,6 +58,23 @@ describe("a server that echoes the key", function()
     no_key(all_text(err) .. tostring(err))
   end)
 
+  it("in the status itself (raw_status) and the unknown-status warning, through wait's callback and the logger",
+    function()
+      local task = assert(client:create { prompt = "echo in the status" })
+      sb:faults { path = STATUS_PATH, fault = "echo_auth", answer = "task", status_value = "weird: {auth}" }
+      local seen = {}
+      assert(client:wait(task.id, { interval = 0.02, on_status = function(t) seen[#seen + 1] = t end }))
+      no_key(all_text(seen) .. table.concat(logged, "\n"))
+    end)
+
+  it("cut short by the server (its last characters missing): what is left is scrubbed too", function()
+    local task = assert(client:create { prompt = "echo truncated" })
+    sb:faults { path = STATUS_PATH, fault = "json", status = 400,
+      body = { error = { message = "bad key " .. CANARY:sub(1, -3), code = "bad" } } }
+    local _, err = client:status(task.id)
+    no_key(all_text(err) .. tostring(err))
+  end)
+
   it("in a plain-text body where a cut at 300 characters would split it: scrubbed before it is cut", function()
     local task = assert(client:create { prompt = "echo as text" })
     sb:faults { path = STATUS_PATH, fault = "echo_auth", answer = "text", status = 400 }

@@ -1,7 +1,7 @@
 /* Files: local reference images (sniffed, checked, base64), the locked partial file of a download and its
  * record, atomic commit of downloads, durable appends. */
 #define _DEFAULT_SOURCE /* flock: a lock per open file, so two downloads in one process exclude each other too */
-#define _POSIX_C_SOURCE 200809L
+#define _XOPEN_SOURCE 700 /* realpath */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -551,6 +551,22 @@ static int l_check_output(lua_State *L) {
     return 1;
 }
 
+/* core.canonical_path(path) -> the absolute path with its directory resolved (links, ".", ".."), or nil when
+ * the directory does not exist: one file, whatever the spelling ("same.mp4", "./same.mp4", "a/../same.mp4"). */
+static int l_canonical_path(lua_State *L) {
+    size_t n;
+    const char *path = luaL_checklstring(L, 1, &n), *slash = strrchr(path, '/');
+    char *dir;
+    if (n == 0 || memchr(path, 0, n) || path[n - 1] == '/') return 0;
+    if (slash) lua_pushlstring(L, path, slash == path ? 1 : (size_t)(slash - path));
+    else lua_pushliteral(L, ".");
+    dir = realpath(lua_tostring(L, -1), NULL);
+    if (!dir) return 0;
+    lua_pushfstring(L, "%s/%s", strcmp(dir, "/") == 0 ? "" : dir, slash ? slash + 1 : path);
+    free(dir);
+    return 1;
+}
+
 /* core.mkdirs(dir) -> true | nil, message: makes dir and its missing parents (mode 0755). */
 static int l_mkdirs(lua_State *L) {
     size_t n, i;
@@ -637,6 +653,7 @@ void jm_open_files(lua_State *L) {
         {"part_open", l_part_open}, {"file_size", l_file_size}, {"append_durable", l_append_durable},
         {"base64", l_base64},       {"sniff_image", l_sniff_image}, {"isatty", l_isatty},
         {"fingerprint", l_fingerprint}, {"check_output", l_check_output}, {"mkdirs", l_mkdirs},
+        {"canonical_path", l_canonical_path},
         {"lock", l_lock}, {NULL, NULL},
     };
     static const luaL_Reg lock_m[] = {{"unlock", l_unlock}, {NULL, NULL}};

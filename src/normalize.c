@@ -1061,7 +1061,7 @@ static int l_task(lua_State *L) {
     if (lua_type(L, 4) == LUA_TNUMBER && lua_type(L, 3) == LUA_TSTRING && jm_push_raw_id(L, lua_tostring(L, 3))) {
         lua_replace(L, 4);
     }
-    if (!jm_push_id(L, 4)) {
+    if (!jm_push_id(L, 4) || jm_rawlen(L, -1) == 0) {
         lua_pushnil(L);
         lua_pushliteral(L, "the task response has no id");
         return 2;

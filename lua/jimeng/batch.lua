@@ -47,7 +47,10 @@ function M.read_jobs(path, json)
     f:close()
     f, why = nil, path .. " is not a readable file"
   end
-  if not f then return nil, errors.new { kind = "io", message = "cannot read the jobs file: " .. tostring(why) } end
+  if not f then
+    return nil, errors.new { kind = "invalid_argument", field = "jobs", message = "cannot read the jobs file: " ..
+      tostring(why) }
+  end
   local jobs, n = {}, 0
   for line in f:lines() do
     n = n + 1
@@ -107,8 +110,10 @@ local function file_size(path) return path and core.file_size(path) end
 function M.run(client, jobs, opts)
   opts = opts or {}
   local json = client.json
+  local jobs_path
   if type(jobs) == "string" then
     local err
+    jobs_path = jobs
     jobs, err = M.read_jobs(jobs, json)
     if not jobs then return nil, err end
   end
@@ -153,11 +158,20 @@ function M.run(client, jobs, opts)
 
   local lock
   if opts.journal then
-    local why
-    lock, why = core.lock(opts.journal)
+    if type(opts.journal) ~= "string" or opts.journal == "" or opts.journal == jobs_path then
+      return nil, errors.new { kind = "invalid_argument", field = "journal",
+        message = "the journal must be a file of its own (not the jobs file): " .. tostring(opts.journal) }
+    end
+    local st, cwhy = core.check_output(opts.journal)
+    if not st then
+      return nil, errors.new { kind = "invalid_argument", field = "journal", message = "journal: " .. cwhy }
+    end
+    local why, busy
+    lock, why, busy = core.lock(opts.journal)
     if not lock then
-      return nil, errors.new { kind = "io", field = "journal", message = why ..
-        ": two runs on one journal would pay for every job twice; wait for the other run, or use another journal" }
+      return nil, errors.new { kind = "io", field = "journal", message = why, hint = busy and
+        ("another run is using this journal (two runs on one journal would pay for every job twice): wait for " ..
+        "it to end, or give this run another journal") or nil }
     end
   end
   local state, torn = {}, false
@@ -177,12 +191,13 @@ function M.run(client, jobs, opts)
         message = ("job %d%s: %s (nothing was paid for)"):format(job.index,
           job.label and (" (" .. tostring(job.label) .. ")") or "", msg) }
     end
-    local other = owner[job.path]
+    local same = core.canonical_path(job.path) or job.path -- one file, however it is spelt
+    local other = owner[same]
     if other then
       return refuse(("it would be saved to %s, like job %d%s: give the jobs distinct labels or outputs"):format(
         job.path, other.index, other.label and (" (" .. tostring(other.label) .. ")") or ""))
     end
-    owner[job.path] = job
+    owner[same] = job
     local st, cwhy = core.check_output(job.path)
     if not st then return refuse(cwhy) end
     local s = state[job.key]

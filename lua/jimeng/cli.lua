@@ -117,9 +117,18 @@ end
 
 function Out:fail(err, continue)
   if err.kind == "interrupted" and continue then return self:interrupted(err, continue) end
+  if err.created and err.task_id then self:created { id = err.task_id } end
   if self.line_open then self.stderr:write("\n") end
   self.stderr:write(tostring(err), "\n")
-  local hint = errors.hint(err.kind)
+  local hint = err.hint or errors.hint(err.kind)
+  if err.created then -- the task exists and is paid for: running the command again would pay again
+    hint = err.task_id and continue and ("the task exists and is paid for: do not create it again; " ..
+      "continue with: " .. continue(err.task_id))
+      or "the task was made (it is paid for) but its id could not be read: do not create it again"
+  elseif err.kind == "unknown_outcome" and not err.task_id then
+    hint = "the task may exist and be billed, and its id is unknown: check your account's tasks before " ..
+      "creating it again"
+  end
   if hint then self.stderr:write("  what to do: ", hint, "\n") end
   if self.json then
     self.stdout:write(encode { error = {
@@ -442,8 +451,12 @@ function commands.batch(client, args, out)
   end
   out:note(line)
   if summary.interrupted > 0 then
-    out.stderr:write(("jimeng: interrupted; nothing is lost: run the same command again (with --journal %s) to " ..
-      "continue\n"):format(args.journal and shell_quote(args.journal) or "FILE, next time,"))
+    if args.journal then
+      out.stderr:write("jimeng: interrupted; nothing is lost: run the same command again to continue\n")
+    else
+      out.stderr:write("jimeng: interrupted. Without --journal a second run cannot know what this one created: " ..
+        "the tasks created above are paid for (jimeng wait ID, jimeng download ID); next time pass --journal FILE\n")
+    end
     return EXIT_INTERRUPTED
   end
   if summary.errors > 0 or summary.unknown > 0 then return EXIT_API end
@@ -541,8 +554,8 @@ function M.api_key(args, out)
     return key
   end
   if args.api_key then
-    out:note("warning: --api-key puts the key in the process list, where every user of this machine sees it; " ..
-      "prefer JIMENG_API_KEY or --api-key-file")
+    out.stderr:write("warning: --api-key puts the key in the process list, where every user of this machine sees it; " ..
+      "prefer JIMENG_API_KEY or --api-key-file\n")
   end
   return args.api_key
 end

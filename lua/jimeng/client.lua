@@ -251,6 +251,7 @@ local function to_task(self, decoded, r, warnings)
   end
   task.request_id = errors.scrub(task.request_id or r.headers["x-request-id"], self.api_key)
   task.error = errors.scrub(task.error, self.api_key)
+  task.raw_status = errors.scrub(task.raw_status, self.api_key)
   task.warnings = warnings or {}
   if task.status == "unknown" then
     task.warnings[#task.warnings + 1] = ("the API answered an unknown status %q: still waiting"):format(task.raw_status)
@@ -665,6 +666,9 @@ local function plan_output(opts, prefix)
     if opts[k] ~= nil and (type(opts[k]) ~= "string" or opts[k] == "" or opts[k]:find("%z")) then
       return invalid(k .. " must be a path", k)
     end
+  end
+  if opts.output and opts.output:sub(-1) == "/" then -- `-o videos/`: a directory, made if missing
+    opts = { output_dir = opts.output, overwrite = opts.overwrite }
   end
   if opts.output then
     local state, why = core.check_output(opts.output)

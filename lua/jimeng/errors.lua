@@ -52,18 +52,22 @@ Error.__tostring = function(e)
   return s
 end
 
---- Replaces every occurrence of secret in s with "***". A secret under 8 characters is no real key, and
--- scrubbing it would only mangle words ("k" in "asked").
+--- Replaces every occurrence of secret in s with "***", and what is left of a secret cut short (a server
+-- that echoes a truncated key): any run of its first 12 characters or more. A secret under 8 characters
+-- is no real key, and scrubbing it would only mangle words ("k" in "asked").
 function M.scrub(s, secret)
   if type(s) ~= "string" or not secret or #secret < 8 then return s end
+  local head = secret:sub(1, math.min(#secret, 12))
+  if not s:find(head, 1, true) then return s end
   local out, pos = {}, 1
   while true do
-    local a, b = s:find(secret, pos, true)
+    local a = s:find(head, pos, true)
     if not a then break end
+    local n = #head
+    while n < #secret and s:byte(a + n) == secret:byte(n + 1) do n = n + 1 end
     out[#out + 1] = s:sub(pos, a - 1) .. "***"
-    pos = b + 1
+    pos = a + n
   end
-  if pos == 1 then return s end
   out[#out + 1] = s:sub(pos)
   return table.concat(out)
 end

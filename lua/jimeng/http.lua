@@ -27,6 +27,9 @@ local FINAL_429 = { insufficient_quota = true, ["50430"] = true }
 
 -- Retry-After
 
+-- The shortest wait a server's hint may ask for: `retry-after-ms: 1` must not become a storm of requests.
+local MIN_SERVER_DELAY = 0.05
+
 local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, Aug = 8, Sep = 9, Oct = 10, Nov = 11, Dec = 12 }
 
 -- Seconds since the epoch of an IMF-fixdate ("Wed, 21 Oct 2015 07:28:00 GMT"), computed in UTC.
@@ -62,7 +65,7 @@ function M.server_delay(headers)
       end
     end
   end
-  if d and d > 0 and d <= 60 then return d end
+  if d and d > 0 and d <= 60 then return math.max(d, MIN_SERVER_DELAY) end
   return nil
 end
 
@@ -133,11 +136,7 @@ local function created(r)
   local status = r.status or 0
   if status >= 200 and status < 300 then return true end
   if status >= 300 and status < 500 then return false end
-  if status >= 500 then
-    -- the server's own word that nothing was done, on a complete answer
-    if r.ok and r.headers["x-should-retry"] == "true" then return false end
-    return nil
-  end
+  if status >= 500 then return nil end -- a gateway answers so after the backend got it: whatever it adds
   if r.reset_sent or r.acked == 0 then return false end
   return nil
 end
@@ -152,8 +151,8 @@ local function should_retry(paid, r, err)
     if created(r) ~= false then return false end
     if status > 0 and r.handed_over and r.ok then
       local hint = r.headers["x-should-retry"]
-      if hint then return hint == "true" end -- only a complete answer may say so
-      return status == 429 or status == 408 or status >= 500
+      if hint then return hint == "true" end -- only a complete refusal (3xx/4xx) may say so
+      return status == 429 or status == 408
     end
     if status > 0 and r.handed_over then return status == 429 or status == 408 end
     return RETRY_CLASS[r.class or "reset"] == true or r.reset_sent == true
@@ -217,10 +216,12 @@ function M.json(client, spec)
   local opts = request_options(client)
   local headers = body and opts.post_headers or opts.get_headers
   local journal = spec.paid and spec.journal
+  local not_made -- what a paid call's error says when nothing was sent: created = false
+  if spec.paid then not_made = false end
   local attempt = 0
   while true do
     if spec.deadline and spec.deadline - now() <= 0 then
-      return nil, errors.new { kind = "timeout", created = spec.paid and false or nil,
+      return nil, errors.new { kind = "timeout", created = not_made,
         message = "the deadline passed before " .. spec.what }
     end
     -- the client-wide budget: many coroutines' requests spread out under max_rps (or the rate the API
@@ -229,7 +230,7 @@ function M.json(client, spec)
     if wait > 0 then
       local stopped = runtime.sleep(wait)
       if stopped then
-        return nil, errors.new { kind = "interrupted", created = spec.paid and false or nil,
+        return nil, errors.new { kind = "interrupted", created = not_made,
           message = ("interrupted (%s) before %s was sent"):format(stopped, spec.what) }
       end
     end
