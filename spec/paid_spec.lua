@@ -229,6 +229,21 @@ describe("interrupts", function()
     end)
   end
 
+  it("SIGINT while a paid create is on the wire: waits for its answer, so the task id is not lost", function()
+    sb:faults { path = "^/v1/videos$", fault = "stall", seconds = 1.5 }
+    local pid, errfile = start("generate \"answer me first\" --interval 5 -o first.mp4")
+    local t0 = core.now()
+    while #h.api_requests(sb, "^/v1/videos$") == 0 and core.now() - t0 < 5 do core.sleep(0.02) end
+    core.sleep(0.3) -- the create is on the wire, its answer 1.2 s away
+    os.execute("kill -INT " .. pid)
+    wait_for(errfile, "continue with")
+    local err = h.read(errfile)
+    local id = err:match("created task (%d+)")
+    assert.truthy(id and sb:tasks()[id], err)
+    assert.truthy(err:find("waiting for the create's answer", 1, true), err)
+    assert.truthy(err:find(("jimeng wait %s"):format(id), 1, true), err)
+  end)
+
   it("SIGINT exits 130", function()
     local errfile = dir .. "/stderr"
     local task = assert(h.client(sb):create { prompt = "a long one" })

@@ -109,6 +109,17 @@ static int l_interrupted(lua_State *L) {
     return 1;
 }
 
+/* core.mute_interrupt(): keeps the caught signal but lets waits block again (the self-pipe drained): for
+ * the one wait that must go on after Ctrl-C, a paid request's answer. */
+static int l_mute_interrupt(lua_State *L) {
+    char buf[64];
+    (void)L;
+    if (jm_sigpipe[0] >= 0)
+        while (read(jm_sigpipe[0], buf, sizeof buf) > 0) {
+        }
+    return 0;
+}
+
 /* core.clear_interrupt(): forgets a caught signal. */
 static int l_clear_interrupt(lua_State *L) {
     char buf[64];
@@ -170,6 +181,7 @@ __attribute__((visibility("default"))) int luaopen_jimeng_core(lua_State *L) {
         {"untrap_signals", l_untrap_signals},
         {"interrupted", l_interrupted},
         {"clear_interrupt", l_clear_interrupt},
+        {"mute_interrupt", l_mute_interrupt},
         {NULL, NULL},
     };
     if (pthread_once(&jm_curl_once, jm_curl_global) != 0 || jm_curl_init_rc != CURLE_OK)

@@ -772,6 +772,12 @@ static int l_transfer_cancel(lua_State *L) {
     return 0;
 }
 
+/* transfer:handed_over() -> boolean: the request went to the wire (a paid one may have been acted on) */
+static int l_transfer_handed_over(lua_State *L) {
+    lua_pushboolean(L, jm_check_transfer(L, 1)->handed_over);
+    return 1;
+}
+
 /* transfer:done() -> boolean */
 static int l_transfer_done(lua_State *L) {
     lua_pushboolean(L, jm_check_transfer(L, 1)->state == JM_DONE);
@@ -1264,7 +1270,6 @@ static int l_engine_poll(lua_State *L) {
     int numfds = 0, sfd = jm_signal_fd();
     struct curl_waitfd sig;
     CURLMcode mrc;
-    if (jm_interrupted()) ms = 0;
     sig.fd = sfd;
     sig.events = CURL_WAIT_POLLIN;
     sig.revents = 0;
@@ -1286,7 +1291,6 @@ static int l_wait_all(lua_State *L) {
     CURLMcode mrc;
     luaL_checktype(L, 1, LUA_TTABLE);
     ms = (long)jm_wait_cap(luaL_optnumber(L, 2, 1000));
-    if (jm_interrupted()) ms = 0;
     count = (int)jm_rawlen(L, 1);
     if (count < 1) return luaL_error(L, "jimeng: wait_all needs at least one engine");
     lua_rawgeti(L, 1, 1);
@@ -1334,7 +1338,7 @@ void jm_open_engine(lua_State *L) {
     };
     static const luaL_Reg transfer_m[] = {
         {"result", l_transfer_result}, {"done", l_transfer_done}, {"progress", l_transfer_progress},
-        {"cancel", l_transfer_cancel}, {NULL, NULL},
+        {"cancel", l_transfer_cancel}, {"handed_over", l_transfer_handed_over}, {NULL, NULL},
     };
     luaL_newmetatable(L, JM_ENGINE_MT);
     lua_newtable(L);

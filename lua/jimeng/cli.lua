@@ -583,6 +583,7 @@ function M.main(argv, streams)
     local key, err = M.api_key(args, out)
     if err then return out:fail(err) end
     client, err = jimeng.new { api_key = key, base_url = args.base_url, poll_interval = args.interval,
+      logger = function(kind, text) if kind == "interrupted" then stderr:write("jimeng: ", text, "\n") end end,
       cainfo = args.cainfo, proxy = args.proxy, no_proxy = args.no_proxy,
       http_version = args["http1.1"] and "1.1" or args.http2 and "2" or nil }
     if not client then return out:fail(err) end

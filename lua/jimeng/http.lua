@@ -241,7 +241,18 @@ function M.json(client, spec)
     opts.body = nil -- the request has its own copy; a large body is not kept alive here
     if not t then return nil, errors.new { kind = "invalid_argument", message = why } end
     local _, interrupted = runtime.await(client.engine, t)
-    if interrupted then t:cancel() end
+    if interrupted and spec.paid and not t:done() and t:handed_over() then
+      -- Ctrl-C while a paid create is on the wire: its answer names the task that may now exist, so it is
+      -- awaited (within the request's timeout; a second Ctrl-C abandons it) rather than lost
+      client:log("interrupted", "waiting for the create's answer to learn its task id (Ctrl-C again to abandon)")
+      core.mute_interrupt()
+      while not t:done() do
+        client.engine:perform()
+        if not t:done() then client.engine:poll(200) end
+      end
+    elseif interrupted then
+      t:cancel()
+    end
     local r = t:result()
     local made = spec.paid and created(r)
     if r.status == 429 then client.budget:refused() elseif r.ok and r.status < 400 then client.budget:granted() end
