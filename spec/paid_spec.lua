@@ -453,6 +453,24 @@ describe("a proxy that refuses the tunnel", function()
   setup(function() dir = h.tmpdir() end)
   teardown(function() h.cleanup() end)
 
+  it("is never used for a loopback API, however its address is spelt ([::ffff:127.0.0.1]): the key stays local",
+    function()
+      local sb = h.sandbox()
+      local log = dir .. "/proxy-mapped.log"
+      local p = io.popen(("%spython3 %s/spec/support/refusing_proxy.py 407 %s"):format(proc.clean_env, proc.root, log))
+      local port, pid = p:read("*l"):match("(%d+) (%d+)")
+      finally(function()
+        os.execute("kill " .. pid .. " 2>/dev/null")
+        p:close()
+        sb:stop()
+      end)
+      local mapped = sb.url:gsub("^http://127%.0%.0%.1:", "http://[::ffff:127.0.0.1]:")
+      local client = assert(require("jimeng").new { api_key = "sk-local-key-0123456789", base_url = mapped,
+        proxy = "http://127.0.0.1:" .. port })
+      assert(client:create { prompt = "straight to the sandbox" })
+      assert.is_nil(h.read(log))
+    end)
+
   for _, status in ipairs { 407, 403 } do
     it(("answering %d: kind proxy, not retried, nothing created, never unknown_outcome"):format(status), function()
       local log = dir .. "/proxy-" .. status .. ".log"

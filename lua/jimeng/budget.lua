@@ -71,7 +71,7 @@ function M:refused()
     target = self:rps() == math.huge and 10 or self:rps() * 0.5
   end
   if target < self:rps() then
-    self:set(math.max(1, target))
+    self:set(math.max(2, target)) -- never below 2 a second: a 429 at a trickle is a quota, not a pace
     self.tokens = math.min(self.tokens, 0)
     self.at, self.grown_at = t, t
   end

@@ -147,6 +147,11 @@ local function network_options(self, opts)
     no_proxy = no_proxy and no_proxy:gsub("^[%s,]+", ""):gsub("[%s,]+$", "") or ""
     self.no_proxy = no_proxy == "" and LOOPBACK_NO_PROXY or (no_proxy .. "," .. LOOPBACK_NO_PROXY)
   end
+  if self.base_loopback then
+    -- a loopback API (the sandbox) is reached directly, however its address is spelt ([::ffff:127.0.0.1],
+    -- 127.1 ...): a no_proxy list of names cannot cover them all, and the key must never go to a proxy
+    self.proxy = ""
+  end
   return true
 end
 
@@ -173,7 +178,7 @@ function Client.new(opts, json)
   end
   local url, parsed = check_base_url(self.base_url, self.allow_insecure_http)
   if not url then return nil, parsed end
-  self.base_url, self.base_host = url, parsed.host
+  self.base_url, self.base_host, self.base_loopback = url, parsed.host, parsed.loopback
   local ok, nerr = network_options(self, opts)
   if not ok then return nil, nerr end
   -- seconds: positive, finite, and sane (NaN, infinities and microseconds are mistakes, not settings)
@@ -339,10 +344,11 @@ function Client:wait(id, opts)
   if deadline ~= deadline then return invalid("timeout must be a number of seconds", "timeout") end
   local last, last_status, last_err
   local started, queued_until, learnt = now(), nil, false
-  if opts.fresh and self.typical_queue then
+  if opts.fresh then
     -- a task just created: its first poll comes no earlier than tasks of this client usually wait in the
-    -- queue (a poll before that would only say in_queue)
-    local first = math.min(self.typical_queue, deadline - now() - 0.05)
+    -- queue (a poll before that would only say in_queue), at a random point of the interval after it, so
+    -- that the polls of tasks created together spread over the interval from the first round on
+    local first = math.min((self.typical_queue or 0) + math.random() * interval, deadline - now() - 0.05)
     if first > 0 then
       local sig = runtime.sleep(first)
       if sig then
