@@ -251,7 +251,7 @@ describe("interrupts", function()
       "--interval 5 2>%s; echo $? > %s/code' >/dev/null 2>&1 & echo $!"):format(proc.own_env, dir, sb.url, lua,
       proc.root, errfile, dir)):read("*l")
     core.sleep(0.5)
-    os.execute("pkill -INT -P " .. pid)
+    os.execute(proc.clean_env .. "pkill -INT -P " .. pid) -- pkill is not ours: no sanitizer preloaded
     local t0 = core.now()
     while not (h.read(dir .. "/code") or ""):find("%d") and core.now() - t0 < 10 do core.sleep(0.02) end
     assert.equals("130", (h.read(dir .. "/code") or ""):match("%d+"), h.read(errfile))
