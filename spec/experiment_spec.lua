@@ -6,6 +6,7 @@ local core = require "jimeng.core"
 local cjson = require "cjson"
 local jimeng = require "jimeng"
 local experiment = require "jimeng.experiment"
+local images = require "spec.support.images"
 
 local lua = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
 
@@ -365,6 +366,18 @@ describe("jimeng.experiment", function()
     assert.equals(0, count(h.read(dir .. "/x/index.html"), "poster="))
   end)
 
+  it("the card of an extra cell shows its own parameters, the grid's axes among them", function()
+    assert(client:experiment(spec { cells = { { id = "hand-picked", animal = "heron", place = "noon", seed = 9,
+      aspect_ratio = "1:1" } } }, { dir = dir }))
+    local html = h.read(dir .. "/index.html")
+    local card = html:match('<article[^>]-data%-label="hand%-picked".-</article>')
+    assert.truthy(card, html)
+    assert.truthy(card:find("<b>seed</b>9", 1, true), card)
+    assert.truthy(card:find("<b>aspect_ratio</b>1:1", 1, true), card)
+    assert.truthy(card:find("<b>animal</b>heron", 1, true), card)
+    assert.truthy(card:find('<p class="prompt">a heron at noon</p>', 1, true), card)
+  end)
+
   it("the copied command makes the same request, however the prompt is quoted", function()
     local prompt = [[it's a "test" of $HOME, `date` & \n; 千军万马]]
     assert(client:experiment({ base = { prompt = prompt, seed = 42, aspect_ratio = "9:16" } }, { dir = dir }))
@@ -512,6 +525,22 @@ describe("jimeng experiment (the command)", function()
     ok, out = proc.run(jimeng_cmd("one.lua -o out --max-videos 1"), proc.own_env)
     assert.is_false(ok)
     assert.truthy(out:find("what to do: see what it would make with --dry-run, then pass --yes", 1, true), out)
+  end)
+
+  it("reads a spec's local images relative to the spec file, wherever it is run from", function()
+    os.execute("mkdir -p " .. dir .. "/specs")
+    local png = images.png(dir .. "/specs/frame.png", 640, 360)
+    h.write(dir .. "/specs/still.lua", [[return { name = "still", base = { prompt = "the frame comes alive", image = "frame.png" } }]])
+    local ok, out = proc.run(jimeng_cmd("specs/still.lua -o out --interval 0.05 --no-posters"), proc.own_env)
+    assert.is_true(ok, out)
+    assert.equals(1, sb:stats().creates)
+    local body
+    for _, t in pairs(sb:tasks()) do body = t.body end
+    local sent = cjson.encode(body)
+    local f = assert(io.open(png, "rb"))
+    local b64 = core.base64(f:read("*a"))
+    f:close()
+    assert.truthy(sent:find(b64:sub(1, 40), 1, true), sent:sub(1, 300))
   end)
 
   it("killed with SIGKILL mid-run, then run again: every cell made, none paid twice", function()

@@ -70,7 +70,24 @@ end
 local PRIORITY = { "prompt", "model", "req_key", "image", "images", "image_urls", "aspect_ratio", "size",
   "seconds", "frames", "camera_move", "seed" }
 
+-- The directory each loaded spec was read from: its local image paths are relative to it.
+local spec_dirs = setmetatable({}, { __mode = "k" })
+local IMAGE_KEYS = { image = true, images = true, image_urls = true }
+
+--- A local image path of a spec, relative to the spec's directory; URLs, data: URLs and absolute paths as they are.
+local function resolve_images(v, base_dir)
+  if not base_dir then return v end
+  if type(v) == "table" then
+    local out = {}
+    for k, x in pairs(v) do out[k] = resolve_images(x, base_dir) end
+    return out
+  end
+  if type(v) ~= "string" or v == "" or v:match("^/") or v:match("^%a[%w+.-]*:") then return v end
+  return base_dir .. "/" .. v
+end
+
 --- Reads a spec: a Lua file returning a table, or a JSON file (by its extension or its first character).
+-- Local image paths in it are read relative to the spec file's directory.
 function M.load(path, json)
   local f, why = io.open(path, "rb")
   if not f then return invalid("cannot read the experiment spec: " .. tostring(why), "spec") end
@@ -88,6 +105,8 @@ function M.load(path, json)
     if type(spec) ~= "table" then return invalid(path .. " must return a table (the experiment spec)", "spec") end
   end
   if spec.name == nil then spec.name = path:match("([^/]+)%.[^./]*$") or path:match("([^/]+)$") end
+  spec_dirs[spec] = path:match("^(.*)/[^/]*$")
+  if spec_dirs[spec] == "" then spec_dirs[spec] = "/" end
   return spec
 end
 
@@ -178,6 +197,9 @@ function M.plan(spec, json)
         end
       end
       params.prompt = render(params.prompt, values)
+    end
+    for k in pairs(IMAGE_KEYS) do
+      if params[k] ~= nil then params[k] = resolve_images(params[k], spec_dirs[spec]) end
     end
     local body, err = core.normalize(params)
     if not body then

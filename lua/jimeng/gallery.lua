@@ -50,7 +50,9 @@ function M.data(plan, takes, opts)
     local c = t.cell
     local varying = {}
     for _, k in ipairs(plan.varying) do
-      if c.params[k] ~= nil and not (k == "prompt" and plan.template) and not by_name[k] then varying[k] = c.params[k] end
+      -- a grid cell's axis values are its chips; an extra cell shows every parameter it does not share
+      local shown = c.extra and c.axes[k] == nil or not (by_name[k] or (k == "prompt" and plan.template))
+      if c.params[k] ~= nil and shown then varying[k] = c.params[k] end
     end
     cells[i] = {
       id = c.id, label = t.label, take = t.take, extra = c.extra or false, axes = c.axes, varying = varying,
