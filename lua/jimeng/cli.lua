@@ -213,7 +213,7 @@ Exit codes: 0 ok, 1 the task failed, 2 usage or invalid input, 3 API or network 
   p:command_target("command")
 
   local gen = p:command("generate g", "Create a video, wait for it and download it.")
-  gen:argument("prompt", "What the video shows (up to 800 characters).")
+  gen:argument("prompt", "What the video shows (up to 800 characters; a warning past 400).")
   add_video_options(gen)
   gen:option("-o --output", "Output file (default jimeng_video_<id>.mp4).")
   gen:flag("--force", "Replace the output file if it exists (otherwise refused before paying).")

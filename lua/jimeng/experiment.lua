@@ -7,8 +7,10 @@
 -- `retake` adds a take of one cell while keeping the earlier ones.
 --
 -- Files in the experiment's directory: journal.jsonl (the batch journal), takes.json (takes per cell),
--- videos/*.mp4, posters/*.jpg (first frames, when ffmpeg is installed), index.html (the gallery) and
--- results.json (the same data for scripts), both rewritten atomically after every job event.
+-- videos/ID~HASH.mp4 (HASH: of the cell's id and exact request, so changed parameters make a new file),
+-- posters/*.jpg (first frames, when ffmpeg is installed), index.html (the gallery) and results.json (the
+-- same data for scripts), both rewritten atomically after every job event, and written only once batch
+-- has passed its checks and holds the journal's lock. What a run pays for is read from the journal.
 local core = require "jimeng.core"
 local errors = require "jimeng.errors"
 local gallery = require "jimeng.gallery"
