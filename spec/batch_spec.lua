@@ -117,6 +117,56 @@ describe("jimeng.batch", function()
     assert.is_true(whole >= 6)
   end)
 
+  it("tells, from the journal and without a request, which jobs a run would pay for", function()
+    local batch = require "jimeng.batch"
+    local journal = dir .. "/run.jsonl"
+    local jobs = { { prompt = "plan saved" }, { prompt = "plan moved" }, { prompt = "sandbox:fail plan failed" },
+      { prompt = "plan sent" }, { prompt = "plan new" } }
+    assert(client:batch({ jobs[1], jobs[2], jobs[3] }, { journal = journal, output_dir = dir }))
+    local before = assert(batch.plan(client, jobs, { journal = journal, output_dir = dir }))
+    assert(os.rename(before[2].path, dir .. "/elsewhere.mp4")) -- its file moved away: downloaded again, not paid
+    -- a create handed to the wire with no answer recorded (the process died then)
+    local f = assert(io.open(journal, "a"))
+    f:write(cjson.encode { event = "sending", job = before[4].key }, "\n")
+    f:close()
+    local requests = #sb:log()
+    local p = assert(batch.plan(client, jobs, { journal = journal, output_dir = dir }))
+    local states, pays = {}, {}
+    for i, j in ipairs(p) do states[i], pays[i] = j.state, j.create end
+    assert.same({ "saved", "created", "failed", "unknown", "new" }, states)
+    assert.same({ false, false, false, false, true }, pays)
+    assert.is_string(p[2].task_id)
+    assert.is_true(assert(batch.plan(client, jobs, { journal = journal, output_dir = dir, recreate_unknown = true }))[4].create)
+    -- the same label with another body is another job
+    assert.equals("new", assert(batch.plan(client, { { prompt = "plan saved", seed = 2 } },
+      { journal = journal, output_dir = dir }))[1].state)
+    assert.equals(requests, #sb:log())
+    -- and the run does what the plan said: one create, for the new job
+    local s = assert(client:batch(jobs, { journal = journal, output_dir = dir }))
+    assert.equals(4, sb:stats().creates)
+    assert.equals("saved", s.jobs[5].status)
+    assert.equals("saved", s.jobs[2].status)
+  end)
+
+  it("asks on_start once every check has passed, and its refusal stops the run before any create", function()
+    local jobs = { { prompt = "start a" }, { prompt = "start b", label = "b" } }
+    h.write(dir .. "/b.mp4", "not ours")
+    local started = 0
+    local _, err = client:batch(jobs, { journal = dir .. "/j.jsonl", output_dir = dir,
+      on_start = function() started = started + 1; return true end })
+    assert.truthy(err.message:find("did not make it", 1, true), err.message)
+    assert.equals(0, started)
+    os.remove(dir .. "/b.mp4")
+    local _, serr = client:batch(jobs, { journal = dir .. "/j.jsonl", output_dir = dir,
+      on_start = function() started = started + 1; return nil, jimeng.error { kind = "io", message = "no room" } end })
+    assert.equals("no room", serr.message)
+    assert.equals(1, started)
+    assert.equals(0, sb:stats().creates)
+    -- the lock was released: the next run goes on
+    local s = assert(client:batch(jobs, { journal = dir .. "/j.jsonl", output_dir = dir }))
+    assert.equals(2, s.saved)
+  end)
+
   it("reads jobs from a JSON-lines file, with labels and output names", function()
     local path = dir .. "/jobs.jsonl"
     h.write(path, '{"prompt": "from a file", "label": "first"}\n\n{"prompt": "named", "output": "custom.mp4", "seconds": 10}\n')

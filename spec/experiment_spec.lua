@@ -6,6 +6,7 @@ local core = require "jimeng.core"
 local cjson = require "cjson"
 local jimeng = require "jimeng"
 local experiment = require "jimeng.experiment"
+local images = require "spec.support.images"
 
 local lua = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
 
@@ -135,8 +136,8 @@ describe("jimeng.experiment", function()
     for _, c in ipairs(results(dir).cells) do
       if c.id == id then takes[c.take] = c end
     end
-    assert.equals("videos/animal=owl,place=dawn,seed=2.mp4", takes[1].video)
-    assert.equals("videos/animal=owl,place=dawn,seed=2-take2.mp4", takes[2].video)
+    assert.truthy(takes[1].video:match("^videos/animal=owl,place=dawn,seed=2~%x+%.mp4$"), takes[1].video)
+    assert.equals(takes[1].video:gsub("%.mp4$", "-take2.mp4"), takes[2].video)
     assert.are_not.equal(takes[1].task_id, takes[2].task_id)
     assert.equals(h.fixture(), h.read(dir .. "/" .. takes[1].video))
     assert.equals(h.fixture(), h.read(dir .. "/" .. takes[2].video))
@@ -243,6 +244,140 @@ describe("jimeng.experiment", function()
     assert.is_nil(experiment.mp4_duration(dir .. "/results.json"))
   end)
 
+  it("after a shared parameter changes, the dry run and the budget count the videos of the new parameters", function()
+    local kyte = { name = "kites", base = { prompt = "a red kyte over the dunes", seconds = 5 }, vary = { seed = { 1, 2, 3 } } }
+    assert.equals(3, assert(client:experiment(kyte, { dir = dir, max_videos = 3 })).made)
+    local kite = { name = "kites", base = { prompt = "a red kite over the dunes", seconds = 5 }, vary = { seed = { 1, 2, 3 } } }
+    local dry = assert(client:experiment(kite, { dir = dir, dry_run = true }))
+    assert.equals(3, dry.to_pay)
+    assert.equals(15, dry.to_pay_seconds)
+    local _, err = client:experiment(kite, { dir = dir, max_videos = 2 })
+    assert.equals("max_videos", err.field)
+    assert.truthy(err.message:find("3 videos (15 s)", 1, true), err.message)
+    assert.equals(3, sb:stats().creates)
+    -- the files of finished cells moved away: downloaded again, never paid again
+    assert(os.execute("rm -r " .. dir .. "/videos"))
+    local moved = assert(client:experiment(kyte, { dir = dir, dry_run = true }))
+    assert.equals(0, moved.to_pay)
+    local again = assert(client:experiment(kyte, { dir = dir, max_videos = 0 }))
+    assert.equals(0, again.paid)
+    assert.equals(3, sb:stats().creates)
+    for _, c in ipairs(results(dir).cells) do assert.equals(h.fixture(), h.read(dir .. "/" .. c.video)) end
+  end)
+
+  it("a cell whose parameters changed is a new cell: a new file, and the old video never shown under them", function()
+    local five = { name = "len", base = { prompt = "a paper boat", seconds = 5 }, vary = { seed = { 1, 2 } } }
+    assert(client:experiment(five, { dir = dir }))
+    local old = {}
+    for _, c in ipairs(results(dir).cells) do old[c.task_id], old[c.video] = true, true end
+    local ten = { name = "len", base = { prompt = "a paper boat", seconds = 10 }, vary = { seed = { 1, 2 } } }
+    local dry = assert(client:experiment(ten, { dir = dir, dry_run = true }))
+    assert.equals(2, dry.to_pay)
+    for _, t in ipairs(dry.takes) do
+      assert.is_nil(t.task_id)
+      assert.is_nil(old[t.video], t.video)
+    end
+    -- a run refused by batch before it starts (a file of someone else's in the way) leaves the gallery alone
+    local gallery_before, results_before = h.read(dir .. "/index.html"), h.read(dir .. "/results.json")
+    h.write(dir .. "/" .. dry.takes[1].video, "someone else's")
+    local _, err = client:experiment(ten, { dir = dir })
+    assert.truthy(err.message:find("did not make it", 1, true), err.message)
+    assert.equals(gallery_before, h.read(dir .. "/index.html"))
+    assert.equals(results_before, h.read(dir .. "/results.json"))
+    assert.equals(2, sb:stats().creates)
+    -- with overwrite (--force) it goes on, and each 10 s cell shows its own new task
+    local report = assert(client:experiment(ten, { dir = dir, overwrite = true }))
+    assert.equals(2, report.made)
+    for _, c in ipairs(results(dir).cells) do
+      assert.equals(10, c.seconds)
+      assert.is_nil(old[c.task_id], c.task_id)
+      assert.equals(241, sb:tasks()[c.task_id].body.frames)
+      assert.equals(h.fixture(), h.read(dir .. "/" .. c.video))
+    end
+  end)
+
+  it("a retake whose create never happened is continued by the same retake, not paid twice", function()
+    assert(client:experiment(spec(), { dir = dir }))
+    local id = "animal=owl,place=dawn,seed=2"
+    -- the retake's create is refused (nothing is made), as if the run had stopped before it
+    sb:faults { path = "^/v1/videos$", method = "POST", fault = "status", status = 400, count = 1 }
+    local first = assert(client:experiment(spec(), { dir = dir, retake = id }))
+    assert.equals(1, first.errors)
+    assert.equals(4, sb:stats().creates)
+    local again = assert(client:experiment(spec(), { dir = dir, retake = id }))
+    assert.equals(1, again.made)
+    assert.equals(5, #again.takes)
+    assert.equals(5, sb:stats().creates)
+    -- once that take is made, the same command adds the next one
+    local third = assert(client:experiment(spec(), { dir = dir, retake = id }))
+    assert.equals(6, #third.takes)
+    assert.equals(6, sb:stats().creates)
+  end)
+
+  it("two extra cells whose ids clean up to one file name keep their own videos, in any order", function()
+    local function two(reverse)
+      local a, b = { id = "a/b", prompt = "slash cell" }, { id = "a_b", prompt = "underscore cell" }
+      return { name = "ids", base = { seconds = 5 }, cells = reverse and { b, a } or { a, b } }
+    end
+    assert(client:experiment(two(false), { dir = dir }))
+    local function by_id()
+      local t = {}
+      for _, c in ipairs(results(dir).cells) do t[c.id] = c end
+      return t
+    end
+    local first = by_id()
+    assert.are_not.equal(first["a/b"].video, first["a_b"].video)
+    assert(client:experiment(two(true), { dir = dir }))
+    local second = by_id()
+    assert.equals(2, sb:stats().creates)
+    for _, id in ipairs { "a/b", "a_b" } do
+      assert.equals(first[id].video, second[id].video)
+      assert.equals(first[id].task_id, second[id].task_id)
+      assert.equals(first[id].prompt, sb:tasks()[second[id].task_id].body.prompt)
+    end
+  end)
+
+  it("with cells and no vary, the grid is exactly the cells: no hidden cell of base alone", function()
+    local only = assert(client:experiment({ name = "only", cells = { { id = "one", prompt = "a lamp" },
+      { id = "two", prompt = "a chair", seed = 3 } } }, { dir = dir }))
+    assert.equals(2, only.made)
+    assert.equals(2, sb:stats().creates)
+    local other = h.tmpdir()
+    local with_base = assert(client:experiment({ name = "b", base = { prompt = "a lamp", seconds = 5 },
+      cells = { { id = "long", seconds = 10 } } }, { dir = other }))
+    assert.equals(1, #with_base.takes)
+    assert.equals(1, with_base.made)
+    assert.equals(3, sb:stats().creates)
+    assert.equals("long", results(other).cells[1].id)
+  end)
+
+  it("a slow ffmpeg does not hold up the run: each poster has a time limit", function()
+    local slow = dir .. "/slow-ffmpeg"
+    h.write(slow, "#!/bin/sh\nexec sleep 60\n")
+    assert(os.execute("chmod +x " .. slow))
+    local t0 = core.now()
+    local report = assert(client:experiment(spec(), { dir = dir .. "/x", ffmpeg = slow, poster_timeout = 1 }))
+    assert.equals(4, report.made)
+    assert.is_true(core.now() - t0 < 20, "the run waited for ffmpeg")
+    for _, c in ipairs(results(dir .. "/x").cells) do
+      assert.equals("saved", c.status)
+      assert.is_nil(c.poster)
+    end
+    assert.equals(0, count(h.read(dir .. "/x/index.html"), "poster="))
+  end)
+
+  it("the card of an extra cell shows its own parameters, the grid's axes among them", function()
+    assert(client:experiment(spec { cells = { { id = "hand-picked", animal = "heron", place = "noon", seed = 9,
+      aspect_ratio = "1:1" } } }, { dir = dir }))
+    local html = h.read(dir .. "/index.html")
+    local card = html:match('<article[^>]-data%-label="hand%-picked".-</article>')
+    assert.truthy(card, html)
+    assert.truthy(card:find("<b>seed</b>9", 1, true), card)
+    assert.truthy(card:find("<b>aspect_ratio</b>1:1", 1, true), card)
+    assert.truthy(card:find("<b>animal</b>heron", 1, true), card)
+    assert.truthy(card:find('<p class="prompt">a heron at noon</p>', 1, true), card)
+  end)
+
   it("the copied command makes the same request, however the prompt is quoted", function()
     local prompt = [[it's a "test" of $HOME, `date` & \n; 千军万马]]
     assert(client:experiment({ base = { prompt = prompt, seed = 42, aspect_ratio = "9:16" } }, { dir = dir }))
@@ -312,6 +447,100 @@ describe("jimeng experiment (the command)", function()
     assert.is_false(ok)
     assert.truthy(out:find("rows and cols are both seed", 1, true), out)
     assert.equals(6, sb:stats().creates)
+  end)
+
+  it("stopped with SIGTERM: exits 130 saying how to continue, no card left running, and the same command ends it", function()
+    sb:config { queue_seconds = 0.05, process_seconds = 3 }
+    h.write(dir .. "/six.lua", SPEC)
+    local cmd = jimeng_cmd("six.lua -o out -j 2 --interval 0.05 --no-posters")
+    local pid = io.popen(("%ssh -c '%s 2>%s/err; echo $? >%s/code' >/dev/null 2>&1 & echo $!"):format(proc.own_env,
+      cmd:gsub("'", "'\\''"), dir, dir)):read("*l")
+    local deadline = core.now() + 20
+    repeat
+      core.sleep(0.02)
+      local journal = h.read(dir .. "/out/journal.jsonl") or ""
+      local created = count(journal, '"event":"created"')
+    until (created >= 2 and created == count(journal, '"event":"sending"')) or core.now() > deadline
+    os.execute("pkill -TERM -P " .. pid)
+    while not (h.read(dir .. "/code") or ""):find("%d") and core.now() < deadline do core.sleep(0.02) end
+    local err = h.read(dir .. "/err") or ""
+    assert.equals("130", (h.read(dir .. "/code") or ""):match("%d+"), err)
+    assert.truthy(err:find("nothing is lost: run the same command again", 1, true), err)
+    assert.truthy(err:find("interrupted", 1, true), err)
+    local r = results(dir .. "/out")
+    assert.is_false(r.live)
+    for _, c in ipairs(r.cells) do
+      assert.truthy(c.status == "saved" or c.status == "interrupted", c.status)
+    end
+    assert.falsy(h.read(dir .. "/out/index.html"):find('data-status="processing"', 1, true))
+    local ok, out = proc.run(cmd, proc.own_env)
+    assert.is_true(ok, out)
+    assert.equals(6, sb:stats().creates)
+    for _, c in ipairs(results(dir .. "/out").cells) do assert.equals("saved", c.status) end
+  end)
+
+  it("a second run on a directory in use is refused before it touches a file, and says why", function()
+    h.write(dir .. "/six.lua", SPEC)
+    local ok, out = proc.run(jimeng_cmd("six.lua -o out --interval 0.05"), proc.own_env)
+    assert.is_true(ok, out)
+    local gallery, res = h.read(dir .. "/out/index.html"), h.read(dir .. "/out/results.json")
+    local lock = assert(core.lock(dir .. "/out/journal.jsonl")) -- as another run holds it
+    h.write(dir .. "/six.lua", SPEC:gsub("seed = { 1, 2 }", "seed = { 1, 2, 3 }"))
+    ok, out = proc.run(jimeng_cmd("six.lua -o out --interval 0.05"), proc.own_env)
+    lock:unlock()
+    assert.is_false(ok)
+    assert.truthy(out:find("in use by another run", 1, true), out)
+    assert.truthy(out:find("wait for it to end", 1, true), out)
+    assert.falsy(out:find("writable", 1, true), out)
+    assert.equals(gallery, h.read(dir .. "/out/index.html"))
+    assert.equals(res, h.read(dir .. "/out/results.json"))
+    assert.equals(6, sb:stats().creates)
+  end)
+
+  it("--force replaces a file the journal did not make; --dry-run --json gives the grid; one video is one video", function()
+    h.write(dir .. "/one.lua", [[return { name = "one", base = { prompt = "a single heron", seconds = 5 } }]])
+    local ok, out = proc.run(jimeng_cmd("one.lua -o out --dry-run"), proc.own_env)
+    assert.is_true(ok, out)
+    assert.truthy(out:find("1 cell (no axes), 1 video with its takes", 1, true), out)
+    assert.truthy(out:find("would pay for 1 video, 5 s", 1, true), out)
+    ok, out = proc.run(jimeng_cmd("one.lua -o out --dry-run --json -q"), proc.own_env)
+    assert.is_true(ok, out)
+    local plan = cjson.decode(out:match("(%b{})"))
+    assert.equals(1, #plan.grid)
+    assert.equals("base", plan.grid[1].id)
+    assert.is_true(plan.grid[1].to_pay)
+    assert.equals("a single heron", plan.grid[1].params.prompt)
+    os.execute("mkdir -p " .. dir .. "/out/videos")
+    h.write(dir .. "/out/" .. plan.grid[1].video, "an older file")
+    ok, out = proc.run(jimeng_cmd("one.lua -o out --interval 0.05"), proc.own_env)
+    assert.is_false(ok)
+    assert.truthy(out:find("--force", 1, true), out)
+    assert.equals(0, sb:stats().creates)
+    ok, out = proc.run(jimeng_cmd("one.lua -o out --interval 0.05 --force"), proc.own_env)
+    assert.is_true(ok, out)
+    assert.truthy(out:find("paid for 1 video (5 s)", 1, true), out)
+    assert.equals(h.fixture(), h.read(dir .. "/out/" .. plan.grid[1].video))
+    -- the budget's refusal says what to do about the budget
+    h.write(dir .. "/one.lua", [[return { name = "one", base = { prompt = "a single heron" }, vary = { seed = { 1, 2 } } }]])
+    ok, out = proc.run(jimeng_cmd("one.lua -o out --max-videos 1"), proc.own_env)
+    assert.is_false(ok)
+    assert.truthy(out:find("what to do: see what it would make with --dry-run, then pass --yes", 1, true), out)
+  end)
+
+  it("reads a spec's local images relative to the spec file, wherever it is run from", function()
+    os.execute("mkdir -p " .. dir .. "/specs")
+    local png = images.png(dir .. "/specs/frame.png", 640, 360)
+    h.write(dir .. "/specs/still.lua", [[return { name = "still", base = { prompt = "the frame comes alive", image = "frame.png" } }]])
+    local ok, out = proc.run(jimeng_cmd("specs/still.lua -o out --interval 0.05 --no-posters"), proc.own_env)
+    assert.is_true(ok, out)
+    assert.equals(1, sb:stats().creates)
+    local body
+    for _, t in pairs(sb:tasks()) do body = t.body end
+    local sent = cjson.encode(body)
+    local f = assert(io.open(png, "rb"))
+    local b64 = core.base64(f:read("*a"))
+    f:close()
+    assert.truthy(sent:find(b64:sub(1, 40), 1, true), sent:sub(1, 300))
   end)
 
   it("killed with SIGKILL mid-run, then run again: every cell made, none paid twice", function()

@@ -101,19 +101,12 @@ end
 
 local function file_size(path) return path and core.file_size(path) end
 
---- jimeng.batch(client, jobs, opts) -> summary | nil, err
--- jobs: an array of job tables (create params plus optional label and output) or a JSON-lines path.
--- opts: journal (path), output_dir (default "."), concurrency (default 4), recreate_unknown,
--- interval (poll seconds), timeout (seconds per job), on_event(event).
--- summary: {total=, saved=, skipped=, failed=, unknown=, errors=, jobs={...}} where each job has
--- key, label, index, status ("saved", "skipped", "failed", "unknown", "error"), path, task_id, error.
-function M.run(client, jobs, opts)
-  opts = opts or {}
+--- Prepares jobs: each normalized and given its key (its identity in the journal) and its output path.
+-- A bad job stops the batch before it pays for anything. -> prepared, output_dir | nil, err
+local function prepare(client, jobs, opts)
   local json = client.json
-  local jobs_path
   if type(jobs) == "string" then
     local err
-    jobs_path = jobs
     jobs, err = M.read_jobs(jobs, json)
     if not jobs then return nil, err end
   end
@@ -121,13 +114,6 @@ function M.run(client, jobs, opts)
     return nil, errors.new { kind = "invalid_argument", message = "jobs must be an array or a JSON-lines path" }
   end
   local output_dir = (opts.output_dir or "."):gsub("(.)/+$", "%1")
-  local cap = opts.concurrency or 4
-  if type(cap) ~= "number" or not (cap >= 1 and cap <= 1024) then -- luacheck: ignore 581
-    return nil, errors.new { kind = "invalid_argument", field = "concurrency", message = "concurrency must be 1 to 1024" }
-  end
-  local on_event = opts.on_event or function() end
-
-  -- prepare every job before anything is sent: a bad job stops the batch before it pays for anything
   local prepared, seen = {}, {}
   for i, job in ipairs(jobs) do
     if type(job) ~= "table" then
@@ -155,10 +141,57 @@ function M.run(client, jobs, opts)
     prepared[i] = { index = i, total = #jobs, key = key, label = job.label, params = params,
       path = name:find("^/") and name or (output_dir .. "/" .. name) }
   end
+  return prepared, output_dir
+end
+
+--- What a run of these jobs would do, read from the journal without locking it or sending anything:
+-- batch.plan(client, jobs, opts) -> {{index=, key=, label=, path=, state=, task_id=, create=bool}, ...} | nil, err
+-- state: "saved" (saved, and the file is still whole), "created" (a task exists: waited for and downloaded,
+-- not paid again), "failed" (the task failed: not made again), "unknown" (sent, no answer: created again only
+-- with recreate_unknown), "new" (never sent). create: whether the run would pay for it. opts as for run.
+function M.plan(client, jobs, opts)
+  opts = opts or {}
+  local prepared, output_dir = prepare(client, jobs, opts)
+  if not prepared then return nil, output_dir end
+  local state = opts.journal and M.read_journal(opts.journal, client.json) or {}
+  local out = {}
+  for i, job in ipairs(prepared) do
+    local s = state[job.key] or {}
+    local st
+    if s.saved and s.saved.path and file_size(s.saved.path) == s.saved.bytes then st = "saved"
+    elseif s.failed then st = "failed"
+    elseif s.task_id then st = "created"
+    elseif s.creating then st = "unknown"
+    else st = "new" end
+    out[i] = { index = i, key = job.key, label = job.label, path = s.saved and st == "saved" and s.saved.path or job.path,
+      state = st, task_id = s.task_id, create = st == "new" or (st == "unknown" and opts.recreate_unknown == true) }
+  end
+  return out
+end
+
+--- jimeng.batch(client, jobs, opts) -> summary | nil, err
+-- jobs: an array of job tables (create params plus optional label and output) or a JSON-lines path.
+-- opts: journal (path), output_dir (default "."), concurrency (default 4), recreate_unknown,
+-- interval (poll seconds), timeout (seconds per job), overwrite, on_event(event), on_start() (called once
+-- every check has passed and the journal is locked, before any create; returning nil, err stops the run).
+-- summary: {total=, saved=, skipped=, failed=, unknown=, errors=, jobs={...}} where each job has
+-- key, label, index, status ("saved", "skipped", "failed", "unknown", "error"), path, task_id, error.
+function M.run(client, jobs, opts)
+  opts = opts or {}
+  local json = client.json
+  local cap = opts.concurrency or 4
+  if type(cap) ~= "number" or not (cap >= 1 and cap <= 1024) then -- luacheck: ignore 581
+    return nil, errors.new { kind = "invalid_argument", field = "concurrency", message = "concurrency must be 1 to 1024" }
+  end
+  local on_event = opts.on_event or function() end
+
+  local prepared, output_dir = prepare(client, jobs, opts)
+  if not prepared then return nil, output_dir end
 
   local lock
   if opts.journal then
-    if type(opts.journal) ~= "string" or opts.journal == "" or opts.journal == jobs_path then
+    if type(opts.journal) ~= "string" or opts.journal == "" or (type(jobs) == "string" and
+        (core.canonical_path(opts.journal) or opts.journal) == (core.canonical_path(jobs) or jobs)) then
       return nil, errors.new { kind = "invalid_argument", field = "journal",
         message = "the journal must be a file of its own (not the jobs file): " .. tostring(opts.journal) }
     end
@@ -166,12 +199,12 @@ function M.run(client, jobs, opts)
     if not st then
       return nil, errors.new { kind = "invalid_argument", field = "journal", message = "journal: " .. cwhy }
     end
-    local why, busy
-    lock, why, busy = core.lock(opts.journal)
+    local why, held
+    lock, why, held = core.lock(opts.journal)
     if not lock then
-      return nil, errors.new { kind = "io", field = "journal", message = why, hint = busy and
-        ("another run is using this journal (two runs on one journal would pay for every job twice): wait for " ..
-        "it to end, or give this run another journal") or nil }
+      return nil, errors.new { kind = "io", field = "journal", locked = held == "locked" or nil, message = why ..
+        ": two runs on one journal would pay for every job twice", hint = held == "locked" and
+        "another run is using this journal: wait for it to end, or give this run another journal" or nil }
     end
   end
   local state, torn = {}, false
@@ -223,6 +256,13 @@ function M.run(client, jobs, opts)
     if not jok then
       if lock then lock:unlock() end
       return nil, jerr
+    end
+  end
+  if opts.on_start then -- every check passed and the journal is ours: the caller's last word before paying
+    local sok, serr = opts.on_start()
+    if not sok then
+      if lock then lock:unlock() end
+      return nil, serr
     end
   end
 

@@ -222,7 +222,7 @@ Exit codes: 0 ok, 1 the task failed, 2 usage or invalid input, 3 API or network 
   p:command_target("command")
 
   local gen = p:command("generate g", "Create a video, wait for it and download it.")
-  gen:argument("prompt", "What the video shows (up to 800 characters).")
+  gen:argument("prompt", "What the video shows (up to 800 characters; a warning past 400).")
   add_video_options(gen)
   gen:option("-o --output", "Output file (default jimeng_video_<id>.mp4).")
   gen:flag("--force", "Replace the output file if it exists (otherwise refused before paying).")
@@ -280,6 +280,7 @@ Exit codes: 0 ok, 1 the task failed, 2 usage or invalid input, 3 API or network 
   number_option(exp, "-j --jobs-in-flight", "How many videos are made at once (default 4).")
   exp:flag("--recreate-unknown", "Create again the cells whose earlier create may or may not have happened.")
   exp:flag("--no-posters", "Do not make poster images with ffmpeg.")
+  exp:flag("--force", "Replace video files in the directory that its journal did not make (otherwise refused before paying).")
 
   local sb = p:command("sandbox", "Run the local API emulator; prints its URL and the environment to use it.")
   number_option(sb, "--port", "Port (default: a free one).")
@@ -464,6 +465,11 @@ function commands.batch(client, args, out)
   return EXIT_OK
 end
 
+local function videos(n) return ("%d video%s"):format(n, n == 1 and "" or "s") end
+
+local STATE_WORDS = { saved = "made", created = "created, to download", failed = "failed (not made again)",
+  unknown = "sent, outcome unknown" }
+
 function commands.experiment(client, args, out)
   local done = 0
   local retake = args.retake
@@ -472,18 +478,20 @@ function commands.experiment(client, args, out)
   if not spec then return out:fail(serr) end
   local report, err = client:experiment(spec, {
     dir = args.output_dir or (tostring(spec.name):gsub("[^%w%-_.]", "_")), rows = args.rows, cols = args.cols,
-    dry_run = args.dry_run, max_videos = args.max_videos, yes = args.yes, retake = retake,
+    dry_run = args.dry_run, max_videos = args.max_videos, yes = args.yes, retake = retake, overwrite = args.force,
     concurrency = args.jobs_in_flight, recreate_unknown = args.recreate_unknown, interval = args.interval,
     timeout = args.timeout, ffmpeg = args.no_posters and false or nil,
     on_plan = function(plan, r)
       local dims = {}
       for _, a in ipairs(plan.axes) do dims[#dims + 1] = ("%d %s"):format(#a.values, a.name) end
-      out:note(("experiment %s: %d cells (%s), %d videos with their takes, in %s"):format(plan.name, #plan.cells,
-        #dims > 0 and table.concat(dims, " x ") or "no axes", #r.takes, r.dir))
+      out:note(("experiment %s: %d cell%s (%s), %s with %s takes, in %s"):format(plan.name, #plan.cells,
+        #plan.cells == 1 and "" or "s", #dims > 0 and table.concat(dims, " x ") or "no axes", videos(#r.takes),
+        #plan.cells == 1 and "its" or "their", r.dir))
       if not args.dry_run then return end
       for _, t in ipairs(r.takes) do
-        out:note(("  %-50s %s  %s"):format(t.label, t.cell.seconds and (t.cell.seconds .. " s") or "?",
-          t.new and "to make" or ("made: " .. tostring(t.task_id))))
+        local what = t.new and "to make" or t.state == "unknown" and "sent, outcome unknown (--recreate-unknown)"
+          or ((STATE_WORDS[t.state] or t.state) .. ": " .. tostring(t.task_id))
+        out:note(("  %-50s %s  %s"):format(t.label, t.cell.seconds and (t.cell.seconds .. " s") or "?", what))
       end
     end,
     on_event = function(ev)
@@ -502,19 +510,30 @@ function commands.experiment(client, args, out)
   })
   if not report then return out:fail(err) end
   if report.dry_run then
-    local line = ("would pay for %d videos, %d s in total (%d already made); --max-videos is %d"):format(report.to_pay,
+    local line = ("would pay for %s, %d s in total (%d already made); --max-videos is %d"):format(videos(report.to_pay),
       report.to_pay_seconds, #report.takes - report.to_pay, args.max_videos or 20)
+    local grid = {}
+    for i, t in ipairs(report.takes) do
+      grid[i] = { id = t.cell.id, label = t.label, take = t.take, seconds = t.cell.seconds, params = t.cell.params,
+        video = t.video, state = t.state, task_id = t.task_id, to_pay = t.new or false, extra = t.cell.extra or false }
+    end
     out:result({ name = report.name, dir = report.dir, cells = report.cells, videos = #report.takes,
-      to_pay = report.to_pay, to_pay_seconds = report.to_pay_seconds }, line)
+      to_pay = report.to_pay, to_pay_seconds = report.to_pay_seconds, grid = grid }, line)
     return EXIT_OK
   end
-  local line = ("%d videos: %d made, %d already made, %d failed, %d unknown, %d errors; paid for %d videos (%d s); "
-    .. "gallery: %s"):format(#report.takes, report.made, report.skipped, report.failed, report.unknown, report.errors,
-    report.paid, report.paid_seconds, report.gallery)
+  local line = ("%s: %d made, %d already made, %d failed, %d unknown, %d errors%s; paid for %s (%d s); "
+    .. "gallery: %s"):format(videos(#report.takes), report.made, report.skipped, report.failed, report.unknown,
+    report.errors, report.interrupted > 0 and (", %d interrupted"):format(report.interrupted) or "",
+    videos(report.paid), report.paid_seconds, report.gallery)
   out:result({ name = report.name, dir = report.dir, gallery = report.gallery, results = report.results,
     videos = #report.takes, made = report.made, skipped = report.skipped, failed = report.failed,
-    unknown = report.unknown, errors = report.errors, paid = report.paid, paid_seconds = report.paid_seconds })
+    unknown = report.unknown, errors = report.errors, interrupted = report.interrupted, paid = report.paid,
+    paid_seconds = report.paid_seconds })
   out:note(line)
+  if report.interrupted > 0 then
+    out.stderr:write("jimeng: interrupted; nothing is lost: run the same command again to continue\n")
+    return EXIT_INTERRUPTED
+  end
   if report.errors > 0 or report.unknown > 0 then return EXIT_API end
   if report.failed > 0 then return EXIT_TASK end
   return EXIT_OK

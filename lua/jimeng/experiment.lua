@@ -7,8 +7,10 @@
 -- `retake` adds a take of one cell while keeping the earlier ones.
 --
 -- Files in the experiment's directory: journal.jsonl (the batch journal), takes.json (takes per cell),
--- videos/*.mp4, posters/*.jpg (first frames, when ffmpeg is installed), index.html (the gallery) and
--- results.json (the same data for scripts), both rewritten atomically after every job event.
+-- videos/ID~HASH.mp4 (HASH: of the cell's id and exact request, so changed parameters make a new file),
+-- posters/*.jpg (first frames, when ffmpeg is installed), index.html (the gallery) and results.json (the
+-- same data for scripts), both rewritten atomically after every job event, and written only once batch
+-- has passed its checks and holds the journal's lock. What a run pays for is read from the journal.
 local core = require "jimeng.core"
 local errors = require "jimeng.errors"
 local gallery = require "jimeng.gallery"
@@ -70,7 +72,24 @@ end
 local PRIORITY = { "prompt", "model", "req_key", "image", "images", "image_urls", "aspect_ratio", "size",
   "seconds", "frames", "camera_move", "seed" }
 
+-- The directory each loaded spec was read from: its local image paths are relative to it.
+local spec_dirs = setmetatable({}, { __mode = "k" })
+local IMAGE_KEYS = { image = true, images = true, image_urls = true }
+
+--- A local image path of a spec, relative to the spec's directory; URLs, data: URLs and absolute paths as they are.
+local function resolve_images(v, base_dir)
+  if not base_dir then return v end
+  if type(v) == "table" then
+    local out = {}
+    for k, x in pairs(v) do out[k] = resolve_images(x, base_dir) end
+    return out
+  end
+  if type(v) ~= "string" or v == "" or v:match("^/") or v:match("^%a[%w+.-]*:") then return v end
+  return base_dir .. "/" .. v
+end
+
 --- Reads a spec: a Lua file returning a table, or a JSON file (by its extension or its first character).
+-- Local image paths in it are read relative to the spec file's directory.
 function M.load(path, json)
   local f, why = io.open(path, "rb")
   if not f then return invalid("cannot read the experiment spec: " .. tostring(why), "spec") end
@@ -88,6 +107,8 @@ function M.load(path, json)
     if type(spec) ~= "table" then return invalid(path .. " must return a table (the experiment spec)", "spec") end
   end
   if spec.name == nil then spec.name = path:match("([^/]+)%.[^./]*$") or path:match("([^/]+)$") end
+  spec_dirs[spec] = path:match("^(.*)/[^/]*$")
+  if spec_dirs[spec] == "" then spec_dirs[spec] = "/" end
   return spec
 end
 
@@ -179,6 +200,9 @@ function M.plan(spec, json)
       end
       params.prompt = render(params.prompt, values)
     end
+    for k in pairs(IMAGE_KEYS) do
+      if params[k] ~= nil then params[k] = resolve_images(params[k], spec_dirs[spec]) end
+    end
     local body, err = core.normalize(params)
     if not body then
       local e = errors.new(err)
@@ -191,7 +215,9 @@ function M.plan(spec, json)
   end
 
   -- the product of the axes, the first axis varying slowest
+  -- (with explicit cells and no axes, the grid is exactly those cells: no hidden cell of base alone)
   local function walk(i, values)
+    if i == 1 and #axes == 0 and type(spec.cells) == "table" and #spec.cells > 0 then return true end
     if i > #axes then
       local params, parts = copy(base), {}
       for _, a in ipairs(axes) do
@@ -278,10 +304,7 @@ local function shell_quote(s)
 end
 M.shell_quote = shell_quote
 
--- Other programs run without LD_PRELOAD: a sanitizer preloaded into this process (make asan) is not theirs.
-local function mkdir(path)
-  return os.execute("unset LD_PRELOAD; mkdir -p " .. shell_quote(path))
-end
+-- Other programs (ffmpeg) run without LD_PRELOAD: a sanitizer preloaded into this process (make asan) is not theirs.
 
 --- The duration in seconds of an MP4 file, from its movie header (mvhd), or nil.
 function M.mp4_duration(path)
@@ -341,17 +364,15 @@ local function find_ffmpeg(opt)
   return ffmpeg_found or nil
 end
 
---- The first frame of a video as a JPEG, with ffmpeg: true when made.
-local function make_poster(ffmpeg, video, poster)
+--- Starts making the first frame of a video as a JPEG with ffmpeg, in the background and within a time
+-- limit (coreutils' timeout): a slow or stuck ffmpeg never holds up the run. The poster appears, renamed
+-- into place whole, when it is done.
+local function start_poster(ffmpeg, video, poster, limit)
   local tmp = poster .. ".tmp.jpg"
-  local cmd = ("%s -nostdin -loglevel error -y -i %s -frames:v 1 -q:v 3 %s >/dev/null 2>&1"):format(
-    shell_quote(ffmpeg), shell_quote(video), shell_quote(tmp))
-  local ok = os.execute("unset LD_PRELOAD; " .. cmd)
-  if (ok == true or ok == 0) and core.file_size(tmp) and core.file_size(tmp) > 0 then
-    return os.rename(tmp, poster)
-  end
-  os.remove(tmp)
-  return false
+  local cmd = ("(timeout -k 2 %d %s -nostdin -loglevel error -y -i %s -frames:v 1 -q:v 3 %s && test -s %s && mv -f %s %s;"
+    .. " rm -f %s) </dev/null >/dev/null 2>&1 &"):format(math.max(1, math.floor(limit)), shell_quote(ffmpeg),
+    shell_quote(video), shell_quote(tmp), shell_quote(tmp), shell_quote(tmp), shell_quote(poster), shell_quote(tmp))
+  os.execute("unset LD_PRELOAD; " .. cmd)
 end
 
 -- Commands and parameters for the gallery's copy buttons
@@ -394,13 +415,19 @@ local function file_name(id)
   return (id:gsub("[^%w%-_.~=,]", "_"):gsub("^%.", "_"))
 end
 
+--- The file stem of a cell: its id as a file name, and a short hash of its id and its exact request body.
+-- So it is the same whatever the order of the cells, two ids that clean up alike (a/b, a_b) never share a
+-- file, and a cell whose parameters changed is a new cell, in a new file, never shown under the old ones.
+local function file_stem(cell, json)
+  return file_name(cell.id) .. "~" .. core.fingerprint(cell.id .. "\0" .. canonical(json, cell.body)):sub(1, 8)
+end
+M.file_stem = file_stem
+
 --- The takes of each cell: every cell has take 1; retakes add more (kept in takes.json).
-local function expand_takes(plan, takes_count)
-  local takes, used = {}, {}
+local function expand_takes(plan, takes_count, json)
+  local takes = {}
   for _, cell in ipairs(plan.cells) do
-    local base = file_name(cell.id)
-    if used[base] then base = base .. "-" .. core.fingerprint(cell.id):sub(1, 6) end
-    used[base] = true
+    local base = file_stem(cell, json)
     for n = 1, math.max(1, tonumber(takes_count[cell.id]) or 1) do
       local stem = n == 1 and base or (base .. "-take" .. n)
       takes[#takes + 1] = { cell = cell, take = n, label = n == 1 and cell.id or (cell.id .. TAKE_SEP .. n),
@@ -410,15 +437,28 @@ local function expand_takes(plan, takes_count)
   return takes
 end
 
+local function jobs_of(takes)
+  local jobs = {}
+  for i, t in ipairs(takes) do
+    local job = copy(t.cell.params)
+    job.label, job.output = t.label, t.video
+    jobs[i] = job
+  end
+  return jobs
+end
+
 --- Runs (or with opts.dry_run, only plans) an experiment. client: a jimeng client; spec: a table or a
 -- path. opts: dir (required), rows, cols, dry_run, max_videos (default 20), yes, retake (a cell id or a
--- list), concurrency, recreate_unknown, interval, timeout, ffmpeg (a path, or false for no posters),
--- on_event(ev) (the batch's events, with ev.take), on_plan(plan, report).
+-- list), concurrency, recreate_unknown, overwrite, interval, timeout, ffmpeg (a path, or false for no
+-- posters), poster_timeout (seconds, default 10), on_event(ev) (the batch's events, with ev.take),
+-- on_plan(plan, report).
 -- Returns a report: {name=, dir=, gallery=, results=, cells=, takes={...}, to_pay=, to_pay_seconds=,
--- made=, skipped=, failed=, unknown=, errors=, paid=, paid_seconds=, dry_run=} | nil, err.
+-- made=, skipped=, failed=, unknown=, errors=, interrupted=, paid=, paid_seconds=, dry_run=} | nil, err.
+-- What a run pays for is read from the batch journal (batch.plan), the identity batch itself uses.
 function M.run(client, spec, opts)
   opts = opts or {}
   local json = client.json
+  local batch = require "jimeng.batch"
   if type(spec) == "string" then
     local err
     spec, err = M.load(spec, json)
@@ -445,6 +485,8 @@ function M.run(client, spec, opts)
       end
     end
   end
+  local journal_path = dir .. "/journal.jsonl"
+  local plan_opts = { journal = journal_path, output_dir = dir, recreate_unknown = opts.recreate_unknown }
 
   -- takes: one per cell, plus the retakes asked for now and before
   local takes_path = dir .. "/takes.json"
@@ -460,23 +502,50 @@ function M.run(client, spec, opts)
       return invalid(("--retake %s: no such cell (cells: %s%s)"):format(id, table.concat(list, " "),
         #plan.cells > 6 and " ..." or ""), "retake")
     end
-    takes_count[id] = (tonumber(takes_count[id]) or 1) + 1
   end
-  local takes = expand_takes(plan, takes_count)
+  local takes = expand_takes(plan, takes_count, json)
+  local retake_changed = false
+  if retake then
+    -- a retake adds a take only when the cell's last take is finished (saved or failed); a rerun of the
+    -- same --retake command after an interruption continues the unfinished take instead of paying again
+    local states, serr = batch.plan(client, jobs_of(takes), plan_opts)
+    if not states then return nil, serr end
+    local state_of = {}
+    for _, st in ipairs(states) do state_of[st.label] = st.state end
+    local done_ids = {}
+    for _, id in ipairs(retake) do
+      if not done_ids[id] then
+        done_ids[id] = true
+        local n = math.floor(math.max(1, tonumber(takes_count[id]) or 1)) -- JSON gives 2.0 on some builds
+        local last = state_of[n == 1 and id or (id .. TAKE_SEP .. n)]
+        if last == "saved" or last == "failed" then
+          takes_count[id], retake_changed = n + 1, true
+        end
+      end
+    end
+    takes = expand_takes(plan, takes_count, json)
+  end
 
-  -- what was made before: the previous results, for what this run would pay and for the gallery
+  -- what was made before, and what this run would pay for: from the journal, as batch will see it
+  local states, serr = batch.plan(client, jobs_of(takes), plan_opts)
+  if not states then return nil, serr end
   local results_path, gallery_path = dir .. "/results.json", dir .. "/index.html"
   local previous = {}
   for _, r in ipairs((read_json(results_path, json) or {}).cells or {}) do
-    if type(r) == "table" and r.label then previous[r.label] = r end
+    if type(r) == "table" and r.label and r.task_id then previous[r.label] = r end
   end
   local to_pay, to_pay_seconds = 0, 0
-  for _, t in ipairs(takes) do
+  for i, t in ipairs(takes) do
+    local st = states[i]
+    t.state, t.task_id = st.state, st.task_id
+    if st.state == "saved" and st.path:sub(1, #dir + 1) == dir .. "/" then t.video = st.path:sub(#dir + 2) end
     local p = previous[t.label]
-    if p and p.task_id then
-      for _, k in ipairs { "task_id", "status", "error", "created_at", "generation_seconds", "duration" } do t[k] = p[k] end
-      if t.status == "in_queue" or t.status == "processing" or t.status == "creating" then t.status = "pending" end
-    else
+    if p and t.task_id and p.task_id == t.task_id then -- details of this very task only
+      for _, k in ipairs { "error", "created_at", "generation_seconds" } do t[k] = p[k] end
+    end
+    t.status = (st.state == "saved" or st.state == "failed" or st.state == "unknown") and st.state or "pending"
+    if st.state == "failed" and not t.error then t.error = { kind = "task_failed", message = "the task failed" } end
+    if st.create then
       t.new = true
       to_pay = to_pay + 1
       to_pay_seconds = to_pay_seconds + (t.cell.seconds or 0)
@@ -485,24 +554,28 @@ function M.run(client, spec, opts)
 
   local report = { name = plan.name, dir = dir, gallery = gallery_path, results = results_path, plan = plan,
     cells = #plan.cells, takes = takes, to_pay = to_pay, to_pay_seconds = to_pay_seconds, dry_run = opts.dry_run,
-    made = 0, skipped = 0, failed = 0, unknown = 0, errors = 0, paid = 0, paid_seconds = 0, rows = rows, cols = cols }
+    made = 0, skipped = 0, failed = 0, unknown = 0, errors = 0, interrupted = 0, paid = 0, paid_seconds = 0,
+    rows = rows, cols = cols }
   if opts.on_plan then opts.on_plan(plan, report) end
   if opts.dry_run then return report end
   local max = opts.max_videos or 20
   if to_pay > max and not opts.yes then
-    return invalid(("this run would pay for %d videos (%d s), above the limit of %d: run with --dry-run to see them, "
-      .. "then pass --yes (yes=true) or raise --max-videos"):format(to_pay, to_pay_seconds, max), "max_videos")
+    local e = errors.new { kind = "invalid_argument", field = "max_videos",
+      message = ("this run would pay for %d video%s (%d s), above the limit of %d (nothing was paid for)"):format(
+        to_pay, to_pay == 1 and "" or "s", to_pay_seconds, max),
+      hint = "see what it would make with --dry-run, then pass --yes (yes=true) or raise --max-videos" }
+    return nil, e
   end
 
+  -- only directories before batch has checked everything and holds the journal's lock: a refused run
+  -- (another run on the journal, a file in the way) leaves the gallery and takes.json as they were
   for _, sub in ipairs { "", "/videos", "/posters" } do
-    if not mkdir(dir .. sub) then return nil, errors.new { kind = "io", message = "cannot make " .. dir .. sub } end
-  end
-  if retake then
-    local ok, why = write_atomic(takes_path, json.encode(takes_count))
-    if not ok then return nil, errors.new { kind = "io", message = "cannot write " .. takes_path .. ": " .. tostring(why) } end
+    local ok, why = core.mkdirs(dir .. sub)
+    if not ok then return nil, errors.new { kind = "io", message = "cannot make " .. dir .. sub .. ": " .. tostring(why) } end
   end
 
   local ffmpeg = find_ffmpeg(opts.ffmpeg)
+  local poster_timeout = opts.poster_timeout or 10
   local by_label = {}
   for _, t in ipairs(takes) do
     by_label[t.label] = t
@@ -510,6 +583,11 @@ function M.run(client, spec, opts)
   end
   local live = true
   local function publish()
+    for _, t in ipairs(takes) do
+      if t.status == "saved" and not t.has_poster and t.poster_until then
+        t.has_poster = (core.file_size(dir .. "/" .. t.poster) or 0) > 0
+      end
+    end
     local data = gallery.data(plan, takes, { json = json, live = live, rows = rows, cols = cols, report = report,
       canonical = function(v) return canonical(json, v) end })
     local ok, why = write_atomic(results_path, gallery.results_json(data, json))
@@ -521,27 +599,29 @@ function M.run(client, spec, opts)
     local path = dir .. "/" .. t.video
     t.duration = M.mp4_duration(path)
     local poster = dir .. "/" .. t.poster
-    if ffmpeg and not core.file_size(poster) then make_poster(ffmpeg, path, poster) end
-    t.has_poster = core.file_size(poster) ~= nil
-  end
-  for _, t in ipairs(takes) do
-    if t.status == "saved" then
-      if core.file_size(dir .. "/" .. t.video) then finish_video(t) else t.status = "pending" end
+    t.has_poster = (core.file_size(poster) or 0) > 0
+    if ffmpeg and not t.has_poster and not t.poster_until then
+      start_poster(ffmpeg, path, poster, poster_timeout)
+      t.poster_until = core.now() + poster_timeout + 3
     end
   end
-  local ok, werr = publish()
-  if not ok then return nil, werr end
 
-  local jobs = {}
-  for i, t in ipairs(takes) do
-    local job = copy(t.cell.params)
-    job.label, job.output = t.label, t.video
-    jobs[i] = job
-  end
   local publish_error
-  local summary, berr = client:batch(jobs, {
-    journal = dir .. "/journal.jsonl", output_dir = dir, concurrency = opts.concurrency,
+  local summary, berr = client:batch(jobs_of(takes), {
+    journal = journal_path, output_dir = dir, concurrency = opts.concurrency, overwrite = opts.overwrite,
     recreate_unknown = opts.recreate_unknown, interval = opts.interval, timeout = opts.timeout,
+    on_start = function()
+      if retake_changed then
+        local ok, why = write_atomic(takes_path, json.encode(takes_count))
+        if not ok then
+          return nil, errors.new { kind = "io", message = "cannot write " .. takes_path .. ": " .. tostring(why) }
+        end
+      end
+      for _, t in ipairs(takes) do
+        if t.status == "saved" then finish_video(t) end
+      end
+      return publish()
+    end,
     on_event = function(ev)
       local t = by_label[ev.job.label]
       local changed = true
@@ -557,9 +637,11 @@ function M.run(client, spec, opts)
       elseif ev.type == "saved" or ev.type == "skipped" then
         t.status, t.task_id = "saved", ev.job.task_id or t.task_id
         t.error = nil
+        local path = ev.job.path
+        if path and path:sub(1, #dir + 1) == dir .. "/" then t.video = path:sub(#dir + 2) end
         finish_video(t)
         report[ev.type == "saved" and "made" or "skipped"] = report[ev.type == "saved" and "made" or "skipped"] + 1
-      elseif ev.type == "failed" or ev.type == "unknown" or ev.type == "error" then
+      elseif ev.type == "failed" or ev.type == "unknown" or ev.type == "error" or ev.type == "interrupted" then
         t.status, t.task_id = ev.type, ev.job.task_id or t.task_id
         local e = ev.job.error
         t.error = e and { kind = e.kind, message = e.message } or nil
@@ -577,12 +659,29 @@ function M.run(client, spec, opts)
       end
     end,
   })
+  -- refused before it started (the lock, a file in the way): nothing was touched, the gallery included
+  if not summary then return nil, berr end
   live = false
-  if not summary then
-    publish()
-    return nil, berr
+  -- a take that did not reach an end is not shown as running forever
+  for _, t in ipairs(takes) do
+    if t.status == "pending" or t.status == "in_queue" or t.status == "processing" or t.status == "completed" then
+      t.status = "interrupted"
+      t.error = t.error or { kind = "interrupted", message = "the run stopped before this video was made: run again" }
+    end
   end
-  ok, werr = publish()
+  -- the posters still being made: waited for (each within its time limit), unless the run was interrupted
+  if summary.interrupted == 0 then
+    while true do
+      local waiting = false
+      for _, t in ipairs(takes) do
+        if t.status == "saved" and t.poster_until and core.now() < t.poster_until
+          and (core.file_size(dir .. "/" .. t.poster) or 0) == 0 then waiting = true end
+      end
+      if not waiting then break end
+      core.sleep(0.05)
+    end
+  end
+  local ok, werr = publish()
   if not ok then return nil, werr end
   if publish_error then return nil, publish_error end
   return report

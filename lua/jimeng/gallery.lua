@@ -20,7 +20,8 @@ local function show(v, canonical)
 end
 
 local STATUS_WORDS = { pending = "waiting", in_queue = "in queue", processing = "processing", completed = "downloading",
-  saved = "done", failed = "failed", unknown = "unknown outcome", error = "error" }
+  saved = "done", failed = "failed", unknown = "unknown outcome", error = "error",
+  interrupted = "interrupted: run again" }
 
 --- The gallery's data (also results.json): plain values only.
 -- opts: live, rows, cols, report, canonical(v) -> text, json.
@@ -49,7 +50,9 @@ function M.data(plan, takes, opts)
     local c = t.cell
     local varying = {}
     for _, k in ipairs(plan.varying) do
-      if c.params[k] ~= nil and not (k == "prompt" and plan.template) and not by_name[k] then varying[k] = c.params[k] end
+      -- a grid cell's axis values are its chips; an extra cell shows every parameter it does not share
+      local shown = c.extra and c.axes[k] == nil or not (by_name[k] or (k == "prompt" and plan.template))
+      if c.params[k] ~= nil and shown then varying[k] = c.params[k] end
     end
     cells[i] = {
       id = c.id, label = t.label, take = t.take, extra = c.extra or false, axes = c.axes, varying = varying,
@@ -129,7 +132,7 @@ align-items:center;justify-content:center}
 .facts{font-size:12px;color:var(--muted);display:flex;flex-wrap:wrap;gap:2px 10px}
 .status{font-weight:600}
 .s-saved .status{color:var(--ok)}.s-failed .status,.s-error .status,.s-unknown .status{color:var(--bad)}
-.s-pending .status,.s-in_queue .status,.s-processing .status,.s-completed .status{color:var(--wait)}
+.s-interrupted .status,.s-pending .status,.s-in_queue .status,.s-processing .status,.s-completed .status{color:var(--wait)}
 .task{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:11px;overflow-wrap:anywhere}
 .error{color:var(--bad);font-size:12.5px;margin:6px 0 0;overflow-wrap:anywhere}
 .actions{display:flex;gap:6px;margin-top:8px}
