@@ -86,11 +86,15 @@ asan:
 	    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1"
 
 # The suite under valgrind's memcheck: any invalid access, or any block definitely or indirectly lost,
-# fails the run. Only the Lua process is traced (the sandbox, nginx and the CLI children are not ours).
+# fails the run. The suite and our own children (the jimeng command) are traced; the sandbox and nginx are not ours.
 VALGRIND ?= valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=1 \
   --num-callers=30 --suppressions=$(CURDIR)/sanitizers/valgrind.supp
+# Our own children (the jimeng command the specs run) under memcheck too: an error or a leak exits 97.
+VALGRIND_CHILD ?= valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=97 \
+  --suppressions=$(CURDIR)/sanitizers/valgrind.supp
 valgrind: all
-	@$(MAKE) --no-print-directory test TEST_WRAPPER="$(VALGRIND)" BUSTED_ARGS="--exclude-tags=host $(BUSTED_ARGS)"
+	@JIMENG_CHILD_WRAPPER="$(VALGRIND_CHILD)" $(MAKE) --no-print-directory test TEST_WRAPPER="$(VALGRIND)" \
+	  BUSTED_ARGS="--exclude-tags=host $(BUSTED_ARGS)"
 
 # libFuzzer (clang) over normalization, response handling and URL parsing, seeded from the vendor page's examples.
 # Findings land in build/fuzz/ (crash-*); each one found becomes a spec case.

@@ -5,7 +5,7 @@ local core = require "jimeng.core"
 local cjson = require "cjson"
 local jimeng = require "jimeng"
 
-local lua = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
+local lua = proc.lua
 
 -- How many times the sandbox created a task for each prompt.
 local function creates_by_prompt(sb)
@@ -175,7 +175,7 @@ describe("jimeng.batch", function()
     assert.equals(dir .. "/first.mp4", s.jobs[1].path)
     assert.equals(dir .. "/custom.mp4", s.jobs[2].path)
     local _, err = client:batch(dir .. "/nope.jsonl")
-    assert.equals("io", err.kind)
+    assert.equals("invalid_argument", err.kind) -- a jobs file that cannot be read is the user's input
     h.write(dir .. "/bad.jsonl", '{"prompt": "ok"}\nnot json\n')
     local _, berr = client:batch(dir .. "/bad.jsonl")
     assert.truthy(berr.message:find("line 2"))

@@ -3,7 +3,7 @@ local h = require "spec.support.helpers"
 local proc = require "spec.support.process"
 local cjson = require "cjson"
 
-local lua = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
+local lua = proc.lua
 
 describe("the jimeng command", function()
   local sb, dir, env

@@ -8,7 +8,7 @@ local jimeng = require "jimeng"
 local experiment = require "jimeng.experiment"
 local images = require "spec.support.images"
 
-local lua = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
+local lua = proc.lua
 
 local function count(text, pattern)
   local n = 0

@@ -5,7 +5,7 @@ local proc = require "spec.support.process"
 local core = require "jimeng.core"
 local cjson = require "cjson"
 
-local lua = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
+local lua = proc.lua
 
 local function creates_by_prompt(sb)
   local count = {}

@@ -5,7 +5,7 @@ local proc = require "spec.support.process"
 local cjson = require "cjson"
 local jimeng = require "jimeng"
 
-local lua = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
+local lua = proc.lua
 local CANARY = "sk-canary-0123456789abcdef-SECRET"
 local STATUS_PATH = "^/v1/videos/[0-9]+$"
 local CREATE_PATH = "^/v1/videos$"
