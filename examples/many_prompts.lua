@@ -19,7 +19,7 @@ local results, errs = jimeng.run(function()
   for i, prompt in ipairs(jobs) do
     list[i] = function()
       return client:generate({ prompt = prompt, seconds = 5, aspect_ratio = "16:9" }, {
-        output = ("%s/variation-%02d.mp4"):format(outdir, i),
+        output = ("%s/variation-%02d.mp4"):format(outdir, i), overwrite = true, -- a rerun makes them anew
         interval = tonumber(os.getenv("JIMENG_POLL_INTERVAL") or "") or 15,
       })
     end

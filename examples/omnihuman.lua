@@ -26,6 +26,7 @@ result, err = client:omnihuman({
   subject = function(masks) return masks[1] end,
   output = output,
 }, {
+  overwrite = true, -- the example makes its video anew on every run
   interval = tonumber(os.getenv("JIMENG_POLL_INTERVAL") or "") or 15,
   on_status = function(task) print(("[%3ds] task %s: %s"):format(os.time() - started, task.id, task.status)) end,
 })

@@ -111,23 +111,24 @@ static int l_interrupted(lua_State *L) {
 
 /* core.mute_interrupt(): keeps the caught signal but lets waits block again (the self-pipe drained): for
  * the one wait that must go on after Ctrl-C, a paid request's answer. */
-static int l_mute_interrupt(lua_State *L) {
+static void jm_drain_sigpipe(void) {
     char buf[64];
-    (void)L;
     if (jm_sigpipe[0] >= 0)
         while (read(jm_sigpipe[0], buf, sizeof buf) > 0) {
         }
+}
+
+static int l_mute_interrupt(lua_State *L) {
+    (void)L;
+    jm_drain_sigpipe();
     return 0;
 }
 
 /* core.clear_interrupt(): forgets a caught signal. */
 static int l_clear_interrupt(lua_State *L) {
-    char buf[64];
     (void)L;
     jm_caught = 0;
-    if (jm_sigpipe[0] >= 0)
-        while (read(jm_sigpipe[0], buf, sizeof buf) > 0) {
-        }
+    jm_drain_sigpipe();
     return 0;
 }
 
