@@ -112,10 +112,11 @@ static int l_interrupted(lua_State *L) {
 /* core.mute_interrupt(): keeps the caught signal but lets waits block again (the self-pipe drained): for
  * the one wait that must go on after Ctrl-C, a paid request's answer. */
 static void jm_drain_sigpipe(void) {
-    char buf[64];
-    if (jm_sigpipe[0] >= 0)
+    if (jm_sigpipe[0] >= 0) {
+        char buf[64];
         while (read(jm_sigpipe[0], buf, sizeof buf) > 0) {
         }
+    }
 }
 
 static int l_mute_interrupt(lua_State *L) {
