@@ -46,6 +46,12 @@ describe("base URLs, read by libcurl's URL parser", function()
     assert(jimeng.new { api_key = "k", base_url = "http://example.com/v1", allow_insecure_http = true })
   end)
 
+  it("refuses a host libcurl would normalize into one it cannot parse again (found by the URL fuzzer)", function()
+    local c, err = jimeng.new { api_key = "k", base_url = "http://0x%7f.0./v1" }
+    assert.is_nil(c)
+    assert.equals("base_url", err.field)
+  end)
+
   it("refuses a query or fragment in the base URL, which would swallow the API paths", function()
     for _, url in ipairs { "https://api.tokenops.ai/v1?x=1", "https://api.tokenops.ai/v1#top" } do
       local c, err = jimeng.new { api_key = "k", base_url = url }

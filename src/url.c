@@ -188,6 +188,27 @@ static int l_parse_url(lua_State *L) {
         lua_pushliteral(L, "the URL has no host");
         return 2;
     }
+    {
+        /* the normalized URL is what every request uses: it must parse again to the same host (libcurl
+         * normalizes some odd hosts, "0x%7f.0.", into URLs it then refuses) */
+        char *norm = NULL, *again_host = NULL;
+        CURLU *again = curl_url();
+        int same = 0;
+        if (again && curl_url_get(u, CURLUPART_URL, &norm, 0) == CURLUE_OK && norm &&
+            curl_url_set(again, CURLUPART_URL, norm, CURLU_NON_SUPPORT_SCHEME) == CURLUE_OK &&
+            curl_url_get(again, CURLUPART_HOST, &again_host, 0) == CURLUE_OK && again_host)
+            same = strcmp(again_host, host) == 0;
+        curl_free(norm);
+        curl_free(again_host);
+        curl_url_cleanup(again);
+        if (!same) {
+            curl_free(host);
+            curl_url_cleanup(u);
+            lua_pushnil(L);
+            lua_pushliteral(L, "the URL's host does not survive libcurl's own normalization");
+            return 2;
+        }
+    }
     lua_createtable(L, 0, 10);
     jm_setstr(L, "host", host);
     jm_setbool(L, "loopback", jm_host_is_loopback(host));
