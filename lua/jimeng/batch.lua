@@ -21,21 +21,23 @@ local M = {}
 
 local JOB_KEYS = { label = true, output = true }
 
---- A canonical JSON text of a value (object keys sorted), so that equal bodies give equal texts.
-local function canonical(json, v)
-  if type(v) ~= "table" then return json.encode(v) end
+--- A canonical JSON text of a value (object keys sorted), so that equal bodies give equal texts. `leaf`
+-- encodes the values that are not tables (default json.encode: the journal's identity depends on it).
+local function canonical(json, v, leaf)
+  leaf = leaf or json.encode
+  if type(v) ~= "table" then return leaf(v) end
   local n = #v
   local count = 0
   for _ in pairs(v) do count = count + 1 end
   local parts = {}
   if count == n and n > 0 then
-    for i = 1, n do parts[i] = canonical(json, v[i]) end
+    for i = 1, n do parts[i] = canonical(json, v[i], leaf) end
     return "[" .. table.concat(parts, ",") .. "]"
   end
   local keys = {}
   for k in pairs(v) do keys[#keys + 1] = tostring(k) end
   table.sort(keys)
-  for i, k in ipairs(keys) do parts[i] = json.encode(k) .. ":" .. canonical(json, v[k]) end
+  for i, k in ipairs(keys) do parts[i] = json.encode(k) .. ":" .. canonical(json, v[k], leaf) end
   return "{" .. table.concat(parts, ",") .. "}"
 end
 M.canonical = canonical

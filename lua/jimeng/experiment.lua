@@ -11,6 +11,7 @@
 -- posters/*.jpg (first frames, when ffmpeg is installed), index.html (the gallery) and results.json (the
 -- same data for scripts), both rewritten atomically after every job event, and written only once batch
 -- has passed its checks and holds the journal's lock. What a run pays for is read from the journal.
+local batch = require "jimeng.batch"
 local core = require "jimeng.core"
 local errors = require "jimeng.errors"
 local gallery = require "jimeng.gallery"
@@ -25,24 +26,10 @@ local function invalid(message, field)
   return nil, errors.new { kind = "invalid_argument", message = message, field = field }
 end
 
---- A JSON text with object keys sorted, so that equal values give equal texts.
+--- A JSON text with object keys sorted, so that equal values give equal texts (batch's, with "/" left
+-- unescaped: lua-cjson writes it as "\/", valid, but not what a person pastes).
 local function canonical(json, v)
-  if type(v) ~= "table" then
-    -- lua-cjson writes "/" as "\/": valid, but not what a person pastes; a "\/" is always that escape
-    return (json.encode(v):gsub("\\/", "/"))
-  end
-  local n, count = #v, 0
-  for _ in pairs(v) do count = count + 1 end
-  local parts = {}
-  if count == n and n > 0 then
-    for i = 1, n do parts[i] = canonical(json, v[i]) end
-    return "[" .. table.concat(parts, ",") .. "]"
-  end
-  local keys = {}
-  for k in pairs(v) do keys[#keys + 1] = tostring(k) end
-  table.sort(keys)
-  for i, k in ipairs(keys) do parts[i] = json.encode(k) .. ":" .. canonical(json, v[k]) end
-  return "{" .. table.concat(parts, ",") .. "}"
+  return batch.canonical(json, v, function(x) return (json.encode(x):gsub("\\/", "/")) end)
 end
 M.canonical = canonical
 
@@ -458,7 +445,6 @@ end
 function M.run(client, spec, opts)
   opts = opts or {}
   local json = client.json
-  local batch = require "jimeng.batch"
   if type(spec) == "string" then
     local err
     spec, err = M.load(spec, json)
