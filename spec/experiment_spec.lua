@@ -461,7 +461,7 @@ describe("jimeng experiment (the command)", function()
       local journal = h.read(dir .. "/out/journal.jsonl") or ""
       local created = count(journal, '"event":"created"')
     until (created >= 2 and created == count(journal, '"event":"sending"')) or core.now() > deadline
-    os.execute("pkill -TERM -P " .. pid)
+    os.execute(proc.clean_env .. "pkill -TERM -P " .. pid) -- pkill is not ours: no sanitizer preloaded
     while not (h.read(dir .. "/code") or ""):find("%d") and core.now() < deadline do core.sleep(0.02) end
     local err = h.read(dir .. "/err") or ""
     assert.equals("130", (h.read(dir .. "/code") or ""):match("%d+"), err)
