@@ -7,16 +7,6 @@ local jimeng = require "jimeng"
 
 local lua = proc.lua
 
--- How many times the sandbox created a task for each prompt.
-local function creates_by_prompt(sb)
-  local count = {}
-  for _, t in pairs(sb:tasks()) do
-    local p = t.body.prompt
-    count[p] = (count[p] or 0) + 1
-  end
-  return count
-end
-
 describe("jimeng.batch", function()
   local sb, client, dir
   setup(function()
@@ -75,7 +65,7 @@ describe("jimeng.batch", function()
     end }))
     assert.equals(6, s.saved)
     assert.is_true(backoffs >= 1)
-    for p, n in pairs(creates_by_prompt(sb)) do assert.equals(1, n, p) end
+    for p, n in pairs(sb:stats().creates_by_prompt) do assert.equals(1, n, p) end
   end)
 
   it("reports a failed task, and a rerun does not pay for it again", function()
@@ -203,7 +193,7 @@ describe("jimeng.batch", function()
     local ok, out = proc.run(cmd .. " --json -q", proc.own_env)
     local summary = cjson.decode(out:match("{.*}"))
     -- never paid twice: whatever the kills hit, no prompt was created more than once
-    local counts = creates_by_prompt(sb)
+    local counts = sb:stats().creates_by_prompt
     for p, n in pairs(counts) do assert.equals(1, n, p) end
     if summary.unknown > 0 then
       -- a kill landed while a create was in flight: those jobs are reported, not re-created blindly

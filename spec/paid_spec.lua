@@ -10,15 +10,6 @@ local lua = proc.lua
 -- unwrapped even under make valgrind, where memcheck's start-up and slowness would decide the outcome
 local plain_lua = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
 
-local function creates_by_prompt(sb)
-  local count = {}
-  for _, t in pairs(sb:tasks()) do
-    local p = t.body.prompt
-    count[p] = (count[p] or 0) + 1
-  end
-  return count
-end
-
 describe("every output path is checked before the first create", function()
   local sb, client, dir
   setup(function()
@@ -320,7 +311,7 @@ describe("a batch of 30 killed 10 times at random moments, with a storm of 429s 
       os.execute("kill -9 " .. pid .. " 2>/dev/null")
       core.sleep(0.05)
     end
-    for p, n in pairs(creates_by_prompt(sb)) do assert.equals(1, n, p) end -- never paid twice
+    for p, n in pairs(sb:stats().creates_by_prompt) do assert.equals(1, n, p) end -- never paid twice
     -- each job the journal leaves unknown was handed to the wire and got no answer: its last record is "sending"
     local last = {}
     for line in (h.read(dir .. "/run.jsonl") or ""):gmatch("[^\n]+") do
@@ -339,7 +330,7 @@ describe("a batch of 30 killed 10 times at random moments, with a storm of 429s 
     local sending = 0
     for _, ev in pairs(last) do if ev == "sending" then sending = sending + 1 end end
     assert.equals(sending, unknown)
-    for p, n in pairs(creates_by_prompt(sb)) do assert.equals(1, n, p) end
+    for p, n in pairs(sb:stats().creates_by_prompt) do assert.equals(1, n, p) end
     if unknown == 0 then
       assert.is_true(ok, out)
       assert.equals(30, sb:stats().creates)
