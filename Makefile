@@ -37,7 +37,7 @@ LIBS         = $(CURL_LIBS) -lm -lpthread
 
 BUILD       ?= build/$(LUA)
 SO           = $(BUILD)/jimeng/core.so
-SRCS         = src/core.c src/engine.c src/normalize.c src/files.c src/url.c
+SRCS         = src/core.c src/util.c src/signals.c src/engine.c src/request.c src/response.c src/files.c src/url.c
 OBJS         = $(SRCS:src/%.c=$(BUILD)/obj/%.o)
 LUA_SRCS     = $(wildcard lua/jimeng/*.lua)
 
@@ -112,7 +112,7 @@ build/fuzz/normalize: fuzz/fuzz_normalize.c $(SRCS) src/jimeng.h
 
 build/fuzz/response: fuzz/fuzz_response.c $(SRCS) src/jimeng.h
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_CFLAGS) fuzz/fuzz_response.c src/core.c src/normalize.c src/files.c src/url.c -o $@ $(FUZZ_LINK)
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_CFLAGS) fuzz/fuzz_response.c $(SRCS) -o $@ $(FUZZ_LINK)
 
 build/fuzz/url: fuzz/fuzz_url.c $(SRCS) src/jimeng.h
 	@mkdir -p $(dir $@)

@@ -28,7 +28,8 @@ build = {
   type = "builtin",
   modules = {
     ["jimeng.core"] = {
-      sources = { "src/core.c", "src/engine.c", "src/normalize.c", "src/files.c", "src/url.c" },
+      sources = { "src/core.c", "src/util.c", "src/signals.c", "src/engine.c", "src/request.c", "src/response.c",
+        "src/files.c", "src/url.c" },
       libraries = { "curl", "pthread", "m" },
       incdirs = { "$(CURL_INCDIR)", "$(CURL_INCDIR)/x86_64-linux-gnu", "$(CURL_INCDIR)/aarch64-linux-gnu",
         "$(CURL_INCDIR)/i386-linux-gnu", "$(CURL_INCDIR)/arm-linux-gnueabihf" },

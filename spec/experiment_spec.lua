@@ -537,9 +537,7 @@ describe("jimeng experiment (the command)", function()
     local body
     for _, t in pairs(sb:tasks()) do body = t.body end
     local sent = cjson.encode(body)
-    local f = assert(io.open(png, "rb"))
-    local b64 = core.base64(f:read("*a"))
-    f:close()
+    local b64 = h.base64_file(png)
     assert.truthy(sent:find(b64:sub(1, 40), 1, true), sent:sub(1, 300))
   end)
 

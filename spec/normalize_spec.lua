@@ -89,9 +89,11 @@ describe("normalize gives the vendor page's own bodies", function()
       core.subject_body("detection", IMAGE))
     assert.same({ model = "OmniHuman_1.5", req_key = "jimeng_realman_avatar_picture_create_role_omni_v15", image_url = IMAGE },
       core.subject_body("recognition", IMAGE))
-    local body, err = core.subject_body("detection", "file:///etc/passwd")
+    local body, why, class, field = core.subject_body("detection", "file:///etc/passwd")
     assert.is_nil(body)
-    assert.equals("image_url", err.field)
+    assert.matches("http or https URL", why)
+    assert.equals("invalid_argument", class)
+    assert.equals("image_url", field)
   end)
 end)
 
@@ -294,7 +296,7 @@ describe("normalize reads local image files", function()
     assert.same({ type = "text", text = "move" }, body.content[1])
     assert.equals("image_base64", body.content[2].type)
     local url = body.content[2].image_url.url
-    assert.equals("data:image/png;base64," .. core.base64(h.read(path)), url)
+    assert.equals("data:image/png;base64," .. h.base64_file(path), url)
   end)
 
   it("sniffs a JPEG by its bytes, whatever its name", function()

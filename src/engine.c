@@ -1340,25 +1340,8 @@ void jm_open_engine(lua_State *L) {
         {"result", l_transfer_result}, {"done", l_transfer_done}, {"progress", l_transfer_progress},
         {"cancel", l_transfer_cancel}, {"handed_over", l_transfer_handed_over}, {NULL, NULL},
     };
-    luaL_newmetatable(L, JM_ENGINE_MT);
-    lua_newtable(L);
-    jm_setfuncs(L, engine_m, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_engine_close);
-    lua_setfield(L, -2, "__gc");
-#if LUA_VERSION_NUM >= 504
-    lua_pushcfunction(L, l_engine_close);
-    lua_setfield(L, -2, "__close");
-#endif
-    lua_pop(L, 1);
-
-    luaL_newmetatable(L, JM_TRANSFER_MT);
-    lua_newtable(L);
-    jm_setfuncs(L, transfer_m, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_transfer_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
+    jm_new_class(L, JM_ENGINE_MT, engine_m, l_engine_close, l_engine_close);
+    jm_new_class(L, JM_TRANSFER_MT, transfer_m, l_transfer_gc, NULL);
 
     lua_pushcfunction(L, l_engine_new);
     lua_setfield(L, -2, "engine");

@@ -450,14 +450,6 @@ static int l_append_durable(lua_State *L) {
     return 1;
 }
 
-/* core.base64(s) -> base64 text */
-static int l_base64(lua_State *L) {
-    size_t n;
-    const char *s = luaL_checklstring(L, 1, &n);
-    jm_push_base64(L, (const unsigned char *)s, n);
-    return 1;
-}
-
 /* core.sniff_image(bytes) -> mime, width, height | nil */
 static int l_sniff_image(lua_State *L) {
     size_t n;
@@ -651,29 +643,13 @@ void jm_open_files(lua_State *L) {
     };
     static const luaL_Reg fns[] = {
         {"part_open", l_part_open}, {"file_size", l_file_size}, {"append_durable", l_append_durable},
-        {"base64", l_base64},       {"sniff_image", l_sniff_image}, {"isatty", l_isatty},
+        {"sniff_image", l_sniff_image}, {"isatty", l_isatty},
         {"fingerprint", l_fingerprint}, {"check_output", l_check_output}, {"mkdirs", l_mkdirs},
         {"canonical_path", l_canonical_path},
         {"lock", l_lock}, {NULL, NULL},
     };
     static const luaL_Reg lock_m[] = {{"unlock", l_unlock}, {NULL, NULL}};
-    luaL_newmetatable(L, JM_PART_MT);
-    lua_newtable(L);
-    jm_setfuncs(L, part_m, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_part_gc);
-    lua_setfield(L, -2, "__gc");
-#if LUA_VERSION_NUM >= 504
-    lua_pushcfunction(L, l_part_close);
-    lua_setfield(L, -2, "__close");
-#endif
-    lua_pop(L, 1);
+    jm_new_class(L, JM_PART_MT, part_m, l_part_gc, l_part_close);
+    jm_new_class(L, JM_LOCK_MT, lock_m, l_unlock, NULL);
     jm_setfuncs(L, fns, 0);
-    luaL_newmetatable(L, JM_LOCK_MT);
-    lua_newtable(L);
-    jm_setfuncs(L, lock_m, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_unlock);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
 }

@@ -1,4 +1,5 @@
-/* jimeng.core: shared declarations of the C core (engine, normalization, files). */
+/* jimeng.core: what the C files share. util.c (helpers) depends on nothing; signals.c, engine.c, request.c,
+ * response.c, files.c and url.c use util.c and, where said below, each other; core.c only registers them. */
 #ifndef JIMENG_H
 #define JIMENG_H
 
@@ -15,14 +16,6 @@
 #define JM_HIDDEN __attribute__((visibility("hidden")))
 #else
 #define JM_HIDDEN
-/* url.c: whether a host (as libcurl gives it: IPv6 in brackets) is loopback; whether a no-proxy list
- * (libcurl's syntax) covers it. */
-JM_HIDDEN int jm_host_is_loopback(const char *host);
-JM_HIDDEN int jm_noproxy_match(const char *host, const char *list);
-/* url.c: whether a request to url goes through a proxy: `proxy` (NULL: libcurl's environment variables) unless
- * `noproxy` (NULL: no_proxy / NO_PROXY) covers its host; when it does, `where` gets the proxy's host:port. */
-JM_HIDDEN int jm_proxy_for(const char *url, const char *proxy, const char *noproxy, char *where, size_t wheresz);
-
 #endif
 
 /* Lua 5.1 / LuaJIT shims under our own names, so they never collide with LuaJIT's own symbols. */
@@ -32,34 +25,35 @@ JM_HIDDEN void jm_setfuncs(lua_State *L, const luaL_Reg *l, int nup);
 #else
 #define jm_rawlen(L, i) lua_rawlen((L), (i))
 #define jm_setfuncs(L, l, n) luaL_setfuncs((L), (l), (n))
-/* url.c: whether a host (as libcurl gives it: IPv6 in brackets) is loopback; whether a no-proxy list
- * (libcurl's syntax) covers it. */
-JM_HIDDEN int jm_host_is_loopback(const char *host);
-JM_HIDDEN int jm_noproxy_match(const char *host, const char *list);
-/* url.c: whether a request to url goes through a proxy: `proxy` (NULL: libcurl's environment variables) unless
- * `noproxy` (NULL: no_proxy / NO_PROXY) covers its host; when it does, `where` gets the proxy's host:port. */
-JM_HIDDEN int jm_proxy_for(const char *url, const char *proxy, const char *noproxy, char *where, size_t wheresz);
-
 #endif
 
-/* Sets t[k] = v for the table at the top of the stack. */
+/* util.c: sets t[k] = v for the table at the top of the stack. */
 JM_HIDDEN void jm_setstr(lua_State *L, const char *k, const char *v);
 JM_HIDDEN void jm_setlstr(lua_State *L, const char *k, const char *v, size_t n);
 JM_HIDDEN void jm_setint(lua_State *L, const char *k, lua_Integer v);
 JM_HIDDEN void jm_setbool(lua_State *L, const char *k, int v);
 
-/* Monotonic seconds. */
+/* util.c: monotonic seconds; the number of UTF-8 characters (-1: invalid UTF-8); the name of `names`
+ * (NULL-terminated) nearest to s by edit distance, or NULL when none is close enough to be a typo; a
+ * userdata class (metatable `name` with methods as __index, and __gc / __close when given). */
 JM_HIDDEN double jm_now(void);
+JM_HIDDEN long jm_utf8_len(const unsigned char *s, size_t n);
+JM_HIDDEN const char *jm_nearest(const char *s, const char *const *names);
+JM_HIDDEN void jm_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc,
+                            lua_CFunction close);
 
-/* Signals: the signal number caught since the trap was set (0: none); the read end of the self-pipe a
+/* signals.c: the signal number caught since the trap was set (0: none); the read end of the self-pipe a
  * trapped signal writes to (-1: no trap), for every wait to watch; a wait's milliseconds made sane. */
 JM_HIDDEN int jm_interrupted(void);
 JM_HIDDEN int jm_signal_fd(void);
 JM_HIDDEN double jm_wait_cap(double ms);
 
 /* Registration of each C file's functions into the module table at the top of the stack. */
+JM_HIDDEN void jm_open_util(lua_State *L);
+JM_HIDDEN void jm_open_signals(lua_State *L);
 JM_HIDDEN void jm_open_engine(lua_State *L);
-JM_HIDDEN void jm_open_normalize(lua_State *L);
+JM_HIDDEN void jm_open_request(lua_State *L);
+JM_HIDDEN void jm_open_response(lua_State *L);
 JM_HIDDEN void jm_open_files(lua_State *L);
 JM_HIDDEN void jm_open_url(lua_State *L);
 

@@ -125,9 +125,9 @@ local function prepare(client, jobs, opts)
     for k, v in pairs(job) do
       if not JOB_KEYS[k] then params[k] = v end
     end
-    local body, warnings = core.normalize(params)
+    local body, why, class, field = core.normalize(params)
     if not body then
-      local e = errors.new(warnings)
+      local e = errors.from_core(why, class, field)
       e.message = ("job %d%s: %s"):format(i, job.label and (" (" .. tostring(job.label) .. ")") or "", e.message)
       return nil, e
     end

@@ -270,8 +270,8 @@ end
 -- until_deadline, on_retry.
 function Client:create(params, opts)
   check_method_self(self, "create")
-  local body, warnings = core.normalize(params)
-  if not body then return nil, errors.new(warnings) end
+  local body, warnings, class, field = core.normalize(params)
+  if not body then return nil, errors.from_core(warnings, class, field) end
   local ok, err = need_key(self)
   if not ok then return nil, err end
   opts = opts or {}
@@ -631,8 +631,8 @@ end
 -- Subjects (OmniHuman)
 
 local function subject_call(self, which, image_url, opts)
-  local body, err = core.subject_body(which, image_url)
-  if not body then return nil, errors.new(err) end
+  local body, why, class, field = core.subject_body(which, image_url)
+  if not body then return nil, errors.from_core(why, class, field) end
   local ok, kerr = need_key(self)
   if not ok then return nil, kerr end
   local decoded, r = http.json(self, {
@@ -804,8 +804,8 @@ function Client:omnihuman(params, opts)
   for k, v in pairs(params) do
     if not OMNI_WORKFLOW[k] then wire[k] = v end
   end
-  local body, warnings = core.normalize(wire, "omni_human")
-  if not body then return nil, errors.new(warnings) end
+  local body, warnings, class, field = core.normalize(wire, "omni_human")
+  if not body then return nil, errors.from_core(warnings, class, field) end
   if params.subject ~= nil and body.mask_urls then
     return invalid("give either subject (detect and choose) or masks, not both", "subject")
   end

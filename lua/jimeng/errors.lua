@@ -36,6 +36,8 @@ M.KINDS = {
     hint = "a callback of yours raised an error; the task id above is what was paid for" },
   interrupted = { retryable = false, exit = EXIT_INTERRUPTED,
     hint = "interrupted: nothing was lost; the line above says how to continue" },
+  internal = { retryable = false, exit = EXIT_API,
+    hint = "jimeng or libcurl failed where it should not: report the message above" },
 }
 
 local Error = {}
@@ -87,6 +89,11 @@ function M.new(fields, secret)
   end
   if e.retryable == nil then e.retryable = (M.KINDS[e.kind] or {}).retryable == true end
   return e
+end
+
+--- The error for a runtime failure returned by the C core as `nil, message, class[, field]`.
+function M.from_core(message, class, field)
+  return M.new { kind = M.KINDS[class] and class or "internal", message = message, field = field }
 end
 
 function M.is(v)

@@ -190,9 +190,9 @@ function M.plan(spec, json)
     for k in pairs(IMAGE_KEYS) do
       if params[k] ~= nil then params[k] = resolve_images(params[k], spec_dirs[spec]) end
     end
-    local body, err = core.normalize(params)
+    local body, why, class, field = core.normalize(params)
     if not body then
-      local e = errors.new(err)
+      local e = errors.from_core(why, class, field)
       e.message = ("cell %s: %s"):format(id, e.message)
       return nil, e
     end

@@ -28,8 +28,8 @@ end
 
 --- The JSON body `create` would send for params, and its warnings; no network. body, warnings | nil, err
 function M.normalize(params)
-  local body, warnings = core.normalize(params)
-  if not body then return nil, errors.new(warnings) end
+  local body, warnings, class, field = core.normalize(params)
+  if not body then return nil, errors.from_core(warnings, class, field) end
   return body, warnings
 end
 

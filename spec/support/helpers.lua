@@ -43,6 +43,14 @@ function M.read(path)
   return s
 end
 
+-- The base64 of a file by coreutils' base64: an encoder that is not ours, to check ours against.
+function M.base64_file(path)
+  local pipe = assert(io.popen("base64 -w0 '" .. path:gsub("'", "'\\''") .. "'"))
+  local b64 = pipe:read("*a")
+  pipe:close()
+  return b64
+end
+
 function M.exists(path)
   local f = io.open(path, "rb")
   if f then f:close() end
