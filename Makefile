@@ -112,7 +112,7 @@ build/fuzz/normalize: fuzz/fuzz_normalize.c $(SRCS) src/jimeng.h
 
 build/fuzz/response: fuzz/fuzz_response.c $(SRCS) src/jimeng.h
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_CFLAGS) fuzz/fuzz_response.c $(SRCS) -o $@ $(FUZZ_LINK)
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_CFLAGS) fuzz/fuzz_response.c $(filter-out src/engine.c,$(SRCS)) -o $@ $(FUZZ_LINK)
 
 build/fuzz/url: fuzz/fuzz_url.c $(SRCS) src/jimeng.h
 	@mkdir -p $(dir $@)
