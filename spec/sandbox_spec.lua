@@ -693,8 +693,13 @@ describe("the sandbox's TLS directory (it holds a private key)", function()
     local sb = h.sandbox(opts)
     local dir = sb.cainfo:match("^(.*)/[^/]+$")
     assert.is_true(exists(sb.cainfo))
-    local t = assert(engine:request { url = sb.root .. "/_sandbox/stats", cainfo = sb.cainfo, timeout = 10 })
-    drive { t }
+    local tls_engine = core.engine { cainfo = sb.cainfo }
+    local t = assert(tls_engine:request { url = sb.root .. "/_sandbox/stats", timeout = 10 })
+    while not t:done() do
+      tls_engine:perform()
+      tls_engine:poll(20)
+    end
+    tls_engine:close()
     local r = t:result()
     assert.equals(200, r.status, r.curl_error)
     return sb, dir, json_of(r).pid

@@ -35,7 +35,10 @@
 #define JM_ENGINE_MT "jimeng.engine"
 #define JM_TRANSFER_MT "jimeng.transfer"
 #define JM_MAX_HEADER_BYTES ((size_t)64 * 1024)
-#define JM_DEFAULT_MAX_BODY ((double)8 * 1024 * 1024)
+#define JM_MAX_JSON_BODY ((double)8 * 1024 * 1024) /* an API answer: the one place this cap is set */
+#define JM_MAX_ERROR_BODY ((double)1024 * 1024)   /* what a download keeps of a body that is not the video */
+#define JM_CONNECT_TIMEOUT 10.0                    /* seconds: the default of jimeng.new's connect_timeout */
+#define JM_MAX_REDIRECTS 5L                        /* a download's, to the storage host; API calls follow none */
 #define JM_DOWNLOAD_BUFFER (256L * 1024)
 #define JM_MAX_HOST_CONNECTIONS 64
 #define JM_POOL 16 /* idle easy handles an engine keeps for its next transfers */
@@ -45,13 +48,15 @@
 
 typedef struct jm_transfer jm_transfer;
 
-/* Idle easy handles, each remembering the profile it was configured for: creating, resetting and
- * configuring a handle per request costs more than a status poll itself, so a request of the same
- * profile (say, a client's JSON calls) takes a handle already configured and sets only its own options. */
+/* A client's network settings, given once to core.engine and applied to every handle of its engine. */
 typedef struct {
-    CURL *easy;
-    char *profile;
-} jm_idle;
+    char *user_agent, *cainfo, *capath, *proxy, *noproxy;
+    char *api_key;     /* downloads: libcurl's bearer auth (never carried to another host on a redirect) */
+    char *auth_header; /* API calls: "Authorization: Bearer <key>" (they follow no redirect) */
+    long httpversion;
+    long connect_ms;
+    long stall_s; /* a download slower than 1 KiB/s for this long is cut (0: never) */
+} jm_config;
 
 typedef struct {
     CURLM *multi;
@@ -61,9 +66,12 @@ typedef struct {
     int *done, ndone, donecap;  /* registry refs of transfers finished since the last perform, in order */
     int max_running;            /* at most this many at once: so at most this many connections per host */
     int multiplexed;            /* its server was seen speaking HTTP/2: transfers share connections as streams */
-    jm_idle pool[JM_POOL];
+    /* idle easy handles configured for API calls: creating, resetting and configuring a handle per request
+     * costs more than a status poll itself, so an API call takes one configured and sets only its own options */
+    CURL *pool[JM_POOL];
     int npool;
     int closed;
+    jm_config cfg;
 } jm_engine;
 
 typedef struct {
@@ -72,13 +80,16 @@ typedef struct {
 } jm_buf;
 
 enum { JM_NEW, JM_RUNNING, JM_DONE };
+/* API: a JSON call of the API, its handle pooled; DOWNLOAD: a video into a partial file, following redirects;
+ * PROBE: a handshake that reads a refused certificate and sends nothing */
+enum { JM_KIND_API, JM_KIND_DOWNLOAD, JM_KIND_PROBE };
 /* SNIFF: a 200 whose first bytes are held in memory until they show whether it is a video or text */
 enum { JM_SINK_UNDECIDED, JM_SINK_SNIFF, JM_SINK_FILE, JM_SINK_MEMORY };
 #define JM_SNIFF_BYTES 64
 
 struct jm_transfer {
     CURL *easy;
-    char *profile; /* the profile its handle is configured for (goes back to the pool with it) */
+    int kind; /* JM_KIND_API, JM_KIND_DOWNLOAD, JM_KIND_PROBE */
     struct curl_slist *hdrs;
     jm_engine *eng; /* NULL once the engine is gone */
     jm_transfer *prev, *next;
@@ -593,7 +604,7 @@ static const char *jm_failure_class(const jm_transfer *t) {
 static void jm_release_easy(jm_transfer *t) {
     jm_engine *e = t->eng;
     if (!t->easy) return;
-    if (e && !e->closed && e->npool < JM_POOL && !t->path && !t->probe &&
+    if (e && !e->closed && e->npool < JM_POOL && t->kind == JM_KIND_API &&
         curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, NULL) == CURLE_OK &&
         curl_easy_setopt(t->easy, CURLOPT_ERRORBUFFER, NULL) == CURLE_OK &&
         curl_easy_setopt(t->easy, CURLOPT_PRIVATE, NULL) == CURLE_OK &&
@@ -603,48 +614,25 @@ static void jm_release_easy(jm_transfer *t) {
         curl_easy_setopt(t->easy, CURLOPT_PREREQDATA, NULL) == CURLE_OK &&
 #endif
         curl_easy_setopt(t->easy, CURLOPT_CLOSESOCKETDATA, NULL) == CURLE_OK) {
-        e->pool[e->npool].easy = t->easy;
-        e->pool[e->npool].profile = t->profile;
-        e->npool++;
+        e->pool[e->npool++] = t->easy;
     } else {
         curl_easy_cleanup(t->easy);
-        free(t->profile);
     }
     t->easy = NULL;
-    t->profile = NULL;
     curl_slist_free_all(t->hdrs);
     t->hdrs = NULL;
 }
 
-/* Takes an idle handle configured for `profile` (returns 1), or any idle handle reset to its defaults,
- * or a new one (returns 0: every option must be set). A download always gets a new handle, and it is not
- * pooled after: libcurl refuses CURLOPT_BUFFERSIZE on a handle whose buffer is still allocated (as it is
- * after a failed transfer, reset or not), and a large buffer is not worth keeping idle. */
-static int jm_acquire_easy(jm_engine *e, jm_transfer *t, const char *profile) {
-    if (t->path) {
-        t->easy = curl_easy_init();
-        t->profile = NULL;
-        return 0;
+/* Takes an idle handle configured for API calls (returns 1: only the request's own options are left to set),
+ * or a new one (returns 0). A download or probe always gets a new handle, and it is not pooled after:
+ * libcurl refuses CURLOPT_BUFFERSIZE on a handle whose buffer is still allocated (as it is after a failed
+ * transfer, reset or not), and a large buffer is not worth keeping idle. */
+static int jm_acquire_easy(jm_engine *e, jm_transfer *t) {
+    if (t->kind == JM_KIND_API && e->npool > 0) {
+        t->easy = e->pool[--e->npool];
+        return 1;
     }
-    if (profile) {
-        for (int i = e->npool - 1; i >= 0; i--) {
-            if (e->pool[i].profile && strcmp(e->pool[i].profile, profile) == 0) {
-                t->easy = e->pool[i].easy;
-                t->profile = e->pool[i].profile;
-                e->pool[i] = e->pool[--e->npool];
-                return 1;
-            }
-        }
-    }
-    if (e->npool > 0) {
-        jm_idle *idle = &e->pool[--e->npool];
-        t->easy = idle->easy;
-        free(idle->profile);
-        curl_easy_reset(t->easy);
-    } else {
-        t->easy = curl_easy_init();
-    }
-    t->profile = profile ? strdup(profile) : NULL;
+    t->easy = curl_easy_init();
     return 0;
 }
 
@@ -743,8 +731,6 @@ static int l_transfer_gc(lua_State *L) {
     jm_finish(L, t, CURLE_ABORTED_BY_CALLBACK);
     if (t->easy) curl_easy_cleanup(t->easy);
     t->easy = NULL;
-    free(t->profile);
-    t->profile = NULL;
     curl_slist_free_all(t->hdrs);
     t->hdrs = NULL;
     jm_buf_free(&t->body);
@@ -925,11 +911,98 @@ static jm_engine *jm_check_engine(lua_State *L, int i) {
     return e;
 }
 
-static double jm_optnum(lua_State *L, int idx, const char *k, double def);
+/* Reads opts[k] as a number, or def when absent (another type is misuse: raised). */
+static double jm_optnum(lua_State *L, int idx, const char *k, double def) {
+    double v = def;
+    lua_getfield(L, idx, k);
+    if (!lua_isnil(L, -1)) {
+        if (lua_type(L, -1) != LUA_TNUMBER) luaL_error(L, "jimeng: %s must be a number", k);
+        v = lua_tonumber(L, -1);
+    }
+    lua_pop(L, 1);
+    return v;
+}
 
-/* core.engine([{max_connections=8}]) -> a new engine (one multi handle: its connections and TLS sessions are
- * reused). At most max_connections transfers run at once, so at most that many connections are open to a
- * host: the rest wait in the engine's queue, holding no socket, their timeouts not yet running. */
+static const char *jm_optstr(lua_State *L, int idx, const char *k, size_t *len) {
+    const char *v = NULL;
+    lua_getfield(L, idx, k);
+    if (!lua_isnil(L, -1)) {
+        if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "jimeng: %s must be a string", k);
+        v = lua_tolstring(L, -1, len);
+    }
+    lua_pop(L, 1); /* the string stays referenced by the options table for the call */
+    return v;
+}
+
+static int jm_optbool(lua_State *L, int idx, const char *k) {
+    int v;
+    lua_getfield(L, idx, k);
+    v = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+static int jm_has_crlf(const char *s) {
+    return strpbrk(s, "\r\n") != NULL;
+}
+
+static void jm_config_free(jm_config *c) {
+    free(c->user_agent);
+    free(c->cainfo);
+    free(c->capath);
+    free(c->proxy);
+    free(c->noproxy);
+    free(c->api_key);
+    free(c->auth_header);
+    memset(c, 0, sizeof *c);
+}
+
+/* Copies opts[k] (a string without CR or LF) into *out; NULL when absent. Raises on misuse. */
+static void jm_config_str(lua_State *L, int idx, const char *k, char **out) {
+    const char *v = jm_optstr(L, idx, k, NULL);
+    if (!v) return;
+    if (jm_has_crlf(v)) luaL_error(L, "jimeng: %s contains CR or LF", k);
+    if (!(*out = strdup(v))) luaL_error(L, "jimeng: out of memory");
+}
+
+/* Reads a client's settings into e->cfg (e is already the userdata at the top: a raise frees it by __gc). */
+static void jm_config_read(lua_State *L, int idx, jm_engine *e) {
+    jm_config *c = &e->cfg;
+    const char *httpv;
+    double ct = JM_CONNECT_TIMEOUT, stall = 0;
+    c->httpversion = CURL_HTTP_VERSION_2TLS;
+    if (lua_istable(L, idx)) {
+        jm_config_str(L, idx, "user_agent", &c->user_agent);
+        jm_config_str(L, idx, "cainfo", &c->cainfo);
+        jm_config_str(L, idx, "capath", &c->capath);
+        jm_config_str(L, idx, "proxy", &c->proxy);
+        jm_config_str(L, idx, "no_proxy", &c->noproxy);
+        jm_config_str(L, idx, "api_key", &c->api_key);
+        httpv = jm_optstr(L, idx, "http_version", NULL);
+        if (httpv && strcmp(httpv, "1.1") == 0) c->httpversion = CURL_HTTP_VERSION_1_1;
+        else if (httpv && strcmp(httpv, "2") == 0) c->httpversion = CURL_HTTP_VERSION_2_0;
+        else if (httpv && strcmp(httpv, "auto") != 0) luaL_error(L, "jimeng: http_version must be auto, 1.1 or 2");
+        ct = jm_optnum(L, idx, "connect_timeout", JM_CONNECT_TIMEOUT);
+        stall = jm_optnum(L, idx, "stall_timeout", 0);
+        if (!(ct > 0 && ct <= 86400) || !(stall >= 0 && stall <= 86400))
+            luaL_error(L, "jimeng: connect_timeout and stall_timeout are seconds up to a day");
+    }
+    c->connect_ms = (long)(ct * 1000);
+    c->stall_s = (long)stall;
+    if (c->api_key) {
+        size_t n = strlen(c->api_key) + sizeof "Authorization: Bearer ";
+        if (!(c->auth_header = malloc(n))) luaL_error(L, "jimeng: out of memory");
+        snprintf(c->auth_header, n, "Authorization: Bearer %s", c->api_key);
+    }
+}
+
+/* core.engine([settings]) -> a new engine: one multi handle (its connections and TLS sessions are reused)
+ * with a client's settings, applied to every request it makes. settings: max_connections (8),
+ * connect_timeout (seconds, 10), user_agent, cainfo, capath, proxy ("" for none; absent: the environment's),
+ * no_proxy, http_version ("auto" | "1.1" | "2"), api_key (sent to the API, and to the host of a download
+ * only: never to a host a redirect leads to), stall_timeout (a download slower than 1 KiB/s for this
+ * many seconds is cut). At most max_connections transfers run at once, so at most that many connections are
+ * open to a host: the rest wait in the engine's queue, holding no socket, their timeouts not yet running. */
 static int l_engine_new(lua_State *L) {
     long maxc = JM_DEFAULT_MAX_CONNECTIONS;
     jm_engine *e;
@@ -945,6 +1018,7 @@ static int l_engine_new(lua_State *L) {
     if (!e->multi) return luaL_error(L, "jimeng: curl_multi_init failed");
     luaL_getmetatable(L, JM_ENGINE_MT);
     lua_setmetatable(L, -2);
+    jm_config_read(L, 1, e);
     if (curl_multi_setopt(e->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX) != CURLM_OK)
         return luaL_error(L, "jimeng: cannot enable HTTP/2 multiplexing");
     /* libcurl's default of 100 streams per connection would open a new connection for every transfer past
@@ -969,11 +1043,8 @@ static int l_engine_close(lua_State *L) {
         jm_finish(L, t, CURLE_ABORTED_BY_CALLBACK);
         t->eng = NULL;
     }
-    while (e->npool > 0) {
-        e->npool--;
-        curl_easy_cleanup(e->pool[e->npool].easy);
-        free(e->pool[e->npool].profile);
-    }
+    while (e->npool > 0) curl_easy_cleanup(e->pool[--e->npool]);
+    jm_config_free(&e->cfg);
     while (e->ndone > 0) luaL_unref(L, LUA_REGISTRYINDEX, e->done[--e->ndone]);
     free(e->done);
     e->done = NULL;
@@ -984,185 +1055,16 @@ static int l_engine_close(lua_State *L) {
     return 0;
 }
 
-/* Reads opts[k] as a number, or def when absent. */
-static double jm_optnum(lua_State *L, int idx, const char *k, double def) {
-    double v = def;
-    lua_getfield(L, idx, k);
-    if (!lua_isnil(L, -1)) v = luaL_checknumber(L, -1);
-    lua_pop(L, 1);
-    return v;
-}
-
-static const char *jm_optstr(lua_State *L, int idx, const char *k, size_t *len) {
-    const char *v = NULL;
-    lua_getfield(L, idx, k);
-    if (!lua_isnil(L, -1)) v = luaL_checklstring(L, -1, len);
-    lua_pop(L, 1); /* the string stays referenced by the options table for the call */
-    return v;
-}
-
-static int jm_has_crlf(const char *s) {
-    return strpbrk(s, "\r\n") != NULL;
-}
-
 #define JM_SET(opt, val)                                                                                      \
     do {                                                                                                      \
         if (rc == CURLE_OK && (rc = curl_easy_setopt(t->easy, opt, val)) != CURLE_OK) bad_opt = (int)(opt);   \
     } while (0)
 
-/* engine:request(opts) -> transfer | nil, message
- * opts: url, method ("GET"|"POST"), body, headers (array of "Name: value"), bearer, timeout,
- * connect_timeout, low_speed_time, max_body, follow (max redirects), cainfo, user_agent,
- * part (a core.part_open object: the download's file), task_id (written in its record), offset (where a 206
- * must start), validator and total (what a 206 must carry), expect_binary, accept_encoding, fresh_connect,
- * capath, proxy ("" for none; absent: the environment's), no_proxy, http_version ("auto"|"1.1"|"2"),
- * probe_cert (handshake only, to read the certificate of a failed verification: cert_expire, cert_names),
- * profile: requests with the same profile must pass the same values for every option but url, method,
- * body, headers, timeout and fresh_connect; they then share configured handles. */
-static int l_engine_request(lua_State *L) {
-    jm_engine *e = jm_check_engine(L, 1);
-    jm_transfer *t;
+/* The options every handle of the engine shares, from its settings: set once per handle (a pooled API handle
+ * keeps them). */
+static CURLcode jm_configure_shared(const jm_config *c, jm_transfer *t) {
     CURLcode rc = CURLE_OK;
-    size_t blen = 0;
-    const char *url, *method, *body, *bearer, *cainfo, *capath, *proxy, *noproxy, *httpv, *ua, *profile, *task_id,
-        *validator;
-    jm_part *part = NULL;
-    long httpversion = CURL_HTTP_VERSION_2TLS;
-    int reuse, bad_opt = 0;
-    double timeout, ctimeout, lowtime;
-    long follow;
-    int i, n;
-    luaL_checktype(L, 2, LUA_TTABLE);
-    url = jm_optstr(L, 2, "url", NULL);
-    if (!url) return luaL_error(L, "jimeng: request needs a url");
-    method = jm_optstr(L, 2, "method", NULL);
-    body = jm_optstr(L, 2, "body", &blen);
-    bearer = jm_optstr(L, 2, "bearer", NULL);
-    cainfo = jm_optstr(L, 2, "cainfo", NULL);
-    capath = jm_optstr(L, 2, "capath", NULL);
-    proxy = jm_optstr(L, 2, "proxy", NULL);
-    noproxy = jm_optstr(L, 2, "no_proxy", NULL);
-    httpv = jm_optstr(L, 2, "http_version", NULL);
-    ua = jm_optstr(L, 2, "user_agent", NULL);
-    task_id = jm_optstr(L, 2, "task_id", NULL);
-    validator = jm_optstr(L, 2, "validator", NULL);
-    profile = jm_optstr(L, 2, "profile", NULL);
-    timeout = jm_optnum(L, 2, "timeout", 0);
-    ctimeout = jm_optnum(L, 2, "connect_timeout", 10);
-    lowtime = jm_optnum(L, 2, "low_speed_time", 0);
-    follow = (long)jm_optnum(L, 2, "follow", 0);
-    if (jm_has_crlf(url) || (bearer && jm_has_crlf(bearer)) || (ua && jm_has_crlf(ua))) {
-        lua_pushnil(L);
-        lua_pushliteral(L, "a URL or header value contains CR or LF");
-        return 2;
-    }
-
-    t = lua_newuserdata(L, sizeof *t);
-    memset(t, 0, sizeof *t);
-    t->fd = -1;
-    t->ref = LUA_NOREF;
-    t->part_ref = LUA_NOREF;
-    luaL_getmetatable(L, JM_TRANSFER_MT);
-    lua_setmetatable(L, -2);
-    t->timeout_ms = timeout > 0 ? (long)(timeout * 1000) : 0L;
-    t->deadline = jm_optnum(L, 2, "deadline", 0);
-    t->max_body = (size_t)jm_optnum(L, 2, "max_body", JM_DEFAULT_MAX_BODY);
-    t->offset = (curl_off_t)jm_optnum(L, 2, "offset", 0);
-    lua_getfield(L, 2, "expect_binary");
-    t->expect_binary = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    t->total = (curl_off_t)jm_optnum(L, 2, "total", -1);
-    lua_getfield(L, 2, "part");
-    if (!lua_isnil(L, -1)) {
-        part = luaL_checkudata(L, -1, JM_PART_MT);
-        if (part->fd < 0) return luaL_error(L, "jimeng: the partial file is closed");
-        t->part = part;
-        t->fd = part->fd;
-        t->part_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* the transfer keeps its file alive */
-        if (!(t->path = strdup(part->path)) || (task_id && !(t->task_id = strdup(task_id))) ||
-            (validator && !(t->validator = strdup(validator))))
-            return luaL_error(L, "jimeng: out of memory");
-    } else {
-        lua_pop(L, 1);
-    }
-    lua_getfield(L, 2, "probe_cert");
-    t->probe = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    if (httpv && strcmp(httpv, "1.1") == 0) httpversion = CURL_HTTP_VERSION_1_1;
-    else if (httpv && strcmp(httpv, "2") == 0) httpversion = CURL_HTTP_VERSION_2_0;
-    t->proxy_used = jm_proxy_for(url, proxy, noproxy, t->proxy_where, sizeof t->proxy_where);
-
-    reuse = jm_acquire_easy(e, t, profile);
-    if (!t->easy) return luaL_error(L, "jimeng: curl_easy_init failed");
-
-    lua_getfield(L, 2, "headers");
-    n = lua_istable(L, -1) ? (int)jm_rawlen(L, -1) : 0;
-    for (i = 1; i <= n; i++) {
-        struct curl_slist *nl;
-        const char *h;
-        lua_rawgeti(L, -1, i);
-        h = luaL_checkstring(L, -1);
-        if (jm_has_crlf(h)) {
-            lua_pushnil(L);
-            lua_pushliteral(L, "a header value contains CR or LF");
-            return 2;
-        }
-        nl = curl_slist_append(t->hdrs, h);
-        if (!nl) return luaL_error(L, "jimeng: out of memory");
-        t->hdrs = nl;
-        lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
-
-    /* per request: where it goes, what it sends, whose callbacks' data */
-    JM_SET(CURLOPT_URL, url);
-    JM_SET(CURLOPT_PRIVATE, (void *)t);
-    JM_SET(CURLOPT_ERRORBUFFER, t->errbuf);
-    JM_SET(CURLOPT_HEADERDATA, (void *)t);
-    JM_SET(CURLOPT_WRITEDATA, (void *)t);
-#if LIBCURL_VERSION_NUM >= 0x075000
-    JM_SET(CURLOPT_PREREQFUNCTION, jm_on_prereq);
-    JM_SET(CURLOPT_PREREQDATA, (void *)t);
-#endif
-    lua_getfield(L, 2, "paid");
-    t->paid = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    /* libcurl silently re-sends a request whose reused connection turns out dead, POST included: a paid
-     * request takes a fresh connection, so that it is never sent twice without Lua deciding it, and closes
-     * it when done, so that the OS can tell (TCP_INFO) how much of the request the peer acknowledged. */
-    JM_SET(CURLOPT_FRESH_CONNECT, t->paid ? 1L : 0L);
-    JM_SET(CURLOPT_FORBID_REUSE, t->paid ? 1L : 0L);
-    JM_SET(CURLOPT_CLOSESOCKETFUNCTION, t->paid ? jm_on_closesocket : NULL);
-    JM_SET(CURLOPT_CLOSESOCKETDATA, t->paid ? (void *)t : NULL);
-    {
-        size_t plen = 0, llen = 0;
-        const char *jpath = jm_optstr(L, 2, "journal", &plen), *jline = jm_optstr(L, 2, "journal_line", &llen);
-        if (jpath && jline) {
-            if (memchr(jpath, 0, plen)) return luaL_error(L, "jimeng: journal path contains NUL");
-            t->journal_len = plen + 1 + llen;
-            t->journal = malloc(t->journal_len + 1);
-            if (!t->journal) return luaL_error(L, "jimeng: out of memory");
-            memcpy(t->journal, jpath, plen + 1);
-            memcpy(t->journal + plen + 1, jline, llen);
-            t->journal[t->journal_len] = '\0';
-        }
-    }
-    if (method && strcmp(method, "POST") == 0) {
-        struct curl_slist *nl = curl_slist_append(t->hdrs, "Expect:"); /* no 100-continue round trip */
-        if (!nl) return luaL_error(L, "jimeng: out of memory");
-        t->hdrs = nl;
-        JM_SET(CURLOPT_POST, 1L);
-        JM_SET(CURLOPT_POSTFIELDSIZE, (long)blen);
-        JM_SET(CURLOPT_COPYPOSTFIELDS, body ? body : "");
-    } else if (method && strcmp(method, "GET") != 0) {
-        JM_SET(CURLOPT_CUSTOMREQUEST, method);
-    } else {
-        JM_SET(CURLOPT_HTTPGET, 1L);
-    }
-    JM_SET(CURLOPT_HTTPHEADER, t->hdrs);
-    if (reuse) goto configured;
-
-    /* per profile: the same for every request of a client's kind of call */
+    int bad_opt = 0;
     JM_SET(CURLOPT_NOSIGNAL, 1L);
     JM_SET(CURLOPT_TCP_KEEPALIVE, 1L);
 #if LIBCURL_VERSION_NUM >= 0x075500
@@ -1174,15 +1076,27 @@ static int l_engine_request(lua_State *L) {
 #endif
     JM_SET(CURLOPT_SSL_VERIFYPEER, 1L);
     JM_SET(CURLOPT_SSL_VERIFYHOST, 2L);
-    if (cainfo) JM_SET(CURLOPT_CAINFO, cainfo);
-    if (capath) JM_SET(CURLOPT_CAPATH, capath);
-    if (proxy) JM_SET(CURLOPT_PROXY, proxy); /* "" means none; NULL leaves libcurl to the environment */
-    if (noproxy) JM_SET(CURLOPT_NOPROXY, noproxy);
-    JM_SET(CURLOPT_HTTP_VERSION, httpversion);
+    if (c->cainfo) JM_SET(CURLOPT_CAINFO, c->cainfo);
+    if (c->capath) JM_SET(CURLOPT_CAPATH, c->capath);
+    if (c->proxy) JM_SET(CURLOPT_PROXY, c->proxy); /* "" means none; NULL leaves libcurl to the environment */
+    if (c->noproxy) JM_SET(CURLOPT_NOPROXY, c->noproxy);
+    JM_SET(CURLOPT_HTTP_VERSION, c->httpversion);
     /* many transfers started at once wait for the first connection to say whether it multiplexes (HTTP/2)
      * rather than each opening its own: 2,000 waiting tasks share a few connections, not 2,000 sockets */
-    if (httpversion != CURL_HTTP_VERSION_1_1) JM_SET(CURLOPT_PIPEWAIT, 1L);
-    if (t->probe) {
+    if (c->httpversion != CURL_HTTP_VERSION_1_1) JM_SET(CURLOPT_PIPEWAIT, 1L);
+    JM_SET(CURLOPT_CONNECTTIMEOUT_MS, c->connect_ms);
+    if (c->user_agent) JM_SET(CURLOPT_USERAGENT, c->user_agent);
+    JM_SET(CURLOPT_HEADERFUNCTION, jm_on_header);
+    JM_SET(CURLOPT_WRITEFUNCTION, jm_on_body);
+    (void)bad_opt;
+    return rc;
+}
+
+/* The options of a download or a certificate probe (never pooled: set on a new handle each time). */
+static CURLcode jm_configure_kind(const jm_config *c, jm_transfer *t) {
+    CURLcode rc = CURLE_OK;
+    int bad_opt = 0;
+    if (t->kind == JM_KIND_PROBE) {
         /* a certificate probe after a failed verification, to say why: it connects and handshakes, reads
          * the certificate, and sends no request (no header, no key), so verification can be off */
         JM_SET(CURLOPT_CONNECT_ONLY, 1L);
@@ -1191,33 +1105,133 @@ static int l_engine_request(lua_State *L) {
         JM_SET(CURLOPT_CERTINFO, 1L);
         JM_SET(CURLOPT_FRESH_CONNECT, 1L);
         JM_SET(CURLOPT_FORBID_REUSE, 1L);
+    } else if (t->kind == JM_KIND_DOWNLOAD) {
+        JM_SET(CURLOPT_FOLLOWLOCATION, 1L); /* to the storage host */
+        JM_SET(CURLOPT_MAXREDIRS, JM_MAX_REDIRECTS);
+        if (c->stall_s > 0) {
+            JM_SET(CURLOPT_LOW_SPEED_LIMIT, 1024L);
+            JM_SET(CURLOPT_LOW_SPEED_TIME, c->stall_s);
+        }
+        if (c->api_key) {
+            /* libcurl owns the Authorization header: it is never sent to another host on a redirect */
+            JM_SET(CURLOPT_HTTPAUTH, (long)CURLAUTH_BEARER);
+            JM_SET(CURLOPT_XOAUTH2_BEARER, c->api_key);
+        }
+        JM_SET(CURLOPT_BUFFERSIZE, (long)JM_DOWNLOAD_BUFFER);
     }
-    JM_SET(CURLOPT_FOLLOWLOCATION, follow > 0 ? 1L : 0L);
-    JM_SET(CURLOPT_MAXREDIRS, follow);
-    JM_SET(CURLOPT_CONNECTTIMEOUT_MS, (long)(ctimeout * 1000));
-    if (lowtime > 0) {
-        JM_SET(CURLOPT_LOW_SPEED_LIMIT, 1024L);
-        JM_SET(CURLOPT_LOW_SPEED_TIME, (long)lowtime);
-    }
-    if (ua) JM_SET(CURLOPT_USERAGENT, ua);
-    if (bearer) {
-        /* libcurl owns the Authorization header: it is never sent to another host on a redirect. */
-        JM_SET(CURLOPT_HTTPAUTH, (long)CURLAUTH_BEARER);
-        JM_SET(CURLOPT_XOAUTH2_BEARER, bearer);
-    }
-    lua_getfield(L, 2, "accept_encoding");
-    if (lua_toboolean(L, -1)) JM_SET(CURLOPT_ACCEPT_ENCODING, "");
-    lua_pop(L, 1);
-    JM_SET(CURLOPT_HEADERFUNCTION, jm_on_header);
-    JM_SET(CURLOPT_WRITEFUNCTION, jm_on_body);
-    if (part) JM_SET(CURLOPT_BUFFERSIZE, (long)JM_DOWNLOAD_BUFFER);
-configured:
-    if (rc != CURLE_OK) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "libcurl refused option %d: %s", bad_opt, curl_easy_strerror(rc));
-        return 2;
-    }
+    (void)bad_opt;
+    return rc;
+}
 
+/* Appends a header line to the transfer's list; 0 when out of memory. */
+static int jm_add_header(jm_transfer *t, const char *h) {
+    struct curl_slist *nl = curl_slist_append(t->hdrs, h);
+    if (!nl) return 0;
+    t->hdrs = nl;
+    return 1;
+}
+
+/* The header lines of a request: an API call's own (JSON, the key), then the caller's opts.headers.
+ * Returns NULL, or why the headers were refused (a line with CR or LF). Raises on out of memory. */
+static const char *jm_build_headers(lua_State *L, int opts, jm_engine *e, jm_transfer *t, int post) {
+    int ok = 1, i, n;
+    if (t->kind == JM_KIND_API) {
+        ok = jm_add_header(t, "Accept: application/json") && (!post || jm_add_header(t, "Content-Type: application/json")) &&
+             (!e->cfg.auth_header || jm_add_header(t, e->cfg.auth_header));
+    }
+    if (ok && post) ok = jm_add_header(t, "Expect:"); /* no 100-continue round trip */
+    lua_getfield(L, opts, "headers");
+    n = lua_istable(L, -1) ? (int)jm_rawlen(L, -1) : 0;
+    for (i = 1; ok && i <= n; i++) {
+        const char *h;
+        lua_rawgeti(L, -1, i);
+        if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "jimeng: headers must be strings");
+        h = lua_tostring(L, -1);
+        if (jm_has_crlf(h)) {
+            lua_pop(L, 2);
+            return "a header value contains CR or LF";
+        }
+        ok = jm_add_header(t, h);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    if (!ok) luaL_error(L, "jimeng: out of memory");
+    return NULL;
+}
+
+/* Copies "path\0line" for the journal line written at the moment of hand-over (a paid request's). */
+static void jm_take_journal(lua_State *L, int opts, jm_transfer *t) {
+    size_t plen = 0, llen = 0;
+    const char *jpath = jm_optstr(L, opts, "journal", &plen), *jline = jm_optstr(L, opts, "journal_line", &llen);
+    if (!jpath || !jline) return;
+    if (memchr(jpath, 0, plen)) luaL_error(L, "jimeng: journal path contains NUL");
+    t->journal_len = plen + 1 + llen;
+    t->journal = malloc(t->journal_len + 1);
+    if (!t->journal) luaL_error(L, "jimeng: out of memory");
+    memcpy(t->journal, jpath, plen + 1);
+    memcpy(t->journal + plen + 1, jline, llen);
+    t->journal[t->journal_len] = '\0';
+}
+
+/* A download's file and what its bytes must match (see jm_choose_sink). Raises on misuse. */
+static void jm_take_part(lua_State *L, int opts, jm_transfer *t) {
+    const char *task_id = jm_optstr(L, opts, "task_id", NULL), *validator = jm_optstr(L, opts, "validator", NULL);
+    jm_part *part;
+    lua_getfield(L, opts, "part");
+    part = luaL_checkudata(L, -1, JM_PART_MT);
+    if (part->fd < 0) luaL_error(L, "jimeng: the partial file is closed");
+    t->part = part;
+    t->fd = part->fd;
+    t->part_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* the transfer keeps its file alive */
+    if (!(t->path = strdup(part->path)) || (task_id && !(t->task_id = strdup(task_id))) ||
+        (validator && !(t->validator = strdup(validator))))
+        luaL_error(L, "jimeng: out of memory");
+    t->offset = (curl_off_t)jm_optnum(L, opts, "offset", 0);
+    t->total = (curl_off_t)jm_optnum(L, opts, "total", -1);
+    t->expect_binary = 1;
+    t->max_body = (size_t)JM_MAX_ERROR_BODY;
+}
+
+/* The options of this request alone: where it goes, what it sends, whose callbacks' data, whether it is paid. */
+static CURLcode jm_configure_request(jm_transfer *t, const char *url, const char *method, const char *body,
+                                     size_t blen, int accept_encoding) {
+    CURLcode rc = CURLE_OK;
+    int bad_opt = 0;
+    JM_SET(CURLOPT_URL, url);
+    JM_SET(CURLOPT_PRIVATE, (void *)t);
+    JM_SET(CURLOPT_ERRORBUFFER, t->errbuf);
+    JM_SET(CURLOPT_HEADERDATA, (void *)t);
+    JM_SET(CURLOPT_WRITEDATA, (void *)t);
+#if LIBCURL_VERSION_NUM >= 0x075000
+    JM_SET(CURLOPT_PREREQFUNCTION, jm_on_prereq);
+    JM_SET(CURLOPT_PREREQDATA, (void *)t);
+#endif
+    /* libcurl silently re-sends a request whose reused connection turns out dead, POST included: a paid
+     * request takes a fresh connection, so that it is never sent twice without Lua deciding it, and closes
+     * it when done, so that the OS can tell (TCP_INFO) how much of the request the peer acknowledged. */
+    if (t->kind == JM_KIND_API) {
+        JM_SET(CURLOPT_FRESH_CONNECT, t->paid ? 1L : 0L);
+        JM_SET(CURLOPT_FORBID_REUSE, t->paid ? 1L : 0L);
+    }
+    JM_SET(CURLOPT_CLOSESOCKETFUNCTION, t->paid ? jm_on_closesocket : NULL);
+    JM_SET(CURLOPT_CLOSESOCKETDATA, t->paid ? (void *)t : NULL);
+    JM_SET(CURLOPT_CUSTOMREQUEST, NULL);
+    if (method && strcmp(method, "POST") == 0) {
+        JM_SET(CURLOPT_POST, 1L);
+        JM_SET(CURLOPT_POSTFIELDSIZE, (long)blen);
+        JM_SET(CURLOPT_COPYPOSTFIELDS, body ? body : "");
+    } else {
+        JM_SET(CURLOPT_HTTPGET, 1L);
+        if (method && strcmp(method, "GET") != 0) JM_SET(CURLOPT_CUSTOMREQUEST, method);
+    }
+    JM_SET(CURLOPT_HTTPHEADER, t->hdrs);
+    JM_SET(CURLOPT_ACCEPT_ENCODING, accept_encoding ? "" : NULL);
+    (void)bad_opt;
+    return rc;
+}
+
+/* Links a configured transfer into its engine and queues it; it starts when a slot is free. */
+static void jm_submit(lua_State *L, jm_engine *e, jm_transfer *t) {
     t->eng = e;
     t->state = JM_RUNNING;
     t->next = e->head;
@@ -1230,6 +1244,85 @@ configured:
     else e->qhead = t;
     e->qtail = t;
     jm_pump(L, e);
+}
+
+/* engine:request(opts) -> transfer | nil, message, class
+ * The engine's settings (core.engine) apply; opts holds only this request's own fields:
+ *   kind: "api" (default: a JSON call of the API, with its key, following no redirect, its answer capped at
+ *         8 MiB), "download" (into opts.part, following redirects) or "probe" (handshake only, to read the
+ *         certificate of a failed verification: cert_expire, cert_names)
+ *   url, method ("GET" | "POST" | another), body, headers (array of "Name: value", after the kind's own),
+ *   timeout (seconds, from when it leaves the queue), deadline (absolute, core.now), accept_encoding,
+ *   max_body (API calls: a smaller or larger cap), paid (a create: see the facts in the result),
+ *   journal + journal_line (a paid request's line, fsynced when it is handed to the wire),
+ *   for a download: part (core.part_open), task_id (written in its record), offset (where a 206 must
+ *   start), validator and total (what a 206 must carry).
+ * A URL or header with CR or LF is refused as nil, message, "invalid_argument"; an option libcurl refuses
+ * as nil, message, "internal"; misuse (a wrong type, a closed part) raises. */
+static int l_engine_request(lua_State *L) {
+    jm_engine *e = jm_check_engine(L, 1);
+    jm_transfer *t;
+    CURLcode rc;
+    size_t blen = 0;
+    const char *url, *method, *body, *kind, *why;
+    int reuse;
+    luaL_checktype(L, 2, LUA_TTABLE);
+    url = jm_optstr(L, 2, "url", NULL);
+    if (!url) return luaL_error(L, "jimeng: request needs a url");
+    method = jm_optstr(L, 2, "method", NULL);
+    body = jm_optstr(L, 2, "body", &blen);
+    kind = jm_optstr(L, 2, "kind", NULL);
+    if (jm_has_crlf(url)) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "a URL contains CR or LF");
+        lua_pushliteral(L, "invalid_argument");
+        return 3;
+    }
+
+    t = lua_newuserdata(L, sizeof *t);
+    memset(t, 0, sizeof *t);
+    t->fd = -1;
+    t->ref = LUA_NOREF;
+    t->part_ref = LUA_NOREF;
+    luaL_getmetatable(L, JM_TRANSFER_MT);
+    lua_setmetatable(L, -2);
+    if (!kind || strcmp(kind, "api") == 0) t->kind = JM_KIND_API;
+    else if (strcmp(kind, "download") == 0) t->kind = JM_KIND_DOWNLOAD;
+    else if (strcmp(kind, "probe") == 0) t->kind = JM_KIND_PROBE;
+    else return luaL_error(L, "jimeng: request kind must be api, download or probe");
+    t->probe = t->kind == JM_KIND_PROBE;
+    {
+        double timeout = jm_optnum(L, 2, "timeout", 0);
+        t->timeout_ms = timeout > 0 ? (long)(timeout * 1000) : 0L;
+    }
+    t->deadline = jm_optnum(L, 2, "deadline", 0);
+    t->max_body = (size_t)jm_optnum(L, 2, "max_body", JM_MAX_JSON_BODY);
+    t->total = -1;
+    t->paid = t->kind == JM_KIND_API && jm_optbool(L, 2, "paid");
+    if (t->kind == JM_KIND_DOWNLOAD) jm_take_part(L, 2, t);
+    if (t->paid) jm_take_journal(L, 2, t);
+    t->proxy_used = jm_proxy_for(url, e->cfg.proxy, e->cfg.noproxy, t->proxy_where, sizeof t->proxy_where);
+
+    reuse = jm_acquire_easy(e, t);
+    if (!t->easy) return luaL_error(L, "jimeng: curl_easy_init failed");
+    why = jm_build_headers(L, 2, e, t, method && strcmp(method, "POST") == 0);
+    if (why) {
+        lua_pushnil(L);
+        lua_pushstring(L, why);
+        lua_pushliteral(L, "invalid_argument");
+        return 3;
+    }
+    rc = reuse ? CURLE_OK : jm_configure_shared(&e->cfg, t);
+    if (rc == CURLE_OK && !reuse) rc = jm_configure_kind(&e->cfg, t);
+    if (rc == CURLE_OK)
+        rc = jm_configure_request(t, url, method, body, blen, jm_optbool(L, 2, "accept_encoding"));
+    if (rc != CURLE_OK) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "libcurl refused an option: %s", curl_easy_strerror(rc));
+        lua_pushliteral(L, "internal");
+        return 3;
+    }
+    jm_submit(L, e, t);
     return 1;
 }
 

@@ -202,10 +202,15 @@ function Client.new(opts, json)
   end
   self.budget = Budget.new(self.max_rps)
   self.json = json
-  self.engine = core.engine { max_connections = self.max_connections }
   local luav = _VERSION
   if type(jit) == "table" and jit.version then luav = jit.version end -- luacheck: ignore 113
   self.user_agent = ("jimeng/%s %s %s"):format(core._VERSION, core.curl_version(), luav)
+  -- the engine holds the network settings from here on: each request gives only its own fields
+  self.engine = core.engine {
+    max_connections = self.max_connections, connect_timeout = self.connect_timeout, user_agent = self.user_agent,
+    cainfo = self.cainfo, capath = self.capath, proxy = self.proxy, no_proxy = self.no_proxy,
+    http_version = self.http_version, api_key = self.api_key, stall_timeout = self.stall_timeout,
+  }
   return self
 end
 
@@ -510,14 +515,11 @@ local function fetch(self, part, id, path, opts)
         return nil, errors.new { kind = "timeout", task_id = id, message = "the deadline passed before the download" }
       end
     end
-    local t, why = self.engine:request {
-      url = url, headers = headers, bearer = self.api_key, user_agent = self.user_agent, cainfo = self.cainfo,
-      capath = self.capath, proxy = self.proxy, no_proxy = self.no_proxy, http_version = self.http_version,
-      connect_timeout = self.connect_timeout, timeout = timeout, low_speed_time = self.stall_timeout, follow = 5,
+    local t, why, class = self.engine:request {
+      kind = "download", url = url, headers = headers, timeout = timeout,
       part = part, task_id = id, offset = offset, validator = rec and rec.validator, total = rec and rec.total,
-      expect_binary = true, max_body = 1024 * 1024,
     }
-    if not t then return nil, errors.new { kind = "invalid_argument", message = why } end
+    if not t then return nil, errors.from_core(why, class) end
     local done, sig
     if on_progress then
       local last_call = -1

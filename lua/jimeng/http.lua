@@ -167,28 +167,6 @@ local function should_retry(paid, r, err)
 end
 M.should_retry = function(paid, r) return should_retry(paid, r) end
 
--- The options of a client's JSON requests that never change: one table per client, of which each call
--- sets only its own fields (engine:request reads it at once, so coroutines cannot see each other's).
--- JSON calls follow no redirect, so the key can travel as a plain Authorization header: it cannot reach
--- another host (downloads, which follow redirects, leave it to libcurl's bearer handling instead). No
--- Accept-Encoding: compressing answers of a hundred bytes costs more than it saves.
-local function request_options(client)
-  local o = client._json_request
-  if not o then
-    local auth = "Authorization: Bearer " .. client.api_key
-    o = {
-      profile = "json", -- the engine is this client's own: its JSON calls share configured handles
-      connect_timeout = client.connect_timeout, user_agent = client.user_agent, cainfo = client.cainfo,
-      capath = client.capath, proxy = client.proxy, no_proxy = client.no_proxy, http_version = client.http_version,
-      max_body = 8 * 1024 * 1024, follow = 0,
-      get_headers = { "Accept: application/json", auth },
-      post_headers = { "Accept: application/json", "Content-Type: application/json", auth },
-    }
-    client._json_request = o
-  end
-  return o
-end
-
 -- The answer of a 2xx that cannot be read: the task exists all the same, so its id (when the raw body
 -- shows one) and the body go into the error, and the error says the task was made.
 local function unreadable(client, spec, r)
@@ -213,8 +191,6 @@ function M.json(client, spec)
   local url = client.base_url .. spec.path
   local body = spec.body and client.json.encode(spec.body)
   local retries = spec.max_retries or client.max_retries
-  local opts = request_options(client)
-  local headers = body and opts.post_headers or opts.get_headers
   local journal = spec.paid and spec.journal
   local not_made -- what a paid call's error says when nothing was sent: created = false
   if spec.paid then not_made = false end
@@ -234,12 +210,12 @@ function M.json(client, spec)
           message = ("interrupted (%s) before %s was sent"):format(stopped, spec.what) }
       end
     end
-    opts.url, opts.method, opts.body, opts.headers = url, spec.method, body, headers
-    opts.timeout, opts.deadline, opts.paid = client.timeout, spec.deadline, spec.paid
-    opts.journal, opts.journal_line = journal and journal.path, journal and journal.sending
-    local t, why = client.engine:request(opts)
-    opts.body = nil -- the request has its own copy; a large body is not kept alive here
-    if not t then return nil, errors.new { kind = "invalid_argument", message = why } end
+    -- the engine holds the client's settings (key, TLS, proxy, timeouts): the call gives only its own fields
+    local t, why, class = client.engine:request {
+      url = url, method = spec.method, body = body, timeout = client.timeout, deadline = spec.deadline,
+      paid = spec.paid, journal = journal and journal.path, journal_line = journal and journal.sending,
+    }
+    if not t then return nil, errors.from_core(why, class) end
     local _, interrupted = runtime.await(client.engine, t)
     if interrupted and spec.paid and not t:done() and t:handed_over() then
       -- Ctrl-C while a paid create is on the wire: its answer names the task that may now exist, so it is

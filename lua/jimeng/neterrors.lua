@@ -39,8 +39,7 @@ end
 local function probe(r, client)
   if not (client and client.engine and r.url) then return nil end
   local ok, t = pcall(client.engine.request, client.engine, {
-    url = r.url, probe_cert = true, connect_timeout = client.connect_timeout, timeout = client.connect_timeout,
-    proxy = client.proxy, no_proxy = client.no_proxy, http_version = client.http_version,
+    kind = "probe", url = r.url, timeout = client.connect_timeout,
   })
   if not ok or not t then return nil end
   runtime.await(client.engine, t)

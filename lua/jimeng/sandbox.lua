@@ -64,15 +64,16 @@ function M.start(opts)
     proc:close()
     return nil, "the sandbox did not start (is python3 installed?)"
   end
-  local self = setmetatable({ proc = proc, url = url, root = url:gsub("/v1$", ""), engine = core.engine() }, Sandbox)
+  local self = setmetatable({ proc = proc, url = url, root = url:gsub("/v1$", "") }, Sandbox)
   if opts.tls then self.cainfo = (proc:read("*l") or ""):match("^cert: (.+)$") end
+  self.engine = core.engine { cainfo = self.cainfo, proxy = "" } -- never proxied
   return self
 end
 
 --- A control-plane call: GET when body is nil, POST otherwise. Returns the decoded answer.
 function Sandbox:call(path, body)
   local t = assert(self.engine:request {
-    url = self.root .. path, method = body ~= nil and "POST" or "GET", cainfo = self.cainfo, proxy = "", -- never proxied
+    url = self.root .. path, method = body ~= nil and "POST" or "GET",
     body = body ~= nil and json.encode(body) or nil, timeout = 30, max_body = 256 * 1024 * 1024,
   })
   while not t:done() do
