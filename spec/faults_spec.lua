@@ -176,6 +176,20 @@ describe("JSON calls under faults", function()
     assert.equals("body-rid", err.request_id)
   end)
 
+  it("one rule for the request id of tasks and errors alike: the body's request_id, else the header", function()
+    local body_task = { id = task.id, object = "video", status = "processing", request_id = "task-body-rid" }
+    sb:faults {
+      { path = STATUS_PATH, fault = "json", status = 200, body = body_task },
+      { path = STATUS_PATH, fault = "json", status = 400, body = { message = "no", request_id = "err-body-rid" } },
+      { path = STATUS_PATH, fault = "json", status = 400, body = { message = "no" } },
+    }
+    assert.equals("task-body-rid", assert(client:status(task.id)).request_id) -- the header also had one
+    local _, err = client:status(task.id)
+    assert.equals("err-body-rid", err.request_id)
+    _, err = client:status(task.id)
+    assert.matches("^%x+%-%x+%-%x+%-%x+%-%x+$", err.request_id) -- the sandbox's x-request-id header
+  end)
+
   it("wait keeps polling through a fault that outlasts status's own retries, and completes", function()
     local t = assert(client:create { prompt = "patient" })
     sb:faults { path = STATUS_PATH, fault = "status", status = 503, count = 4, headers = FAST }

@@ -1438,6 +1438,14 @@ void jm_open_engine(lua_State *L) {
 
     lua_pushcfunction(L, l_engine_new);
     lua_setfield(L, -2, "engine");
+    /* core.limits: the engine's defaults and caps, for the Lua layer to state (never to define again) */
+    lua_newtable(L);
+    jm_setint(L, "connect_timeout", (lua_Integer)JM_CONNECT_TIMEOUT);
+    jm_setint(L, "max_connections", JM_DEFAULT_MAX_CONNECTIONS);
+    jm_setint(L, "max_json_body", (lua_Integer)JM_MAX_JSON_BODY);
+    jm_setint(L, "max_header_bytes", (lua_Integer)JM_MAX_HEADER_BYTES);
+    jm_setint(L, "max_redirects", JM_MAX_REDIRECTS);
+    lua_setfield(L, -2, "limits");
     lua_pushcfunction(L, l_wait_all);
     lua_setfield(L, -2, "wait_all");
 }

@@ -3,8 +3,9 @@
  *
  * core.task(decoded[, raw])        -> task | nil, message          (status vocabularies, ids as strings)
  * core.raw_id(raw)                 -> the top-level "id" as text, or nil
- * core.detection(decoded)          -> {has_subject=, mask_urls=, request_id=} | nil, message
- * core.recognition(decoded)        -> {has_subject=, task_id=, request_id=} | nil, message
+ * core.detection(decoded)          -> {has_subject=, mask_urls=} | nil, message
+ * core.recognition(decoded)        -> {has_subject=, task_id=} | nil, message
+ * (the request id, body or header, is read by the Lua layer: http.request_id)
  * core.error_message(decoded, raw) -> message, code, type          (OpenAI, flat, plain text, HTML)
  * core.utf8_clean(s)               -> s with invalid UTF-8 replaced
  */
@@ -238,10 +239,6 @@ static int l_task(lua_State *L) {
             lua_setfield(L, 2, "error");
         }
     }
-    lua_pop(L, 1);
-    lua_getfield(L, 1, "request_id");
-    if (lua_type(L, -1) == LUA_TSTRING) lua_setfield(L, 2, "request_id");
-    else lua_pop(L, 1);
     lua_settop(L, 2);
     return 1;
 }
@@ -267,7 +264,7 @@ static void jm_copy_string(lua_State *L, int from, int to, const char *k) {
     else lua_pop(L, 1);
 }
 
-/* core.detection(decoded) -> {has_subject=, mask_urls={...}, request_id=} | nil, message
+/* core.detection(decoded) -> {has_subject=, mask_urls={...}} | nil, message
  * mask_urls keep the server's order: by mask area, largest first. */
 static int l_detection(lua_State *L) {
     int has = 0;
@@ -296,11 +293,10 @@ static int l_detection(lua_State *L) {
     }
     lua_settop(L, 3);
     lua_setfield(L, 2, "mask_urls");
-    jm_copy_string(L, 1, 2, "request_id");
     return 1;
 }
 
-/* core.recognition(decoded) -> {has_subject=, task_id=, request_id=} | nil, message */
+/* core.recognition(decoded) -> {has_subject=, task_id=} | nil, message */
 static int l_recognition(lua_State *L) {
     int has = 0;
     if (!lua_istable(L, 1) || !jm_has_subject(L, 1, &has)) {
@@ -313,7 +309,6 @@ static int l_recognition(lua_State *L) {
     lua_pushboolean(L, has);
     lua_setfield(L, 2, "has_subject");
     jm_copy_string(L, 1, 2, "task_id");
-    jm_copy_string(L, 1, 2, "request_id");
     return 1;
 }
 

@@ -2,8 +2,10 @@
 local core = require "jimeng.core"
 local Budget = require "jimeng.budget"
 local errors = require "jimeng.errors"
+local download = require "jimeng.download"
 local http = require "jimeng.http"
 local runtime = require "jimeng.runtime"
+local workflows = require "jimeng.workflows"
 
 local Client = {}
 Client.__index = Client
@@ -12,7 +14,7 @@ local now = core.now
 
 local DEFAULTS = {
   base_url = "https://api.tokenops.ai/v1",
-  timeout = 60, connect_timeout = 10, max_retries = 2,
+  timeout = 60, connect_timeout = core.limits.connect_timeout, max_retries = 2,
   poll_interval = 5, wait_timeout = 600, stall_timeout = 30, http_version = "auto",
 }
 
@@ -35,22 +37,11 @@ local function getenv_nonempty(name)
   return v
 end
 
-local function invalid(message, field)
-  return nil, errors.new { kind = "invalid_argument", message = message, field = field }
-end
+local invalid = errors.invalid
 
-local function nearest_option(name)
-  local best, bestd
-  for k in pairs(OPTIONS) do
-    -- a cheap similarity: shared prefix length, enough for typos like "timout" or "api-key"
-    local d = 0
-    for i = 1, math.min(#k, #name) do
-      if k:sub(i, i) == name:sub(i, i) then d = d + 1 end
-    end
-    if not bestd or d > bestd then best, bestd = k, d end
-  end
-  return best
-end
+local OPTION_NAMES = {}
+for k in pairs(OPTIONS) do OPTION_NAMES[#OPTION_NAMES + 1] = k end
+table.sort(OPTION_NAMES)
 
 --- Checks a base URL with libcurl's own parser (core.parse_url), so the host judged is the host libcurl will
 -- connect to: https, or http on a loopback host (or with allow_insecure_http); no userinfo, query or fragment.
@@ -161,7 +152,9 @@ function Client.new(opts, json)
   if type(opts) ~= "table" then error("jimeng.new: options must be a table", 2) end
   for k, v in pairs(opts) do
     if not OPTIONS[k] then
-      return invalid(("unknown option %q: did you mean %q?"):format(tostring(k), nearest_option(tostring(k))), tostring(k))
+      local near = core.nearest(tostring(k), OPTION_NAMES)
+      return invalid(("unknown option %q%s (options: %s)"):format(tostring(k),
+        near and (": did you mean %q?"):format(near) or "", table.concat(OPTION_NAMES, ", ")), tostring(k))
     end
     if type(v) ~= OPTIONS[k] then
       return invalid(("option %s must be a %s; got a %s"):format(k, OPTIONS[k], type(v)), k)
@@ -192,7 +185,7 @@ function Client.new(opts, json)
   if not (self.max_retries >= 0 and self.max_retries <= 100) or self.max_retries ~= math.floor(self.max_retries) then
     return invalid("max_retries must be a whole number from 0 to 100", "max_retries")
   end
-  self.max_connections = self.max_connections or 8
+  self.max_connections = self.max_connections or core.limits.max_connections
   if not (self.max_connections >= 1 and self.max_connections <= 1024) or
       self.max_connections ~= math.floor(self.max_connections) then
     return invalid("max_connections must be a whole number from 1 to 1024", "max_connections")
@@ -237,7 +230,6 @@ local function check_id(id)
   end
   return id
 end
-Client.check_id = check_id
 
 local function need_key(self)
   if not self.api_key then
@@ -257,9 +249,9 @@ end
 local function to_task(self, decoded, r, warnings)
   local task, why = core.task(decoded, r.body)
   if not task then
-    return nil, errors.new({ kind = "protocol", message = why, request_id = r.headers["x-request-id"] }, self.api_key)
+    return nil, errors.new({ kind = "protocol", message = why, request_id = http.request_id(r, decoded) }, self.api_key)
   end
-  task.request_id = errors.scrub(task.request_id or r.headers["x-request-id"], self.api_key)
+  task.request_id = errors.scrub(http.request_id(r, decoded), self.api_key)
   task.error = errors.scrub(task.error, self.api_key)
   task.raw_status = errors.scrub(task.raw_status, self.api_key)
   task.warnings = warnings or {}
@@ -324,16 +316,6 @@ function Client:status(id, opts)
   return task
 end
 
--- Calls a user's callback; a callback that raises becomes an error of kind `callback` carrying the task
--- id, so that a paid task is never lost to a bug in the caller's code.
-local function call_back(fn, name, task_id, ...)
-  if not fn then return true end
-  local ok, why = pcall(fn, ...)
-  if ok then return true end
-  return nil, errors.new { kind = "callback", task_id = task_id, retryable = false,
-    message = ("%s raised: %s"):format(name, tostring(why)) }
-end
-
 --- client:wait(id, opts) -> task | nil, err
 -- Polls until completed (returns the task), failed (task_failed) or the timeout (timeout, err.task =
 -- the last task seen). opts: interval, timeout, on_status(task) called on every change of status.
@@ -378,7 +360,7 @@ function Client:wait(id, opts)
       if task.status ~= last_status then
         last_status = task.status
         if task.status == "unknown" then self:log("warning", task.warnings[#task.warnings]) end
-        local ok, cerr = call_back(opts.on_status, "on_status", id, task)
+        local ok, cerr = errors.call_back(opts.on_status, "on_status", id, task)
         if not ok then return nil, cerr end
       end
       if task.status == "completed" then return task end
@@ -417,188 +399,6 @@ end
 
 -- Downloads
 
-local YIELDING_PCALL = _VERSION ~= "Lua 5.1" or type(jit) == "table" -- luacheck: ignore 113
-
--- The record beside a .part (written by the engine before the first byte lands in it): the task, the
--- validator (ETag, else Last-Modified) and the total length of the bytes it holds. nil when it is missing,
--- unreadable, a link, or another task's.
-local function read_record(self, part, id)
-  local text = part:record()
-  if not text then return nil end
-  local ok, rec = pcall(self.json.decode, text)
-  if not ok or type(rec) ~= "table" or rec.task_id ~= id then return nil end
-  if type(rec.total) ~= "number" or rec.total < 1 or rec.total ~= math.floor(rec.total) then return nil end
-  if type(rec.validator) ~= "string" or rec.validator == "" or rec.validator:find("%c") then rec.validator = nil end
-  return rec
-end
-
--- Where the next attempt starts: the bytes of the .part are kept only when its record binds them to this
--- task and they can be continued (a validator to send in If-Range) or are already whole; otherwise the .part
--- is emptied and its record removed. -> offset, record | nil, err
-local function resume_point(self, part, id)
-  local size, serr = part:size()
-  if not size then return nil, serr end
-  local rec = size > 0 and read_record(self, part, id)
-  if rec and size <= rec.total and (rec.validator or size == rec.total) then return size, rec end
-  if size > 0 or part:record() then
-    local ok, rerr = part:reset()
-    if not ok then return nil, rerr end
-  end
-  return 0
-end
-
-local function download_error(self, r, id)
-  local decoded
-  local ok, d = pcall(self.json.decode, r.body or "")
-  if ok then decoded = d end
-  if r.status >= 200 and r.status < 300 then
-    local msg = core.error_message(decoded, r.body) or "an empty body"
-    return errors.new({
-      kind = "protocol", status = r.status, task_id = id, request_id = r.headers["x-request-id"],
-      message = "expected a video but the server sent " .. (r.headers["content-type"] or "no content type") ..
-        ": " .. msg,
-    }, self.api_key)
-  end
-  local e = http.status_error(self, r, decoded)
-  e.task_id = id
-  return e
-end
-
--- What a refused body means (see the engine): whether the .part must restart from zero, the message, and
--- whether another try may succeed.
-local REFUSED = {
-  range = { true, "the server resumed at the wrong offset", true },
-  validator = { true, "the server resumed another version of the video (its ETag or Last-Modified changed)", true },
-  total = { true, "the server resumed a video of another length", true },
-  length = { false, "the server sent the video without a length (no Content-Length or Content-Range): " ..
-    "a cut one could not be told from a whole one", true },
-  encoding = { false, "the server sent the video compressed (Content-Encoding) although identity was asked", false },
-}
-
--- The error for a download stopped by a signal its runtime trapped; an empty .part goes, any other stays.
-local function interrupted(part, id, sig)
-  if (part:size() or 0) == 0 then part:discard() end
-  return nil, errors.new { kind = "interrupted", task_id = id, retryable = false,
-    message = ("interrupted (%s): the .part is kept and the next download of this task resumes it"):format(tostring(sig)) }
-end
-
--- The download proper, with the .part open and locked; the caller closes it.
-local function fetch(self, part, id, path, opts)
-  if opts.resume == false then
-    local ok, rerr = part:reset()
-    if not ok then return nil, errors.new { kind = "io", task_id = id, message = rerr } end
-  end
-  local url = self.base_url .. "/videos/" .. id .. "/content"
-  local on_progress, every = opts.on_progress, opts.progress_interval or 0.25
-  local attempt = 0
-  local kept -- bytes of an earlier call's .part that are still in it: resumed_from
-  while true do
-    local offset, rec = resume_point(self, part, id)
-    if not offset then return nil, errors.new { kind = "io", task_id = id, message = rec } end
-    if kept == nil or offset == 0 then kept = offset end
-    if rec and offset == rec.total then -- already whole: an earlier call was stopped before its rename
-      local done, cerr = part:commit(path)
-      if not done then return nil, errors.new { kind = "io", task_id = id, message = cerr } end
-      if on_progress then on_progress(offset, offset) end
-      return { path = path, bytes = offset, task_id = id, resumed_from = kept > 0 and kept or nil,
-        etag = rec.validator and rec.validator:find('"', 1, true) and rec.validator or nil }
-    end
-    local headers = { "Accept-Encoding: identity" }
-    if offset > 0 then
-      headers[2] = ("Range: bytes=%d-"):format(offset)
-      headers[3] = "If-Range: " .. rec.validator
-    end
-    local timeout
-    if opts.deadline then
-      timeout = opts.deadline - now()
-      if timeout <= 0 then
-        return nil, errors.new { kind = "timeout", task_id = id, message = "the deadline passed before the download" }
-      end
-    end
-    local t, why, class = self.engine:request {
-      kind = "download", url = url, headers = headers, timeout = timeout,
-      part = part, task_id = id, offset = offset, validator = rec and rec.validator, total = rec and rec.total,
-    }
-    if not t then return nil, errors.from_core(why, class) end
-    local done, sig
-    if on_progress then
-      local last_call = -1
-      while true do
-        done, sig = runtime.await(self.engine, t, every)
-        if done or sig then break end
-        local got, total = t:progress()
-        if got ~= last_call then
-          last_call = got
-          on_progress(got, total)
-        end
-      end
-    else
-      done, sig = runtime.await(self.engine, t)
-    end
-    if not done then
-      -- a runtime that traps SIGINT/SIGTERM ended the wait with the signal's name: stop, keeping the .part
-      t:cancel()
-      return interrupted(part, id, sig)
-    end
-    local r = t:result()
-    if r.sink == "file" and r.file_start == 0 then kept = 0 end
-    local e, retry
-    local refused = REFUSED[r.refused or ""]
-    if r.ok and (r.status == 200 or r.status == 206) and r.sink == "file" then
-      if r.file_bytes ~= r.total then
-        e = errors.new {
-          kind = "network", task_id = id, message = ("the download ended at %d of %d bytes"):format(r.file_bytes, r.total),
-        }
-        retry = true
-      else
-        local committed, cerr = part:commit(path)
-        if not committed then return nil, errors.new { kind = "io", task_id = id, message = cerr } end
-        if on_progress then on_progress(r.file_bytes, r.file_bytes) end
-        return {
-          path = path, bytes = r.file_bytes, task_id = id, status = r.status,
-          resumed_from = kept > 0 and kept or nil,
-          content_type = r.headers["content-type"], etag = r.headers.etag,
-          request_id = r.headers["x-request-id"],
-        }
-      end
-    elseif refused then
-      if refused[1] then
-        local ok, rerr = part:reset()
-        if not ok then return nil, errors.new { kind = "io", task_id = id, message = rerr } end
-      end
-      e = errors.new { kind = "protocol", task_id = id, status = r.status, message = refused[2],
-        retryable = refused[3], request_id = r.headers["x-request-id"] }
-      retry = refused[3]
-    elseif r.ok and r.status == 416 then
-      -- the partial file is not a prefix the server can continue: start again from zero
-      local ok, rerr = part:reset()
-      if not ok then return nil, errors.new { kind = "io", task_id = id, message = rerr } end
-      e = errors.new { kind = "protocol", task_id = id, status = 416, message = "the server cannot resume this download" }
-      retry = attempt == 0
-    elseif r.ok and r.sink == "none" and r.status >= 200 and r.status < 300 then
-      e = errors.new { kind = "protocol", task_id = id, status = r.status, message = "the server sent an empty video" }
-    elseif r.ok then
-      e = download_error(self, r, id)
-      retry = http.should_retry(false, r, true)
-    else
-      e = http.transport_error(r, nil, self)
-      e.task_id = id
-      retry = http.should_retry(false, r, true)
-    end
-    if not retry or attempt >= self.max_retries then
-      if retry then e.retryable = true end
-      if (part:size() or 0) == 0 then part:discard() end
-      return nil, e
-    end
-    local delay = http.backoff(attempt, r.headers)
-    if e.kind == "protocol" then delay = 0 end
-    attempt = attempt + 1
-    self:log("retry", "download", attempt, delay, tostring(e))
-    sig = runtime.sleep(delay)
-    if sig then return interrupted(part, id, sig) end
-  end
-end
-
 --- client:download(id, path, opts) -> info | nil, err
 -- Streams to <path>.part, checks the byte count, fsyncs and renames onto path. A failure leaves no file
 -- at path; the .part stays, bound to the task by its record (<path>.part.json), and the next call for the
@@ -608,7 +408,6 @@ end
 -- from an earlier call), etag=, content_type=, request_id=}.
 function Client:download(id, path, opts)
   check_method_self(self, "download")
-  opts = opts or {}
   local _, err = check_id(id)
   if err then return nil, err end
   if type(path) ~= "string" or path == "" then
@@ -616,23 +415,13 @@ function Client:download(id, path, opts)
   end
   local ok, kerr = need_key(self)
   if not ok then return nil, kerr end
-  local part, perr = core.part_open(path .. ".part")
-  if not part then return nil, errors.new { kind = "io", task_id = id, message = perr } end
-  if not YIELDING_PCALL then -- PUC 5.1 cannot yield across pcall: an error leaves the lock to the collector
-    local info, derr = fetch(self, part, id, path, opts)
-    part:close()
-    return info, derr
-  end
-  -- an error raised inside (an on_progress callback, Ctrl-C) releases the lock at once, not at the next collection
-  local done, info, derr = pcall(fetch, self, part, id, path, opts)
-  part:close()
-  if not done then error(info, 0) end
-  return info, derr
+  return download.download(self, id, path, opts or {})
 end
 
 -- Subjects (OmniHuman)
 
-local function subject_call(self, which, image_url, opts)
+-- which: "detection" | "recognition"; read: core.detection | core.recognition (reads its answer)
+local function subject_call(self, which, read, image_url, opts)
   local body, why, class, field = core.subject_body(which, image_url)
   if not body then return nil, errors.from_core(why, class, field) end
   local ok, kerr = need_key(self)
@@ -642,11 +431,11 @@ local function subject_call(self, which, image_url, opts)
     deadline = opts and opts.deadline,
   })
   if not decoded then return nil, r end
-  local result, why = core[which](decoded)
+  local result, rwhy = read(decoded)
   if not result then
-    return nil, errors.new({ kind = "protocol", message = why, request_id = r.headers["x-request-id"] }, self.api_key)
+    return nil, errors.new({ kind = "protocol", message = rwhy, request_id = http.request_id(r, decoded) }, self.api_key)
   end
-  result.request_id = errors.scrub(result.request_id or r.headers["x-request-id"], self.api_key)
+  result.request_id = errors.scrub(http.request_id(r, decoded), self.api_key)
   result.task_id = errors.scrub(result.task_id, self.api_key)
   for i, m in ipairs(result.mask_urls or {}) do result.mask_urls[i] = errors.scrub(m, self.api_key) end
   return result
@@ -655,49 +444,16 @@ end
 --- client:detect(image_url) -> {has_subject=, mask_urls={...largest first}, request_id=} | nil, err
 function Client:detect(image_url, opts)
   check_method_self(self, "detect")
-  return subject_call(self, "detection", image_url, opts)
+  return subject_call(self, "detection", core.detection, image_url, opts)
 end
 
 --- client:recognize(image_url) -> {has_subject=, task_id=, request_id=} | nil, err
 function Client:recognize(image_url, opts)
   check_method_self(self, "recognize")
-  return subject_call(self, "recognition", image_url, opts)
+  return subject_call(self, "recognition", core.recognition, image_url, opts)
 end
 
--- Workflows
-
---- Checks, before anything is paid for, that a video can be saved at opts.output (or in opts.output_dir,
--- which is made when missing: the user named it). An existing file is not replaced unless opts.overwrite.
--- Returns a function(task_id) -> path | nil, err.
-local function plan_output(opts, prefix)
-  for _, k in ipairs { "output", "output_dir" } do
-    if opts[k] ~= nil and (type(opts[k]) ~= "string" or opts[k] == "" or opts[k]:find("%z")) then
-      return invalid(k .. " must be a path", k)
-    end
-  end
-  if opts.output and opts.output:sub(-1) == "/" then -- `-o videos/`: a directory, made if missing
-    opts = { output_dir = opts.output, overwrite = opts.overwrite }
-  end
-  if opts.output then
-    local state, why = core.check_output(opts.output)
-    if not state then return invalid(why .. " (nothing was paid for)", "output") end
-    if state == "file" and not opts.overwrite then
-      return invalid(opts.output .. " exists: choose another path, or pass overwrite=true (CLI --force) to " ..
-        "replace it (nothing was paid for)", "output")
-    end
-    return function() return opts.output end
-  end
-  local dir = opts.output_dir and opts.output_dir:gsub("(.)/+$", "%1")
-  if dir then
-    local ok, why = core.mkdirs(dir)
-    if not ok then return invalid(why .. " (nothing was paid for)", "output_dir") end
-  end
-  local base = dir and (dir == "/" and "/" or dir .. "/") or ""
-  local state, why = core.check_output(base .. prefix .. "x.mp4")
-  if not state then return invalid(why .. " (nothing was paid for)", dir and "output_dir" or "output") end
-  return function(id) return base .. prefix .. id .. ".mp4" end
-end
-Client.plan_output = plan_output
+-- Workflows (jimeng/workflows.lua)
 
 --- client:generate(params, opts) -> result | nil, err
 -- create + wait + download under one deadline (opts.timeout, default wait_timeout). opts.output is the
@@ -707,86 +463,7 @@ Client.plan_output = plan_output
 -- result: {path=, bytes=, task=}. After the create, every error carries task_id: the video is paid for.
 function Client:generate(params, opts)
   check_method_self(self, "generate")
-  opts = opts or {}
-  local timeout = opts.timeout or self.wait_timeout
-  if not (timeout > 0) then return invalid("timeout must be a positive number of seconds", "timeout") end -- luacheck: ignore 581
-  local deadline = now() + timeout
-  local output, oerr = plan_output(opts, "jimeng_video_")
-  if not output then return nil, oerr end
-  local task, err = self:create(params, { deadline = deadline })
-  if not task then return nil, err end
-  return self:finish(task, opts, deadline, output)
-end
-
---- Waits for a created task and downloads it to output(task.id) before the deadline: the second half of
--- generate and omnihuman. -> {path=, bytes=, task=} | nil, err (always with task_id: it is paid for)
-function Client:finish(task, opts, deadline, output)
-  local ok, cerr = call_back(opts.on_created, "on_created", task.id, task)
-  if not ok then return nil, cerr end
-  ok, cerr = call_back(opts.on_status, "on_status", task.id, task)
-  if not ok then return nil, cerr end
-  local done, werr = self:wait(task.id, {
-    deadline = deadline, interval = opts.interval, fresh = true,
-    on_status = opts.on_status and function(t) if t.status ~= task.status then opts.on_status(t) end end,
-  })
-  if not done then
-    werr.task_id = task.id
-    return nil, werr
-  end
-  done.warnings = task.warnings
-  local progress_err
-  local progress = opts.on_progress and function(...)
-    if progress_err then return end
-    local _, perr = call_back(opts.on_progress, "on_progress", task.id, ...)
-    progress_err = perr
-  end
-  local path = output(task.id)
-  local info, derr = self:download(task.id, path, { deadline = deadline, on_progress = progress })
-  if not info then
-    derr.task_id = task.id
-    return nil, derr
-  end
-  info.task = done
-  if progress_err then
-    progress_err.message = progress_err.message .. " (the video was saved all the same: " .. info.path .. ")"
-    progress_err.path = info.path
-    return nil, progress_err
-  end
-  return info
-end
-
---- client:batch(jobs, opts) -> summary | nil, err: many videos with a journal (see jimeng.batch).
-function Client:batch(jobs, opts)
-  check_method_self(self, "batch")
-  return require("jimeng.batch").run(self, jobs, opts)
-end
-
--- The keys of client:omnihuman that steer the workflow rather than go on the wire.
-local OMNI_WORKFLOW = { subject = true, recognize = true, output = true, output_dir = true }
-
---- Picks the speaking subject's mask from a detection, as `subject` asks: "largest", an index, or a
--- function(mask_urls) returning a mask URL or an index.
-local function choose_mask(subject, masks)
-  local choice = subject
-  if type(subject) == "function" then
-    choice = subject(masks)
-    if choice == nil then return nil, "the subject function chose no mask" end
-  elseif subject == "largest" then
-    choice = 1
-  elseif type(subject) ~= "number" then
-    return nil, 'subject must be "largest", a number or a function(mask_urls); got ' .. tostring(subject)
-  end
-  if type(choice) == "number" then
-    if choice ~= math.floor(choice) or choice < 1 or choice > #masks then
-      return nil, ("subject %s was asked for, but detection found %d subject%s"):format(tostring(choice), #masks,
-        #masks == 1 and "" or "s")
-    end
-    return masks[choice]
-  end
-  for _, m in ipairs(masks) do
-    if m == choice then return m end
-  end
-  return nil, "the subject function returned " .. tostring(choice) .. ", which is not one of the detected masks"
+  return workflows.generate(self, params, opts)
 end
 
 --- client:omnihuman(params, opts) -> task | result | nil, err
@@ -800,58 +477,13 @@ end
 -- opts: timeout, on_status, on_progress, interval (as for generate).
 function Client:omnihuman(params, opts)
   check_method_self(self, "omnihuman")
-  opts = opts or {}
-  if type(params) ~= "table" then return invalid("omnihuman needs a table of parameters") end
-  local wire = { generation_type = "omni_human" }
-  for k, v in pairs(params) do
-    if not OMNI_WORKFLOW[k] then wire[k] = v end
-  end
-  local body, warnings, class, field = core.normalize(wire, "omni_human")
-  if not body then return nil, errors.from_core(warnings, class, field) end
-  if params.subject ~= nil and body.mask_urls then
-    return invalid("give either subject (detect and choose) or masks, not both", "subject")
-  end
-  local output
-  if params.output or params.output_dir then
-    local oerr
-    output, oerr = plan_output({ output = params.output, output_dir = params.output_dir,
-      overwrite = opts.overwrite }, "omnihuman_video_")
-    if not output then return nil, oerr end
-  end
-  local deadline = now() + (opts.timeout or self.wait_timeout)
-  local image = body.content[1].image_url.url
-  if params.recognize then
-    local rec, err = self:recognize(image, { deadline = deadline })
-    if not rec then return nil, err end
-    if not rec.has_subject then
-      return nil, errors.new { kind = "invalid_argument", field = "image", request_id = rec.request_id,
-        message = "recognition found no person, human-like or anthropomorphic subject in " .. image ..
-          ": an OmniHuman video of it would fail (nothing was paid for)" }
-    end
-  end
-  local mask
-  if params.subject ~= nil then
-    local det, err = self:detect(image, { deadline = deadline })
-    if not det then return nil, err end
-    if not det.has_subject or #det.mask_urls == 0 then
-      return nil, errors.new { kind = "invalid_argument", field = "subject", request_id = det.request_id,
-        message = "detection found no subject in " .. image .. " (nothing was paid for)" }
-    end
-    local why
-    mask, why = choose_mask(params.subject, det.mask_urls)
-    if not mask then return nil, errors.new { kind = "invalid_argument", field = "subject", message = why } end
-    wire.mask = mask
-  end
-  local task, err = self:create(wire, { deadline = deadline })
-  if not task then return nil, err end
-  task.mask_url = mask
-  if not output then return task end
-  local info, ferr = self:finish(task, {
-    interval = opts.interval, on_created = opts.on_created, on_status = opts.on_status, on_progress = opts.on_progress,
-  }, deadline, output)
-  if not info then return nil, ferr end
-  info.task.mask_url, info.mask_url = mask, mask
-  return info
+  return workflows.omnihuman(self, params, opts)
+end
+
+--- client:batch(jobs, opts) -> summary | nil, err: many videos with a journal (see jimeng.batch).
+function Client:batch(jobs, opts)
+  check_method_self(self, "batch")
+  return require("jimeng.batch").run(self, jobs, opts)
 end
 
 return Client

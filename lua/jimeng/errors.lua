@@ -91,6 +91,21 @@ function M.new(fields, secret)
   return e
 end
 
+--- nil and an invalid_argument error: a call refused for a bad argument, before anything was sent.
+function M.invalid(message, field)
+  return nil, M.new { kind = "invalid_argument", message = message, field = field }
+end
+
+--- Calls a user's callback; a callback that raises becomes an error of kind `callback` carrying the task
+-- id, so that a paid task is never lost to a bug in the caller's code. -> true | nil, err
+function M.call_back(fn, name, task_id, ...)
+  if not fn then return true end
+  local ok, why = pcall(fn, ...)
+  if ok then return true end
+  return nil, M.new { kind = "callback", task_id = task_id, retryable = false,
+    message = ("%s raised: %s"):format(name, tostring(why)) }
+end
+
 --- The error for a runtime failure returned by the C core as `nil, message, class[, field]`.
 function M.from_core(message, class, field)
   return M.new { kind = M.KINDS[class] and class or "internal", message = message, field = field }

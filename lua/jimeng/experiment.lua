@@ -26,11 +26,7 @@ local function invalid(message, field)
   return nil, errors.new { kind = "invalid_argument", message = message, field = field }
 end
 
---- A JSON text with object keys sorted, so that equal values give equal texts (batch's, with "/" left
--- unescaped: lua-cjson writes it as "\/", valid, but not what a person pastes).
-local function canonical(json, v)
-  return batch.canonical(json, v, function(x) return (json.encode(x):gsub("\\/", "/")) end)
-end
+local canonical = gallery.canonical
 M.canonical = canonical
 
 local function copy(t)

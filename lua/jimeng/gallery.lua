@@ -3,7 +3,15 @@
 -- per value of any other axis), each take a looping muted video with its poster, its varying parameters,
 -- status, generation time, task id, error, and buttons copying its parameters as JSON and as a
 -- `jimeng generate` command. While the run is live, the page reloads itself every few seconds.
+local batch = require "jimeng.batch"
+
 local M = {}
+
+--- A JSON text with object keys sorted, so that equal values give equal texts (batch's, with "/" left
+-- unescaped: lua-cjson writes it as "\/", valid, but not what a person pastes).
+function M.canonical(json, v)
+  return batch.canonical(json, v, function(x) return (json.encode(x):gsub("\\/", "/")) end)
+end
 
 local ESC = { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;", ["'"] = "&#39;" }
 
@@ -88,8 +96,7 @@ function M.results_json(data, json)
   local out = {}
   for k, v in pairs(data) do out[k] = v end
   out.prompt_varies = nil
-  local canonical = require("jimeng.experiment").canonical
-  return canonical(json, out) .. "\n"
+  return M.canonical(json, out) .. "\n"
 end
 
 local CSS = [[
@@ -270,7 +277,7 @@ end
 
 --- The page itself.
 function M.html(data, json)
-  local canonical = function(v) return require("jimeng.experiment").canonical(json, v) end
+  local canonical = function(v) return M.canonical(json, v) end
   local out = {}
   local function add(s) out[#out + 1] = s end
   add('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">')

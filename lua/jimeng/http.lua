@@ -18,9 +18,10 @@ local RETRY_CLASS = { dns = true, connect = true, timeout = true, reset = true }
 local CLASS_KIND = { timeout = "timeout", tls = "tls", proxy = "proxy", refused = "protocol", too_large = "protocol",
   io = "io", internal = "network", cancelled = "network" }
 local CLASS_SAYS = {
-  refused = "the request was refused by the client's rules (a redirect to another protocol, a malformed URL " ..
-    "or more than 5 redirects)",
-  too_large = "the answer is larger than the limit (8 MiB of JSON, 64 KiB of headers)",
+  refused = ("the request was refused by the client's rules (a redirect to another protocol, a malformed URL " ..
+    "or more than %d redirects)"):format(core.limits.max_redirects),
+  too_large = ("the answer is larger than the limit (%d MiB of JSON, %d KiB of headers)"):format(
+    floor(core.limits.max_json_body / 1048576), floor(core.limits.max_header_bytes / 1024)),
 }
 -- Codes with which a 429 means "no more, ever" rather than "not now": retrying cannot help.
 local FINAL_429 = { insufficient_quota = true, ["50430"] = true }
@@ -102,6 +103,13 @@ local function transport_error(r, _, client)
 end
 M.transport_error = transport_error
 
+--- The request id of an answer: the body's `request_id` (the API page's field) when it is text, else the
+-- gateway's x-request-id header. The one rule, for tasks, subject results and errors alike.
+function M.request_id(r, decoded)
+  if type(decoded) == "table" and type(decoded.request_id) == "string" then return decoded.request_id end
+  return r.headers and r.headers["x-request-id"]
+end
+
 --- The error for an HTTP response that is not a success. The body is scrubbed of the key before it is
 -- read or cut short (a key split at a cut would leak its first half).
 function M.status_error(client, r, decoded)
@@ -117,14 +125,12 @@ function M.status_error(client, r, decoded)
     msg = ("HTTP %d redirect to %s (API calls follow no redirect: check the base URL)"):format(r.status,
       errors.scrub(r.headers.location, client.api_key))
   end
-  local rid = r.headers["x-request-id"]
-  if not rid and type(decoded) == "table" and type(decoded.request_id) == "string" then rid = decoded.request_id end
   return errors.new({
     kind = errors.kind_for_status(r.status),
     message = msg or ("HTTP " .. r.status),
     status = r.status,
     code = code,
-    request_id = rid,
+    request_id = M.request_id(r, decoded),
   }, client.api_key)
 end
 
@@ -173,7 +179,7 @@ local function unreadable(client, spec, r)
   local id = core.raw_id and core.raw_id(r.body or "")
   local body = errors.scrub(r.body or "", client.api_key)
   return errors.new({
-    kind = "protocol", status = r.status, request_id = r.headers["x-request-id"], task_id = id, created = true,
+    kind = "protocol", status = r.status, request_id = M.request_id(r), task_id = id, created = true,
     body = #body > 2000 and body:sub(1, 2000) or body,
     message = ("the server's answer to %s is not a JSON object%s: %s"):format(spec.what,
       spec.paid and (" but it made the task" .. (id and "" or " (its id cannot be read)")) or "",

@@ -1,0 +1,226 @@
+--- The resumable download of a task's video (client:download): streamed into <path>.part (locked, bound to
+-- the task by its record <path>.part.json), resumed with Range + If-Range, checked, fsynced and renamed.
+local core = require "jimeng.core"
+local errors = require "jimeng.errors"
+local http = require "jimeng.http"
+local runtime = require "jimeng.runtime"
+
+local M = {}
+
+local now = core.now
+
+-- PUC Lua 5.1 cannot yield across pcall: there, an error raised inside leaves the lock to the collector.
+local YIELDING_PCALL = _VERSION ~= "Lua 5.1" or type(jit) == "table" -- luacheck: ignore 113
+
+local function io_error(id, message)
+  return nil, errors.new { kind = "io", task_id = id, message = message }
+end
+
+
+-- The record beside a .part (written by the engine before the first byte lands in it): the task, the
+-- validator (ETag, else Last-Modified) and the total length of the bytes it holds. nil when it is missing,
+-- unreadable, a link, or another task's.
+local function read_record(client, part, id)
+  local text = part:record()
+  if not text then return nil end
+  local ok, rec = pcall(client.json.decode, text)
+  if not ok or type(rec) ~= "table" or rec.task_id ~= id then return nil end
+  if type(rec.total) ~= "number" or rec.total < 1 or rec.total ~= math.floor(rec.total) then return nil end
+  if type(rec.validator) ~= "string" or rec.validator == "" or rec.validator:find("%c") then rec.validator = nil end
+  return rec
+end
+
+-- Where the next attempt starts: the bytes of the .part are kept only when its record binds them to this
+-- task and they can be continued (a validator to send in If-Range) or are already whole; otherwise the .part
+-- is emptied and its record removed. -> offset, record | nil, err
+local function resume_point(client, part, id)
+  local size, serr = part:size()
+  if not size then return nil, serr end
+  local rec = size > 0 and read_record(client, part, id)
+  if rec and size <= rec.total and (rec.validator or size == rec.total) then return size, rec end
+  if size > 0 or part:record() then
+    local ok, rerr = part:reset()
+    if not ok then return nil, rerr end
+  end
+  return 0
+end
+
+local function download_error(client, r, id)
+  local decoded
+  local ok, d = pcall(client.json.decode, r.body or "")
+  if ok then decoded = d end
+  if r.status >= 200 and r.status < 300 then
+    local msg = core.error_message(decoded, r.body) or "an empty body"
+    return errors.new({
+      kind = "protocol", status = r.status, task_id = id, request_id = http.request_id(r, decoded),
+      message = "expected a video but the server sent " .. (r.headers["content-type"] or "no content type") ..
+        ": " .. msg,
+    }, client.api_key)
+  end
+  local e = http.status_error(client, r, decoded)
+  e.task_id = id
+  return e
+end
+
+-- What a refused body means (see the engine): whether the .part must restart from zero, the message, and
+-- whether another try may succeed.
+local REFUSED = {
+  range = { true, "the server resumed at the wrong offset", true },
+  validator = { true, "the server resumed another version of the video (its ETag or Last-Modified changed)", true },
+  total = { true, "the server resumed a video of another length", true },
+  length = { false, "the server sent the video without a length (no Content-Length or Content-Range): " ..
+    "a cut one could not be told from a whole one", true },
+  encoding = { false, "the server sent the video compressed (Content-Encoding) although identity was asked", false },
+}
+
+-- The error for a download stopped by a signal its runtime trapped; an empty .part goes, any other stays.
+local function interrupted(part, id, sig)
+  if (part:size() or 0) == 0 then part:discard() end
+  return nil, errors.new { kind = "interrupted", task_id = id, retryable = false,
+    message = ("interrupted (%s): the .part is kept and the next download of this task resumes it"):format(tostring(sig)) }
+end
+
+-- Starts one attempt from `offset` (the record's validator and total sent along when resuming).
+local function start(client, part, id, offset, rec, deadline)
+  local headers = { "Accept-Encoding: identity" }
+  if offset > 0 then
+    headers[2] = ("Range: bytes=%d-"):format(offset)
+    headers[3] = "If-Range: " .. rec.validator
+  end
+  local timeout
+  if deadline then
+    timeout = deadline - now()
+    if timeout <= 0 then
+      return nil, errors.new { kind = "timeout", task_id = id, message = "the deadline passed before the download" }
+    end
+  end
+  local t, why, class = client.engine:request {
+    kind = "download", url = client.base_url .. "/videos/" .. id .. "/content", headers = headers,
+    timeout = timeout, part = part, task_id = id, offset = offset, validator = rec and rec.validator,
+    total = rec and rec.total,
+  }
+  if not t then return nil, errors.from_core(why, class) end
+  return t
+end
+
+-- Waits for the attempt, calling on_progress(got, total) at most every `every` seconds when bytes came.
+-- -> done, signal name
+local function await(client, t, on_progress, every)
+  if not on_progress then return runtime.await(client.engine, t) end
+  local last_call = -1
+  while true do
+    local done, sig = runtime.await(client.engine, t, every)
+    if done or sig then return done, sig end
+    local got, total = t:progress()
+    if got ~= last_call then
+      last_call = got
+      on_progress(got, total)
+    end
+  end
+end
+
+-- What an attempt's result means: the info of the saved video, or nil, the error, whether to try again.
+local function judge(client, part, id, path, r, attempt)
+  local refused = REFUSED[r.refused or ""]
+  local rid = http.request_id(r)
+  if r.ok and (r.status == 200 or r.status == 206) and r.sink == "file" then
+    if r.file_bytes ~= r.total then
+      return nil, errors.new { kind = "network", task_id = id,
+        message = ("the download ended at %d of %d bytes"):format(r.file_bytes, r.total) }, true
+    end
+    local committed, cerr = part:commit(path)
+    if not committed then return io_error(id, cerr) end
+    return { path = path, bytes = r.file_bytes, task_id = id, status = r.status,
+      content_type = r.headers["content-type"], etag = r.headers.etag, request_id = rid }
+  elseif refused then
+    if refused[1] then
+      local ok, rerr = part:reset()
+      if not ok then return io_error(id, rerr) end
+    end
+    return nil, errors.new { kind = "protocol", task_id = id, status = r.status, message = refused[2],
+      retryable = refused[3], request_id = rid }, refused[3]
+  elseif r.ok and r.status == 416 then
+    -- the partial file is not a prefix the server can continue: start again from zero
+    local ok, rerr = part:reset()
+    if not ok then return io_error(id, rerr) end
+    return nil, errors.new { kind = "protocol", task_id = id, status = 416,
+      message = "the server cannot resume this download" }, attempt == 0
+  elseif r.ok and r.sink == "none" and r.status >= 200 and r.status < 300 then
+    return nil, errors.new { kind = "protocol", task_id = id, status = r.status, message = "the server sent an empty video" }
+  end
+  local e
+  if r.ok then
+    e = download_error(client, r, id)
+  else
+    e = http.transport_error(r, nil, client)
+    e.task_id = id
+  end
+  return nil, e, http.should_retry(false, r)
+end
+
+-- The download proper, with the .part open and locked; the caller closes it.
+local function fetch(client, part, id, path, opts)
+  if opts.resume == false then
+    local ok, rerr = part:reset()
+    if not ok then return io_error(id, rerr) end
+  end
+  local on_progress, every = opts.on_progress, opts.progress_interval or 0.25
+  local attempt = 0
+  local kept -- bytes of an earlier call's .part that are still in it: resumed_from
+  while true do
+    local offset, rec = resume_point(client, part, id)
+    if not offset then return io_error(id, rec) end
+    if kept == nil or offset == 0 then kept = offset end
+    if rec and offset == rec.total then -- already whole: an earlier call was stopped before its rename
+      local done, cerr = part:commit(path)
+      if not done then return io_error(id, cerr) end
+      if on_progress then on_progress(offset, offset) end
+      return { path = path, bytes = offset, task_id = id, resumed_from = kept > 0 and kept or nil,
+        etag = rec.validator and rec.validator:find('"', 1, true) and rec.validator or nil }
+    end
+    local t, serr = start(client, part, id, offset, rec, opts.deadline)
+    if not t then return nil, serr end
+    local done, sig = await(client, t, on_progress, every)
+    if not done then
+      -- a runtime that traps SIGINT/SIGTERM ended the wait with the signal's name: stop, keeping the .part
+      t:cancel()
+      return interrupted(part, id, sig)
+    end
+    local r = t:result()
+    if r.sink == "file" and r.file_start == 0 then kept = 0 end
+    local info, e, retry = judge(client, part, id, path, r, attempt)
+    if info then
+      info.resumed_from = kept > 0 and kept or nil
+      if on_progress then on_progress(info.bytes, info.bytes) end
+      return info
+    end
+    if not retry or attempt >= client.max_retries then
+      if retry then e.retryable = true end
+      if (part:size() or 0) == 0 then part:discard() end
+      return nil, e
+    end
+    local delay = e.kind == "protocol" and 0 or http.backoff(attempt, r.headers)
+    attempt = attempt + 1
+    client:log("retry", "download", attempt, delay, tostring(e))
+    sig = runtime.sleep(delay)
+    if sig then return interrupted(part, id, sig) end
+  end
+end
+
+--- Downloads task `id` to path (arguments already checked by client:download, which documents it).
+function M.download(client, id, path, opts)
+  local part, perr = core.part_open(path .. ".part")
+  if not part then return io_error(id, perr) end
+  if not YIELDING_PCALL then
+    local info, derr = fetch(client, part, id, path, opts)
+    part:close()
+    return info, derr
+  end
+  -- an error raised inside (an on_progress callback, Ctrl-C) releases the lock at once, not at the next collection
+  local done, info, derr = pcall(fetch, client, part, id, path, opts)
+  part:close()
+  if not done then error(info, 0) end
+  return info, derr
+end
+
+return M

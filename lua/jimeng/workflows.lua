@@ -1,0 +1,180 @@
+--- The workflows made of several calls: generate (create, wait, download under one deadline) and omnihuman
+-- (recognition and subject detection before the paid create). The client's methods of the same names
+-- call these.
+local core = require "jimeng.core"
+local errors = require "jimeng.errors"
+
+local M = {}
+
+local now = core.now
+
+--- Checks, before anything is paid for, that a video can be saved at opts.output (or in opts.output_dir,
+-- which is made when missing: the user named it). An existing file is not replaced unless opts.overwrite.
+-- Returns a function(task_id) -> path | nil, err.
+local function plan_output(opts, prefix)
+  for _, k in ipairs { "output", "output_dir" } do
+    if opts[k] ~= nil and (type(opts[k]) ~= "string" or opts[k] == "" or opts[k]:find("%z")) then
+      return errors.invalid(k .. " must be a path", k)
+    end
+  end
+  if opts.output and opts.output:sub(-1) == "/" then -- `-o videos/`: a directory, made if missing
+    opts = { output_dir = opts.output, overwrite = opts.overwrite }
+  end
+  if opts.output then
+    local state, why = core.check_output(opts.output)
+    if not state then return errors.invalid(why .. " (nothing was paid for)", "output") end
+    if state == "file" and not opts.overwrite then
+      return errors.invalid(opts.output .. " exists: choose another path, or pass overwrite=true (CLI --force) to " ..
+        "replace it (nothing was paid for)", "output")
+    end
+    return function() return opts.output end
+  end
+  local dir = opts.output_dir and opts.output_dir:gsub("(.)/+$", "%1")
+  if dir then
+    local ok, why = core.mkdirs(dir)
+    if not ok then return errors.invalid(why .. " (nothing was paid for)", "output_dir") end
+  end
+  local base = dir and (dir == "/" and "/" or dir .. "/") or ""
+  local state, why = core.check_output(base .. prefix .. "x.mp4")
+  if not state then return errors.invalid(why .. " (nothing was paid for)", dir and "output_dir" or "output") end
+  return function(id) return base .. prefix .. id .. ".mp4" end
+end
+M.plan_output = plan_output
+
+--- Waits for a created task and downloads it to output(task.id) before the deadline: the second half of
+-- generate and omnihuman. -> {path=, bytes=, task=} | nil, err (always with task_id: it is paid for)
+local function complete(self, task, opts, deadline, output)
+  local ok, cerr = errors.call_back(opts.on_created, "on_created", task.id, task)
+  if not ok then return nil, cerr end
+  ok, cerr = errors.call_back(opts.on_status, "on_status", task.id, task)
+  if not ok then return nil, cerr end
+  local done, werr = self:wait(task.id, {
+    deadline = deadline, interval = opts.interval, fresh = true,
+    on_status = opts.on_status and function(t) if t.status ~= task.status then opts.on_status(t) end end,
+  })
+  if not done then
+    werr.task_id = task.id
+    return nil, werr
+  end
+  done.warnings = task.warnings
+  local progress_err
+  local progress = opts.on_progress and function(...)
+    if progress_err then return end
+    local _, perr = errors.call_back(opts.on_progress, "on_progress", task.id, ...)
+    progress_err = perr
+  end
+  local path = output(task.id)
+  local info, derr = self:download(task.id, path, { deadline = deadline, on_progress = progress })
+  if not info then
+    derr.task_id = task.id
+    return nil, derr
+  end
+  info.task = done
+  if progress_err then
+    progress_err.message = progress_err.message .. " (the video was saved all the same: " .. info.path .. ")"
+    progress_err.path = info.path
+    return nil, progress_err
+  end
+  return info
+end
+
+--- client:generate: see its documentation in client.lua.
+function M.generate(self, params, opts)
+  opts = opts or {}
+  local timeout = opts.timeout or self.wait_timeout
+  if not (timeout > 0) then -- luacheck: ignore 581 (NaN too)
+    return errors.invalid("timeout must be a positive number of seconds", "timeout")
+  end
+  local deadline = now() + timeout
+  local output, oerr = plan_output(opts, "jimeng_video_")
+  if not output then return nil, oerr end
+  local task, err = self:create(params, { deadline = deadline })
+  if not task then return nil, err end
+  return complete(self, task, opts, deadline, output)
+end
+
+-- The keys of client:omnihuman that steer the workflow rather than go on the wire.
+local OMNI_WORKFLOW = { subject = true, recognize = true, output = true, output_dir = true }
+
+--- Picks the speaking subject's mask from a detection, as `subject` asks: "largest", an index, or a
+-- function(mask_urls) returning a mask URL or an index.
+local function choose_mask(subject, masks)
+  local choice = subject
+  if type(subject) == "function" then
+    choice = subject(masks)
+    if choice == nil then return nil, "the subject function chose no mask" end
+  elseif subject == "largest" then
+    choice = 1
+  elseif type(subject) ~= "number" then
+    return nil, 'subject must be "largest", a number or a function(mask_urls); got ' .. tostring(subject)
+  end
+  if type(choice) == "number" then
+    if choice ~= math.floor(choice) or choice < 1 or choice > #masks then
+      return nil, ("subject %s was asked for, but detection found %d subject%s"):format(tostring(choice), #masks,
+        #masks == 1 and "" or "s")
+    end
+    return masks[choice]
+  end
+  for _, m in ipairs(masks) do
+    if m == choice then return m end
+  end
+  return nil, "the subject function returned " .. tostring(choice) .. ", which is not one of the detected masks"
+end
+
+--- client:omnihuman: see its documentation in client.lua.
+function M.omnihuman(self, params, opts)
+  opts = opts or {}
+  if type(params) ~= "table" then return errors.invalid("omnihuman needs a table of parameters") end
+  local wire = { generation_type = "omni_human" }
+  for k, v in pairs(params) do
+    if not OMNI_WORKFLOW[k] then wire[k] = v end
+  end
+  local body, warnings, class, field = core.normalize(wire, "omni_human")
+  if not body then return nil, errors.from_core(warnings, class, field) end
+  if params.subject ~= nil and body.mask_urls then
+    return errors.invalid("give either subject (detect and choose) or masks, not both", "subject")
+  end
+  local output
+  if params.output or params.output_dir then
+    local oerr
+    output, oerr = plan_output({ output = params.output, output_dir = params.output_dir,
+      overwrite = opts.overwrite }, "omnihuman_video_")
+    if not output then return nil, oerr end
+  end
+  local deadline = now() + (opts.timeout or self.wait_timeout)
+  local image = body.content[1].image_url.url
+  if params.recognize then
+    local rec, err = self:recognize(image, { deadline = deadline })
+    if not rec then return nil, err end
+    if not rec.has_subject then
+      return nil, errors.new { kind = "invalid_argument", field = "image", request_id = rec.request_id,
+        message = "recognition found no person, human-like or anthropomorphic subject in " .. image ..
+          ": an OmniHuman video of it would fail (nothing was paid for)" }
+    end
+  end
+  local mask
+  if params.subject ~= nil then
+    local det, err = self:detect(image, { deadline = deadline })
+    if not det then return nil, err end
+    if not det.has_subject or #det.mask_urls == 0 then
+      return nil, errors.new { kind = "invalid_argument", field = "subject", request_id = det.request_id,
+        message = "detection found no subject in " .. image .. " (nothing was paid for)" }
+    end
+    local why
+    mask, why = choose_mask(params.subject, det.mask_urls)
+    if not mask then return nil, errors.new { kind = "invalid_argument", field = "subject", message = why } end
+    wire.mask = mask
+  end
+  local task, err = self:create(wire, { deadline = deadline })
+  if not task then return nil, err end
+  task.mask_url = mask
+  if not output then return task end
+  local info, ferr = complete(self, task, {
+    interval = opts.interval, on_created = opts.on_created, on_status = opts.on_status, on_progress = opts.on_progress,
+  }, deadline, output)
+  if not info then return nil, ferr end
+  info.task.mask_url, info.mask_url = mask, mask
+  return info
+end
+
+return M
