@@ -62,7 +62,18 @@ describe("bad input", function()
     local c, err = jimeng.new { base_url = sb.url, timout = 5 }
     assert.is_nil(c)
     assert.equals("invalid_argument", err.kind)
-    assert.truthy(err.message:find('"timeout"', 1, true))
+    assert.truthy(err.message:find('did you mean "timeout"', 1, true))
+    c, err = jimeng.new { base_url = sb.url, api_kye = "k" }
+    assert.is_nil(c)
+    assert.truthy(err.message:find('did you mean "api_key"', 1, true))
+  end)
+
+  it("an unknown option like no other gets no guess, but the list of options", function()
+    local c, err = jimeng.new { base_url = sb.url, zzzzzzzz = 5 }
+    assert.is_nil(c)
+    assert.equals("zzzzzzzz", err.field)
+    assert.is_nil(err.message:find("did you mean", 1, true))
+    assert.truthy(err.message:find("poll_interval", 1, true))
   end)
 
   it("calling a method with a dot instead of a colon raises at once", function()
