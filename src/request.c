@@ -75,7 +75,7 @@ static const char *const jm_omni_names[] = {
 /* Where a normalization runs: the params table, the body being built, the warnings array. */
 typedef struct {
     lua_State *L;
-    int params, body, warnings, images, err; /* stack indexes */
+    int params, body, warnings, images, audio, err; /* stack indexes (audio: nil until one is given) */
     int nwarn, nimages, strict, omni;
 } jm_norm;
 
@@ -361,14 +361,10 @@ static int jm_set_audio(jm_norm *n, const char *field, const char *v) {
     lua_State *L = n->L;
     if (!n->omni) return JM_FAIL(n, field, "%s: audio belongs to OmniHuman requests (generation_type=\"omni_human\")", field);
     if (!jm_is_http_url(v)) return JM_FAIL(n, field, "%s: the audio must be an http or https URL; got %s", field, v);
-    lua_getfield(L, n->images, "audio");
-    if (!lua_isnil(L, -1)) {
-        lua_pop(L, 1);
+    if (!lua_isnil(L, n->audio))
         return JM_FAIL(n, field, "%s: OmniHuman takes exactly one audio; a second one was given", field);
-    }
-    lua_pop(L, 1);
     lua_pushstring(L, v);
-    lua_setfield(L, n->images, "audio");
+    lua_replace(L, n->audio);
     return 0;
 }
 
@@ -720,11 +716,8 @@ static int jm_omni(jm_norm *n) {
         return -1;
     if (n->nimages != 1)
         return JM_FAIL(n, "image", "OmniHuman takes exactly one portrait image (an http or https URL); got %d", n->nimages);
-    lua_getfield(L, n->images, "audio");
-    if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
-        return JM_FAIL(n, "audio", "OmniHuman needs one audio URL (http or https, under 60 s)");
-    }
+    if (lua_isnil(L, n->audio)) return JM_FAIL(n, "audio", "OmniHuman needs one audio URL (http or https, under 60 s)");
+    lua_pushvalue(L, n->audio);
     /* content: the portrait, then the audio, as the page shows them */
     lua_newtable(L);
     lua_newtable(L);
@@ -792,6 +785,8 @@ static int l_normalize(lua_State *L) {
     n.warnings = lua_gettop(L);
     lua_newtable(L);
     n.images = lua_gettop(L);
+    lua_pushnil(L);
+    n.audio = lua_gettop(L);
     lua_pushnil(L);
     n.err = lua_gettop(L);
     rc = n.omni ? jm_omni(&n) : jm_video(&n);
