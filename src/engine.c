@@ -183,27 +183,41 @@ static void jm_buf_free(jm_buf *b) {
     b->len = b->cap = 0;
 }
 
-/* Finds header `name` (lower case) in the raw header lines; copies its trimmed value into out. */
-static int jm_header_value(const jm_buf *h, const char *name, char *out, size_t outsz) {
-    size_t nlen = strlen(name);
-    const char *line = h->p;
-    if (!line) return 0;
-    while (*line) {
+/* Walks header lines "Name: value" of h from *cursor: gives the next line's name and value (trimmed) and
+ * returns 1, or 0 at the end. The one reader of header lines, for jm_header_value and jm_push_headers. */
+static int jm_next_header(const char **cursor, const char **name, size_t *nlen, const char **value, size_t *vlen) {
+    const char *line = *cursor;
+    while (line && *line) {
         const char *eol = strchr(line, '\n');
-        size_t len = eol ? (size_t)(eol - line) : strlen(line);
-        if (len > nlen && line[nlen] == ':' && strncasecmp(line, name, nlen) == 0) {
-            const char *v = line + nlen + 1, *end = line + len;
-            size_t n;
-            while (v < end && (*v == ' ' || *v == '\t')) v++;
-            while (end > v && isspace((unsigned char)end[-1])) end--;
-            n = (size_t)(end - v);
-            if (n >= outsz) n = outsz - 1;
-            memcpy(out, v, n);
-            out[n] = '\0';
+        const char *end = eol ? eol : line + strlen(line);
+        const char *colon = memchr(line, ':', (size_t)(end - line));
+        *cursor = eol ? eol + 1 : end;
+        if (colon && colon > line) {
+            const char *v = colon + 1, *vend = end;
+            while (v < vend && (*v == ' ' || *v == '\t')) v++;
+            while (vend > v && isspace((unsigned char)vend[-1])) vend--;
+            *name = line;
+            *nlen = (size_t)(colon - line);
+            *value = v;
+            *vlen = (size_t)(vend - v);
             return 1;
         }
-        if (!eol) break;
-        line = eol + 1;
+        line = *cursor;
+    }
+    return 0;
+}
+
+/* Finds header `name` (lower case) in the raw header lines; copies its trimmed value into out. */
+static int jm_header_value(const jm_buf *h, const char *name, char *out, size_t outsz) {
+    size_t want = strlen(name), nlen, vlen;
+    const char *cursor = h->p, *n, *v;
+    while (jm_next_header(&cursor, &n, &nlen, &v, &vlen)) {
+        if (nlen == want && strncasecmp(n, name, nlen) == 0) {
+            if (vlen >= outsz) vlen = outsz - 1;
+            memcpy(out, v, vlen);
+            out[vlen] = '\0';
+            return 1;
+        }
     }
     return 0;
 }
@@ -795,33 +809,24 @@ static const char *jm_wanted(const char *name, size_t n) {
 }
 
 static void jm_push_headers(lua_State *L, const jm_buf *h) {
-    const char *line = h->p;
+    const char *cursor = h->p, *n, *v;
+    size_t nlen, vlen;
     lua_createtable(L, 0, 4);
-    if (!line) return;
-    while (*line) {
-        const char *eol = strchr(line, '\n');
-        const char *end = eol ? eol : line + strlen(line);
-        const char *colon = memchr(line, ':', (size_t)(end - line));
-        const char *name = colon && colon > line ? jm_wanted(line, (size_t)(colon - line)) : NULL;
-        if (name) {
-            const char *v = colon + 1, *vend = end;
-            while (v < vend && (*v == ' ' || *v == '\t')) v++;
-            while (vend > v && isspace((unsigned char)vend[-1])) vend--;
-            lua_pushstring(L, name);
-            lua_pushvalue(L, -1);
-            lua_rawget(L, -3);
-            if (lua_isstring(L, -1)) { /* repeated header: join as HTTP allows */
-                lua_pushliteral(L, ", ");
-                lua_pushlstring(L, v, (size_t)(vend - v));
-                lua_concat(L, 3);
-            } else {
-                lua_pop(L, 1);
-                lua_pushlstring(L, v, (size_t)(vend - v));
-            }
-            lua_rawset(L, -3);
+    while (jm_next_header(&cursor, &n, &nlen, &v, &vlen)) {
+        const char *name = jm_wanted(n, nlen);
+        if (!name) continue;
+        lua_pushstring(L, name);
+        lua_pushvalue(L, -1);
+        lua_rawget(L, -3);
+        if (lua_isstring(L, -1)) { /* repeated header: join as HTTP allows */
+            lua_pushliteral(L, ", ");
+            lua_pushlstring(L, v, vlen);
+            lua_concat(L, 3);
+        } else {
+            lua_pop(L, 1);
+            lua_pushlstring(L, v, vlen);
         }
-        if (!eol) break;
-        line = eol + 1;
+        lua_rawset(L, -3);
     }
 }
 
