@@ -146,6 +146,16 @@ local function prepare(client, jobs, opts)
   return prepared, output_dir
 end
 
+-- What the journal says of a job: "saved" (and the file is still whole), "failed" (the task failed),
+-- "created" (a task exists), "unknown" (sent, no answer), "new" (never sent).
+local function job_state(s)
+  if s.saved and s.saved.path and file_size(s.saved.path) == s.saved.bytes then return "saved" end
+  if s.failed then return "failed" end
+  if s.task_id then return "created" end
+  if s.creating then return "unknown" end
+  return "new"
+end
+
 --- What a run of these jobs would do, read from the journal without locking it or sending anything:
 -- batch.plan(client, jobs, opts) -> {{index=, key=, label=, path=, state=, task_id=, create=bool}, ...} | nil, err
 -- state: "saved" (saved, and the file is still whole), "created" (a task exists: waited for and downloaded,
@@ -159,16 +169,195 @@ function M.plan(client, jobs, opts)
   local out = {}
   for i, job in ipairs(prepared) do
     local s = state[job.key] or {}
-    local st
-    if s.saved and s.saved.path and file_size(s.saved.path) == s.saved.bytes then st = "saved"
-    elseif s.failed then st = "failed"
-    elseif s.task_id then st = "created"
-    elseif s.creating then st = "unknown"
-    else st = "new" end
+    local st = job_state(s)
     out[i] = { index = i, key = job.key, label = job.label, path = s.saved and st == "saved" and s.saved.path or job.path,
       state = st, task_id = s.task_id, create = st == "new" or (st == "unknown" and opts.recreate_unknown == true) }
   end
   return out
+end
+
+-- A run: its jobs, journal (locked), the state the journal replayed, the summary, and the cap on jobs in flight.
+local Run = {}
+Run.__index = Run
+
+local function job_name(job)
+  return ("job %d%s"):format(job.index, job.label and (" (" .. tostring(job.label) .. ")") or "")
+end
+
+-- Takes the journal: a file of its own, writable, locked for this run; replays it. -> true | nil, err
+function Run:take_journal(jobs)
+  local path = self.opts.journal
+  if type(path) ~= "string" or path == "" or (type(jobs) == "string" and
+      (core.canonical_path(path) or path) == (core.canonical_path(jobs) or jobs)) then
+    return errors.invalid("the journal must be a file of its own (not the jobs file): " .. tostring(path), "journal")
+  end
+  local st, cwhy = core.check_output(path)
+  if not st then return errors.invalid("journal: " .. cwhy, "journal") end
+  local lock, why, held = core.lock(path)
+  if not lock then
+    return nil, errors.new { kind = "io", field = "journal", locked = held == "locked" or nil, message = why ..
+      ": two runs on one journal would pay for every job twice", hint = held == "locked" and
+      "another run is using this journal: wait for it to end, or give this run another journal" or nil }
+  end
+  self.lock = lock
+  self.state, self.torn = M.read_journal(path, self.json)
+  return true
+end
+
+-- Checks every output path before the first create: a video paid for must have somewhere to go.
+function Run:check_outputs(output_dir)
+  local ok, why = core.mkdirs(output_dir)
+  if not ok then return errors.invalid(why .. " (nothing was paid for)", "output_dir") end
+  local owner = {}
+  for _, job in ipairs(self.jobs) do
+    local function refuse(msg)
+      return errors.invalid(("%s: %s (nothing was paid for)"):format(job_name(job), msg), "output")
+    end
+    local same = core.canonical_path(job.path) or job.path -- one file, however it is spelt
+    local other = owner[same]
+    if other then
+      return refuse(("it would be saved to %s, like %s: give the jobs distinct labels or outputs"):format(
+        job.path, job_name(other)))
+    end
+    owner[same] = job
+    local st, cwhy = core.check_output(job.path)
+    if not st then return refuse(cwhy) end
+    local s = self.state[job.key]
+    if st == "file" and not (s and (s.task_id or s.saved)) and not self.opts.overwrite then
+      return refuse(job.path .. " exists and this journal did not make it: move it away, or pass overwrite " ..
+        "(--force)")
+    end
+  end
+  return true
+end
+
+-- Appends a record to the journal (fsynced). -> true | nil, err
+function Run:journal(rec)
+  if not self.opts.journal then return true end
+  local line = self.json.encode(rec) .. "\n"
+  if self.torn then -- end the torn line so that this record starts on a line of its own
+    line = "\n" .. line
+    self.torn = false
+  end
+  local ok, why = core.append_durable(self.opts.journal, line)
+  if not ok then return nil, errors.new { kind = "io", message = "cannot write the journal: " .. why } end
+  return true
+end
+
+function Run:close()
+  if self.lock then self.lock:unlock() end
+  self.lock = nil
+end
+
+-- Ends a job with its status (and fields: path, task_id, bytes, error), counted in the summary.
+function Run:finish(job, status, fields)
+  job.status = status
+  for k, v in pairs(fields or {}) do job[k] = v end
+  local field = status == "error" and "errors" or status
+  self.summary[field] = self.summary[field] + 1
+  self.summary.jobs[job.index] = job
+  self.on_event { type = status, job = job }
+end
+
+-- What the journal already settles for a job (saved, failed, unknown), or nil: it must run.
+function Run:replay(s)
+  local st = job_state(s)
+  if st == "saved" then
+    return "skipped", { path = s.saved.path, task_id = s.task_id, bytes = s.saved.bytes }
+  elseif st == "failed" then
+    return "failed", { task_id = s.task_id, error = errors.new { kind = s.failed.kind or "task_failed",
+      message = (s.failed.message or "the task failed") .. " (from the journal; not created again)", task_id = s.task_id } }
+  elseif st == "unknown" and not self.opts.recreate_unknown then
+    return "unknown", { error = errors.new { kind = "unknown_outcome", retryable = false,
+      message = (s.unreadable and ("the task was made but its answer named no id (%s)"):format(s.unreadable) or
+        "an earlier run sent this job's create and got no answer: the task may exist and be billed") ..
+        "; check, then run again with recreate_unknown (--recreate-unknown) to create it" } }
+  end
+end
+
+-- Waits for a slot under the cap. -> nil | the error of an interruption (nothing was sent)
+function Run:slot()
+  local sig
+  while self.in_flight >= self.limit and not sig do sig = runtime.sleep(0.05) end
+  sig = sig or core.interrupted()
+  if sig then
+    return errors.new { kind = "interrupted", message = "interrupted (" .. sig .. ") before this job started: nothing was sent" }
+  end
+end
+
+-- The paid create of a job, journaled. -> task_id | nil, status, fields (the job ended)
+function Run:create(job, deadline)
+  local json = self.json
+  local task, err = self.client:create(job.params, {
+    deadline = deadline, until_deadline = true,
+    journal = self.opts.journal and { path = self.opts.journal,
+      sending = json.encode { event = "sending", job = job.key, index = job.index } .. "\n",
+      not_created = json.encode { event = "not_created", job = job.key } .. "\n" },
+    on_retry = function(e)
+      if e.kind == "rate_limited" then
+        -- the API is saturated: fewer jobs in flight until it recovers
+        self.limit = math.max(1, math.floor(self.limit / 2))
+        self.on_event { type = "backoff", job = job, limit = self.limit }
+      end
+    end,
+  })
+  if not task and err.created and err.task_id then
+    task = { id = err.task_id } -- the answer was unreadable, but it named the task it made
+    self.on_event { type = "warning", job = job, message = tostring(err) }
+  end
+  if not task then
+    if err.created then
+      self:journal { event = "created", job = job.key, error = err.message }
+      return nil, "unknown", { error = err }
+    end
+    if err.created == nil then return nil, "unknown", { error = err } end
+    return nil, err.kind == "interrupted" and "interrupted" or "error", { error = err }
+  end
+  local ok, jerr = self:journal { event = "created", job = job.key, task_id = task.id }
+  if not ok then return nil, "error", { task_id = task.id, error = jerr } end
+  self.on_event { type = "created", job = job, task = task }
+  if self.limit < self.cap then self.limit = self.limit + 1 end
+  return task.id
+end
+
+-- Waits for a created task and saves its video, journaled. -> status, fields
+function Run:complete(job, task_id, fresh, deadline)
+  local client = self.client
+  local done, werr = client:wait(task_id, { interval = self.opts.interval, deadline = deadline, fresh = fresh,
+    on_status = function(t) self.on_event { type = "status", job = job, task = t } end })
+  if not done then
+    if werr.kind == "task_failed" then
+      self:journal { event = "failed", job = job.key, task_id = task_id, kind = werr.kind, error = werr.message }
+      return "failed", { error = werr }
+    end
+    return werr.kind == "interrupted" and "interrupted" or "error", { error = werr }
+  end
+  local info, derr = client:download(task_id, job.path, { deadline = deadline })
+  if not info then return derr.kind == "interrupted" and "interrupted" or "error", { error = derr } end
+  local ok, jerr = self:journal { event = "saved", job = job.key, task_id = task_id, path = job.path, bytes = info.bytes }
+  if not ok then return "error", { error = jerr, path = job.path } end
+  return "saved", { path = job.path, bytes = info.bytes }
+end
+
+-- One job from start to end; it holds a slot from its create (or its wait) to its download's end.
+function Run:run_job(job)
+  local s = self.state[job.key] or {}
+  local status, fields = self:replay(s)
+  if status then return self:finish(job, status, fields) end
+  local stopped = self:slot()
+  if stopped then return self:finish(job, "interrupted", { error = stopped }) end
+  self.in_flight = self.in_flight + 1
+  local deadline = core.now() + (self.opts.timeout or self.client.wait_timeout)
+  local task_id = s.task_id
+  if not task_id then
+    task_id, status, fields = self:create(job, deadline)
+  end
+  if task_id then
+    job.task_id = task_id
+    status, fields = self:complete(job, task_id, not s.task_id, deadline)
+  end
+  self.in_flight = self.in_flight - 1
+  return self:finish(job, status, fields)
 end
 
 --- jimeng.batch(client, jobs, opts) -> summary | nil, err
@@ -180,206 +369,40 @@ end
 -- key, label, index, status ("saved", "skipped", "failed", "unknown", "error"), path, task_id, error.
 function M.run(client, jobs, opts)
   opts = opts or {}
-  local json = client.json
   local cap = opts.concurrency or 4
   if type(cap) ~= "number" or not (cap >= 1 and cap <= 1024) then -- luacheck: ignore 581
-    return nil, errors.new { kind = "invalid_argument", field = "concurrency", message = "concurrency must be 1 to 1024" }
+    return errors.invalid("concurrency must be 1 to 1024", "concurrency")
   end
-  local on_event = opts.on_event or function() end
-
   local prepared, output_dir = prepare(client, jobs, opts)
   if not prepared then return nil, output_dir end
-
-  local lock
-  if opts.journal then
-    if type(opts.journal) ~= "string" or opts.journal == "" or (type(jobs) == "string" and
-        (core.canonical_path(opts.journal) or opts.journal) == (core.canonical_path(jobs) or jobs)) then
-      return nil, errors.new { kind = "invalid_argument", field = "journal",
-        message = "the journal must be a file of its own (not the jobs file): " .. tostring(opts.journal) }
-    end
-    local st, cwhy = core.check_output(opts.journal)
-    if not st then
-      return nil, errors.new { kind = "invalid_argument", field = "journal", message = "journal: " .. cwhy }
-    end
-    local why, held
-    lock, why, held = core.lock(opts.journal)
-    if not lock then
-      return nil, errors.new { kind = "io", field = "journal", locked = held == "locked" or nil, message = why ..
-        ": two runs on one journal would pay for every job twice", hint = held == "locked" and
-        "another run is using this journal: wait for it to end, or give this run another journal" or nil }
-    end
+  local run = setmetatable({ client = client, json = client.json, opts = opts, jobs = prepared, state = {},
+    torn = false, cap = cap, limit = cap, in_flight = 0, on_event = opts.on_event or function() end,
+    summary = { total = #prepared, saved = 0, skipped = 0, failed = 0, unknown = 0, errors = 0, interrupted = 0,
+      jobs = {} } }, Run)
+  local ok, err = true, nil
+  if opts.journal then ok, err = run:take_journal(jobs) end
+  if ok then ok, err = run:check_outputs(output_dir) end
+  if ok and run.torn then ok, err = run:journal { event = "resumed" } end
+  if ok and opts.on_start then -- every check passed and the journal is ours: the caller's last word before paying
+    ok, err = opts.on_start()
   end
-  local state, torn = {}, false
-  if opts.journal then state, torn = M.read_journal(opts.journal, json) end
-
-  -- every output path, checked before the first create: a video paid for must have somewhere to go
-  local ok, why = core.mkdirs(output_dir)
   if not ok then
-    if lock then lock:unlock() end
-    return nil, errors.new { kind = "invalid_argument", field = "output_dir", message = why .. " (nothing was paid for)" }
+    run:close()
+    return nil, err
   end
-  local owner = {}
-  for _, job in ipairs(prepared) do
-    local function refuse(msg)
-      if lock then lock:unlock() end
-      return nil, errors.new { kind = "invalid_argument", field = "output",
-        message = ("job %d%s: %s (nothing was paid for)"):format(job.index,
-          job.label and (" (" .. tostring(job.label) .. ")") or "", msg) }
-    end
-    local same = core.canonical_path(job.path) or job.path -- one file, however it is spelt
-    local other = owner[same]
-    if other then
-      return refuse(("it would be saved to %s, like job %d%s: give the jobs distinct labels or outputs"):format(
-        job.path, other.index, other.label and (" (" .. tostring(other.label) .. ")") or ""))
-    end
-    owner[same] = job
-    local st, cwhy = core.check_output(job.path)
-    if not st then return refuse(cwhy) end
-    local s = state[job.key]
-    if st == "file" and not (s and (s.task_id or s.saved)) and not opts.overwrite then
-      return refuse(job.path .. " exists and this journal did not make it: move it away, or pass overwrite " ..
-        "(--force)")
-    end
-  end
-
-  local function journal(rec)
-    if not opts.journal then return true end
-    local line = json.encode(rec) .. "\n"
-    if torn then -- end the torn line so that this record starts on a line of its own
-      line = "\n" .. line
-      torn = false
-    end
-    local jok, jwhy = core.append_durable(opts.journal, line)
-    if not jok then return nil, errors.new { kind = "io", message = "cannot write the journal: " .. jwhy } end
-    return true
-  end
-  if torn then
-    local jok, jerr = journal { event = "resumed" }
-    if not jok then
-      if lock then lock:unlock() end
-      return nil, jerr
-    end
-  end
-  if opts.on_start then -- every check passed and the journal is ours: the caller's last word before paying
-    local sok, serr = opts.on_start()
-    if not sok then
-      if lock then lock:unlock() end
-      return nil, serr
-    end
-  end
-
-  local limit, in_flight = cap, 0
-  local summary = { total = #prepared, saved = 0, skipped = 0, failed = 0, unknown = 0, errors = 0, interrupted = 0,
-    jobs = {} }
-
-  local function finish(job, status, fields)
-    job.status = status
-    for k, v in pairs(fields or {}) do job[k] = v end
-    local field = status == "error" and "errors" or status
-    summary[field] = summary[field] + 1
-    summary.jobs[job.index] = job
-    on_event { type = status, job = job }
-  end
-
-  local function run_job(job)
-    local s = state[job.key] or {}
-    if s.saved and s.saved.path and file_size(s.saved.path) == s.saved.bytes then
-      return finish(job, "skipped", { path = s.saved.path, task_id = s.task_id, bytes = s.saved.bytes })
-    end
-    if s.failed then
-      return finish(job, "failed", { task_id = s.task_id, error = errors.new { kind = s.failed.kind or "task_failed",
-        message = (s.failed.message or "the task failed") .. " (from the journal; not created again)", task_id = s.task_id } })
-    end
-    if s.creating and not s.task_id and not opts.recreate_unknown then
-      return finish(job, "unknown", { error = errors.new { kind = "unknown_outcome", retryable = false,
-        message = (s.unreadable and ("the task was made but its answer named no id (%s)"):format(s.unreadable) or
-          "an earlier run sent this job's create and got no answer: the task may exist and be billed") ..
-          "; check, then run again with recreate_unknown (--recreate-unknown) to create it" } })
-    end
-    while in_flight >= limit do
-      local sig = runtime.sleep(0.05)
-      if sig then return finish(job, "interrupted", { error = errors.new { kind = "interrupted",
-        message = "interrupted (" .. sig .. ") before this job started: nothing was sent" } }) end
-    end
-    if core.interrupted() then
-      return finish(job, "interrupted", { error = errors.new { kind = "interrupted",
-        message = "interrupted (" .. core.interrupted() .. ") before this job started: nothing was sent" } })
-    end
-    in_flight = in_flight + 1
-    local deadline = core.now() + (opts.timeout or client.wait_timeout)
-    local task_id = s.task_id
-    if not task_id then
-      local task, err = client:create(job.params, {
-        deadline = deadline, until_deadline = true,
-        journal = opts.journal and { path = opts.journal,
-          sending = json.encode { event = "sending", job = job.key, index = job.index } .. "\n",
-          not_created = json.encode { event = "not_created", job = job.key } .. "\n" },
-        on_retry = function(err)
-          if err.kind == "rate_limited" then
-            -- the API is saturated: fewer jobs in flight until it recovers
-            limit = math.max(1, math.floor(limit / 2))
-            on_event { type = "backoff", job = job, limit = limit }
-          end
-        end,
-      })
-      if not task and err.created and err.task_id then
-        task = { id = err.task_id } -- the answer was unreadable, but it named the task it made
-        on_event { type = "warning", job = job, message = tostring(err) }
-      end
-      if not task then
-        in_flight = in_flight - 1
-        if err.created then
-          journal { event = "created", job = job.key, error = err.message }
-          return finish(job, "unknown", { error = err })
-        end
-        if err.kind == "interrupted" then
-          return finish(job, err.created == nil and "unknown" or "interrupted", { error = err })
-        end
-        return finish(job, err.created == nil and "unknown" or "error", { error = err })
-      end
-      task_id = task.id
-      local jok, jerr = journal { event = "created", job = job.key, task_id = task_id }
-      if not jok then
-        in_flight = in_flight - 1
-        return finish(job, "error", { task_id = task_id, error = jerr })
-      end
-      on_event { type = "created", job = job, task = task }
-      if limit < cap then limit = limit + 1 end
-    end
-    job.task_id = task_id
-    local done, werr = client:wait(task_id, { interval = opts.interval, deadline = deadline, fresh = not s.task_id,
-      on_status = function(t) on_event { type = "status", job = job, task = t } end })
-    if not done then
-      in_flight = in_flight - 1
-      if werr.kind == "task_failed" then
-        journal { event = "failed", job = job.key, task_id = task_id, kind = werr.kind, error = werr.message }
-        return finish(job, "failed", { error = werr })
-      end
-      return finish(job, werr.kind == "interrupted" and "interrupted" or "error", { error = werr })
-    end
-    local info, derr = client:download(task_id, job.path, { deadline = deadline })
-    in_flight = in_flight - 1
-    if not info then
-      return finish(job, derr.kind == "interrupted" and "interrupted" or "error", { error = derr })
-    end
-    local jok, jerr = journal { event = "saved", job = job.key, task_id = task_id, path = job.path, bytes = info.bytes }
-    if not jok then return finish(job, "error", { error = jerr, path = job.path }) end
-    return finish(job, "saved", { path = job.path, bytes = info.bytes })
-  end
-
   runtime.run(function()
     local list = {}
-    for i, job in ipairs(prepared) do list[i] = function() return run_job(job) end end
+    for i, job in ipairs(prepared) do list[i] = function() return run:run_job(job) end end
     local _, raised = runtime.gather(list)
     for i, e in pairs(raised) do
       if not prepared[i].status then
-        finish(prepared[i], "error", { error = errors.new { kind = "callback", task_id = prepared[i].task_id,
+        run:finish(prepared[i], "error", { error = errors.new { kind = "callback", task_id = prepared[i].task_id,
           message = "this job stopped on an error in Lua code: " .. tostring(e) } })
       end
     end
   end)
-  if lock then lock:unlock() end
-  return summary
+  run:close()
+  return run.summary
 end
 
 return M
