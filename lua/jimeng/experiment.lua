@@ -22,9 +22,7 @@ local SPEC_KEYS = { name = true, base = true, vary = true, vars = true, cells = 
   rows = true, cols = true }
 local TAKE_SEP = " take "
 
-local function invalid(message, field)
-  return nil, errors.new { kind = "invalid_argument", message = message, field = field }
-end
+local invalid = errors.invalid
 
 local canonical = gallery.canonical
 M.canonical = canonical
