@@ -40,6 +40,7 @@ build = {
     ["jimeng.budget"] = "lua/jimeng/budget.lua",
     ["jimeng.cli"] = "lua/jimeng/cli.lua",
     ["jimeng.client"] = "lua/jimeng/client.lua",
+    ["jimeng.download"] = "lua/jimeng/download.lua",
     ["jimeng.errors"] = "lua/jimeng/errors.lua",
     ["jimeng.experiment"] = "lua/jimeng/experiment.lua",
     ["jimeng.gallery"] = "lua/jimeng/gallery.lua",
@@ -48,6 +49,7 @@ build = {
     ["jimeng.nvim"] = "lua/jimeng/nvim.lua",
     ["jimeng.runtime"] = "lua/jimeng/runtime.lua",
     ["jimeng.sandbox"] = "lua/jimeng/sandbox.lua",
+    ["jimeng.workflows"] = "lua/jimeng/workflows.lua",
   },
   install = {
     bin = { jimeng = "bin/jimeng" },
