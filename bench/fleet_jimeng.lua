@@ -24,7 +24,7 @@ jimeng.run(function()
   for i = 1, n do ids[i] = created[i].id end
   local c0 = os.clock()
   local list = {}
-  for i = 1, n do list[i] = function() return assert(client:wait(ids[i], { fresh = true })) end end
+  for i = 1, n do list[i] = function() return assert(client:wait(ids[i])) end end
   local done = jimeng.gather(list)
   assert(#done == n)
   cpu_wait = os.clock() - c0

@@ -321,9 +321,9 @@ function Run:create(job, deadline)
 end
 
 -- Waits for a created task and saves its video, journaled. -> status, fields
-function Run:complete(job, task_id, fresh, deadline)
+function Run:complete(job, task_id, deadline)
   local client = self.client
-  local done, werr = client:wait(task_id, { interval = self.opts.interval, deadline = deadline, fresh = fresh,
+  local done, werr = client:wait(task_id, { interval = self.opts.interval, deadline = deadline,
     on_status = function(t) self.on_event { type = "status", job = job, task = t } end })
   if not done then
     if werr.kind == "task_failed" then
@@ -354,7 +354,7 @@ function Run:run_job(job)
   end
   if task_id then
     job.task_id = task_id
-    status, fields = self:complete(job, task_id, not s.task_id, deadline)
+    status, fields = self:complete(job, task_id, deadline)
   end
   self.in_flight = self.in_flight - 1
   return self:finish(job, status, fields)

@@ -194,6 +194,8 @@ function Client.new(opts, json)
     return invalid("max_rps must be a number of requests per second from 0.5 to 100000", "max_rps")
   end
   self.budget = Budget.new(self.max_rps)
+  -- when each task this client created was created: its first wait learns and uses the queue time
+  self.created_at = {}
   self.json = json
   local luav = _VERSION
   if type(jit) == "table" and jit.version then luav = jit.version end -- luacheck: ignore 113
@@ -283,6 +285,7 @@ function Client:create(params, opts)
   })
   if not decoded then return nil, r end
   local task, terr = to_task(self, decoded, r, warnings)
+  if task then self.created_at[task.id] = now() end
   if not task then
     -- a 2xx: the task exists even if its answer makes no sense
     terr.created, terr.task_id = true, core.raw_id(r.body or "")
@@ -320,6 +323,8 @@ end
 -- Polls until completed (returns the task), failed (task_failed) or the timeout (timeout, err.task =
 -- the last task seen). opts: interval, timeout, on_status(task) called on every change of status.
 -- A status this client does not know keeps it waiting (with a warning), until the deadline.
+-- The first wait for a task this client created polls first when tasks usually leave the queue (the
+-- client's typical_queue, learnt from its earlier tasks), at a random point of the interval after it.
 function Client:wait(id, opts)
   check_method_self(self, "wait")
   opts = opts or {}
@@ -330,12 +335,16 @@ function Client:wait(id, opts)
   local deadline = opts.deadline or (now() + (opts.timeout or self.wait_timeout))
   if deadline ~= deadline then return invalid("timeout must be a number of seconds", "timeout") end
   local last, last_status, last_err
-  local started, queued_until, learnt = now(), nil, false
-  if opts.fresh then
-    -- a task just created: its first poll comes no earlier than tasks of this client usually wait in the
-    -- queue (a poll before that would only say in_queue), at a random point of the interval after it, so
-    -- that the polls of tasks created together spread over the interval from the first round on
-    local first = math.min((self.typical_queue or 0) + math.random() * interval, deadline - now() - 0.05)
+  local created_at = self.created_at[id]
+  self.created_at[id] = nil
+  local fresh = created_at ~= nil
+  local started, queued_until, learnt = created_at or now(), nil, false
+  if fresh then
+    -- a task this client created: its first poll comes no earlier than tasks of this client usually wait
+    -- in the queue (a poll before that would only say in_queue), at a random point of the interval after
+    -- it, so that the polls of tasks created together spread over the interval from the first round on
+    local first = math.min(started + (self.typical_queue or 0) + math.random() * interval - now(),
+      deadline - now() - 0.05)
     if first > 0 then
       local sig = runtime.sleep(first)
       if sig then
@@ -346,7 +355,7 @@ function Client:wait(id, opts)
   end
   while true do
     local task, serr = self:status(id, { deadline = deadline })
-    if task and opts.fresh and not learnt then
+    if task and fresh and not learnt then
       if task.status == "in_queue" then
         queued_until = now() - started
       elseif task.status ~= "unknown" then

@@ -49,7 +49,7 @@ local function complete(self, task, opts, deadline, output)
   ok, cerr = errors.call_back(opts.on_status, "on_status", task.id, task)
   if not ok then return nil, cerr end
   local done, werr = self:wait(task.id, {
-    deadline = deadline, interval = opts.interval, fresh = true,
+    deadline = deadline, interval = opts.interval,
     on_status = opts.on_status and function(t) if t.status ~= task.status then opts.on_status(t) end end,
   })
   if not done then
