@@ -3,29 +3,20 @@ local h = require "spec.support.helpers"
 local proc = require "spec.support.process"
 
 describe("download", function()
-  local sb, client, dir
-  setup(function()
-    sb = h.sandbox { queue_seconds = 0, process_seconds = 0 }
-    client = h.client(sb)
-    dir = h.tmpdir()
-  end)
-  teardown(function()
-    sb:stop()
-    h.cleanup()
-  end)
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0, process_seconds = 0 }, dir = "setup" }
 
   local function finished_task(prompt)
-    local task = assert(client:create { prompt = prompt or "a finished video" })
-    assert(client:wait(task.id, { interval = 0.01 }))
+    local task = assert(env.client:create { prompt = prompt or "a finished video" })
+    assert(env.client:wait(task.id, { interval = 0.01 }))
     return task
   end
 
   it("of a task that is not finished fails with the server's message and leaves no file", function()
-    sb:config { queue_seconds = 30 }
-    local task = assert(client:create { prompt = "still queued" })
-    sb:config { queue_seconds = 0 }
-    local path = dir .. "/early.mp4"
-    local info, err = client:download(task.id, path)
+    env.sb:config { queue_seconds = 30 }
+    local task = assert(env.client:create { prompt = "still queued" })
+    env.sb:config { queue_seconds = 0 }
+    local path = env.dir .. "/early.mp4"
+    local info, err = env.client:download(task.id, path)
     assert.is_nil(info)
     assert.equals("invalid_argument", err.kind)
     assert.equals(400, err.status)
@@ -36,8 +27,8 @@ describe("download", function()
   end)
 
   it("of an unknown task is not_found and leaves no file", function()
-    local path = dir .. "/missing.mp4"
-    local info, err = client:download("98765432109876543210", path)
+    local path = env.dir .. "/missing.mp4"
+    local info, err = env.client:download("98765432109876543210", path)
     assert.is_nil(info)
     assert.equals("not_found", err.kind)
     assert.is_false(h.exists(path))
@@ -45,8 +36,8 @@ describe("download", function()
 
   it("into a directory that does not exist is an io error and leaves nothing", function()
     local task = finished_task()
-    local path = dir .. "/no/such/dir/v.mp4"
-    local info, err = client:download(task.id, path)
+    local path = env.dir .. "/no/such/dir/v.mp4"
+    local info, err = env.client:download(task.id, path)
     assert.is_nil(info)
     assert.equals("io", err.kind)
     assert.is_false(h.exists(path))
@@ -54,28 +45,28 @@ describe("download", function()
 
   it("overwrites an older file at the path only once the new one is complete", function()
     local task = finished_task()
-    local path = dir .. "/replace.mp4"
+    local path = env.dir .. "/replace.mp4"
     h.write(path, "old contents")
-    assert(client:download(task.id, path))
+    assert(env.client:download(task.id, path))
     assert.equals(h.fixture(), h.read(path))
   end)
 
   it("throws away a resumed 206 that starts anywhere but where the .part ends, and saves the video whole", function()
     local size = 200000
-    local task = assert(client:create { prompt = "resumed badly sandbox:bytes=" .. size })
-    assert(client:wait(task.id, { interval = 0.01 }))
-    local path = dir .. "/badrange.mp4"
-    sb:faults { path = "^/v1/videos/[0-9]+/content$", fault = "reset_mid_body", after_bytes = 50000 }
-    assert.is_nil(h.client(sb, { max_retries = 0 }):download(task.id, path))
+    local task = assert(env.client:create { prompt = "resumed badly sandbox:bytes=" .. size })
+    assert(env.client:wait(task.id, { interval = 0.01 }))
+    local path = env.dir .. "/badrange.mp4"
+    env.sb:faults { path = "^/v1/videos/[0-9]+/content$", fault = "reset_mid_body", after_bytes = 50000 }
+    assert.is_nil(h.client(env.sb, { max_retries = 0 }):download(task.id, path))
     assert.equals(50000, #h.read(path .. ".part"))
-    sb:faults { path = "^/v1/videos/[0-9]+/content$", fault = "bad_range" }
-    local info = assert(client:download(task.id, path))
+    env.sb:faults { path = "^/v1/videos/[0-9]+/content$", fault = "bad_range" }
+    local info = assert(env.client:download(task.id, path))
     assert.equals(200, info.status)
     assert.is_nil(info.resumed_from)
     local data = h.read(path)
     assert.equals(size, #data)
     for i = 32, size - 1, 997 do assert.equals(h.synthetic_byte(i), data:byte(i + 1), "byte " .. i) end
-    local log = h.api_requests(sb, "^/v1/videos/" .. task.id .. "/content$")
+    local log = h.api_requests(env.sb, "^/v1/videos/" .. task.id .. "/content$")
     assert.equals("bytes=50000-", log[#log - 1].headers.range)
     assert.is_nil(log[#log].headers.range)
   end)
@@ -83,7 +74,7 @@ describe("download", function()
   it("reports progress, ending with the whole size", function()
     local task = finished_task()
     local calls = {}
-    assert(client:download(task.id, dir .. "/progress.mp4", {
+    assert(env.client:download(task.id, env.dir .. "/progress.mp4", {
       on_progress = function(got, total) calls[#calls + 1] = { got, total } end,
     }))
     local last = calls[#calls]

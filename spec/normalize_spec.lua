@@ -387,26 +387,21 @@ describe("normalize for OmniHuman", function()
 end)
 
 describe("invalid creates never reach the network", function()
-  local sb, client
-  setup(function()
-    sb = h.sandbox()
-    client = h.client(sb)
-  end)
-  teardown(function() sb:stop() end)
+  local env = h.with_sandbox()
 
   it("as the sandbox's log shows, for a refusal of every kind of rule", function()
-    local before = #sb:log()
+    local before = #env.sb:log()
     for _, params in ipairs {
       { prompt = "x", frames = 100 }, { prompt = "x", size = "5000x1000" }, { prompt = ("a"):rep(801) },
       { prompt = "x", model = PRO, req_key = "jimeng_t2v_v30" }, { prompt = "x", images = { "/no/such.png" } },
       { prompt = "x", aspect_raito = "16:9" }, { generation_type = "omni_human", image = IMAGE },
     } do
-      local task, err = client:create(params)
+      local task, err = env.client:create(params)
       assert.is_nil(task)
       assert.equals("invalid_argument", err.kind)
     end
-    assert.equals(before, #sb:log())
-    assert.equals(0, sb:stats().creates)
+    assert.equals(before, #env.sb:log())
+    assert.equals(0, env.sb:stats().creates)
   end)
 end)
 

@@ -9,9 +9,7 @@ local jimeng = require "jimeng"
 local lua = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
 
 describe("base URLs, read by libcurl's URL parser", function()
-  local sb
-  setup(function() sb = h.sandbox() end)
-  teardown(function() sb:stop() end)
+  local env = h.with_sandbox { client = false }
 
   it("refuses user names and passwords in the base URL, which hide the host libcurl connects to", function()
     for _, url in ipairs { "http://localhost:x@10.88.0.1:8000/v1", "http://127.0.0.1:1@host/v1",
@@ -25,7 +23,7 @@ describe("base URLs, read by libcurl's URL parser", function()
   end)
 
   it("accepts every loopback spelling libcurl connects to as loopback, and nothing else", function()
-    local port = sb.url:match(":(%d+)/v1$")
+    local port = env.sb.url:match(":(%d+)/v1$")
     for _, url in ipairs { "http://[::1]:%s/v1", "http://127.1.2.3:%s/v1", "http://LOCALHOST:%s/v1", "http://127.1:%s/v1",
       "http://0x7f.0.0.1:%s/v1", "http://2130706433:%s/v1", "http://[0:0::1]:%s/v1", "http://localhost.:%s/v1" } do
       assert(jimeng.new { api_key = "k", base_url = url:format(port) })
@@ -61,8 +59,8 @@ describe("base URLs, read by libcurl's URL parser", function()
   end)
 
   it("names the Location of a redirect answered to a JSON call", function()
-    sb:faults { path = "^/v1/videos/r-1$", fault = "redirect", status = 308, location = "https://moved.example/v2/videos/r-1" }
-    local c = assert(jimeng.new { api_key = "k", base_url = sb.url })
+    env.sb:faults { path = "^/v1/videos/r-1$", fault = "redirect", status = 308, location = "https://moved.example/v2/videos/r-1" }
+    local c = assert(jimeng.new { api_key = "k", base_url = env.sb.url })
     local t, err = c:status("r-1")
     assert.is_nil(t)
     assert.equals(308, err.status)

@@ -1,4 +1,5 @@
 -- Helpers for the specs: a sandbox per spec file, temporary directories, file reading.
+local busted = require "busted"
 local sandbox = require "jimeng.sandbox"
 
 local M = {}
@@ -33,6 +34,35 @@ end
 function M.cleanup()
   for _, p in ipairs(tmpdirs) do os.execute("unset LD_PRELOAD; rm -rf '" .. p .. "'") end
   tmpdirs = {}
+end
+
+--- The sandbox of the describe block that calls it, and what goes with it: registers its setup, before_each
+-- and teardown, and returns the table they fill in: sb (the sandbox), client (h.client on it), dir (a
+-- temporary directory). Teardown stops the sandbox and, where opts.dir asked for one, removes the temporary
+-- directories (all of them, as h.cleanup does).
+-- opts.sandbox: h.sandbox's options; opts.client: false for no client, else h.client's extra options;
+-- opts.dir: "setup" for one directory for the block, "each" for a fresh one before each test;
+-- opts.reset: true to reset the sandbox before each test, a table to then configure it with that table.
+function M.with_sandbox(opts)
+  opts = opts or {}
+  local env = {}
+  busted.setup(function()
+    env.sb = M.sandbox(opts.sandbox)
+    if opts.client ~= false then env.client = M.client(env.sb, opts.client) end
+    if opts.dir == "setup" then env.dir = M.tmpdir() end
+  end)
+  if opts.reset or opts.dir == "each" then
+    busted.before_each(function()
+      if opts.reset then env.sb:reset() end
+      if type(opts.reset) == "table" then env.sb:config(opts.reset) end
+      if opts.dir == "each" then env.dir = M.tmpdir() end
+    end)
+  end
+  busted.teardown(function()
+    if env.sb then env.sb:stop() end
+    if opts.dir then M.cleanup() end
+  end)
+  return env
 end
 
 function M.read(path)
