@@ -62,26 +62,20 @@ describe("client:omnihuman", function()
   end)
 
   it("asking for a subject the detection did not find is an error, and nothing is created", function()
-    local task, err = env.client:omnihuman { image = portrait(2), audio = AUDIO, subject = 3 }
-    assert.is_nil(task)
-    assert.equals("invalid_argument", err.kind)
+    local err = h.failed("invalid_argument", env.client:omnihuman { image = portrait(2), audio = AUDIO, subject = 3 })
     assert.truthy(err.message:find("found 2 subjects"))
     assert.equals(0, env.sb:stats().creates)
   end)
 
   it("an image with no subject is refused after detection, before any paid call", function()
-    local task, err = env.client:omnihuman { image = portrait(0), audio = AUDIO, subject = "largest" }
-    assert.is_nil(task)
-    assert.equals("invalid_argument", err.kind)
+    local err = h.failed("invalid_argument", env.client:omnihuman { image = portrait(0), audio = AUDIO, subject = "largest" })
     assert.truthy(err.message:find("detection found no subject"))
     assert.same({ "POST /v1/omnihuman/subject/detection" }, paths())
     assert.equals(0, env.sb:stats().creates)
   end)
 
   it("recognize = true refuses an image without a person-like subject, before any paid call", function()
-    local task, err = env.client:omnihuman { image = portrait(0), audio = AUDIO, recognize = true }
-    assert.is_nil(task)
-    assert.equals("invalid_argument", err.kind)
+    local err = h.failed("invalid_argument", env.client:omnihuman { image = portrait(0), audio = AUDIO, recognize = true })
     assert.equals("image", err.field)
     assert.truthy(err.message:find("recognition found no person"))
     assert.same({ "POST /v1/omnihuman/subject/recognition" }, paths())
@@ -130,9 +124,7 @@ describe("client:detect and client:recognize", function()
 
   it("refuses a non-http image before any request", function()
     local before = #env.sb:log()
-    local d, err = env.client:detect("/home/me/portrait.jpg")
-    assert.is_nil(d)
-    assert.equals("invalid_argument", err.kind)
+    h.failed("invalid_argument", env.client:detect("/home/me/portrait.jpg"))
     assert.equals(before, #env.sb:log())
   end)
 
@@ -145,16 +137,12 @@ describe("client:detect and client:recognize", function()
 
   it("detect gives up on a persisting 500 with a server error", function()
     env.sb:faults { path = "detection$", fault = "status", status = 500, count = 3, headers = { ["retry-after-ms"] = "10" } }
-    local d, err = env.client:detect(portrait(2))
-    assert.is_nil(d)
-    assert.equals("server", err.kind)
+    local err = h.failed("server", env.client:detect(portrait(2)))
     assert.equals(500, err.status)
   end)
 
   it("a malformed detection answer is a protocol error", function()
     env.sb:faults { path = "detection$", fault = "json", body = { status = "maybe" } }
-    local d, err = env.client:detect(portrait(2))
-    assert.is_nil(d)
-    assert.equals("protocol", err.kind)
+    h.failed("protocol", env.client:detect(portrait(2)))
   end)
 end)

@@ -1,5 +1,6 @@
 -- Helpers for the specs: a sandbox per spec file, temporary directories, file reading.
 local busted = require "busted"
+local assert = require "luassert"
 local sandbox = require "jimeng.sandbox"
 
 local M = {}
@@ -91,6 +92,23 @@ function M.write(path, data)
   local f = assert(io.open(path, "wb"))
   f:write(data)
   f:close()
+end
+
+--- Asserts that a call failed the library's way: nil, then an error of that kind. Call it with the call's
+-- own results: h.failed("auth", c:create {...}). Returns the error, for the checks of its own that each case
+-- makes.
+function M.failed(kind, value, err)
+  assert.is_nil(value)
+  assert.equals(kind, err.kind)
+  return err
+end
+
+--- Asserts that a download failed (as h.failed) and left nothing behind: none of the paths in absent (the
+-- file, its .part...) on disk. h.download_failed(kind, { path, path .. ".part" }, c:download(...)).
+function M.download_failed(kind, absent, info, err)
+  M.failed(kind, info, err)
+  for _, p in ipairs(absent) do assert.is_false(M.exists(p), p) end
+  return err
 end
 
 --- The committed MP4 fixture the sandbox serves.
