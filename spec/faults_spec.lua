@@ -10,6 +10,22 @@ local STATUS_PATH = "^/v1/videos/[0-9]+$"
 local CONTENT_PATH = "^/v1/videos/[0-9]+/content$"
 local CREATE_PATH = "^/v1/videos$"
 
+-- Sets the fault on path on the sandbox sb, makes the call once and checks what came back: "ok" (a table), or
+-- an error of the kind expect names. Returns how many requests on path the call made, and the error.
+local function under_fault(sb, path, fault, call, expect)
+  local plan = { path = path }
+  for k, v in pairs(fault) do plan[k] = v end
+  local before = #h.api_requests(sb, path)
+  sb:faults(plan)
+  local value, err = call()
+  if expect == "ok" then
+    assert.is_table(value, err and tostring(err))
+  else
+    h.failed(expect, value, err)
+  end
+  return #h.api_requests(sb, path) - before, err
+end
+
 describe("JSON calls under faults", function()
   local env = h.with_sandbox()
   local task
@@ -17,6 +33,11 @@ describe("JSON calls under faults", function()
 
   local function hits(path)
     return #h.api_requests(env.sb, path or STATUS_PATH)
+  end
+
+  -- client:status of the task under the fault (see under_fault): the status requests it made, and the error.
+  local function status_under(fault, expect)
+    return under_fault(env.sb, STATUS_PATH, fault, function() return env.client:status(task.id) end, expect)
   end
 
   it("a 500 twice, then success: the status comes back after two retries", function()
@@ -28,23 +49,16 @@ describe("JSON calls under faults", function()
   end)
 
   it("a 503 every time: a server error with its status after max_retries, still marked retryable", function()
-    local before = hits()
-    env.sb:faults { path = STATUS_PATH, fault = "status", status = 503, count = 3, headers = FAST }
-    local t, err = env.client:status(task.id)
-    assert.is_nil(t)
-    assert.equals("server", err.kind)
+    local n, err = status_under({ fault = "status", status = 503, count = 3, headers = FAST }, "server")
     assert.equals(503, err.status)
     assert.is_true(err.retryable)
     assert.equals(task.id, err.task_id)
-    assert.equals(3, hits() - before)
+    assert.equals(3, n)
   end)
 
   for _, code in ipairs { 408, 409, 429, 500, 502, 503, 504 } do
     it(("a %d once is retried"):format(code), function()
-      local before = hits()
-      env.sb:faults { path = STATUS_PATH, fault = "status", status = code, headers = FAST }
-      assert(env.client:status(task.id))
-      assert.equals(2, hits() - before)
+      assert.equals(2, status_under({ fault = "status", status = code, headers = FAST }, "ok"))
     end)
   end
 
@@ -73,50 +87,30 @@ describe("JSON calls under faults", function()
   end)
 
   it("x-should-retry: false stops a retry the status would allow", function()
-    local before = hits()
-    env.sb:faults { path = STATUS_PATH, fault = "status", status = 500, headers = { ["x-should-retry"] = "false" } }
-    local t, err = env.client:status(task.id)
-    assert.is_nil(t)
-    assert.equals("server", err.kind)
-    assert.equals(1, hits() - before)
+    assert.equals(1, status_under({ fault = "status", status = 500, headers = { ["x-should-retry"] = "false" } }, "server"))
   end)
 
   it("x-should-retry: true makes a retry the status would not", function()
-    local before = hits()
-    env.sb:faults { path = STATUS_PATH, fault = "status", status = 400, headers = { ["x-should-retry"] = "true", ["retry-after-ms"] = "10" } }
-    assert(env.client:status(task.id))
-    assert.equals(2, hits() - before)
+    assert.equals(2, status_under({ fault = "status", status = 400, headers = { ["x-should-retry"] = "true", ["retry-after-ms"] = "10" } }, "ok"))
   end)
 
   it("a connection reset before the answer is retried", function()
-    local before = hits()
-    env.sb:faults { path = STATUS_PATH, fault = "reset_before" }
-    assert(env.client:status(task.id))
-    assert.equals(2, hits() - before)
+    assert.equals(2, status_under({ fault = "reset_before" }, "ok"))
   end)
 
   it("malformed JSON is a protocol error, not retried", function()
-    local before = hits()
-    env.sb:faults { path = STATUS_PATH, fault = "malformed_json" }
-    local t, err = env.client:status(task.id)
-    assert.is_nil(t)
-    assert.equals("protocol", err.kind)
-    assert.equals(1, hits() - before)
+    assert.equals(1, status_under({ fault = "malformed_json" }, "protocol"))
   end)
 
   it("a proxy's HTML error page is retried, and reported by its title when it persists", function()
     env.sb:faults { path = STATUS_PATH, fault = "html", status = 502, count = 3 }
-    local t, err = env.client:status(task.id)
-    assert.is_nil(t)
-    assert.equals("server", err.kind)
+    local err = h.failed("server", env.client:status(task.id))
     assert.equals("502 Bad Gateway", err.message)
   end)
 
   it("a body over the 8 MiB cap is refused as a protocol error", function()
     env.sb:faults { path = STATUS_PATH, fault = "huge", bytes = 9 * 1024 * 1024 }
-    local t, err = env.client:status(task.id)
-    assert.is_nil(t)
-    assert.equals("protocol", err.kind)
+    local err = h.failed("protocol", env.client:status(task.id))
     assert.truthy(err.message:find("larger than the limit"))
   end)
 
@@ -128,45 +122,33 @@ describe("JSON calls under faults", function()
       cur = cur.x
     end
     env.sb:faults { path = STATUS_PATH, fault = "json", body = deep }
-    local t, err = env.client:status(task.id)
-    assert.is_nil(t)
-    assert.equals("protocol", err.kind)
+    h.failed("protocol", env.client:status(task.id))
   end)
 
   it("a stalled server hits the per-request timeout: a timeout error", function()
     local c = h.client(env.sb, { timeout = 0.3, max_retries = 0 })
     env.sb:faults { path = STATUS_PATH, fault = "stall", seconds = 1.5 }
-    local t, err = c:status(task.id)
-    assert.is_nil(t)
-    assert.equals("timeout", err.kind)
+    local err = h.failed("timeout", c:status(task.id))
     assert.is_true(err.retryable)
   end)
 
   it("an API call follows no redirect", function()
-    local before = hits()
-    env.sb:faults { path = STATUS_PATH, fault = "redirect", location = env.sb.root .. "/cdn/elsewhere" }
-    local t, err = env.client:status(task.id)
-    assert.is_nil(t)
-    assert.equals("http", err.kind)
+    local n, err = status_under({ fault = "redirect", location = env.sb.root .. "/cdn/elsewhere" }, "http")
     assert.equals(302, err.status)
-    assert.equals(1, hits() - before)
+    assert.equals(1, n)
     assert.equals(0, #h.api_requests(env.sb, "^/cdn/"))
   end)
 
   it("a 404 is not_found at once", function()
     local before = hits()
-    local t, err = env.client:status("11111111111111111111")
-    assert.is_nil(t)
-    assert.equals("not_found", err.kind)
+    h.failed("not_found", env.client:status("11111111111111111111"))
     assert.equals(1, hits() - before)
   end)
 
   it("the request id comes from the body when the header is absent; a flat error body gives message and code", function()
     env.sb:faults { path = STATUS_PATH, fault = "json", status = 400,
       body = { message = "quota exceeded", code = 1102, request_id = "body-rid" }, headers = { no_request_id = true } }
-    local t, err = env.client:status(task.id)
-    assert.is_nil(t)
-    assert.equals("invalid_argument", err.kind)
+    local err = h.failed("invalid_argument", env.client:status(task.id))
     assert.equals("quota exceeded", err.message)
     assert.equals("1102", err.code)
     assert.equals("body-rid", err.request_id)
@@ -194,9 +176,7 @@ describe("JSON calls under faults", function()
   end)
 
   it("wait stops at once on an error that waiting cannot cure", function()
-    local t, err = env.client:wait("11111111111111111111", { interval = 0.05, timeout = 10 })
-    assert.is_nil(t)
-    assert.equals("not_found", err.kind)
+    h.failed("not_found", env.client:wait("11111111111111111111", { interval = 0.05, timeout = 10 }))
   end)
 
   it("wait takes the server's hint over its own interval", function()
@@ -245,18 +225,7 @@ describe("every fault on every call that changes nothing (status, detect, recogn
   for _, call in ipairs(calls) do
     for _, f in ipairs(faults) do
       it(("%s: %s -> %s after %d request%s"):format(call[1], f[1], f[3], f[4], f[4] == 1 and "" or "s"), function()
-        local plan = { path = call[2] }
-        for k, v in pairs(f[2]) do plan[k] = v end
-        local before = #h.api_requests(env.sb, call[2])
-        env.sb:faults(plan)
-        local value, err = call[3]()
-        if f[3] == "ok" then
-          assert.is_table(value, err and tostring(err))
-        else
-          assert.is_nil(value)
-          assert.equals(f[3], err.kind)
-        end
-        assert.equals(f[4], #h.api_requests(env.sb, call[2]) - before)
+        assert.equals(f[4], under_fault(env.sb, call[2], f[2], call[3], f[3]))
       end)
     end
   end
@@ -287,9 +256,7 @@ describe("a paid create under faults", function()
     function()
       env.sb:faults { path = CREATE_PATH, fault = "create_then", answer = "status", status = 502, count = 3,
         headers = { ["x-should-retry"] = "true", ["retry-after-ms"] = "10" } }
-      local t, err = env.client:create { prompt = "x" }
-      assert.is_nil(t)
-      assert.equals("unknown_outcome", err.kind)
+      local err = h.failed("unknown_outcome", env.client:create { prompt = "x" })
       assert.is_nil(err.created)
       assert.equals(1, attempts())
       assert.equals(1, creates())
@@ -299,9 +266,7 @@ describe("a paid create under faults", function()
     it(("after a %d is unknown_outcome, not retried: a gateway answers so after the backend got it"):format(code),
       function()
         env.sb:faults { path = CREATE_PATH, fault = "status", status = code, retry_after = 1 }
-        local t, err = env.client:create { prompt = "x" }
-        assert.is_nil(t)
-        assert.equals("unknown_outcome", err.kind)
+        local err = h.failed("unknown_outcome", env.client:create { prompt = "x" })
         assert.equals(code, err.status)
         assert.is_nil(err.created)
         assert.truthy(err.message:find("check before creating it again"))
@@ -312,18 +277,14 @@ describe("a paid create under faults", function()
   it("on a kept-alive connection is never re-sent by libcurl itself when that connection dies", function()
     assert(env.client:create { prompt = "warm the connection up" })
     env.sb:faults { path = CREATE_PATH, fault = "reset_before" }
-    local t, err = env.client:create { prompt = "x" }
-    assert.is_nil(t)
-    assert.equals("unknown_outcome", err.kind)
+    h.failed("unknown_outcome", env.client:create { prompt = "x" })
     assert.equals(2, attempts())
     assert.equals(1, creates())
   end)
 
   it("whose connection is reset after the server made the task is unknown_outcome, never retried", function()
     env.sb:faults { path = CREATE_PATH, fault = "reset_after_create" }
-    local t, err = env.client:create { prompt = "x" }
-    assert.is_nil(t)
-    assert.equals("unknown_outcome", err.kind)
+    local err = h.failed("unknown_outcome", env.client:create { prompt = "x" })
     assert.is_false(err.retryable)
     assert.truthy(err.message:find("check before creating it again"))
     assert.equals(1, attempts())
@@ -332,18 +293,14 @@ describe("a paid create under faults", function()
 
   it("whose connection is reset after the body was sent is unknown_outcome too", function()
     env.sb:faults { path = CREATE_PATH, fault = "reset_before" }
-    local t, err = env.client:create { prompt = "x" }
-    assert.is_nil(t)
-    assert.equals("unknown_outcome", err.kind)
+    h.failed("unknown_outcome", env.client:create { prompt = "x" })
     assert.equals(1, attempts())
   end)
 
   it("that times out after sending is unknown_outcome, not a second paid request", function()
     local c = h.client(env.sb, { timeout = 0.3 })
     env.sb:faults { path = CREATE_PATH, fault = "stall", seconds = 1 }
-    local t, err = c:create { prompt = "x" }
-    assert.is_nil(t)
-    assert.equals("unknown_outcome", err.kind)
+    h.failed("unknown_outcome", c:create { prompt = "x" })
     assert.equals(1, attempts())
   end)
 
@@ -351,9 +308,7 @@ describe("a paid create under faults", function()
     local retries = 0
     local closed = assert(jimeng.new { api_key = "k", base_url = "http://127.0.0.1:9/v1", max_retries = 1,
       logger = function(what) if what == "retry" then retries = retries + 1 end end })
-    local t, err = closed:create { prompt = "x" }
-    assert.is_nil(t)
-    assert.equals("network", err.kind)
+    local err = h.failed("network", closed:create { prompt = "x" })
     assert.is_true(err.retryable)
     assert.equals(1, retries)
   end)
@@ -411,12 +366,9 @@ describe("a download under faults", function()
     local path = env.dir .. "/broken.mp4"
     local c = h.client(env.sb, { max_retries = 1 })
     env.sb:faults { path = CONTENT_PATH, fault = "reset_mid_body", after_bytes = 700000, count = 2 }
-    local info, err = c:download(task.id, path)
-    assert.is_nil(info)
-    assert.equals("network", err.kind)
+    local err = h.download_failed("network", { path }, c:download(task.id, path))
     assert.is_true(err.retryable)
     assert.equals(task.id, err.task_id)
-    assert.is_false(h.exists(path))
     local partial = #h.read(path .. ".part")
     assert.is_true(partial > 0 and partial < SIZE)
     local again = assert(env.client:download(task.id, path))
@@ -457,22 +409,15 @@ describe("a download under faults", function()
   it("JSON where a video was expected is an error with the server's message, and no file", function()
     local path = env.dir .. "/json.mp4"
     env.sb:faults { path = CONTENT_PATH, fault = "json", status = 200, body = { error = { message = "video expired" } } }
-    local info, err = env.client:download(task.id, path)
-    assert.is_nil(info)
-    assert.equals("protocol", err.kind)
+    local err = h.download_failed("protocol", { path, path .. ".part" }, env.client:download(task.id, path))
     assert.truthy(err.message:find("video expired"))
-    assert.is_false(h.exists(path))
-    assert.is_false(h.exists(path .. ".part"))
   end)
 
   it("an HTML error page is retried, then reported by its title; no file", function()
     local path = env.dir .. "/html.mp4"
     env.sb:faults { path = CONTENT_PATH, fault = "html", status = 502, count = 3 }
-    local info, err = env.client:download(task.id, path)
-    assert.is_nil(info)
-    assert.equals("server", err.kind)
+    local err = h.download_failed("server", { path }, env.client:download(task.id, path))
     assert.equals("502 Bad Gateway", err.message)
-    assert.is_false(h.exists(path))
   end)
 
   it("a stall mid-body is cut by the stall timeout and resumed", function()
@@ -508,23 +453,17 @@ describe("a download under faults", function()
     local path = env.dir .. "/file.mp4"
     local before = #content_requests()
     env.sb:faults { path = CONTENT_PATH, fault = "redirect", location = "file:///etc/passwd" }
-    local info, err = env.client:download(task.id, path)
-    assert.is_nil(info)
-    assert.equals("protocol", err.kind)
+    local err = h.download_failed("protocol", { path }, env.client:download(task.id, path))
     assert.is_false(err.retryable)
     assert.equals(1, #content_requests() - before)
-    assert.is_false(h.exists(path))
   end)
 
   it("gives up after five redirects", function()
     local path = env.dir .. "/loop.mp4"
     env.sb:faults { path = "^/cdn/", fault = "redirect", location = env.sb.root .. "/cdn/again", count = 6 }
     env.sb:faults { path = CONTENT_PATH, fault = "redirect", location = env.sb.root .. "/cdn/again" }
-    local info, err = env.client:download(task.id, path)
-    assert.is_nil(info)
-    assert.equals("protocol", err.kind)
+    local err = h.download_failed("protocol", { path }, env.client:download(task.id, path))
     assert.truthy(err.message:find("more than 5 redirects"))
-    assert.is_false(h.exists(path))
   end)
 
   it("keeps memory flat: a 64 MiB video does not grow the process by more than a few MiB", function()
@@ -553,9 +492,7 @@ describe("security", function()
   local env = h.with_sandbox { client = false }
 
   it("refuses a plain-http base URL to a remote host, and allows loopback or an explicit opt-in", function()
-    local c, err = jimeng.new { api_key = "k", base_url = "http://example.com/v1" }
-    assert.is_nil(c)
-    assert.equals("invalid_argument", err.kind)
+    local err = h.failed("invalid_argument", jimeng.new { api_key = "k", base_url = "http://example.com/v1" })
     assert.equals("base_url", err.field)
     assert(jimeng.new { api_key = "k", base_url = "http://127.0.0.1:1/v1" })
     assert(jimeng.new { api_key = "k", base_url = "http://localhost:1/v1" })
@@ -567,9 +504,7 @@ describe("security", function()
 
   it("refuses an API key with CR or LF, which could smuggle a header", function()
     for _, key in ipairs { "sk-1\r\nX-Evil: 1", "sk-1\n", "sk\0x" } do
-      local c, err = jimeng.new { api_key = key, base_url = env.sb.url }
-      assert.is_nil(c)
-      assert.equals("invalid_argument", err.kind)
+      local err = h.failed("invalid_argument", jimeng.new { api_key = key, base_url = env.sb.url })
       assert.falsy(tostring(err):find(key, 1, true))
     end
   end)
@@ -612,9 +547,7 @@ describe("TLS", function()
   it("refuses a certificate it cannot verify, at once and with a hint", function()
     local c = h.client(env.sb)
     local before = env.sb:stats().creates
-    local t, err = c:create { prompt = "x" }
-    assert.is_nil(t)
-    assert.equals("tls", err.kind)
+    local err = h.failed("tls", c:create { prompt = "x" })
     assert.is_false(err.created)
     assert.is_false(err.retryable)
     assert.truthy(err.message:find("cainfo"))
