@@ -8,17 +8,22 @@ local cjson = require "cjson"
 local lua = proc.lua
 -- for the specs whose point is timing (signals, a second run while the first is busy): the child runs
 -- unwrapped even under make valgrind, where memcheck's start-up and slowness would decide the outcome
-local plain_lua = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
+local plain_lua = proc.plain_lua
 
 describe("every output path is checked before the first create", function()
   local env = h.with_sandbox { reset = true, dir = "each" }
 
   local function refused(result, err, needle)
-    assert.is_nil(result)
-    assert.equals("invalid_argument", err.kind)
+    h.failed("invalid_argument", result, err)
     assert.truthy(err.message:find(needle, 1, true), err.message)
     assert.truthy(err.message:find("nothing was paid for", 1, true), err.message)
     assert.equals(0, env.sb:stats().creates)
+  end
+
+  -- generate with these options saves the video under its default name in env.dir/sub/.
+  local function saved_by_default_name(sub, opts)
+    local r = assert(env.client:generate({ prompt = "x" }, opts))
+    assert.equals(env.dir .. "/" .. sub .. "/jimeng_video_" .. r.task.id .. ".mp4", r.path)
   end
 
   it("generate into a directory that does not exist is refused, naming it, and pays nothing", function()
@@ -38,8 +43,7 @@ describe("every output path is checked before the first create", function()
   end)
 
   it("output_dir is made when missing: the user named it", function()
-    local r = assert(env.client:generate({ prompt = "x" }, { output_dir = env.dir .. "/new/videos/" }))
-    assert.equals(env.dir .. "/new/videos/jimeng_video_" .. r.task.id .. ".mp4", r.path)
+    saved_by_default_name("new/videos", { output_dir = env.dir .. "/new/videos/" })
   end)
 
   it("omnihuman with an output in a missing directory pays for nothing, not even detection", function()
@@ -70,8 +74,7 @@ describe("every output path is checked before the first create", function()
   end)
 
   it("generate -o dir/ makes the directory and saves the video in it under its default name", function()
-    local r = assert(env.client:generate({ prompt = "x" }, { output = env.dir .. "/made/here/" }))
-    assert.equals(env.dir .. "/made/here/jimeng_video_" .. r.task.id .. ".mp4", r.path)
+    saved_by_default_name("made/here", { output = env.dir .. "/made/here/" })
   end)
 
   it("a journal that is the jobs file itself, or a directory, is refused before any create", function()

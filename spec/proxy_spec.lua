@@ -6,7 +6,7 @@ local tls = require "spec.support.tls"
 local core = require "jimeng.core"
 local jimeng = require "jimeng"
 
-local lua = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
+local lua = proc.plain_lua
 
 describe("base URLs, read by libcurl's URL parser", function()
   local env = h.with_sandbox { client = false }
@@ -211,9 +211,7 @@ describe("through Debian's squid #host", function()
   it("a proxy that wants credentials (407) is kind proxy, names the proxy, and is not retried", function()
     local host = ("http://api.test:%s/v1"):format(sbport)
     local c, lines = client(host, { proxy = proxy_url(false) })
-    local t, err = c:status("no-creds-1")
-    assert.is_nil(t)
-    assert.equals("proxy", err.kind)
+    local err = h.failed("proxy", c:status("no-creds-1"))
     assert.is_false(err.retryable)
     assert.truthy(err.message:find(("the proxy at 127.0.0.1:%d refused: 407 Proxy Authentication Required; " ..
       "set credentials in the proxy URL"):format(port), 1, true), err.message)
@@ -235,9 +233,7 @@ describe("through Debian's squid #host", function()
     local before = #h.api_requests(sb, "^/v1/")
     local c, lines = client(("https://denied.test:%d/v1"):format(front.ports.front),
       { proxy = proxy_url(true), cainfo = dir .. "/tls/ca.pem" })
-    local created, err = c:create { prompt = "denied" }
-    assert.is_nil(created)
-    assert.equals("proxy", err.kind)
+    local err = h.failed("proxy", c:create { prompt = "denied" })
     assert.is_false(err.retryable)
     assert.truthy(err.message:find(("the proxy at 127.0.0.1:%d refused: 403 Forbidden"):format(port), 1, true), err.message)
     local _, serr = c:status("denied-1")
@@ -289,9 +285,7 @@ describe("through Debian's squid #host", function()
   it("names a proxy that cannot be reached", function()
     local closed = proc.free_port()
     local c = client(("http://api.test:%s/v1"):format(sbport), { proxy = ("http://127.0.0.1:%d"):format(closed), max_retries = 0 })
-    local t, err = c:status("unreachable-1")
-    assert.is_nil(t)
-    assert.equals("network", err.kind)
+    local err = h.failed("network", c:status("unreachable-1"))
     assert.truthy(err.message:find(("cannot reach the proxy at 127.0.0.1:%d"):format(closed), 1, true), err.message)
   end)
 

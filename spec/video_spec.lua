@@ -1,5 +1,6 @@
 -- A video end to end against the sandbox: create, status, wait, download, generate.
 local h = require "spec.support.helpers"
+local proc = require "spec.support.process"
 local jimeng = require "jimeng"
 
 describe("a text-to-video task", function()
@@ -72,7 +73,7 @@ describe("a text-to-video task", function()
   end)
 
   it("works through the module-level functions on a client from JIMENG_API_KEY / JIMENG_BASE_URL", function()
-    local lua = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
+    local lua = proc.plain_lua
     local script = [[
       local jimeng = require "jimeng"
       local t = assert(jimeng.create { prompt = "env client" })
