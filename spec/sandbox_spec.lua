@@ -65,6 +65,19 @@ local function video_body(prompt)
   return { model = "jimeng-video-3.0-pro", req_key = "jimeng_ti2v_v30_pro", prompt = prompt }
 end
 
+--- Creates a video task by a plain POST of the vendor page's body; returns its id.
+local function create(sb, prompt)
+  return json_of(curl(sb.url .. "/videos", { body = video_body(prompt) })).id
+end
+
+--- For the describe block that calls it: a sandbox (h.with_sandbox, no client) and a task created on it by
+-- prompt in setup. Returns the table setup fills in: sb, and the task's id.
+local function with_task(prompt)
+  local env = h.with_sandbox { client = false }
+  setup(function() env.id = create(env.sb, prompt) end)
+  return env
+end
+
 --- Polls a task's status (plain GETs) until it is completed; returns the last answer.
 local function until_completed(sb, id)
   local deadline = os.time() + 10
@@ -447,16 +460,11 @@ describe("hostile answers to a create that did create the task", function()
 end)
 
 describe("content faults", function()
-  local env = h.with_sandbox { client = false }
-  local id
   local SIZE = 100000
-  setup(function()
-    local r = curl(env.sb.url .. "/videos", { body = video_body("content sandbox:bytes=" .. SIZE) })
-    id = json_of(r).id
-    until_completed(env.sb, id)
-  end)
+  local env = with_task("content sandbox:bytes=" .. SIZE)
+  setup(function() until_completed(env.sb, env.id) end)
 
-  local function url() return env.sb.url .. "/videos/" .. id .. "/content" end
+  local function url() return env.sb.url .. "/videos/" .. env.id .. "/content" end
 
   it("without a fault: the whole synthetic body, with an ETag (the baseline the faults change)", function()
     local r = curl(url())
@@ -546,8 +554,8 @@ describe("content faults", function()
   end)
 
   it("sandbox:seed=N gives two tasks of one size different bytes, each by the formula; tasks show seed and size", function()
-    local a = json_of(curl(env.sb.url .. "/videos", { body = video_body("seed a sandbox:bytes=70000") })).id
-    local b = json_of(curl(env.sb.url .. "/videos", { body = video_body("seed b sandbox:bytes=70000 sandbox:seed=7") })).id
+    local a = create(env.sb, "seed a sandbox:bytes=70000")
+    local b = create(env.sb, "seed b sandbox:bytes=70000 sandbox:seed=7")
     until_completed(env.sb, a)
     until_completed(env.sb, b)
     local ra = curl(env.sb.url .. "/videos/" .. a .. "/content")
@@ -564,26 +572,24 @@ describe("content faults", function()
 end)
 
 describe("status-answer faults", function()
-  local env = h.with_sandbox { client = false }
-  local id
-  setup(function() id = json_of(curl(env.sb.url .. "/videos", { body = video_body("status faults") })).id end)
+  local env = with_task("status faults")
 
-  local function status() return curl(env.sb.url .. "/videos/" .. id) end
+  local function status() return curl(env.sb.url .. "/videos/" .. env.id) end
 
   it("other_id: a well-formed answer for another task", function()
     env.sb:faults { { path = STATUS, fault = "other_id" }, { path = STATUS, fault = "other_id", id = "42" } }
     local v = json_of(status())
     assert.is_string(v.id)
-    assert.are_not.equal(id, v.id)
+    assert.are_not.equal(env.id, v.id)
     assert.equals("video", v.object)
     assert.equals("42", json_of(status()).id)
-    assert.equals(id, json_of(status()).id)
+    assert.equals(env.id, json_of(status()).id)
   end)
 
   it("answer_status: the status given, then normal again", function()
     env.sb:faults { path = STATUS, fault = "answer_status", status_value = "warp_drive" }
     local v = json_of(status())
-    assert.equals(id, v.id)
+    assert.equals(env.id, v.id)
     assert.equals("warp_drive", v.status)
     assert.truthy(({ in_queue = 1, processing = 1, completed = 1 })[json_of(status()).status])
   end)
@@ -593,15 +599,13 @@ describe("status-answer faults", function()
     local r = status()
     assert.equals(200, r.status)
     assert.equals("1", r.headers["retry-after-ms"])
-    assert.equals(id, json_of(r).id)
+    assert.equals(env.id, json_of(r).id)
     assert.is_nil(status().headers["retry-after-ms"])
   end)
 end)
 
 describe("echo_auth", function()
-  local env = h.with_sandbox { client = false }
-  local id
-  setup(function() id = json_of(curl(env.sb.url .. "/videos", { body = video_body("echo") })).id end)
+  local env = with_task("echo")
 
   local paths = {
     { "a create", "/v1/videos", video_body("echo create") },
@@ -614,7 +618,7 @@ describe("echo_auth", function()
     it(("on %s: the whole Authorization value in the error's message, type, code, request_id and x-request-id"):format(p[1]), function()
       env.sb:faults { path = ".", fault = "echo_auth" }
       local creates = env.sb:stats().creates
-      local r = curl(env.sb.root .. p[2]:gsub("ID", id), { body = p[3] })
+      local r = curl(env.sb.root .. p[2]:gsub("ID", env.id), { body = p[3] })
       assert.equals(400, r.status)
       local v = json_of(r)
       assert.truthy(v.error.message:find(AUTH, 1, true))
@@ -628,15 +632,15 @@ describe("echo_auth", function()
 
   it("takes the status to answer with", function()
     env.sb:faults { path = STATUS, fault = "echo_auth", status = 401 }
-    assert.equals(401, curl(env.sb.url .. "/videos/" .. id).status)
+    assert.equals(401, curl(env.sb.url .. "/videos/" .. env.id).status)
   end)
 
   it("answer=task: a 200 failed task whose error and request_id carry the key", function()
     env.sb:faults { path = STATUS, fault = "echo_auth", answer = "task" }
-    local r = curl(env.sb.url .. "/videos/" .. id)
+    local r = curl(env.sb.url .. "/videos/" .. env.id)
     assert.equals(200, r.status)
     local v = json_of(r)
-    assert.equals(id, v.id)
+    assert.equals(env.id, v.id)
     assert.equals("failed", v.status)
     assert.equals(AUTH, v.error.code)
     assert.truthy(v.error.message:find(AUTH, 1, true))
@@ -646,12 +650,12 @@ describe("echo_auth", function()
 
   it("answer=task with status_value: the status field carries the key too", function()
     env.sb:faults { path = STATUS, fault = "echo_auth", answer = "task", status_value = "failed: {auth}" }
-    assert.equals("failed: " .. AUTH, json_of(curl(env.sb.url .. "/videos/" .. id)).status)
+    assert.equals("failed: " .. AUTH, json_of(curl(env.sb.url .. "/videos/" .. env.id)).status)
   end)
 
   it("answer=text: 1000 characters of text/plain with the key starting at character 290", function()
     env.sb:faults { path = STATUS, fault = "echo_auth", answer = "text" }
-    local r = curl(env.sb.url .. "/videos/" .. id)
+    local r = curl(env.sb.url .. "/videos/" .. env.id)
     assert.equals(400, r.status)
     assert.equals("text/plain", r.headers["content-type"])
     assert.equals(1000, #r.body)
