@@ -106,17 +106,20 @@ FUZZ_LUA_LIB ?= $(shell $(PKG_CONFIG) --variable=libdir $(FUZZ_LUA))/lib$(FUZZ_L
 FUZZ_LINK     = -Wl,-E $(FUZZ_LUA_LIB) $(CURL_LIBS) -lm -ldl -lpthread
 FUZZ_CFLAGS   = $(shell $(PKG_CONFIG) --cflags $(FUZZ_LUA)) $(CURL_CFLAGS)
 
-build/fuzz/normalize: fuzz/fuzz_normalize.c $(SRCS) src/jimeng.h
+# normalize and url are Lua-driven: each gives only its driver chunk, fuzz/lua_driver.c runs it.
+FUZZ_LUA_DRIVER = fuzz/lua_driver.c fuzz/lua_driver.h
+
+build/fuzz/normalize: fuzz/fuzz_normalize.c $(FUZZ_LUA_DRIVER) $(SRCS) src/jimeng.h
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_CFLAGS) fuzz/fuzz_normalize.c $(SRCS) -o $@ $(FUZZ_LINK)
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_CFLAGS) fuzz/fuzz_normalize.c fuzz/lua_driver.c $(SRCS) -o $@ $(FUZZ_LINK)
 
 build/fuzz/response: fuzz/fuzz_response.c $(SRCS) src/jimeng.h
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_CFLAGS) fuzz/fuzz_response.c $(filter-out src/engine.c,$(SRCS)) -o $@ $(FUZZ_LINK)
 
-build/fuzz/url: fuzz/fuzz_url.c $(SRCS) src/jimeng.h
+build/fuzz/url: fuzz/fuzz_url.c $(FUZZ_LUA_DRIVER) $(SRCS) src/jimeng.h
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_CFLAGS) fuzz/fuzz_url.c $(SRCS) -o $@ $(FUZZ_LINK)
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_CFLAGS) fuzz/fuzz_url.c fuzz/lua_driver.c $(SRCS) -o $@ $(FUZZ_LINK)
 
 fuzz: build/fuzz/normalize build/fuzz/response build/fuzz/url
 	@for t in normalize response url; do \

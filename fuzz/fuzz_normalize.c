@@ -1,18 +1,10 @@
 /* libFuzzer target: fuzzer bytes -> JSON (lua-cjson) -> Lua table -> every normalization and response
- * function of jimeng.core. Any crash, sanitizer report or Lua error escaping pcall is a finding. */
-#include <stddef.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
+ * function of jimeng.core. Any crash, sanitizer report or Lua error escaping pcall is a finding.
+ * Normalization returns nil, err: it never raises on data, so a raise is a bug.
+ * The Lua state and the call per input: lua_driver.c. */
+#include "lua_driver.h"
 
-#include <lauxlib.h>
-#include <lua.h>
-#include <lualib.h>
-
-int luaopen_jimeng_core(lua_State *L);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-static const char *driver =
+const char *const fuzz_driver =
     "local core, cjson = require 'jimeng.core', require 'cjson'\n"
     "local json = cjson.new()\n"
     "json.decode_max_depth(32)\n"
@@ -31,34 +23,3 @@ static const char *driver =
     "  core.sniff_image(s)\n"
     "  core.fingerprint(s)\n"
     "end\n";
-
-static lua_State *L;
-
-static void setup(void) {
-    L = luaL_newstate();
-    luaL_openlibs(L);
-    lua_getglobal(L, "package");
-    lua_getfield(L, -1, "preload");
-    lua_pushcfunction(L, luaopen_jimeng_core);
-    lua_setfield(L, -2, "jimeng.core");
-    lua_pop(L, 2);
-    if (luaL_dostring(L, driver) != LUA_OK) {
-        fprintf(stderr, "fuzz driver: %s\n", lua_tostring(L, -1));
-        abort();
-    }
-    lua_setglobal(L, "fuzz_one");
-}
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (!L) setup();
-    lua_getglobal(L, "fuzz_one");
-    lua_pushlstring(L, (const char *)data, size);
-    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
-        /* normalization returns nil, err: it never raises on data, so a raise is a bug */
-        fprintf(stderr, "raised: %s\n", lua_tostring(L, -1));
-        abort();
-    }
-    lua_settop(L, 0);
-    lua_gc(L, LUA_GCSTEP, 0);
-    return 0;
-}

@@ -33,27 +33,24 @@ local function wait_many(client, n, prefix)
 end
 
 describe("the request budget", function()
-  local sb
-  setup(function() sb = h.sandbox { queue_seconds = 0.2, process_seconds = 1 } end)
-  before_each(function() sb:reset() end)
-  teardown(function() sb:stop() end)
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0.2, process_seconds = 1 }, client = false, reset = true }
 
   it("with max_rps known, never sends more than max_rps in any one-second window: not one 429", function()
-    sb:config { max_rps = 25, queue_seconds = 0.2, process_seconds = 1 }
-    local client = h.client(sb, { max_rps = 25, poll_interval = 0.05 })
+    env.sb:config { max_rps = 25, queue_seconds = 0.2, process_seconds = 1 }
+    local client = h.client(env.sb, { max_rps = 25, poll_interval = 0.05 })
     local done = wait_many(client, 20, "paced")
     assert.equals(20, #done)
-    assert.equals(0, sb:stats().rate_limited)
-    assert.is_true(busiest_second(sb:log()) <= 25, "busiest second: " .. busiest_second(sb:log()))
+    assert.equals(0, env.sb:stats().rate_limited)
+    assert.is_true(busiest_second(env.sb:log()) <= 25, "busiest second: " .. busiest_second(env.sb:log()))
   end)
 
   it("with the limit unknown, learns it from the 429s and stops getting them", function()
-    sb:config { max_rps = 30, queue_seconds = 0.5, process_seconds = 4 }
-    local client = h.client(sb, { poll_interval = 0.05, max_retries = 5 })
+    env.sb:config { max_rps = 30, queue_seconds = 0.5, process_seconds = 4 }
+    local client = h.client(env.sb, { poll_interval = 0.05, max_retries = 5 })
     local t0 = os.time()
     local done = wait_many(client, 30, "learning")
     assert.equals(30, #done)
-    local log = sb:log()
+    local log = env.sb:log()
     local last = log[#log].time
     local late, all = 0, 0
     for _, e in ipairs(log) do
@@ -70,7 +67,7 @@ describe("the request budget", function()
   -- the seconds from the create to the first poll of the last task in the sandbox's log
   local function first_poll_delay()
     local created, first
-    for _, e in ipairs(sb:log()) do
+    for _, e in ipairs(env.sb:log()) do
       if e.path == "/v1/videos" then created, first = e.time, nil end
       if created and not first and e.path:match(STATUS_PATH) then first = e.time end
     end
@@ -87,19 +84,19 @@ describe("the request budget", function()
   for name, make in pairs(ways) do
     it("a new task's first poll waits out the queue time the client has seen, then polls at the interval (" ..
       name .. ")", function()
-      sb:config { queue_seconds = 0.6, process_seconds = 0.2 }
-      local client = h.client(sb, { poll_interval = 0.05 })
+      env.sb:config { queue_seconds = 0.6, process_seconds = 0.2 }
+      local client = h.client(env.sb, { poll_interval = 0.05 })
       local dir = h.tmpdir()
       assert(make(client, "teaches the queue time", dir .. "/a.mp4"))
-      sb:reset()
-      sb:config { queue_seconds = 0.6, process_seconds = 0.2 }
+      env.sb:reset()
+      env.sb:config { queue_seconds = 0.6, process_seconds = 0.2 }
       local r = assert(make(client, "uses it", dir .. "/b.mp4"))
       local delay = first_poll_delay()
       assert.is_true(delay >= 0.3, ("first poll %.2f s after the create"):format(delay))
       assert.equals("completed", (r.task or r).status)
       -- a task this client did not create (another client's, or a wait again) is polled at once
-      sb:reset()
-      local other = assert(h.client(sb):create { prompt = "made elsewhere" })
+      env.sb:reset()
+      local other = assert(h.client(env.sb):create { prompt = "made elsewhere" })
       assert(client:wait(other.id))
       assert.is_true(first_poll_delay() < 0.3, ("first poll %.2f s after the create"):format(first_poll_delay()))
       h.cleanup()
@@ -108,7 +105,7 @@ describe("the request budget", function()
 
   it("max_rps is checked at jimeng.new", function()
     for _, v in ipairs { 0, -1, 0 / 0, math.huge } do
-      local c, err = jimeng.new { api_key = "k", base_url = sb.url, max_rps = v }
+      local c, err = jimeng.new { api_key = "k", base_url = env.sb.url, max_rps = v }
       assert.is_nil(c)
       assert.equals("max_rps", err.field)
     end

@@ -1,8 +1,9 @@
 -- The module installs where Lua looks for it, by make install and by luarocks, and loads from there.
 local h = require "spec.support.helpers"
-local run = require("spec.support.process").run
+local proc = require "spec.support.process"
+local run = proc.run
 
-local lua = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
+local lua = proc.plain_lua
 local version = lua:find("jit") and "5.1" or lua:match("(%d%.%d)$") or "5.4"
 
 -- Loads jimeng from an install tree in a fresh interpreter, with nothing from this checkout on the path.

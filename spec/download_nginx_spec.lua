@@ -7,7 +7,7 @@ local vs = require "spec.support.video_server"
 local core = require "jimeng.core"
 
 local nginx = proc.run("command -v nginx")
-local lua = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
+local lua = proc.plain_lua
 
 describe("a download killed midway, from nginx #host", function()
   if not nginx then

@@ -3,79 +3,60 @@ local h = require "spec.support.helpers"
 local proc = require "spec.support.process"
 
 describe("download", function()
-  local sb, client, dir
-  setup(function()
-    sb = h.sandbox { queue_seconds = 0, process_seconds = 0 }
-    client = h.client(sb)
-    dir = h.tmpdir()
-  end)
-  teardown(function()
-    sb:stop()
-    h.cleanup()
-  end)
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0, process_seconds = 0 }, dir = "setup" }
 
   local function finished_task(prompt)
-    local task = assert(client:create { prompt = prompt or "a finished video" })
-    assert(client:wait(task.id, { interval = 0.01 }))
+    local task = assert(env.client:create { prompt = prompt or "a finished video" })
+    assert(env.client:wait(task.id, { interval = 0.01 }))
     return task
   end
 
   it("of a task that is not finished fails with the server's message and leaves no file", function()
-    sb:config { queue_seconds = 30 }
-    local task = assert(client:create { prompt = "still queued" })
-    sb:config { queue_seconds = 0 }
-    local path = dir .. "/early.mp4"
-    local info, err = client:download(task.id, path)
-    assert.is_nil(info)
-    assert.equals("invalid_argument", err.kind)
+    env.sb:config { queue_seconds = 30 }
+    local task = assert(env.client:create { prompt = "still queued" })
+    env.sb:config { queue_seconds = 0 }
+    local path = env.dir .. "/early.mp4"
+    local err = h.download_failed("invalid_argument", { path, path .. ".part" }, env.client:download(task.id, path))
     assert.equals(400, err.status)
     assert.truthy(err.message:find("not ready"))
     assert.equals(task.id, err.task_id)
-    assert.is_false(h.exists(path))
-    assert.is_false(h.exists(path .. ".part"))
   end)
 
   it("of an unknown task is not_found and leaves no file", function()
-    local path = dir .. "/missing.mp4"
-    local info, err = client:download("98765432109876543210", path)
-    assert.is_nil(info)
-    assert.equals("not_found", err.kind)
-    assert.is_false(h.exists(path))
+    local path = env.dir .. "/missing.mp4"
+    h.download_failed("not_found", { path }, env.client:download("98765432109876543210", path))
   end)
 
   it("into a directory that does not exist is an io error and leaves nothing", function()
     local task = finished_task()
-    local path = dir .. "/no/such/dir/v.mp4"
-    local info, err = client:download(task.id, path)
-    assert.is_nil(info)
-    assert.equals("io", err.kind)
-    assert.is_false(h.exists(path))
+    local path = env.dir .. "/no/such/dir/v.mp4"
+    h.download_failed("io", { path }, env.client:download(task.id, path))
   end)
 
   it("overwrites an older file at the path only once the new one is complete", function()
     local task = finished_task()
-    local path = dir .. "/replace.mp4"
+    local path = env.dir .. "/replace.mp4"
     h.write(path, "old contents")
-    assert(client:download(task.id, path))
+    assert(env.client:download(task.id, path))
     assert.equals(h.fixture(), h.read(path))
   end)
 
   it("throws away a resumed 206 that starts anywhere but where the .part ends, and saves the video whole", function()
     local size = 200000
-    local task = assert(client:create { prompt = "resumed badly sandbox:bytes=" .. size })
-    assert(client:wait(task.id, { interval = 0.01 }))
-    local path = dir .. "/badrange.mp4"
-    sb:faults { path = "^/v1/videos/[0-9]+/content$", fault = "reset_mid_body", after_bytes = 50000 }
-    assert.is_nil(h.client(sb, { max_retries = 0 }):download(task.id, path))
+    local task = assert(env.client:create { prompt = "resumed badly sandbox:bytes=" .. size })
+    assert(env.client:wait(task.id, { interval = 0.01 }))
+    local path = env.dir .. "/badrange.mp4"
+    env.sb:faults { path = "^/v1/videos/[0-9]+/content$", fault = "reset_mid_body", after_bytes = 50000 }
+    assert.is_nil(h.client(env.sb, { max_retries = 0 }):download(task.id, path))
     assert.equals(50000, #h.read(path .. ".part"))
-    sb:faults { path = "^/v1/videos/[0-9]+/content$", fault = "bad_range" }
-    local info = assert(client:download(task.id, path))
+    env.sb:faults { path = "^/v1/videos/[0-9]+/content$", fault = "bad_range" }
+    local info = assert(env.client:download(task.id, path))
     assert.equals(200, info.status)
     assert.is_nil(info.resumed_from)
     local data = h.read(path)
     assert.equals(size, #data)
     for i = 32, size - 1, 997 do assert.equals(h.synthetic_byte(i), data:byte(i + 1), "byte " .. i) end
-    local log = h.api_requests(sb, "^/v1/videos/" .. task.id .. "/content$")
+    local log = h.api_requests(env.sb, "^/v1/videos/" .. task.id .. "/content$")
     assert.equals("bytes=50000-", log[#log - 1].headers.range)
     assert.is_nil(log[#log].headers.range)
   end)
@@ -83,7 +64,7 @@ describe("download", function()
   it("reports progress, ending with the whole size", function()
     local task = finished_task()
     local calls = {}
-    assert(client:download(task.id, dir .. "/progress.mp4", {
+    assert(env.client:download(task.id, env.dir .. "/progress.mp4", {
       on_progress = function(got, total) calls[#calls + 1] = { got, total } end,
     }))
     local last = calls[#calls]
@@ -124,17 +105,35 @@ describe("download bound to its task and its bytes", function()
   -- The next answer for id sends its headers and half its body, then closes.
   local function break_next(id) h.write(files .. "/" .. id .. ".break", "") end
 
+  -- A new video of size bytes served as id, broken off halfway (a download with no retries fails), then
+  -- downloaded again to the same path: that must give it whole. Returns the second download's info and the
+  -- server's requests for id.
+  local function broken_then_again(id, size, name)
+    local a = video(size)
+    serve(id, a)
+    local path = dir .. "/" .. name .. ".mp4"
+    break_next(id)
+    assert.is_nil(once:download(id, path))
+    local info = assert(client:download(id, path))
+    assert.equals(a, h.read(path))
+    return info, server:requests(id)
+  end
+
+  -- Downloads id to dir/name.mp4, which must fail as a protocol error and leave no file; returns the error.
+  local function refused(id, name)
+    local path = dir .. "/" .. name .. ".mp4"
+    return h.download_failed("protocol", { path, path .. ".part" }, client:download(id, path))
+  end
+
   it("gives the second video whole when two tasks share a path on a server without ETags", function()
     local a, b = video(150000), video(150000)
     serve("noetag-a", a)
     serve("noetag-b", b)
     local path = dir .. "/shared.mp4"
     break_next("noetag-a")
-    local info, err = once:download("noetag-a", path)
-    assert.is_nil(info)
-    assert.equals("network", err.kind)
+    h.failed("network", once:download("noetag-a", path))
     assert.equals(75000, #h.read(path .. ".part"))
-    info = assert(client:download("noetag-b", path))
+    local info = assert(client:download("noetag-b", path))
     assert.equals(b, h.read(path))
     assert.is_nil(info.resumed_from)
     local got = server:requests("noetag-b")
@@ -145,62 +144,35 @@ describe("download bound to its task and its bytes", function()
   end)
 
   it("starts over rather than resume blind when the server gives no validator", function()
-    local a = video(120000)
-    serve("noetag-c", a)
-    local path = dir .. "/blind.mp4"
-    break_next("noetag-c")
-    assert.is_nil(once:download("noetag-c", path))
-    local info = assert(client:download("noetag-c", path))
-    assert.equals(a, h.read(path))
+    local info, got = broken_then_again("noetag-c", 120000, "blind")
     assert.is_nil(info.resumed_from)
-    local got = server:requests("noetag-c")
     assert.equals(2, #got)
     assert.is_nil(got[2].range)
   end)
 
   it("resumes with If-Range: Last-Modified when that is the server's only validator", function()
-    local a = video(120000)
-    serve("lastmod-d", a)
-    local path = dir .. "/lastmod.mp4"
-    break_next("lastmod-d")
-    assert.is_nil(once:download("lastmod-d", path))
-    local info = assert(client:download("lastmod-d", path))
-    assert.equals(a, h.read(path))
+    local info, got = broken_then_again("lastmod-d", 120000, "lastmod")
     assert.equals(60000, info.resumed_from)
     assert.equals(206, info.status)
-    local got = server:requests("lastmod-d")
     assert.equals("bytes=60000-", got[2].range)
     assert.truthy(got[2].if_range:match("^%a%a%a, %d%d %a%a%a %d%d%d%d %d%d:%d%d:%d%d GMT$"))
     assert.equals(206, got[2].status)
   end)
 
   it("resumes with If-Range: Last-Modified when the ETag is weak (If-Range never matches a weak one)", function()
-    local a = video(120000)
-    serve("weak-p", a)
-    local path = dir .. "/weak.mp4"
-    break_next("weak-p")
-    assert.is_nil(once:download("weak-p", path))
-    local info = assert(client:download("weak-p", path))
-    assert.equals(a, h.read(path))
+    local info, got = broken_then_again("weak-p", 120000, "weak")
     assert.equals(206, info.status)
     assert.equals(60000, info.resumed_from)
-    local got = server:requests("weak-p")
     assert.equals(2, #got)
     assert.truthy(got[2].if_range:match("GMT$"))
   end)
 
   it("throws away a 206 whose ETag is not the one If-Range sent, and saves the current video whole", function()
-    local a, other = video(100000), video(100000)
-    serve("otheretag-e", a)
+    local other = video(100000)
     h.write(files .. "/otheretag-e.other", other)
-    local path = dir .. "/otheretag.mp4"
-    break_next("otheretag-e")
-    assert.is_nil(once:download("otheretag-e", path))
-    local info = assert(client:download("otheretag-e", path))
-    assert.equals(a, h.read(path))
+    local info, got = broken_then_again("otheretag-e", 100000, "otheretag")
     assert.equals(200, info.status)
     assert.is_nil(info.resumed_from)
-    local got = server:requests("otheretag-e")
     assert.equals(3, #got)
     assert.equals("bytes=50000-", got[2].range)
     assert.truthy(got[2].if_range:match('^"%x+"$'))
@@ -209,15 +181,8 @@ describe("download bound to its task and its bytes", function()
   end)
 
   it("throws away a 206 whose total is not the length the download began with, and saves the video whole", function()
-    local a = video(100000)
-    serve("othertotal-q", a)
-    local path = dir .. "/othertotal.mp4"
-    break_next("othertotal-q")
-    assert.is_nil(once:download("othertotal-q", path))
-    local info = assert(client:download("othertotal-q", path))
-    assert.equals(a, h.read(path))
+    local info, got = broken_then_again("othertotal-q", 100000, "othertotal")
     assert.equals(200, info.status)
-    local got = server:requests("othertotal-q")
     assert.equals(3, #got)
     assert.equals(206, got[2].status)
     assert.is_nil(got[3].range)
@@ -225,38 +190,23 @@ describe("download bound to its task and its bytes", function()
 
   it("never saves an HTTP/1.0 answer without a length that closes halfway", function()
     serve("http10-f", video(100000))
-    local path = dir .. "/http10.mp4"
-    local info, err = client:download("http10-f", path)
-    assert.is_nil(info)
-    assert.equals("protocol", err.kind)
+    local err = refused("http10-f", "http10")
     assert.truthy(err.message:find("without a length"))
-    assert.is_false(h.exists(path))
-    assert.is_false(h.exists(path .. ".part"))
   end)
 
   it("refuses a gzip-encoded video instead of saving it compressed, and asks for identity", function()
     serve("gzip-g", video(100000))
-    local path = dir .. "/gzip.mp4"
-    local info, err = client:download("gzip-g", path)
-    assert.is_nil(info)
-    assert.equals("protocol", err.kind)
+    local err = refused("gzip-g", "gzip")
     assert.is_false(err.retryable)
     assert.truthy(err.message:find("Content%-Encoding"))
-    assert.is_false(h.exists(path))
-    assert.is_false(h.exists(path .. ".part"))
     local got = server:requests("gzip-g")
     assert.equals(1, #got)
     assert.equals("identity", got[1].accept_encoding)
   end)
 
   it("reports JSON sent as application/octet-stream as the server's error, not as a video", function()
-    local path = dir .. "/octet.mp4"
-    local info, err = client:download("octetjson-h", path)
-    assert.is_nil(info)
-    assert.equals("protocol", err.kind)
+    local err = refused("octetjson-h", "octet")
     assert.truthy(err.message:find("video expired"))
-    assert.is_false(h.exists(path))
-    assert.is_false(h.exists(path .. ".part"))
   end)
 
   it("refuses a .part that is a symbolic link, leaving the file it points to untouched", function()
@@ -264,12 +214,9 @@ describe("download bound to its task and its bytes", function()
     local path, victim = dir .. "/linked.mp4", dir .. "/precious.txt"
     h.write(victim, "do not touch")
     assert(proc.run(("ln -s '%s' '%s.part'"):format(victim, path)))
-    local info, err = client:download("plain-i", path)
-    assert.is_nil(info)
-    assert.equals("io", err.kind)
+    local err = h.download_failed("io", { path }, client:download("plain-i", path))
     assert.truthy(err.message:find("symbolic link"))
     assert.equals("do not touch", h.read(victim))
-    assert.is_false(h.exists(path))
     assert.equals(0, #server:requests("plain-i"))
   end)
 
@@ -351,12 +298,10 @@ describe("download bound to its task and its bytes", function()
     serve("plain-m", a)
     local path = dir .. "/whole.mp4"
     assert(proc.run(("mkdir '%s'"):format(path))) -- the rename onto it fails: the whole .part stays
-    local info, err = client:download("plain-m", path)
-    assert.is_nil(info)
-    assert.equals("io", err.kind)
+    h.failed("io", client:download("plain-m", path))
     assert.equals(80000, core.file_size(path .. ".part"))
     assert(proc.run(("rmdir '%s'"):format(path)))
-    info = assert(client:download("plain-m", path))
+    local info = assert(client:download("plain-m", path))
     assert.equals(a, h.read(path))
     assert.equals(80000, info.resumed_from)
     assert.equals(1, #server:requests("plain-m"))

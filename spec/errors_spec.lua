@@ -3,20 +3,13 @@ local h = require "spec.support.helpers"
 local jimeng = require "jimeng"
 
 describe("bad input", function()
-  local sb, client
-  setup(function()
-    sb = h.sandbox()
-    client = h.client(sb)
-  end)
-  teardown(function() sb:stop() end)
+  local env = h.with_sandbox()
 
-  local function requests() return #sb:log() end
+  local function requests() return #env.sb:log() end
 
   it("without a prompt returns invalid_argument naming the prompt, and sends nothing", function()
     local before = requests()
-    local task, err = client:create { seconds = 5 }
-    assert.is_nil(task)
-    assert.equals("invalid_argument", err.kind)
+    local err = h.failed("invalid_argument", env.client:create { seconds = 5 })
     assert.equals("prompt", err.field)
     assert.is_false(err.retryable)
     assert.equals(before, requests())
@@ -24,9 +17,7 @@ describe("bad input", function()
 
   it("with frames 100 returns invalid_argument naming frames, and sends nothing", function()
     local before = requests()
-    local task, err = client:create { prompt = "x", frames = 100 }
-    assert.is_nil(task)
-    assert.equals("invalid_argument", err.kind)
+    local err = h.failed("invalid_argument", env.client:create { prompt = "x", frames = 100 })
     assert.equals("frames", err.field)
     assert.truthy(tostring(err):find("^jimeng: invalid_argument: frames must be 121"))
     assert.equals(before, requests())
@@ -35,41 +26,35 @@ describe("bad input", function()
   it("a task id that could change the URL path is refused before any request", function()
     local before = requests()
     for _, id in ipairs { "", "..", ".", "a/b", "x?y", "%2e%2e", "a#b", "a b", "a\r\nb", ("9"):rep(10000) } do
-      local task, err = client:status(id)
+      local task, err = env.client:status(id)
       assert.is_nil(task)
       assert.equals("invalid_argument", err.kind, id)
-      local info, derr = client:download(id, "/tmp/never.mp4")
-      assert.is_nil(info)
-      assert.equals("invalid_argument", derr.kind)
+      h.failed("invalid_argument", env.client:download(id, "/tmp/never.mp4"))
     end
-    local _, err = client:status(12345)
+    local _, err = env.client:status(12345)
     assert.equals("invalid_argument", err.kind)
     assert.truthy(err.message:find("strings"))
     assert.equals(before, requests())
   end)
 
   it("a client without an API key refuses to call, saying how to set one", function()
-    local c = assert(jimeng.new { base_url = sb.url, api_key = "" })
+    local c = assert(jimeng.new { base_url = env.sb.url, api_key = "" })
     local before = requests()
-    local task, err = c:create { prompt = "x" }
-    assert.is_nil(task)
-    assert.equals("auth", err.kind)
+    local err = h.failed("auth", c:create { prompt = "x" })
     assert.truthy(err.message:find("JIMENG_API_KEY"))
     assert.equals(before, requests())
   end)
 
   it("misspelt client options are refused with the option they probably meant", function()
-    local c, err = jimeng.new { base_url = sb.url, timout = 5 }
-    assert.is_nil(c)
-    assert.equals("invalid_argument", err.kind)
+    local err = h.failed("invalid_argument", jimeng.new { base_url = env.sb.url, timout = 5 })
     assert.truthy(err.message:find('did you mean "timeout"', 1, true))
-    c, err = jimeng.new { base_url = sb.url, api_kye = "k" }
+    local c, again = jimeng.new { base_url = env.sb.url, api_kye = "k" }
     assert.is_nil(c)
-    assert.truthy(err.message:find('did you mean "api_key"', 1, true))
+    assert.truthy(again.message:find('did you mean "api_key"', 1, true))
   end)
 
   it("an unknown option like no other gets no guess, but the list of options", function()
-    local c, err = jimeng.new { base_url = sb.url, zzzzzzzz = 5 }
+    local c, err = jimeng.new { base_url = env.sb.url, zzzzzzzz = 5 }
     assert.is_nil(c)
     assert.equals("zzzzzzzz", err.field)
     assert.is_nil(err.message:find("did you mean", 1, true))
@@ -77,20 +62,16 @@ describe("bad input", function()
   end)
 
   it("calling a method with a dot instead of a colon raises at once", function()
-    assert.has_error(function() client.create { prompt = "x" } end)
+    assert.has_error(function() env.client.create { prompt = "x" } end)
   end)
 end)
 
 describe("the server's refusals", function()
-  local sb
-  setup(function() sb = h.sandbox { api_key = "the-right-key" } end)
-  teardown(function() sb:stop() end)
+  local env = h.with_sandbox { sandbox = { api_key = "the-right-key" }, client = false }
 
   it("a wrong key is an auth error with the server's message, HTTP status and request id", function()
-    local c = h.client(sb, { api_key = "the-wrong-key" })
-    local task, err = c:create { prompt = "x" }
-    assert.is_nil(task)
-    assert.equals("auth", err.kind)
+    local c = h.client(env.sb, { api_key = "the-wrong-key" })
+    local err = h.failed("auth", c:create { prompt = "x" })
     assert.equals(401, err.status)
     assert.equals("Incorrect API key provided", err.message)
     assert.equals("invalid_api_key", err.code)
@@ -100,10 +81,8 @@ describe("the server's refusals", function()
   end)
 
   it("an unknown task is not_found, carrying the task id", function()
-    local c = h.client(sb, { api_key = "the-right-key" })
-    local task, err = c:status("12345678901234567890")
-    assert.is_nil(task)
-    assert.equals("not_found", err.kind)
+    local c = h.client(env.sb, { api_key = "the-right-key" })
+    local err = h.failed("not_found", c:status("12345678901234567890"))
     assert.equals(404, err.status)
     assert.equals("12345678901234567890", err.task_id)
   end)

@@ -23,20 +23,8 @@ local function results(dir)
 end
 
 describe("jimeng.experiment", function()
-  local sb, client, dir
-  setup(function()
-    sb = h.sandbox { queue_seconds = 0.05, process_seconds = 0.1 }
-    client = h.client(sb, { poll_interval = 0.05 })
-  end)
-  before_each(function()
-    sb:reset()
-    sb:config { queue_seconds = 0.05, process_seconds = 0.1 }
-    dir = h.tmpdir()
-  end)
-  teardown(function()
-    sb:stop()
-    h.cleanup()
-  end)
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0.05, process_seconds = 0.1 }, client = { poll_interval = 0.05 },
+    reset = { queue_seconds = 0.05, process_seconds = 0.1 }, dir = "each" }
 
   local function spec(extra)
     local s = { name = "foxes", base = { prompt = "a {animal} at {place}", seconds = 5, aspect_ratio = "16:9" },
@@ -78,47 +66,47 @@ describe("jimeng.experiment", function()
   end)
 
   it("refuses a bad cell before paying for any, naming the cell and the field", function()
-    local _, err = client:experiment(spec { vary = { seed = { 1, 2 }, seconds = { 5, 7 } } }, { dir = dir })
+    local _, err = env.client:experiment(spec { vary = { seed = { 1, 2 }, seconds = { 5, 7 } } }, { dir = env.dir })
     assert.equals("invalid_argument", err.kind)
     assert.equals("seconds", err.field)
     assert.truthy(err.message:find("cell animal=red-fox,place=dawn,seconds=7,seed=1", 1, true), err.message)
-    local _, terr = client:experiment(spec { base = { prompt = "a {animal} in {weather}" } }, { dir = dir })
+    local _, terr = env.client:experiment(spec { base = { prompt = "a {animal} in {weather}" } }, { dir = env.dir })
     assert.equals("prompt", terr.field)
     assert.truthy(terr.message:find("{weather}", 1, true), terr.message)
-    local _, uerr = client:experiment(spec { vary = { sedd = { 1 } } }, { dir = dir })
+    local _, uerr = env.client:experiment(spec { vary = { sedd = { 1 } } }, { dir = env.dir })
     assert.equals("sedd", uerr.field)
     assert.truthy(uerr.message:find("seed", 1, true), uerr.message)
-    assert.equals(0, sb:stats().creates)
-    assert.is_nil(h.read(dir .. "/journal.jsonl"))
+    assert.equals(0, env.sb:stats().creates)
+    assert.is_nil(h.read(env.dir .. "/journal.jsonl"))
   end)
 
   it("refuses a run above max_videos unless told yes, then pays for exactly its cells", function()
-    local _, err = client:experiment(spec(), { dir = dir, max_videos = 3 })
+    local _, err = env.client:experiment(spec(), { dir = env.dir, max_videos = 3 })
     assert.equals("invalid_argument", err.kind)
     assert.equals("max_videos", err.field)
     assert.truthy(err.message:find("4 videos (20 s)", 1, true), err.message)
-    assert.equals(0, sb:stats().creates)
-    local report = assert(client:experiment(spec(), { dir = dir, max_videos = 3, yes = true }))
+    assert.equals(0, env.sb:stats().creates)
+    local report = assert(env.client:experiment(spec(), { dir = env.dir, max_videos = 3, yes = true }))
     assert.equals(4, report.made)
-    assert.equals(4, sb:stats().creates)
+    assert.equals(4, env.sb:stats().creates)
     assert.equals(20, report.paid_seconds)
   end)
 
   it("run again, pays for nothing; with a seed added, pays only for the new cells", function()
-    local first = assert(client:experiment(spec(), { dir = dir }))
+    local first = assert(env.client:experiment(spec(), { dir = env.dir }))
     assert.equals(4, first.made)
-    for _, t in ipairs(first.takes) do assert.equals(h.fixture(), h.read(dir .. "/" .. t.video)) end
-    local again = assert(client:experiment(spec(), { dir = dir }))
+    for _, t in ipairs(first.takes) do assert.equals(h.fixture(), h.read(env.dir .. "/" .. t.video)) end
+    local again = assert(env.client:experiment(spec(), { dir = env.dir }))
     assert.equals(0, again.to_pay)
     assert.equals(4, again.skipped)
-    assert.equals(4, sb:stats().creates)
-    local more = assert(client:experiment(spec { vary = { seed = { 1, 2, 3 } } }, { dir = dir }))
+    assert.equals(4, env.sb:stats().creates)
+    local more = assert(env.client:experiment(spec { vary = { seed = { 1, 2, 3 } } }, { dir = env.dir }))
     assert.equals(2, more.to_pay)
     assert.equals(2, more.made)
     assert.equals(4, more.skipped)
-    assert.equals(6, sb:stats().creates)
+    assert.equals(6, env.sb:stats().creates)
     -- and the gallery holds all six, each with its task
-    local r = results(dir)
+    local r = results(env.dir)
     assert.equals(6, #r.cells)
     for _, c in ipairs(r.cells) do
       assert.equals("saved", c.status)
@@ -127,37 +115,37 @@ describe("jimeng.experiment", function()
   end)
 
   it("a retake makes one more video of one cell and keeps the earlier take", function()
-    assert(client:experiment(spec(), { dir = dir }))
+    assert(env.client:experiment(spec(), { dir = env.dir }))
     local id = "animal=owl,place=dawn,seed=2"
-    local report = assert(client:experiment(spec(), { dir = dir, retake = id }))
+    local report = assert(env.client:experiment(spec(), { dir = env.dir, retake = id }))
     assert.equals(1, report.made)
-    assert.equals(5, sb:stats().creates)
+    assert.equals(5, env.sb:stats().creates)
     local takes = {}
-    for _, c in ipairs(results(dir).cells) do
+    for _, c in ipairs(results(env.dir).cells) do
       if c.id == id then takes[c.take] = c end
     end
     assert.truthy(takes[1].video:match("^videos/animal=owl,place=dawn,seed=2~%x+%.mp4$"), takes[1].video)
     assert.equals(takes[1].video:gsub("%.mp4$", "-take2.mp4"), takes[2].video)
     assert.are_not.equal(takes[1].task_id, takes[2].task_id)
-    assert.equals(h.fixture(), h.read(dir .. "/" .. takes[1].video))
-    assert.equals(h.fixture(), h.read(dir .. "/" .. takes[2].video))
+    assert.equals(h.fixture(), h.read(env.dir .. "/" .. takes[1].video))
+    assert.equals(h.fixture(), h.read(env.dir .. "/" .. takes[2].video))
     -- the take stays part of the experiment; a plain rerun pays for nothing
-    local again = assert(client:experiment(spec(), { dir = dir }))
+    local again = assert(env.client:experiment(spec(), { dir = env.dir }))
     assert.equals(5, #again.takes)
     assert.equals(0, again.to_pay)
-    assert.equals(5, sb:stats().creates)
-    local _, err = client:experiment(spec(), { dir = dir, retake = "animal=cat" })
+    assert.equals(5, env.sb:stats().creates)
+    local _, err = env.client:experiment(spec(), { dir = env.dir, retake = "animal=cat" })
     assert.equals("retake", err.field)
-    assert.equals(5, sb:stats().creates)
+    assert.equals(5, env.sb:stats().creates)
   end)
 
   it("writes a gallery that needs no network, escapes what the spec and server say, and shows failures in words", function()
     local s = { name = "<b>tags</b> & 'quotes'", base = { seconds = 5 },
       vary = { prompt = { "a cat <script>alert(1)</script> & \"dog\"", "sandbox:fail a storm" } } }
-    local report = assert(client:experiment(s, { dir = dir }))
+    local report = assert(env.client:experiment(s, { dir = env.dir }))
     assert.equals(1, report.made)
     assert.equals(1, report.failed)
-    local html = assert(h.read(dir .. "/index.html"))
+    local html = assert(h.read(env.dir .. "/index.html"))
     assert.falsy(html:find("<script>alert", 1, true))
     assert.truthy(html:find("a cat &lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;dog&quot;", 1, true))
     assert.truthy(html:find("&lt;b&gt;tags&lt;/b&gt; &amp; &#39;quotes&#39;", 1, true))
@@ -167,7 +155,7 @@ describe("jimeng.experiment", function()
     assert.truthy(html:find("sandbox: the generation failed (asked by prompt)", 1, true))
     assert.truthy(html:find('data-live="0"', 1, true))
     assert.falsy(html:find("http-equiv", 1, true))
-    local r = results(dir)
+    local r = results(env.dir)
     assert.equals("<b>tags</b> & 'quotes'", r.name)
     local failed
     for _, c in ipairs(r.cells) do if c.status == "failed" then failed = c end end
@@ -177,9 +165,9 @@ describe("jimeng.experiment", function()
 
   it("lays the gallery out as asked: rows, columns, one grid per value of another axis, shared values once", function()
     local s = spec { vars = { animal = { "red fox", "owl" }, place = { "dawn", "dusk" } } }
-    assert(client:experiment(s, { dir = dir, rows = "animal", cols = "seed" }))
-    local html = h.read(dir .. "/index.html")
-    local r = results(dir)
+    assert(env.client:experiment(s, { dir = env.dir, rows = "animal", cols = "seed" }))
+    local html = h.read(env.dir .. "/index.html")
+    local r = results(env.dir)
     assert.equals("animal", r.rows)
     assert.equals("seed", r.cols)
     assert.same({ "place" }, r.pages)
@@ -201,8 +189,8 @@ describe("jimeng.experiment", function()
 
   it("rewrites the gallery atomically while it runs, reloading itself until the run ends", function()
     local seen, torn = {}, 0
-    local report = assert(client:experiment(spec(), { dir = dir, on_event = function(ev)
-      local html = h.read(dir .. "/index.html") or ""
+    local report = assert(env.client:experiment(spec(), { dir = env.dir, on_event = function(ev)
+      local html = h.read(env.dir .. "/index.html") or ""
       if not html:find("</html>\n$") then torn = torn + 1 end
       seen[#seen + 1] = { type = ev.type, live = html:find('data-live="1"', 1, true) ~= nil,
         saved = count(html, 'data%-status="saved"') }
@@ -216,102 +204,102 @@ describe("jimeng.experiment", function()
       last_saved = e.saved
     end
     assert.equals(4, last_saved)
-    local html = h.read(dir .. "/index.html")
+    local html = h.read(env.dir .. "/index.html")
     assert.truthy(html:find('data-live="0"', 1, true))
     assert.falsy(html:find("http-equiv", 1, true))
-    assert.falsy(h.exists(dir .. "/index.html.tmp"))
+    assert.falsy(h.exists(env.dir .. "/index.html.tmp"))
   end)
 
   it("gives each video a poster of its first frame with ffmpeg, and a plain card without it", function()
-    assert(client:experiment(spec(), { dir = dir }))
-    for _, c in ipairs(results(dir).cells) do
-      local jpeg = assert(h.read(dir .. "/" .. c.poster), c.poster)
+    assert(env.client:experiment(spec(), { dir = env.dir }))
+    for _, c in ipairs(results(env.dir).cells) do
+      local jpeg = assert(h.read(env.dir .. "/" .. c.poster), c.poster)
       assert.equals("\255\216\255", jpeg:sub(1, 3))
     end
-    assert.equals(4, count(h.read(dir .. "/index.html"), ' poster="posters/'))
+    assert.equals(4, count(h.read(env.dir .. "/index.html"), ' poster="posters/'))
     local plain = h.tmpdir()
-    assert(client:experiment(spec(), { dir = plain, ffmpeg = false }))
+    assert(env.client:experiment(spec(), { dir = plain, ffmpeg = false }))
     assert.equals(0, count(h.read(plain .. "/index.html"), "poster="))
     for _, c in ipairs(results(plain).cells) do assert.is_nil(c.poster) end
   end)
 
   it("records each video's real duration, read from its MP4 header", function()
-    assert(client:experiment(spec { vary = { seconds = { 5, 10 } } }, { dir = dir }))
-    for _, c in ipairs(results(dir).cells) do
+    assert(env.client:experiment(spec { vary = { seconds = { 5, 10 } } }, { dir = env.dir }))
+    for _, c in ipairs(results(env.dir).cells) do
       -- the sandbox serves its 5-second fixture whatever was asked: the gallery says what the file holds
       assert.near(5.0, c.duration, 0.01)
     end
-    assert.is_nil(experiment.mp4_duration(dir .. "/results.json"))
+    assert.is_nil(experiment.mp4_duration(env.dir .. "/results.json"))
   end)
 
   it("after a shared parameter changes, the dry run and the budget count the videos of the new parameters", function()
     local kyte = { name = "kites", base = { prompt = "a red kyte over the dunes", seconds = 5 }, vary = { seed = { 1, 2, 3 } } }
-    assert.equals(3, assert(client:experiment(kyte, { dir = dir, max_videos = 3 })).made)
+    assert.equals(3, assert(env.client:experiment(kyte, { dir = env.dir, max_videos = 3 })).made)
     local kite = { name = "kites", base = { prompt = "a red kite over the dunes", seconds = 5 }, vary = { seed = { 1, 2, 3 } } }
-    local dry = assert(client:experiment(kite, { dir = dir, dry_run = true }))
+    local dry = assert(env.client:experiment(kite, { dir = env.dir, dry_run = true }))
     assert.equals(3, dry.to_pay)
     assert.equals(15, dry.to_pay_seconds)
-    local _, err = client:experiment(kite, { dir = dir, max_videos = 2 })
+    local _, err = env.client:experiment(kite, { dir = env.dir, max_videos = 2 })
     assert.equals("max_videos", err.field)
     assert.truthy(err.message:find("3 videos (15 s)", 1, true), err.message)
-    assert.equals(3, sb:stats().creates)
+    assert.equals(3, env.sb:stats().creates)
     -- the files of finished cells moved away: downloaded again, never paid again
-    assert(os.execute("rm -r " .. dir .. "/videos"))
-    local moved = assert(client:experiment(kyte, { dir = dir, dry_run = true }))
+    assert(os.execute("rm -r " .. env.dir .. "/videos"))
+    local moved = assert(env.client:experiment(kyte, { dir = env.dir, dry_run = true }))
     assert.equals(0, moved.to_pay)
-    local again = assert(client:experiment(kyte, { dir = dir, max_videos = 0 }))
+    local again = assert(env.client:experiment(kyte, { dir = env.dir, max_videos = 0 }))
     assert.equals(0, again.paid)
-    assert.equals(3, sb:stats().creates)
-    for _, c in ipairs(results(dir).cells) do assert.equals(h.fixture(), h.read(dir .. "/" .. c.video)) end
+    assert.equals(3, env.sb:stats().creates)
+    for _, c in ipairs(results(env.dir).cells) do assert.equals(h.fixture(), h.read(env.dir .. "/" .. c.video)) end
   end)
 
   it("a cell whose parameters changed is a new cell: a new file, and the old video never shown under them", function()
     local five = { name = "len", base = { prompt = "a paper boat", seconds = 5 }, vary = { seed = { 1, 2 } } }
-    assert(client:experiment(five, { dir = dir }))
+    assert(env.client:experiment(five, { dir = env.dir }))
     local old = {}
-    for _, c in ipairs(results(dir).cells) do old[c.task_id], old[c.video] = true, true end
+    for _, c in ipairs(results(env.dir).cells) do old[c.task_id], old[c.video] = true, true end
     local ten = { name = "len", base = { prompt = "a paper boat", seconds = 10 }, vary = { seed = { 1, 2 } } }
-    local dry = assert(client:experiment(ten, { dir = dir, dry_run = true }))
+    local dry = assert(env.client:experiment(ten, { dir = env.dir, dry_run = true }))
     assert.equals(2, dry.to_pay)
     for _, t in ipairs(dry.takes) do
       assert.is_nil(t.task_id)
       assert.is_nil(old[t.video], t.video)
     end
     -- a run refused by batch before it starts (a file of someone else's in the way) leaves the gallery alone
-    local gallery_before, results_before = h.read(dir .. "/index.html"), h.read(dir .. "/results.json")
-    h.write(dir .. "/" .. dry.takes[1].video, "someone else's")
-    local _, err = client:experiment(ten, { dir = dir })
+    local gallery_before, results_before = h.read(env.dir .. "/index.html"), h.read(env.dir .. "/results.json")
+    h.write(env.dir .. "/" .. dry.takes[1].video, "someone else's")
+    local _, err = env.client:experiment(ten, { dir = env.dir })
     assert.truthy(err.message:find("did not make it", 1, true), err.message)
-    assert.equals(gallery_before, h.read(dir .. "/index.html"))
-    assert.equals(results_before, h.read(dir .. "/results.json"))
-    assert.equals(2, sb:stats().creates)
+    assert.equals(gallery_before, h.read(env.dir .. "/index.html"))
+    assert.equals(results_before, h.read(env.dir .. "/results.json"))
+    assert.equals(2, env.sb:stats().creates)
     -- with overwrite (--force) it goes on, and each 10 s cell shows its own new task
-    local report = assert(client:experiment(ten, { dir = dir, overwrite = true }))
+    local report = assert(env.client:experiment(ten, { dir = env.dir, overwrite = true }))
     assert.equals(2, report.made)
-    for _, c in ipairs(results(dir).cells) do
+    for _, c in ipairs(results(env.dir).cells) do
       assert.equals(10, c.seconds)
       assert.is_nil(old[c.task_id], c.task_id)
-      assert.equals(241, sb:tasks()[c.task_id].body.frames)
-      assert.equals(h.fixture(), h.read(dir .. "/" .. c.video))
+      assert.equals(241, env.sb:tasks()[c.task_id].body.frames)
+      assert.equals(h.fixture(), h.read(env.dir .. "/" .. c.video))
     end
   end)
 
   it("a retake whose create never happened is continued by the same retake, not paid twice", function()
-    assert(client:experiment(spec(), { dir = dir }))
+    assert(env.client:experiment(spec(), { dir = env.dir }))
     local id = "animal=owl,place=dawn,seed=2"
     -- the retake's create is refused (nothing is made), as if the run had stopped before it
-    sb:faults { path = "^/v1/videos$", method = "POST", fault = "status", status = 400, count = 1 }
-    local first = assert(client:experiment(spec(), { dir = dir, retake = id }))
+    env.sb:faults { path = "^/v1/videos$", method = "POST", fault = "status", status = 400, count = 1 }
+    local first = assert(env.client:experiment(spec(), { dir = env.dir, retake = id }))
     assert.equals(1, first.errors)
-    assert.equals(4, sb:stats().creates)
-    local again = assert(client:experiment(spec(), { dir = dir, retake = id }))
+    assert.equals(4, env.sb:stats().creates)
+    local again = assert(env.client:experiment(spec(), { dir = env.dir, retake = id }))
     assert.equals(1, again.made)
     assert.equals(5, #again.takes)
-    assert.equals(5, sb:stats().creates)
+    assert.equals(5, env.sb:stats().creates)
     -- once that take is made, the same command adds the next one
-    local third = assert(client:experiment(spec(), { dir = dir, retake = id }))
+    local third = assert(env.client:experiment(spec(), { dir = env.dir, retake = id }))
     assert.equals(6, #third.takes)
-    assert.equals(6, sb:stats().creates)
+    assert.equals(6, env.sb:stats().creates)
   end)
 
   it("two extra cells whose ids clean up to one file name keep their own videos, in any order", function()
@@ -319,57 +307,57 @@ describe("jimeng.experiment", function()
       local a, b = { id = "a/b", prompt = "slash cell" }, { id = "a_b", prompt = "underscore cell" }
       return { name = "ids", base = { seconds = 5 }, cells = reverse and { b, a } or { a, b } }
     end
-    assert(client:experiment(two(false), { dir = dir }))
+    assert(env.client:experiment(two(false), { dir = env.dir }))
     local function by_id()
       local t = {}
-      for _, c in ipairs(results(dir).cells) do t[c.id] = c end
+      for _, c in ipairs(results(env.dir).cells) do t[c.id] = c end
       return t
     end
     local first = by_id()
     assert.are_not.equal(first["a/b"].video, first["a_b"].video)
-    assert(client:experiment(two(true), { dir = dir }))
+    assert(env.client:experiment(two(true), { dir = env.dir }))
     local second = by_id()
-    assert.equals(2, sb:stats().creates)
+    assert.equals(2, env.sb:stats().creates)
     for _, id in ipairs { "a/b", "a_b" } do
       assert.equals(first[id].video, second[id].video)
       assert.equals(first[id].task_id, second[id].task_id)
-      assert.equals(first[id].prompt, sb:tasks()[second[id].task_id].body.prompt)
+      assert.equals(first[id].prompt, env.sb:tasks()[second[id].task_id].body.prompt)
     end
   end)
 
   it("with cells and no vary, the grid is exactly the cells: no hidden cell of base alone", function()
-    local only = assert(client:experiment({ name = "only", cells = { { id = "one", prompt = "a lamp" },
-      { id = "two", prompt = "a chair", seed = 3 } } }, { dir = dir }))
+    local only = assert(env.client:experiment({ name = "only", cells = { { id = "one", prompt = "a lamp" },
+      { id = "two", prompt = "a chair", seed = 3 } } }, { dir = env.dir }))
     assert.equals(2, only.made)
-    assert.equals(2, sb:stats().creates)
+    assert.equals(2, env.sb:stats().creates)
     local other = h.tmpdir()
-    local with_base = assert(client:experiment({ name = "b", base = { prompt = "a lamp", seconds = 5 },
+    local with_base = assert(env.client:experiment({ name = "b", base = { prompt = "a lamp", seconds = 5 },
       cells = { { id = "long", seconds = 10 } } }, { dir = other }))
     assert.equals(1, #with_base.takes)
     assert.equals(1, with_base.made)
-    assert.equals(3, sb:stats().creates)
+    assert.equals(3, env.sb:stats().creates)
     assert.equals("long", results(other).cells[1].id)
   end)
 
   it("a slow ffmpeg does not hold up the run: each poster has a time limit", function()
-    local slow = dir .. "/slow-ffmpeg"
+    local slow = env.dir .. "/slow-ffmpeg"
     h.write(slow, "#!/bin/sh\nexec sleep 60\n")
     assert(os.execute("chmod +x " .. slow))
     local t0 = core.now()
-    local report = assert(client:experiment(spec(), { dir = dir .. "/x", ffmpeg = slow, poster_timeout = 1 }))
+    local report = assert(env.client:experiment(spec(), { dir = env.dir .. "/x", ffmpeg = slow, poster_timeout = 1 }))
     assert.equals(4, report.made)
     assert.is_true(core.now() - t0 < 20, "the run waited for ffmpeg")
-    for _, c in ipairs(results(dir .. "/x").cells) do
+    for _, c in ipairs(results(env.dir .. "/x").cells) do
       assert.equals("saved", c.status)
       assert.is_nil(c.poster)
     end
-    assert.equals(0, count(h.read(dir .. "/x/index.html"), "poster="))
+    assert.equals(0, count(h.read(env.dir .. "/x/index.html"), "poster="))
   end)
 
   it("the card of an extra cell shows its own parameters, the grid's axes among them", function()
-    assert(client:experiment(spec { cells = { { id = "hand-picked", animal = "heron", place = "noon", seed = 9,
-      aspect_ratio = "1:1" } } }, { dir = dir }))
-    local html = h.read(dir .. "/index.html")
+    assert(env.client:experiment(spec { cells = { { id = "hand-picked", animal = "heron", place = "noon", seed = 9,
+      aspect_ratio = "1:1" } } }, { dir = env.dir }))
+    local html = h.read(env.dir .. "/index.html")
     local card = html:match('<article[^>]-data%-label="hand%-picked".-</article>')
     assert.truthy(card, html)
     assert.truthy(card:find("<b>seed</b>9", 1, true), card)
@@ -380,15 +368,15 @@ describe("jimeng.experiment", function()
 
   it("the copied command makes the same request, however the prompt is quoted", function()
     local prompt = [[it's a "test" of $HOME, `date` & \n; 千军万马]]
-    assert(client:experiment({ base = { prompt = prompt, seed = 42, aspect_ratio = "9:16" } }, { dir = dir }))
-    local cell = results(dir).cells[1]
+    assert(env.client:experiment({ base = { prompt = prompt, seed = 42, aspect_ratio = "9:16" } }, { dir = env.dir }))
+    local cell = results(env.dir).cells[1]
     assert.equals(prompt, cell.params.prompt)
     local cmd = cell.command:gsub("^jimeng ", ("cd %s && JIMENG_API_KEY=k JIMENG_BASE_URL=%s %s %s/bin/jimeng "):format(
-      dir, sb.url, lua, proc.root)) .. " --interval 0.05 -q"
+      env.dir, env.sb.url, lua, proc.root)) .. " --interval 0.05 -q"
     local ok, out = proc.run(cmd, proc.own_env)
     assert.is_true(ok, out)
     local bodies = {}
-    for _, t in pairs(sb:tasks()) do bodies[#bodies + 1] = t.body end
+    for _, t in pairs(env.sb:tasks()) do bodies[#bodies + 1] = t.body end
     assert.equals(2, #bodies)
     assert.same(bodies[1], bodies[2])
     assert.equals(prompt, bodies[1].prompt)
@@ -396,156 +384,142 @@ describe("jimeng.experiment", function()
 end)
 
 describe("jimeng experiment (the command)", function()
-  local sb, dir
-  setup(function() sb = h.sandbox { queue_seconds = 0.05, process_seconds = 0.1 } end)
-  before_each(function()
-    sb:reset()
-    dir = h.tmpdir()
-  end)
-  teardown(function()
-    sb:stop()
-    h.cleanup()
-  end)
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0.05, process_seconds = 0.1 }, client = false, reset = true, dir = "each" }
 
   local function jimeng_cmd(args)
-    return ("cd %s && JIMENG_API_KEY=k JIMENG_BASE_URL=%s %s %s/bin/jimeng experiment %s"):format(dir, sb.url, lua,
+    return ("cd %s && JIMENG_API_KEY=k JIMENG_BASE_URL=%s %s %s/bin/jimeng experiment %s"):format(env.dir, env.sb.url, lua,
       proc.root, args)
+  end
+
+  -- Runs `jimeng experiment args`, which must succeed (succeeds true) or fail (false); returns its output.
+  local function run(args, succeeds)
+    local ok, out = proc.run(jimeng_cmd(args), proc.own_env)
+    if succeeds then assert.is_true(ok, out) else assert.is_false(ok) end
+    return out
   end
 
   local SPEC = [[return { name = "six", base = { prompt = "a {animal} running", seconds = 5 },
     vars = { animal = { "fox", "hare", "lynx" } }, vary = { seed = { 1, 2 } } }]]
 
   it("--dry-run prints the grid, the videos it would pay for and their seconds, and creates nothing", function()
-    h.write(dir .. "/six.lua", SPEC)
-    local ok, out = proc.run(jimeng_cmd("six.lua --dry-run"), proc.own_env)
-    assert.is_true(ok, out)
+    h.write(env.dir .. "/six.lua", SPEC)
+    local out = run("six.lua --dry-run", true)
     assert.truthy(out:find("6 cells (3 animal x 2 seed)", 1, true), out)
     assert.truthy(out:find("animal=lynx,seed=2", 1, true), out)
     assert.truthy(out:find("would pay for 6 videos, 30 s in total", 1, true), out)
-    assert.equals(0, sb:stats().creates)
-    assert.falsy(h.exists(dir .. "/six/journal.jsonl"))
+    assert.equals(0, env.sb:stats().creates)
+    assert.falsy(h.exists(env.dir .. "/six/journal.jsonl"))
   end)
 
   it("refuses above --max-videos without --yes (exit 2), and a JSON spec works the same", function()
-    h.write(dir .. "/six.json", cjson.encode { name = "six", base = { prompt = "a {animal}" },
+    h.write(env.dir .. "/six.json", cjson.encode { name = "six", base = { prompt = "a {animal}" },
       vars = { animal = { "fox", "hare", "lynx" } }, vary = { seed = { 1, 2 } } })
-    local ok, out = proc.run(jimeng_cmd("six.json --max-videos 5 --interval 0.05"), proc.own_env)
-    assert.is_false(ok)
+    local out = run("six.json --max-videos 5 --interval 0.05", false)
     assert.truthy(out:find("would pay for 6 videos (30 s), above the limit of 5", 1, true), out)
-    assert.equals(0, sb:stats().creates)
-    ok, out = proc.run(jimeng_cmd("six.json --max-videos 5 --yes --interval 0.05 -o out --rows seed --cols animal"), proc.own_env)
-    assert.is_true(ok, out)
+    assert.equals(0, env.sb:stats().creates)
+    out = run("six.json --max-videos 5 --yes --interval 0.05 -o out --rows seed --cols animal", true)
     assert.truthy(out:find("6 videos: 6 made, 0 already made, 0 failed, 0 unknown, 0 errors; paid for 6 videos (30 s)", 1, true), out)
-    assert.equals(6, sb:stats().creates)
-    local r = results(dir .. "/out")
+    assert.equals(6, env.sb:stats().creates)
+    local r = results(env.dir .. "/out")
     assert.equals("seed", r.rows)
     assert.equals("animal", r.cols)
-    ok, out = proc.run(jimeng_cmd("six.json -o out --rows weather"), proc.own_env)
-    assert.is_false(ok)
+    out = run("six.json -o out --rows weather", false)
     assert.truthy(out:find("--rows weather is not an axis of this experiment (axes: animal, seed)", 1, true), out)
-    ok, out = proc.run(jimeng_cmd("six.json -o out --rows seed --cols seed"), proc.own_env)
-    assert.is_false(ok)
+    out = run("six.json -o out --rows seed --cols seed", false)
     assert.truthy(out:find("rows and cols are both seed", 1, true), out)
-    assert.equals(6, sb:stats().creates)
+    assert.equals(6, env.sb:stats().creates)
   end)
 
   it("stopped with SIGTERM: exits 130 saying how to continue, no card left running, and the same command ends it", function()
-    sb:config { queue_seconds = 0.05, process_seconds = 3 }
-    h.write(dir .. "/six.lua", SPEC)
+    env.sb:config { queue_seconds = 0.05, process_seconds = 3 }
+    h.write(env.dir .. "/six.lua", SPEC)
     local cmd = jimeng_cmd("six.lua -o out -j 2 --interval 0.05 --no-posters")
     local pid = io.popen(("%ssh -c '%s 2>%s/err; echo $? >%s/code' >/dev/null 2>&1 & echo $!"):format(proc.own_env,
-      cmd:gsub("'", "'\\''"), dir, dir)):read("*l")
+      cmd:gsub("'", "'\\''"), env.dir, env.dir)):read("*l")
     local deadline = core.now() + 20
     repeat
       core.sleep(0.02)
-      local journal = h.read(dir .. "/out/journal.jsonl") or ""
+      local journal = h.read(env.dir .. "/out/journal.jsonl") or ""
       local created = count(journal, '"event":"created"')
     until (created >= 2 and created == count(journal, '"event":"sending"')) or core.now() > deadline
     os.execute(proc.clean_env .. "pkill -TERM -P " .. pid) -- pkill is not ours: no sanitizer preloaded
-    while not (h.read(dir .. "/code") or ""):find("%d") and core.now() < deadline do core.sleep(0.02) end
-    local err = h.read(dir .. "/err") or ""
-    assert.equals("130", (h.read(dir .. "/code") or ""):match("%d+"), err)
+    while not (h.read(env.dir .. "/code") or ""):find("%d") and core.now() < deadline do core.sleep(0.02) end
+    local err = h.read(env.dir .. "/err") or ""
+    assert.equals("130", (h.read(env.dir .. "/code") or ""):match("%d+"), err)
     assert.truthy(err:find("nothing is lost: run the same command again", 1, true), err)
     assert.truthy(err:find("interrupted", 1, true), err)
-    local r = results(dir .. "/out")
+    local r = results(env.dir .. "/out")
     assert.is_false(r.live)
     for _, c in ipairs(r.cells) do
       assert.truthy(c.status == "saved" or c.status == "interrupted", c.status)
     end
-    assert.falsy(h.read(dir .. "/out/index.html"):find('data-status="processing"', 1, true))
+    assert.falsy(h.read(env.dir .. "/out/index.html"):find('data-status="processing"', 1, true))
     local ok, out = proc.run(cmd, proc.own_env)
     assert.is_true(ok, out)
-    assert.equals(6, sb:stats().creates)
-    for _, c in ipairs(results(dir .. "/out").cells) do assert.equals("saved", c.status) end
+    assert.equals(6, env.sb:stats().creates)
+    for _, c in ipairs(results(env.dir .. "/out").cells) do assert.equals("saved", c.status) end
   end)
 
   it("a second run on a directory in use is refused before it touches a file, and says why", function()
-    h.write(dir .. "/six.lua", SPEC)
+    h.write(env.dir .. "/six.lua", SPEC)
+    run("six.lua -o out --interval 0.05", true)
+    local gallery, res = h.read(env.dir .. "/out/index.html"), h.read(env.dir .. "/out/results.json")
+    local lock = assert(core.lock(env.dir .. "/out/journal.jsonl")) -- as another run holds it
+    h.write(env.dir .. "/six.lua", SPEC:gsub("seed = { 1, 2 }", "seed = { 1, 2, 3 }"))
     local ok, out = proc.run(jimeng_cmd("six.lua -o out --interval 0.05"), proc.own_env)
-    assert.is_true(ok, out)
-    local gallery, res = h.read(dir .. "/out/index.html"), h.read(dir .. "/out/results.json")
-    local lock = assert(core.lock(dir .. "/out/journal.jsonl")) -- as another run holds it
-    h.write(dir .. "/six.lua", SPEC:gsub("seed = { 1, 2 }", "seed = { 1, 2, 3 }"))
-    ok, out = proc.run(jimeng_cmd("six.lua -o out --interval 0.05"), proc.own_env)
     lock:unlock()
     assert.is_false(ok)
     assert.truthy(out:find("in use by another run", 1, true), out)
     assert.truthy(out:find("wait for it to end", 1, true), out)
     assert.falsy(out:find("writable", 1, true), out)
-    assert.equals(gallery, h.read(dir .. "/out/index.html"))
-    assert.equals(res, h.read(dir .. "/out/results.json"))
-    assert.equals(6, sb:stats().creates)
+    assert.equals(gallery, h.read(env.dir .. "/out/index.html"))
+    assert.equals(res, h.read(env.dir .. "/out/results.json"))
+    assert.equals(6, env.sb:stats().creates)
   end)
 
   it("--force replaces a file the journal did not make; --dry-run --json gives the grid; one video is one video", function()
-    h.write(dir .. "/one.lua", [[return { name = "one", base = { prompt = "a single heron", seconds = 5 } }]])
-    local ok, out = proc.run(jimeng_cmd("one.lua -o out --dry-run"), proc.own_env)
-    assert.is_true(ok, out)
+    h.write(env.dir .. "/one.lua", [[return { name = "one", base = { prompt = "a single heron", seconds = 5 } }]])
+    local out = run("one.lua -o out --dry-run", true)
     assert.truthy(out:find("1 cell (no axes), 1 video with its takes", 1, true), out)
     assert.truthy(out:find("would pay for 1 video, 5 s", 1, true), out)
-    ok, out = proc.run(jimeng_cmd("one.lua -o out --dry-run --json -q"), proc.own_env)
-    assert.is_true(ok, out)
+    out = run("one.lua -o out --dry-run --json -q", true)
     local plan = cjson.decode(out:match("(%b{})"))
     assert.equals(1, #plan.grid)
     assert.equals("base", plan.grid[1].id)
     assert.is_true(plan.grid[1].to_pay)
     assert.equals("a single heron", plan.grid[1].params.prompt)
-    os.execute("mkdir -p " .. dir .. "/out/videos")
-    h.write(dir .. "/out/" .. plan.grid[1].video, "an older file")
-    ok, out = proc.run(jimeng_cmd("one.lua -o out --interval 0.05"), proc.own_env)
-    assert.is_false(ok)
+    os.execute("mkdir -p " .. env.dir .. "/out/videos")
+    h.write(env.dir .. "/out/" .. plan.grid[1].video, "an older file")
+    out = run("one.lua -o out --interval 0.05", false)
     assert.truthy(out:find("--force", 1, true), out)
-    assert.equals(0, sb:stats().creates)
-    ok, out = proc.run(jimeng_cmd("one.lua -o out --interval 0.05 --force"), proc.own_env)
-    assert.is_true(ok, out)
+    assert.equals(0, env.sb:stats().creates)
+    out = run("one.lua -o out --interval 0.05 --force", true)
     assert.truthy(out:find("paid for 1 video (5 s)", 1, true), out)
-    assert.equals(h.fixture(), h.read(dir .. "/out/" .. plan.grid[1].video))
+    assert.equals(h.fixture(), h.read(env.dir .. "/out/" .. plan.grid[1].video))
     -- the budget's refusal says what to do about the budget
-    h.write(dir .. "/one.lua", [[return { name = "one", base = { prompt = "a single heron" }, vary = { seed = { 1, 2 } } }]])
-    ok, out = proc.run(jimeng_cmd("one.lua -o out --max-videos 1"), proc.own_env)
-    assert.is_false(ok)
+    h.write(env.dir .. "/one.lua", [[return { name = "one", base = { prompt = "a single heron" }, vary = { seed = { 1, 2 } } }]])
+    out = run("one.lua -o out --max-videos 1", false)
     assert.truthy(out:find("what to do: see what it would make with --dry-run, then pass --yes", 1, true), out)
   end)
 
   it("reads a spec's local images relative to the spec file, wherever it is run from", function()
-    os.execute("mkdir -p " .. dir .. "/specs")
-    local png = images.png(dir .. "/specs/frame.png", 640, 360)
-    h.write(dir .. "/specs/still.lua", [[return { name = "still", base = { prompt = "the frame comes alive", image = "frame.png" } }]])
-    local ok, out = proc.run(jimeng_cmd("specs/still.lua -o out --interval 0.05 --no-posters"), proc.own_env)
-    assert.is_true(ok, out)
-    assert.equals(1, sb:stats().creates)
+    os.execute("mkdir -p " .. env.dir .. "/specs")
+    local png = images.png(env.dir .. "/specs/frame.png", 640, 360)
+    h.write(env.dir .. "/specs/still.lua", [[return { name = "still", base = { prompt = "the frame comes alive", image = "frame.png" } }]])
+    run("specs/still.lua -o out --interval 0.05 --no-posters", true)
+    assert.equals(1, env.sb:stats().creates)
     local body
-    for _, t in pairs(sb:tasks()) do body = t.body end
+    for _, t in pairs(env.sb:tasks()) do body = t.body end
     local sent = cjson.encode(body)
     local b64 = h.base64_file(png)
     assert.truthy(sent:find(b64:sub(1, 40), 1, true), sent:sub(1, 300))
   end)
 
   it("killed with SIGKILL mid-run, then run again: every cell made, none paid twice", function()
-    sb:config { queue_seconds = 0.05, process_seconds = 1.5 }
-    h.write(dir .. "/six.lua", SPEC)
+    env.sb:config { queue_seconds = 0.05, process_seconds = 1.5 }
+    h.write(env.dir .. "/six.lua", SPEC)
     local cmd = jimeng_cmd("six.lua -o out -j 2 --interval 0.05")
-    local p = io.popen(("%ssh -c '%s >%s/first.log 2>&1 & echo $!'"):format(proc.own_env, cmd:gsub("'", "'\\''"), dir))
+    local p = io.popen(("%ssh -c '%s >%s/first.log 2>&1 & echo $!'"):format(proc.own_env, cmd:gsub("'", "'\\''"), env.dir))
     local pid = p:read("*l")
     p:close()
     -- kill it once two tasks are created and no create is in flight (both wait 1.5 s for their video)
@@ -553,24 +527,24 @@ describe("jimeng experiment (the command)", function()
     local deadline = core.now() + 20
     repeat
       core.sleep(0.02)
-      journal = h.read(dir .. "/out/journal.jsonl") or ""
+      journal = h.read(env.dir .. "/out/journal.jsonl") or ""
       local created = count(journal, '"event":"created"')
     until (created >= 2 and created == count(journal, '"event":"sending"')) or core.now() > deadline
     os.execute("kill -9 " .. pid)
     assert.equals(2, count(journal, '"event":"created"'), journal)
     assert.equals(0, count(journal, '"event":"saved"'), journal)
-    local live = h.read(dir .. "/out/index.html")
+    local live = h.read(env.dir .. "/out/index.html")
     assert.truthy(live:find('data-live="1"', 1, true))
     local ok, out = proc.run(cmd, proc.own_env)
     assert.is_true(ok, out)
     assert.truthy(out:find("paid for 4 videos (20 s)", 1, true), out)
-    assert.equals(6, sb:stats().creates)
-    local r = results(dir .. "/out")
+    assert.equals(6, env.sb:stats().creates)
+    local r = results(env.dir .. "/out")
     assert.equals(6, #r.cells)
     assert.is_false(r.live)
     for _, c in ipairs(r.cells) do
       assert.equals("saved", c.status, c.id)
-      assert.equals(h.fixture(), h.read(dir .. "/out/" .. c.video))
+      assert.equals(h.fixture(), h.read(env.dir .. "/out/" .. c.video))
     end
   end)
 end)

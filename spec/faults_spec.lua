@@ -10,117 +10,107 @@ local STATUS_PATH = "^/v1/videos/[0-9]+$"
 local CONTENT_PATH = "^/v1/videos/[0-9]+/content$"
 local CREATE_PATH = "^/v1/videos$"
 
+-- Sets the fault on path on the sandbox sb, makes the call once and checks what came back: "ok" (a table), or
+-- an error of the kind expect names. Returns how many requests on path the call made, and the error.
+local function under_fault(sb, path, fault, call, expect)
+  local plan = { path = path }
+  for k, v in pairs(fault) do plan[k] = v end
+  local before = #h.api_requests(sb, path)
+  sb:faults(plan)
+  local value, err = call()
+  if expect == "ok" then
+    assert.is_table(value, err and tostring(err))
+  else
+    h.failed(expect, value, err)
+  end
+  return #h.api_requests(sb, path) - before, err
+end
+
 describe("JSON calls under faults", function()
-  local sb, client, task
-  setup(function()
-    sb = h.sandbox()
-    client = h.client(sb)
-    task = assert(client:create { prompt = "a task to look at" })
-  end)
-  teardown(function() sb:stop() end)
+  local env = h.with_sandbox()
+  local task
+  setup(function() task = assert(env.client:create { prompt = "a task to look at" }) end)
 
   local function hits(path)
-    return #h.api_requests(sb, path or STATUS_PATH)
+    return #h.api_requests(env.sb, path or STATUS_PATH)
+  end
+
+  -- client:status of the task under the fault (see under_fault): the status requests it made, and the error.
+  local function status_under(fault, expect)
+    return under_fault(env.sb, STATUS_PATH, fault, function() return env.client:status(task.id) end, expect)
   end
 
   it("a 500 twice, then success: the status comes back after two retries", function()
     local before = hits()
-    sb:faults { path = STATUS_PATH, fault = "status", status = 500, count = 2, headers = FAST }
-    local t = assert(client:status(task.id))
+    env.sb:faults { path = STATUS_PATH, fault = "status", status = 500, count = 2, headers = FAST }
+    local t = assert(env.client:status(task.id))
     assert.equals(task.id, t.id)
     assert.equals(3, hits() - before)
   end)
 
   it("a 503 every time: a server error with its status after max_retries, still marked retryable", function()
-    local before = hits()
-    sb:faults { path = STATUS_PATH, fault = "status", status = 503, count = 3, headers = FAST }
-    local t, err = client:status(task.id)
-    assert.is_nil(t)
-    assert.equals("server", err.kind)
+    local n, err = status_under({ fault = "status", status = 503, count = 3, headers = FAST }, "server")
     assert.equals(503, err.status)
     assert.is_true(err.retryable)
     assert.equals(task.id, err.task_id)
-    assert.equals(3, hits() - before)
+    assert.equals(3, n)
   end)
 
   for _, code in ipairs { 408, 409, 429, 500, 502, 503, 504 } do
     it(("a %d once is retried"):format(code), function()
-      local before = hits()
-      sb:faults { path = STATUS_PATH, fault = "status", status = code, headers = FAST }
-      assert(client:status(task.id))
-      assert.equals(2, hits() - before)
+      assert.equals(2, status_under({ fault = "status", status = code, headers = FAST }, "ok"))
     end)
   end
 
   it("a 429 with Retry-After: 1 waits a second before the retry", function()
-    sb:faults { path = STATUS_PATH, fault = "status", status = 429, retry_after = 1 }
+    env.sb:faults { path = STATUS_PATH, fault = "status", status = 429, retry_after = 1 }
     local before = hits()
-    assert(client:status(task.id))
-    local log = h.api_requests(sb, STATUS_PATH)
+    assert(env.client:status(task.id))
+    local log = h.api_requests(env.sb, STATUS_PATH)
     assert.equals(2, #log - before)
     assert.is_true(log[#log].time - log[#log - 1].time >= 0.9)
   end)
 
   it("a 429 with Retry-After as an HTTP date waits until then", function()
-    sb:faults { path = STATUS_PATH, fault = "status", status = 429, retry_after_date = 2 }
-    assert(client:status(task.id))
-    local log = h.api_requests(sb, STATUS_PATH)
+    env.sb:faults { path = STATUS_PATH, fault = "status", status = 429, retry_after_date = 2 }
+    assert(env.client:status(task.id))
+    local log = h.api_requests(env.sb, STATUS_PATH)
     assert.is_true(log[#log].time - log[#log - 1].time >= 0.9)
   end)
 
   it("without a hint, the retry waits the jittered backoff (0.375 to 0.5 s the first time)", function()
-    sb:faults { path = STATUS_PATH, fault = "status", status = 502 }
-    assert(client:status(task.id))
-    local log = h.api_requests(sb, STATUS_PATH)
+    env.sb:faults { path = STATUS_PATH, fault = "status", status = 502 }
+    assert(env.client:status(task.id))
+    local log = h.api_requests(env.sb, STATUS_PATH)
     local gap = log[#log].time - log[#log - 1].time
     assert.is_true(gap >= 0.35 and gap < 2, "gap " .. gap)
   end)
 
   it("x-should-retry: false stops a retry the status would allow", function()
-    local before = hits()
-    sb:faults { path = STATUS_PATH, fault = "status", status = 500, headers = { ["x-should-retry"] = "false" } }
-    local t, err = client:status(task.id)
-    assert.is_nil(t)
-    assert.equals("server", err.kind)
-    assert.equals(1, hits() - before)
+    assert.equals(1, status_under({ fault = "status", status = 500, headers = { ["x-should-retry"] = "false" } }, "server"))
   end)
 
   it("x-should-retry: true makes a retry the status would not", function()
-    local before = hits()
-    sb:faults { path = STATUS_PATH, fault = "status", status = 400, headers = { ["x-should-retry"] = "true", ["retry-after-ms"] = "10" } }
-    assert(client:status(task.id))
-    assert.equals(2, hits() - before)
+    assert.equals(2, status_under({ fault = "status", status = 400, headers = { ["x-should-retry"] = "true", ["retry-after-ms"] = "10" } }, "ok"))
   end)
 
   it("a connection reset before the answer is retried", function()
-    local before = hits()
-    sb:faults { path = STATUS_PATH, fault = "reset_before" }
-    assert(client:status(task.id))
-    assert.equals(2, hits() - before)
+    assert.equals(2, status_under({ fault = "reset_before" }, "ok"))
   end)
 
   it("malformed JSON is a protocol error, not retried", function()
-    local before = hits()
-    sb:faults { path = STATUS_PATH, fault = "malformed_json" }
-    local t, err = client:status(task.id)
-    assert.is_nil(t)
-    assert.equals("protocol", err.kind)
-    assert.equals(1, hits() - before)
+    assert.equals(1, status_under({ fault = "malformed_json" }, "protocol"))
   end)
 
   it("a proxy's HTML error page is retried, and reported by its title when it persists", function()
-    sb:faults { path = STATUS_PATH, fault = "html", status = 502, count = 3 }
-    local t, err = client:status(task.id)
-    assert.is_nil(t)
-    assert.equals("server", err.kind)
+    env.sb:faults { path = STATUS_PATH, fault = "html", status = 502, count = 3 }
+    local err = h.failed("server", env.client:status(task.id))
     assert.equals("502 Bad Gateway", err.message)
   end)
 
   it("a body over the 8 MiB cap is refused as a protocol error", function()
-    sb:faults { path = STATUS_PATH, fault = "huge", bytes = 9 * 1024 * 1024 }
-    local t, err = client:status(task.id)
-    assert.is_nil(t)
-    assert.equals("protocol", err.kind)
+    env.sb:faults { path = STATUS_PATH, fault = "huge", bytes = 9 * 1024 * 1024 }
+    local err = h.failed("protocol", env.client:status(task.id))
     assert.truthy(err.message:find("larger than the limit"))
   end)
 
@@ -131,46 +121,34 @@ describe("JSON calls under faults", function()
       cur.x = {}
       cur = cur.x
     end
-    sb:faults { path = STATUS_PATH, fault = "json", body = deep }
-    local t, err = client:status(task.id)
-    assert.is_nil(t)
-    assert.equals("protocol", err.kind)
+    env.sb:faults { path = STATUS_PATH, fault = "json", body = deep }
+    h.failed("protocol", env.client:status(task.id))
   end)
 
   it("a stalled server hits the per-request timeout: a timeout error", function()
-    local c = h.client(sb, { timeout = 0.3, max_retries = 0 })
-    sb:faults { path = STATUS_PATH, fault = "stall", seconds = 1.5 }
-    local t, err = c:status(task.id)
-    assert.is_nil(t)
-    assert.equals("timeout", err.kind)
+    local c = h.client(env.sb, { timeout = 0.3, max_retries = 0 })
+    env.sb:faults { path = STATUS_PATH, fault = "stall", seconds = 1.5 }
+    local err = h.failed("timeout", c:status(task.id))
     assert.is_true(err.retryable)
   end)
 
   it("an API call follows no redirect", function()
-    local before = hits()
-    sb:faults { path = STATUS_PATH, fault = "redirect", location = sb.root .. "/cdn/elsewhere" }
-    local t, err = client:status(task.id)
-    assert.is_nil(t)
-    assert.equals("http", err.kind)
+    local n, err = status_under({ fault = "redirect", location = env.sb.root .. "/cdn/elsewhere" }, "http")
     assert.equals(302, err.status)
-    assert.equals(1, hits() - before)
-    assert.equals(0, #h.api_requests(sb, "^/cdn/"))
+    assert.equals(1, n)
+    assert.equals(0, #h.api_requests(env.sb, "^/cdn/"))
   end)
 
   it("a 404 is not_found at once", function()
     local before = hits()
-    local t, err = client:status("11111111111111111111")
-    assert.is_nil(t)
-    assert.equals("not_found", err.kind)
+    h.failed("not_found", env.client:status("11111111111111111111"))
     assert.equals(1, hits() - before)
   end)
 
   it("the request id comes from the body when the header is absent; a flat error body gives message and code", function()
-    sb:faults { path = STATUS_PATH, fault = "json", status = 400,
+    env.sb:faults { path = STATUS_PATH, fault = "json", status = 400,
       body = { message = "quota exceeded", code = 1102, request_id = "body-rid" }, headers = { no_request_id = true } }
-    local t, err = client:status(task.id)
-    assert.is_nil(t)
-    assert.equals("invalid_argument", err.kind)
+    local err = h.failed("invalid_argument", env.client:status(task.id))
     assert.equals("quota exceeded", err.message)
     assert.equals("1102", err.code)
     assert.equals("body-rid", err.request_id)
@@ -178,65 +156,59 @@ describe("JSON calls under faults", function()
 
   it("one rule for the request id of tasks and errors alike: the body's request_id, else the header", function()
     local body_task = { id = task.id, object = "video", status = "processing", request_id = "task-body-rid" }
-    sb:faults {
+    env.sb:faults {
       { path = STATUS_PATH, fault = "json", status = 200, body = body_task },
       { path = STATUS_PATH, fault = "json", status = 400, body = { message = "no", request_id = "err-body-rid" } },
       { path = STATUS_PATH, fault = "json", status = 400, body = { message = "no" } },
     }
-    assert.equals("task-body-rid", assert(client:status(task.id)).request_id) -- the header also had one
-    local _, err = client:status(task.id)
+    assert.equals("task-body-rid", assert(env.client:status(task.id)).request_id) -- the header also had one
+    local _, err = env.client:status(task.id)
     assert.equals("err-body-rid", err.request_id)
-    _, err = client:status(task.id)
+    _, err = env.client:status(task.id)
     assert.matches("^%x+%-%x+%-%x+%-%x+%-%x+$", err.request_id) -- the sandbox's x-request-id header
   end)
 
   it("wait keeps polling through a fault that outlasts status's own retries, and completes", function()
-    local t = assert(client:create { prompt = "patient" })
-    sb:faults { path = STATUS_PATH, fault = "status", status = 503, count = 4, headers = FAST }
-    local done = assert(client:wait(t.id, { interval = 0.05, timeout = 10 }))
+    local t = assert(env.client:create { prompt = "patient" })
+    env.sb:faults { path = STATUS_PATH, fault = "status", status = 503, count = 4, headers = FAST }
+    local done = assert(env.client:wait(t.id, { interval = 0.05, timeout = 10 }))
     assert.equals("completed", done.status)
   end)
 
   it("wait stops at once on an error that waiting cannot cure", function()
-    local t, err = client:wait("11111111111111111111", { interval = 0.05, timeout = 10 })
-    assert.is_nil(t)
-    assert.equals("not_found", err.kind)
+    h.failed("not_found", env.client:wait("11111111111111111111", { interval = 0.05, timeout = 10 }))
   end)
 
   it("wait takes the server's hint over its own interval", function()
-    local t = assert(client:create { prompt = "hinted" })
-    sb:faults { path = STATUS_PATH, fault = "json", status = 200, body = { id = t.id, object = "video", status = "processing" },
+    local t = assert(env.client:create { prompt = "hinted" })
+    env.sb:faults { path = STATUS_PATH, fault = "json", status = 200, body = { id = t.id, object = "video", status = "processing" },
       headers = { ["retry-after-ms"] = "600" } }
-    local before = #h.api_requests(sb, STATUS_PATH)
-    assert(client:wait(t.id, { interval = 0.02, timeout = 10 }))
-    local log = h.api_requests(sb, STATUS_PATH)
+    local before = #h.api_requests(env.sb, STATUS_PATH)
+    assert(env.client:wait(t.id, { interval = 0.02, timeout = 10 }))
+    local log = h.api_requests(env.sb, STATUS_PATH)
     assert.is_true(#log - before >= 2)
     local gap = log[before + 2].time - log[before + 1].time
     assert.is_true(gap >= 0.5, ("the poll after the hint came %.2f s later"):format(gap))
   end)
 
   it("reuses one connection for many calls", function()
-    local c = h.client(sb)
-    local before = sb:stats().connections
+    local c = h.client(env.sb)
+    local before = env.sb:stats().connections
     for _ = 1, 10 do assert(c:status(task.id)) end
-    assert.equals(1, sb:stats().connections - before)
+    assert.equals(1, env.sb:stats().connections - before)
   end)
 end)
 
 describe("every fault on every call that changes nothing (status, detect, recognize)", function()
-  local sb, client, task
-  setup(function()
-    sb = h.sandbox()
-    client = h.client(sb, { timeout = 0.5 })
-    task = assert(client:create { prompt = "matrix" })
-  end)
-  teardown(function() sb:stop() end)
+  local env = h.with_sandbox { client = { timeout = 0.5 } }
+  local task
+  setup(function() task = assert(env.client:create { prompt = "matrix" }) end)
 
   local IMAGE = "https://example.com/portrait.jpg?subjects=2"
   local calls = {
-    { "status", STATUS_PATH, function() return client:status(task.id) end },
-    { "detect", "detection$", function() return client:detect(IMAGE) end },
-    { "recognize", "recognition$", function() return client:recognize(IMAGE) end },
+    { "status", STATUS_PATH, function() return env.client:status(task.id) end },
+    { "detect", "detection$", function() return env.client:detect(IMAGE) end },
+    { "recognize", "recognition$", function() return env.client:recognize(IMAGE) end },
   }
   -- fault plan, then what the user gets: "ok" after retries, or the kind of the error
   local faults = {
@@ -253,57 +225,38 @@ describe("every fault on every call that changes nothing (status, detect, recogn
   for _, call in ipairs(calls) do
     for _, f in ipairs(faults) do
       it(("%s: %s -> %s after %d request%s"):format(call[1], f[1], f[3], f[4], f[4] == 1 and "" or "s"), function()
-        local plan = { path = call[2] }
-        for k, v in pairs(f[2]) do plan[k] = v end
-        local before = #h.api_requests(sb, call[2])
-        sb:faults(plan)
-        local value, err = call[3]()
-        if f[3] == "ok" then
-          assert.is_table(value, err and tostring(err))
-        else
-          assert.is_nil(value)
-          assert.equals(f[3], err.kind)
-        end
-        assert.equals(f[4], #h.api_requests(sb, call[2]) - before)
+        assert.equals(f[4], under_fault(env.sb, call[2], f[2], call[3], f[3]))
       end)
     end
   end
 end)
 
 describe("a paid create under faults", function()
-  local sb, client
-  setup(function()
-    sb = h.sandbox()
-    client = h.client(sb)
-  end)
-  before_each(function() sb:reset() end)
-  teardown(function() sb:stop() end)
+  local env = h.with_sandbox { reset = true }
 
-  local function creates() return sb:stats().creates end
-  local function attempts() return #h.api_requests(sb, CREATE_PATH) end
+  local function creates() return env.sb:stats().creates end
+  local function attempts() return #h.api_requests(env.sb, CREATE_PATH) end
 
   it("is retried after a 429 (the server refused it) and creates exactly one task", function()
-    sb:faults { path = CREATE_PATH, fault = "status", status = 429, headers = FAST }
-    assert(client:create { prompt = "x" })
+    env.sb:faults { path = CREATE_PATH, fault = "status", status = 429, headers = FAST }
+    assert(env.client:create { prompt = "x" })
     assert.equals(2, attempts())
     assert.equals(1, creates())
   end)
 
   it("is retried after a complete refusal that says x-should-retry: true (a 409: nothing was made)", function()
-    sb:faults { path = CREATE_PATH, fault = "status", status = 409, headers = { ["x-should-retry"] = "true",
+    env.sb:faults { path = CREATE_PATH, fault = "status", status = 409, headers = { ["x-should-retry"] = "true",
       ["retry-after-ms"] = "10" } }
-    assert(client:create { prompt = "x" })
+    assert(env.client:create { prompt = "x" })
     assert.equals(2, attempts())
     assert.equals(1, creates())
   end)
 
   it("is not retried after a 5xx that says x-should-retry: true: a gateway may say so after the backend made it",
     function()
-      sb:faults { path = CREATE_PATH, fault = "create_then", answer = "status", status = 502, count = 3,
+      env.sb:faults { path = CREATE_PATH, fault = "create_then", answer = "status", status = 502, count = 3,
         headers = { ["x-should-retry"] = "true", ["retry-after-ms"] = "10" } }
-      local t, err = client:create { prompt = "x" }
-      assert.is_nil(t)
-      assert.equals("unknown_outcome", err.kind)
+      local err = h.failed("unknown_outcome", env.client:create { prompt = "x" })
       assert.is_nil(err.created)
       assert.equals(1, attempts())
       assert.equals(1, creates())
@@ -312,10 +265,8 @@ describe("a paid create under faults", function()
   for _, code in ipairs { 500, 502, 503, 504 } do
     it(("after a %d is unknown_outcome, not retried: a gateway answers so after the backend got it"):format(code),
       function()
-        sb:faults { path = CREATE_PATH, fault = "status", status = code, retry_after = 1 }
-        local t, err = client:create { prompt = "x" }
-        assert.is_nil(t)
-        assert.equals("unknown_outcome", err.kind)
+        env.sb:faults { path = CREATE_PATH, fault = "status", status = code, retry_after = 1 }
+        local err = h.failed("unknown_outcome", env.client:create { prompt = "x" })
         assert.equals(code, err.status)
         assert.is_nil(err.created)
         assert.truthy(err.message:find("check before creating it again"))
@@ -324,20 +275,16 @@ describe("a paid create under faults", function()
   end
 
   it("on a kept-alive connection is never re-sent by libcurl itself when that connection dies", function()
-    assert(client:create { prompt = "warm the connection up" })
-    sb:faults { path = CREATE_PATH, fault = "reset_before" }
-    local t, err = client:create { prompt = "x" }
-    assert.is_nil(t)
-    assert.equals("unknown_outcome", err.kind)
+    assert(env.client:create { prompt = "warm the connection up" })
+    env.sb:faults { path = CREATE_PATH, fault = "reset_before" }
+    h.failed("unknown_outcome", env.client:create { prompt = "x" })
     assert.equals(2, attempts())
     assert.equals(1, creates())
   end)
 
   it("whose connection is reset after the server made the task is unknown_outcome, never retried", function()
-    sb:faults { path = CREATE_PATH, fault = "reset_after_create" }
-    local t, err = client:create { prompt = "x" }
-    assert.is_nil(t)
-    assert.equals("unknown_outcome", err.kind)
+    env.sb:faults { path = CREATE_PATH, fault = "reset_after_create" }
+    local err = h.failed("unknown_outcome", env.client:create { prompt = "x" })
     assert.is_false(err.retryable)
     assert.truthy(err.message:find("check before creating it again"))
     assert.equals(1, attempts())
@@ -345,19 +292,15 @@ describe("a paid create under faults", function()
   end)
 
   it("whose connection is reset after the body was sent is unknown_outcome too", function()
-    sb:faults { path = CREATE_PATH, fault = "reset_before" }
-    local t, err = client:create { prompt = "x" }
-    assert.is_nil(t)
-    assert.equals("unknown_outcome", err.kind)
+    env.sb:faults { path = CREATE_PATH, fault = "reset_before" }
+    h.failed("unknown_outcome", env.client:create { prompt = "x" })
     assert.equals(1, attempts())
   end)
 
   it("that times out after sending is unknown_outcome, not a second paid request", function()
-    local c = h.client(sb, { timeout = 0.3 })
-    sb:faults { path = CREATE_PATH, fault = "stall", seconds = 1 }
-    local t, err = c:create { prompt = "x" }
-    assert.is_nil(t)
-    assert.equals("unknown_outcome", err.kind)
+    local c = h.client(env.sb, { timeout = 0.3 })
+    env.sb:faults { path = CREATE_PATH, fault = "stall", seconds = 1 }
+    h.failed("unknown_outcome", c:create { prompt = "x" })
     assert.equals(1, attempts())
   end)
 
@@ -365,27 +308,19 @@ describe("a paid create under faults", function()
     local retries = 0
     local closed = assert(jimeng.new { api_key = "k", base_url = "http://127.0.0.1:9/v1", max_retries = 1,
       logger = function(what) if what == "retry" then retries = retries + 1 end end })
-    local t, err = closed:create { prompt = "x" }
-    assert.is_nil(t)
-    assert.equals("network", err.kind)
+    local err = h.failed("network", closed:create { prompt = "x" })
     assert.is_true(err.retryable)
     assert.equals(1, retries)
   end)
 end)
 
 describe("a download under faults", function()
-  local sb, client, dir, task, SIZE
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0, process_seconds = 0 }, dir = "setup" }
+  local task, SIZE
   setup(function()
-    sb = h.sandbox { queue_seconds = 0, process_seconds = 0 }
-    client = h.client(sb)
-    dir = h.tmpdir()
     SIZE = 3 * 1024 * 1024 + 17
-    task = assert(client:create { prompt = "big one sandbox:bytes=" .. SIZE })
-    assert(client:wait(task.id, { interval = 0.01 }))
-  end)
-  teardown(function()
-    sb:stop()
-    h.cleanup()
+    task = assert(env.client:create { prompt = "big one sandbox:bytes=" .. SIZE })
+    assert(env.client:wait(task.id, { interval = 0.01 }))
   end)
 
   -- Checks a synthetic video byte by byte at a sample of offsets, and its size.
@@ -402,13 +337,13 @@ describe("a download under faults", function()
     end
   end
 
-  local function content_requests() return h.api_requests(sb, CONTENT_PATH) end
+  local function content_requests() return h.api_requests(env.sb, CONTENT_PATH) end
 
   it("reset mid-body is resumed within the same call with Range and If-Range", function()
-    local path = dir .. "/reset.mp4"
+    local path = env.dir .. "/reset.mp4"
     local before = #content_requests()
-    sb:faults { path = CONTENT_PATH, fault = "reset_mid_body", after_bytes = 1000000 }
-    local info = assert(client:download(task.id, path))
+    env.sb:faults { path = CONTENT_PATH, fault = "reset_mid_body", after_bytes = 1000000 }
+    local info = assert(env.client:download(task.id, path))
     assert_video(path)
     assert.equals(SIZE, info.bytes)
     local log = content_requests()
@@ -421,25 +356,22 @@ describe("a download under faults", function()
   end)
 
   it("a short body (fewer bytes than Content-Length) is resumed, never saved as if whole", function()
-    local path = dir .. "/short.mp4"
-    sb:faults { path = CONTENT_PATH, fault = "short_body", after_bytes = 2000000 }
-    assert(client:download(task.id, path))
+    local path = env.dir .. "/short.mp4"
+    env.sb:faults { path = CONTENT_PATH, fault = "short_body", after_bytes = 2000000 }
+    assert(env.client:download(task.id, path))
     assert_video(path)
   end)
 
   it("when the retries run out: no file at the path, the .part kept, and the next call resumes from it", function()
-    local path = dir .. "/broken.mp4"
-    local c = h.client(sb, { max_retries = 1 })
-    sb:faults { path = CONTENT_PATH, fault = "reset_mid_body", after_bytes = 700000, count = 2 }
-    local info, err = c:download(task.id, path)
-    assert.is_nil(info)
-    assert.equals("network", err.kind)
+    local path = env.dir .. "/broken.mp4"
+    local c = h.client(env.sb, { max_retries = 1 })
+    env.sb:faults { path = CONTENT_PATH, fault = "reset_mid_body", after_bytes = 700000, count = 2 }
+    local err = h.download_failed("network", { path }, c:download(task.id, path))
     assert.is_true(err.retryable)
     assert.equals(task.id, err.task_id)
-    assert.is_false(h.exists(path))
     local partial = #h.read(path .. ".part")
     assert.is_true(partial > 0 and partial < SIZE)
-    local again = assert(client:download(task.id, path))
+    local again = assert(env.client:download(task.id, path))
     assert.equals(partial, again.resumed_from)
     assert_video(path)
     local log = content_requests()
@@ -450,64 +382,57 @@ describe("a download under faults", function()
   end)
 
   it("a 206 that starts at the wrong offset is thrown away and the download restarts from zero", function()
-    local path = dir .. "/badrange.mp4"
+    local path = env.dir .. "/badrange.mp4"
     h.write(path .. ".part", ("\0"):rep(5000))
-    sb:faults { path = CONTENT_PATH, fault = "bad_range" }
-    assert(client:download(task.id, path))
+    env.sb:faults { path = CONTENT_PATH, fault = "bad_range" }
+    assert(env.client:download(task.id, path))
     assert_video(path)
   end)
 
   it("a server that ignores Range (200) restarts the file from zero", function()
-    local path = dir .. "/norange.mp4"
+    local path = env.dir .. "/norange.mp4"
     h.write(path .. ".part", ("\0"):rep(5000))
-    sb:faults { path = CONTENT_PATH, fault = "ignore_range" }
-    local info = assert(client:download(task.id, path))
+    env.sb:faults { path = CONTENT_PATH, fault = "ignore_range" }
+    local info = assert(env.client:download(task.id, path))
     assert.equals(200, info.status)
     assert_video(path)
   end)
 
   it("resume=false starts over whatever the .part holds", function()
-    local path = dir .. "/fresh.mp4"
+    local path = env.dir .. "/fresh.mp4"
     h.write(path .. ".part", ("\0"):rep(5000))
-    local info = assert(client:download(task.id, path, { resume = false }))
+    local info = assert(env.client:download(task.id, path, { resume = false }))
     assert.equals(200, info.status)
     assert_video(path)
   end)
 
   it("JSON where a video was expected is an error with the server's message, and no file", function()
-    local path = dir .. "/json.mp4"
-    sb:faults { path = CONTENT_PATH, fault = "json", status = 200, body = { error = { message = "video expired" } } }
-    local info, err = client:download(task.id, path)
-    assert.is_nil(info)
-    assert.equals("protocol", err.kind)
+    local path = env.dir .. "/json.mp4"
+    env.sb:faults { path = CONTENT_PATH, fault = "json", status = 200, body = { error = { message = "video expired" } } }
+    local err = h.download_failed("protocol", { path, path .. ".part" }, env.client:download(task.id, path))
     assert.truthy(err.message:find("video expired"))
-    assert.is_false(h.exists(path))
-    assert.is_false(h.exists(path .. ".part"))
   end)
 
   it("an HTML error page is retried, then reported by its title; no file", function()
-    local path = dir .. "/html.mp4"
-    sb:faults { path = CONTENT_PATH, fault = "html", status = 502, count = 3 }
-    local info, err = client:download(task.id, path)
-    assert.is_nil(info)
-    assert.equals("server", err.kind)
+    local path = env.dir .. "/html.mp4"
+    env.sb:faults { path = CONTENT_PATH, fault = "html", status = 502, count = 3 }
+    local err = h.download_failed("server", { path }, env.client:download(task.id, path))
     assert.equals("502 Bad Gateway", err.message)
-    assert.is_false(h.exists(path))
   end)
 
   it("a stall mid-body is cut by the stall timeout and resumed", function()
-    local path = dir .. "/stall.mp4"
-    local c = h.client(sb, { stall_timeout = 1 })
-    sb:faults { path = CONTENT_PATH, fault = "stall_mid_body", after_bytes = 1500000, seconds = 4 }
+    local path = env.dir .. "/stall.mp4"
+    local c = h.client(env.sb, { stall_timeout = 1 })
+    env.sb:faults { path = CONTENT_PATH, fault = "stall_mid_body", after_bytes = 1500000, seconds = 4 }
     assert(c:download(task.id, path))
     assert_video(path)
   end)
 
   it("follows a redirect to a storage host, without carrying the API key there", function()
     local cdn = h.sandbox { host = "127.0.0.2" }
-    local path = dir .. "/cdn.mp4"
-    sb:faults { path = CONTENT_PATH, fault = "redirect", location = cdn.root .. "/cdn/video.mp4" }
-    local info = assert(client:download(task.id, path))
+    local path = env.dir .. "/cdn.mp4"
+    env.sb:faults { path = CONTENT_PATH, fault = "redirect", location = cdn.root .. "/cdn/video.mp4" }
+    local info = assert(env.client:download(task.id, path))
     assert.equals(h.fixture(), h.read(path))
     assert.equals(#h.fixture(), info.bytes)
     local got = h.api_requests(cdn, "^/cdn/")
@@ -517,34 +442,28 @@ describe("a download under faults", function()
   end)
 
   it("keeps the key on a redirect within the same host", function()
-    local path = dir .. "/samehost.mp4"
-    sb:faults { path = CONTENT_PATH, fault = "redirect", location = sb.root .. "/cdn/video.mp4" }
-    assert(client:download(task.id, path))
-    local got = h.api_requests(sb, "^/cdn/")
+    local path = env.dir .. "/samehost.mp4"
+    env.sb:faults { path = CONTENT_PATH, fault = "redirect", location = env.sb.root .. "/cdn/video.mp4" }
+    assert(env.client:download(task.id, path))
+    local got = h.api_requests(env.sb, "^/cdn/")
     assert.equals("Bearer test-key", got[#got].headers.authorization)
   end)
 
   it("refuses a redirect to a file: URL", function()
-    local path = dir .. "/file.mp4"
+    local path = env.dir .. "/file.mp4"
     local before = #content_requests()
-    sb:faults { path = CONTENT_PATH, fault = "redirect", location = "file:///etc/passwd" }
-    local info, err = client:download(task.id, path)
-    assert.is_nil(info)
-    assert.equals("protocol", err.kind)
+    env.sb:faults { path = CONTENT_PATH, fault = "redirect", location = "file:///etc/passwd" }
+    local err = h.download_failed("protocol", { path }, env.client:download(task.id, path))
     assert.is_false(err.retryable)
     assert.equals(1, #content_requests() - before)
-    assert.is_false(h.exists(path))
   end)
 
   it("gives up after five redirects", function()
-    local path = dir .. "/loop.mp4"
-    sb:faults { path = "^/cdn/", fault = "redirect", location = sb.root .. "/cdn/again", count = 6 }
-    sb:faults { path = CONTENT_PATH, fault = "redirect", location = sb.root .. "/cdn/again" }
-    local info, err = client:download(task.id, path)
-    assert.is_nil(info)
-    assert.equals("protocol", err.kind)
+    local path = env.dir .. "/loop.mp4"
+    env.sb:faults { path = "^/cdn/", fault = "redirect", location = env.sb.root .. "/cdn/again", count = 6 }
+    env.sb:faults { path = CONTENT_PATH, fault = "redirect", location = env.sb.root .. "/cdn/again" }
+    local err = h.download_failed("protocol", { path }, env.client:download(task.id, path))
     assert.truthy(err.message:find("more than 5 redirects"))
-    assert.is_false(h.exists(path))
   end)
 
   it("keeps memory flat: a 64 MiB video does not grow the process by more than a few MiB", function()
@@ -557,27 +476,23 @@ describe("a download under faults", function()
     end
     if not hwm_kib() then return pending("no /proc here") end
     local big = 64 * 1024 * 1024
-    local t = assert(client:create { prompt = "huge sandbox:bytes=" .. big })
-    assert(client:wait(t.id, { interval = 0.01 }))
+    local t = assert(env.client:create { prompt = "huge sandbox:bytes=" .. big })
+    assert(env.client:wait(t.id, { interval = 0.01 }))
     collectgarbage()
     local before = hwm_kib()
-    local info = assert(client:download(t.id, dir .. "/huge.mp4"))
+    local info = assert(env.client:download(t.id, env.dir .. "/huge.mp4"))
     assert.equals(big, info.bytes)
     local grown = hwm_kib() - before
     assert.is_true(grown < 16 * 1024, ("peak memory grew by %d KiB"):format(grown))
-    os.remove(dir .. "/huge.mp4")
+    os.remove(env.dir .. "/huge.mp4")
   end)
 end)
 
 describe("security", function()
-  local sb
-  setup(function() sb = h.sandbox() end)
-  teardown(function() sb:stop() end)
+  local env = h.with_sandbox { client = false }
 
   it("refuses a plain-http base URL to a remote host, and allows loopback or an explicit opt-in", function()
-    local c, err = jimeng.new { api_key = "k", base_url = "http://example.com/v1" }
-    assert.is_nil(c)
-    assert.equals("invalid_argument", err.kind)
+    local err = h.failed("invalid_argument", jimeng.new { api_key = "k", base_url = "http://example.com/v1" })
     assert.equals("base_url", err.field)
     assert(jimeng.new { api_key = "k", base_url = "http://127.0.0.1:1/v1" })
     assert(jimeng.new { api_key = "k", base_url = "http://localhost:1/v1" })
@@ -589,29 +504,27 @@ describe("security", function()
 
   it("refuses an API key with CR or LF, which could smuggle a header", function()
     for _, key in ipairs { "sk-1\r\nX-Evil: 1", "sk-1\n", "sk\0x" } do
-      local c, err = jimeng.new { api_key = key, base_url = sb.url }
-      assert.is_nil(c)
-      assert.equals("invalid_argument", err.kind)
+      local err = h.failed("invalid_argument", jimeng.new { api_key = key, base_url = env.sb.url })
       assert.falsy(tostring(err):find(key, 1, true))
     end
   end)
 
   it("never shows the API key: not in errors, not in log lines, even when the server echoes it", function()
     local lines = {}
-    local c = h.client(sb, { api_key = CANARY, logger = function(...)
+    local c = h.client(env.sb, { api_key = CANARY, logger = function(...)
       local parts = {}
       for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
       lines[#lines + 1] = table.concat(parts, " ")
     end })
     local errs = {}
     local function collect(_, err) if err then errs[#errs + 1] = tostring(err) .. " " .. err.message end end
-    sb:faults { path = CREATE_PATH, fault = "json", status = 401,
+    env.sb:faults { path = CREATE_PATH, fault = "json", status = 401,
       body = { error = { message = "Incorrect API key provided: " .. CANARY, code = "invalid_api_key" } } }
     collect(c:create { prompt = "x" })
-    sb:faults { path = STATUS_PATH, fault = "status", status = 500, message = "upstream got key " .. CANARY, count = 3, headers = FAST }
+    env.sb:faults { path = STATUS_PATH, fault = "status", status = 500, message = "upstream got key " .. CANARY, count = 3, headers = FAST }
     collect(c:status("12345678901234567890"))
     collect(c:status("12345678901234567890"))
-    sb:faults { path = CONTENT_PATH, fault = "html", count = 3 }
+    env.sb:faults { path = CONTENT_PATH, fault = "html", count = 3 }
     collect(c:download("12345678901234567890", os.tmpname()))
     assert.is_true(#errs >= 3)
     assert.is_true(#lines >= 1)
@@ -622,26 +535,22 @@ describe("security", function()
 end)
 
 describe("TLS", function()
-  local sb
-  setup(function() sb = h.sandbox { tls = true } end)
-  teardown(function() sb:stop() end)
+  local env = h.with_sandbox { sandbox = { tls = true }, client = false }
 
   it("works against a private CA given as cainfo", function()
-    assert.truthy(sb.url:find("^https://"))
-    local c = h.client(sb, { cainfo = sb.cainfo })
+    assert.truthy(env.sb.url:find("^https://"))
+    local c = h.client(env.sb, { cainfo = env.sb.cainfo })
     local t = assert(c:create { prompt = "over tls" })
     assert(c:wait(t.id, { interval = 0.02 }))
   end)
 
   it("refuses a certificate it cannot verify, at once and with a hint", function()
-    local c = h.client(sb)
-    local before = sb:stats().creates
-    local t, err = c:create { prompt = "x" }
-    assert.is_nil(t)
-    assert.equals("tls", err.kind)
+    local c = h.client(env.sb)
+    local before = env.sb:stats().creates
+    local err = h.failed("tls", c:create { prompt = "x" })
     assert.is_false(err.created)
     assert.is_false(err.retryable)
     assert.truthy(err.message:find("cainfo"))
-    assert.equals(before, sb:stats().creates)
+    assert.equals(before, env.sb:stats().creates)
   end)
 end)

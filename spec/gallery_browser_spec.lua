@@ -38,30 +38,22 @@ local PROBE = [[
 ]]
 
 describe("the experiment gallery in headless Chromium #host", function()
-  local sb, client, dir
-  setup(function()
-    sb = h.sandbox { queue_seconds = 0.05, process_seconds = 0.1 }
-    client = h.client(sb, { poll_interval = 0.05 })
-    dir = h.tmpdir()
-  end)
-  teardown(function()
-    sb:stop()
-    h.cleanup()
-  end)
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0.05, process_seconds = 0.1 }, client = { poll_interval = 0.05 },
+    dir = "setup" }
 
   it("plays every made video at its real length, shows failures in words, copies valid JSON, logs no error", function()
     local name = [[<i>cats</i> & "dogs"]]
-    local report = assert(client:experiment({ name = name, base = { aspect_ratio = "16:9" },
+    local report = assert(env.client:experiment({ name = name, base = { aspect_ratio = "16:9" },
       vary = { prompt = { [[a cat's <b>nap</b> & "dream"]], "sandbox:fail a storm at sea" }, seconds = { 5, 10 } } },
-      { dir = dir, rows = "prompt", cols = "seconds" }))
+      { dir = env.dir, rows = "prompt", cols = "seconds" }))
     assert.equals(2, report.made)
     assert.equals(2, report.failed)
-    h.write(dir .. "/probe.js", PROBE)
+    h.write(env.dir .. "/probe.js", PROBE)
     assert(proc.run("mkdir -p " .. proc.root .. "/build"))
     local shot = proc.root .. "/build/gallery.png"
     os.remove(shot)
     local ok, out = proc.run(("python3 %s/spec/support/browser.py --url 'file://%s/index.html' --script %s/probe.js "
-      .. "--screenshot %s --width 1400 --height 900 2>&1"):format(proc.root, dir, dir, shot))
+      .. "--screenshot %s --width 1400 --height 900 2>&1"):format(proc.root, env.dir, env.dir, shot))
     assert.is_true(ok, out)
     local page = cjson.decode(out:match("{.*}"))
     local r = page.result
@@ -116,7 +108,7 @@ describe("the experiment gallery in headless Chromium #host", function()
   it("reloads itself while the run is live, and stays put once it has ended", function()
     local live_dir = h.tmpdir()
     local snapshot
-    assert(client:experiment({ name = "live", base = { prompt = "a kite" }, vary = { seed = { 1, 2 } } }, {
+    assert(env.client:experiment({ name = "live", base = { prompt = "a kite" }, vary = { seed = { 1, 2 } } }, {
       dir = live_dir, on_event = function(ev)
         if ev.type == "created" and not snapshot then snapshot = h.read(live_dir .. "/index.html") end
       end }))

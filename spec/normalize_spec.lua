@@ -266,9 +266,7 @@ describe("normalize refuses", function()
       local params = { prompt = "x" }
       for k, v in pairs(row[1]) do params[k] = v end
       if params.prompt == false then params.prompt = 5 end
-      local body, err = jimeng.normalize(params)
-      assert.is_nil(body)
-      assert.equals("invalid_argument", err.kind)
+      local err = h.failed("invalid_argument", jimeng.normalize(params))
       assert.equals(row[2], err.field)
       assert.truthy(err.message:find(row[3]), err.message)
       assert.is_false(err.retryable)
@@ -276,9 +274,7 @@ describe("normalize refuses", function()
   end
 
   it("a params value that is not a table", function()
-    local body, err = jimeng.normalize("a cat")
-    assert.is_nil(body)
-    assert.equals("invalid_argument", err.kind)
+    local err = h.failed("invalid_argument", jimeng.normalize("a cat"))
     assert.truthy(err.message:find("table"))
   end)
 end)
@@ -329,9 +325,7 @@ describe("normalize reads local image files", function()
   for _, row in ipairs(bad) do
     it(row[1], function()
       local path = row[2](dir)
-      local body, err = jimeng.normalize { prompt = "x", images = { path } }
-      assert.is_nil(body)
-      assert.equals("invalid_argument", err.kind)
+      local err = h.failed("invalid_argument", jimeng.normalize { prompt = "x", images = { path } })
       assert.equals("images", err.field)
       assert.truthy(err.message:find(row[3], 1, true), err.message)
       assert.truthy(err.message:find(path, 1, true))
@@ -377,9 +371,7 @@ describe("normalize for OmniHuman", function()
     it(("refuses %s, naming %s"):format(row[3], row[2]), function()
       local params = { generation_type = "omni_human" }
       for k, v in pairs(row[1]) do params[k] = v end
-      local body, err = jimeng.normalize(params)
-      assert.is_nil(body)
-      assert.equals("invalid_argument", err.kind)
+      local err = h.failed("invalid_argument", jimeng.normalize(params))
       assert.equals(row[2], err.field)
       assert.truthy(err.message:find(row[3], 1, true), err.message)
     end)
@@ -387,26 +379,19 @@ describe("normalize for OmniHuman", function()
 end)
 
 describe("invalid creates never reach the network", function()
-  local sb, client
-  setup(function()
-    sb = h.sandbox()
-    client = h.client(sb)
-  end)
-  teardown(function() sb:stop() end)
+  local env = h.with_sandbox()
 
   it("as the sandbox's log shows, for a refusal of every kind of rule", function()
-    local before = #sb:log()
+    local before = #env.sb:log()
     for _, params in ipairs {
       { prompt = "x", frames = 100 }, { prompt = "x", size = "5000x1000" }, { prompt = ("a"):rep(801) },
       { prompt = "x", model = PRO, req_key = "jimeng_t2v_v30" }, { prompt = "x", images = { "/no/such.png" } },
       { prompt = "x", aspect_raito = "16:9" }, { generation_type = "omni_human", image = IMAGE },
     } do
-      local task, err = client:create(params)
-      assert.is_nil(task)
-      assert.equals("invalid_argument", err.kind)
+      h.failed("invalid_argument", env.client:create(params))
     end
-    assert.equals(before, #sb:log())
-    assert.equals(0, sb:stats().creates)
+    assert.equals(before, #env.sb:log())
+    assert.equals(0, env.sb:stats().creates)
   end)
 end)
 

@@ -5,36 +5,26 @@ local AUDIO = "https://example.com/speech.mp3"
 local function portrait(n) return ("https://example.com/portrait.jpg?subjects=%d"):format(n) end
 
 describe("client:omnihuman", function()
-  local sb, client, dir
-  setup(function()
-    sb = h.sandbox { queue_seconds = 0.05, process_seconds = 0.1 }
-    client = h.client(sb)
-    dir = h.tmpdir()
-  end)
-  before_each(function() sb:reset() end)
-  teardown(function()
-    sb:stop()
-    h.cleanup()
-  end)
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0.05, process_seconds = 0.1 }, dir = "setup", reset = true }
 
   local function paths()
     local out = {}
-    for _, e in ipairs(sb:log()) do out[#out + 1] = e.method .. " " .. e.path:gsub("/[0-9]+", "/ID") end
+    for _, e in ipairs(env.sb:log()) do out[#out + 1] = e.method .. " " .. e.path:gsub("/[0-9]+", "/ID") end
     return out
   end
 
   local function created_body()
-    for _, e in ipairs(sb:log()) do
+    for _, e in ipairs(env.sb:log()) do
       if e.path == "/v1/videos" then return e.body end
     end
   end
 
   it("detects, chooses the largest subject, recognizes, generates and downloads: the happy path", function()
     local statuses = {}
-    local result = assert(client:omnihuman({ image = portrait(2), audio = AUDIO, prompt = "自然说话,面带微笑",
-      recognize = true, subject = "largest", output = dir .. "/talk.mp4" },
+    local result = assert(env.client:omnihuman({ image = portrait(2), audio = AUDIO, prompt = "自然说话,面带微笑",
+      recognize = true, subject = "largest", output = env.dir .. "/talk.mp4" },
       { interval = 0.02, on_status = function(t) statuses[#statuses + 1] = t.status end }))
-    assert.equals(dir .. "/talk.mp4", result.path)
+    assert.equals(env.dir .. "/talk.mp4", result.path)
     assert.equals(h.fixture(), h.read(result.path))
     local log = paths()
     assert.equals("POST /v1/omnihuman/subject/recognition", log[1])
@@ -53,7 +43,7 @@ describe("client:omnihuman", function()
   end)
 
   it("with two subjects, subject = 2 sends the second (smaller) mask", function()
-    local task = assert(client:omnihuman { image = portrait(2), audio = AUDIO, subject = 2 })
+    local task = assert(env.client:omnihuman { image = portrait(2), audio = AUDIO, subject = 2 })
     assert.equals("in_queue", task.status)
     assert.truthy(task.mask_url:find("/1%.png"))
     assert.same({ task.mask_url }, created_body().mask_urls)
@@ -61,7 +51,7 @@ describe("client:omnihuman", function()
 
   it("with two subjects, a function receives the masks, largest first, and picks one", function()
     local given
-    local task = assert(client:omnihuman { image = portrait(2), audio = AUDIO, subject = function(masks)
+    local task = assert(env.client:omnihuman { image = portrait(2), audio = AUDIO, subject = function(masks)
       given = masks
       return masks[#masks]
     end })
@@ -72,44 +62,38 @@ describe("client:omnihuman", function()
   end)
 
   it("asking for a subject the detection did not find is an error, and nothing is created", function()
-    local task, err = client:omnihuman { image = portrait(2), audio = AUDIO, subject = 3 }
-    assert.is_nil(task)
-    assert.equals("invalid_argument", err.kind)
+    local err = h.failed("invalid_argument", env.client:omnihuman { image = portrait(2), audio = AUDIO, subject = 3 })
     assert.truthy(err.message:find("found 2 subjects"))
-    assert.equals(0, sb:stats().creates)
+    assert.equals(0, env.sb:stats().creates)
   end)
 
   it("an image with no subject is refused after detection, before any paid call", function()
-    local task, err = client:omnihuman { image = portrait(0), audio = AUDIO, subject = "largest" }
-    assert.is_nil(task)
-    assert.equals("invalid_argument", err.kind)
+    local err = h.failed("invalid_argument", env.client:omnihuman { image = portrait(0), audio = AUDIO, subject = "largest" })
     assert.truthy(err.message:find("detection found no subject"))
     assert.same({ "POST /v1/omnihuman/subject/detection" }, paths())
-    assert.equals(0, sb:stats().creates)
+    assert.equals(0, env.sb:stats().creates)
   end)
 
   it("recognize = true refuses an image without a person-like subject, before any paid call", function()
-    local task, err = client:omnihuman { image = portrait(0), audio = AUDIO, recognize = true }
-    assert.is_nil(task)
-    assert.equals("invalid_argument", err.kind)
+    local err = h.failed("invalid_argument", env.client:omnihuman { image = portrait(0), audio = AUDIO, recognize = true })
     assert.equals("image", err.field)
     assert.truthy(err.message:find("recognition found no person"))
     assert.same({ "POST /v1/omnihuman/subject/recognition" }, paths())
   end)
 
   it("bad parameters are refused before detection or recognition run", function()
-    local task, err = client:omnihuman { image = portrait(1), recognize = true, subject = "largest" }
+    local task, err = env.client:omnihuman { image = portrait(1), recognize = true, subject = "largest" }
     assert.is_nil(task)
     assert.equals("audio", err.field)
-    local _, err2 = client:omnihuman { image = portrait(1), audio = AUDIO, subject = "largest", masks = { "https://m/1.png" } }
+    local _, err2 = env.client:omnihuman { image = portrait(1), audio = AUDIO, subject = "largest", masks = { "https://m/1.png" } }
     assert.equals("subject", err2.field)
-    local _, err3 = client:omnihuman { image = portrait(1), audio = AUDIO, subject = "biggest" }
+    local _, err3 = env.client:omnihuman { image = portrait(1), audio = AUDIO, subject = "biggest" }
     assert.equals("subject", err3.field)
     assert.same({ "POST /v1/omnihuman/subject/detection" }, paths())
   end)
 
   it("passes masks given directly, and no subject step runs", function()
-    local task = assert(client:omnihuman { image = portrait(3), audio = AUDIO, masks = { "https://example.com/m.png" }, resolution = 720 })
+    local task = assert(env.client:omnihuman { image = portrait(3), audio = AUDIO, masks = { "https://example.com/m.png" }, resolution = 720 })
     assert.is_string(task.id)
     assert.same({ "POST /v1/videos" }, paths())
     assert.equals(720, created_body().output_resolution)
@@ -117,59 +101,48 @@ describe("client:omnihuman", function()
 end)
 
 describe("client:detect and client:recognize", function()
-  local sb, client
-  setup(function()
-    sb = h.sandbox()
-    client = h.client(sb)
-  end)
-  teardown(function() sb:stop() end)
+  local env = h.with_sandbox()
 
   it("detect returns has_subject and the mask URLs, largest first, with the request id", function()
-    local d = assert(client:detect(portrait(3)))
+    local d = assert(env.client:detect(portrait(3)))
     assert.is_true(d.has_subject)
     assert.equals(3, #d.mask_urls)
     assert.truthy(d.mask_urls[1]:find("area=100"))
     assert.truthy(d.mask_urls[3]:find("area=70"))
     assert.is_string(d.request_id)
-    local none = assert(client:detect(portrait(0)))
+    local none = assert(env.client:detect(portrait(0)))
     assert.is_false(none.has_subject)
     assert.same({}, none.mask_urls)
   end)
 
   it("recognize returns has_subject and the recognition task id", function()
-    local r = assert(client:recognize(portrait(1)))
+    local r = assert(env.client:recognize(portrait(1)))
     assert.is_true(r.has_subject)
     assert.is_string(r.task_id)
-    assert.is_false(assert(client:recognize(portrait(0))).has_subject)
+    assert.is_false(assert(env.client:recognize(portrait(0))).has_subject)
   end)
 
   it("refuses a non-http image before any request", function()
-    local before = #sb:log()
-    local d, err = client:detect("/home/me/portrait.jpg")
-    assert.is_nil(d)
-    assert.equals("invalid_argument", err.kind)
-    assert.equals(before, #sb:log())
+    local before = #env.sb:log()
+    h.failed("invalid_argument", env.client:detect("/home/me/portrait.jpg"))
+    assert.equals(before, #env.sb:log())
   end)
 
   it("detect is retried on a 503 and on a reset, like any call that changes nothing", function()
-    sb:faults { path = "detection$", fault = "status", status = 503, headers = { ["retry-after-ms"] = "10" } }
-    sb:faults { path = "detection$", fault = "reset_before" }
-    local d = assert(client:detect(portrait(2)))
+    env.sb:faults { path = "detection$", fault = "status", status = 503, headers = { ["retry-after-ms"] = "10" } }
+    env.sb:faults { path = "detection$", fault = "reset_before" }
+    local d = assert(env.client:detect(portrait(2)))
     assert.equals(2, #d.mask_urls)
   end)
 
   it("detect gives up on a persisting 500 with a server error", function()
-    sb:faults { path = "detection$", fault = "status", status = 500, count = 3, headers = { ["retry-after-ms"] = "10" } }
-    local d, err = client:detect(portrait(2))
-    assert.is_nil(d)
-    assert.equals("server", err.kind)
+    env.sb:faults { path = "detection$", fault = "status", status = 500, count = 3, headers = { ["retry-after-ms"] = "10" } }
+    local err = h.failed("server", env.client:detect(portrait(2)))
     assert.equals(500, err.status)
   end)
 
   it("a malformed detection answer is a protocol error", function()
-    sb:faults { path = "detection$", fault = "json", body = { status = "maybe" } }
-    local d, err = client:detect(portrait(2))
-    assert.is_nil(d)
-    assert.equals("protocol", err.kind)
+    env.sb:faults { path = "detection$", fault = "json", body = { status = "maybe" } }
+    h.failed("protocol", env.client:detect(portrait(2)))
   end)
 end)

@@ -6,12 +6,10 @@ local tls = require "spec.support.tls"
 local core = require "jimeng.core"
 local jimeng = require "jimeng"
 
-local lua = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
+local lua = proc.plain_lua
 
 describe("base URLs, read by libcurl's URL parser", function()
-  local sb
-  setup(function() sb = h.sandbox() end)
-  teardown(function() sb:stop() end)
+  local env = h.with_sandbox { client = false }
 
   it("refuses user names and passwords in the base URL, which hide the host libcurl connects to", function()
     for _, url in ipairs { "http://localhost:x@10.88.0.1:8000/v1", "http://127.0.0.1:1@host/v1",
@@ -25,7 +23,7 @@ describe("base URLs, read by libcurl's URL parser", function()
   end)
 
   it("accepts every loopback spelling libcurl connects to as loopback, and nothing else", function()
-    local port = sb.url:match(":(%d+)/v1$")
+    local port = env.sb.url:match(":(%d+)/v1$")
     for _, url in ipairs { "http://[::1]:%s/v1", "http://127.1.2.3:%s/v1", "http://LOCALHOST:%s/v1", "http://127.1:%s/v1",
       "http://0x7f.0.0.1:%s/v1", "http://2130706433:%s/v1", "http://[0:0::1]:%s/v1", "http://localhost.:%s/v1" } do
       assert(jimeng.new { api_key = "k", base_url = url:format(port) })
@@ -61,8 +59,8 @@ describe("base URLs, read by libcurl's URL parser", function()
   end)
 
   it("names the Location of a redirect answered to a JSON call", function()
-    sb:faults { path = "^/v1/videos/r-1$", fault = "redirect", status = 308, location = "https://moved.example/v2/videos/r-1" }
-    local c = assert(jimeng.new { api_key = "k", base_url = sb.url })
+    env.sb:faults { path = "^/v1/videos/r-1$", fault = "redirect", status = 308, location = "https://moved.example/v2/videos/r-1" }
+    local c = assert(jimeng.new { api_key = "k", base_url = env.sb.url })
     local t, err = c:status("r-1")
     assert.is_nil(t)
     assert.equals(308, err.status)
@@ -213,9 +211,7 @@ describe("through Debian's squid #host", function()
   it("a proxy that wants credentials (407) is kind proxy, names the proxy, and is not retried", function()
     local host = ("http://api.test:%s/v1"):format(sbport)
     local c, lines = client(host, { proxy = proxy_url(false) })
-    local t, err = c:status("no-creds-1")
-    assert.is_nil(t)
-    assert.equals("proxy", err.kind)
+    local err = h.failed("proxy", c:status("no-creds-1"))
     assert.is_false(err.retryable)
     assert.truthy(err.message:find(("the proxy at 127.0.0.1:%d refused: 407 Proxy Authentication Required; " ..
       "set credentials in the proxy URL"):format(port), 1, true), err.message)
@@ -237,9 +233,7 @@ describe("through Debian's squid #host", function()
     local before = #h.api_requests(sb, "^/v1/")
     local c, lines = client(("https://denied.test:%d/v1"):format(front.ports.front),
       { proxy = proxy_url(true), cainfo = dir .. "/tls/ca.pem" })
-    local created, err = c:create { prompt = "denied" }
-    assert.is_nil(created)
-    assert.equals("proxy", err.kind)
+    local err = h.failed("proxy", c:create { prompt = "denied" })
     assert.is_false(err.retryable)
     assert.truthy(err.message:find(("the proxy at 127.0.0.1:%d refused: 403 Forbidden"):format(port), 1, true), err.message)
     local _, serr = c:status("denied-1")
@@ -291,9 +285,7 @@ describe("through Debian's squid #host", function()
   it("names a proxy that cannot be reached", function()
     local closed = proc.free_port()
     local c = client(("http://api.test:%s/v1"):format(sbport), { proxy = ("http://127.0.0.1:%d"):format(closed), max_retries = 0 })
-    local t, err = c:status("unreachable-1")
-    assert.is_nil(t)
-    assert.equals("network", err.kind)
+    local err = h.failed("network", c:status("unreachable-1"))
     assert.truthy(err.message:find(("cannot reach the proxy at 127.0.0.1:%d"):format(closed), 1, true), err.message)
   end)
 

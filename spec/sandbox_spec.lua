@@ -65,6 +65,19 @@ local function video_body(prompt)
   return { model = "jimeng-video-3.0-pro", req_key = "jimeng_ti2v_v30_pro", prompt = prompt }
 end
 
+--- Creates a video task by a plain POST of the vendor page's body; returns its id.
+local function create(sb, prompt)
+  return json_of(curl(sb.url .. "/videos", { body = video_body(prompt) })).id
+end
+
+--- For the describe block that calls it: a sandbox (h.with_sandbox, no client) and a task created on it by
+-- prompt in setup. Returns the table setup fills in: sb, and the task's id.
+local function with_task(prompt)
+  local env = h.with_sandbox { client = false }
+  setup(function() env.id = create(env.sb, prompt) end)
+  return env
+end
+
 --- Polls a task's status (plain GETs) until it is completed; returns the last answer.
 local function until_completed(sb, id)
   local deadline = os.time() + 10
@@ -245,13 +258,11 @@ describe("the sandbox's listen backlog", function()
 end)
 
 describe("the sandbox's connection accounting", function()
-  local sb
-  setup(function() sb = h.sandbox() end)
-  teardown(function() sb:stop() end)
+  local env = h.with_sandbox { client = false }
 
   it("counts connections open now and the peak, from accept to close", function()
-    sb:reset()
-    local r = raw { "connections", sb.root, 5 }
+    env.sb:reset()
+    local r = raw { "connections", env.sb.root, 5 }
     assert.equals(r.base.open_connections + 5, r.held.open_connections)
     assert.equals(r.held.open_connections, r.held.max_open_connections)
     assert.equals(r.base.open_connections, r.after.open_connections)
@@ -259,11 +270,11 @@ describe("the sandbox's connection accounting", function()
   end)
 
   it("a reset starts the peak again from the connections open now", function()
-    raw { "connections", sb.root, 8 }
-    local before = sb:stats()
+    raw { "connections", env.sb.root, 8 }
+    local before = env.sb:stats()
     assert.is_true(before.max_open_connections >= before.open_connections + 8)
-    sb:reset()
-    local s = sb:stats()
+    env.sb:reset()
+    local s = env.sb:stats()
     assert.equals(s.open_connections, s.max_open_connections)
   end)
 end)
@@ -354,9 +365,7 @@ describe("the sandbox's rate limit", function()
 end)
 
 describe("hostile answers to a create that did create the task", function()
-  local sb
-  setup(function() sb = h.sandbox() end)
-  teardown(function() sb:stop() end)
+  local env = h.with_sandbox { client = false }
 
   local checks = {
     malformed = function(r, id)
@@ -393,75 +402,69 @@ describe("hostile answers to a create that did create the task", function()
   for _, answer in ipairs { "malformed", "unknown_status", "no_id", "html", "empty", "bignum" } do
     it(("answer=%s: the task is made, counted, logged with its id, and completes"):format(answer), function()
       local prompt = "create_then " .. answer
-      sb:faults { path = CREATE, fault = "create_then", answer = answer, headers = { ["retry-after-ms"] = #answer } }
-      local creates = sb:stats().creates
-      local r = curl(sb.url .. "/videos", { body = video_body(prompt) })
-      local log = h.api_requests(sb, CREATE)
+      env.sb:faults { path = CREATE, fault = "create_then", answer = answer, headers = { ["retry-after-ms"] = #answer } }
+      local creates = env.sb:stats().creates
+      local r = curl(env.sb.url .. "/videos", { body = video_body(prompt) })
+      local log = h.api_requests(env.sb, CREATE)
       local id = log[#log].task_id
       assert.is_string(id)
       assert.equals("create_then", log[#log].fault)
       checks[answer](r, id)
       assert.equals(tostring(#answer), r.headers["retry-after-ms"])
-      assert.equals(creates + 1, sb:stats().creates)
-      assert.equals(1, sb:creates_for(prompt))
-      assert.equals(prompt, sb:task(id).body.prompt)
-      assert.equals(id, sb:create_entry(id).task_id)
-      assert.equals("completed", until_completed(sb, id).status)
+      assert.equals(creates + 1, env.sb:stats().creates)
+      assert.equals(1, env.sb:creates_for(prompt))
+      assert.equals(prompt, env.sb:task(id).body.prompt)
+      assert.equals(id, env.sb:create_entry(id).task_id)
+      assert.equals("completed", until_completed(env.sb, id).status)
     end)
   end
 
   it("answer=status: a gateway's 504 page after the backend made the task", function()
-    sb:faults { path = CREATE, fault = "create_then", answer = "status", status = 504 }
-    local r = curl(sb.url .. "/videos", { body = video_body("behind a gateway") })
+    env.sb:faults { path = CREATE, fault = "create_then", answer = "status", status = 504 }
+    local r = curl(env.sb.url .. "/videos", { body = video_body("behind a gateway") })
     assert.equals(504, r.status)
     assert.truthy(r.headers["content-type"]:find("text/html", 1, true))
     assert.truthy(r.body:find("<title>504 Gateway Timeout</title>", 1, true))
-    local log = h.api_requests(sb, CREATE)
-    assert.equals("completed", until_completed(sb, log[#log].task_id).status)
-    assert.equals(1, sb:creates_for("behind a gateway"))
+    local log = h.api_requests(env.sb, CREATE)
+    assert.equals("completed", until_completed(env.sb, log[#log].task_id).status)
+    assert.equals(1, env.sb:creates_for("behind a gateway"))
   end)
 
   it("answer=status with format=json: a 502 in the API's error shape", function()
-    sb:faults { path = CREATE, fault = "create_then", answer = "status", status = 502, format = "json" }
-    local r = curl(sb.url .. "/videos", { body = video_body("behind a json gateway") })
+    env.sb:faults { path = CREATE, fault = "create_then", answer = "status", status = 502, format = "json" }
+    local r = curl(env.sb.url .. "/videos", { body = video_body("behind a json gateway") })
     assert.equals(502, r.status)
     assert.equals("502", json_of(r).error.code)
-    assert.equals(1, sb:creates_for("behind a json gateway"))
+    assert.equals(1, env.sb:creates_for("behind a json gateway"))
   end)
 
   it("answer=cut: a 200 promising more than it sends, half the body, then a TCP reset", function()
-    sb:faults { path = CREATE, fault = "create_then", answer = "cut", headers = { ["x-should-retry"] = "true" } }
-    local r = request(sb.url .. "/videos", { body = video_body("cut short") })
+    env.sb:faults { path = CREATE, fault = "create_then", answer = "cut", headers = { ["x-should-retry"] = "true" } }
+    local r = request(env.sb.url .. "/videos", { body = video_body("cut short") })
     assert.equals("HTTP/1.1 200 OK", r.status_line)
     assert.equals("true", r.headers["x-should-retry"])
     local promised = tonumber(r.headers["content-length"])
     assert.equals(math.floor(promised / 2), #r.body)
     assert.equals("reset", r.ended)
-    local log = h.api_requests(sb, CREATE)
+    local log = h.api_requests(env.sb, CREATE)
     local opening = ('{"id": "%s"'):format(log[#log].task_id)
     assert.equals(opening, r.body:sub(1, #opening))
-    assert.equals("completed", until_completed(sb, log[#log].task_id).status)
-    assert.equals(1, sb:creates_for("cut short"))
+    assert.equals("completed", until_completed(env.sb, log[#log].task_id).status)
+    assert.equals(1, env.sb:creates_for("cut short"))
   end)
 
   it("a plan with an unknown answer or fault name is refused, not silently ignored", function()
-    assert.has_error(function() sb:faults { fault = "create_then", answer = "warp" } end)
-    assert.has_error(function() sb:faults { fault = "creat_then" } end)
+    assert.has_error(function() env.sb:faults { fault = "create_then", answer = "warp" } end)
+    assert.has_error(function() env.sb:faults { fault = "creat_then" } end)
   end)
 end)
 
 describe("content faults", function()
-  local sb, id
   local SIZE = 100000
-  setup(function()
-    sb = h.sandbox()
-    local r = curl(sb.url .. "/videos", { body = video_body("content sandbox:bytes=" .. SIZE) })
-    id = json_of(r).id
-    until_completed(sb, id)
-  end)
-  teardown(function() sb:stop() end)
+  local env = with_task("content sandbox:bytes=" .. SIZE)
+  setup(function() until_completed(env.sb, env.id) end)
 
-  local function url() return sb.url .. "/videos/" .. id .. "/content" end
+  local function url() return env.sb.url .. "/videos/" .. env.id .. "/content" end
 
   it("without a fault: the whole synthetic body, with an ETag (the baseline the faults change)", function()
     local r = curl(url())
@@ -471,7 +474,7 @@ describe("content faults", function()
   end)
 
   it("no_validators: no ETag, no Last-Modified, and Range still honoured", function()
-    sb:faults { path = CONTENT, fault = "no_validators", count = 2 }
+    env.sb:faults { path = CONTENT, fault = "no_validators", count = 2 }
     local whole = request(url()) -- every header, not only those the client reads
     assert.equals(200, whole.status)
     assert.is_nil(whole.headers.etag)
@@ -484,14 +487,14 @@ describe("content faults", function()
   end)
 
   it("no_validators: an If-Range has nothing to match, so the whole body comes back", function()
-    sb:faults { path = CONTENT, fault = "no_validators" }
+    env.sb:faults { path = CONTENT, fault = "no_validators" }
     local r = curl(url(), { headers = { "Range: bytes=1000-", 'If-Range: "syn-100000"' } })
     assert.equals(200, r.status)
     assert.equals(SIZE, #r.body)
   end)
 
   it("other_etag: a 206 whose ETag is neither the If-Range sent nor the real one", function()
-    sb:faults { path = CONTENT, fault = "other_etag" }
+    env.sb:faults { path = CONTENT, fault = "other_etag" }
     local r = curl(url(), { headers = { "Range: bytes=5000-", 'If-Range: "syn-100000"' } })
     assert.equals(206, r.status)
     assert.equals("bytes 5000-99999/100000", r.headers["content-range"])
@@ -501,7 +504,7 @@ describe("content faults", function()
   end)
 
   it("http10_close: HTTP/1.0, no Content-Length, after_bytes of the body, then a clean close (FIN)", function()
-    sb:faults { path = CONTENT, fault = "http10_close", after_bytes = 3000 }
+    env.sb:faults { path = CONTENT, fault = "http10_close", after_bytes = 3000 }
     local r = request(url())
     assert.equals("HTTP/1.0 200 OK", r.status_line)
     assert.is_nil(r.headers["content-length"])
@@ -510,7 +513,7 @@ describe("content faults", function()
   end)
 
   it("http10_close: by default half the body; a Range is answered 206 with its Content-Range", function()
-    sb:faults { path = CONTENT, fault = "http10_close", count = 2 }
+    env.sb:faults { path = CONTENT, fault = "http10_close", count = 2 }
     local whole = request(url())
     assert.equals(math.floor(SIZE / 2), #whole.body)
     assert.equals("fin", whole.ended)
@@ -521,7 +524,7 @@ describe("content faults", function()
   end)
 
   it("gzip: the whole video gzip-compressed with Content-Encoding: gzip, though nothing asked for it", function()
-    sb:faults { path = CONTENT, fault = "gzip", count = 2 }
+    env.sb:faults { path = CONTENT, fault = "gzip", count = 2 }
     local r = request(url(), { headers = { "Range: bytes=10-" } }) -- no Accept-Encoding at all
     assert.equals(200, r.status)
     assert.equals("gzip", r.headers["content-encoding"])
@@ -532,7 +535,7 @@ describe("content faults", function()
   end)
 
   it("octet_json: a 200 labelled application/octet-stream whose body is a JSON error", function()
-    sb:faults { path = CONTENT, fault = "octet_json" }
+    env.sb:faults { path = CONTENT, fault = "octet_json" }
     local r = curl(url())
     assert.equals(200, r.status)
     assert.equals("application/octet-stream", r.headers["content-type"])
@@ -541,78 +544,68 @@ describe("content faults", function()
 
   it("the content faults work on /cdn/ too", function()
     local fixture = h.fixture()
-    sb:faults { { path = "^/cdn/", fault = "no_validators" }, { path = "^/cdn/", fault = "octet_json" } }
-    local r = curl(sb.root .. "/cdn/video.mp4")
+    env.sb:faults { { path = "^/cdn/", fault = "no_validators" }, { path = "^/cdn/", fault = "octet_json" } }
+    local r = curl(env.sb.root .. "/cdn/video.mp4")
     same_bytes(fixture, r.body)
     assert.is_nil(r.headers.etag)
-    r = curl(sb.root .. "/cdn/video.mp4")
+    r = curl(env.sb.root .. "/cdn/video.mp4")
     assert.equals("application/octet-stream", r.headers["content-type"])
-    same_bytes(fixture, curl(sb.root .. "/cdn/video.mp4").body) -- and normal again
+    same_bytes(fixture, curl(env.sb.root .. "/cdn/video.mp4").body) -- and normal again
   end)
 
   it("sandbox:seed=N gives two tasks of one size different bytes, each by the formula; tasks show seed and size", function()
-    local a = json_of(curl(sb.url .. "/videos", { body = video_body("seed a sandbox:bytes=70000") })).id
-    local b = json_of(curl(sb.url .. "/videos", { body = video_body("seed b sandbox:bytes=70000 sandbox:seed=7") })).id
-    until_completed(sb, a)
-    until_completed(sb, b)
-    local ra = curl(sb.url .. "/videos/" .. a .. "/content")
-    local rb = curl(sb.url .. "/videos/" .. b .. "/content")
+    local a = create(env.sb, "seed a sandbox:bytes=70000")
+    local b = create(env.sb, "seed b sandbox:bytes=70000 sandbox:seed=7")
+    until_completed(env.sb, a)
+    until_completed(env.sb, b)
+    local ra = curl(env.sb.url .. "/videos/" .. a .. "/content")
+    local rb = curl(env.sb.url .. "/videos/" .. b .. "/content")
     same_bytes(synthetic(70000), ra.body)
     same_bytes(synthetic(70000, 7), rb.body)
     assert.is_false(ra.body == rb.body)
     assert.are_not.equal(ra.headers.etag, rb.headers.etag)
-    assert.same({ 0, 70000 }, { sb:task(a).seed, sb:task(a).bytes })
-    assert.same({ 7, 70000 }, { sb:task(b).seed, sb:task(b).bytes })
-    local part = curl(sb.url .. "/videos/" .. b .. "/content", { headers = { "Range: bytes=65000-" } })
+    assert.same({ 0, 70000 }, { env.sb:task(a).seed, env.sb:task(a).bytes })
+    assert.same({ 7, 70000 }, { env.sb:task(b).seed, env.sb:task(b).bytes })
+    local part = curl(env.sb.url .. "/videos/" .. b .. "/content", { headers = { "Range: bytes=65000-" } })
     same_bytes(synthetic(70000, 7, 65000), part.body) -- past the pattern's period, too
   end)
 end)
 
 describe("status-answer faults", function()
-  local sb, id
-  setup(function()
-    sb = h.sandbox()
-    id = json_of(curl(sb.url .. "/videos", { body = video_body("status faults") })).id
-  end)
-  teardown(function() sb:stop() end)
+  local env = with_task("status faults")
 
-  local function status() return curl(sb.url .. "/videos/" .. id) end
+  local function status() return curl(env.sb.url .. "/videos/" .. env.id) end
 
   it("other_id: a well-formed answer for another task", function()
-    sb:faults { { path = STATUS, fault = "other_id" }, { path = STATUS, fault = "other_id", id = "42" } }
+    env.sb:faults { { path = STATUS, fault = "other_id" }, { path = STATUS, fault = "other_id", id = "42" } }
     local v = json_of(status())
     assert.is_string(v.id)
-    assert.are_not.equal(id, v.id)
+    assert.are_not.equal(env.id, v.id)
     assert.equals("video", v.object)
     assert.equals("42", json_of(status()).id)
-    assert.equals(id, json_of(status()).id)
+    assert.equals(env.id, json_of(status()).id)
   end)
 
   it("answer_status: the status given, then normal again", function()
-    sb:faults { path = STATUS, fault = "answer_status", status_value = "warp_drive" }
+    env.sb:faults { path = STATUS, fault = "answer_status", status_value = "warp_drive" }
     local v = json_of(status())
-    assert.equals(id, v.id)
+    assert.equals(env.id, v.id)
     assert.equals("warp_drive", v.status)
     assert.truthy(({ in_queue = 1, processing = 1, completed = 1 })[json_of(status()).status])
   end)
 
   it("headers: the normal answer with the extra headers", function()
-    sb:faults { path = STATUS, fault = "headers", headers = { ["retry-after-ms"] = "1" } }
+    env.sb:faults { path = STATUS, fault = "headers", headers = { ["retry-after-ms"] = "1" } }
     local r = status()
     assert.equals(200, r.status)
     assert.equals("1", r.headers["retry-after-ms"])
-    assert.equals(id, json_of(r).id)
+    assert.equals(env.id, json_of(r).id)
     assert.is_nil(status().headers["retry-after-ms"])
   end)
 end)
 
 describe("echo_auth", function()
-  local sb, id
-  setup(function()
-    sb = h.sandbox()
-    id = json_of(curl(sb.url .. "/videos", { body = video_body("echo") })).id
-  end)
-  teardown(function() sb:stop() end)
+  local env = with_task("echo")
 
   local paths = {
     { "a create", "/v1/videos", video_body("echo create") },
@@ -623,9 +616,9 @@ describe("echo_auth", function()
   }
   for _, p in ipairs(paths) do
     it(("on %s: the whole Authorization value in the error's message, type, code, request_id and x-request-id"):format(p[1]), function()
-      sb:faults { path = ".", fault = "echo_auth" }
-      local creates = sb:stats().creates
-      local r = curl(sb.root .. p[2]:gsub("ID", id), { body = p[3] })
+      env.sb:faults { path = ".", fault = "echo_auth" }
+      local creates = env.sb:stats().creates
+      local r = curl(env.sb.root .. p[2]:gsub("ID", env.id), { body = p[3] })
       assert.equals(400, r.status)
       local v = json_of(r)
       assert.truthy(v.error.message:find(AUTH, 1, true))
@@ -633,21 +626,21 @@ describe("echo_auth", function()
       assert.equals(AUTH, v.error.code)
       assert.equals(AUTH, v.request_id)
       assert.equals(AUTH, r.headers["x-request-id"])
-      assert.equals(creates, sb:stats().creates) -- nothing was made
+      assert.equals(creates, env.sb:stats().creates) -- nothing was made
     end)
   end
 
   it("takes the status to answer with", function()
-    sb:faults { path = STATUS, fault = "echo_auth", status = 401 }
-    assert.equals(401, curl(sb.url .. "/videos/" .. id).status)
+    env.sb:faults { path = STATUS, fault = "echo_auth", status = 401 }
+    assert.equals(401, curl(env.sb.url .. "/videos/" .. env.id).status)
   end)
 
   it("answer=task: a 200 failed task whose error and request_id carry the key", function()
-    sb:faults { path = STATUS, fault = "echo_auth", answer = "task" }
-    local r = curl(sb.url .. "/videos/" .. id)
+    env.sb:faults { path = STATUS, fault = "echo_auth", answer = "task" }
+    local r = curl(env.sb.url .. "/videos/" .. env.id)
     assert.equals(200, r.status)
     local v = json_of(r)
-    assert.equals(id, v.id)
+    assert.equals(env.id, v.id)
     assert.equals("failed", v.status)
     assert.equals(AUTH, v.error.code)
     assert.truthy(v.error.message:find(AUTH, 1, true))
@@ -656,13 +649,13 @@ describe("echo_auth", function()
   end)
 
   it("answer=task with status_value: the status field carries the key too", function()
-    sb:faults { path = STATUS, fault = "echo_auth", answer = "task", status_value = "failed: {auth}" }
-    assert.equals("failed: " .. AUTH, json_of(curl(sb.url .. "/videos/" .. id)).status)
+    env.sb:faults { path = STATUS, fault = "echo_auth", answer = "task", status_value = "failed: {auth}" }
+    assert.equals("failed: " .. AUTH, json_of(curl(env.sb.url .. "/videos/" .. env.id)).status)
   end)
 
   it("answer=text: 1000 characters of text/plain with the key starting at character 290", function()
-    sb:faults { path = STATUS, fault = "echo_auth", answer = "text" }
-    local r = curl(sb.url .. "/videos/" .. id)
+    env.sb:faults { path = STATUS, fault = "echo_auth", answer = "text" }
+    local r = curl(env.sb.url .. "/videos/" .. env.id)
     assert.equals(400, r.status)
     assert.equals("text/plain", r.headers["content-type"])
     assert.equals(1000, #r.body)

@@ -3,25 +3,16 @@ local h = require "spec.support.helpers"
 local jimeng = require "jimeng"
 
 describe("jimeng.run", function()
-  local sb, client, dir
-  setup(function()
-    sb = h.sandbox { queue_seconds = 1, process_seconds = 1 }
-    client = h.client(sb, { poll_interval = 0.25 })
-    dir = h.tmpdir()
-  end)
-  before_each(function() sb:reset() end)
-  teardown(function()
-    sb:stop()
-    h.cleanup()
-  end)
+  local env = h.with_sandbox { sandbox = { queue_seconds = 1, process_seconds = 1 }, client = { poll_interval = 0.25 },
+    dir = "setup", reset = true }
 
   it("runs 200 tasks of 2 s concurrently: every create is logged before any task completes, and all 200 videos are whole", function()
-    sb:config { queue_seconds = 1, process_seconds = 1 }
+    env.sb:config { queue_seconds = 1, process_seconds = 1 }
     local n = 200
     local values, errs = jimeng.run(function()
       local list = {}
       for i = 1, n do
-        list[i] = function() return client:generate({ prompt = "variation " .. i }, { output = dir .. "/many-" .. i .. ".mp4" }) end
+        list[i] = function() return env.client:generate({ prompt = "variation " .. i }, { output = env.dir .. "/many-" .. i .. ".mp4" }) end
       end
       return jimeng.gather(list)
     end)
@@ -29,13 +20,13 @@ describe("jimeng.run", function()
     local fixture = h.fixture()
     local ids = {}
     for i = 1, n do
-      assert.equals(dir .. "/many-" .. i .. ".mp4", values[i].path)
+      assert.equals(env.dir .. "/many-" .. i .. ".mp4", values[i].path)
       assert.equals(fixture, h.read(values[i].path))
       ids[values[i].task.id] = true
     end
     local last_create, first_completed = 0, math.huge
     local creates = 0
-    for _, e in ipairs(sb:log()) do
+    for _, e in ipairs(env.sb:log()) do
       if e.method == "POST" and e.path == "/v1/videos" then
         creates = creates + 1
         last_create = math.max(last_create, e.time)
@@ -56,7 +47,7 @@ describe("jimeng.run", function()
       for i = 1, 8 do
         local prompt = i == 3 and "doomed sandbox:fail" or i == 5 and "endless sandbox:slow=60" or ("fine " .. i)
         list[i] = function()
-          return client:generate({ prompt = prompt }, { output = dir .. "/mixed-" .. i .. ".mp4", timeout = 4 })
+          return env.client:generate({ prompt = prompt }, { output = env.dir .. "/mixed-" .. i .. ".mp4", timeout = 4 })
         end
       end
       return jimeng.gather(list)
@@ -78,7 +69,7 @@ describe("jimeng.run", function()
     local values, errs = jimeng.run(function()
       return jimeng.gather {
         function() error("boom in one") end,
-        function() return assert(client:create { prompt = "survivor" }).id end,
+        function() return assert(env.client:create { prompt = "survivor" }).id end,
       }
     end)
     assert.truthy(tostring(errs[1]):find("boom in one"))
@@ -92,8 +83,8 @@ describe("jimeng.run", function()
       for i = 1, 5 do
         seen[i] = {}
         list[i] = function()
-          local t = assert(client:create { prompt = "watched " .. i })
-          return client:wait(t.id, { interval = 0.1, on_status = function(task) table.insert(seen[i], task.status) end })
+          local t = assert(env.client:create { prompt = "watched " .. i })
+          return env.client:wait(t.id, { interval = 0.1, on_status = function(task) table.insert(seen[i], task.status) end })
         end
       end
       return jimeng.gather(list)
@@ -102,18 +93,18 @@ describe("jimeng.run", function()
   end)
 
   it("runs the tasks of several clients concurrently in one scheduler", function()
-    local other = h.client(sb, { poll_interval = 0.25, api_key = "second-key" })
+    local other = h.client(env.sb, { poll_interval = 0.25, api_key = "second-key" })
     local values, errs = jimeng.run(function()
       return jimeng.gather {
-        function() return client:generate({ prompt = "first client" }, { output = dir .. "/first.mp4" }) end,
-        function() return other:generate({ prompt = "second client" }, { output = dir .. "/second.mp4" }) end,
+        function() return env.client:generate({ prompt = "first client" }, { output = env.dir .. "/first.mp4" }) end,
+        function() return other:generate({ prompt = "second client" }, { output = env.dir .. "/second.mp4" }) end,
       }
     end)
     assert.same({}, errs)
     assert.equals(h.fixture(), h.read(values[1].path))
     assert.equals(h.fixture(), h.read(values[2].path))
     local keys, last_create, first_completed = {}, 0, math.huge
-    for _, e in ipairs(sb:log()) do
+    for _, e in ipairs(env.sb:log()) do
       if e.path == "/v1/videos" then
         keys[e.headers.authorization] = true
         last_create = math.max(last_create, e.time)
@@ -148,8 +139,8 @@ describe("jimeng.run", function()
   end)
 
   it("blocks and works outside any scheduler: wait polls until the task completes", function()
-    local t = assert(client:create { prompt = "plain script" })
-    local done = assert(client:wait(t.id, { interval = 0.1 }))
+    local t = assert(env.client:create { prompt = "plain script" })
+    local done = assert(env.client:wait(t.id, { interval = 0.1 }))
     assert.equals("completed", done.status)
   end)
 end)

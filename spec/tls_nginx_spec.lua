@@ -5,7 +5,7 @@ local proc = require "spec.support.process"
 local tls = require "spec.support.tls"
 local jimeng = require "jimeng"
 
-local lua = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
+local lua = proc.plain_lua
 
 describe("TLS and HTTP/2 through nginx #host", function()
   if not tls.available then
@@ -93,15 +93,11 @@ describe("TLS and HTTP/2 through nginx #host", function()
   it("refuses an unknown CA at once: kind tls, the cainfo hint, no request, no retry", function()
     local c, lines = client("good")
     local before = requests_to_sandbox()
-    local task, err = c:create { prompt = "x" }
-    assert.is_nil(task)
-    assert.equals("tls", err.kind)
+    local err = h.failed("tls", c:create { prompt = "x" })
     assert.is_false(err.retryable)
     assert.truthy(err.message:find("does not trust", 1, true), err.message)
     assert.truthy(err.message:find("pass cainfo= (CLI --cainfo) or set CURL_CA_BUNDLE", 1, true), err.message)
-    local st, serr = c:status("some-task")
-    assert.is_nil(st)
-    assert.equals("tls", serr.kind)
+    h.failed("tls", c:status("some-task"))
     assert.same({}, lines) -- not one retry, for the paid create nor for the status
     assert.equals(before, requests_to_sandbox())
   end)
@@ -109,9 +105,7 @@ describe("TLS and HTTP/2 through nginx #host", function()
   it("refuses an expired certificate, saying when it expired", function()
     local c, lines = client("expired", { cainfo = ca })
     local before = requests_to_sandbox()
-    local task, err = c:create { prompt = "x" }
-    assert.is_nil(task)
-    assert.equals("tls", err.kind)
+    local err = h.failed("tls", c:create { prompt = "x" })
     assert.is_false(err.retryable)
     assert.truthy(err.message:find("expired on 2021-01-02 03:04:05 GMT", 1, true), err.message)
     assert.falsy(err.message:find("cainfo", 1, true), err.message)
@@ -122,9 +116,7 @@ describe("TLS and HTTP/2 through nginx #host", function()
   it("refuses a certificate for another host, naming the names it carries", function()
     local c, lines = client("wrong", { cainfo = ca })
     local before = requests_to_sandbox()
-    local task, err = c:status("t-1")
-    assert.is_nil(task)
-    assert.equals("tls", err.kind)
+    local err = h.failed("tls", c:status("t-1"))
     assert.truthy(err.message:find("the certificate is for wrong.test, other.test, not 127.0.0.1", 1, true), err.message)
     assert.same({}, lines)
     assert.equals(before, requests_to_sandbox())
@@ -151,9 +143,7 @@ describe("TLS and HTTP/2 through nginx #host", function()
   it("checks cainfo and capath at jimeng.new: a missing, unreadable or non-PEM file is invalid_argument", function()
     h.write(dir .. "/not-a-cert.pem", "hello\n")
     for _, bad in ipairs { dir .. "/missing.pem", dir .. "/not-a-cert.pem", dir } do
-      local c, err = jimeng.new { api_key = "k", base_url = url("good"), cainfo = bad }
-      assert.is_nil(c)
-      assert.equals("invalid_argument", err.kind)
+      local err = h.failed("invalid_argument", jimeng.new { api_key = "k", base_url = url("good"), cainfo = bad })
       assert.equals("cainfo", err.field)
       assert.truthy(err.message:find(bad, 1, true))
     end

@@ -1,27 +1,19 @@
 -- A video end to end against the sandbox: create, status, wait, download, generate.
 local h = require "spec.support.helpers"
+local proc = require "spec.support.process"
 local jimeng = require "jimeng"
 
 describe("a text-to-video task", function()
-  local sb, client, dir
-  setup(function()
-    sb = h.sandbox()
-    client = h.client(sb)
-    dir = h.tmpdir()
-  end)
-  teardown(function()
-    sb:stop()
-    h.cleanup()
-  end)
+  local env = h.with_sandbox { dir = "setup" }
 
   it("is created with the vendor page's body and comes back as a task with a string id", function()
-    local task = assert(client:create { prompt = "千军万马奔腾在草原上,阳光明媚,高清画质", seconds = 5, aspect_ratio = "16:9" })
+    local task = assert(env.client:create { prompt = "千军万马奔腾在草原上,阳光明媚,高清画质", seconds = 5, aspect_ratio = "16:9" })
     assert.is_string(task.id)
     assert.equals("in_queue", task.status)
     assert.equals("in_queue", task.raw_status)
     assert.is_number(task.created_at)
     assert.is_string(task.request_id)
-    local creates = h.api_requests(sb, "^/v1/videos$")
+    local creates = h.api_requests(env.sb, "^/v1/videos$")
     local sent = creates[#creates].body
     assert.same({
       model = "jimeng-video-3.0-pro", prompt = "千军万马奔腾在草原上,阳光明媚,高清画质",
@@ -30,8 +22,8 @@ describe("a text-to-video task", function()
   end)
 
   it("sends the bearer key, JSON content type and a User-Agent naming jimeng, libcurl and Lua", function()
-    assert(client:create { prompt = "a cat" })
-    local creates = h.api_requests(sb, "^/v1/videos$")
+    assert(env.client:create { prompt = "a cat" })
+    local creates = h.api_requests(env.sb, "^/v1/videos$")
     local headers = creates[#creates].headers
     assert.equals("Bearer test-key", headers.authorization)
     assert.equals("application/json", headers["content-type"])
@@ -41,9 +33,9 @@ describe("a text-to-video task", function()
   end)
 
   it("walks in_queue -> processing -> completed while waited on, reporting each status once", function()
-    local task = assert(client:create { prompt = "waves on a beach" })
+    local task = assert(env.client:create { prompt = "waves on a beach" })
     local seen = {}
-    local done = assert(client:wait(task.id, { interval = 0.02, on_status = function(t) seen[#seen + 1] = t.status end }))
+    local done = assert(env.client:wait(task.id, { interval = 0.02, on_status = function(t) seen[#seen + 1] = t.status end }))
     assert.equals("completed", done.status)
     assert.equals(task.id, done.id)
     assert.equals("completed", seen[#seen])
@@ -53,10 +45,10 @@ describe("a text-to-video task", function()
   end)
 
   it("downloads the finished video: the same bytes the server holds, in a playable MP4 container", function()
-    local task = assert(client:create { prompt = "a red kite" })
-    assert(client:wait(task.id, { interval = 0.02 }))
-    local path = dir .. "/kite.mp4"
-    local info = assert(client:download(task.id, path))
+    local task = assert(env.client:create { prompt = "a red kite" })
+    assert(env.client:wait(task.id, { interval = 0.02 }))
+    local path = env.dir .. "/kite.mp4"
+    local info = assert(env.client:download(task.id, path))
     assert.equals(path, info.path)
     local data = h.read(path)
     assert.equals(h.fixture(), data)
@@ -68,20 +60,20 @@ describe("a text-to-video task", function()
 
   it("generates in one call: create, wait and download, returning the path and the finished task", function()
     local statuses = {}
-    local result = assert(client:generate({ prompt = "a paper boat", seconds = 10 }, {
-      output_dir = dir, on_status = function(t) statuses[#statuses + 1] = t.status end,
+    local result = assert(env.client:generate({ prompt = "a paper boat", seconds = 10 }, {
+      output_dir = env.dir, on_status = function(t) statuses[#statuses + 1] = t.status end,
     }))
-    assert.equals(dir .. "/jimeng_video_" .. result.task.id .. ".mp4", result.path)
+    assert.equals(env.dir .. "/jimeng_video_" .. result.task.id .. ".mp4", result.path)
     assert.equals("completed", result.task.status)
     assert.equals(h.fixture(), h.read(result.path))
     assert.equals("in_queue", statuses[1])
     assert.equals("completed", statuses[#statuses])
-    local tasks = sb:tasks()
+    local tasks = env.sb:tasks()
     assert.equals(241, tasks[result.task.id].body.frames)
   end)
 
   it("works through the module-level functions on a client from JIMENG_API_KEY / JIMENG_BASE_URL", function()
-    local lua = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
+    local lua = proc.plain_lua
     local script = [[
       local jimeng = require "jimeng"
       local t = assert(jimeng.create { prompt = "env client" })
@@ -91,12 +83,12 @@ describe("a text-to-video task", function()
     -- the same module as this process, sanitizer and all; under make asan the child skips the leak check
     -- (this process does it for the same code), as LeakSanitizer's tracer can crash in short-lived children
     local cmd = ("ASAN_OPTIONS=\"${ASAN_OPTIONS:-}:detect_leaks=0\" JIMENG_API_KEY=env-key JIMENG_BASE_URL=%q %s -e %q")
-      :format(sb.url, lua, script)
+      :format(env.sb.url, lua, script)
     local p = io.popen(cmd)
     local out = p:read("*a")
     p:close()
     assert.equals("completed", out)
-    local creates = h.api_requests(sb, "^/v1/videos$")
+    local creates = h.api_requests(env.sb, "^/v1/videos$")
     assert.equals("Bearer env-key", creates[#creates].headers.authorization)
   end)
 end)

@@ -1,4 +1,6 @@
 -- Helpers for the specs: a sandbox per spec file, temporary directories, file reading.
+local busted = require "busted"
+local assert = require "luassert"
 local sandbox = require "jimeng.sandbox"
 
 local M = {}
@@ -35,6 +37,35 @@ function M.cleanup()
   tmpdirs = {}
 end
 
+--- The sandbox of the describe block that calls it, and what goes with it: registers its setup, before_each
+-- and teardown, and returns the table they fill in: sb (the sandbox), client (h.client on it), dir (a
+-- temporary directory). Teardown stops the sandbox and, where opts.dir asked for one, removes the temporary
+-- directories (all of them, as h.cleanup does).
+-- opts.sandbox: h.sandbox's options; opts.client: false for no client, else h.client's extra options;
+-- opts.dir: "setup" for one directory for the block, "each" for a fresh one before each test;
+-- opts.reset: true to reset the sandbox before each test, a table to then configure it with that table.
+function M.with_sandbox(opts)
+  opts = opts or {}
+  local env = {}
+  busted.setup(function()
+    env.sb = M.sandbox(opts.sandbox)
+    if opts.client ~= false then env.client = M.client(env.sb, opts.client) end
+    if opts.dir == "setup" then env.dir = M.tmpdir() end
+  end)
+  if opts.reset or opts.dir == "each" then
+    busted.before_each(function()
+      if opts.reset then env.sb:reset() end
+      if type(opts.reset) == "table" then env.sb:config(opts.reset) end
+      if opts.dir == "each" then env.dir = M.tmpdir() end
+    end)
+  end
+  busted.teardown(function()
+    if env.sb then env.sb:stop() end
+    if opts.dir then M.cleanup() end
+  end)
+  return env
+end
+
 function M.read(path)
   local f = io.open(path, "rb")
   if not f then return nil end
@@ -61,6 +92,23 @@ function M.write(path, data)
   local f = assert(io.open(path, "wb"))
   f:write(data)
   f:close()
+end
+
+--- Asserts that a call failed the library's way: nil, then an error of that kind. Call it with the call's
+-- own results: h.failed("auth", c:create {...}). Returns the error, for the checks of its own that each case
+-- makes.
+function M.failed(kind, value, err)
+  assert.is_nil(value)
+  assert.equals(kind, err.kind)
+  return err
+end
+
+--- Asserts that a download failed (as h.failed) and left nothing behind: none of the paths in absent (the
+-- file, its .part...) on disk. h.download_failed(kind, { path, path .. ".part" }, c:download(...)).
+function M.download_failed(kind, absent, info, err)
+  M.failed(kind, info, err)
+  for _, p in ipairs(absent) do assert.is_false(M.exists(p), p) end
+  return err
 end
 
 --- The committed MP4 fixture the sandbox serves.

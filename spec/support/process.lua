@@ -14,9 +14,13 @@ M.clean_env = "unset LD_PRELOAD MAKEFLAGS MAKELEVEL MFLAGS BUILD CFLAGS LDFLAGS 
 M.own_env = "unset MAKEFLAGS MAKELEVEL MFLAGS BUILD CFLAGS LDFLAGS BUSTED_ARGS TEST_PRELOAD; " ..
   "export ASAN_OPTIONS=\"${ASAN_OPTIONS:-}:detect_leaks=0\"; "
 
+-- The suite's own Lua (the interpreter make test runs), by itself: for children whose point is timing or
+-- that test other programs, never wrapped.
+M.plain_lua = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
+
 -- The interpreter for our own children (the jimeng command, scripts on the module): the suite's own Lua,
 -- under `make valgrind` wrapped in valgrind too (JIMENG_CHILD_WRAPPER), so that the children are checked.
-M.lua = ((os.getenv("JIMENG_CHILD_WRAPPER") or "") .. " " .. (os.getenv("JIMENG_TEST_LUA") or "lua5.4")):gsub("^ ", "")
+M.lua = ((os.getenv("JIMENG_CHILD_WRAPPER") or "") .. " " .. M.plain_lua):gsub("^ ", "")
 
 --- Runs a shell command (another program's: clean_env; pass M.own_env for ours); returns whether it
 -- exited 0, and its output (5.1's close() tells no status).
