@@ -973,10 +973,10 @@ static void jm_config_str(lua_State *L, int idx, const char *k, char **out) {
 /* Reads a client's settings into e->cfg (e is already the userdata at the top: a raise frees it by __gc). */
 static void jm_config_read(lua_State *L, int idx, jm_engine *e) {
     jm_config *c = &e->cfg;
-    const char *httpv;
     double ct = JM_CONNECT_TIMEOUT, stall = 0;
     c->httpversion = CURL_HTTP_VERSION_2TLS;
     if (lua_istable(L, idx)) {
+        const char *httpv;
         jm_config_str(L, idx, "user_agent", &c->user_agent);
         jm_config_str(L, idx, "cainfo", &c->cainfo);
         jm_config_str(L, idx, "capath", &c->capath);
@@ -1172,7 +1172,10 @@ static void jm_take_journal(lua_State *L, int opts, jm_transfer *t) {
     if (memchr(jpath, 0, plen)) luaL_error(L, "jimeng: journal path contains NUL");
     t->journal_len = plen + 1 + llen;
     t->journal = malloc(t->journal_len + 1);
-    if (!t->journal) luaL_error(L, "jimeng: out of memory");
+    if (!t->journal) {
+        luaL_error(L, "jimeng: out of memory"); /* raises: does not return */
+        return;
+    }
     memcpy(t->journal, jpath, plen + 1);
     memcpy(t->journal + plen + 1, jline, llen);
     t->journal[t->journal_len] = '\0';
