@@ -1414,7 +1414,7 @@ static void jm_watch_free(jm_engine *e) {
 static int l_engine_watch(lua_State *L) {
     jm_engine *e = luaL_checkudata(L, 1, JM_ENGINE_MT);
     const jm_transfer *t;
-    int i, n = 0;
+    int n = 0;
     if (e->closed) {
         lua_pushboolean(L, 0);
         return 1;
@@ -1427,7 +1427,7 @@ static int l_engine_watch(lua_State *L) {
         lua_pushnil(L);
     } else {
         lua_createtable(L, 0, e->nwant);
-        for (i = 0; i < e->nwant; i++) {
+        for (int i = 0; i < e->nwant; i++) {
             int w = e->want[i].what;
             lua_pushstring(L, w == CURL_POLL_IN      ? "in"
                               : w == CURL_POLL_OUT   ? "out"
@@ -1529,6 +1529,27 @@ static int l_transfer_paid(lua_State *L) {
     return 1;
 }
 
+/* core.curl_info() -> {version=, ssl=, features = {http2=, ...}}: what :checkhealth reports of libcurl. */
+static int l_curl_info(lua_State *L) {
+    const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
+    if (!v) return luaL_error(L, "jimeng: curl_version_info failed");
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, v->version ? v->version : "unknown");
+    lua_setfield(L, -2, "version");
+    if (v->ssl_version) lua_pushstring(L, v->ssl_version);
+    else lua_pushnil(L);
+    lua_setfield(L, -2, "ssl");
+    lua_createtable(L, 0, 3);
+    lua_pushboolean(L, (v->features & CURL_VERSION_HTTP2) != 0);
+    lua_setfield(L, -2, "http2");
+    lua_pushboolean(L, (v->features & CURL_VERSION_SSL) != 0);
+    lua_setfield(L, -2, "ssl");
+    lua_pushboolean(L, (v->features & CURL_VERSION_ASYNCHDNS) != 0);
+    lua_setfield(L, -2, "asynchdns");
+    lua_setfield(L, -2, "features");
+    return 1;
+}
+
 void jm_open_engine(lua_State *L) {
     static const luaL_Reg engine_m[] = {
         {"request", l_engine_request}, {"perform", l_engine_perform}, {"poll", l_engine_poll},
@@ -1564,4 +1585,6 @@ void jm_open_engine(lua_State *L) {
     lua_setfield(L, -2, "engine");
     lua_pushcfunction(L, l_wait_all);
     lua_setfield(L, -2, "wait_all");
+    lua_pushcfunction(L, l_curl_info);
+    lua_setfield(L, -2, "curl_info");
 }
