@@ -38,8 +38,9 @@ function _M.stats()
   local adapter = require("jimeng.runtime").host()
   local waiting, running = 0, false
   if adapter.waiting then waiting, running = adapter.waiting() end
-  reply(200, { adapter = adapter.name, waiting = waiting, stepper = running, steps = adapter.stats and adapter.stats.steps,
-    performs = adapter.stats and adapter.stats.performs, wakeups = adapter.stats and adapter.stats.wakeups, pid = ngx.worker.pid() })
+  local st = adapter.stats or {}
+  reply(200, { adapter = adapter.name, waiting = waiting, stepper = running, steps = st.steps, performs = st.performs,
+    wakeups = st.wakeups, pid = ngx.worker.pid() })
 end
 
 return _M
