@@ -45,7 +45,7 @@ LUA_SRCS     = $(wildcard lua/jimeng/*.lua)
 RUN_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/?.lua;;" \
           LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" JIMENG_TEST_LUA="$(LUA)" JIMENG_BUILD="$(CURDIR)/$(BUILD)"
 
-.PHONY: all test test-all demo experiment examples install uninstall clean version rock lint docs asan valgrind fuzz bench
+.PHONY: all test test-all demo experiment examples install uninstall clean version rock lint docs asan valgrind fuzz bench bench-host
 
 all: $(SO)
 
@@ -132,6 +132,11 @@ fuzz: build/fuzz/normalize build/fuzz/response build/fuzz/url
 # nothing here is asserted. Needs: time curl python3-requests lua5.1 lua-curl (apt-get).
 bench: all
 	@$(RUN_ENV) $(LUA) bench/run.lua
+
+# The host table alone (Neovim and nginx waiting; bench/README.md): needs nvim, nginx's Lua module, strace.
+bench-host: all
+	@$(MAKE) --no-print-directory all LUA=luajit
+	@$(RUN_ENV) $(LUA) bench/host.lua
 
 demo: all
 	@mkdir -p build/demo

@@ -77,7 +77,7 @@ describe("inside nginx (examples/openresty) #host", function()
     local gens = {}
     for i = 1, 200 do
       gens[i] = assert(engine:request { url = base .. "/generate?interval=0.5&prompt=many+" .. i .. "+sandbox%3Aslow%3D3",
-        timeout = 60, max_body = 64 * 1024 })
+        timeout = 60, max_body = 64 * 1024, http_version = "1.1" }) -- no waiting to multiplex
     end
     local function drive()
       engine:perform()

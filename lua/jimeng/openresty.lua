@@ -29,7 +29,7 @@ M.STEP_MIN, M.STEP_MAX = 0.002, 0.02
 
 local waiting = {}   -- transfer -> semaphore of the request waiting for it
 local engines = {}   -- engine -> number of waiting transfers
-local orphans = setmetatable({}, { __mode = "k" }) -- engine -> transfers finished that no request waited on
+local orphans = setmetatable({}, { __mode = "k" }) -- engine -> set of transfers finished that no request waited on
 local nwaiting = 0
 local running = false
 
@@ -41,22 +41,32 @@ local function new_semaphore()
   return assert(semaphore.new(0))
 end
 
--- Hands the finished transfers of one engine to their waiters; keeps the others for a scheduler's drive.
+local function unregister(engine, transfer)
+  if not waiting[transfer] then return end
+  waiting[transfer] = nil
+  nwaiting = nwaiting - 1
+  local n = engines[engine] - 1
+  engines[engine] = n > 0 and n or nil
+end
+
+-- Hands the finished transfers of one engine to their waiters (forgotten here at once: a request that nginx
+-- ended meanwhile leaves nothing behind); keeps the others for a scheduler's drive.
 local function hand_over(engine, finished)
   if not finished then return end
   for i = 1, #finished do
     local t = finished[i]
     local sema = waiting[t]
     if sema then
+      unregister(engine, t)
       sema:post(1)
       M.stats.wakeups = M.stats.wakeups + 1
     else
-      local list = orphans[engine]
-      if not list then
-        list = {}
-        orphans[engine] = list
+      local set = orphans[engine]
+      if not set then
+        set = setmetatable({}, { __mode = "k" }) -- a transfer nobody waits on is collected with it
+        orphans[engine] = set
       end
-      list[#list + 1] = t
+      set[t] = true
     end
   end
 end
@@ -108,14 +118,6 @@ local function start_stepper()
   return true
 end
 
-local function unregister(engine, transfer)
-  if not waiting[transfer] then return end
-  waiting[transfer] = nil
-  nwaiting = nwaiting - 1
-  local n = engines[engine] - 1
-  engines[engine] = n > 0 and n or nil
-end
-
 --- Waits for one transfer: sleeps on a semaphore that the worker's stepper posts when it finishes.
 function M.await(engine, transfer, timeout)
   if transfer:done() then return true end
@@ -155,15 +157,20 @@ function M.drive(engine)
     local mine = {}
     for i = 1, #finished do
       local sema = waiting[finished[i]]
-      if sema then sema:post(1) else mine[#mine + 1] = finished[i] end
+      if sema then
+        unregister(engine, finished[i])
+        sema:post(1)
+      else
+        mine[#mine + 1] = finished[i]
+      end
     end
     finished = mine
   end
-  local list = orphans[engine]
-  if list then
+  local set = orphans[engine]
+  if set then
     orphans[engine] = nil
     finished = finished or {}
-    for i = 1, #list do finished[#finished + 1] = list[i] end
+    for t in pairs(set) do finished[#finished + 1] = t end
   end
   return finished
 end
