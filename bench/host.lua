@@ -64,45 +64,81 @@ local function syscalls(pid, seconds, names)
   return total / seconds, named / seconds
 end
 
+--- Wake-ups of a process over `seconds`: its epoll_wait/epoll_pwait/poll calls that could sleep (a timeout
+-- other than 0), by strace (every thread). A call with timeout 0 only looks: nvim's loop makes such calls
+-- after a wake-up, which `strace -c` would count as wake-ups too. Returns wake-ups/s, all such calls/s.
+local function wakeups(pid, seconds)
+  local out = tmp .. "/strace-w." .. pid
+  assert(sh(("timeout -s INT %g strace -f -qq -e trace=epoll_wait,epoll_pwait,poll,ppoll -p %d -o %s >/dev/null 2>&1; true")
+    :format(seconds, pid, out)))
+  local f = assert(io.open(out))
+  local sleeping, all = 0, 0
+  for line in f:lines() do
+    if not line:find("unfinished", 1, true) then
+      -- the timeout: 4th argument of epoll_wait, 3rd of poll; epoll_pwait and ppoll carry more after it
+      local tmo = line:match("epoll_wait%b()") and line:match(", (%-?%d+)%)%s*=")
+        or line:match("epoll_wait resumed>.-, (%-?%d+)%)%s*=")
+        or line:match("epoll_pwait.-, (%-?%d+), [^,]+, %d+%)%s*=")
+        or line:match("poll.-, (%-?%d+)%)%s*=")
+      if tmo then
+        all = all + 1
+        if tonumber(tmo) ~= 0 then sleeping = sleeping + 1 end
+      end
+    end
+  end
+  f:close()
+  return sleeping / seconds, all / seconds
+end
+
 local rows = {}
 local function row(...) rows[#rows + 1] = { ... } end
 
 local sb = assert(sandbox.start { queue_seconds = 1, process_seconds = 1 })
 
 -- Neovim ----------------------------------------------------------------------------------------
+local SKIP = 6 -- seconds after the creates: past the first polls, which follow them
 local function nvim_case(adapter, n)
   sb:reset()
-  local ready = tmp .. "/ready"
+  local ready, stats = tmp .. "/ready", tmp .. "/stats"
   os.remove(ready)
+  os.remove(stats)
   local ok, pid = sh(("cd %s && BENCH_N=%d BENCH_ADAPTER=%s BENCH_READY=%s BENCH_ROOT=%s BENCH_OUT=%s BENCH_OLD_LUA=%s " ..
-    "JIMENG_API_KEY=bench JIMENG_BASE_URL=%s nohup nvim --headless -u NONE -i NONE -n -c 'luafile bench/nvim_wait.lua' " ..
-    ">%s/nvim.log 2>&1 & echo $!"):format(ROOT, n, adapter, ready, ROOT, tmp, tmp .. "/old", sb.url, tmp))
+    "BENCH_STATS=%s BENCH_SKIP=%d BENCH_WINDOW=%d JIMENG_API_KEY=bench JIMENG_BASE_URL=%s nohup nvim --headless -u NONE " ..
+    "-i NONE -n -c 'luafile bench/nvim_wait.lua' >%s/nvim.log 2>&1 & echo $!"):format(ROOT, n, adapter, ready, ROOT, tmp,
+    tmp .. "/old", stats, SKIP, WINDOW, sb.url, tmp))
   assert(ok, pid)
   pid = tonumber(pid:match("%d+"))
   local deadline = core.now() + 60
   while not io.open(ready) and core.now() < deadline do core.sleep(0.1) end
   assert(io.open(ready), "nvim did not get its creates answered: " .. tostring(select(2, sh("cat " .. tmp .. "/nvim.log"))))
-  core.sleep(6) -- past the first polls, which follow the creates
+  core.sleep(SKIP)
   local c0 = cpu_of(pid)
-  core.sleep(WINDOW)
-  local cpu = (cpu_of(pid) - c0) / WINDOW * 60
-  local _, wakeups = syscalls(pid, WINDOW, { "epoll_wait", "epoll_pwait", "poll", "ppoll" })
+  core.sleep(WINDOW + 0.5)
+  local cpu = (cpu_of(pid) - c0) / (WINDOW + 0.5) * 60
+  local f = io.open(stats)
+  local counts = f and f:read("*a") or ""
+  if f then f:close() end
+  local w, all = wakeups(pid, WINDOW)
   sh("kill " .. pid)
-  return wakeups, cpu
+  local timer, poll = counts:match("timer (%d+) poll (%d+)")
+  return w, cpu, all, timer and tonumber(timer) / WINDOW, poll and tonumber(poll) / WINDOW
 end
 
 if sh("command -v nvim && command -v strace") then
   -- the previous adapter, as it was before the event-driven one (for the "before" rows)
   assert(sh("mkdir -p " .. tmp .. "/old/jimeng && git show 69b06cc:lua/jimeng/nvim.lua > " .. tmp .. "/old/jimeng/nvim.lua"))
-  local idle_w, idle_c = nvim_case("idle", 0)
-  row("Neovim headless", "idle, a 5 s timer", ("%.2f wakeups/s, %.3f CPU s/min"):format(idle_w, idle_c), "1.00x idle", "")
+  local idle_w, idle_c, idle_all = nvim_case("idle", 0)
+  row("Neovim headless", "idle, a 5 s timer", ("%.2f wakeups/s, %.3f CPU s/min"):format(idle_w, idle_c), "1.00x idle",
+    ("%.2f epoll_wait calls/s"):format(idle_all))
   for _, n in ipairs(list("BENCH_HOST_NVIM", "1,20")) do
     for _, adapter in ipairs { "new", "old" } do
-      local w, c = nvim_case(adapter, n)
+      local w, c, all, timer, poll = nvim_case(adapter, n)
       row("Neovim headless", ("%d generate%s waiting, %s"):format(n, n == 1 and "" or "s",
         adapter == "new" and "event-driven (uv polls + one timer)" or "previous adapter (10 ms tick)"),
-        ("%.2f wakeups/s, %.3f CPU s/min"):format(w, c), ("%.1fx idle wakeups"):format(w / math.max(idle_w, 0.01)),
-        "tasks polled every 5 s; epoll_wait calls of all nvim's threads")
+        ("%.2f wakeups/s, %.3f CPU s/min"):format(w, c), ("%.1fx idle wakeups, %.2fx idle CPU"):format(w / math.max(idle_w, 0.01),
+          c / math.max(idle_c, 0.001)),
+        ("%.2f epoll_wait calls/s%s"):format(all, timer and (", adapter: %.2f timer (outside transfers) + %.2f socket wake-ups/s")
+          :format(timer, poll) or ""))
     end
   end
 else
@@ -110,7 +146,7 @@ else
 end
 
 -- nginx -----------------------------------------------------------------------------------------
-local function start_nginx()
+local function start_nginx(max_connections)
   local prefix = tmp .. "/nginx"
   assert(sh(("rm -rf %s && mkdir -p %s/logs %s/videos"):format(prefix, prefix, prefix)))
   local _, free = sh([[python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])']])
@@ -124,8 +160,9 @@ local function start_nginx()
   f = assert(io.open(prefix .. "/nginx.conf", "w"))
   f:write(conf)
   f:close()
-  assert(sh(("cd %s && JIMENG_API_KEY=bench JIMENG_BASE_URL=%s JIMENG_OUTPUT_DIR=%s/videos nohup nginx -p %s/ -c %s/nginx.conf " ..
-    "-g 'daemon off; master_process off;' >%s/logs/stdout 2>&1 &"):format(prefix, sb.url, prefix, prefix, prefix, prefix)))
+  assert(sh(("cd %s && JIMENG_API_KEY=bench JIMENG_BASE_URL=%s JIMENG_OUTPUT_DIR=%s/videos JIMENG_MAX_CONNECTIONS=%d " ..
+    "nohup nginx -p %s/ -c %s/nginx.conf -g 'daemon off; master_process off;' >%s/logs/stdout 2>&1 &")
+    :format(prefix, sb.url, prefix, max_connections, prefix, prefix, prefix)))
   local base = "http://127.0.0.1:" .. port
   local health = core.engine()
   local deadline = core.now() + 10
@@ -144,13 +181,13 @@ local function start_nginx()
   return base, pid, health, prefix
 end
 
-local function nginx_case(n, latency)
+local function nginx_case(n, latency, max_connections)
   sb:reset()
   sb:config { queue_seconds = 1, process_seconds = 1 }
   if latency > 0 then
     sb:faults { { path = "^/v1/videos/[0-9]+$", method = "GET", fault = "stall", seconds = latency, count = 100000000 } }
   end
-  local base, pid, health, prefix = start_nginx()
+  local base, pid, health, prefix = start_nginx(max_connections)
   local engine = core.engine { max_connections = 1024 }
   local gens = {}
   for i = 1, n do
@@ -209,14 +246,20 @@ local function nginx_case(n, latency)
 end
 
 if sh("command -v nginx && test -f /usr/share/nginx/modules/ngx_http_lua_module.so && command -v strace") then
+  local sizes = list("BENCH_HOST_NGINX", "50,200,1000")
+  local cases = {}
   for _, latency in ipairs { 0, 0.3 } do
-    for _, n in ipairs(list("BENCH_HOST_NGINX", "50,200,1000")) do
-      local cpu, calls, p95, polls, stats = nginx_case(n, latency)
-      row("nginx worker", ("%d requests waiting, %s"):format(n, latency > 0 and "0.3 s API latency" or "loopback"),
-        ("%.1f%% of a core, %.0f syscalls/s, /health p95 %.1f ms"):format(cpu * 100, calls, p95 * 1000),
-        ("%.3f%% of a core per waiting request"):format(cpu * 100 / n),
-        ("%.1f status polls/s answered; %d waiting on the stepper at the end"):format(polls, stats.waiting or -1))
-    end
+    for _, n in ipairs(sizes) do cases[#cases + 1] = { n, latency, 8 } end
+  end
+  -- 8 connections answer about 26 polls/s at 0.3 s: the most requests, with enough connections for their polls
+  cases[#cases + 1] = { sizes[#sizes], 0.3, 64 }
+  for _, c in ipairs(cases) do
+    local n, latency, conns = c[1], c[2], c[3]
+    local cpu, calls, p95, polls, stats = nginx_case(n, latency, conns)
+    row("nginx worker", ("%d requests waiting, %s, max_connections %d"):format(n, latency > 0 and "0.3 s API latency" or "loopback",
+      conns), ("%.1f%% of a core, %.0f syscalls/s, /health p95 %.1f ms"):format(cpu * 100, calls, p95 * 1000),
+      ("%.4f%% of a core per waiting request, %.0f us CPU per poll"):format(cpu * 100 / n, cpu / math.max(polls, 0.01) * 1e6),
+      ("%.1f status polls/s answered (%.0f due); %d waiting on the stepper at the end"):format(polls, n / 5, stats.waiting or -1))
   end
 else
   row("nginx worker", "skipped", "needs nginx, libnginx-mod-http-lua and strace")

@@ -25,12 +25,33 @@ if adapter == "old" then package.path = os.getenv("BENCH_OLD_LUA") .. "/?.lua;" 
 package.cpath = root .. "/build/luajit/?.so;" .. package.cpath
 local nvim = require "jimeng.nvim"
 local created = 0
+
+-- The adapter's own counts over the measurement window ($BENCH_SKIP s after the creates, $BENCH_WINDOW s
+-- long): its timer's firings (wake-ups with no transfer to serve: a poll or a sleep is due) and its socket
+-- handles' (a transfer in flight). Two one-shot timers read them: two wake-ups more in the window.
+local function window_stats()
+  if not nvim.stats then return end
+  local skip, window = tonumber(os.getenv("BENCH_SKIP")), tonumber(os.getenv("BENCH_WINDOW"))
+  local s0
+  local t = vim.loop.new_timer()
+  t:start(skip * 1000, 0, function()
+    s0 = { timer = nvim.stats.timer, poll = nvim.stats.poll }
+    t:start(window * 1000, 0, function()
+      local f = assert(io.open(os.getenv("BENCH_STATS"), "w"))
+      f:write(("timer %d poll %d\n"):format(nvim.stats.timer - s0.timer, nvim.stats.poll - s0.poll))
+      f:close()
+    end)
+  end)
+end
 for i = 1, n do
   nvim.generate({ prompt = ("bench waiting %d sandbox:slow=600"):format(i) }, {
     output_dir = os.getenv("BENCH_OUT"), interval = 5,
     on_created = function()
       created = created + 1
-      if created == n then ready() end
+      if created == n then
+        window_stats()
+        ready()
+      end
     end,
   })
 end

@@ -18,7 +18,10 @@ local function reply(status, body)
 end
 
 function _M.generate()
-  if not client and not client_err then client, client_err = jimeng.new() end
+  if not client and not client_err then
+    -- status polls in flight at once per worker (default 8): raise it when the API is slow and many wait
+    client, client_err = jimeng.new { max_connections = tonumber(os.getenv("JIMENG_MAX_CONNECTIONS") or "") }
+  end
   if not client then return reply(500, { error = tostring(client_err), kind = client_err.kind }) end
   local args = ngx.req.get_uri_args()
   local result, err = client:generate({
