@@ -45,7 +45,7 @@ LUA_SRCS     = $(wildcard lua/jimeng/*.lua)
 RUN_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/?.lua;;" \
           LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" JIMENG_TEST_LUA="$(LUA)" JIMENG_BUILD="$(CURDIR)/$(BUILD)"
 
-.PHONY: all test test-all demo experiment examples install uninstall clean version rock lint docs asan valgrind fuzz bench
+.PHONY: all test test-all demo experiment examples install uninstall clean version rock lint docs asan valgrind fuzz bench bench-host
 
 all: $(SO)
 
@@ -136,6 +136,11 @@ fuzz: build/fuzz/normalize build/fuzz/response build/fuzz/url
 bench: all
 	@$(RUN_ENV) $(LUA) bench/run.lua
 
+# The host table alone (Neovim and nginx waiting; bench/README.md): needs nvim, nginx's Lua module, strace.
+bench-host: all
+	@$(MAKE) --no-print-directory all LUA=luajit
+	@$(RUN_ENV) $(LUA) bench/host.lua
+
 demo: all
 	@mkdir -p build/demo
 	@$(RUN_ENV) $(LUA) examples/run_with_sandbox.lua examples/text_to_video.lua build/demo
@@ -174,7 +179,7 @@ rock:
 
 # Lua with luacheck; C with cppcheck and clang-tidy (.clang-tidy says which checks and why), all clean.
 lint:
-	luacheck lua spec examples bench bin/jimeng
+	luacheck lua spec examples bench plugin bin/jimeng
 	cppcheck -q --enable=warning,style,performance,portability --std=c99 --error-exitcode=1 --inline-suppr \
 	  --suppress=missingIncludeSystem --suppress=toomanyconfigs -I src $(LUA_CFLAGS) src/
 	clang-tidy --quiet src/*.c -- -std=c99 $(LUA_CFLAGS) $(CURL_CFLAGS)

@@ -274,9 +274,15 @@ end
 sb:stop()
 sh("rm -rf " .. tmp)
 
+-- 7. Hosts: what waiting costs Neovim and an nginx worker (bench/host.lua prints its own table) -------
+local ok_host, host_table = sh("make -s LUA=luajit >/dev/null && " .. lua_env() .. " " .. LUA .. " bench/host.lua")
+if not ok_host then host_table = "the host table failed:\n" .. host_table end
+
 -- The table ------------------------------------------------------------------------------------
 local machine = select(2, sh("nproc")):gsub("%s+$", "") .. " cores, " ..
   (select(2, sh("grep -m1 'model name' /proc/cpuinfo")):match(":%s*(.-)%s*$") or "unknown CPU")
 print(("| measure | side | result | ratio | note |\n|---|---|---|---|---|"))
 for _, r in ipairs(rows) do print(("| %s | %s | %s | %s | %s |"):format(r[1], r[2], r[3], r[4], r[5])) end
 print(("\nmachine: %s; %s; libcurl %s; %d runs each, medians"):format(machine, _VERSION, core.curl_version(), RUNS))
+print("\n## Hosts: Neovim and nginx while generates wait\n")
+print(host_table)

@@ -1,46 +1,136 @@
--- Inside Neovim (headless): :JimengGenerate never freezes the editor, and the result arrives.
+-- Inside Neovim (headless), with this checkout installed the way a plugin manager installs it (a native
+-- package: pack/plugins/start/jimeng is a link to the repository): :JimengGenerate never freezes the editor,
+-- waiting wakes it only when something is due, :checkhealth jimeng passes, :JimengCancel keeps the .part.
 local h = require "spec.support.helpers"
 local proc = require "spec.support.process"
+local cjson = require "cjson"
 
 local nvim = proc.run("command -v nvim")
 
-describe("inside Neovim (examples/nvim) #host", function()
+describe("inside Neovim, installed as a plugin #host", function()
   if not nvim then
     it("needs Neovim (apt-get install neovim)", function() pending("neovim is not installed") end)
     return
   end
 
-  local sb, dir
+  local sb, dir, pack
   setup(function()
     local ok, out = proc.run("make -s LUA=luajit")
     assert(ok, out)
     sb = h.sandbox { queue_seconds = 0.2, process_seconds = 0.2 }
     dir = h.tmpdir()
+    pack = h.tmpdir()
+    assert(proc.run(("mkdir -p %s/pack/plugins/start && ln -s %s %s/pack/plugins/start/jimeng"):format(pack, proc.root, pack)))
   end)
   teardown(function()
     sb:stop()
     h.cleanup()
   end)
 
-  it("keeps the editor's timers ticking while :JimengGenerate creates, waits and downloads, then reports the file", function()
-    local outfile = dir .. "/outcome.json"
-    local ok, out = proc.run(("JIMENG_ROOT=%s JIMENG_API_KEY=nvim-key JIMENG_BASE_URL=%s JIMENG_OUTPUT_DIR=%s " ..
-      "JIMENG_NVIM_OUT=%s timeout 60 nvim --headless -u NONE -i NONE -n -c 'luafile spec/nvim/generate.lua'")
-      :format(proc.root, sb.url, dir, outfile))
+  -- Runs one of spec/nvim/*.lua in headless Neovim; returns its outcome (JSON it wrote) and its output.
+  local function run_nvim(script, env)
+    local outfile = dir .. "/" .. script .. ".json"
+    os.remove(outfile)
+    local vars = ("JIMENG_PACK=%s JIMENG_API_KEY=nvim-key JIMENG_BASE_URL=%s JIMENG_OUTPUT_DIR=%s JIMENG_NVIM_OUT=%s ")
+      :format(pack, sb.url, dir, outfile)
+    for k, v in pairs(env or {}) do vars = vars .. k .. "=" .. v .. " " end
+    local ok, out = proc.run(("cd %s && %s timeout 120 nvim --headless -u spec/nvim/init.lua -i NONE -n " ..
+      "-c 'luafile spec/nvim/%s.lua'"):format(proc.root, vars, script))
     assert.is_true(ok, out)
-    local outcome = require("cjson").decode((assert(h.read(outfile), "no outcome: " .. out)))
+    local body = h.read(outfile)
+    assert(body, "no outcome: " .. out)
+    return cjson.decode(body), out
+  end
+
+  it("keeps the editor's timers ticking while :JimengGenerate creates, waits and downloads, then reports the file", function()
+    local outcome = run_nvim("generate")
+    assert.equals(6, outcome.commands, "the plugin's commands are missing") -- exists() is 2 for each
     assert.is_true(outcome.done, "no result arrived")
-    assert.equals(1, #outcome.notes)
-    local path = outcome.notes[1].msg:match("^jimeng: saved (%S+)")
-    assert.is_string(path, outcome.notes[1].msg)
-    assert.equals(h.fixture(), h.read(path))
+    assert.equals("saved", outcome.state, outcome.result)
+    assert.truthy(outcome.result:find("^jimeng: saved "), outcome.result)
+    assert.equals(h.fixture(), h.read(outcome.path))
     -- the command returned at once, and the editor's own timer kept running all along
     assert.is_true(outcome.command_returned_ms < 200, "the command blocked for " .. outcome.command_returned_ms .. " ms")
     assert.is_true(outcome.elapsed_ms > 1500)
     assert.is_true(outcome.ticks >= outcome.elapsed_ms / 20 / 2, ("only %d ticks in %d ms"):format(outcome.ticks, outcome.elapsed_ms))
     assert.is_true(outcome.worst_gap_ms < 250, "the editor froze for " .. outcome.worst_gap_ms .. " ms")
-    local statuses = table.concat(outcome.echoes, "\n")
-    assert.truthy(statuses:find("in_queue"))
-    assert.truthy(statuses:find("completed"))
+    local statuses = {}
+    for _, n in ipairs(outcome.notes) do statuses[#statuses + 1] = n.msg end
+    statuses = table.concat(statuses, "\n")
+    assert.truthy(statuses:find("in_queue"), statuses)
+    assert.truthy(statuses:find("completed"), statuses)
+    -- nothing ticked: the adapter's timer fired only when a poll was due (every 0.1 s, coalesced on a 0.5 s
+    -- grid), where a 10 ms tick would have fired elapsed/10 times
+    assert.is_true(outcome.stats.timer < outcome.elapsed_ms / 100, ("the adapter's timer fired %d times in %d ms")
+      :format(outcome.stats.timer, outcome.elapsed_ms))
+    -- and once done it holds nothing: no socket watched, no timer armed
+    assert.equals(0, outcome.driver.sockets)
+    assert.is_false(outcome.driver.timer_active)
+  end)
+
+  it("wakes the editor at most 2 times a second outside transfers while 20 generates wait", function()
+    local window = 12
+    local outcome = run_nvim("waiting", { JIMENG_NVIM_N = 20, JIMENG_NVIM_WINDOW = window })
+    assert.is_true(outcome.created, "the 20 creates did not all come back")
+    assert.equals(20, outcome.running)
+    -- a wake-up outside a transfer is the adapter's one timer (a poll is due); everything else is a libcurl
+    -- socket that became ready, i.e. a transfer in flight
+    local timer_rate, total_rate = outcome.timer / outcome.seconds, (outcome.timer + outcome.poll) / outcome.seconds
+    assert.is_true(timer_rate <= 2, ("%.2f timer wake-ups a second"):format(timer_rate))
+    -- 20 tasks polled every 5 s: 4 polls a second, each a send and an answer; the old 10 ms tick was 100/s
+    assert.is_true(total_rate <= 15, ("%.2f wake-ups a second in all"):format(total_rate))
+    assert.is_true(outcome.poll > 0, "no status poll was made in the window")
+    assert.is_true(outcome.worst_gap_ms < 250, "the editor froze for " .. outcome.worst_gap_ms .. " ms")
+    assert.equals(0, outcome.left_running, "JimengCancel left calls running")
+  end)
+
+  it(":checkhealth jimeng reports OK against the sandbox", function()
+    local report = dir .. "/health.txt"
+    local ok, out = proc.run(("cd %s && JIMENG_PACK=%s JIMENG_API_KEY=nvim-key JIMENG_BASE_URL=%s timeout 60 nvim --headless " ..
+      "-u spec/nvim/init.lua -i NONE -n -c 'checkhealth jimeng' -c 'w! %s' -c 'qa!'"):format(proc.root, pack, sb.url, report))
+    assert.is_true(ok, out)
+    local text = assert(h.read(report), out)
+    assert.falsy(text:find("ERROR"), text)
+    assert.falsy(text:find("WARNING"), text)
+    assert.truthy(text:find("OK:? jimeng %d+%.%d+%.%d+ loads"), text)
+    assert.truthy(text:find("OK:? libcurl %d[%d.]+, TLS backend %S+"), text)
+    assert.truthy(text:find("OK:? an API key is set"), text)
+    assert.truthy(text:find("OK:? " .. sb.url:gsub("%p", "%%%0") .. " answers"), text)
+    assert.truthy(text:find("OK:? available: python3 "), text)
+    -- and without a key, or with an API that is not there, it says so
+    ok, out = proc.run(("cd %s && JIMENG_PACK=%s JIMENG_BASE_URL=http://127.0.0.1:%d/v1 timeout 60 nvim --headless " ..
+      "-u spec/nvim/init.lua -i NONE -n -c 'checkhealth jimeng' -c 'w! %s' -c 'qa!'"):format(proc.root, pack, proc.free_port(), report))
+    assert.is_true(ok, out)
+    text = h.read(report)
+    assert.truthy(text:find("ERROR:? no API key"), text)
+    assert.truthy(text:find("is not reachable"), text)
+  end)
+
+  it(":JimengCancel stops a download, keeps a resumable .part, says what was paid for; :JimengResume finishes it", function()
+    sb:faults { { path = "/content$", fault = "stall_mid_body", after_bytes = 150000, seconds = 30, count = 1 } }
+    local outcome = run_nvim("cancel")
+    assert.is_true(outcome.stalled, "the download never started")
+    assert.is_true(outcome.reported, "no word of the cancel")
+    assert.equals("cancelled", outcome.state)
+    assert.truthy(outcome.cancelled:find("task " .. outcome.task_id .. " was created and is paid for", 1, true), outcome.cancelled)
+    assert.truthy(outcome.cancelled:find(".part", 1, true), outcome.cancelled)
+    -- the transfer stopped and the file is closed now, not at the next garbage collection
+    assert.equals(1, outcome.parts_before)
+    assert.equals(0, outcome.parts_after)
+    assert.equals(0, outcome.sockets_after)
+    assert.equals(0, outcome.running_after)
+    assert.equals(150000, outcome.part_size)
+    -- resumable: the next download of the task continued from the kept bytes
+    assert.is_true(outcome.resumed, "JimengResume did not finish")
+    local bytes = assert(h.read(outcome.path))
+    assert.equals(400000, #bytes)
+    for _, i in ipairs { 32, 149999, 150000, 399999 } do
+      assert.equals(h.synthetic_byte(i), bytes:byte(i + 1), "byte " .. i)
+    end
+    local ranged = false
+    for _, r in ipairs(h.api_requests(sb, "/content$")) do
+      if r.headers.range == "bytes=150000-" then ranged = true end
+    end
+    assert.is_true(ranged, "the resume did not ask for the rest (Range: bytes=150000-)")
   end)
 end)

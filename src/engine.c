@@ -72,6 +72,12 @@ typedef struct {
     int npool;
     int closed;
     jm_config cfg;
+    /* a host event loop's view (engine:watch): what libcurl's socket and timer callbacks asked for since the
+     * host last looked, recorded here because C never calls Lua from a libcurl callback */
+    struct jm_want *want; /* one entry per socket changed since the last watch(), the latest wish wins */
+    int nwant, wantcap;
+    int want_oom;         /* a wish could not be recorded: watch() raises rather than lose a socket */
+    double timer_at;      /* when libcurl wants socket_action_timeout (jm_now() seconds), < 0: never */
 } jm_engine;
 
 typedef struct {
@@ -927,6 +933,8 @@ static double jm_optnum(lua_State *L, int idx, const char *k, double def) {
     lua_pop(L, 1);
     return v;
 }
+static int jm_watch_setup(jm_engine *e);
+static void jm_watch_free(jm_engine *e);
 
 static const char *jm_optstr(lua_State *L, int idx, const char *k, size_t *len) {
     const char *v = NULL;
@@ -1023,6 +1031,7 @@ static int l_engine_new(lua_State *L) {
     if (!e->multi) return luaL_error(L, "jimeng: curl_multi_init failed");
     luaL_getmetatable(L, JM_ENGINE_MT);
     lua_setmetatable(L, -2);
+    if (jm_watch_setup(e) != 0) return luaL_error(L, "jimeng: cannot set libcurl's socket and timer callbacks");
     jm_config_read(L, 1, e);
     if (curl_multi_setopt(e->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX) != CURLM_OK)
         return luaL_error(L, "jimeng: cannot enable HTTP/2 multiplexing");
@@ -1056,6 +1065,7 @@ static int l_engine_close(lua_State *L) {
     e->donecap = 0;
     if (e->multi) curl_multi_cleanup(e->multi);
     e->multi = NULL;
+    jm_watch_free(e); /* after the cleanup: its last socket callbacks still record into it */
     e->closed = 1;
     return 0;
 }
@@ -1432,14 +1442,225 @@ static int l_wait_all(lua_State *L) {
     return 1;
 }
 
+/* ---- the host's event loop: libcurl's socket and timer callbacks, seen from outside ----
+ *
+ * A host with its own loop (Neovim's libuv, nginx) watches exactly libcurl's sockets and one timer instead of
+ * polling: libcurl's callbacks only record what it wants (they never call Lua), engine:watch() hands the
+ * changes over, and engine:socket_action(fd, events) / engine:socket_action_timeout() drive the transfers,
+ * returning the finished ones as engine:perform() does. The blocking path (perform, poll) ignores the records. */
+
+struct jm_want {
+    curl_socket_t fd;
+    int what; /* CURL_POLL_IN, _OUT, _INOUT or _REMOVE */
+};
+
+/* CURLMOPT_SOCKETFUNCTION: remembers the latest wish for the socket. A socket closed and another opened with
+ * the same number before the host looked shows as the new wish: the host re-arms its watcher either way. */
+static int jm_on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp) {
+    jm_engine *e = userp;
+    int i;
+    (void)easy;
+    (void)socketp;
+    for (i = 0; i < e->nwant; i++) {
+        if (e->want[i].fd == s) {
+            e->want[i].what = what;
+            return 0;
+        }
+    }
+    if (e->nwant == e->wantcap) {
+        int cap = e->wantcap ? e->wantcap * 2 : 16;
+        struct jm_want *w = realloc(e->want, (size_t)cap * sizeof *w);
+        if (!w) {
+            e->want_oom = 1;
+            return -1; /* libcurl 7.88 ignores it; newer ones fail the transfer */
+        }
+        e->want = w;
+        e->wantcap = cap;
+    }
+    e->want[e->nwant].fd = s;
+    e->want[e->nwant].what = what;
+    e->nwant++;
+    return 0;
+}
+
+/* CURLMOPT_TIMERFUNCTION: when libcurl wants socket_action_timeout, as an absolute time (the host may look
+ * later than libcurl asked). */
+static int jm_on_timer(CURLM *multi, long timeout_ms, void *userp) {
+    jm_engine *e = userp;
+    (void)multi;
+    e->timer_at = timeout_ms < 0 ? -1 : jm_now() + (double)timeout_ms / 1000;
+    return 0;
+}
+
+static int jm_watch_setup(jm_engine *e) {
+    e->timer_at = -1;
+    if (curl_multi_setopt(e->multi, CURLMOPT_SOCKETFUNCTION, jm_on_socket) != CURLM_OK) return -1;
+    if (curl_multi_setopt(e->multi, CURLMOPT_SOCKETDATA, (void *)e) != CURLM_OK) return -1;
+    if (curl_multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, jm_on_timer) != CURLM_OK) return -1;
+    if (curl_multi_setopt(e->multi, CURLMOPT_TIMERDATA, (void *)e) != CURLM_OK) return -1;
+    return 0;
+}
+
+static void jm_watch_free(jm_engine *e) {
+    free(e->want);
+    e->want = NULL;
+    e->nwant = e->wantcap = 0;
+    e->timer_at = -1;
+}
+
+/* engine:watch() -> changes | nil, timeout_ms | nil, in_flight. changes: fd -> "in" | "out" | "inout" |
+ * "remove", the sockets whose wish changed since the last call; timeout_ms: when to call
+ * socket_action_timeout (0: now; nil: no timer wanted); in_flight: transfers running or queued. A closed
+ * engine answers false. */
+static int l_engine_watch(lua_State *L) {
+    jm_engine *e = luaL_checkudata(L, 1, JM_ENGINE_MT);
+    const jm_transfer *t;
+    int n = 0;
+    if (e->closed) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    if (e->want_oom) {
+        e->want_oom = 0;
+        return luaL_error(L, "jimeng: out of memory recording libcurl's sockets");
+    }
+    if (e->nwant == 0) {
+        lua_pushnil(L);
+    } else {
+        lua_createtable(L, 0, e->nwant);
+        for (int i = 0; i < e->nwant; i++) {
+            int w = e->want[i].what;
+            lua_pushstring(L, w == CURL_POLL_IN      ? "in"
+                              : w == CURL_POLL_OUT   ? "out"
+                              : w == CURL_POLL_INOUT ? "inout"
+                                                     : "remove");
+            lua_rawseti(L, -2, (int)e->want[i].fd);
+        }
+        e->nwant = 0;
+    }
+    if (e->timer_at < 0) {
+        lua_pushnil(L);
+    } else {
+        double ms = (e->timer_at - jm_now()) * 1000;
+        lua_pushnumber(L, ms > 0 ? ms : 0);
+    }
+    for (t = e->head; t; t = t->next) n++;
+    lua_pushinteger(L, n);
+    return 3;
+}
+
+/* events as luv's poll callback spells them ("r", "w", "rw"), or "in", "out", "inout", "err", or a number of
+ * CURL_CSELECT_* bits; nothing known: 0 (libcurl looks at the socket itself). */
+static int jm_event_mask(lua_State *L, int i) {
+    const char *s;
+    int mask = 0;
+    if (lua_type(L, i) == LUA_TNUMBER) return (int)lua_tointeger(L, i);
+    s = luaL_optstring(L, i, "");
+    if (strstr(s, "in") || strstr(s, "out") || strstr(s, "err")) {
+        if (strstr(s, "in")) mask |= CURL_CSELECT_IN;
+        if (strstr(s, "out")) mask |= CURL_CSELECT_OUT;
+        if (strstr(s, "err")) mask |= CURL_CSELECT_ERR;
+        return mask;
+    }
+    for (; *s; s++) {
+        if (*s == 'r' || *s == 'd' || *s == 'p') mask |= CURL_CSELECT_IN;
+        else if (*s == 'w') mask |= CURL_CSELECT_OUT;
+        else if (*s == 'e') mask |= CURL_CSELECT_ERR;
+    }
+    return mask;
+}
+
+/* What engine:perform() returns, after a socket action: running, finished | nil. */
+static int jm_collect(lua_State *L, jm_engine *e, int running) {
+    int left = 0, i;
+    CURLMsg *m;
+    while ((m = curl_multi_info_read(e->multi, &left)) != NULL) {
+        char *priv = NULL;
+        if (m->msg != CURLMSG_DONE) continue;
+        if (curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, &priv) != CURLE_OK || !priv) continue;
+        jm_finish(L, (jm_transfer *)(void *)priv, m->data.result);
+    }
+    jm_pump(L, e);
+    lua_pushinteger(L, running + (e->qhead ? 1 : 0));
+    if (e->ndone == 0) {
+        lua_pushnil(L);
+        return 2;
+    }
+    lua_createtable(L, e->ndone, 0);
+    for (i = 0; i < e->ndone; i++) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, e->done[i]);
+        lua_rawseti(L, -2, i + 1);
+        luaL_unref(L, LUA_REGISTRYINDEX, e->done[i]);
+    }
+    e->ndone = 0;
+    return 2;
+}
+
+static int jm_socket_action(lua_State *L, jm_engine *e, curl_socket_t fd, int mask) {
+    int running = 0;
+    CURLMcode mrc = curl_multi_socket_action(e->multi, fd, mask, &running);
+    /* a socket libcurl closed meanwhile is not an error: the host learns of it in the next watch() */
+    long tmo = -1;
+    if (mrc != CURLM_OK && mrc != CURLM_BAD_SOCKET)
+        return luaL_error(L, "jimeng: curl_multi_socket_action: %s", curl_multi_strerror(mrc));
+    /* libcurl calls the timer callback only when its next expiry changes: one that fired a little early and
+     * is still due would be lost, so the timer is read back from libcurl after every action */
+    if (curl_multi_timeout(e->multi, &tmo) == CURLM_OK) e->timer_at = tmo < 0 ? -1 : jm_now() + (double)tmo / 1000;
+    return jm_collect(L, e, running);
+}
+
+/* engine:socket_action(fd, events) -> running, finished | nil: the host saw events on one of libcurl's
+ * sockets. Never blocks. */
+static int l_engine_socket_action(lua_State *L) {
+    jm_engine *e = jm_check_engine(L, 1);
+    lua_Integer fd = luaL_checkinteger(L, 2);
+    if (fd < 0) return luaL_argerror(L, 2, "a socket");
+    return jm_socket_action(L, e, (curl_socket_t)fd, jm_event_mask(L, 3));
+}
+
+/* engine:socket_action_timeout() -> running, finished | nil: libcurl's timer (watch's timeout_ms) expired. */
+static int l_engine_socket_action_timeout(lua_State *L) {
+    jm_engine *e = jm_check_engine(L, 1);
+    return jm_socket_action(L, e, CURL_SOCKET_TIMEOUT, 0);
+}
+
+/* transfer:paid() -> boolean: a create (never re-sent on a reused connection; its answer names a task) */
+static int l_transfer_paid(lua_State *L) {
+    lua_pushboolean(L, jm_check_transfer(L, 1)->paid);
+    return 1;
+}
+
+/* core.curl_info() -> {version=, ssl=, features = {http2=, ...}}: what :checkhealth reports of libcurl. */
+static int l_curl_info(lua_State *L) {
+    const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
+    if (!v) return luaL_error(L, "jimeng: curl_version_info failed");
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, v->version ? v->version : "unknown");
+    lua_setfield(L, -2, "version");
+    if (v->ssl_version) lua_pushstring(L, v->ssl_version);
+    else lua_pushnil(L);
+    lua_setfield(L, -2, "ssl");
+    lua_createtable(L, 0, 3);
+    lua_pushboolean(L, (v->features & CURL_VERSION_HTTP2) != 0);
+    lua_setfield(L, -2, "http2");
+    lua_pushboolean(L, (v->features & CURL_VERSION_SSL) != 0);
+    lua_setfield(L, -2, "ssl");
+    lua_pushboolean(L, (v->features & CURL_VERSION_ASYNCHDNS) != 0);
+    lua_setfield(L, -2, "asynchdns");
+    lua_setfield(L, -2, "features");
+    return 1;
+}
+
 void jm_open_engine(lua_State *L) {
     static const luaL_Reg engine_m[] = {
         {"request", l_engine_request}, {"perform", l_engine_perform}, {"poll", l_engine_poll},
-        {"close", l_engine_close},     {NULL, NULL},
+        {"close", l_engine_close},     {"watch", l_engine_watch}, {"socket_action", l_engine_socket_action},
+        {"socket_action_timeout", l_engine_socket_action_timeout}, {NULL, NULL},
     };
     static const luaL_Reg transfer_m[] = {
         {"result", l_transfer_result}, {"done", l_transfer_done}, {"progress", l_transfer_progress},
-        {"cancel", l_transfer_cancel}, {"handed_over", l_transfer_handed_over}, {NULL, NULL},
+        {"cancel", l_transfer_cancel}, {"handed_over", l_transfer_handed_over}, {"paid", l_transfer_paid},
+        {NULL, NULL},
     };
     jm_new_class(L, JM_ENGINE_MT, engine_m, l_engine_close, l_engine_close);
     jm_new_class(L, JM_TRANSFER_MT, transfer_m, l_transfer_gc, NULL);
@@ -1456,4 +1677,6 @@ void jm_open_engine(lua_State *L) {
     lua_setfield(L, -2, "limits");
     lua_pushcfunction(L, l_wait_all);
     lua_setfield(L, -2, "wait_all");
+    lua_pushcfunction(L, l_curl_info);
+    lua_setfield(L, -2, "curl_info");
 }

@@ -1,6 +1,7 @@
 --- An OpenResty handler: GET /generate?prompt=...&seconds=5 creates a video, waits for it and saves it,
 -- answering {"path", "task_id", "bytes"} as JSON; errors answer {"error", "kind", "task_id"} with a status.
--- One client per worker: its libcurl connections are reused by every request the worker serves.
+-- One client per worker: its libcurl connections are reused by every request the worker serves, and one
+-- stepper per worker (jimeng.openresty) drives its transfers while the requests sleep on semaphores.
 local jimeng = require "jimeng"
 local cjson = require "cjson.safe"
 
@@ -17,7 +18,10 @@ local function reply(status, body)
 end
 
 function _M.generate()
-  if not client and not client_err then client, client_err = jimeng.new() end
+  if not client and not client_err then
+    -- status polls in flight at once per worker (default 8): raise it when the API is slow and many wait
+    client, client_err = jimeng.new { max_connections = tonumber(os.getenv("JIMENG_MAX_CONNECTIONS") or "") }
+  end
   if not client then return reply(500, { error = tostring(client_err), kind = client_err.kind }) end
   local args = ngx.req.get_uri_args()
   local result, err = client:generate({
@@ -30,6 +34,16 @@ function _M.generate()
     return reply(STATUS[err.kind] or 502, { error = err.message, kind = err.kind, task_id = err.task_id })
   end
   reply(200, { path = result.path, task_id = result.task.id, bytes = result.bytes })
+end
+
+--- GET /jimeng/stats: what this worker's stepper is doing (requests waiting on it, its steps so far).
+function _M.stats()
+  local adapter = require("jimeng.runtime").host()
+  local waiting, running = 0, false
+  if adapter.waiting then waiting, running = adapter.waiting() end
+  local st = adapter.stats or {}
+  reply(200, { adapter = adapter.name, waiting = waiting, stepper = running, steps = st.steps, performs = st.performs,
+    wakeups = st.wakeups, pid = ngx.worker.pid() })
 end
 
 return _M

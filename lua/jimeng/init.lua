@@ -33,6 +33,13 @@ function M.normalize(params)
   return body, warnings
 end
 
+--- Neovim only: the plugin's settings (output_dir, seconds, ratio, interval, client, open_cmd, notify); see
+-- jimeng.plugin. Here because plugin managers call require("<plugin name>").setup(opts); loading it costs a
+-- plain Lua program nothing.
+function M.setup(opts)
+  return require("jimeng.plugin").setup(opts)
+end
+
 M.run = runtime.run
 M.spawn = runtime.spawn
 M.gather = runtime.gather

@@ -1,10 +1,18 @@
---- Where a call waits: the coroutine scheduler of `jimeng.run`, or a blocking wait on the engine.
--- Every network call is a non-blocking libcurl transfer plus `await`. Inside a coroutine that the
--- scheduler runs, `await` and `sleep` yield to it, and the scheduler waits once (curl_multi_poll with
--- the nearest timer as its timeout) for every transfer and timer of every coroutine. Anywhere else
--- they block the thread without spinning, except inside nginx (OpenResty), where they step the engine
--- and ngx.sleep between steps so that the worker keeps serving. C never yields: only this Lua code
--- does, so the same code runs on Lua 5.1 to 5.4 and LuaJIT.
+--- Where a call waits: the coroutine scheduler of `jimeng.run`, or the host's adapter.
+-- Every network call is a non-blocking libcurl transfer plus `await`. Inside a coroutine that a scheduler
+-- runs, `await` and `sleep` yield to it, and the scheduler waits once for every transfer and timer of every
+-- coroutine. Anywhere else they go to the host adapter, chosen once when this module loads: blocking (the
+-- thread waits in curl_multi_poll, without spinning) or OpenResty's (jimeng.openresty: one stepper per worker
+-- drives the transfers, the request sleeps on a semaphore). Neovim drives a scheduler from its own event loop
+-- (jimeng.nvim, with engine:watch and engine:socket_action). C never yields: only this Lua code does, so the
+-- same code runs on Lua 5.1 to 5.4 and LuaJIT.
+--
+-- An adapter is a table of four functions, the whole interface between the client and a host:
+--   sleep(seconds) -> signal name | nil          how a call outside a scheduler sleeps
+--   await(engine, transfer, timeout) -> done, sig how a call outside a scheduler waits for its transfer
+--   drive(engine) -> finished | nil              a scheduler's step of one engine (engine:perform's list)
+--   idle(sched, engines, wait_ms)                a scheduler's one wait between rounds (jimeng.run)
+--   deliver(fn, ...)                             how results and progress reach user code
 local core = require "jimeng.core"
 
 local M = {}
@@ -22,75 +30,105 @@ local MAX_SLEEP = 86400
 -- The scheduler of each coroutine it runs (weak keys: a finished coroutine is forgotten).
 local owner = setmetatable({}, { __mode = "k" })
 
--- nginx phases in which ngx.sleep may be called (it yields the request's coroutine to nginx).
-local NGX_SLEEP_PHASES = {
-  rewrite = true, access = true, content = true, timer = true, ssl_cert = true,
-  ssl_session_fetch = true, ssl_client_hello = true, precontent = true,
-}
-
---- ngx.sleep when this code runs inside nginx in a phase that allows it, else nil.
-local function ngx_sleep()
-  local ngx = rawget(_G, "ngx")
-  if type(ngx) == "table" and ngx.get_phase and NGX_SLEEP_PHASES[ngx.get_phase()] then return ngx.sleep end
-  return nil
-end
-M.ngx_sleep = ngx_sleep
-
--- Inside nginx, a transfer is stepped with ngx.sleep in between: short at first, up to 20 ms.
-local NGX_STEP_MIN, NGX_STEP_MAX = 0.001, 0.02
-
---- The scheduler running the current coroutine, or nil.
+--- The current coroutine's scheduler, or nil.
 local function current()
   local co = co_running()
   return co and owner[co], co
 end
 
---- Waits until a transfer is done or `timeout` seconds pass; returns whether it is done, and the name
--- of the signal when a trapped SIGINT/SIGTERM (core.trap_signals) ended the wait.
-function M.await(engine, transfer, timeout)
-  if transfer:done() then return true end
-  local sched = current()
-  if sched then
-    return co_yield("await", engine, transfer, timeout)
-  end
+-- The blocking adapter: a plain Lua program waits in curl_multi_poll (or sleeps), never spinning.
+local blocking = { name = "blocking" }
+
+function blocking.await(engine, transfer, timeout)
   local deadline = timeout and now() + timeout
-  local nsleep = ngx_sleep()
-  local step = NGX_STEP_MIN
   while true do
     engine:perform()
     if transfer:done() then return true end
     local sig = interrupted()
     if sig then return false, sig end
-    if nsleep then
-      if deadline and now() >= deadline then return false end
-      nsleep(step)
-      step = math.min(step * 2, NGX_STEP_MAX)
-    end
     local wait_ms = 1000
     if deadline then
       local left = deadline - now()
       if left <= 0 then return false end
       wait_ms = math.min(wait_ms, left * 1000)
     end
-    if not nsleep then engine:poll(wait_ms) end
+    engine:poll(wait_ms)
   end
 end
 
+function blocking.sleep(seconds)
+  if not interrupted() then core.sleep(seconds) end
+  return interrupted()
+end
+
+function blocking.drive(engine)
+  local _, finished = engine:perform()
+  return finished
+end
+
+function blocking.idle(sched, engines, wait_ms, nearest)
+  if #engines == 1 then
+    engines[1]:poll(wait_ms)
+  elseif #engines > 1 then
+    -- several clients: one wait over all their sockets and timers
+    core.wait_all(engines, wait_ms)
+  elseif nearest ~= math.huge then
+    core.sleep(wait_ms / 1000)
+  else
+    error("jimeng: every coroutine is waiting and nothing can wake them (a join cycle?)")
+  end
+  return sched
+end
+
+function blocking.deliver(fn, ...)
+  if fn then return fn(...) end
+end
+
+M.blocking = blocking
+
+-- The adapter of this process, chosen once: OpenResty's inside nginx, else blocking.
+local host = blocking
+if type(rawget(_G, "ngx")) == "table" and rawget(_G, "ngx").timer then
+  local ok, openresty = pcall(require, "jimeng.openresty")
+  if ok then
+    openresty.fallback(blocking)
+    host = openresty
+  end
+end
+
+--- The host adapter in use.
+function M.host() return host end
+
+--- Replaces the host adapter (a table with sleep, await, drive, idle and deliver); returns the old one.
+function M.use(adapter)
+  for _, k in ipairs { "sleep", "await", "drive", "idle", "deliver" } do
+    assert(type(adapter[k]) == "function", "jimeng.runtime.use: the adapter needs " .. k)
+  end
+  local old = host
+  host = adapter
+  return old
+end
+
+--- Waits until a transfer is done or `timeout` seconds pass; returns whether it is done, and the name
+-- of the signal when a trapped SIGINT/SIGTERM (core.trap_signals) ended the wait (or "cancelled" when a host
+-- cancelled the call).
+function M.await(engine, transfer, timeout)
+  if transfer:done() then return true end
+  if current() then
+    return co_yield("await", engine, transfer, timeout)
+  end
+  return host.await(engine, transfer, timeout)
+end
+
 --- Sleeps `seconds`, letting other coroutines of the scheduler run meanwhile. Returns the name of the
--- signal when a trapped SIGINT/SIGTERM cut the sleep short, else nil.
+-- signal when a trapped SIGINT/SIGTERM cut the sleep short (or "cancelled"), else nil.
 function M.sleep(seconds)
   if not seconds or not (seconds > 0) then return interrupted() end -- luacheck: ignore 581
   if seconds > MAX_SLEEP then seconds = MAX_SLEEP end
   if current() then
     return co_yield("sleep", seconds)
   end
-  local nsleep = ngx_sleep()
-  if nsleep then
-    nsleep(seconds)
-  elseif not interrupted() then
-    core.sleep(seconds)
-  end
-  return interrupted()
+  return host.sleep(seconds)
 end
 
 -- The scheduler
@@ -196,9 +234,15 @@ function Scheduler:step(co, args)
     return self:finish(co, unpack(res, 1, res.n))
   end
   local what = res[2]
-  local sig = interrupted()
+  local h = self.handles[co]
+  local sig = interrupted() or h.cancelled
+  if sig and what == "await" and not interrupted() and res[4]:paid() and res[4]:handed_over() and not res[4]:done() then
+    -- a create on the wire when its call was cancelled: its answer names the task that may now exist, so
+    -- it is awaited (within its own timeout) and the cancel lands at the call's next wait
+    sig = nil
+  end
   if sig and (what == "await" or what == "sleep") then
-    -- after Ctrl-C nothing waits: every call returns its interrupted error at once
+    -- after Ctrl-C (or a cancel) nothing waits: every call returns its interrupted error at once
     self.ready[#self.ready + 1] = { co, what == "await" and pack(res[4]:done(), sig) or pack(sig) }
     return
   end
@@ -210,6 +254,7 @@ function Scheduler:step(co, args)
     end
     local w = { co = co, engine = engine }
     self.waiting[transfer] = w
+    h.parked = transfer
     local n = self.engines[engine]
     if not n then self.nengines = self.nengines + 1 end
     self.engines[engine] = (n or 0) + 1
@@ -217,19 +262,42 @@ function Scheduler:step(co, args)
       w.timer = { at = now() + timeout, co = co, transfer = transfer }
       heap_push(self.heap, w.timer)
     end
+    if self.on_await then self.on_await(engine) end
   elseif what == "sleep" then
-    heap_push(self.heap, { at = now() + res[3], co = co })
+    local e = { at = now() + res[3], co = co }
+    h.parked = e
+    heap_push(self.heap, e)
   elseif what == "join" then
-    local h = res[3]
-    if h.done then
+    local j = res[3]
+    if j.done then
       self.ready[#self.ready + 1] = { co, pack() }
     else
-      h.joiners[#h.joiners + 1] = co
+      j.joiners[#j.joiners + 1] = co
     end
   else
     -- a yield the scheduler does not own (a coroutine library inside the user's function): resume it
     self.ready[#self.ready + 1] = { co, pack() }
   end
+end
+
+--- Cancels one coroutine's calls: its wait ends now with `reason` (as a trapped signal would end it), and
+-- every later wait of it too, so that its calls return their interrupted errors (a download keeps its
+-- .part) and it finishes. A create on the wire is awaited first: its answer names the task paid for.
+function Scheduler:cancel(h, reason)
+  if h.done or h.cancelled then return false end
+  reason = reason or "cancelled"
+  h.cancelled = reason
+  local parked = h.parked
+  if parked and self.waiting[parked] then
+    if parked:paid() and parked:handed_over() and not parked:done() then return true end
+    self:unwait(parked)
+    self.ready[#self.ready + 1] = { h.co, pack(false, reason) }
+  elseif type(parked) == "table" and parked.co == h.co and not parked.dead then
+    parked.dead = true
+    self.ready[#self.ready + 1] = { h.co, pack(reason) }
+  end
+  h.parked = nil
+  return true
 end
 
 -- Wakes everyone after a trapped signal.
@@ -244,33 +312,34 @@ function Scheduler:interrupt(sig)
   self.heap = {}
 end
 
---- One round: resume whoever is ready, drive the engines, wake whoever is done, and wait at most
--- max_wait_ms (math.huge: until something happens) for the next event. Returns the number of
--- coroutines still alive. The Neovim adapter calls it from a timer with max_wait_ms = 0.
-function Scheduler:tick(max_wait_ms)
+--- Resumes whoever is ready, until nobody is. Returns the number of coroutines still alive.
+function Scheduler:run_ready()
   while #self.ready > 0 do
     local batch = self.ready
     self.ready = {}
-    for i = 1, #batch do self:step(batch[i][1], batch[i][2]) end
-  end
-  if self.alive == 0 then return 0 end
-
-  -- drive every engine that has a waiter; wake exactly the waiters of the transfers that finished
-  for engine in pairs(self.engines) do
-    local _, finished = engine:perform()
-    if finished then
-      for i = 1, #finished do
-        local w = self:unwait(finished[i])
-        if w then self.ready[#self.ready + 1] = { w.co, pack(true) } end
-      end
+    for i = 1, #batch do
+      local co = batch[i][1]
+      local h = self.handles[co]
+      if h then h.parked = nil end
+      self:step(co, batch[i][2])
     end
   end
-  local sig = interrupted()
-  if sig then
-    self:interrupt(sig)
-    return self.alive
+  return self.alive
+end
+
+--- Wakes exactly the waiters of these finished transfers (what engine:perform or engine:socket_action
+-- returned).
+function Scheduler:deliver(finished)
+  if not finished then return end
+  for i = 1, #finished do
+    local w = self:unwait(finished[i])
+    if w then self.ready[#self.ready + 1] = { w.co, pack(true) } end
   end
-  local heap, t = self.heap, now()
+end
+
+--- Wakes the sleepers and await deadlines due at time t. Returns when the next one is due (math.huge: none).
+function Scheduler:expire(t)
+  local heap = self.heap
   while heap[1] and (heap[1].dead or heap[1].at <= t) do
     local e = heap_pop(heap)
     if not e.dead then
@@ -282,27 +351,33 @@ function Scheduler:tick(max_wait_ms)
       end
     end
   end
+  return heap[1] and heap[1].at or math.huge
+end
+
+--- One round: resume whoever is ready, drive the engines (through the host adapter), wake whoever is done,
+-- and wait at most max_wait_ms (math.huge: until something happens) for the next event. Returns the number
+-- of coroutines still alive.
+function Scheduler:tick(max_wait_ms)
+  if self:run_ready() == 0 then return 0 end
+
+  -- drive every engine that has a waiter; wake exactly the waiters of the transfers that finished
+  for engine in pairs(self.engines) do
+    self:deliver(host.drive(engine))
+  end
+  local sig = interrupted()
+  if sig then
+    self:interrupt(sig)
+    return self.alive
+  end
+  local t = now()
+  local nearest = self:expire(t)
 
   if #self.ready == 0 and max_wait_ms > 0 then
-    local nearest = heap[1] and heap[1].at or math.huge
     local wait_ms = nearest == math.huge and 1000 or math.max(0, (nearest - t) * 1000)
     wait_ms = math.min(wait_ms, max_wait_ms)
-    local nsleep = ngx_sleep()
-    if nsleep then
-      -- inside nginx: never block the worker; let it serve others while we wait
-      nsleep(math.max(NGX_STEP_MIN, math.min(wait_ms / 1000, NGX_STEP_MAX)))
-    elseif self.nengines == 1 then
-      next(self.engines):poll(wait_ms)
-    elseif self.nengines > 1 then
-      -- several clients: one wait over all their sockets and timers
-      local list = {}
-      for engine in pairs(self.engines) do list[#list + 1] = engine end
-      core.wait_all(list, wait_ms)
-    elseif nearest ~= math.huge then
-      core.sleep(wait_ms / 1000)
-    else
-      error("jimeng: every coroutine is waiting and nothing can wake them (a join cycle?)")
-    end
+    local list = {}
+    for engine in pairs(self.engines) do list[#list + 1] = engine end
+    host.idle(self, list, wait_ms, nearest)
   end
   return self.alive
 end

@@ -1,20 +1,8 @@
--- Run by spec/nvim_spec.lua inside `nvim --headless`: a timer ticks every 20 ms while the example
--- plugin's :JimengGenerate runs; the outcome is written as JSON to $JIMENG_NVIM_OUT.
-local root = os.getenv("JIMENG_ROOT")
-package.cpath = root .. "/build/luajit/?.so;" .. package.cpath
-vim.opt.rtp:append(root)
-vim.opt.rtp:append(root .. "/examples/nvim")
-vim.cmd("runtime plugin/jimeng.lua")
-vim.g.jimeng_output_dir = os.getenv("JIMENG_OUTPUT_DIR")
-vim.g.jimeng_poll_interval = 0.1
-
-local notes, echoes = {}, {}
+-- Run by spec/nvim_spec.lua inside `nvim --headless -u spec/nvim/init.lua` with the plugin installed as a
+-- native package: a timer ticks every 20 ms while :JimengGenerate runs; the outcome goes to $JIMENG_NVIM_OUT.
+local notes = {}
 vim.notify = function(msg, level) table.insert(notes, { msg = msg, level = level }) end
-local real_echo = vim.api.nvim_echo
-vim.api.nvim_echo = function(chunks, ...)
-  table.insert(echoes, chunks[1][1])
-  return real_echo(chunks, ...)
-end
+require("jimeng").setup { output_dir = os.getenv("JIMENG_OUTPUT_DIR"), interval = 0.1 }
 
 local ticks, worst, last = 0, 0, vim.loop.now()
 local timer = vim.loop.new_timer()
@@ -26,16 +14,24 @@ timer:start(20, 20, function()
 end)
 
 local started = vim.loop.now()
-vim.cmd("JimengGenerate a kite over the sea sandbox:slow=1.5")
+vim.cmd("JimengGenerate -seconds=5 a kite over the sea sandbox:slow=1.5")
 local returned_after = vim.loop.now() - started -- the command must return at once
 
-local done = vim.wait(20000, function() return #notes > 0 end, 10)
+local function saved()
+  for _, n in ipairs(notes) do
+    if n.msg:find("saved") or n.msg:find("failed") then return n.msg end
+  end
+end
+local done = vim.wait(20000, function() return saved() ~= nil end, 10)
 timer:stop()
+local task = require("jimeng.plugin").tasks()[1]
 
 local out = io.open(os.getenv("JIMENG_NVIM_OUT"), "w")
 out:write(vim.fn.json_encode({
-  done = done, notes = notes, echoes = echoes, ticks = ticks, worst_gap_ms = worst,
-  command_returned_ms = returned_after, elapsed_ms = vim.loop.now() - started,
+  done = done, result = saved(), notes = notes, ticks = ticks, worst_gap_ms = worst, path = task.path,
+  state = task.state, command_returned_ms = returned_after, elapsed_ms = vim.loop.now() - started,
+  stats = require("jimeng.nvim").stats, driver = require("jimeng.nvim").state(),
+  commands = vim.fn.exists(":JimengStatus") + vim.fn.exists(":JimengCancel") + vim.fn.exists(":JimengOpen"),
 }))
 out:close()
 vim.cmd("qa!")
