@@ -1,8 +1,8 @@
 --- The `jimeng` command: generate, create, status, wait, download, detect, recognize, omnihuman, batch,
 -- experiment, sandbox, doctor, completion. The arguments and the help are in jimeng.cli.help, what progress
--- looks like in jimeng.cli.progress, the checks of `doctor` in jimeng.cli.doctor. Progress goes to stderr (a redrawn line on a terminal, plain lines otherwise); results to
--- stdout, as JSON with --json. Exit codes: 0 ok, 1 task failed, 2 usage or invalid input, 3 API or
--- network error.
+-- looks like in jimeng.cli.progress, the checks of `doctor` in jimeng.cli.doctor. Progress goes to stderr
+-- (redrawn in place on a terminal, plain lines otherwise); results to stdout, as JSON with --json.
+-- Exit codes: 0 ok, 1 task failed, 2 usage or invalid input, 3 API or network error, 130 interrupted.
 local jimeng = require "jimeng"
 local core = require "jimeng.core"
 local help = require "jimeng.cli.help"
@@ -547,7 +547,8 @@ function M.main(argv, streams)
   if not NO_CLIENT[args.command] then
     local key, err = M.api_key(args, out)
     if err then return out:fail(err) end
-    client, err = jimeng.new { api_key = key, base_url = args.base_url, poll_interval = args.interval,
+    -- (the poll interval goes to the calls that wait, as their `interval`: only they read --interval)
+    client, err = jimeng.new { api_key = key, base_url = args.base_url,
       logger = function(kind, text) if kind == "interrupted" then stderr:write("jimeng: ", text, "\n") end end,
       cainfo = args.cainfo, proxy = args.proxy, no_proxy = args.no_proxy,
       http_version = args["http1.1"] and "1.1" or args.http2 and "2" or nil }

@@ -79,7 +79,7 @@ function M.run(args, key, key_err)
     key = nil
   elseif key or (env_key and env_key ~= "") then
     local k = key or env_key
-    add("API key", true, ("from %s (%d characters, not shown)"):format(source, #k))
+    add("API key", true, ("from %s (%d character%s, not shown)"):format(source, #k, #k == 1 and "" or "s"))
   else
     add("API key", false, "none: JIMENG_API_KEY is not set and no --api-key-file was given",
       "export JIMENG_API_KEY=sk-... (your tokenops.ai key; for the sandbox any word, e.g. sandbox)")

@@ -243,8 +243,10 @@ function M.completion(p, shell)
     lines[#lines + 1] = ("    \"\") COMPREPLY=($(compgen -W %q -- \"$cur\")); return ;;"):format(
       table.concat(names, " ") .. " --help --version")
     lines[#lines + 1] = "  esac"
-    lines[#lines + 1] = "  if [[ -n \"$files\" && \"$files\" == *\"|$prev|\"* ]]; then COMPREPLY=($(compgen -f -- \"$cur\")); return; fi"
-    lines[#lines + 1] = "  if [[ \"$cur\" == -* || -z \"$files\" ]]; then COMPREPLY=($(compgen -W \"$opts\" -- \"$cur\")); return; fi"
+    lines[#lines + 1] = [=[  if [[ -n "$files" && "$files" == *"|$prev|"* ]]; then]=]
+    lines[#lines + 1] = [=[    COMPREPLY=($(compgen -f -- "$cur")); return
+  fi]=]
+    lines[#lines + 1] = [=[  if [[ "$cur" == -* || -z "$files" ]]; then COMPREPLY=($(compgen -W "$opts" -- "$cur")); return; fi]=]
     lines[#lines + 1] = "  COMPREPLY=($(compgen -f -- \"$cur\"))"
     lines[#lines + 1] = "}"
     lines[#lines + 1] = "complete -o filenames -F _jimeng jimeng"

@@ -139,7 +139,8 @@ function Task:line(width)
     local pct = total and total > 0 and math.floor(got / total * 100) or nil
     local eta = rate and rate > 0 and total and (total - got) / rate or nil
     local sizes = narrow and "" or (M.human_bytes(got) .. (total and ("/" .. M.human_bytes(total)) or "") .. " ")
-    local tail = ("%s%s%s"):format(sizes, rate and (M.human_bytes(rate) .. "/s") or "-/s", eta and (" ETA " .. M.human_seconds(eta)) or "")
+    local tail = ("%s%s%s"):format(sizes, rate and (M.human_bytes(rate) .. "/s") or "-/s",
+      eta and (" ETA " .. M.human_seconds(eta)) or "")
     local head = pct and ("%3d%%"):format(pct) or "   "
     -- the bar's width stays put while the text beside it grows (room kept for the longest rate and ETA)
     local bar_room = width - 1 - display_len(head) - 4 - (narrow and 24 or 44)
