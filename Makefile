@@ -46,7 +46,7 @@ CLI_SRCS     = $(wildcard lua/jimeng/cli/*.lua)
 RUN_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/?.lua;;" \
           LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" JIMENG_TEST_LUA="$(LUA)" JIMENG_BUILD="$(CURDIR)/$(BUILD)"
 
-.PHONY: all test test-all demo experiment examples install uninstall clean version rock lint docs man completions asan valgrind fuzz bench
+.PHONY: all test test-all demo experiment examples install uninstall clean version rock lint docs docs-screenshot man completions asan valgrind fuzz bench
 
 all: $(SO)
 
@@ -200,9 +200,13 @@ lint:
 	  > build/clang-tidy.log 2>&1; status=$$?; grep -v '^[0-9]* warnings\? generated\.$$' build/clang-tidy.log; \
 	  exit $$status
 
-# The reference of the public API, from its doc comments (Debian's lua-ldoc), in build/docs/.
+# The reference of the public API (doc/reference.ldoc; config.ld says why the modules' comments stay out), in
+# build/docs/index.html: Debian's lua-ldoc and lua-discount. Any LDoc warning fails the target.
 docs:
-	ldoc .
+	@rm -rf build/docs && mkdir -p build
+	@ldoc . > build/ldoc.log 2>&1; status=$$?; cat build/ldoc.log; \
+	  if [ $$status -ne 0 ] || grep -qi "warning\|error\|unknown tag\|not found" build/ldoc.log; then \
+	    echo "make docs: LDoc warned (above)"; exit 1; fi
 
 # The man page, made from the command's own help text (jimeng.cli.help): build/man/jimeng.1 (man -l to read it).
 # Its date is the last commit's, so that the page is the same wherever it is made.
@@ -218,6 +222,17 @@ completions: all
 	@mkdir -p build/completions
 	@$(RUN_ENV) $(LUA) bin/jimeng completion bash > build/completions/jimeng.bash
 	@$(RUN_ENV) $(LUA) bin/jimeng completion zsh > build/completions/_jimeng
+
+# Pictures of the rendered reference, by headless Chromium in a clean environment: its top (the index of the
+# public API), build/docs-reference.png, and the whole page, build/docs-reference-full.png.
+CHROMIUM ?= chromium
+docs-screenshot: docs
+	@for shot in "docs-reference:2000" "docs-reference-full:16000"; do \
+	  name=$${shot%%:*}; height=$${shot#*:}; \
+	  env -i HOME=/tmp PATH=/usr/bin:/bin timeout 120 $(CHROMIUM) --headless --no-sandbox --disable-gpu \
+	    --hide-scrollbars --window-size=1280,$$height --screenshot=$(CURDIR)/build/$$name.png \
+	    "file://$(CURDIR)/build/docs/index.html" >/dev/null 2>&1 || exit 1; \
+	  echo "build/$$name.png"; done
 
 uninstall:
 	rm -rf $(DESTDIR)$(LUA_LMOD_DIR)/jimeng $(DESTDIR)$(LUA_CMOD_DIR)/jimeng $(DESTDIR)$(SHARE_DIR)
