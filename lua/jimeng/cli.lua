@@ -19,9 +19,10 @@ local EXIT_OK, EXIT_TASK, EXIT_USAGE, EXIT_API, EXIT_INTERRUPTED = 0, 1, 2, 3, 1
 local Out = {}
 Out.__index = Out
 
-local function new_out(args, stdout, stderr)
+-- listed: the options the command takes (only those are read: a command without -q has no quiet to read).
+local function new_out(args, stdout, stderr, listed)
   return setmetatable({
-    json = args.json, quiet = args.quiet, stdout = stdout, stderr = stderr,
+    json = listed.json and args.json, quiet = listed.quiet and args.quiet, stdout = stdout, stderr = stderr,
     tty = stderr == io.stderr and core.isatty(2), started = core.now(), line_open = false,
   }, Out)
 end
@@ -525,6 +526,14 @@ function M.main(argv, streams)
     stdout:write(parser:get_help(), "\n")
     return EXIT_USAGE
   end
+  -- --help is answered here (argparse's own would exit the process): the help of the command named
+  for _, word in ipairs(list) do
+    if word == "--" then break end
+    if word == "-h" or word == "--help" then
+      stdout:write((command_of(parser, list) or parser):get_help(), "\n")
+      return EXIT_OK
+    end
+  end
   local ok, args = parser:pparse(list)
   if not ok then
     -- the usage of the command the line names (jimeng generate without a prompt: generate's usage)
@@ -542,7 +551,11 @@ function M.main(argv, streams)
     return EXIT_USAGE
   end
   if streams.trace_args then args = streams.trace_args(args) end
-  local out = new_out(args, stdout, stderr)
+  local listed = {}
+  for _, o in ipairs(help.command(parser, args.command)._options) do
+    listed[o._target or o:_get_default_target()] = true
+  end
+  local out = new_out(args, stdout, stderr, listed)
   local client
   if not NO_CLIENT[args.command] then
     local key, err = M.api_key(args, out)
