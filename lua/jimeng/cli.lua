@@ -79,6 +79,12 @@ function Out:progress(text, final)
   self.stderr:flush()
 end
 
+-- On a terminal, text wrapped at words to its width (a message never cut by the terminal mid-word).
+function Out:fitted(text)
+  if self.tty then return progress.wrap(text, progress.width() - 1) end
+  return text
+end
+
 function Out:note(text)
   if self.quiet then return end
   if self.line_open then
@@ -112,7 +118,7 @@ function Out:interrupted(err, continue)
   else
     what = "nothing was sent: run the same command again"
   end
-  self.stderr:write("jimeng: ", err.message, "\n  ", what, "\n")
+  self.stderr:write(self:fitted("jimeng: " .. err.message), "\n", self:fitted("  " .. what), "\n")
   if self.json then
     self.stdout:write(encode { error = { kind = err.kind, message = err.message, task_id = err.task_id } }, "\n")
   end
@@ -123,7 +129,7 @@ function Out:fail(err, continue)
   if err.kind == "interrupted" and continue then return self:interrupted(err, continue) end
   if err.created and err.task_id then self:created { id = err.task_id } end
   if self.line_open then self.stderr:write("\n") end
-  self.stderr:write(tostring(err), "\n")
+  self.stderr:write(self:fitted(tostring(err)), "\n")
   local hint = err.hint or errors.hint(err.kind)
   if err.created then -- the task exists and is paid for: running the command again would pay again
     hint = err.task_id and continue and ("the task exists and is paid for: do not create it again; " ..
@@ -133,7 +139,7 @@ function Out:fail(err, continue)
     hint = "the task may exist and be billed, and its id is unknown: check your account's tasks before " ..
       "creating it again"
   end
-  if hint then self.stderr:write("  what to do: ", hint, "\n") end
+  if hint then self.stderr:write(self:fitted("  what to do: " .. hint), "\n") end
   if self.json then
     self.stdout:write(encode { error = {
       kind = err.kind, message = err.message, status = err.status, code = err.code, field = err.field,
