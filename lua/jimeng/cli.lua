@@ -295,6 +295,7 @@ end
 function commands.batch(client, args, out)
   local done = 0
   local view = progress.batch(out)
+  out.batch_view = view -- counts the polls of each job, for the table or the plain lines
   out.table = view.out.tty and not out.quiet and view or nil
   local summary, err = client:batch(args.jobs, {
     journal = args.journal, output_dir = args.output_dir, concurrency = args.jobs_in_flight, overwrite = args.force,
@@ -575,7 +576,7 @@ function M.main(argv, streams)
     -- every poll counted and shown (the display of a task, or the batch table), every batch download seen
     progress.observe(client, function(id, task)
       if out.display then out.display:polled(task) end
-      if out.table then out.table:polled(id, task) end
+      if out.batch_view then out.batch_view:polled(id, task) end
     end, args.command == "batch" and function(id, got, total)
       if out.table then out.table:bytes(id, got, total) end
     end or nil)

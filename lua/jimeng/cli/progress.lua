@@ -31,20 +31,30 @@ end
 --- The terminal's width: $COLUMNS when it is a number, else what `stty size` says of /dev/tty (the
 -- TIOCGWINSZ ioctl, asked through stty: the C module has no ioctl of its own), else 80. Read again at most
 -- once a second, so that a resized terminal is followed.
-local cached_width, cached_at
-function M.width()
+local cached_width, cached_height, cached_at
+local function size()
   local t = now()
-  if cached_width and t - cached_at < WIDTH_TTL then return cached_width end
-  local w = tonumber(os.getenv("COLUMNS") or "")
-  if not w then
+  if cached_width and t - cached_at < WIDTH_TTL then return cached_width, cached_height end
+  local w, hgt = tonumber(os.getenv("COLUMNS") or ""), tonumber(os.getenv("LINES") or "")
+  if not w or not hgt then
     local p = io.popen("stty size </dev/tty 2>/dev/null")
     local line = p and p:read("*l")
     if p then p:close() end
-    w = line and tonumber(line:match("^%d+%s+(%d+)"))
+    local rows, cols = (line or ""):match("^(%d+)%s+(%d+)")
+    w, hgt = w or tonumber(cols), hgt or tonumber(rows)
   end
   if not w or w < 10 then w = 80 end
-  cached_width, cached_at = math.floor(w), t
-  return cached_width
+  if not hgt or hgt < 3 then hgt = 24 end
+  cached_width, cached_height, cached_at = math.floor(w), math.floor(hgt), t
+  return cached_width, cached_height
+end
+
+function M.width() return (size()) end
+
+--- The terminal's height, found as its width is (LINES, else stty size, else 24).
+function M.height()
+  local _, hgt = size()
+  return hgt
 end
 
 -- The number of characters a line takes on screen (UTF-8: one per character; the texts here are ASCII
@@ -296,12 +306,6 @@ function Table:lines(width, height)
   return lines
 end
 
-local function term_height()
-  local h = tonumber(os.getenv("LINES") or "")
-  if h then return h end
-  return 24
-end
-
 --- Erases the table drawn last (the cursor is left where its first line was).
 function Table:erase()
   if self.drawn == 0 then return end
@@ -311,7 +315,7 @@ end
 
 function Table:draw()
   if not self.out.tty or self.out.quiet then return end
-  local lines = self:lines(M.width(), term_height())
+  local lines = self:lines(M.width(), M.height())
   local buf = {}
   if self.drawn > 0 then buf[#buf + 1] = ("\27[%dA\r"):format(self.drawn) end
   for i, l in ipairs(lines) do buf[i + (self.drawn > 0 and 1 or 0)] = "\27[K" .. l .. "\n" end
