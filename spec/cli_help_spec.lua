@@ -179,6 +179,16 @@ describe("the command's help", function()
     end
   end)
 
+  it("#host completion zsh is a script zsh reads and registers for jimeng", function()
+    local _, script = run { "completion", "zsh" }
+    local path = dir .. "/_jimeng"
+    h.write(path, script)
+    local ok, out = proc.run(("zsh -n %s && zsh -f -c 'autoload -U compinit; compinit -u -d %s/zcompdump; source %s; " ..
+      "print ${_comps[jimeng]}'"):format(path, dir, path))
+    assert.is_true(ok, out)
+    assert.equals("_jimeng", out:match("(%S+)%s*$"), out)
+  end)
+
   it("the man page is made from the same help text (make man)", function()
     local ok, out = proc.run("make -s man")
     assert.is_true(ok, out)

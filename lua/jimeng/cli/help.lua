@@ -253,7 +253,8 @@ function M.completion(p, shell)
     return table.concat(lines, "\n") .. "\n"
   end
   -- zsh: _arguments per command
-  local function q(s) return (s or ""):gsub("[%[%]:']", function(ch) return "\\" .. ch end) end
+  -- inside '...': a quote closes, is escaped, and opens again; _arguments reads \[ \] \: as the characters
+  local function q(s) return ((s or ""):gsub("[%[%]:]", "\\%0"):gsub("'", "'\\''")) end
   local lines = { "#compdef jimeng", "# zsh completion for jimeng (made by: jimeng completion zsh)", "_jimeng() {",
     "  local -a commands", "  commands=(" }
   for _, c in ipairs(cmds) do
