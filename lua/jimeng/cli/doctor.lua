@@ -41,17 +41,18 @@ function M.curl_facts()
       end
     end
   end
-  -- the curl program, when it is linked with the same libcurl file, prints the exact versions
-  local p = io.popen("curl --version 2>/dev/null; ldd \"$(command -v curl 2>/dev/null)\" 2>/dev/null")
+  -- the curl program, when it is linked with the very same libcurl file, prints the exact versions
+  local p = io.popen([[curl --version 2>/dev/null; c=$(command -v curl 2>/dev/null) && ]] ..
+    [[echo "lib=$(readlink -f "$(ldd "$c" 2>/dev/null | sed -n 's/^.*libcurl[^ ]* => \([^ ]*\) .*$/\1/p' | head -n 1)")"]])
   local text = p and p:read("*a") or ""
   if p then p:close() end
   local first = text:match("^curl %S+ %([^)]*%) (libcurl/[^\n]+)")
-  local same = facts.path and text:find(facts.file, 1, true)
-  if first and same then
+  local lib = text:match("\nlib=([^\n]+)")
+  if first and lib and facts.path and lib == facts.path then
     facts.detail = first
     facts.tls = first:match("(OpenSSL/%S+)") or first:match("(GnuTLS/%S+)") or first:match("(wolfSSL/%S+)") or facts.tls
-    facts.nghttp2 = first:match("(nghttp2/%S+)") or (text:find("\nFeatures:[^\n]*HTTP2") and "yes") or facts.nghttp2
     facts.http2 = text:find("\nFeatures:[^\n]*HTTP2") ~= nil
+    facts.nghttp2 = first:match("(nghttp2/%S+)") or facts.nghttp2
   else
     facts.http2 = facts.nghttp2 ~= nil
   end
@@ -176,8 +177,9 @@ function M.run(args, key, key_err)
   -- libcurl
   local facts = M.curl_facts()
   add("libcurl", true, facts.version .. (facts.path and (" (" .. facts.path .. ")") or ""))
-  add("TLS backend", facts.tls ~= nil, facts.detail and facts.tls or (facts.tls and (facts.tls ..
-    " (from the libcurl file's flavour)") or "unknown"), "install Debian's libcurl4 (OpenSSL) and rebuild: make clean all")
+  add("TLS backend", facts.tls ~= nil, facts.detail and (facts.tls .. " (curl --version, on the same libcurl)") or
+    (facts.tls and (facts.tls .. " (from the libcurl file's flavour)") or "unknown"),
+    "install Debian's libcurl4 (OpenSSL) and rebuild: make clean all")
   add("HTTP/2", facts.http2, facts.http2 and ("supported" .. (facts.nghttp2 and (" (" .. facts.nghttp2 .. ")") or ""))
     or "not supported by this libcurl (no nghttp2): HTTP/1.1 is used", "a libcurl built with nghttp2 " ..
     "(Debian's libcurl4 is); only needed for many calls on few connections")

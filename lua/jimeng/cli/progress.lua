@@ -164,7 +164,9 @@ function Task:line(width)
   else
     local status = self.status or (self.phase == "start" and "creating" or "waiting")
     local since = t - (self.created_at or self.started)
-    if narrow then
+    if self.phase == "start" then
+      text = ("creating the task  %s"):format(M.human_seconds(since))
+    elseif narrow then
       text = ("%s %s #%d"):format(status, M.human_seconds(since), self.polls)
     else
       text = ("task %s: %s  %s  (%d poll%s)"):format(self.id or "(creating)", status, M.human_seconds(since),
