@@ -99,8 +99,8 @@ end
 function Out:created(task)
   if self.announced == task.id then return end
   self.announced = task.id
-  if self.line_open then
-    self.stderr:write("\n")
+  if self.line_open then -- "creating the task": done, so its line gives way to the id
+    self.stderr:write(self.tty and "\r\27[K" or "\n")
     self.line_open = false
   end
   self.stderr:write(("created task %s\n"):format(task.id))
