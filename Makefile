@@ -203,7 +203,7 @@ lint:
 # The reference of the public API (doc/reference.ldoc; config.ld says why the modules' comments stay out), in
 # build/docs/index.html: Debian's lua-ldoc and lua-discount. Any LDoc warning fails the target.
 docs:
-	@rm -rf build/docs && mkdir -p build
+	@rm -rf build/docs && mkdir -p build/docs/doc
 	@ldoc . > build/ldoc.log 2>&1; status=$$?; cat build/ldoc.log; \
 	  if [ $$status -ne 0 ] || grep -qi "warning\|error\|unknown tag\|not found" build/ldoc.log; then \
 	    echo "make docs: LDoc warned (above)"; exit 1; fi
@@ -224,14 +224,18 @@ completions: all
 	@$(RUN_ENV) $(LUA) bin/jimeng completion zsh > build/completions/_jimeng
 
 # Pictures of the rendered reference, by headless Chromium in a clean environment: its top (the index of the
-# public API), build/docs-reference.png, and the whole page, build/docs-reference-full.png.
+# public API), build/docs-reference.png; the error kinds and parameters (the page scrolled to them in a frame),
+# build/docs-errors.png; and the whole page, build/docs-reference-full.png.
 CHROMIUM ?= chromium
 docs-screenshot: docs
-	@for shot in "docs-reference:2000" "docs-reference-full:16000"; do \
-	  name=$${shot%%:*}; height=$${shot#*:}; \
+	@printf '<html><body style="margin:0"><iframe src="docs/index.html#Error" style="border:0;width:1280px;height:1800px"></iframe></body></html>' \
+	  > build/docs-errors.html
+	@for shot in "docs-reference:2000:docs/index.html" "docs-errors:1800:docs-errors.html" \
+	    "docs-reference-full:16000:docs/index.html"; do \
+	  name=$${shot%%:*}; rest=$${shot#*:}; height=$${rest%%:*}; page=$${rest#*:}; \
 	  env -i HOME=/tmp PATH=/usr/bin:/bin timeout 120 $(CHROMIUM) --headless --no-sandbox --disable-gpu \
 	    --hide-scrollbars --window-size=1280,$$height --screenshot=$(CURDIR)/build/$$name.png \
-	    "file://$(CURDIR)/build/docs/index.html" >/dev/null 2>&1 || exit 1; \
+	    "file://$(CURDIR)/build/$$page" >/dev/null 2>&1 || exit 1; \
 	  echo "build/$$name.png"; done
 
 uninstall:
