@@ -40,12 +40,13 @@ SO           = $(BUILD)/jimeng/core.so
 SRCS         = src/core.c src/util.c src/signals.c src/engine.c src/request.c src/response.c src/files.c src/url.c
 OBJS         = $(SRCS:src/%.c=$(BUILD)/obj/%.o)
 LUA_SRCS     = $(wildcard lua/jimeng/*.lua)
+CLI_SRCS     = $(wildcard lua/jimeng/cli/*.lua)
 
 # The environment the specs, the demo and the examples run in: this checkout's modules first.
 RUN_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/?.lua;;" \
           LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" JIMENG_TEST_LUA="$(LUA)" JIMENG_BUILD="$(CURDIR)/$(BUILD)"
 
-.PHONY: all test test-all demo experiment examples install uninstall clean version rock lint docs asan valgrind fuzz bench bench-host
+.PHONY: all test test-all demo experiment examples install uninstall clean version rock lint docs docs-screenshot man completions asan valgrind fuzz bench bench-host
 
 all: $(SO)
 
@@ -163,10 +164,19 @@ examples: all
 
 SHARE_DIR   ?= $(PREFIX)/share/jimeng
 
-install: all
-	install -d $(DESTDIR)$(LUA_LMOD_DIR)/jimeng $(DESTDIR)$(LUA_CMOD_DIR)/jimeng $(DESTDIR)$(BIN_DIR) \
-	  $(DESTDIR)$(SHARE_DIR)/sandbox/fixtures
+MAN_DIR     ?= $(PREFIX)/share/man/man1
+BASH_COMPLETION_DIR ?= $(PREFIX)/share/bash-completion/completions
+ZSH_COMPLETION_DIR  ?= $(PREFIX)/share/zsh/vendor-completions
+
+install: all man completions
+	install -d $(DESTDIR)$(LUA_LMOD_DIR)/jimeng/cli $(DESTDIR)$(LUA_CMOD_DIR)/jimeng $(DESTDIR)$(BIN_DIR) \
+	  $(DESTDIR)$(SHARE_DIR)/sandbox/fixtures $(DESTDIR)$(MAN_DIR) $(DESTDIR)$(BASH_COMPLETION_DIR) \
+	  $(DESTDIR)$(ZSH_COMPLETION_DIR)
 	install -m 644 $(LUA_SRCS) $(DESTDIR)$(LUA_LMOD_DIR)/jimeng/
+	install -m 644 $(CLI_SRCS) $(DESTDIR)$(LUA_LMOD_DIR)/jimeng/cli/
+	install -m 644 build/man/jimeng.1 $(DESTDIR)$(MAN_DIR)/jimeng.1
+	install -m 644 build/completions/jimeng.bash $(DESTDIR)$(BASH_COMPLETION_DIR)/jimeng
+	install -m 644 build/completions/_jimeng $(DESTDIR)$(ZSH_COMPLETION_DIR)/_jimeng
 	install -m 755 $(SO) $(DESTDIR)$(LUA_CMOD_DIR)/jimeng/core.so
 	sed '1s|.*|#!/usr/bin/env $(LUA)|' bin/jimeng > $(DESTDIR)$(BIN_DIR)/jimeng && chmod 755 $(DESTDIR)$(BIN_DIR)/jimeng
 	install -m 644 sandbox/server.py $(DESTDIR)$(SHARE_DIR)/sandbox/
@@ -174,23 +184,72 @@ install: all
 
 # The same build through luarocks (the builtin rockspec), into a private tree: the plain command a user runs.
 ROCK_TREE ?= build/rock
+# lua-cjson is checked first with the Lua the rock is for: missing, the target fails and says how to get it.
+# Present (Debian's lua-cjson, which luarocks does not list), luarocks' own "Missing dependencies" note for it
+# is wrong and is left out of the output; any other line, and luarocks' exit status, are kept.
 rock:
-	luarocks --lua-version $(LUA_VERSION) make --deps-mode=none --tree $(ROCK_TREE) rockspec/jimeng-scm-1.rockspec
+	@$(LUA) -e 'require "cjson"' 2>/dev/null || { echo "make rock: lua-cjson is missing for $(LUA):" \
+	  "apt-get install lua-cjson (or luarocks --lua-version $(LUA_VERSION) install lua-cjson)"; exit 1; }
+	@mkdir -p build
+	@luarocks --lua-version $(LUA_VERSION) make --deps-mode=none --tree $(ROCK_TREE) rockspec/jimeng-scm-1.rockspec \
+	  > build/rock.log 2>&1; status=$$?; \
+	  sed -e '/^Missing dependencies for jimeng/,/^ *lua-cjson (not installed)$$/d' build/rock.log; \
+	  [ $$status -eq 0 ] && echo "lua-cjson: found for $(LUA) (installed outside luarocks' tree)"; exit $$status
 
 # Lua with luacheck; C with cppcheck and clang-tidy (.clang-tidy says which checks and why), all clean.
 lint:
 	luacheck lua spec examples bench plugin bin/jimeng
 	cppcheck -q --enable=warning,style,performance,portability --std=c99 --error-exitcode=1 --inline-suppr \
 	  --suppress=missingIncludeSystem --suppress=toomanyconfigs -I src $(LUA_CFLAGS) src/
-	clang-tidy --quiet src/*.c -- -std=c99 $(LUA_CFLAGS) $(CURL_CFLAGS)
+	@# clang-tidy counts the diagnostics it suppressed in system headers ("N warnings generated."): that count
+	@# is not a finding, and is left out; every finding is still printed, and fails the target (.clang-tidy)
+	@mkdir -p build
+	@echo "clang-tidy --quiet src/*.c"; clang-tidy --quiet src/*.c -- -std=c99 $(LUA_CFLAGS) $(CURL_CFLAGS) \
+	  > build/clang-tidy.log 2>&1; status=$$?; grep -v '^[0-9]* warnings\? generated\.$$' build/clang-tidy.log; \
+	  exit $$status
 
-# The reference of the public API, from its doc comments (Debian's lua-ldoc), in build/docs/.
+# The reference of the public API (doc/reference.ldoc; config.ld says why the modules' comments stay out), in
+# build/docs/index.html: Debian's lua-ldoc and lua-discount. Any LDoc warning fails the target.
 docs:
-	ldoc .
+	@rm -rf build/docs && mkdir -p build/docs/doc
+	@ldoc . > build/ldoc.log 2>&1; status=$$?; cat build/ldoc.log; \
+	  if [ $$status -ne 0 ] || grep -qi "warning\|error\|unknown tag\|not found" build/ldoc.log; then \
+	    echo "make docs: LDoc warned (above)"; exit 1; fi
+
+# The man page, made from the command's own help text (jimeng.cli.help): build/man/jimeng.1 (man -l to read it).
+# Its date is the last commit's, so that the page is the same wherever it is made.
+MAN_DATE ?= $(shell git log -1 --format=%cs 2>/dev/null || date -u +%Y-%m-%d)
+man: all
+	@mkdir -p build/man
+	@$(RUN_ENV) $(LUA) -e 'local h = require "jimeng.cli.help"; io.write(h.man(h.parser(), require("jimeng.core")._VERSION, "$(MAN_DATE)"))' \
+	  > build/man/jimeng.1
+	@echo "build/man/jimeng.1"
+
+# Shell completions, from the same parser: build/completions/jimeng.bash and _jimeng (zsh).
+completions: all
+	@mkdir -p build/completions
+	@$(RUN_ENV) $(LUA) bin/jimeng completion bash > build/completions/jimeng.bash
+	@$(RUN_ENV) $(LUA) bin/jimeng completion zsh > build/completions/_jimeng
+
+# Pictures of the rendered reference, by headless Chromium in a clean environment: its top (the index of the
+# public API), build/docs-reference.png; the error kinds and parameters (the page scrolled to them in a frame),
+# build/docs-errors.png; and the whole page, build/docs-reference-full.png.
+CHROMIUM ?= chromium
+docs-screenshot: docs
+	@printf '<html><body style="margin:0"><iframe src="docs/index.html#Error" style="border:0;width:1280px;height:1800px"></iframe></body></html>' \
+	  > build/docs-errors.html
+	@for shot in "docs-reference:2000:docs/index.html" "docs-errors:1800:docs-errors.html" \
+	    "docs-reference-full:16000:docs/index.html"; do \
+	  name=$${shot%%:*}; rest=$${shot#*:}; height=$${rest%%:*}; page=$${rest#*:}; \
+	  env -i HOME=/tmp PATH=/usr/bin:/bin timeout 120 $(CHROMIUM) --headless --no-sandbox --disable-gpu \
+	    --hide-scrollbars --window-size=1280,$$height --screenshot=$(CURDIR)/build/$$name.png \
+	    "file://$(CURDIR)/build/$$page" >/dev/null 2>&1 || exit 1; \
+	  echo "build/$$name.png"; done
 
 uninstall:
 	rm -rf $(DESTDIR)$(LUA_LMOD_DIR)/jimeng $(DESTDIR)$(LUA_CMOD_DIR)/jimeng $(DESTDIR)$(SHARE_DIR)
-	rm -f $(DESTDIR)$(BIN_DIR)/jimeng
+	rm -f $(DESTDIR)$(BIN_DIR)/jimeng $(DESTDIR)$(MAN_DIR)/jimeng.1 $(DESTDIR)$(BASH_COMPLETION_DIR)/jimeng \
+	  $(DESTDIR)$(ZSH_COMPLETION_DIR)/_jimeng
 
 clean:
 	rm -rf build

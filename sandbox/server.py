@@ -168,7 +168,8 @@ class State:
         self.config = {
             "queue_seconds": self.args.queue_seconds,
             "process_seconds": self.args.process_seconds,
-            "video_bytes": 0,  # 0: the MP4 fixture; N: a synthetic body of N bytes
+            "video_bytes": self.args.video_bytes,  # 0: the MP4 fixture; N: a synthetic body of N bytes
+            "download_rate": self.args.download_rate,  # bytes per second a video is sent at; 0: as fast as it goes
             "max_rps": self.args.max_rps,  # 0: no limit
         }
 
@@ -535,6 +536,10 @@ class Handler(BaseHTTPRequestHandler):
         with st.lock:
             cfg = dict(st.config)
         queue_s, process_s, size = cfg["queue_seconds"], cfg["process_seconds"], cfg["video_bytes"]
+        rate = cfg.get("download_rate") or 0
+        m = re.search(r"sandbox:rate=(\d+)", prompt)
+        if m:
+            rate = int(m.group(1))
         m = re.search(r"sandbox:slow=([\d.]+)", prompt)
         if m:
             process_s = float(m.group(1))
@@ -550,6 +555,7 @@ class Handler(BaseHTTPRequestHandler):
             "process_s": process_s,
             "fail": "sandbox:fail" in prompt,
             "video_bytes": size,
+            "download_rate": rate,
             "seed": int(m.group(1)) if m else 0,
             "body": body,
         }
@@ -691,6 +697,8 @@ class Handler(BaseHTTPRequestHandler):
         cut = None  # how many bytes to send before a mid-body fault
         if kind in ("reset_mid_body", "short_body", "stall_mid_body"):
             cut = max(1, min(length - 1, int(fault.get("after_bytes") or length // 2)))
+        elif task and task.get("download_rate"):
+            return self.send_throttled(task, start, length, task["download_rate"])
         elif size >= SENDFILE_FROM:
             with open(blob_file(size, seed), "rb") as f:
                 self.connection.sendfile(f, start, length)
@@ -705,6 +713,20 @@ class Handler(BaseHTTPRequestHandler):
         if kind == "short_body":
             return self.close_cleanly()
         self.reset_connection()
+
+    def send_throttled(self, task, start, length, rate):
+        """The body at `rate` bytes per second: a slice every 50 ms (a slow link, for progress displays)."""
+        step = max(1, int(rate / 20))
+        t0, sent = time.monotonic(), 0
+        while sent < length:
+            n = min(step, length - sent)
+            for chunk in self.body_chunks(task, start + sent, n):
+                self.wfile.write(chunk)
+            self.wfile.flush()
+            sent += n
+            ahead = t0 + sent / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
 
     def http10_close(self, fault, task, code, etag, start, end, total):
         """An HTTP/1.0 answer without Content-Length: the body ends where the server closes, after after_bytes."""
@@ -961,6 +983,10 @@ def main():
                     help="answer 429 to API requests over this many in any one second (0: no limit)")
     ap.add_argument("--queue-seconds", type=float, default=0.2, help="how long a task stays in_queue")
     ap.add_argument("--process-seconds", type=float, default=0.5, help="how long a task stays processing")
+    ap.add_argument("--video-bytes", type=int, default=0,
+                    help="every video is a synthetic body of this many bytes (0: the MP4 fixture)")
+    ap.add_argument("--download-rate", type=int, default=0,
+                    help="send videos at this many bytes per second (0: as fast as the link goes)")
     ap.add_argument("--api-key", default=None, help="accept only this bearer key (default: any non-empty key)")
     ap.add_argument("--exit-with-parent", action="store_true", help="exit when the parent process exits")
     ap.add_argument("--tls", action="store_true",

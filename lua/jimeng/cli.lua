@@ -1,10 +1,12 @@
 --- The `jimeng` command: generate, create, status, wait, download, detect, recognize, omnihuman, batch,
--- experiment, sandbox. Progress goes to stderr (a redrawn line on a terminal, plain lines otherwise); results to
--- stdout, as JSON with --json. Exit codes: 0 ok, 1 task failed, 2 usage or invalid input, 3 API or
--- network error.
-local argparse = require "argparse"
+-- experiment, sandbox, doctor, completion. The arguments and the help are in jimeng.cli.help, what progress
+-- looks like in jimeng.cli.progress, the checks of `doctor` in jimeng.cli.doctor. Progress goes to stderr
+-- (redrawn in place on a terminal, plain lines otherwise); results to stdout, as JSON with --json.
+-- Exit codes: 0 ok, 1 task failed, 2 usage or invalid input, 3 API or network error, 130 interrupted.
 local jimeng = require "jimeng"
 local core = require "jimeng.core"
+local help = require "jimeng.cli.help"
+local progress = require "jimeng.cli.progress"
 
 local M = {}
 
@@ -17,9 +19,10 @@ local EXIT_OK, EXIT_TASK, EXIT_USAGE, EXIT_API, EXIT_INTERRUPTED = 0, 1, 2, 3, 1
 local Out = {}
 Out.__index = Out
 
-local function new_out(args, stdout, stderr)
+-- listed: the options the command takes (only those are read: a command without -q has no quiet to read).
+local function new_out(args, stdout, stderr, listed)
   return setmetatable({
-    json = args.json, quiet = args.quiet, stdout = stdout, stderr = stderr,
+    json = listed.json and args.json, quiet = listed.quiet and args.quiet, stdout = stdout, stderr = stderr,
     tty = stderr == io.stderr and core.isatty(2), started = core.now(), line_open = false,
   }, Out)
 end
@@ -76,12 +79,19 @@ function Out:progress(text, final)
   self.stderr:flush()
 end
 
+-- On a terminal, text wrapped at words to its width (a message never cut by the terminal mid-word).
+function Out:fitted(text)
+  if self.tty then return progress.wrap(text, progress.width() - 1) end
+  return text
+end
+
 function Out:note(text)
   if self.quiet then return end
   if self.line_open then
     self.stderr:write("\n")
     self.line_open = false
   end
+  if self.tty then text = progress.wrap(text, progress.width() - 1) end -- a terminal: wrapped at words
   self.stderr:write(text, "\n")
 end
 
@@ -89,8 +99,8 @@ end
 function Out:created(task)
   if self.announced == task.id then return end
   self.announced = task.id
-  if self.line_open then
-    self.stderr:write("\n")
+  if self.line_open then -- "creating the task": done, so its line gives way to the id
+    self.stderr:write(self.tty and "\r\27[K" or "\n")
     self.line_open = false
   end
   self.stderr:write(("created task %s\n"):format(task.id))
@@ -108,7 +118,7 @@ function Out:interrupted(err, continue)
   else
     what = "nothing was sent: run the same command again"
   end
-  self.stderr:write("jimeng: ", err.message, "\n  ", what, "\n")
+  self.stderr:write(self:fitted("jimeng: " .. err.message), "\n", self:fitted("  " .. what), "\n")
   if self.json then
     self.stdout:write(encode { error = { kind = err.kind, message = err.message, task_id = err.task_id } }, "\n")
   end
@@ -119,7 +129,7 @@ function Out:fail(err, continue)
   if err.kind == "interrupted" and continue then return self:interrupted(err, continue) end
   if err.created and err.task_id then self:created { id = err.task_id } end
   if self.line_open then self.stderr:write("\n") end
-  self.stderr:write(tostring(err), "\n")
+  self.stderr:write(self:fitted(tostring(err)), "\n")
   local hint = err.hint or errors.hint(err.kind)
   if err.created then -- the task exists and is paid for: running the command again would pay again
     hint = err.task_id and continue and ("the task exists and is paid for: do not create it again; " ..
@@ -129,7 +139,7 @@ function Out:fail(err, continue)
     hint = "the task may exist and be billed, and its id is unknown: check your account's tasks before " ..
       "creating it again"
   end
-  if hint then self.stderr:write("  what to do: ", hint, "\n") end
+  if hint then self.stderr:write(self:fitted("  what to do: " .. hint), "\n") end
   if self.json then
     self.stdout:write(encode { error = {
       kind = err.kind, message = err.message, status = err.status, code = err.code, field = err.field,
@@ -139,57 +149,14 @@ function Out:fail(err, continue)
   return errors.exit_code(err.kind)
 end
 
-local function human_bytes(n)
-  if n >= 1024 * 1024 * 1024 then return ("%.1f GiB"):format(n / 1024 ^ 3) end
-  if n >= 1024 * 1024 then return ("%.1f MiB"):format(n / 1024 ^ 2) end
-  if n >= 1024 then return ("%.1f KiB"):format(n / 1024) end
-  return ("%d B"):format(n)
-end
-
--- Status and elapsed time while waiting.
-function Out:status_reporter(id_hint)
-  return function(task)
-    local text = ("task %s: %s (%ds)"):format(task.id or id_hint, task.status, math.floor(core.now() - self.started))
-    self:progress(text, task.status == "completed" or task.status == "failed")
-  end
-end
-
--- A download bar with rate and ETA (on a terminal), or a start and an end line.
-function Out:download_reporter()
-  local t0, shown_start = core.now(), false
-  return function(got, total)
-    local elapsed = math.max(core.now() - t0, 1e-3)
-    local rate = got / elapsed
-    if not self.tty then
-      if not shown_start then
-        shown_start = true
-        self:progress(("downloading %s"):format(total and human_bytes(total) or "..."))
-      end
-      if total and got >= total then self:progress(("downloaded %s"):format(human_bytes(got)), true) end
-      return
-    end
-    local width, pct = 30, total and total > 0 and got / total or 0
-    local filled = math.floor(pct * width)
-    local eta = total and rate > 0 and (total - got) / rate or nil
-    self:progress(("[%s%s] %3d%% %s %s/s%s"):format(("#"):rep(filled), ("."):rep(width - filled), math.floor(pct * 100),
-      human_bytes(got), human_bytes(rate), eta and (" ETA %ds"):format(math.ceil(eta)) or ""), total and got >= total)
-  end
+-- The display of one task's progress (elapsed time, polls, download rate), ticked every second by main.
+function Out:task_display(id)
+  local d = progress.task(self, id)
+  self.display = d
+  return d
 end
 
 -- Arguments
-
-local function add_video_options(cmd)
-  cmd:option("--seconds", "Length: 5 or 10 seconds.")
-  cmd:option("--frames", "Frames: 121 or 241 (instead of --seconds).")
-  cmd:option("--size", "Size WIDTHxHEIGHT, e.g. 1280x720 (becomes the nearest aspect ratio).")
-  cmd:option("--aspect-ratio", "16:9, 9:16, 4:3, 3:4, 1:1 or 21:9 (default 16:9).")
-  cmd:option("--image", "A reference image: URL or local JPEG/PNG (twice: first and last frame).")
-    :count("*"):args(1)
-  cmd:option("--model", "jimeng-video-3.0-pro (default), jimeng-video-3.0-720P or jimeng-video-3.0-1080P.")
-  cmd:option("--req-key", "A req_key of the model (chosen for you when left out).")
-  cmd:option("--seed", "Random seed: -1 (random, default) or 0..4294967295.")
-  cmd:flag("--camera-move", "A camera move from one image (720P).")
-end
 
 local function video_params(args)
   local images = args.image
@@ -199,112 +166,6 @@ local function video_params(args)
     aspect_ratio = args.aspect_ratio, images = images, model = args.model, req_key = args.req_key,
     seed = args.seed, camera_move = args.camera_move or nil,
   }
-end
-
-local function number_option(cmd, name, desc)
-  return cmd:option(name, desc):convert(tonumber)
-end
-
-local function build_parser()
-  local p = argparse("jimeng", "Generate videos with the Jimeng API (tokenops.ai): create, wait, download.")
-    :epilog([[
-Examples:
-  jimeng generate "千军万马奔腾在草原上,阳光明媚,高清画质" --seconds 5 -o horses.mp4
-  jimeng generate "a cat jumps" --image cat.jpg --size 1280x720 --seed 7 -o cat.mp4
-  jimeng create "waves at dusk" --json          # prints the task; then: jimeng wait ID; jimeng download ID
-  jimeng omnihuman --image https://.../portrait.jpg --audio https://.../speech.mp3 --subject largest -o talk.mp4
-  jimeng batch jobs.jsonl --journal run.jsonl -o videos/ -j 8
-  jimeng experiment examples/experiment.lua --dry-run   # then without --dry-run; open DIR/index.html
-  jimeng sandbox                                 # a local API for trying all of this without a key
-
-Environment: JIMENG_API_KEY (required for the real API), JIMENG_BASE_URL (default https://api.tokenops.ai/v1).
-Exit codes: 0 ok, 1 the task failed, 2 usage or invalid input, 3 API or network error.]])
-  p:command_target("command")
-
-  local gen = p:command("generate g", "Create a video, wait for it and download it.")
-  gen:argument("prompt", "What the video shows (up to 800 characters; a warning past 400).")
-  add_video_options(gen)
-  gen:option("-o --output", "Output file (default jimeng_video_<id>.mp4).")
-  gen:flag("--force", "Replace the output file if it exists (otherwise refused before paying).")
-
-  local create = p:command("create", "Create a video task and print its id (no waiting).")
-  create:argument("prompt", "What the video shows.")
-  add_video_options(create)
-
-  p:command("status", "Print a task's status."):argument("id", "Task id.")
-
-  p:command("wait", "Wait until a task completes or fails."):argument("id", "Task id.")
-
-  local dl = p:command("download", "Download a completed task's video (resumes a broken download).")
-  dl:argument("id", "Task id.")
-  dl:option("-o --output", "Output file (default jimeng_video_<id>.mp4).")
-  dl:flag("--no-resume", "Start over even if a .part file exists.")
-
-  p:command("detect", "Detect the subjects of a portrait (OmniHuman): their mask URLs, largest first.")
-    :argument("image", "Portrait image URL.")
-  p:command("recognize", "Tell whether a portrait holds a person-like subject (OmniHuman).")
-    :argument("image", "Portrait image URL.")
-
-  local omni = p:command("omnihuman", "A talking-head video from a portrait and an audio track.")
-  omni:option("--image", "Portrait image URL."):count(1)
-  omni:option("--audio", "Audio URL (under 60 s)."):count(1)
-  omni:option("--prompt", "How the person speaks (up to 300 characters advised).")
-  omni:option("--subject", 'Who speaks: "largest" or a number (runs detection first).')
-  omni:flag("--recognize", "First check that the portrait holds a person-like subject.")
-  omni:option("--mask", "A mask URL for the speaker (instead of --subject)."):count("*"):args(1)
-  omni:option("--resolution", "720 or 1080 (default 1080).")
-  omni:flag("--fast", "Fast mode (pe_fast_mode).")
-  omni:option("--seed", "Random seed.")
-  omni:option("-o --output", "Output file (without it, only the task is created).")
-  omni:flag("--force", "Replace the output file if it exists (otherwise refused before paying).")
-
-  local batch = p:command("batch", "Run many jobs from a JSON-lines file, resumable with a journal.")
-  batch:argument("jobs", "JSON-lines file: one job per line, create parameters plus optional label and output.")
-  batch:option("--journal", "Journal file: rerunning with it re-creates and re-downloads nothing already done.")
-  batch:option("-o --output-dir", "Directory for the videos.", ".")
-  number_option(batch, "-j --jobs-in-flight", "How many jobs run at once (default 4).")
-  batch:flag("--recreate-unknown", "Create again the jobs whose earlier create may or may not have happened.")
-  batch:flag("--force", "Replace output files this journal did not make (otherwise refused before paying).")
-
-  local exp = p:command("experiment", "Run a grid of variations (a spec file) as one resumable batch, with a gallery.")
-  exp:argument("spec", "Experiment spec: a Lua file returning a table, or a JSON file (base, vary, vars, cells).")
-  exp:option("-o --output-dir", "The experiment's directory: journal, videos, index.html, results.json "
-    .. "(default: the spec's name).")
-  exp:option("--rows", "The axis shown as the gallery's rows.")
-  exp:option("--cols", "The axis shown as the gallery's columns.")
-  exp:flag("--dry-run", "Print the grid, how many videos would be paid and their seconds; create nothing.")
-  number_option(exp, "--max-videos", "Refuse a run that would pay for more videos than this without --yes (default 20).")
-  exp:flag("-y --yes", "Run even above --max-videos.")
-  exp:option("--retake", "Make a new take of this cell (its id, as --dry-run prints it); earlier takes are kept.")
-    :count("*"):args(1)
-  number_option(exp, "-j --jobs-in-flight", "How many videos are made at once (default 4).")
-  exp:flag("--recreate-unknown", "Create again the cells whose earlier create may or may not have happened.")
-  exp:flag("--no-posters", "Do not make poster images with ffmpeg.")
-  exp:flag("--force", "Replace video files in the directory that its journal did not make (otherwise refused before paying).")
-
-  local sb = p:command("sandbox", "Run the local API emulator; prints its URL and the environment to use it.")
-  number_option(sb, "--port", "Port (default: a free one).")
-  number_option(sb, "--queue-seconds", "How long a task stays in_queue (default 0.2).")
-  number_option(sb, "--process-seconds", "How long a task stays processing (default 0.5).")
-
-  -- the options every command takes, after the command name: jimeng create "..." --json
-  for _, cmd in ipairs(p._commands) do
-    cmd:flag("--json", "Print results as JSON on stdout.")
-    cmd:flag("-q --quiet", "No progress on stderr.")
-    if cmd._name ~= "sandbox" then
-      cmd:option("--api-key", "API key (default: $JIMENG_API_KEY); visible to other users in the process list.")
-      cmd:option("--api-key-file", "Read the API key from this file ('-': standard input).")
-      cmd:option("--base-url", "API base URL (default: $JIMENG_BASE_URL or https://api.tokenops.ai/v1).")
-      number_option(cmd, "--timeout", "Seconds to wait for a task (default 600).")
-      number_option(cmd, "--interval", "Seconds between status polls (default 5).")
-      cmd:option("--cainfo", "PEM file of the CA(s) to trust, for a private CA (default: $CURL_CA_BUNDLE, $SSL_CERT_FILE).")
-      cmd:option("--proxy", "Proxy URL, http://user:password@host:port (default: $https_proxy, $http_proxy, $all_proxy).")
-      cmd:option("--no-proxy", "Hosts that bypass the proxy, comma-separated (default: $no_proxy); loopback always does.")
-      cmd:mutex(cmd:flag("--http1.1", "Speak HTTP/1.1 only."),
-        cmd:flag("--http2", "Ask for HTTP/2 (the default already uses it over TLS when the server speaks it)."))
-    end
-  end
-  return p
 end
 
 -- Commands
@@ -331,10 +192,15 @@ local function continue_with(output)
 end
 
 function commands.generate(client, args, out)
+  local d = out:task_display()
   local result, err = client:generate(video_params(args), {
     output = args.output, timeout = args.timeout, interval = args.interval, overwrite = args.force,
-    on_created = function(task) out:created(task) end,
-    on_status = out:status_reporter(), on_progress = out:download_reporter(),
+    on_created = function(task)
+      out:created(task)
+      d:created(task)
+    end,
+    on_status = function(task) d:status_changed(task) end,
+    on_progress = function(got, total) d:bytes(got, total) end,
   })
   if not result then return out:fail(err, continue_with(args.output)) end
   for _, w in ipairs(result.task.warnings or {}) do out:note("warning: " .. w) end
@@ -359,8 +225,11 @@ function commands.status(client, args, out)
 end
 
 function commands.wait(client, args, out)
+  local d = out:task_display(args.id)
+  d.phase = "wait"
   local task, err = client:wait(args.id, { timeout = args.timeout, interval = args.interval,
-    on_status = out:status_reporter(args.id) })
+    on_status = function(t) d:status_changed(t) end })
+  if task then d:draw(true) end
   if not task then return out:fail(err, function(id) return "jimeng wait " .. id end) end
   out:result(task, task_text(task))
   return EXIT_OK
@@ -368,7 +237,10 @@ end
 
 function commands.download(client, args, out)
   local path = args.output or ("jimeng_video_" .. args.id .. ".mp4")
-  local info, err = client:download(args.id, path, { resume = not args.no_resume, on_progress = out:download_reporter() })
+  local d = out:task_display(args.id)
+  d.ready_at = core.now()
+  local info, err = client:download(args.id, path, { resume = not args.no_resume,
+    on_progress = function(got, total) d:bytes(got, total) end })
   if not info then
     err.task_id = err.task_id or args.id
     return out:fail(err, function(id) return ("jimeng download %s -o %s"):format(id, shell_quote(path)) end)
@@ -400,11 +272,16 @@ function commands.omnihuman(client, args, out)
   end
   local masks = args.mask
   if masks and #masks == 0 then masks = nil end
+  local d = out:task_display()
   local result, err = client:omnihuman({
     image = args.image, audio = args.audio, prompt = args.prompt, subject = subject, recognize = args.recognize or nil,
     masks = masks, resolution = args.resolution, fast = args.fast or nil, seed = args.seed, output = args.output,
-  }, { timeout = args.timeout, interval = args.interval, on_status = out:status_reporter(),
-       on_progress = out:download_reporter(), overwrite = args.force, on_created = function(task) out:created(task) end })
+  }, { timeout = args.timeout, interval = args.interval, on_status = function(t) d:status_changed(t) end,
+       on_progress = function(got, total) d:bytes(got, total) end, overwrite = args.force,
+       on_created = function(task)
+         out:created(task)
+         d:created(task)
+       end })
   if not result then return out:fail(err, continue_with(args.output)) end
   out:created(result.task or result)
   if result.path then
@@ -417,19 +294,37 @@ end
 
 function commands.batch(client, args, out)
   local done = 0
+  local view = progress.batch(out)
+  out.batch_view = view -- counts the polls of each job, for the table or the plain lines
+  out.table = view.out.tty and not out.quiet and view or nil
   local summary, err = client:batch(args.jobs, {
     journal = args.journal, output_dir = args.output_dir, concurrency = args.jobs_in_flight, overwrite = args.force,
     recreate_unknown = args.recreate_unknown, interval = args.interval, timeout = args.timeout,
     on_event = function(ev)
       local job = ev.job
       local name = job.label or ("job " .. job.index)
+      if out.table then -- a terminal: one line per job, redrawn in place; notes above it
+        if ev.type == "backoff" then
+          view:note(("rate limited: %d job(s) in flight from now on"):format(ev.limit))
+        elseif ev.type == "warning" then
+          view:note(("%s: %s"):format(name, ev.message))
+        elseif ev.type == "created" then
+          view:note(("%s: created task %s"):format(name, ev.task.id), true)
+        end
+        view:event(ev)
+        return
+      end
+      view:job(job) -- counted for the polls of plain lines
       if ev.type == "backoff" then
         out:note(("rate limited: %d job(s) in flight from now on"):format(ev.limit))
       elseif ev.type == "warning" then
         out:note(("%s: %s"):format(name, ev.message))
       elseif ev.type == "created" then
         out.stderr:write(("%s: created task %s\n"):format(name, ev.task.id)) -- even with -q: it is paid for
-      elseif ev.type ~= "status" then
+        view:event(ev)
+      elseif ev.type == "status" then
+        view:event(ev)
+      else
         done = done + 1
         local what = ev.type == "saved" and ("saved " .. job.path) or ev.type == "skipped" and ("already saved " .. job.path)
           or (ev.type .. ": " .. tostring(job.error))
@@ -437,10 +332,15 @@ function commands.batch(client, args, out)
       end
     end,
   })
+  if out.table then view:close() end
   if not summary then return out:fail(err) end
-  local line = ("%d jobs: %d saved, %d already saved, %d failed, %d unknown, %d errors%s"):format(summary.total,
-    summary.saved, summary.skipped, summary.failed, summary.unknown, summary.errors,
-    summary.interrupted > 0 and (", %d interrupted"):format(summary.interrupted) or "")
+  -- the counts that are not zero (saved always)
+  local counts = { ("%d saved"):format(summary.saved) }
+  for _, c in ipairs { { summary.skipped, "already saved" }, { summary.failed, "failed" }, { summary.unknown, "unknown" },
+    { summary.errors, "errors" }, { summary.interrupted, "interrupted" } } do
+    if c[1] > 0 then counts[#counts + 1] = ("%d %s"):format(c[1], c[2]) end
+  end
+  local line = ("%d jobs: %s"):format(summary.total, table.concat(counts, ", "))
   if out.json then
     local jobs = {}
     for i, j in ipairs(summary.jobs) do
@@ -539,19 +439,45 @@ function commands.experiment(client, args, out)
   return EXIT_OK
 end
 
-function commands.sandbox(_, args, out)
+local function serve_until_exit(sb) sb.proc:read("*a") end -- the server's output ends when it exits
+
+function commands.sandbox(_, args, out, streams)
   local sandbox = require "jimeng.sandbox"
-  local sb, err = sandbox.start { port = args.port, queue_seconds = args.queue_seconds, process_seconds = args.process_seconds }
+  local sb, err = sandbox.start { port = args.port, queue_seconds = args.queue_seconds,
+    process_seconds = args.process_seconds, video_bytes = args.video_bytes, download_rate = args.download_rate,
+    tls = args.tls or nil }
   if not sb then
     out.stderr:write("cannot start the sandbox: ", tostring(err), "\n")
     return EXIT_API
   end
-  out:result({ base_url = sb.url, api_key = "sandbox" }, ("JIMENG_BASE_URL=%s\nJIMENG_API_KEY=sandbox"):format(sb.url))
-  out:note(("sandbox: %s (Ctrl-C stops it)\n  export JIMENG_BASE_URL=%s JIMENG_API_KEY=sandbox"):format(sb.url, sb.url))
+  local ca = sb.cainfo and (" CURL_CA_BUNDLE=" .. sb.cainfo) or ""
+  out:result({ base_url = sb.url, api_key = "sandbox", cainfo = sb.cainfo },
+    ("JIMENG_BASE_URL=%s\nJIMENG_API_KEY=sandbox%s"):format(sb.url, sb.cainfo and ("\nCURL_CA_BUNDLE=" .. sb.cainfo) or ""))
+  out:note(("sandbox: %s (Ctrl-C stops it)\n  export JIMENG_BASE_URL=%s JIMENG_API_KEY=sandbox%s"):format(sb.url, sb.url, ca))
   out.stdout:flush()
-  sb.proc:read("*a") -- until the server exits
+  ;(streams.serve or serve_until_exit)(sb)
   return EXIT_OK
 end
+
+function commands.doctor(_, args, out)
+  local doctor = require "jimeng.cli.doctor"
+  local key, kerr = M.api_key(args, out)
+  local report = doctor.run(args, key, kerr)
+  if out.json then
+    out:result(report)
+  else
+    out.stdout:write(doctor.text(report), "\n")
+  end
+  return report.ok and EXIT_OK or EXIT_API
+end
+
+function commands.completion(_, args, out)
+  out.stdout:write(help.completion(help.parser(), args.shell))
+  return EXIT_OK
+end
+
+-- The commands that call no API: no client is made for them.
+local NO_CLIENT = { sandbox = true, doctor = true, completion = true }
 
 --- The API key from --api-key-file (a file, or - for standard input), --api-key (with a warning: the
 -- process list shows it), or the environment (jimeng.new reads JIMENG_API_KEY). -> key | nil, nil | nil, err
@@ -579,38 +505,90 @@ function M.api_key(args, out)
   return args.api_key
 end
 
+--- The version line: jimeng, the libcurl it runs on, and the Lua.
+function M.version()
+  local luav = _VERSION
+  if type(jit) == "table" and jit.version then luav = jit.version end -- luacheck: ignore 113
+  return ("jimeng %s (%s, %s)"):format(core._VERSION, core.curl_version(), luav)
+end
+
+-- The command a command line names (its first word that is not an option), or nil.
+local function command_of(parser, list)
+  for _, word in ipairs(list) do
+    if word:sub(1, 1) ~= "-" then return help.command(parser, word) end
+  end
+  return nil
+end
+
 --- Runs the command line `argv` (an array of strings); returns the exit code.
--- streams: {stdout=, stderr=} (default io.stdout, io.stderr).
+-- streams: {stdout=, stderr=} (default io.stdout, io.stderr); for tests, trace_args(args) -> args (a
+-- proxy that records which options a command reads) and serve(sandbox) (instead of serving until exit).
 function M.main(argv, streams)
   streams = streams or {}
   local stdout, stderr = streams.stdout or io.stdout, streams.stderr or io.stderr
-  local parser = build_parser()
+  local parser = help.parser()
   local list = {}
   for i = 1, #argv do list[i] = argv[i] end
   if #list == 0 then
     stdout:write(parser:get_help(), "\n")
     return EXIT_USAGE
   end
+  -- --help is answered here (argparse's own would exit the process): the help of the command named
+  for _, word in ipairs(list) do
+    if word == "--" then break end
+    if word == "-h" or word == "--help" then
+      stdout:write((command_of(parser, list) or parser):get_help(), "\n")
+      return EXIT_OK
+    end
+  end
   local ok, args = parser:pparse(list)
   if not ok then
-    stderr:write(parser:get_usage(), "\n\njimeng: ", tostring(args), "\n  what to do: see jimeng --help\n")
+    -- the usage of the command the line names (jimeng generate without a prompt: generate's usage)
+    local cmd = command_of(parser, list)
+    stderr:write((cmd or parser):get_usage(), "\n\njimeng: ", tostring(args), "\n  what to do: see jimeng ",
+      cmd and (cmd._name .. " ") or "", "--help\n")
     return EXIT_USAGE
   end
-  local out = new_out(args, stdout, stderr)
+  if args.version then
+    stdout:write(M.version(), "\n")
+    return EXIT_OK
+  end
+  if not args.command then
+    stderr:write(parser:get_usage(), "\n\njimeng: a command is needed\n  what to do: see jimeng --help\n")
+    return EXIT_USAGE
+  end
+  if streams.trace_args then args = streams.trace_args(args) end
+  local listed = {}
+  for _, o in ipairs(help.command(parser, args.command)._options) do
+    listed[o._target or o:_get_default_target()] = true
+  end
+  local out = new_out(args, stdout, stderr, listed)
   local client
-  if args.command ~= "sandbox" then
+  if not NO_CLIENT[args.command] then
     local key, err = M.api_key(args, out)
     if err then return out:fail(err) end
-    client, err = jimeng.new { api_key = key, base_url = args.base_url, poll_interval = args.interval,
+    -- (the poll interval goes to the calls that wait, as their `interval`: only they read --interval)
+    client, err = jimeng.new { api_key = key, base_url = args.base_url,
       logger = function(kind, text) if kind == "interrupted" then stderr:write("jimeng: ", text, "\n") end end,
       cainfo = args.cainfo, proxy = args.proxy, no_proxy = args.no_proxy,
       http_version = args["http1.1"] and "1.1" or args.http2 and "2" or nil }
     if not client then return out:fail(err) end
+    -- every poll counted and shown (the display of a task, or the batch table), every batch download seen
+    progress.observe(client, function(id, task)
+      if out.display then out.display:polled(task) end
+      if out.batch_view then out.batch_view:polled(id, task) end
+    end, args.command == "batch" and function(id, got, total)
+      if out.table then out.table:bytes(id, got, total) end
+    end or nil)
   end
   -- Ctrl-C and SIGTERM end waits within a quarter second and come back as errors the commands report
   -- (what exists, how to continue); a closed stdout is an error on write, not a silent death (SIGPIPE)
   core.trap_signals()
-  local done, code = pcall(commands[args.command], client, args, out)
+  local tick = out.tty and not out.quiet and function()
+    if out.display then out.display:tick() end
+    if out.table then out.table:tick() end
+  end or nil
+  local done, code = pcall(progress.with_ticker, 1, client and tick, commands[args.command], client, args, out, streams)
   stdout:flush() -- while SIGPIPE is still ignored: a reader that went away is not a death
   core.untrap_signals()
   if not done then error(code, 0) end

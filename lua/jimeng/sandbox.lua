@@ -38,11 +38,12 @@ end
 local Sandbox = {}
 Sandbox.__index = Sandbox
 
---- M.start{port=, host=, queue_seconds=, process_seconds=, api_key=, tls=, backlog=, max_rps=, python=}
--- -> sandbox | nil, err
+--- M.start{port=, host=, queue_seconds=, process_seconds=, video_bytes=, download_rate=, api_key=, tls=, backlog=,
+-- max_rps=, python=} -> sandbox | nil, err
 -- sandbox.url is the base URL to give the client (".../v1"; host "::1" gives "http://[::1]:PORT/v1");
 -- with tls, sandbox.cainfo is the certificate to trust. backlog is the listen backlog (default 512);
--- max_rps answers 429 to API requests over that many in any one second (see sandbox/README.md).
+-- video_bytes makes every video a synthetic body of that size; download_rate sends videos at that many
+-- bytes per second. max_rps answers 429 to API requests over that many in any one second (see sandbox/README.md).
 function M.start(opts)
   opts = opts or {}
   local path, err = M.server_path()
@@ -52,6 +53,12 @@ function M.start(opts)
     "--port", tostring(math.floor(tonumber(opts.port) or 0)), "--exit-with-parent" }
   if opts.queue_seconds then cmd[#cmd + 1] = "--queue-seconds " .. tonumber(opts.queue_seconds) end
   if opts.process_seconds then cmd[#cmd + 1] = "--process-seconds " .. tonumber(opts.process_seconds) end
+  if opts.video_bytes then
+    cmd[#cmd + 1] = "--video-bytes " .. math.floor(assert(tonumber(opts.video_bytes), "video_bytes: a number"))
+  end
+  if opts.download_rate then
+    cmd[#cmd + 1] = "--download-rate " .. math.floor(assert(tonumber(opts.download_rate), "download_rate: a number"))
+  end
   if opts.api_key then cmd[#cmd + 1] = "--api-key " .. shell_quote(opts.api_key) end
   if opts.host then cmd[#cmd + 1] = "--host " .. shell_quote(opts.host) end
   if opts.tls then cmd[#cmd + 1] = "--tls" end

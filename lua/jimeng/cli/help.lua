@@ -1,0 +1,314 @@
+--- The `jimeng` command's arguments: one parser, from which the help, the shell completions (bash, zsh)
+-- and the man page are all made. Each command lists only the options it reads.
+local argparse = require "argparse"
+
+local M = {}
+
+--- The prompt limits, said the same way wherever they are said (help, README, reference).
+M.PROMPT_LIMITS = "up to 800 characters (UTF-8); past 400 a warning: the vendor advises 400 at most"
+
+M.DESCRIPTION = "Generate videos with the Jimeng API (tokenops.ai): create, wait, download."
+
+M.EPILOG = [[
+Examples:
+  jimeng generate "千军万马奔腾在草原上,阳光明媚,高清画质" --seconds 5 -o horses.mp4
+  jimeng generate "a cat jumps" --image cat.jpg --size 1280x720 --seed 7 -o cat.mp4
+  jimeng create "waves at dusk" --json          # prints the task; then: jimeng wait ID; jimeng download ID
+  jimeng omnihuman --image https://.../portrait.jpg --audio https://.../speech.mp3 --subject largest -o talk.mp4
+  jimeng batch jobs.jsonl --journal run.jsonl -o videos/ -j 8
+  jimeng experiment examples/experiment.lua --dry-run   # then without --dry-run; open DIR/index.html
+  jimeng sandbox                                 # a local API for trying all of this without a key
+  jimeng doctor                                  # key, base URL, proxy, CA, the API's answer, libcurl
+
+Environment: JIMENG_API_KEY (required for the real API), JIMENG_BASE_URL (default https://api.tokenops.ai/v1).
+Exit codes: 0 ok, 1 the task failed, 2 usage or invalid input, 3 API or network error, 130 interrupted.]]
+
+-- argparse prints "-o FILE," and "--output FILE" on two lines, the first right-aligned; one line reads better.
+local function one_line_label(opt)
+  local aliases = opt._public_aliases or opt._aliases
+  if #aliases < 2 or (opt._maxargs or 0) == 0 then return opt end
+  local argname = opt._argname
+  if type(argname) == "table" then argname = table.concat(argname, " ") end
+  local label = table.concat(aliases, ", ") .. " " .. (argname or "")
+  opt._get_label_lines = function() return { label } end
+  return opt
+end
+
+local function option(cmd, names, desc, argname)
+  local o = cmd:option(names, desc)
+  if argname then o:argname(argname) end
+  return one_line_label(o)
+end
+
+local function number(cmd, names, desc, argname)
+  return option(cmd, names, desc, argname or "N"):convert(tonumber)
+end
+
+local function add_video_options(cmd)
+  option(cmd, "--seconds", "Length: 5 or 10 seconds (default 5).", "S")
+  option(cmd, "--frames", "Frames: 121 or 241 (instead of --seconds).", "N")
+  option(cmd, "--size", "Size, e.g. 1280x720 (becomes the nearest aspect ratio).", "WxH")
+  option(cmd, "--aspect-ratio", "16:9 (default), 9:16, 4:3, 3:4, 1:1 or 21:9.", "R")
+  option(cmd, "--image", "A reference image: URL or local JPEG/PNG (twice: first and last frame).", "IMG")
+    :count("*"):args(1)
+  option(cmd, "--model", "jimeng-video-3.0-pro (default), jimeng-video-3.0-720P or jimeng-video-3.0-1080P.", "M")
+  option(cmd, "--req-key", "A req_key of the model (chosen for you when left out).", "K")
+  option(cmd, "--seed", "Random seed: -1 (random, default) or 0..4294967295.", "N")
+  cmd:flag("--camera-move", "A camera move from one image (720P).")
+end
+
+-- The option groups, and the commands that read them.
+local function add_json(cmd) cmd:flag("--json", "Print results as JSON on stdout (and nothing else).") end
+local function add_quiet(cmd) cmd:flag("-q --quiet", "No progress on stderr (a created task's id is still said).") end
+local function add_wait(cmd, what)
+  number(cmd, "--timeout", "Seconds to wait for " .. (what or "the task") .. " (default 600).", "S")
+  number(cmd, "--interval", "Seconds between status polls (default 5).", "S")
+end
+local function add_network(cmd)
+  option(cmd, "--api-key", "API key (default: $JIMENG_API_KEY); other users see it in the process list.", "KEY")
+  option(cmd, "--api-key-file", "Read the API key from this file ('-': standard input).", "FILE")
+  option(cmd, "--base-url", "API base URL (default: $JIMENG_BASE_URL or https://api.tokenops.ai/v1).", "URL")
+  option(cmd, "--cainfo", "PEM file of the CA(s) to trust (default: $CURL_CA_BUNDLE, $SSL_CERT_FILE).", "FILE")
+  option(cmd, "--proxy", "Proxy URL, http://user:password@host:port (default: $https_proxy, $all_proxy).", "URL")
+  option(cmd, "--no-proxy", "Hosts that bypass the proxy, comma-separated (default: $no_proxy).", "HOSTS")
+  cmd:mutex(cmd:flag("--http1.1", "Speak HTTP/1.1 only."),
+    cmd:flag("--http2", "Ask for HTTP/2 (over TLS it is used anyway when the server speaks it)."))
+end
+
+--- The parser of the whole command line.
+function M.parser()
+  local p = argparse("jimeng", M.DESCRIPTION):epilog(M.EPILOG)
+  p:command_target("command")
+  p:require_command(false)
+  p:flag("--version", "Print the version (of jimeng, libcurl and Lua) and exit.")
+
+  local gen = p:command("generate g", "Create a video, wait for it and download it.")
+  gen:argument("prompt", "What the video shows: " .. M.PROMPT_LIMITS .. ".")
+  add_video_options(gen)
+  option(gen, "-o --output", "Output file, or DIR/ (default jimeng_video_<id>.mp4).", "FILE")
+  gen:flag("--force", "Replace the output file if it exists (otherwise refused before paying).")
+  add_wait(gen, "the video")
+  add_json(gen); add_quiet(gen); add_network(gen)
+
+  local create = p:command("create", "Create a video task and print its id (no waiting).")
+  create:argument("prompt", "What the video shows: " .. M.PROMPT_LIMITS .. ".")
+  add_video_options(create)
+  add_json(create); add_quiet(create); add_network(create)
+
+  local st = p:command("status", "Print a task's status.")
+  st:argument("id", "Task id.")
+  add_json(st); add_network(st)
+
+  local wait = p:command("wait", "Wait until a task completes or fails.")
+  wait:argument("id", "Task id.")
+  add_wait(wait)
+  add_json(wait); add_quiet(wait); add_network(wait)
+
+  local dl = p:command("download", "Download a completed task's video (resumes a broken download).")
+  dl:argument("id", "Task id.")
+  option(dl, "-o --output", "Output file (default jimeng_video_<id>.mp4).", "FILE")
+  dl:flag("--no-resume", "Start over even if a .part file exists.")
+  add_json(dl); add_quiet(dl); add_network(dl)
+
+  local det = p:command("detect", "Detect the subjects of a portrait (OmniHuman): their mask URLs, largest first.")
+  det:argument("image", "Portrait image URL.")
+  add_json(det); add_network(det)
+  local rec = p:command("recognize", "Tell whether a portrait holds a person-like subject (OmniHuman).")
+  rec:argument("image", "Portrait image URL.")
+  add_json(rec); add_network(rec)
+
+  local omni = p:command("omnihuman", "A talking-head video from a portrait and an audio track.")
+  option(omni, "--image", "Portrait image URL.", "URL"):count(1)
+  option(omni, "--audio", "Audio URL (under 60 s).", "URL"):count(1)
+  option(omni, "--prompt", "How the person speaks (a warning past 300 characters).", "TEXT")
+  option(omni, "--subject", 'Who speaks: "largest" or a number (runs detection first).', "WHO")
+  omni:flag("--recognize", "First check that the portrait holds a person-like subject.")
+  option(omni, "--mask", "A mask URL for the speaker (instead of --subject).", "URL"):count("*"):args(1)
+  option(omni, "--resolution", "720 or 1080 (default 1080).", "P")
+  omni:flag("--fast", "Fast mode (pe_fast_mode).")
+  option(omni, "--seed", "Random seed: -1 (random, default) or 0..4294967295.", "N")
+  option(omni, "-o --output", "Output file (without it, only the task is created).", "FILE")
+  omni:flag("--force", "Replace the output file if it exists (otherwise refused before paying).")
+  add_wait(omni, "the video")
+  add_json(omni); add_quiet(omni); add_network(omni)
+
+  local batch = p:command("batch", "Run many jobs from a JSON-lines file, resumable with a journal.")
+  batch:argument("jobs", "JSON-lines file: one job per line, create parameters plus optional label and output.")
+  option(batch, "--journal", "Journal file: rerunning with it creates and downloads nothing already done.", "FILE")
+  option(batch, "-o --output-dir", "Directory for the videos (default: the current one).", "DIR")
+  number(batch, "-j --jobs-in-flight", "How many jobs run at once (default 4).")
+  batch:flag("--recreate-unknown", "Create again the jobs whose earlier create may or may not have happened.")
+  batch:flag("--force", "Replace output files this journal did not make (otherwise refused before paying).")
+  add_wait(batch, "each job")
+  add_json(batch); add_quiet(batch); add_network(batch)
+
+  local exp = p:command("experiment", "Run a grid of variations (a spec file) as one resumable batch, with a gallery.")
+  exp:argument("spec", "Experiment spec: a Lua file returning a table, or a JSON file (base, vary, vars, cells).")
+  option(exp, "-o --output-dir", "The experiment's directory (default: the spec's name).", "DIR")
+  option(exp, "--rows", "The axis shown as the gallery's rows.", "AXIS")
+  option(exp, "--cols", "The axis shown as the gallery's columns.", "AXIS")
+  exp:flag("--dry-run", "Print the grid, how many videos would be paid and their seconds; create nothing.")
+  number(exp, "--max-videos", "Refuse a run that would pay for more videos than this without --yes (default 20).")
+  exp:flag("-y --yes", "Run even above --max-videos.")
+  option(exp, "--retake", "Make a new take of this cell (its id, as --dry-run prints it).", "CELL"):count("*"):args(1)
+  number(exp, "-j --jobs-in-flight", "How many videos are made at once (default 4).")
+  exp:flag("--recreate-unknown", "Create again the cells whose earlier create may or may not have happened.")
+  exp:flag("--no-posters", "Do not make poster images with ffmpeg.")
+  exp:flag("--force", "Replace videos in the directory that its journal did not make.")
+  add_wait(exp, "each video")
+  add_json(exp); add_quiet(exp); add_network(exp)
+
+  local sb = p:command("sandbox", "Run the local API emulator; prints its URL and the environment to use it.")
+  number(sb, "--port", "Port (default: a free one).")
+  number(sb, "--queue-seconds", "How long a task stays in_queue (default 0.2).", "S")
+  number(sb, "--process-seconds", "How long a task stays processing (default 0.5).", "S")
+  number(sb, "--video-bytes", "Every video a synthetic body of N bytes (default: a 59.7 KiB MP4).")
+  number(sb, "--download-rate", "Send videos at N bytes per second (default: as fast as loopback goes).")
+  sb:flag("--tls", "Serve https with a throwaway certificate (its path is printed, as CURL_CA_BUNDLE).")
+  add_json(sb); add_quiet(sb)
+
+  local doc = p:command("doctor", "Check the setup: key, base URL, proxy, CA file, the API's answer, libcurl.")
+  add_json(doc); add_network(doc)
+
+  local comp = p:command("completion", "Print a shell completion script: jimeng completion bash > FILE.")
+  comp:argument("shell", "bash or zsh."):choices { "bash", "zsh" }
+
+  return p
+end
+
+--- The command parser named name (or aliased so), or nil.
+function M.command(p, name)
+  for _, cmd in ipairs(p._commands) do
+    for _, alias in ipairs(cmd._aliases) do
+      if alias == name then return cmd end
+    end
+  end
+  return nil
+end
+
+--- What each command's options are: {name=, options={ {aliases=, target=, takes_arg=, choices=}... }}.
+function M.describe(p)
+  local list = {}
+  for _, cmd in ipairs(p._commands) do
+    local opts = {}
+    for _, o in ipairs(cmd._options) do
+      if o._name ~= "-h" then
+        opts[#opts + 1] = { aliases = o._aliases, target = o._target or o:_get_default_target(),
+          takes_arg = (o._maxargs or 0) > 0, description = o._description }
+      end
+    end
+    local args = {}
+    for _, a in ipairs(cmd._arguments) do args[#args + 1] = { name = a._name, choices = a._choices } end
+    list[#list + 1] = { name = cmd._name, aliases = cmd._aliases, options = opts, arguments = args,
+      summary = cmd._summary or cmd._description }
+  end
+  return list
+end
+
+-- Completion
+
+local FILE_ARGS = { output = true, output_dir = true, api_key_file = true, cainfo = true, journal = true, image = true }
+
+--- A completion script for `shell` ("bash" or "zsh"), made from the parser.
+function M.completion(p, shell)
+  local cmds = M.describe(p)
+  if shell == "bash" then
+    local lines = {
+      "# bash completion for jimeng (made by: jimeng completion bash)",
+      "_jimeng() {",
+      "  local cur prev cmd i",
+      "  cur=\"${COMP_WORDS[COMP_CWORD]}\"; prev=\"${COMP_WORDS[COMP_CWORD-1]}\"; cmd=",
+      "  for ((i = 1; i < COMP_CWORD; i++)); do",
+      "    case \"${COMP_WORDS[i]}\" in -*) ;; *) cmd=\"${COMP_WORDS[i]}\"; break ;; esac",
+      "  done",
+      "  local opts files",
+      "  case \"$cmd\" in",
+    }
+    local names = {}
+    for _, c in ipairs(cmds) do
+      local words, files = { "-h", "--help" }, {}
+      for _, o in ipairs(c.options) do
+        for _, a in ipairs(o.aliases) do
+          words[#words + 1] = a
+          if o.takes_arg and FILE_ARGS[o.target] then files[#files + 1] = a end
+        end
+      end
+      for _, a in ipairs(c.aliases) do names[#names + 1] = a end
+      lines[#lines + 1] = ("    %s) opts=%q; files=%q ;;"):format(table.concat(c.aliases, "|"),
+        table.concat(words, " "), "|" .. table.concat(files, "|") .. "|")
+      if c.arguments[1] and c.arguments[1].choices then
+        lines[#lines] = ("    %s) opts=%q; files= ;;"):format(c.name, table.concat(c.arguments[1].choices, " "))
+      end
+    end
+    lines[#lines + 1] = ("    \"\") COMPREPLY=($(compgen -W %q -- \"$cur\")); return ;;"):format(
+      table.concat(names, " ") .. " --help --version")
+    lines[#lines + 1] = "  esac"
+    lines[#lines + 1] = [=[  if [[ -n "$files" && "$files" == *"|$prev|"* ]]; then]=]
+    lines[#lines + 1] = [=[    COMPREPLY=($(compgen -f -- "$cur")); return
+  fi]=]
+    lines[#lines + 1] = [=[  if [[ "$cur" == -* || -z "$files" ]]; then COMPREPLY=($(compgen -W "$opts" -- "$cur")); return; fi]=]
+    lines[#lines + 1] = "  COMPREPLY=($(compgen -f -- \"$cur\"))"
+    lines[#lines + 1] = "}"
+    lines[#lines + 1] = "complete -o filenames -F _jimeng jimeng"
+    return table.concat(lines, "\n") .. "\n"
+  end
+  -- zsh: _arguments per command
+  -- inside '...': a quote closes, is escaped, and opens again; _arguments reads \[ \] \: as the characters
+  local function q(s) return ((s or ""):gsub("[%[%]:]", "\\%0"):gsub("'", "'\\''")) end
+  local lines = { "#compdef jimeng", "# zsh completion for jimeng (made by: jimeng completion zsh)", "_jimeng() {",
+    "  local -a commands", "  commands=(" }
+  for _, c in ipairs(cmds) do
+    for _, a in ipairs(c.aliases) do lines[#lines + 1] = ("    '%s:%s'"):format(a, q(c.summary)) end
+  end
+  lines[#lines + 1] = "  )"
+  lines[#lines + 1] = "  if (( CURRENT == 2 )); then _describe 'command' commands; _arguments '--version' '--help'; return; fi"
+  lines[#lines + 1] = "  case ${words[2]} in"
+  for _, c in ipairs(cmds) do
+    local specs = { "'(-h --help)'{-h,--help}'[show the help]'" }
+    for _, o in ipairs(c.options) do
+      local action = o.takes_arg and (FILE_ARGS[o.target] and ":file:_files" or ":value: ") or ""
+      for _, a in ipairs(o.aliases) do
+        specs[#specs + 1] = ("'%s[%s]%s'"):format(a, q(o.description), action)
+      end
+    end
+    for i, a in ipairs(c.arguments) do
+      local action = a.choices and ("(" .. table.concat(a.choices, " ") .. ")") or
+        ((a.name == "spec" or a.name == "jobs") and "_files" or " ")
+      specs[#specs + 1] = ("'%d:%s:%s'"):format(i, a.name, action)
+    end
+    lines[#lines + 1] = ("    %s) shift words; (( CURRENT-- )); _arguments %s ;;"):format(table.concat(c.aliases, "|"),
+      table.concat(specs, " "))
+  end
+  lines[#lines + 1] = "  esac"
+  lines[#lines + 1] = "}"
+  lines[#lines + 1] = "compdef _jimeng jimeng"
+  return table.concat(lines, "\n") .. "\n"
+end
+
+-- The man page
+
+local function roff(s)
+  s = s:gsub("\\", "\\e"):gsub("^%.", "\\&."):gsub("\n%.", "\n\\&."):gsub("^'", "\\&'"):gsub("\n'", "\n\\&'")
+  return (s:gsub("%-", "\\-"))
+end
+
+--- jimeng.1 in roff: the top-level help and each command's help, as `jimeng COMMAND --help` prints them.
+function M.man(p, version, date)
+  local out = {
+    ('.TH JIMENG 1 "%s" "jimeng %s" "User Commands"'):format(date or os.date("!%Y-%m-%d"), version),
+    ".SH NAME", "jimeng \\- " .. roff(M.DESCRIPTION),
+    ".SH SYNOPSIS", ".B jimeng", "COMMAND [OPTIONS] [ARGUMENTS]", ".br", ".B jimeng", "\\-\\-version | \\-\\-help",
+    ".SH DESCRIPTION", ".nf", roff(p:get_help()), ".fi", ".SH COMMANDS",
+  }
+  for _, cmd in ipairs(p._commands) do
+    out[#out + 1] = ".SS " .. roff(cmd._name)
+    out[#out + 1] = ".nf"
+    out[#out + 1] = roff(cmd:get_help())
+    out[#out + 1] = ".fi"
+  end
+  out[#out + 1] = ".SH SEE ALSO"
+  out[#out + 1] = "The reference of the Lua API: build/docs/index.html (make docs)."
+  return table.concat(out, "\n") .. "\n"
+end
+
+return M
