@@ -22,11 +22,34 @@ static int l_curl_version(lua_State *L) {
     return 1;
 }
 
+/* core.curl_info() -> {version=, ssl=, features = {http2=, ...}}: libcurl's own account of itself,
+ * for `jimeng doctor` and :checkhealth. */
+static int l_curl_info(lua_State *L) {
+    const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
+    if (!v) return luaL_error(L, "jimeng: curl_version_info failed");
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, v->version ? v->version : "unknown");
+    lua_setfield(L, -2, "version");
+    if (v->ssl_version) lua_pushstring(L, v->ssl_version);
+    else lua_pushnil(L);
+    lua_setfield(L, -2, "ssl");
+    lua_createtable(L, 0, 3);
+    lua_pushboolean(L, (v->features & CURL_VERSION_HTTP2) != 0);
+    lua_setfield(L, -2, "http2");
+    lua_pushboolean(L, (v->features & CURL_VERSION_SSL) != 0);
+    lua_setfield(L, -2, "ssl");
+    lua_pushboolean(L, (v->features & CURL_VERSION_ASYNCHDNS) != 0);
+    lua_setfield(L, -2, "asynchdns");
+    lua_setfield(L, -2, "features");
+    return 1;
+}
+
 int luaopen_jimeng_core(lua_State *L);
 
 __attribute__((visibility("default"))) int luaopen_jimeng_core(lua_State *L) {
     static const luaL_Reg fns[] = {
         {"curl_version", l_curl_version},
+        {"curl_info", l_curl_info},
         {NULL, NULL},
     };
     if (pthread_once(&jm_curl_once, jm_curl_global) != 0 || jm_curl_init_rc != CURLE_OK)

@@ -1630,27 +1630,6 @@ static int l_transfer_paid(lua_State *L) {
     return 1;
 }
 
-/* core.curl_info() -> {version=, ssl=, features = {http2=, ...}}: what :checkhealth reports of libcurl. */
-static int l_curl_info(lua_State *L) {
-    const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
-    if (!v) return luaL_error(L, "jimeng: curl_version_info failed");
-    lua_createtable(L, 0, 4);
-    lua_pushstring(L, v->version ? v->version : "unknown");
-    lua_setfield(L, -2, "version");
-    if (v->ssl_version) lua_pushstring(L, v->ssl_version);
-    else lua_pushnil(L);
-    lua_setfield(L, -2, "ssl");
-    lua_createtable(L, 0, 3);
-    lua_pushboolean(L, (v->features & CURL_VERSION_HTTP2) != 0);
-    lua_setfield(L, -2, "http2");
-    lua_pushboolean(L, (v->features & CURL_VERSION_SSL) != 0);
-    lua_setfield(L, -2, "ssl");
-    lua_pushboolean(L, (v->features & CURL_VERSION_ASYNCHDNS) != 0);
-    lua_setfield(L, -2, "asynchdns");
-    lua_setfield(L, -2, "features");
-    return 1;
-}
-
 void jm_open_engine(lua_State *L) {
     static const luaL_Reg engine_m[] = {
         {"request", l_engine_request}, {"perform", l_engine_perform}, {"poll", l_engine_poll},
@@ -1677,6 +1656,4 @@ void jm_open_engine(lua_State *L) {
     lua_setfield(L, -2, "limits");
     lua_pushcfunction(L, l_wait_all);
     lua_setfield(L, -2, "wait_all");
-    lua_pushcfunction(L, l_curl_info);
-    lua_setfield(L, -2, "curl_info");
 }

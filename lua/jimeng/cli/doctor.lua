@@ -8,53 +8,18 @@ local M = {}
 
 local PROBE_ID = "jimeng-doctor-probe"
 
--- The shared libraries this process has mapped (Linux: /proc/self/maps), by file name.
-local function mapped_libraries()
-  local libs = {}
-  local f = io.open("/proc/self/maps", "r")
-  if not f then return libs end
-  for line in f:lines() do
-    local path = line:match("(/%S+%.so[%.%d]*)$")
-    if path then libs[path:match("[^/]+$")] = path end
-  end
-  f:close()
-  return libs
-end
-
--- The libcurl this process loaded, its TLS backend and its HTTP/2 support. libcurl's own answer
--- (curl_version_info) is not exposed by the C module; what is known is read from the libraries mapped into
--- this process, and from `curl --version` when the curl program uses the very same libcurl file.
+-- The libcurl this process loaded (the file, from /proc/self/maps where there is one), and libcurl's own
+-- account of its version, TLS backend and HTTP/2 support (curl_version_info).
 function M.curl_facts()
-  local libs = mapped_libraries()
-  local facts = { version = core.curl_version() }
-  for name, path in pairs(libs) do
-    if name:match("^libcurl") then facts.path, facts.file = path, name end
-    if name:match("^libnghttp2") then facts.nghttp2 = name end
-  end
-  if facts.file then
-    -- Debian's flavours: libcurl.so.4 (OpenSSL), libcurl-gnutls.so.4 (GnuTLS), libcurl-nss.so.4 (NSS)
-    facts.tls = facts.file:match("gnutls") and "GnuTLS" or facts.file:match("nss") and "NSS" or "OpenSSL"
-    if facts.tls == "OpenSSL" then
-      for name in pairs(libs) do
-        local v = name:match("^libssl%.so%.(%d+)")
-        if v then facts.tls = "OpenSSL " .. v end
-      end
+  local info = core.curl_info()
+  local facts = { version = "libcurl/" .. info.version, tls = info.ssl, http2 = info.features.http2 }
+  local f = io.open("/proc/self/maps", "r")
+  if f then
+    for line in f:lines() do
+      local path = line:match("(/%S*/libcurl[^/%s]*%.so[%.%d]*)$")
+      if path then facts.path = path break end
     end
-  end
-  -- the curl program, when it is linked with the very same libcurl file, prints the exact versions
-  local p = io.popen([[curl --version 2>/dev/null; c=$(command -v curl 2>/dev/null) && ]] ..
-    [[echo "lib=$(readlink -f "$(ldd "$c" 2>/dev/null | sed -n 's/^.*libcurl[^ ]* => \([^ ]*\) .*$/\1/p' | head -n 1)")"]])
-  local text = p and p:read("*a") or ""
-  if p then p:close() end
-  local first = text:match("^curl %S+ %([^)]*%) (libcurl/[^\n]+)")
-  local lib = text:match("\nlib=([^\n]+)")
-  if first and lib and facts.path and lib == facts.path then
-    facts.detail = first
-    facts.tls = first:match("(OpenSSL/%S+)") or first:match("(GnuTLS/%S+)") or first:match("(wolfSSL/%S+)") or facts.tls
-    facts.http2 = text:find("\nFeatures:[^\n]*HTTP2") ~= nil
-    facts.nghttp2 = first:match("(nghttp2/%S+)") or facts.nghttp2
-  else
-    facts.http2 = facts.nghttp2 ~= nil
+    f:close()
   end
   return facts
 end
@@ -177,10 +142,9 @@ function M.run(args, key, key_err)
   -- libcurl
   local facts = M.curl_facts()
   add("libcurl", true, facts.version .. (facts.path and (" (" .. facts.path .. ")") or ""))
-  add("TLS backend", facts.tls ~= nil, facts.detail and (facts.tls .. " (curl --version, on the same libcurl)") or
-    (facts.tls and (facts.tls .. " (from the libcurl file's flavour)") or "unknown"),
+  add("TLS backend", facts.tls ~= nil, facts.tls or "none: this libcurl cannot speak https",
     "install Debian's libcurl4 (OpenSSL) and rebuild: make clean all")
-  add("HTTP/2", facts.http2, facts.http2 and ("supported" .. (facts.nghttp2 and (" (" .. facts.nghttp2 .. ")") or ""))
+  add("HTTP/2", facts.http2, facts.http2 and "supported"
     or "not supported by this libcurl (no nghttp2): HTTP/1.1 is used", "a libcurl built with nghttp2 " ..
     "(Debian's libcurl4 is); only needed for many calls on few connections")
 
