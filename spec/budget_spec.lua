@@ -44,6 +44,25 @@ describe("the request budget", function()
     assert.is_true(busiest_second(env.sb:log()) <= 25, "busiest second: " .. busiest_second(env.sb:log()))
   end)
 
+  it("a queue that fills while the server is slow does not leave in a burst: still not one 429", function()
+    env.sb:config { max_rps = 20, queue_seconds = 0.2, process_seconds = 2 }
+    env.sb:faults { path = STATUS_PATH, fault = "stall", seconds = 1.5, count = 8 }
+    local client = h.client(env.sb, { max_rps = 20, poll_interval = 0.05, max_connections = 8 })
+    local done = wait_many(client, 30, "slow server")
+    assert.equals(30, #done)
+    assert.equals(0, env.sb:stats().rate_limited)
+    assert.is_true(busiest_second(env.sb:log()) <= 20, "busiest second: " .. busiest_second(env.sb:log()))
+  end)
+
+  it("burst is checked at jimeng.new", function()
+    for _, v in ipairs { 0, 1.5, -1, 0 / 0 } do
+      local c, err = jimeng.new { api_key = "k", base_url = env.sb.url, max_rps = 10, burst = v }
+      assert.is_nil(c)
+      assert.equals("burst", err.field)
+    end
+    assert(jimeng.new { api_key = "k", base_url = env.sb.url, max_rps = 10, burst = 3 }):close()
+  end)
+
   it("with the limit unknown, learns it from the 429s and stops getting them", function()
     env.sb:config { max_rps = 30, queue_seconds = 0.5, process_seconds = 4 }
     local client = h.client(env.sb, { poll_interval = 0.05, max_retries = 5 })

@@ -78,6 +78,11 @@ typedef struct {
     int nwant, wantcap;
     int want_oom;         /* a wish could not be recorded: watch() raises rather than lose a socket */
     double timer_at;      /* when libcurl wants socket_action_timeout (jm_now() seconds), < 0: never */
+    /* the pace (engine:pace): a token bucket taken when a transfer leaves the queue for a connection, so
+     * that no one-second window holds more than rate + burst requests however the queue fills and empties */
+    double pace_rate;     /* tokens a second; 0: no pace */
+    double pace_burst, pace_tokens, pace_at;
+    double pace_next;     /* when the queue's head gets its token (jm_now() seconds); 0: not waiting for one */
 } jm_engine;
 
 typedef struct {
@@ -710,16 +715,45 @@ static void jm_finish(lua_State *L, jm_transfer *t, CURLcode rc) {
     t->ref = LUA_NOREF;
 }
 
-/* Starts queued transfers while the engine has free slots. A transfer's clocks (its timeout) start now,
- * so time spent queued never eats them; one whose deadline already passed ends as a timeout, unsent. */
+/* Takes a token of the pace for the transfer about to start (1), or says when the next one comes (0). */
+static int jm_pace_take(jm_engine *e) {
+    double now;
+    if (e->pace_rate <= 0) return 1;
+    now = jm_now();
+    e->pace_tokens += (now - e->pace_at) * e->pace_rate;
+    if (e->pace_tokens > e->pace_burst) e->pace_tokens = e->pace_burst;
+    e->pace_at = now;
+    if (e->pace_tokens >= 1) {
+        e->pace_tokens -= 1;
+        e->pace_next = 0;
+        return 1;
+    }
+    e->pace_next = now + (1 - e->pace_tokens) / e->pace_rate;
+    return 0;
+}
+
+/* Milliseconds until a paced queue may start its next transfer (capping a wait), or -1: nothing to wait for. */
+static double jm_pace_wait_ms(const jm_engine *e) {
+    double ms;
+    if (!e->qhead || e->pace_next <= 0) return -1;
+    ms = (e->pace_next - jm_now()) * 1000;
+    return ms > 0 ? ms + 1 : 0;
+}
+
+/* Starts queued transfers while the engine has free slots (and the pace a token). A transfer's clocks (its
+ * timeout) start now, so time spent queued never eats them; one whose deadline already passed ends as a
+ * timeout, unsent. */
 static void jm_pump(lua_State *L, jm_engine *e) {
     /* over HTTP/1.1 one transfer is one connection; over HTTP/2 they are streams of the same few connections
      * (libcurl waits to multiplex rather than open more, and never opens more than max_running per host) */
     int cap = e->multiplexed ? e->max_running * JM_STREAMS_PER_CONNECTION : e->max_running;
+    e->pace_next = 0;
     while (e->qhead && e->running < cap) {
         jm_transfer *t = e->qhead;
         long ms = t->timeout_ms;
         CURLMcode mrc;
+        int expired = t->deadline > 0 && (t->deadline - jm_now()) * 1000 < 1;
+        if (!t->cancelled && !expired && !jm_pace_take(e)) break; /* the next token: pace_next */
         jm_unqueue(t);
         if (t->cancelled) continue;
         if (t->deadline > 0) {
@@ -1096,9 +1130,6 @@ static CURLcode jm_configure_shared(const jm_config *c, jm_transfer *t) {
     if (c->proxy) JM_SET(CURLOPT_PROXY, c->proxy); /* "" means none; NULL leaves libcurl to the environment */
     if (c->noproxy) JM_SET(CURLOPT_NOPROXY, c->noproxy);
     JM_SET(CURLOPT_HTTP_VERSION, c->httpversion);
-    /* many transfers started at once wait for the first connection to say whether it multiplexes (HTTP/2)
-     * rather than each opening its own: 2,000 waiting tasks share a few connections, not 2,000 sockets */
-    if (c->httpversion != CURL_HTTP_VERSION_1_1) JM_SET(CURLOPT_PIPEWAIT, 1L);
     JM_SET(CURLOPT_CONNECTTIMEOUT_MS, c->connect_ms);
     if (c->user_agent) JM_SET(CURLOPT_USERAGENT, c->user_agent);
     JM_SET(CURLOPT_HEADERFUNCTION, jm_on_header);
@@ -1211,8 +1242,8 @@ static void jm_take_part(lua_State *L, int opts, jm_transfer *t) {
 }
 
 /* The options of this request alone: where it goes, what it sends, whose callbacks' data, whether it is paid. */
-static CURLcode jm_configure_request(jm_transfer *t, const char *url, const char *method, const char *body,
-                                     size_t blen, int accept_encoding) {
+static CURLcode jm_configure_request(const jm_config *c, jm_transfer *t, const char *url, const char *method,
+                                     const char *body, size_t blen, int accept_encoding) {
     CURLcode rc = CURLE_OK;
     int bad_opt = 0;
     JM_SET(CURLOPT_URL, url);
@@ -1244,6 +1275,12 @@ static CURLcode jm_configure_request(jm_transfer *t, const char *url, const char
     }
     JM_SET(CURLOPT_HTTPHEADER, t->hdrs);
     JM_SET(CURLOPT_ACCEPT_ENCODING, accept_encoding ? "" : NULL);
+    /* over https, many transfers started at once wait for the first connection to say whether it
+     * multiplexes (HTTP/2, known at its TLS handshake) rather than each opening its own: 2,000 waiting tasks
+     * share a few connections, not 2,000 sockets. Over plain http there is no HTTP/2 to wait for, and libcurl
+     * would learn it only from the first answer: one slow answer held every other request back, then let
+     * them all go at once (seen as a burst past the server's rate limit) */
+    JM_SET(CURLOPT_PIPEWAIT, c->httpversion != CURL_HTTP_VERSION_1_1 && strncasecmp(url, "https:", 6) == 0 ? 1L : 0L);
     (void)bad_opt;
     return rc;
 }
@@ -1333,7 +1370,7 @@ static int l_engine_request(lua_State *L) {
     rc = reuse ? CURLE_OK : jm_configure_shared(&e->cfg, t);
     if (rc == CURLE_OK && !reuse) rc = jm_configure_kind(&e->cfg, t);
     if (rc == CURLE_OK)
-        rc = jm_configure_request(t, url, method, body, blen, jm_optbool(L, 2, "accept_encoding"));
+        rc = jm_configure_request(&e->cfg, t, url, method, body, blen, jm_optbool(L, 2, "accept_encoding"));
     if (rc != CURLE_OK) {
         lua_pushnil(L);
         lua_pushfstring(L, "libcurl refused an option: %s", curl_easy_strerror(rc));
@@ -1375,6 +1412,30 @@ static int l_engine_perform(lua_State *L) {
 }
 
 /* engine:poll(ms) -> number of sockets with activity. Waits for activity on any transfer, or ms. */
+/* engine:pace(rate[, burst]): at most `burst` transfers at once and `rate` a second on average leave the
+ * queue for a connection (so no one-second window holds more than rate + burst); rate nil, 0 or inf: no
+ * pace. Tokens already earned are kept, up to the new burst. */
+static int l_engine_pace(lua_State *L) {
+    jm_engine *e = jm_check_engine(L, 1);
+    double rate = luaL_optnumber(L, 2, 0), burst = luaL_optnumber(L, 3, 1);
+    if (!(rate > 0) || rate > 1e9) {
+        e->pace_rate = 0;
+        e->pace_next = 0;
+        jm_pump(L, e);
+        return 0;
+    }
+    if (!(burst >= 1)) burst = 1;
+    if (e->pace_rate <= 0) { /* a pace from now: the burst is there at once */
+        e->pace_tokens = burst;
+        e->pace_at = jm_now();
+    }
+    e->pace_rate = rate;
+    e->pace_burst = burst;
+    if (e->pace_tokens > burst) e->pace_tokens = burst;
+    jm_pump(L, e);
+    return 0;
+}
+
 static int l_engine_poll(lua_State *L) {
     jm_engine *e = jm_check_engine(L, 1);
     lua_Number ms = jm_wait_cap(luaL_optnumber(L, 2, 1000));
@@ -1384,6 +1445,7 @@ static int l_engine_poll(lua_State *L) {
     sig.fd = sfd;
     sig.events = CURL_WAIT_POLLIN;
     sig.revents = 0;
+    if (jm_pace_wait_ms(e) >= 0 && jm_pace_wait_ms(e) < ms) ms = jm_pace_wait_ms(e); /* a token comes: pump */
     mrc = curl_multi_poll(e->multi, sfd >= 0 ? &sig : NULL, sfd >= 0 ? 1 : 0, (int)ms, &numfds);
     if (mrc != CURLM_OK) return luaL_error(L, "jimeng: curl_multi_poll: %s", curl_multi_strerror(mrc));
     lua_pushinteger(L, numfds);
@@ -1538,11 +1600,12 @@ static int l_engine_watch(lua_State *L) {
         }
         e->nwant = 0;
     }
-    if (e->timer_at < 0) {
-        lua_pushnil(L);
-    } else {
-        double ms = (e->timer_at - jm_now()) * 1000;
-        lua_pushnumber(L, ms > 0 ? ms : 0);
+    {
+        double pace = jm_pace_wait_ms(e), ms = (e->timer_at - jm_now()) * 1000; /* pace < 0: not waiting */
+        if (ms < 0) ms = 0;
+        if (e->timer_at < 0 && pace < 0) lua_pushnil(L);
+        else if (e->timer_at < 0 || (pace >= 0 && pace < ms)) lua_pushnumber(L, pace); /* a token comes: step */
+        else lua_pushnumber(L, ms);
     }
     for (t = e->head; t; t = t->next) n++;
     lua_pushinteger(L, n);
@@ -1632,7 +1695,7 @@ static int l_transfer_paid(lua_State *L) {
 
 void jm_open_engine(lua_State *L) {
     static const luaL_Reg engine_m[] = {
-        {"request", l_engine_request}, {"perform", l_engine_perform}, {"poll", l_engine_poll},
+        {"request", l_engine_request}, {"perform", l_engine_perform}, {"poll", l_engine_poll}, {"pace", l_engine_pace},
         {"close", l_engine_close},     {"watch", l_engine_watch}, {"socket_action", l_engine_socket_action},
         {"socket_action_timeout", l_engine_socket_action_timeout}, {NULL, NULL},
     };

@@ -1,5 +1,7 @@
---- A client-wide request budget: a token bucket shared by every coroutine of a client, so that many
--- waiting tasks pace their polls (spread evenly, not in bursts) and stay under the API's rate limit.
+--- A client-wide request budget: the rate every request of a client (every coroutine, polls and creates)
+-- leaves for the network at, so that many waiting tasks stay under the API's rate limit. The bucket itself is
+-- the engine's (engine:pace): a token is taken when a request gets its connection, not when it is asked
+-- for, so a queue that fills while the server is slow cannot empty in a burst. This file decides the rate.
 -- With `max_rps` set, the client never sends faster; without it, the rate is unlimited until the API
 -- answers 429, and then adapts: it drops below the rate that was refused, and grows back slowly while
 -- answers are good (additive increase, multiplicative decrease), never above max_rps.
@@ -10,40 +12,37 @@ M.__index = M
 
 local now = core.now
 
---- M.new(max_rps) -> budget. max_rps nil: unknown (start unlimited, learn from 429s). The bucket's rate
+--- M.new(max_rps, burst, engine) -> budget. max_rps nil: unknown (start unlimited, learn from 429s). burst:
+-- how many requests may leave at once (default 5% of the rate, at least 1, at most half). The engine's rate
 -- and burst add up to max_rps, so no one-second window ever holds more than max_rps requests.
-function M.new(max_rps)
-  local self = setmetatable({ cap = max_rps or math.huge, window = {}, at = now() }, M)
+function M.new(max_rps, burst, engine)
+  local self = setmetatable({ cap = max_rps or math.huge, user_burst = burst, engine = engine, window = {},
+    at = now() }, M)
   self:set(self.cap)
   self.grown_at = self.at
   return self
 end
 
 function M:set(rps)
+  self.rps_set = rps ~= math.huge and rps or nil
   if rps == math.huge then
-    self.rate, self.burst, self.tokens = math.huge, math.huge, math.huge
+    self.rate, self.burst = math.huge, math.huge
+    if self.engine then self.engine:pace(nil) end
     return
   end
-  self.burst = math.max(1, math.floor(rps * 0.05))
-  self.rate = rps >= 2 and rps - self.burst or rps
-  self.tokens = math.min(self.tokens or self.burst, self.burst)
-end
-
---- Takes one request's token; returns how long to wait before sending it (0: now). Reserving ahead (a
--- negative balance) spaces the waiting requests evenly, in the order they asked.
-function M:take()
-  if self.rate == math.huge then return 0 end
-  local t = now()
-  self.tokens = math.min(self.burst, self.tokens + (t - self.at) * self.rate)
-  self.at = t
-  self.tokens = self.tokens - 1
-  if self.tokens >= 0 then return 0 end
-  return -self.tokens / self.rate
+  local burst = self.user_burst or math.floor(rps * 0.05)
+  self.burst = math.max(1, math.min(burst, math.floor(rps / 2)))
+  -- the engine counts a request when it gets its connection, the server when the request arrives: the
+  -- delays between the two differ by a few milliseconds, enough to carry one more request into a window
+  -- the server counts, so the rate keeps a headroom of 5% (at least one request a second)
+  local headroom = math.max(1, rps * 0.05)
+  self.rate = rps >= 4 and math.max(rps / 2, rps - self.burst - headroom) or rps / 2
+  if self.engine then self.engine:pace(self.rate, self.burst) end
 end
 
 --- The requests per second in force (math.huge: unlimited).
 function M:rps()
-  return self.rate == math.huge and math.huge or self.rate + self.burst
+  return self.rps_set or math.huge
 end
 
 -- The answers granted in the last second: the rate the API let through.
@@ -72,7 +71,6 @@ function M:refused()
   end
   if target < self:rps() then
     self:set(math.max(2, target)) -- never below 2 a second: a 429 at a trickle is a quota, not a pace
-    self.tokens = math.min(self.tokens, 0)
     self.at, self.grown_at = t, t
   end
 end

@@ -23,6 +23,7 @@ local OPTIONS = {
   max_retries = "number", poll_interval = "number", wait_timeout = "number", stall_timeout = "number",
   allow_insecure_http = "boolean", cainfo = "string", capath = "string", logger = "function",
   proxy = "string", no_proxy = "string", http_version = "string", max_connections = "number", max_rps = "number",
+  burst = "number",
 }
 
 local HTTP_VERSIONS = { auto = true, ["1.1"] = true, ["2"] = true }
@@ -193,7 +194,9 @@ function Client.new(opts, json)
   if self.max_rps ~= nil and not (self.max_rps >= 0.5 and self.max_rps <= 100000) then -- luacheck: ignore 581
     return invalid("max_rps must be a number of requests per second from 0.5 to 100000", "max_rps")
   end
-  self.budget = Budget.new(self.max_rps)
+  if self.burst ~= nil and not (self.burst >= 1 and self.burst <= 100000 and self.burst == math.floor(self.burst)) then
+    return invalid("burst must be a whole number of requests from 1 to 100000", "burst")
+  end
   -- when each task this client created was created: its first wait learns and uses the queue time
   self.created_at = {}
   self.json = json
@@ -206,6 +209,8 @@ function Client.new(opts, json)
     cainfo = self.cainfo, capath = self.capath, proxy = self.proxy, no_proxy = self.no_proxy,
     http_version = self.http_version, api_key = self.api_key, stall_timeout = self.stall_timeout,
   }
+  -- the request budget paces the engine: a request takes its token when it gets a connection
+  self.budget = Budget.new(self.max_rps, self.burst, self.engine)
   return self
 end
 

@@ -206,16 +206,6 @@ function M.json(client, spec)
       return nil, errors.new { kind = "timeout", created = not_made,
         message = "the deadline passed before " .. spec.what }
     end
-    -- the client-wide budget: many coroutines' requests spread out under max_rps (or the rate the API
-    -- allows, learnt from its 429s)
-    local wait = client.budget:take()
-    if wait > 0 then
-      local stopped = runtime.sleep(wait)
-      if stopped then
-        return nil, errors.new { kind = "interrupted", created = not_made,
-          message = ("interrupted (%s) before %s was sent"):format(stopped, spec.what) }
-      end
-    end
     -- the engine holds the client's settings (key, TLS, proxy, timeouts): the call gives only its own fields
     local t, why, class = client.engine:request {
       url = url, method = spec.method, body = body, timeout = client.timeout, deadline = spec.deadline,
