@@ -150,6 +150,11 @@ struct jm_transfer {
     int proxy_used;
     char proxy_where[256];
     int probe; /* a certificate probe: connect and handshake only, never pooled */
+    /* the request as given, kept while it is queued: its libcurl handle is taken and configured only when it
+     * leaves the queue (jm_start), so that a long queue (a paced client) holds no handle, ~9 KiB each */
+    char *req_url, *req_method, *req_body;
+    size_t req_blen;
+    int req_accept_encoding;
 
     /* file sink */
     char *path;     /* the partial file's path: set for a download */
@@ -715,6 +720,38 @@ static void jm_finish(lua_State *L, jm_transfer *t, CURLcode rc) {
     t->ref = LUA_NOREF;
 }
 
+static CURLcode jm_configure_shared(const jm_config *c, jm_transfer *t);
+static CURLcode jm_configure_kind(const jm_config *c, jm_transfer *t);
+static CURLcode jm_configure_request(const jm_config *c, jm_transfer *t, const char *url, const char *method,
+                                     const char *body, size_t blen, int accept_encoding);
+
+static void jm_drop_request(jm_transfer *t) {
+    free(t->req_url);
+    free(t->req_method);
+    free(t->req_body);
+    t->req_url = t->req_method = t->req_body = NULL;
+}
+
+/* Takes a libcurl handle for a transfer leaving the queue and configures it (an idle API handle keeps the
+ * engine's settings: only the request's own options are set). On failure errbuf says why. */
+static CURLcode jm_start(jm_engine *e, jm_transfer *t) {
+    CURLcode rc;
+    int reuse = jm_acquire_easy(e, t);
+    if (!t->easy) {
+        snprintf(t->errbuf, sizeof t->errbuf, "libcurl could not make a handle (out of memory)");
+        return CURLE_OUT_OF_MEMORY;
+    }
+    rc = reuse ? CURLE_OK : jm_configure_shared(&e->cfg, t);
+    if (rc == CURLE_OK && !reuse) rc = jm_configure_kind(&e->cfg, t);
+    if (rc == CURLE_OK)
+        rc = jm_configure_request(&e->cfg, t, t->req_url, t->req_method, t->req_body, t->req_blen,
+                                  t->req_accept_encoding);
+    if (rc != CURLE_OK)
+        snprintf(t->errbuf, sizeof t->errbuf, "libcurl refused an option: %s", curl_easy_strerror(rc));
+    jm_drop_request(t); /* libcurl copied what it keeps (COPYPOSTFIELDS, the URL) */
+    return rc;
+}
+
 /* Takes a token of the pace for the transfer about to start (1), or says when the next one comes (0). */
 static int jm_pace_take(jm_engine *e) {
     double now;
@@ -765,7 +802,7 @@ static void jm_pump(lua_State *L, jm_engine *e) {
             }
             if (ms == 0 || left < (double)ms) ms = (long)left;
         }
-        if (curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, ms) != CURLE_OK) {
+        if (jm_start(e, t) != CURLE_OK || curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, ms) != CURLE_OK) {
             jm_finish(L, t, CURLE_FAILED_INIT);
             continue;
         }
@@ -785,6 +822,7 @@ static int l_transfer_gc(lua_State *L) {
     jm_finish(L, t, CURLE_ABORTED_BY_CALLBACK);
     if (t->easy) curl_easy_cleanup(t->easy);
     t->easy = NULL;
+    jm_drop_request(t);
     curl_slist_free_all(t->hdrs);
     t->hdrs = NULL;
     jm_buf_free(&t->body);
@@ -1317,10 +1355,8 @@ static void jm_submit(lua_State *L, jm_engine *e, jm_transfer *t) {
 static int l_engine_request(lua_State *L) {
     jm_engine *e = jm_check_engine(L, 1);
     jm_transfer *t;
-    CURLcode rc;
     size_t blen = 0;
     const char *url, *method, *body, *kind, *why;
-    int reuse;
     luaL_checktype(L, 2, LUA_TTABLE);
     url = jm_optstr(L, 2, "url", NULL);
     if (!url) return luaL_error(L, "jimeng: request needs a url");
@@ -1358,8 +1394,6 @@ static int l_engine_request(lua_State *L) {
     if (t->paid) jm_take_journal(L, 2, t);
     t->proxy_used = jm_proxy_for(url, e->cfg.proxy, e->cfg.noproxy, t->proxy_where, sizeof t->proxy_where);
 
-    reuse = jm_acquire_easy(e, t);
-    if (!t->easy) return luaL_error(L, "jimeng: curl_easy_init failed");
     why = jm_build_headers(L, 2, e, t, method && strcmp(method, "POST") == 0);
     if (why) {
         lua_pushnil(L);
@@ -1367,16 +1401,12 @@ static int l_engine_request(lua_State *L) {
         lua_pushliteral(L, "invalid_argument");
         return 3;
     }
-    rc = reuse ? CURLE_OK : jm_configure_shared(&e->cfg, t);
-    if (rc == CURLE_OK && !reuse) rc = jm_configure_kind(&e->cfg, t);
-    if (rc == CURLE_OK)
-        rc = jm_configure_request(&e->cfg, t, url, method, body, blen, jm_optbool(L, 2, "accept_encoding"));
-    if (rc != CURLE_OK) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "libcurl refused an option: %s", curl_easy_strerror(rc));
-        lua_pushliteral(L, "internal");
-        return 3;
-    }
+    t->req_accept_encoding = jm_optbool(L, 2, "accept_encoding");
+    t->req_blen = blen;
+    if (!(t->req_url = strdup(url)) || (method && !(t->req_method = strdup(method))) ||
+        (body && !(t->req_body = malloc(blen + 1))))
+        return luaL_error(L, "jimeng: out of memory");
+    if (body) memcpy(t->req_body, body, blen);
     jm_submit(L, e, t);
     return 1;
 }
