@@ -236,19 +236,21 @@ do
     local ok, out = sh(("%s %s bench/fleet_jimeng.lua %s %d %g %s"):format(lua_env(), LUA, url, n, interval,
       max_rps and max_rps.client or ""))
     assert(ok, out)
-    local cpu, wall, rss = out:match("cpu ([%d.]+) wall ([%d.]+) rss_kb (%d+)")
+    local cpu, wall, rss, creates = out:match("cpu ([%d.]+) wall ([%d.]+) rss_kb (%d+) creates ([%d.]+)")
     local st = sb:stats()
     local polls = st.requests - st.creates
-    return { cpu = tonumber(cpu), wall = tonumber(wall), rss = tonumber(rss), polls = polls, limited = st.rate_limited }
+    return { cpu = tonumber(cpu), wall = tonumber(wall), rss = tonumber(rss), polls = polls, limited = st.rate_limited,
+      waited = tonumber(wall) - tonumber(creates), creates = tonumber(creates) }
   end
   local single = fleet(1)
   local seq = POLL_CPU -- CPU of one sequential client:status, from section 2
   for _, n in ipairs(sizes) do
     local r = n == 1 and single or fleet(n)
     row(("tasks of 10 s, polled every %g s"):format(interval), ("%d task%s waiting"):format(n, n == 1 and "" or "s"),
-      ("%.1f us CPU/poll, %.1f KiB RSS/task, %.1f polls/video, %.1f s"):format(r.cpu / math.max(r.polls, 1) * 1e6,
-        r.rss / n, r.polls / n, r.wall),
-      ("%.2fx a sequential poll, wall %.2fx one task"):format(r.cpu / math.max(r.polls, 1) / seq, r.wall / single.wall),
+      ("%.1f us CPU/poll, %.1f KiB RSS/task, %.1f polls/video, %.1f s (creates %.1f s)"):format(
+        r.cpu / math.max(r.polls, 1) * 1e6, r.rss / n, r.polls / n, r.wall, r.creates),
+      ("%.2fx a sequential poll, wall %.2fx one task, waiting %.2fx"):format(r.cpu / math.max(r.polls, 1) / seq,
+        r.wall / single.wall, r.waited / single.waited),
       "CPU of the waiting alone; RSS growth past start-up")
   end
   local n = sizes[#sizes]
