@@ -124,7 +124,7 @@ local function nvim_case(adapter, n)
   return w, cpu, all, timer and tonumber(timer) / WINDOW, poll and tonumber(poll) / WINDOW
 end
 
-if sh("command -v nvim && command -v strace") then
+if sh("command -v nvim && command -v strace") and not os.getenv("BENCH_HOST_CASE") then
   -- the previous adapter, as it was before the event-driven one (for the "before" rows)
   assert(sh("mkdir -p " .. tmp .. "/old/jimeng && git show 69b06cc:lua/jimeng/nvim.lua > " .. tmp .. "/old/jimeng/nvim.lua"))
   local idle_w, idle_c, idle_all = nvim_case("idle", 0)
@@ -248,11 +248,16 @@ end
 if sh("command -v nginx && test -f /usr/share/nginx/modules/ngx_http_lua_module.so && command -v strace") then
   local sizes = list("BENCH_HOST_NGINX", "50,200,1000")
   local cases = {}
+  local only = os.getenv("BENCH_HOST_CASE") -- "1000,0.3,64": one case alone
   for _, latency in ipairs { 0, 0.3 } do
     for _, n in ipairs(sizes) do cases[#cases + 1] = { n, latency, 8 } end
   end
   -- 8 connections answer about 26 polls/s at 0.3 s: the most requests, with enough connections for their polls
   cases[#cases + 1] = { sizes[#sizes], 0.3, 64 }
+  if only then
+    local a, b, c = only:match("(%d+),([%d.]+),(%d+)")
+    cases = { { tonumber(a), tonumber(b), tonumber(c) } }
+  end
   for _, c in ipairs(cases) do
     local n, latency, conns = c[1], c[2], c[3]
     local cpu, calls, p95, polls, stats = nginx_case(n, latency, conns)
