@@ -89,11 +89,10 @@ M.blocking = blocking
 -- The adapter of this process, chosen once: OpenResty's inside nginx, else blocking.
 local host = blocking
 if type(rawget(_G, "ngx")) == "table" and rawget(_G, "ngx").timer then
-  local ok, openresty = pcall(require, "jimeng.openresty")
-  if ok then
-    openresty.fallback(blocking)
-    host = openresty
-  end
+  -- no pcall: a missing adapter must fail loudly, not block the worker in the blocking one
+  local openresty = require "jimeng.openresty"
+  openresty.fallback(blocking)
+  host = openresty
 end
 
 --- The host adapter in use.
