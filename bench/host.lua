@@ -135,9 +135,9 @@ if sh("command -v nvim && command -v strace") and not os.getenv("BENCH_HOST_CASE
       local w, c, all, timer, poll = nvim_case(adapter, n)
       row("Neovim headless", ("%d generate%s waiting, %s"):format(n, n == 1 and "" or "s",
         adapter == "new" and "event-driven (uv polls + one timer)" or "previous adapter (10 ms tick)"),
-        ("%.2f wakeups/s, %.3f CPU s/min"):format(w, c), ("%.1fx idle wakeups, %.2fx idle CPU"):format(w / math.max(idle_w, 0.01),
-          c / math.max(idle_c, 0.001)),
-        ("%.2f epoll_wait calls/s%s"):format(all, timer and (", adapter: %.2f timer (outside transfers) + %.2f socket wake-ups/s")
+        ("%.2f wakeups/s, %.3f CPU s/min"):format(w, c), ("%.1fx idle wakeups%s"):format(w / math.max(idle_w, 0.01),
+          idle_c > 0 and (", %.2fx idle CPU"):format(c / idle_c) or ""),
+        ("%.2f epoll_wait calls/s%s"):format(all, timer and (", adapter: %.2f timer + %.2f socket wake-ups/s")
           :format(timer, poll) or ""))
     end
   end
