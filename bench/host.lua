@@ -93,6 +93,13 @@ end
 local rows = {}
 local function row(...) rows[#rows + 1] = { ... } end
 
+-- Processes this bench started (nvim, nginx): ended on the way out, also when a case fails.
+local started = {}
+local function stop_started()
+  for pid in pairs(started) do sh("kill " .. pid .. " 2>/dev/null") end
+  started = {}
+end
+
 local sb = assert(sandbox.start { queue_seconds = 1, process_seconds = 1 })
 
 -- Neovim ----------------------------------------------------------------------------------------
@@ -108,6 +115,7 @@ local function nvim_case(adapter, n)
     tmp .. "/old", stats, SKIP, WINDOW, sb.url, tmp))
   assert(ok, pid)
   pid = tonumber(pid:match("%d+"))
+  started[pid] = true
   local deadline = core.now() + 60
   while not io.open(ready) and core.now() < deadline do core.sleep(0.1) end
   assert(io.open(ready), "nvim did not get its creates answered: " .. tostring(select(2, sh("cat " .. tmp .. "/nvim.log"))))
@@ -120,10 +128,12 @@ local function nvim_case(adapter, n)
   if f then f:close() end
   local w, all = wakeups(pid, WINDOW)
   sh("kill " .. pid)
+  started[pid] = nil
   local timer, poll = counts:match("timer (%d+) poll (%d+)")
   return w, cpu, all, timer and tonumber(timer) / WINDOW, poll and tonumber(poll) / WINDOW
 end
 
+local function neovim_rows()
 if sh("command -v nvim && command -v strace") and not os.getenv("BENCH_HOST_CASE") then
   -- the previous adapter, as it was before the event-driven one (for the "before" rows)
   assert(sh("mkdir -p " .. tmp .. "/old/jimeng && git show 69b06cc:lua/jimeng/nvim.lua > " .. tmp .. "/old/jimeng/nvim.lua"))
@@ -143,6 +153,7 @@ if sh("command -v nvim && command -v strace") and not os.getenv("BENCH_HOST_CASE
   end
 else
   row("Neovim headless", "skipped", "needs nvim and strace")
+end
 end
 
 -- nginx -----------------------------------------------------------------------------------------
@@ -178,6 +189,7 @@ local function start_nginx(max_connections)
   local pf = assert(io.open(prefix .. "/logs/nginx.pid"))
   local pid = tonumber(pf:read("*a"):match("%d+"))
   pf:close()
+  started[pid] = true
   return base, pid, health, prefix
 end
 
@@ -238,6 +250,7 @@ local function nginx_case(n, latency, max_connections)
   end
   local stats = cjson.decode(st:result().body)
   sh("kill -TERM " .. pid)
+  started[pid] = nil
   core.sleep(0.5)
   engine:close()
   health:close()
@@ -245,6 +258,7 @@ local function nginx_case(n, latency, max_connections)
   return cpu, calls, p95, polls, stats
 end
 
+local function nginx_rows()
 if sh("command -v nginx && test -f /usr/share/nginx/modules/ngx_http_lua_module.so && command -v strace") then
   local sizes = list("BENCH_HOST_NGINX", "50,200,1000")
   local cases = {}
@@ -268,6 +282,16 @@ if sh("command -v nginx && test -f /usr/share/nginx/modules/ngx_http_lua_module.
   end
 else
   row("nginx worker", "skipped", "needs nginx, libnginx-mod-http-lua and strace")
+end
+end
+
+for _, section in ipairs { neovim_rows, nginx_rows } do
+  local ok, err = pcall(section)
+  stop_started()
+  if not ok then
+    sb:stop()
+    error(err, 0)
+  end
 end
 
 sb:stop()
