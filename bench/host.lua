@@ -93,6 +93,13 @@ end
 local rows = {}
 local function row(...) rows[#rows + 1] = { ... } end
 
+-- Processes this bench started (nvim, nginx): ended on the way out, also when a case fails.
+local started = {}
+local function stop_started()
+  for pid in pairs(started) do sh("kill " .. pid .. " 2>/dev/null") end
+  started = {}
+end
+
 local sb = assert(sandbox.start { queue_seconds = 1, process_seconds = 1 })
 
 -- Neovim ----------------------------------------------------------------------------------------
@@ -108,6 +115,7 @@ local function nvim_case(adapter, n)
     tmp .. "/old", stats, SKIP, WINDOW, sb.url, tmp))
   assert(ok, pid)
   pid = tonumber(pid:match("%d+"))
+  started[pid] = true
   local deadline = core.now() + 60
   while not io.open(ready) and core.now() < deadline do core.sleep(0.1) end
   assert(io.open(ready), "nvim did not get its creates answered: " .. tostring(select(2, sh("cat " .. tmp .. "/nvim.log"))))
@@ -120,11 +128,13 @@ local function nvim_case(adapter, n)
   if f then f:close() end
   local w, all = wakeups(pid, WINDOW)
   sh("kill " .. pid)
+  started[pid] = nil
   local timer, poll = counts:match("timer (%d+) poll (%d+)")
   return w, cpu, all, timer and tonumber(timer) / WINDOW, poll and tonumber(poll) / WINDOW
 end
 
-if sh("command -v nvim && command -v strace") then
+local function neovim_rows()
+if sh("command -v nvim && command -v strace") and not os.getenv("BENCH_HOST_CASE") then
   -- the previous adapter, as it was before the event-driven one (for the "before" rows)
   assert(sh("mkdir -p " .. tmp .. "/old/jimeng && git show 69b06cc:lua/jimeng/nvim.lua > " .. tmp .. "/old/jimeng/nvim.lua"))
   local idle_w, idle_c, idle_all = nvim_case("idle", 0)
@@ -135,14 +145,15 @@ if sh("command -v nvim && command -v strace") then
       local w, c, all, timer, poll = nvim_case(adapter, n)
       row("Neovim headless", ("%d generate%s waiting, %s"):format(n, n == 1 and "" or "s",
         adapter == "new" and "event-driven (uv polls + one timer)" or "previous adapter (10 ms tick)"),
-        ("%.2f wakeups/s, %.3f CPU s/min"):format(w, c), ("%.1fx idle wakeups, %.2fx idle CPU"):format(w / math.max(idle_w, 0.01),
-          c / math.max(idle_c, 0.001)),
-        ("%.2f epoll_wait calls/s%s"):format(all, timer and (", adapter: %.2f timer (outside transfers) + %.2f socket wake-ups/s")
+        ("%.2f wakeups/s, %.3f CPU s/min"):format(w, c), ("%.1fx idle wakeups%s"):format(w / math.max(idle_w, 0.01),
+          idle_c > 0 and (", %.2fx idle CPU"):format(c / idle_c) or ""),
+        ("%.2f epoll_wait calls/s%s"):format(all, timer and (", adapter: %.2f timer + %.2f socket wake-ups/s")
           :format(timer, poll) or ""))
     end
   end
 else
   row("Neovim headless", "skipped", "needs nvim and strace")
+end
 end
 
 -- nginx -----------------------------------------------------------------------------------------
@@ -178,6 +189,7 @@ local function start_nginx(max_connections)
   local pf = assert(io.open(prefix .. "/logs/nginx.pid"))
   local pid = tonumber(pf:read("*a"):match("%d+"))
   pf:close()
+  started[pid] = true
   return base, pid, health, prefix
 end
 
@@ -238,6 +250,7 @@ local function nginx_case(n, latency, max_connections)
   end
   local stats = cjson.decode(st:result().body)
   sh("kill -TERM " .. pid)
+  started[pid] = nil
   core.sleep(0.5)
   engine:close()
   health:close()
@@ -245,14 +258,20 @@ local function nginx_case(n, latency, max_connections)
   return cpu, calls, p95, polls, stats
 end
 
+local function nginx_rows()
 if sh("command -v nginx && test -f /usr/share/nginx/modules/ngx_http_lua_module.so && command -v strace") then
   local sizes = list("BENCH_HOST_NGINX", "50,200,1000")
   local cases = {}
+  local only = os.getenv("BENCH_HOST_CASE") -- "1000,0.3,64": one case alone
   for _, latency in ipairs { 0, 0.3 } do
     for _, n in ipairs(sizes) do cases[#cases + 1] = { n, latency, 8 } end
   end
   -- 8 connections answer about 26 polls/s at 0.3 s: the most requests, with enough connections for their polls
   cases[#cases + 1] = { sizes[#sizes], 0.3, 64 }
+  if only then
+    local a, b, c = only:match("(%d+),([%d.]+),(%d+)")
+    cases = { { tonumber(a), tonumber(b), tonumber(c) } }
+  end
   for _, c in ipairs(cases) do
     local n, latency, conns = c[1], c[2], c[3]
     local cpu, calls, p95, polls, stats = nginx_case(n, latency, conns)
@@ -263,6 +282,16 @@ if sh("command -v nginx && test -f /usr/share/nginx/modules/ngx_http_lua_module.
   end
 else
   row("nginx worker", "skipped", "needs nginx, libnginx-mod-http-lua and strace")
+end
+end
+
+for _, section in ipairs { neovim_rows, nginx_rows } do
+  local ok, err = pcall(section)
+  stop_started()
+  if not ok then
+    sb:stop()
+    error(err, 0)
+  end
 end
 
 sb:stop()

@@ -16,6 +16,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -77,6 +78,8 @@ typedef struct {
     struct jm_want *want; /* one entry per socket changed since the last watch(), the latest wish wins */
     int nwant, wantcap;
     int want_oom;         /* a wish could not be recorded: watch() raises rather than lose a socket */
+    struct jm_want *sock; /* every socket libcurl wants watched now, and how (engine:step_sockets) */
+    int nsock, sockcap;
     double timer_at;      /* when libcurl wants socket_action_timeout (jm_now() seconds), < 0: never */
     /* the pace (engine:pace): a token bucket taken when a transfer leaves the queue for a connection, so
      * that no one-second window holds more than rate + burst requests however the queue fills and empties */
@@ -1546,6 +1549,30 @@ struct jm_want {
     int what; /* CURL_POLL_IN, _OUT, _INOUT or _REMOVE */
 };
 
+/* Keeps the set of sockets libcurl wants watched now (engine:step_sockets polls exactly those). */
+static int jm_track_socket(jm_engine *e, curl_socket_t s, int what) {
+    int i;
+    for (i = 0; i < e->nsock; i++) {
+        if (e->sock[i].fd == s) break;
+    }
+    if (what == CURL_POLL_REMOVE) {
+        if (i < e->nsock) e->sock[i] = e->sock[--e->nsock];
+        return 0;
+    }
+    if (i == e->nsock) {
+        if (e->nsock == e->sockcap) {
+            int cap = e->sockcap ? e->sockcap * 2 : 16;
+            struct jm_want *w = realloc(e->sock, (size_t)cap * sizeof *w);
+            if (!w) return -1;
+            e->sock = w;
+            e->sockcap = cap;
+        }
+        e->sock[e->nsock++].fd = s;
+    }
+    e->sock[i].what = what;
+    return 0;
+}
+
 /* CURLMOPT_SOCKETFUNCTION: remembers the latest wish for the socket. A socket closed and another opened with
  * the same number before the host looked shows as the new wish: the host re-arms its watcher either way. */
 static int jm_on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp) {
@@ -1553,6 +1580,10 @@ static int jm_on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void
     int i;
     (void)easy;
     (void)socketp;
+    if (jm_track_socket(e, s, what) != 0) {
+        e->want_oom = 1;
+        return -1;
+    }
     for (i = 0; i < e->nwant; i++) {
         if (e->want[i].fd == s) {
             e->want[i].what = what;
@@ -1597,6 +1628,9 @@ static void jm_watch_free(jm_engine *e) {
     free(e->want);
     e->want = NULL;
     e->nwant = e->wantcap = 0;
+    free(e->sock);
+    e->sock = NULL;
+    e->nsock = e->sockcap = 0;
     e->timer_at = -1;
 }
 
@@ -1717,6 +1751,61 @@ static int l_engine_socket_action_timeout(lua_State *L) {
     return jm_socket_action(L, e, CURL_SOCKET_TIMEOUT, 0);
 }
 
+/* engine:step_sockets() -> running, finished | nil, ready: one step for a host that cannot watch sockets
+ * itself (nginx): a poll(2) without waiting over exactly the sockets libcurl asked to watch, a socket action
+ * for each ready one and for libcurl's timer when due. Its cost grows with the sockets that are ready, not
+ * with the transfers in flight (curl_multi_perform looks at every transfer's socket). ready: the actions run. */
+static int l_engine_step_sockets(lua_State *L) {
+    jm_engine *e = jm_check_engine(L, 1);
+    struct pollfd few[64], *fds = few;
+    int n = e->nsock, ready = 0, running = e->running, i, nret;
+    long tmo = -1;
+    CURLMcode mrc;
+    if (e->want_oom) {
+        e->want_oom = 0;
+        return luaL_error(L, "jimeng: out of memory recording libcurl's sockets");
+    }
+    if (n > (int)(sizeof few / sizeof few[0])) {
+        fds = malloc((size_t)n * sizeof *fds);
+        if (!fds) return luaL_error(L, "jimeng: out of memory");
+    }
+    for (i = 0; i < n; i++) {
+        fds[i].fd = (int)e->sock[i].fd;
+        fds[i].events = (short)(((e->sock[i].what & CURL_POLL_IN) ? POLLIN : 0) | ((e->sock[i].what & CURL_POLL_OUT) ? POLLOUT : 0));
+        fds[i].revents = 0;
+    }
+    if (n > 0 && poll(fds, (nfds_t)n, 0) < 0 && errno != EINTR) {
+        int err = errno;
+        if (fds != few) free(fds);
+        return luaL_error(L, "jimeng: poll: %s", strerror(err));
+    }
+    /* the copy in fds stays valid while the actions change e->sock */
+    for (i = 0; i < n; i++) {
+        int mask = 0;
+        if (!fds[i].revents) continue;
+        if (fds[i].revents & (POLLIN | POLLHUP)) mask |= CURL_CSELECT_IN;
+        if (fds[i].revents & POLLOUT) mask |= CURL_CSELECT_OUT;
+        if (fds[i].revents & (POLLERR | POLLNVAL)) mask |= CURL_CSELECT_ERR;
+        mrc = curl_multi_socket_action(e->multi, (curl_socket_t)fds[i].fd, mask, &running);
+        if (mrc != CURLM_OK && mrc != CURLM_BAD_SOCKET) {
+            if (fds != few) free(fds);
+            return luaL_error(L, "jimeng: curl_multi_socket_action: %s", curl_multi_strerror(mrc));
+        }
+        ready++;
+    }
+    if (fds != few) free(fds);
+    if (e->timer_at >= 0 && e->timer_at <= jm_now()) {
+        mrc = curl_multi_socket_action(e->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        if (mrc != CURLM_OK) return luaL_error(L, "jimeng: curl_multi_socket_action: %s", curl_multi_strerror(mrc));
+        ready++;
+    }
+    if (ready > 0 && curl_multi_timeout(e->multi, &tmo) == CURLM_OK)
+        e->timer_at = tmo < 0 ? -1 : jm_now() + (double)tmo / 1000;
+    nret = jm_collect(L, e, running);
+    lua_pushinteger(L, ready);
+    return nret + 1;
+}
+
 /* transfer:paid() -> boolean: a create (never re-sent on a reused connection; its answer names a task) */
 static int l_transfer_paid(lua_State *L) {
     lua_pushboolean(L, jm_check_transfer(L, 1)->paid);
@@ -1727,7 +1816,8 @@ void jm_open_engine(lua_State *L) {
     static const luaL_Reg engine_m[] = {
         {"request", l_engine_request}, {"perform", l_engine_perform}, {"poll", l_engine_poll}, {"pace", l_engine_pace},
         {"close", l_engine_close},     {"watch", l_engine_watch}, {"socket_action", l_engine_socket_action},
-        {"socket_action_timeout", l_engine_socket_action_timeout}, {NULL, NULL},
+        {"socket_action_timeout", l_engine_socket_action_timeout}, {"step_sockets", l_engine_step_sockets},
+        {NULL, NULL},
     };
     static const luaL_Reg transfer_m[] = {
         {"result", l_transfer_result}, {"done", l_transfer_done}, {"progress", l_transfer_progress},

@@ -25,8 +25,10 @@ local now = core.now
 -- never delayed.
 M.coalesce_ms = 500
 
--- What the adapter did: uv callbacks that fired (each is a wake-up of the editor's loop caused by jimeng).
-M.stats = { timer = 0, poll = 0, rounds = 0 }
+-- What the adapter did: uv callbacks that fired (each is a wake-up of the editor's loop caused by jimeng):
+-- timer (of which timer_idle: no call was waiting for a transfer, so a sleep or a poll was due), poll (a
+-- libcurl socket was ready: a transfer in flight), rounds (scheduler rounds run).
+M.stats = { timer = 0, timer_idle = 0, poll = 0, rounds = 0 }
 
 local uv = vim.loop
 
@@ -107,6 +109,7 @@ end
 
 local function on_timer()
   M.stats.timer = M.stats.timer + 1
+  if next(sched.engines) == nil then M.stats.timer_idle = M.stats.timer_idle + 1 end
   pump()
 end
 
@@ -170,7 +173,12 @@ pump = function()
   pumping = true
   local ok, err = pcall(round)
   pumping = false
-  if not ok then deliver(vim.notify, "jimeng: " .. tostring(err), vim.log.levels.ERROR) end
+  if not ok then
+    deliver(vim.notify, "jimeng: " .. tostring(err), vim.log.levels.ERROR)
+    -- a round that failed armed nothing: try again in a second rather than leave every call waiting
+    timer:stop()
+    timer:start(1000, 0, on_timer)
+  end
 end
 
 local function driver()

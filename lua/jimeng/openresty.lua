@@ -2,8 +2,9 @@
 -- A request that waits for its transfer sleeps on an ngx.semaphore; one timer (ngx.timer.at) per worker
 -- drives every engine that has a waiter while anything is in flight, and posts exactly the semaphores of
 -- the transfers that finished. So the cost of a step does not grow with the number of waiting requests:
--- a step is one poll(2) over the engine's sockets (curl_multi_poll with no wait), and a curl_multi_perform
--- only when a socket is ready or libcurl's own timer is due. Sleeping between polls is ngx.sleep.
+-- a step is one poll(2) without waiting over exactly the sockets libcurl asked to watch, then a socket action
+-- for each ready one and for libcurl's timer when due (engine:step_sockets); curl_multi_perform, which looks at
+-- every transfer's socket, only once a second as a sweep. Sleeping between polls is ngx.sleep.
 -- Where nginx cannot yield (init, set_by_lua, header and body filters, log), the blocking adapter serves.
 -- runtime.lua picks this adapter when it loads inside nginx.
 local M = { name = "openresty" }
@@ -71,19 +72,27 @@ local function hand_over(engine, finished)
   end
 end
 
+-- A full curl_multi_perform this often as well: a transfer stepped by someone else's perform (the blocking
+-- fallback) has sockets libcurl never reported to step_sockets.
+M.SWEEP = 1
+local last_sweep = 0
+
 -- One step of every engine with a waiter: returns whether anything happened.
 local function step()
   local busy = false
   M.stats.steps = M.stats.steps + 1
+  local sweep = core.now() - last_sweep >= M.SWEEP
+  if sweep then last_sweep = core.now() end
   for engine in pairs(engines) do
-    local _, tmo = engine:watch() -- libcurl's timer; the socket changes are of no use here
-    if engine:poll(0) > 0 or (tmo and tmo <= 0) then
-      local _, finished = engine:perform()
+    local _, finished, ready = engine:step_sockets()
+    if ready > 0 then
+      busy = true
       M.stats.performs = M.stats.performs + 1
-      if finished then
-        busy = true
-        hand_over(engine, finished)
-      end
+    end
+    hand_over(engine, finished)
+    if sweep then
+      _, finished = engine:perform()
+      hand_over(engine, finished)
     end
   end
   return busy
@@ -152,7 +161,7 @@ end
 --- A scheduler inside a request (jimeng.run, a batch): its own step of an engine, plus whatever the stepper
 -- finished for it meanwhile.
 function M.drive(engine)
-  local _, finished = engine:perform()
+  local _, finished = engine:step_sockets()
   if finished then -- a request's transfer finished by this step: its request is woken as the stepper would
     local mine = {}
     for i = 1, #finished do

@@ -15,6 +15,7 @@ local defaults = {
   client = nil,          -- options for jimeng.new (api_key, base_url, proxy, ...); default: the environment
   open_cmd = nil,        -- how :JimengOpen plays a video: a list ({"mpv"}); default xdg-open, or open on macOS
   notify = true,         -- progress through vim.notify
+  coalesce_ms = 500,     -- polls and sleeps are woken on a grid of this many ms, so that many calls share wake-ups
 }
 M.config = vim.deepcopy(defaults)
 
@@ -41,6 +42,7 @@ function M.setup(opts)
   opts = opts or {}
   vim.validate { opts = { opts, "table" } }
   M.config = vim.tbl_deep_extend("force", vim.deepcopy(defaults), opts)
+  require("jimeng.nvim").coalesce_ms = M.config.coalesce_ms
   client, client_err = nil, nil
   return M
 end

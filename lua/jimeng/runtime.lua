@@ -89,11 +89,10 @@ M.blocking = blocking
 -- The adapter of this process, chosen once: OpenResty's inside nginx, else blocking.
 local host = blocking
 if type(rawget(_G, "ngx")) == "table" and rawget(_G, "ngx").timer then
-  local ok, openresty = pcall(require, "jimeng.openresty")
-  if ok then
-    openresty.fallback(blocking)
-    host = openresty
-  end
+  -- no pcall: a missing adapter must fail loudly, not block the worker in the blocking one
+  local openresty = require "jimeng.openresty"
+  openresty.fallback(blocking)
+  host = openresty
 end
 
 --- The host adapter in use.
@@ -283,6 +282,7 @@ end
 --- Cancels one coroutine's calls: its wait ends now with `reason` (as a trapped signal would end it), and
 -- every later wait of it too, so that its calls return their interrupted errors (a download keeps its
 -- .part) and it finishes. A create on the wire is awaited first: its answer names the task paid for.
+-- Coroutines it spawned are not cancelled with it: cancel each handle (or have it check its own).
 function Scheduler:cancel(h, reason)
   if h.done or h.cancelled then return false end
   reason = reason or "cancelled"

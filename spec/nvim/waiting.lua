@@ -40,6 +40,7 @@ vim.wait(5000, function() return driver.state().running == 0 end, 20)
 local out = io.open(os.getenv("JIMENG_NVIM_OUT"), "w")
 out:write(vim.fn.json_encode({
   created = created, running = running, seconds = elapsed, timer = s1.timer - s0.timer, poll = s1.poll - s0.poll,
+  timer_idle = s1.timer_idle - s0.timer_idle,
   ticks = ticks, worst_gap_ms = worst, left_running = driver.state().running,
 }))
 out:close()
