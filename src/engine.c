@@ -1414,21 +1414,17 @@ static int l_engine_request(lua_State *L) {
     return 1;
 }
 
-/* engine:perform() -> running, finished (an array of the transfers finished since the last call, or nil).
- * Never blocks. */
-static int l_engine_perform(lua_State *L) {
-    jm_engine *e = jm_check_engine(L, 1);
-    int running = 0, left = 0, i;
+/* What engine:perform() returns, after a socket action: running, finished | nil. */
+static int jm_collect(lua_State *L, jm_engine *e, int running) {
+    int left = 0, i;
     CURLMsg *m;
-    CURLMcode mrc = curl_multi_perform(e->multi, &running);
-    if (mrc != CURLM_OK) return luaL_error(L, "jimeng: curl_multi_perform: %s", curl_multi_strerror(mrc));
     while ((m = curl_multi_info_read(e->multi, &left)) != NULL) {
         char *priv = NULL;
         if (m->msg != CURLMSG_DONE) continue;
         if (curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, &priv) != CURLE_OK || !priv) continue;
         jm_finish(L, (jm_transfer *)(void *)priv, m->data.result);
     }
-    jm_pump(L, e); /* the slots just freed go to queued transfers */
+    jm_pump(L, e);
     lua_pushinteger(L, running + (e->qhead ? 1 : 0));
     if (e->ndone == 0) {
         lua_pushnil(L);
@@ -1444,7 +1440,16 @@ static int l_engine_perform(lua_State *L) {
     return 2;
 }
 
-/* engine:poll(ms) -> number of sockets with activity. Waits for activity on any transfer, or ms. */
+/* engine:perform() -> running, finished (an array of the transfers finished since the last call, or nil).
+ * Never blocks. */
+static int l_engine_perform(lua_State *L) {
+    jm_engine *e = jm_check_engine(L, 1);
+    int running = 0;
+    CURLMcode mrc = curl_multi_perform(e->multi, &running);
+    if (mrc != CURLM_OK) return luaL_error(L, "jimeng: curl_multi_perform: %s", curl_multi_strerror(mrc));
+    return jm_collect(L, e, running);
+}
+
 /* engine:pace(rate[, burst]): at most `burst` transfers at once and `rate` a second on average leave the
  * queue for a connection (so no one-second window holds more than rate + burst); rate nil, 0 or inf: no
  * pace. Tokens already earned are kept, up to the new burst. */
@@ -1469,6 +1474,7 @@ static int l_engine_pace(lua_State *L) {
     return 0;
 }
 
+/* engine:poll(ms) -> number of sockets with activity. Waits for activity on any transfer, or ms. */
 static int l_engine_poll(lua_State *L) {
     jm_engine *e = jm_check_engine(L, 1);
     lua_Number ms = jm_wait_cap(luaL_optnumber(L, 2, 1000));
@@ -1697,31 +1703,6 @@ static int jm_event_mask(lua_State *L, int i) {
     return mask;
 }
 
-/* What engine:perform() returns, after a socket action: running, finished | nil. */
-static int jm_collect(lua_State *L, jm_engine *e, int running) {
-    int left = 0, i;
-    CURLMsg *m;
-    while ((m = curl_multi_info_read(e->multi, &left)) != NULL) {
-        char *priv = NULL;
-        if (m->msg != CURLMSG_DONE) continue;
-        if (curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, &priv) != CURLE_OK || !priv) continue;
-        jm_finish(L, (jm_transfer *)(void *)priv, m->data.result);
-    }
-    jm_pump(L, e);
-    lua_pushinteger(L, running + (e->qhead ? 1 : 0));
-    if (e->ndone == 0) {
-        lua_pushnil(L);
-        return 2;
-    }
-    lua_createtable(L, e->ndone, 0);
-    for (i = 0; i < e->ndone; i++) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, e->done[i]);
-        lua_rawseti(L, -2, i + 1);
-        luaL_unref(L, LUA_REGISTRYINDEX, e->done[i]);
-    }
-    e->ndone = 0;
-    return 2;
-}
 
 static int jm_socket_action(lua_State *L, jm_engine *e, curl_socket_t fd, int mask) {
     int running = 0;
