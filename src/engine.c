@@ -103,11 +103,14 @@ enum { JM_SINK_UNDECIDED, JM_SINK_SNIFF, JM_SINK_FILE, JM_SINK_MEMORY };
 
 struct jm_transfer {
     CURL *easy;
-    int kind; /* JM_KIND_API, JM_KIND_DOWNLOAD, JM_KIND_PROBE */
     struct curl_slist *hdrs;
     jm_engine *eng; /* NULL once the engine is gone */
     jm_transfer *prev, *next;
     jm_transfer *qnext; /* in the engine's queue */
+    /* the request as given, kept while it is queued: its libcurl handle is taken and configured only when it
+     * leaves the queue (jm_start), so that a long queue (a paced client) holds no handle, ~9 KiB each */
+    char *req_url, *req_method, *req_body;
+    size_t req_blen;
     int ref; /* registry reference while in flight, so the userdata outlives Lua's own references */
     int state;
     int queued;
@@ -124,10 +127,12 @@ struct jm_transfer {
     int handed_over;         /* the pre-request callback fired: connected (proxy tunnel, TLS done), request next */
     int paid;                /* closesocket callback armed: TCP_INFO is read before libcurl closes the socket */
     int acked_known;         /* the OS said how many request bytes the peer acknowledged */
+    int kind;                /* JM_KIND_API, JM_KIND_DOWNLOAD, JM_KIND_PROBE */
     /* cppcheck-suppress unusedStructMember ; read under __linux__ only */
     long long acked_base;    /* bytes acked before the request (handshakes) */
     long long acked;         /* request bytes acknowledged by the peer */
     int reset_sent;          /* closed with a TCP reset: the request can never land */
+    int req_accept_encoding; /* the request as given: see req_url */
     char *journal;           /* appended and fsynced at the moment of hand-over: "path\0line" */
     size_t journal_len;
     int journal_errno;
@@ -153,11 +158,6 @@ struct jm_transfer {
     int proxy_used;
     char proxy_where[256];
     int probe; /* a certificate probe: connect and handshake only, never pooled */
-    /* the request as given, kept while it is queued: its libcurl handle is taken and configured only when it
-     * leaves the queue (jm_start), so that a long queue (a paced client) holds no handle, ~9 KiB each */
-    char *req_url, *req_method, *req_body;
-    size_t req_blen;
-    int req_accept_encoding;
 
     /* file sink */
     char *path;     /* the partial file's path: set for a download */
