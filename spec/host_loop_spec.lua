@@ -18,8 +18,8 @@ describe("a host loop", function()
   end)
 
   it("sees libcurl's sockets and timer through engine:watch, and gets each finished transfer back once", function()
-    local engine = core.engine()
-    local t = assert(engine:request { url = sb.url .. "/videos/123", bearer = "k", timeout = 10 })
+    local engine = core.engine { api_key = "k" } -- the key is the engine's: a request gives only its own fields
+    local t = assert(engine:request { url = sb.url .. "/videos/123", timeout = 10 })
     -- added: libcurl wants its timer at once, no socket yet
     local changes, tmo, in_flight = engine:watch()
     assert.is_nil(changes)
@@ -45,7 +45,7 @@ describe("a host loop", function()
     assert.truthy(#seen > 0)
     assert.equals(404, t:result().status)
     -- the blocking path on the same engine is untouched
-    local t2 = assert(engine:request { url = sb.url .. "/videos/456", bearer = "k", timeout = 10 })
+    local t2 = assert(engine:request { url = sb.url .. "/videos/456", timeout = 10 })
     assert.is_true(runtime.blocking.await(engine, t2, 10))
     assert.equals(404, t2:result().status)
     engine:close()
