@@ -12,6 +12,7 @@ describe("bad input", function()
     local err = h.failed("invalid_argument", env.client:create { seconds = 5 })
     assert.equals("prompt", err.field)
     assert.is_false(err.retryable)
+    assert.is_false(err.created) -- false: nothing was sent (nil would mean "it may exist")
     assert.equals(before, requests())
   end)
 
@@ -42,6 +43,7 @@ describe("bad input", function()
     local before = requests()
     local err = h.failed("auth", c:create { prompt = "x" })
     assert.truthy(err.message:find("JIMENG_API_KEY"))
+    assert.is_false(err.created)
     assert.equals(before, requests())
   end)
 
@@ -59,6 +61,43 @@ describe("bad input", function()
     assert.equals("zzzzzzzz", err.field)
     assert.is_nil(err.message:find("did you mean", 1, true))
     assert.truthy(err.message:find("poll_interval", 1, true))
+  end)
+
+  -- generate's and omnihuman's options are checked before the paid create: a bad one found after it would
+  -- cost a video (or raise, and lose the id of the task just paid for)
+  local bad_options = {
+    { { interval = 0 }, "interval" }, { { interval = "abc" }, "interval" }, { { timeout = "x" }, "timeout" },
+    { { on_status = "notfn" }, "on_status" }, { { on_created = 5 }, "on_created" },
+    { { on_progress = 5 }, "on_progress" }, { { overwrite = "yes" }, "overwrite" }, { { ouput = "a.mp4" }, "ouput" },
+  }
+  for _, case in ipairs(bad_options) do
+    it("generate with option " .. case[2] .. " = " .. tostring(select(2, next(case[1]))) ..
+      " is refused before anything is paid for", function()
+      local creates = env.sb:stats().creates
+      local err = h.failed("invalid_argument", env.client:generate({ prompt = "never paid" }, case[1]))
+      assert.equals(case[2], err.field)
+      assert.truthy(err.message:find("nothing was paid for", 1, true), err.message)
+      if case[2] == "ouput" then assert.truthy(err.message:find('did you mean "output"', 1, true)) end
+      local _, oerr = env.client:omnihuman({ image = "https://x/p.png", audio = "https://x/a.mp3", output = "o.mp4" },
+        case[2] ~= "ouput" and case[1] or { outptu = 1 })
+      assert.equals("invalid_argument", oerr.kind)
+      assert.equals(creates, env.sb:stats().creates)
+    end)
+  end
+
+  it("omnihuman's subject is checked before any call, and a subject function that raises is a callback error", function()
+    local params = { image = "https://x/p.png?subjects=2", audio = "https://x/a.mp3" }
+    local before = requests()
+    for _, bad in ipairs { 0, -1, 1.5, "biggest" } do
+      params.subject = bad
+      local err = h.failed("invalid_argument", env.client:omnihuman(params))
+      assert.equals("subject", err.field)
+    end
+    assert.equals(before, requests())
+    params.subject = function() error("boom") end
+    local err = h.failed("callback", env.client:omnihuman(params))
+    assert.truthy(err.message:find("boom", 1, true))
+    assert.equals(0, env.sb:stats().creates)
   end)
 
   it("calling a method with a dot instead of a colon raises at once", function()

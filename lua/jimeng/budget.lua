@@ -13,8 +13,9 @@ M.__index = M
 local now = core.now
 
 --- M.new(max_rps, burst, engine) -> budget. max_rps nil: unknown (start unlimited, learn from 429s). burst:
--- how many requests may leave at once (default 5% of the rate, at least 1, at most half). The engine's rate
--- and burst add up to max_rps, so no one-second window ever holds more than max_rps requests.
+-- how many requests may leave at once (default 1). The engine's token bucket then refills at
+-- rps - burst + 1 a second: requests at least 1/rate apart after a burst, so no one-second window holds more
+-- than rps (burst at once, then rps - burst more in the rest of the second).
 function M.new(max_rps, burst, engine)
   local self = setmetatable({ cap = max_rps or math.huge, user_burst = burst, engine = engine, window = {},
     at = now() }, M)
@@ -30,13 +31,11 @@ function M:set(rps)
     if self.engine then self.engine:pace(nil) end
     return
   end
-  local burst = self.user_burst or math.floor(rps * 0.05)
-  self.burst = math.max(1, math.min(burst, math.floor(rps / 2)))
-  -- the engine counts a request when it gets its connection, the server when the request arrives: the
-  -- delays between the two differ by a few milliseconds, enough to carry one more request into a window
-  -- the server counts, so the rate keeps a headroom of 5% (at least one request a second)
-  local headroom = math.max(1, rps * 0.05)
-  self.rate = rps >= 4 and math.max(rps / 2, rps - self.burst - headroom) or rps / 2
+  self.burst = math.max(1, math.min(self.user_burst or 1, math.floor(rps)))
+  -- the engine counts a request when it gets its connection, the server when it arrives: delays differ by
+  -- milliseconds, which at hundreds a second can carry one more request into a window the server counts,
+  -- so the rate keeps a 2% headroom
+  self.rate = math.max(rps - self.burst + 1, 0.5) * 0.98
   if self.engine then self.engine:pace(self.rate, self.burst) end
 end
 

@@ -194,8 +194,10 @@ function Client.new(opts, json)
   if self.max_rps ~= nil and not (self.max_rps >= 0.5 and self.max_rps <= 100000) then -- luacheck: ignore 581
     return invalid("max_rps must be a number of requests per second from 0.5 to 100000", "max_rps")
   end
-  if self.burst ~= nil and not (self.burst >= 1 and self.burst <= 100000 and self.burst == math.floor(self.burst)) then
-    return invalid("burst must be a whole number of requests from 1 to 100000", "burst")
+  if self.burst ~= nil and not (self.burst >= 1 and self.burst <= (self.max_rps or 100000) and
+      self.burst == math.floor(self.burst)) then
+    return invalid(("burst must be a whole number of requests from 1 to %s (max_rps)"):format(
+      self.max_rps and math.floor(self.max_rps) or 100000), "burst")
   end
   -- when each task this client created was created: its first wait learns and uses the queue time
   self.created_at = {}
@@ -275,9 +277,17 @@ end
 function Client:create(params, opts)
   check_method_self(self, "create")
   local body, warnings, class, field = core.normalize(params)
-  if not body then return nil, errors.from_core(warnings, class, field) end
-  local ok, err = need_key(self)
-  if not ok then return nil, err end
+  local err
+  if not body then
+    err = errors.from_core(warnings, class, field)
+  else
+    local _
+    _, err = need_key(self)
+  end
+  if err then
+    err.created = false -- nothing was sent: nothing was paid for
+    return nil, err
+  end
   opts = opts or {}
   local sig = core.interrupted()
   if sig then
@@ -336,9 +346,14 @@ function Client:wait(id, opts)
   local _, err = check_id(id)
   if err then return nil, err end
   local interval = opts.interval or self.poll_interval
-  if not (interval >= 0.01) then return invalid("interval must be at least 0.01 seconds", "interval") end -- luacheck: ignore 581
-  local deadline = opts.deadline or (now() + (opts.timeout or self.wait_timeout))
-  if deadline ~= deadline then return invalid("timeout must be a number of seconds", "timeout") end
+  if type(interval) ~= "number" or not (interval >= 0.01) then -- luacheck: ignore 581 (NaN too)
+    return invalid("interval must be a number of seconds, at least 0.01", "interval")
+  end
+  local timeout = opts.timeout or self.wait_timeout
+  if type(timeout) ~= "number" or not (timeout > 0) then -- luacheck: ignore 581
+    return invalid("timeout must be a positive number of seconds", "timeout")
+  end
+  local deadline = opts.deadline or (now() + timeout)
   local last, last_status, last_err
   local created_at = self.created_at[id]
   self.created_at[id] = nil

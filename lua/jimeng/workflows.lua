@@ -8,6 +8,49 @@ local M = {}
 
 local now = core.now
 
+-- The options of generate and omnihuman, each with its check: all of them are checked before anything is
+-- paid for (a bad one found after the create would cost a video, or raise and lose its task id).
+local function seconds(lo)
+  return function(v)
+    if type(v) ~= "number" or not (v >= lo and v <= 30 * 86400) then -- luacheck: ignore 581 (NaN too)
+      return ("must be a number of seconds from %g to %d"):format(lo, 30 * 86400)
+    end
+  end
+end
+local function of_type(t) return function(v) if type(v) ~= t then return "must be a " .. t end end end
+local OPTION_CHECKS = {
+  output = of_type("string"), output_dir = of_type("string"), overwrite = of_type("boolean"),
+  timeout = seconds(0.001), interval = seconds(0.01),
+  on_created = of_type("function"), on_status = of_type("function"), on_progress = of_type("function"),
+}
+
+-- Checks opts against the names a workflow takes. -> true | nil, err (invalid_argument, nothing sent)
+local function check_options(opts, names, what)
+  if type(opts) ~= "table" then return errors.invalid(what .. " options must be a table", "opts") end
+  for k, v in pairs(opts) do
+    local known = type(k) == "string" and names[k]
+    if not known then
+      local list = {}
+      for n in pairs(names) do list[#list + 1] = n end
+      table.sort(list)
+      local near = core.nearest(tostring(k), list)
+      return errors.invalid(("%s: unknown option %q%s (options: %s; nothing was paid for)"):format(what,
+        tostring(k), near and (": did you mean %q?"):format(near) or "", table.concat(list, ", ")), tostring(k))
+    end
+    local why = OPTION_CHECKS[k](v)
+    if why then
+      return errors.invalid(("%s: option %s %s; got %s (nothing was paid for)"):format(what, k, why,
+        type(v) == "string" and ("%q"):format(v) or tostring(v)), k)
+    end
+  end
+  return true
+end
+
+local GENERATE_OPTIONS = { output = true, output_dir = true, overwrite = true, timeout = true, interval = true,
+  on_created = true, on_status = true, on_progress = true }
+local OMNIHUMAN_OPTIONS = { overwrite = true, timeout = true, interval = true, on_created = true, on_status = true,
+  on_progress = true }
+
 --- Checks, before anything is paid for, that a video can be saved at opts.output (or in opts.output_dir,
 -- which is made when missing: the user named it). An existing file is not replaced unless opts.overwrite.
 -- Returns a function(task_id) -> path | nil, err.
@@ -81,12 +124,11 @@ end
 --- client:generate: see its documentation in client.lua.
 function M.generate(self, params, opts)
   opts = opts or {}
-  local timeout = opts.timeout or self.wait_timeout
-  if not (timeout > 0) then -- luacheck: ignore 581 (NaN too)
-    return errors.invalid("timeout must be a positive number of seconds", "timeout")
-  end
-  local deadline = now() + timeout
-  local output, oerr = plan_output(opts, "jimeng_video_")
+  local ok, oerr = check_options(opts, GENERATE_OPTIONS, "generate")
+  if not ok then return nil, oerr end
+  local deadline = now() + (opts.timeout or self.wait_timeout)
+  local output
+  output, oerr = plan_output(opts, "jimeng_video_")
   if not output then return nil, oerr end
   local task, err = self:create(params, { deadline = deadline })
   if not task then return nil, err end
@@ -98,15 +140,25 @@ local OMNI_WORKFLOW = { subject = true, recognize = true, output = true, output_
 
 --- Picks the speaking subject's mask from a detection, as `subject` asks: "largest", an index, or a
 -- function(mask_urls) returning a mask URL or an index.
+local function check_subject(subject)
+  if subject == nil or subject == "largest" or type(subject) == "function" then return true end
+  if type(subject) == "number" and subject >= 1 and subject == math.floor(subject) then return true end
+  return errors.invalid('subject must be "largest", a subject number from 1, or a function(mask_urls); got ' ..
+    tostring(subject) .. " (nothing was paid for)", "subject")
+end
+
 local function choose_mask(subject, masks)
   local choice = subject
   if type(subject) == "function" then
-    choice = subject(masks)
+    local ok, chosen = pcall(subject, masks)
+    if not ok then
+      return nil, errors.new { kind = "callback", retryable = false,
+        message = "the subject function raised: " .. tostring(chosen) .. " (nothing was paid for)" }
+    end
+    choice = chosen
     if choice == nil then return nil, "the subject function chose no mask" end
   elseif subject == "largest" then
     choice = 1
-  elseif type(subject) ~= "number" then
-    return nil, 'subject must be "largest", a number or a function(mask_urls); got ' .. tostring(subject)
   end
   if type(choice) == "number" then
     if choice ~= math.floor(choice) or choice < 1 or choice > #masks then
@@ -125,6 +177,10 @@ end
 function M.omnihuman(self, params, opts)
   opts = opts or {}
   if type(params) ~= "table" then return errors.invalid("omnihuman needs a table of parameters") end
+  local ok, oerr = check_options(opts, OMNIHUMAN_OPTIONS, "omnihuman")
+  if not ok then return nil, oerr end
+  ok, oerr = check_subject(params.subject)
+  if not ok then return nil, oerr end
   local wire = { generation_type = "omni_human" }
   for k, v in pairs(params) do
     if not OMNI_WORKFLOW[k] then wire[k] = v end
@@ -136,7 +192,6 @@ function M.omnihuman(self, params, opts)
   end
   local output
   if params.output or params.output_dir then
-    local oerr
     output, oerr = plan_output({ output = params.output, output_dir = params.output_dir,
       overwrite = opts.overwrite }, "omnihuman_video_")
     if not output then return nil, oerr end
@@ -162,7 +217,10 @@ function M.omnihuman(self, params, opts)
     end
     local why
     mask, why = choose_mask(params.subject, det.mask_urls)
-    if not mask then return nil, errors.new { kind = "invalid_argument", field = "subject", message = why } end
+    if not mask then
+      if errors.is(why) then return nil, why end
+      return nil, errors.new { kind = "invalid_argument", field = "subject", message = why }
+    end
     wire.mask = mask
   end
   local task, err = self:create(wire, { deadline = deadline })
