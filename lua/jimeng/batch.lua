@@ -332,7 +332,9 @@ function Run:complete(job, task_id, deadline)
     end
     return werr.kind == "interrupted" and "interrupted" or "error", { error = werr }
   end
-  local info, derr = client:download(task_id, job.path, { deadline = deadline })
+  -- the path was checked before the first create (check_outputs): a file there is one this journal made
+  -- or overwrite allowed
+  local info, derr = client:download(task_id, job.path, { deadline = deadline, overwrite = true })
   if not info then return derr.kind == "interrupted" and "interrupted" or "error", { error = derr } end
   local ok, jerr = self:journal { event = "saved", job = job.key, task_id = task_id, path = job.path, bytes = info.bytes }
   if not ok then return "error", { error = jerr, path = job.path } end

@@ -239,7 +239,7 @@ function commands.download(client, args, out)
   local path = args.output or ("jimeng_video_" .. args.id .. ".mp4")
   local d = out:task_display(args.id)
   d.ready_at = core.now()
-  local info, err = client:download(args.id, path, { resume = not args.no_resume,
+  local info, err = client:download(args.id, path, { resume = not args.no_resume, overwrite = args.force,
     on_progress = function(got, total) d:bytes(got, total) end })
   if not info then
     err.task_id = err.task_id or args.id

@@ -432,7 +432,8 @@ end
 -- Streams to <path>.part, checks the byte count, fsyncs and renames onto path. A failure leaves no file
 -- at path; the .part stays, bound to the task by its record (<path>.part.json), and the next call for the
 -- same task resumes from it (opts.resume, default true). The .part is locked: a second download to the same
--- path is refused while one runs. opts.on_progress(received, total) is called at most every
+-- path is refused while one runs. An existing file at path is refused unless opts.overwrite.
+-- opts.on_progress(received, total) is called at most every
 -- opts.progress_interval seconds (0.25). info: {path=, bytes=, task_id=, status=, resumed_from= (bytes kept
 -- from an earlier call), etag=, content_type=, request_id=}.
 function Client:download(id, path, opts)
@@ -442,9 +443,15 @@ function Client:download(id, path, opts)
   if type(path) ~= "string" or path == "" then
     return invalid("download needs an output path", "path")
   end
+  opts = opts or {}
+  local state, why = core.check_output(path)
+  if not state then return nil, errors.new { kind = "io", task_id = id, field = "path", message = why } end
+  if state == "file" and not opts.overwrite then
+    return invalid(path .. " exists: choose another path, or pass overwrite=true (CLI --force) to replace it", "path")
+  end
   local ok, kerr = need_key(self)
   if not ok then return nil, kerr end
-  return download.download(self, id, path, opts or {})
+  return download.download(self, id, path, opts)
 end
 
 -- Subjects (OmniHuman)

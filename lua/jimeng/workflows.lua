@@ -107,7 +107,8 @@ local function complete(self, task, opts, deadline, output)
     progress_err = perr
   end
   local path = output(task.id)
-  local info, derr = self:download(task.id, path, { deadline = deadline, on_progress = progress })
+  -- the path was checked before the create (plan_output): a file there now is one overwrite allowed
+  local info, derr = self:download(task.id, path, { deadline = deadline, on_progress = progress, overwrite = true })
   if not info then
     derr.task_id = task.id
     return nil, derr

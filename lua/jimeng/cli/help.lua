@@ -108,6 +108,7 @@ function M.parser()
   dl:argument("id", "Task id.")
   option(dl, "-o --output", "Output file (default jimeng_video_<id>.mp4).", "FILE")
   dl:flag("--no-resume", "Start over even if a .part file exists.")
+  dl:flag("--force", "Replace the output file if it exists (otherwise refused).")
   add_json(dl); add_quiet(dl); add_network(dl)
 
   local det = p:command("detect", "Detect the subjects of a portrait (OmniHuman): their mask URLs, largest first.")
