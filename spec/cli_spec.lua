@@ -28,6 +28,17 @@ describe("the jimeng command", function()
     return code, (out:gsub("exit=%d+%s*$", "")), h.read(errfile) or ""
   end
 
+  it("reads a negative number after an option as its value (--seed -1), and names the command in its hints", function()
+    local code, out, err = jimeng("create 'negative seed' --seed -1")
+    assert.equals(0, code, err)
+    local creates = h.api_requests(sb, "^/v1/videos$")
+    assert.equals(-1, creates[#creates].body.seed)
+    assert.truthy(out:find("^%d+"))
+    code, _, err = jimeng("create 'bad frames' --frames 100")
+    assert.equals(2, code)
+    assert.truthy(err:find("see jimeng create --help", 1, true), err)
+  end)
+
   it("generate saves the video, prints its path, and shows each status on stderr", function()
     local code, out, err = jimeng("generate '千军万马奔腾在草原上' --seconds 5 --size 1280x720 --seed 7 -o horses.mp4 --interval 0.05")
     assert.equals(0, code, err)

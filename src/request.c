@@ -474,7 +474,8 @@ static int jm_prompt(jm_norm *n, const char *content_text, int required) {
     }
     if (!prompt || !*prompt) {
         if (!required) return 0;
-        return JM_FAIL(n, "prompt", "prompt is required: describe the video (up to %d characters)", JM_PROMPT_WARN);
+        return JM_FAIL(n, "prompt", "prompt is required: describe the video (up to %d characters; %d or fewer work best)",
+                       JM_PROMPT_MAX, JM_PROMPT_WARN);
     }
     chars = jm_utf8_len((const unsigned char *)prompt, strlen(prompt));
     if (chars < 0) return JM_FAIL(n, "prompt", "prompt is not valid UTF-8");

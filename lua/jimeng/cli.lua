@@ -23,7 +23,7 @@ Out.__index = Out
 local function new_out(args, stdout, stderr, listed)
   return setmetatable({
     json = listed.json and args.json, quiet = listed.quiet and args.quiet, stdout = stdout, stderr = stderr,
-    tty = stderr == io.stderr and core.isatty(2), started = core.now(), line_open = false,
+    tty = stderr == io.stderr and core.isatty(2), started = core.now(), line_open = false, command = args.command,
   }, Out)
 end
 
@@ -131,6 +131,7 @@ function Out:fail(err, continue)
   if self.line_open then self.stderr:write("\n") end
   self.stderr:write(self:fitted(tostring(err)), "\n")
   local hint = err.hint or errors.hint(err.kind)
+  if hint and self.command then hint = hint:gsub("jimeng COMMAND", "jimeng " .. self.command) end
   if err.created then -- the task exists and is paid for: running the command again would pay again
     hint = err.task_id and continue and ("the task exists and is paid for: do not create it again; " ..
       "continue with: " .. continue(err.task_id))
@@ -528,7 +529,15 @@ function M.main(argv, streams)
   local stdout, stderr = streams.stdout or io.stdout, streams.stderr or io.stderr
   local parser = help.parser()
   local list = {}
-  for i = 1, #argv do list[i] = argv[i] end
+  for i = 1, #argv do
+    -- `--seed -1`: argparse would read -1 as an option; a negative number after an option is its value
+    local prev = list[#list]
+    if argv[i]:match("^%-%d+%.?%d*$") and prev and prev:match("^%-%-[%w%-%.]+$") then
+      list[#list] = prev .. "=" .. argv[i]
+    else
+      list[#list + 1] = argv[i]
+    end
+  end
   if #list == 0 then
     stdout:write(parser:get_help(), "\n")
     return EXIT_USAGE

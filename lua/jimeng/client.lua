@@ -165,7 +165,7 @@ function Client.new(opts, json)
   for k, v in pairs(DEFAULTS) do self[k] = v end
   for k, v in pairs(opts) do self[k] = v end
   if opts.api_key == nil then self.api_key = os.getenv("JIMENG_API_KEY") end
-  if opts.base_url == nil then self.base_url = os.getenv("JIMENG_BASE_URL") or DEFAULTS.base_url end
+  if opts.base_url == nil then self.base_url = getenv_nonempty("JIMENG_BASE_URL") or DEFAULTS.base_url end
   if self.api_key == "" then self.api_key = nil end
   if self.api_key and self.api_key:find("[%c]") then
     return invalid("api_key contains control characters (CR, LF...)", "api_key")
