@@ -85,8 +85,8 @@ function Out:fitted(text)
   return text
 end
 
-function Out:note(text)
-  if self.quiet then return end
+function Out:note(text, always)
+  if self.quiet and not always then return end
   if self.line_open then
     self.stderr:write("\n")
     self.line_open = false
@@ -578,7 +578,8 @@ function M.main(argv, streams)
     if err then return out:fail(err) end
     -- (the poll interval goes to the calls that wait, as their `interval`: only they read --interval)
     client, err = jimeng.new { api_key = key, base_url = args.base_url,
-      logger = function(kind, text) if kind == "interrupted" then stderr:write("jimeng: ", text, "\n") end end,
+      -- said even with -q: after Ctrl-C, why the command goes on (on a line of its own, wrapped at words)
+      logger = function(kind, text) if kind == "interrupted" then out:note("jimeng: " .. text, true) end end,
       cainfo = args.cainfo, proxy = args.proxy, no_proxy = args.no_proxy,
       http_version = args["http1.1"] and "1.1" or args.http2 and "2" or nil }
     if not client then return out:fail(err) end
