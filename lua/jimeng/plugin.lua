@@ -156,6 +156,17 @@ local function callbacks(task)
   }
 end
 
+-- The client (its error notified), the settings, and the absolute output directory.
+local function client_and_dir()
+  local c, cerr = get_client()
+  if not c then
+    notify(tostring(cerr), vim.log.levels.ERROR)
+    return nil, cerr
+  end
+  local cfg = M.config
+  return c, cfg, (vim.fn.fnamemodify(cfg.output_dir or vim.fn.getcwd(), ":p"):gsub("/$", ""))
+end
+
 local function new_task(prompt, dir)
   local task = { n = #tasks + 1, prompt = prompt, state = "creating", dir = dir }
   tasks[#tasks + 1] = task
@@ -169,13 +180,8 @@ function M.generate(args)
     notify(perr, vim.log.levels.ERROR)
     return nil, perr
   end
-  local c, cerr = get_client()
-  if not c then
-    notify(tostring(cerr), vim.log.levels.ERROR)
-    return nil, cerr
-  end
-  local cfg = M.config
-  local dir = vim.fn.fnamemodify(cfg.output_dir or vim.fn.getcwd(), ":p"):gsub("/$", "")
+  local c, cfg, dir = client_and_dir()
+  if not c then return nil, cfg end
   local params = {
     prompt = opts.prompt, seconds = tonumber(opts.seconds) or opts.seconds or cfg.seconds,
     aspect_ratio = opts.ratio or cfg.ratio, model = cfg.model,
@@ -192,13 +198,8 @@ end
 --- :JimengResume {task_id}: waits for a task this client created and downloads it to the output directory,
 -- continuing a .part that a cancel kept.
 function M.resume(id)
-  local c, cerr = get_client()
-  if not c then
-    notify(tostring(cerr), vim.log.levels.ERROR)
-    return nil, cerr
-  end
-  local cfg = M.config
-  local dir = vim.fn.fnamemodify(cfg.output_dir or vim.fn.getcwd(), ":p"):gsub("/$", "")
+  local c, cfg, dir = client_and_dir()
+  if not c then return nil, cfg end
   local task = new_task("resume " .. id, dir)
   task.task_id = id
   local call = callbacks(task)
