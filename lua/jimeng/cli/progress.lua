@@ -192,6 +192,10 @@ end
 function Task:polled(task)
   self.polls = self.polls + 1
   if task then self.status = task.status end
+  if not self.created_at and task and type(task.created_at) == "number" then
+    -- a task created before this command (jimeng wait ID): its age from the API's created_at
+    self.created_at = now() - math.max(0, os.time() - task.created_at)
+  end
   if self.phase == "start" then self.phase = "wait" end
   self:draw()
 end
@@ -299,7 +303,8 @@ function Table:lines(width, height)
     for _, j in ipairs(self.order) do lines[#lines + 1] = (job_text(j, width)) end
     return lines
   end
-  local done, waiting = 0, 0
+  -- jobs not started yet have no line either: they wait too
+  local done, waiting = 0, math.max(0, (self.order[1].total_jobs or #self.order) - #self.order)
   for _, j in ipairs(self.order) do
     if j.finished then done = done + 1 elseif j.state == "waiting" then waiting = waiting + 1
     elseif #lines < room - 1 then lines[#lines + 1] = (job_text(j, width)) end
