@@ -4,14 +4,7 @@ local notes = {}
 vim.notify = function(msg, level) table.insert(notes, { msg = msg, level = level }) end
 require("jimeng").setup { output_dir = os.getenv("JIMENG_OUTPUT_DIR"), interval = 0.1 }
 
-local ticks, worst, last = 0, 0, vim.loop.now()
-local timer = vim.loop.new_timer()
-timer:start(20, 20, function()
-  local t = vim.loop.now()
-  worst = math.max(worst, t - last)
-  last = t
-  ticks = ticks + 1
-end)
+local ticker = dofile("spec/nvim/ticker.lua")()
 
 local started = vim.loop.now()
 vim.cmd("JimengGenerate -seconds=5 a kite over the sea sandbox:slow=1.5")
@@ -23,12 +16,12 @@ local function saved()
   end
 end
 local done = vim.wait(20000, function() return saved() ~= nil end, 10)
-timer:stop()
+ticker.timer:stop()
 local task = require("jimeng.plugin").tasks()[1]
 
 local out = io.open(os.getenv("JIMENG_NVIM_OUT"), "w")
 out:write(vim.fn.json_encode({
-  done = done, result = saved(), notes = notes, ticks = ticks, worst_gap_ms = worst, path = task.path,
+  done = done, result = saved(), notes = notes, ticks = ticker.ticks, worst_gap_ms = ticker.worst, path = task.path,
   state = task.state, command_returned_ms = returned_after, elapsed_ms = vim.loop.now() - started,
   stats = require("jimeng.nvim").stats, driver = require("jimeng.nvim").state(),
   commands = vim.fn.exists(":JimengStatus") + vim.fn.exists(":JimengCancel") + vim.fn.exists(":JimengOpen"),

@@ -16,20 +16,13 @@ local created = vim.wait(20000, function()
   return true
 end, 50)
 
-local ticks, worst, last = 0, 0, vim.loop.now()
-local timer = vim.loop.new_timer()
-timer:start(20, 20, function()
-  local t = vim.loop.now()
-  worst = math.max(worst, t - last)
-  last = t
-  ticks = ticks + 1
-end)
+local ticker = dofile("spec/nvim/ticker.lua")()
 local s0 = vim.deepcopy(driver.stats)
 local t0 = vim.loop.hrtime()
 vim.wait(window * 1000, function() return false end, 100)
 local elapsed = (vim.loop.hrtime() - t0) / 1e9
 local s1 = vim.deepcopy(driver.stats)
-timer:stop()
+ticker.timer:stop()
 local running = 0
 for _, t in ipairs(plugin.tasks()) do
   if t.job then running = running + 1 end
@@ -41,7 +34,7 @@ local out = io.open(os.getenv("JIMENG_NVIM_OUT"), "w")
 out:write(vim.fn.json_encode({
   created = created, running = running, seconds = elapsed, timer = s1.timer - s0.timer, poll = s1.poll - s0.poll,
   timer_idle = s1.timer_idle - s0.timer_idle,
-  ticks = ticks, worst_gap_ms = worst, left_running = driver.state().running,
+  ticks = ticker.ticks, worst_gap_ms = ticker.worst, left_running = driver.state().running,
 }))
 out:close()
 vim.cmd("qa!")
