@@ -6,20 +6,11 @@ local core = require "jimeng.core"
 local runtime = require "jimeng.runtime"
 
 describe("a host loop", function()
-  local sb, client, dir
-  setup(function()
-    sb = h.sandbox()
-    client = h.client(sb)
-    dir = h.tmpdir()
-  end)
-  teardown(function()
-    sb:stop()
-    h.cleanup()
-  end)
+  local env = h.with_sandbox { dir = "setup" }
 
   it("sees libcurl's sockets and timer through engine:watch, and gets each finished transfer back once", function()
     local engine = core.engine { api_key = "k" } -- the key is the engine's: a request gives only its own fields
-    local t = assert(engine:request { url = sb.url .. "/videos/123", timeout = 10 })
+    local t = assert(engine:request { url = env.sb.url .. "/videos/123", timeout = 10 })
     -- added: libcurl wants its timer at once, no socket yet
     local changes, tmo, in_flight = engine:watch()
     assert.is_nil(changes)
@@ -45,7 +36,7 @@ describe("a host loop", function()
     assert.truthy(#seen > 0)
     assert.equals(404, t:result().status)
     -- the blocking path on the same engine is untouched
-    local t2 = assert(engine:request { url = sb.url .. "/videos/456", timeout = 10 })
+    local t2 = assert(engine:request { url = env.sb.url .. "/videos/456", timeout = 10 })
     assert.is_true(runtime.blocking.await(engine, t2, 10))
     assert.equals(404, t2:result().status)
     engine:close()
@@ -77,14 +68,14 @@ describe("a host loop", function()
   end)
 
   it("cancels a download: the transfer stops, the .part stays for the next call to resume", function()
-    sb:faults { { path = "/content$", fault = "stall_mid_body", after_bytes = 50000, seconds = 20, count = 1 } }
-    local task = assert(client:create { prompt = "cancel sandbox:bytes=200000" })
-    assert(client:wait(task.id, { interval = 0.05 }))
-    local path = dir .. "/cancelled.mp4"
+    env.sb:faults { { path = "/content$", fault = "stall_mid_body", after_bytes = 50000, seconds = 20, count = 1 } }
+    local task = assert(env.client:create { prompt = "cancel sandbox:bytes=200000" })
+    assert(env.client:wait(task.id, { interval = 0.05 }))
+    local path = env.dir .. "/cancelled.mp4"
     local sched = runtime.scheduler()
     local res
     local job = sched:spawn(function()
-      res = { client:download(task.id, path, { on_progress = function() end, progress_interval = 0.05 }) }
+      res = { env.client:download(task.id, path, { on_progress = function() end, progress_interval = 0.05 }) }
     end)
     local deadline = core.now() + 10
     while (core.file_size(path .. ".part") or 0) < 50000 and core.now() < deadline do sched:tick(50) end
@@ -94,7 +85,7 @@ describe("a host loop", function()
     assert.equals("interrupted", res[2].kind)
     assert.truthy(res[2].message:find("cancelled", 1, true))
     assert.equals(50000, core.file_size(path .. ".part"))
-    local info = assert(client:download(task.id, path))
+    local info = assert(env.client:download(task.id, path))
     assert.equals(50000, info.resumed_from)
     assert.equals(200000, info.bytes)
   end)
