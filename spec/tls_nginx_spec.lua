@@ -27,6 +27,7 @@ describe("TLS and HTTP/2 through nginx #host", function()
     ca = dir .. "/ca.pem"
     front = tls.nginx_front(dir, sb.url, {
       { name = "good", cert = "good" }, { name = "expired", cert = "expired" }, { name = "wrong", cert = "wrong" },
+      { name = "limited", cert = "good", limit_rps = 20 },
     })
   end)
   teardown(function()
@@ -69,6 +70,31 @@ describe("TLS and HTTP/2 through nginx #host", function()
     local seen = {}
     for _, e in ipairs(tls.access(front)) do seen[e.uri:match("^/v1/videos") and e.protocol or "other"] = true end
     assert.same({ ["HTTP/2.0"] = true }, seen)
+  end)
+
+  it("stays under nginx's own rate limiter (limit_req, 20 r/s) with max_rps = 20 over HTTP/2: not one 429", function()
+    local c = client("limited", { cainfo = ca, max_rps = 20 })
+    local before = #tls.access(front)
+    local done = jimeng.run(function()
+      local list = {}
+      for i = 1, 20 do
+        list[i] = function()
+          local t = assert(c:create { prompt = "limited " .. i })
+          return assert(c:wait(t.id, { timeout = 60 }))
+        end
+      end
+      return jimeng.gather(list)
+    end)
+    assert.equals(20, #done)
+    local statuses, n = {}, 0
+    for i, e in ipairs(tls.access(front)) do
+      if i > before then
+        statuses[e.status] = (statuses[e.status] or 0) + 1
+        n = n + 1
+      end
+    end
+    assert.is_nil(statuses[429], ("nginx refused %s of %d requests"):format(tostring(statuses[429]), n))
+    assert.is_true(n >= 40, n .. " requests") -- 20 creates and their polls: the limiter was exercised
   end)
 
   it("speaks HTTP/1.1 when told (http_version = \"1.1\")", function()

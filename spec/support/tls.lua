@@ -40,20 +40,27 @@ function M.make_ca(dir, certs)
   return dir
 end
 
---- Starts nginx with one TLS + HTTP/2 server per entry of `servers` ({name=, cert=}), each on its own free
--- port, proxying /v1/ to the sandbox. Returns {ports = {name = port}, log = path, stop = fn}.
+--- Starts nginx with one TLS + HTTP/2 server per entry of `servers` ({name=, cert=, limit_rps=}), each on its
+-- own free port, proxying /v1/ to the sandbox; limit_rps: nginx's own limit_req on /v1/ (429 above it, a
+-- burst of 2). Returns {ports = {name = port}, log = path, stop = fn}.
 function M.nginx_front(dir, sandbox_url, servers)
   local upstream = sandbox_url:match("^https?://([^/]+)")
   local ports, blocks = {}, {}
   for _, s in ipairs(servers) do
     ports[s.name] = proc.free_port()
+    local limit = ""
+    if s.limit_rps then
+      blocks[#blocks + 1] = ("  limit_req_zone $server_port zone=%s:1m rate=%dr/s;\n  limit_req_status 429;")
+        :format(s.name, s.limit_rps)
+      limit = ("limit_req zone=%s burst=2 nodelay; "):format(s.name)
+    end
     blocks[#blocks + 1] = ([[
   server {
     listen 127.0.0.1:%d ssl http2;
     ssl_certificate %s/%s.pem;
     ssl_certificate_key %s/%s.key;
-    location /v1/ { proxy_pass http://sandbox; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }]]):format(ports[s.name], dir, s.cert, dir, s.cert)
+    location /v1/ { %sproxy_pass http://sandbox; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }]]):format(ports[s.name], dir, s.cert, dir, s.cert, limit)
   end
   sh("mkdir -p " .. dir .. "/logs " .. dir .. "/tmp")
   h.write(dir .. "/nginx.conf", ([[
