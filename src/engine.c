@@ -1478,13 +1478,14 @@ static int l_engine_pace(lua_State *L) {
 static int l_engine_poll(lua_State *L) {
     jm_engine *e = jm_check_engine(L, 1);
     lua_Number ms = jm_wait_cap(luaL_optnumber(L, 2, 1000));
+    double pace = jm_pace_wait_ms(e);
     int numfds = 0, sfd = jm_signal_fd();
     struct curl_waitfd sig;
     CURLMcode mrc;
     sig.fd = sfd;
     sig.events = CURL_WAIT_POLLIN;
     sig.revents = 0;
-    if (jm_pace_wait_ms(e) >= 0 && jm_pace_wait_ms(e) < ms) ms = jm_pace_wait_ms(e); /* a token comes: pump */
+    if (pace >= 0 && pace < ms) ms = pace; /* a token comes: the next perform starts a queued transfer */
     mrc = curl_multi_poll(e->multi, sfd >= 0 ? &sig : NULL, sfd >= 0 ? 1 : 0, (int)ms, &numfds);
     if (mrc != CURLM_OK) return luaL_error(L, "jimeng: curl_multi_poll: %s", curl_multi_strerror(mrc));
     lua_pushinteger(L, numfds);
