@@ -57,10 +57,18 @@ DETECT_KEY = "jimeng_realman_avatar_object_detection"
 RECOG_KEY = "jimeng_realman_avatar_picture_create_role_omni_v15"
 RATIOS = {"16:9": 16 / 9, "9:16": 9 / 16, "4:3": 4 / 3, "3:4": 3 / 4, "1:1": 1.0, "21:9": 21 / 9}
 
-# Synthetic videos: an ftyp box, then byte i = ((i % 65521) * 7 + 13 + seed) % 256, so that any slice can be
-# checked (seed 0 unless the prompt says sandbox:seed=N).
+# Synthetic videos: an MP4 by its top-level boxes (what a client checks before it saves one): an ftyp box, an
+# empty moov box, and an mdat box with a 64-bit size that holds the rest, where byte i = ((i % 65521) * 7 + 13
+# + seed) % 256, so that any slice can be checked (seed 0 unless the prompt says sandbox:seed=N). No body is
+# shorter than those headers (SYNTHETIC_MIN bytes).
 PERIOD = 65521
 FTYP = struct.pack(">I4s4sI4s4s4s4s", 32, b"ftyp", b"isom", 512, b"isom", b"iso2", b"avc1", b"mp41")
+SYNTHETIC_MIN = len(FTYP) + 8 + 16
+
+
+def synthetic_head(size):
+    """The box headers of a synthetic video of `size` bytes (at least SYNTHETIC_MIN)."""
+    return FTYP + struct.pack(">I4s", 8, b"moov") + struct.pack(">I4sQ", 1, b"mdat", size - len(FTYP) - 8)
 PATTERN = bytes((i * 7 + 13) % 256 for i in range(PERIOD)) * 17  # one period, repeated: fast to start
 # Large synthetic bodies are served from a file of the pattern with sendfile, so that the server is not
 # what a download benchmark measures. The files live in one temporary directory, removed at exit.
@@ -82,13 +90,14 @@ def seeded_pattern(seed):
         return _patterns[shift]
 
 
-def synthetic_chunks(start, length, seed=0):
-    """The bytes start..start+length of a synthetic video, in chunks of at most 1 MiB."""
+def synthetic_chunks(size, start, length, seed=0):
+    """The bytes start..start+length of the synthetic video of `size` bytes, in chunks of at most 1 MiB."""
     pattern = seeded_pattern(seed)
     pos, end = start, start + length
+    head = synthetic_head(size)
     while pos < end:
-        if pos < len(FTYP):
-            chunk = FTYP[pos:min(end, len(FTYP))]
+        if pos < len(head):
+            chunk = head[pos:min(end, len(head))]
         else:
             off = pos % PERIOD
             n = min(end - pos, len(pattern) - off, 1 << 20)
@@ -106,7 +115,7 @@ def blob_file(size, seed=0):
         path = os.path.join(_blob_dir, f"{size}-{seed % 256}")
         if not os.path.exists(path):
             with open(path + ".tmp", "wb") as f:
-                for chunk in synthetic_chunks(0, size, seed):
+                for chunk in synthetic_chunks(size, 0, size, seed):
                     f.write(chunk)
             os.rename(path + ".tmp", path)
         return path
@@ -546,6 +555,8 @@ class Handler(BaseHTTPRequestHandler):
         m = re.search(r"sandbox:bytes=(\d+)", prompt)
         if m:
             size = int(m.group(1))
+        if size:
+            size = max(size, SYNTHETIC_MIN)
         m = re.search(r"sandbox:seed=(\d+)", prompt)
         task = {
             "id": new_task_id(),
@@ -751,7 +762,7 @@ class Handler(BaseHTTPRequestHandler):
         if not size:
             yield self.server.fixture[start:start + length]
             return
-        yield from synthetic_chunks(start, length, task["seed"])
+        yield from synthetic_chunks(size, start, length, task["seed"])
 
     def detection(self, body):
         url = self.subject_request(body, DETECT_KEY)

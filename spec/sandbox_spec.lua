@@ -88,12 +88,13 @@ local function until_completed(sb, id)
   end
 end
 
--- The synthetic video: an ftyp box, then byte i = ((i % 65521) * 7 + 13 + seed) % 256.
-local FTYP = "\0\0\0\32ftypisom\0\0\2\0isomiso2avc1mp41"
-local function synthetic(n, seed, from)
+-- The synthetic video of `size` bytes (default n): an MP4 by its boxes (ftyp, an empty moov, an mdat with a
+-- 64-bit size), then byte i = ((i % 65521) * 7 + 13 + seed) % 256. Its bytes from..n-1.
+local function synthetic(n, seed, from, size)
+  local head = h.synthetic_head(size or n)
   local out = {}
   for i = from or 0, n - 1 do
-    out[#out + 1] = i < 32 and FTYP:sub(i + 1, i + 1) or string.char(((i % 65521) * 7 + 13 + (seed or 0)) % 256)
+    out[#out + 1] = i < #head and head:sub(i + 1, i + 1) or string.char(((i % 65521) * 7 + 13 + (seed or 0)) % 256)
   end
   return table.concat(out)
 end
@@ -509,7 +510,7 @@ describe("content faults", function()
     assert.equals("HTTP/1.0 200 OK", r.status_line)
     assert.is_nil(r.headers["content-length"])
     assert.equals("fin", r.ended)
-    same_bytes(synthetic(3000), r.body)
+    same_bytes(synthetic(3000, 0, 0, SIZE), r.body)
   end)
 
   it("http10_close: by default half the body; a Range is answered 206 with its Content-Range", function()

@@ -125,10 +125,42 @@ function M.api_requests(sb, pattern)
   return out
 end
 
---- The expected byte at offset i of a synthetic sandbox video (see sandbox/server.py).
+--- The box headers that begin a synthetic sandbox video of `size` bytes (see sandbox/server.py): ftyp, an
+-- empty moov, and an mdat with a 64-bit size holding the rest (56 bytes).
+function M.synthetic_head(size)
+  local mdat = size - 40
+  return "\0\0\0\32ftypisom\0\0\2\0isomiso2avc1mp41" .. "\0\0\0\8moov" .. "\0\0\0\1mdat" ..
+    string.char(0, 0, 0, math.floor(mdat / 2 ^ 32) % 256, math.floor(mdat / 2 ^ 24) % 256,
+      math.floor(mdat / 2 ^ 16) % 256, math.floor(mdat / 2 ^ 8) % 256, mdat % 256)
+end
+
+--- The expected byte at offset i of a synthetic sandbox video (see sandbox/server.py), past its headers.
+M.SYNTHETIC_HEAD = 56
 function M.synthetic_byte(i)
-  if i < 32 then return nil end
+  if i < M.SYNTHETIC_HEAD then return nil end
   return ((i % 65521) * 7 + 13) % 256
+end
+
+--- A valid MP4 of `size` bytes by its top-level boxes (what the client checks before it saves a video):
+-- ftyp, a moov of random bytes, an mdat of random bytes (a 64-bit size when `large`); two calls never give
+-- the same bytes. Also its parts' offsets: {moov = , mdat = }.
+function M.mp4(size, large)
+  local f = assert(io.open("/dev/urandom", "rb"))
+  local ftyp = "\0\0\0\24ftypisom\0\0\2\0isomiso2"
+  local moov_body = f:read(100)
+  local moov = "\0\0\0\108moov" .. moov_body
+  local head = large and 16 or 8
+  local mdat_len = size - #ftyp - #moov
+  assert(mdat_len >= head, "too small for an MP4")
+  local function be(n, bytes)
+    local out = {}
+    for k = bytes - 1, 0, -1 do out[#out + 1] = string.char(math.floor(n / 2 ^ (8 * k)) % 256) end
+    return table.concat(out)
+  end
+  local mdat = large and (be(1, 4) .. "mdat" .. be(mdat_len, 8)) or (be(mdat_len, 4) .. "mdat")
+  local data = ftyp .. moov .. mdat .. f:read(mdat_len - head)
+  f:close()
+  return data, { moov = #ftyp, mdat = #ftyp + #moov }
 end
 
 return M
