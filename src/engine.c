@@ -143,6 +143,7 @@ struct jm_transfer {
 
     jm_buf head; /* header lines of the latest response (reset on each status line) */
     long hstatus;
+    int hversion; /* its HTTP version from its status line: 10, 11, 20 (libcurl gives "HTTP/2 200"), 30 */
     int head_too_large;
 
     /* what libcurl knew when the transfer finished (its handle goes back to the pool then) */
@@ -174,7 +175,8 @@ struct jm_transfer {
     curl_off_t written_back; /* bytes already handed to the disk's writeback */
     int sink;
     int expect_binary;
-    const char *refused; /* why the body was refused: range, validator, total, length, encoding */
+    const char *refused; /* why the body was refused: range, validator, total, length, encoding, format */
+    char refused_what[160]; /* format: what the body is instead of an MP4 (mp4.c) */
     int io_errno;
 };
 
@@ -261,6 +263,8 @@ static size_t jm_on_header(char *ptr, size_t size, size_t nitems, void *ud) {
     size_t n = size * nitems;
     if (n >= 5 && memcmp(ptr, "HTTP/", 5) == 0) { /* a new response (redirect, 100-continue, final) */
         const char *sp = memchr(ptr, ' ', n);
+        t->hversion = n > 5 && isdigit((unsigned char)ptr[5]) ? (ptr[5] - '0') * 10 : 0;
+        if (n > 7 && ptr[6] == '.' && isdigit((unsigned char)ptr[7])) t->hversion += ptr[7] - '0';
         t->head.len = 0;
         if (t->head.p) t->head.p[0] = '\0';
         t->hstatus = sp ? strtol(sp + 1, NULL, 10) : 0;
@@ -323,11 +327,17 @@ static int jm_looks_textual(const unsigned char *p, size_t n) {
     return 1;
 }
 
-/* Decides where the body of the final response goes; returns 0 to abort the transfer. */
+/* Decides where the body of the final response goes; returns 0 to abort the transfer.
+ * How the body ends decides whether it may come without a length: a chunked body (RFC 9112 7.1) ends with
+ * its zero-length chunk and an HTTP/2 or HTTP/3 stream with its END_STREAM flag, and libcurl fails a
+ * transfer that closes before either (CURLE_PARTIAL_FILE, CURLE_HTTP2_STREAM); only an HTTP/1.x body with
+ * neither a length nor chunked framing ends wherever the connection closes, a cut one as "whole" as a whole
+ * one. Whatever the framing, the file is walked as an MP4 before it is committed (mp4.c, part:commit). */
 static int jm_choose_sink(jm_transfer *t) {
     char v[1024] = {0};
     long status = t->hstatus;
     long long length = -1;
+    int framed = t->hversion >= 20;
     if (status != 200 && status != 206) {
         t->sink = JM_SINK_MEMORY;
         return 1;
@@ -339,7 +349,14 @@ static int jm_choose_sink(jm_transfer *t) {
     /* a video is saved as its bytes: an encoded one would be saved encoded, or decoded past every check */
     if (jm_header_value(&t->head, "content-encoding", v, sizeof v) && strcasecmp(v, "identity") != 0)
         return jm_refuse(t, "encoding");
-    if (jm_header_value(&t->head, "content-length", v, sizeof v)) length = jm_parse_size(v);
+    if (jm_header_value(&t->head, "transfer-encoding", v, sizeof v)) {
+        /* chunked, alone: libcurl removes it (and asks for no other transfer coding); a Content-Length beside
+         * it means nothing (RFC 9112 6.3) */
+        if (strcasecmp(v, "chunked") != 0) return jm_refuse(t, "encoding");
+        framed = 1;
+    } else if (jm_header_value(&t->head, "content-length", v, sizeof v)) {
+        length = jm_parse_size(v);
+    }
     if (status == 206) {
         long long start = -1, total = -1;
         char *end;
@@ -354,7 +371,8 @@ static int jm_choose_sink(jm_transfer *t) {
         if (start < 0 || start != (long long)t->offset) return jm_refuse(t, "range");
         if (!t->validator || !jm_validator(t, v, sizeof v) || strcmp(v, t->validator) != 0) return jm_refuse(t, "validator");
         if (total < 0 && length >= 0) total = start + length;
-        if (total < 0 || total != (long long)t->total) return jm_refuse(t, "total");
+        /* a record without a total (its bytes came without a length) takes whatever total the 206 says */
+        if (total < 0 ? !framed : t->total >= 0 && total != (long long)t->total) return jm_refuse(t, total < 0 ? "length" : "total");
         t->expected = (curl_off_t)total;
         if (ftruncate(t->fd, (off_t)t->offset) != 0 || lseek(t->fd, (off_t)t->offset, SEEK_SET) < 0) {
             t->io_errno = errno;
@@ -364,9 +382,9 @@ static int jm_choose_sink(jm_transfer *t) {
         t->sink = JM_SINK_FILE;
         return 1;
     }
-    /* a body without a length ends where the connection happens to close: a cut one would pass as whole */
-    if (length < 0) return jm_refuse(t, "length");
-    t->expected = (curl_off_t)length;
+    /* a body without a length or a framing of its own ends where the connection happens to close */
+    if (length < 0 && !framed) return jm_refuse(t, "length");
+    t->expected = (curl_off_t)length; /* -1: not known until the body ends */
     t->sink = JM_SINK_SNIFF;
     return 1;
 }
@@ -395,6 +413,10 @@ static int jm_sniffed(jm_transfer *t) {
         t->sink = JM_SINK_MEMORY;
         return 1;
     }
+    /* a video that is not an MP4 (WebM, an image, ...) is refused before a byte of it is saved */
+    if (t->expect_binary && jm_mp4_kind((const unsigned char *)t->body.p, t->body.len, t->refused_what,
+                                        sizeof t->refused_what))
+        return jm_refuse(t, "format");
     if (ftruncate(t->fd, 0) != 0 || lseek(t->fd, 0, SEEK_SET) < 0) {
         t->io_errno = errno;
         return 0;
@@ -870,7 +892,7 @@ static int l_transfer_progress(lua_State *L) {
     jm_transfer *t = jm_check_transfer(L, 1);
     curl_off_t got = t->sink == JM_SINK_FILE ? t->file_start + t->file_written : 0;
     lua_pushinteger(L, (lua_Integer)got);
-    if (t->sink == JM_SINK_FILE) lua_pushinteger(L, (lua_Integer)t->expected);
+    if (t->sink == JM_SINK_FILE && t->expected >= 0) lua_pushinteger(L, (lua_Integer)t->expected);
     else lua_pushnil(L);
     return 2;
 }
@@ -977,13 +999,14 @@ static int l_transfer_result(lua_State *L) {
     if (t->too_large) jm_setbool(L, "too_large", 1);
     if (t->head_too_large) jm_setbool(L, "headers_too_large", 1);
     if (t->refused) jm_setstr(L, "refused", t->refused);
+    if (t->refused_what[0]) jm_setstr(L, "refused_what", t->refused_what);
     if (t->io_errno) jm_setstr(L, "io_error", strerror(t->io_errno));
     if (t->path) {
         jm_setstr(L, "sink", t->sink == JM_SINK_FILE ? "file" : t->sink == JM_SINK_MEMORY ? "memory" : "none");
         if (t->sink == JM_SINK_FILE) {
             jm_setint(L, "file_start", (lua_Integer)t->file_start);
             jm_setint(L, "file_bytes", (lua_Integer)t->file_start + (lua_Integer)t->file_written);
-            jm_setint(L, "total", (lua_Integer)t->expected);
+            if (t->expected >= 0) jm_setint(L, "total", (lua_Integer)t->expected);
         }
     }
     return 1;

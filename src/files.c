@@ -281,7 +281,8 @@ static int l_part_open(lua_State *L) {
     memcpy(p->record + len, ".json", 6);
     for (attempt = 0; attempt < 8; attempt++) {
         struct stat st;
-        int fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0644);
+        /* read too: its boxes are walked before the commit (mp4.c) */
+        int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0644);
         if (fd < 0) {
             if (errno == ELOOP) {
                 lua_pushnil(L);
@@ -369,18 +370,72 @@ static int l_part_reset(lua_State *L) {
     return 1;
 }
 
-/* part:commit(path) -> true | nil, message
- * Makes a finished download durable: fsync the file, rename it onto path (only if the .part is still the file
- * this call wrote), fsync the directory, remove the record; then the lock is released. */
+/* part:write_record(task_id, validator | nil, total | nil) -> true | nil, message: binds the bytes it holds to
+ * a task again (no total: their length is not known, and a resume asks for what follows them). */
+static int l_part_write_record(lua_State *L) {
+    jm_part *p = jm_check_part(L, 1);
+    const char *id = luaL_checkstring(L, 2), *validator = luaL_optstring(L, 3, NULL);
+    int e = jm_part_write_record(p, id, validator, (long long)luaL_optnumber(L, 4, -1));
+    if (e != 0) {
+        errno = e;
+        return jm_fail(L, "cannot write", p->record);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* part:forget() -> true | nil, message: removes the record, keeping the bytes; the next download of the path
+ * starts from zero. */
+static int l_part_forget(lua_State *L) {
+    jm_part *p = jm_check_part(L, 1);
+    if (unlink(p->record) != 0 && errno != ENOENT) return jm_fail(L, "cannot remove", p->record);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static size_t jm_pread_at(void *ud, unsigned long long off, unsigned char *buf, size_t n) {
+    int fd = *(const int *)ud;
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = pread(fd, buf + got, n - got, (off_t)(off + got));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        got += (size_t)r;
+    }
+    return got;
+}
+
+/* Walks the boxes of the open file fd; pushes nothing and returns 0 when it is a whole MP4, else pushes nil,
+ * the reason, "short" or "bad" (mp4.c) and returns 3. */
+static int jm_push_mp4_verdict(lua_State *L, int fd, const char *path) {
+    char why[512];
+    struct stat st;
+    int verdict;
+    if (fstat(fd, &st) != 0) return jm_fail(L, "cannot stat", path);
+    verdict = jm_mp4_walk(jm_pread_at, &fd, (unsigned long long)st.st_size, why, sizeof why);
+    if (verdict == JM_MP4_OK) return 0;
+    lua_pushnil(L);
+    lua_pushstring(L, why);
+    lua_pushstring(L, verdict == JM_MP4_SHORT ? "short" : "bad");
+    return 3;
+}
+
+/* part:commit(path) -> true | nil, message[, "short" | "bad"]
+ * Makes a finished download durable: checks that it is a whole MP4 (mp4.c; else nil, why, and whether more
+ * bytes may complete it: "short", or not: "bad", the .part and its record left as they are), fsync the file,
+ * rename it onto path (only if the .part is still the file this call wrote), fsync the directory, remove the
+ * record; then the lock is released. */
 static int l_part_commit(lua_State *L) {
     jm_part *p = jm_check_part(L, 1);
     const char *path = luaL_checkstring(L, 2);
     const char *slash = strrchr(path, '/');
+    int n;
     if (!jm_part_is_ours(p)) {
         lua_pushnil(L);
         lua_pushfstring(L, "%s was moved or replaced during the download: not renaming it onto %s", p->path, path);
         return 2;
     }
+    if ((n = jm_push_mp4_verdict(L, p->fd, p->path)) != 0) return n;
     if (fsync(p->fd) != 0) return jm_fail(L, "cannot fsync", p->path);
     if (rename(p->path, path) != 0) return jm_fail(L, "cannot rename onto", path);
     if (slash) {
@@ -421,6 +476,18 @@ static int l_part_gc(lua_State *L) {
     free(p->record);
     p->path = p->record = NULL;
     return 0;
+}
+
+/* core.mp4_check(path) -> true | nil, why[, "short" | "bad"]: whether the file is a whole MP4 video (mp4.c) */
+static int l_mp4_check(lua_State *L) {
+    const char *path = luaL_checkstring(L, 1);
+    int fd = open(path, O_RDONLY | O_CLOEXEC), n;
+    if (fd < 0) return jm_fail(L, "cannot open", path);
+    n = jm_push_mp4_verdict(L, fd, path);
+    (void)close(fd);
+    if (n != 0) return n;
+    lua_pushboolean(L, 1);
+    return 1;
 }
 
 /* core.file_size(path) -> bytes | nil (absent, or not a regular file: a link is not followed) */
@@ -639,14 +706,15 @@ static int l_unlock(lua_State *L) {
 void jm_open_files(lua_State *L) {
     static const luaL_Reg part_m[] = {
         {"size", l_part_size},       {"record", l_part_record}, {"reset", l_part_reset}, {"commit", l_part_commit},
-        {"discard", l_part_discard}, {"close", l_part_close},   {NULL, NULL},
+        {"discard", l_part_discard}, {"close", l_part_close},   {"write_record", l_part_write_record},
+        {"forget", l_part_forget},   {NULL, NULL},
     };
     static const luaL_Reg fns[] = {
         {"part_open", l_part_open}, {"file_size", l_file_size}, {"append_durable", l_append_durable},
         {"sniff_image", l_sniff_image}, {"isatty", l_isatty},
         {"fingerprint", l_fingerprint}, {"check_output", l_check_output}, {"mkdirs", l_mkdirs},
         {"canonical_path", l_canonical_path},
-        {"lock", l_lock}, {NULL, NULL},
+        {"lock", l_lock}, {"mp4_check", l_mp4_check}, {NULL, NULL},
     };
     static const luaL_Reg lock_m[] = {{"unlock", l_unlock}, {NULL, NULL}};
     jm_new_class(L, JM_PART_MT, part_m, l_part_gc, l_part_close);

@@ -68,6 +68,16 @@ typedef struct {
 /* files.c: replaces the record (temp file, fsync, rename: never through a link); returns 0 or an errno. */
 JM_HIDDEN int jm_part_write_record(const jm_part *p, const char *task_id, const char *validator, long long total);
 
+/* mp4.c: whether a file is a whole MP4 by its top-level boxes. read_at reads n bytes at off into buf and
+ * returns how many it read. JM_MP4_SHORT: a clean prefix that more bytes may complete; JM_MP4_BAD: another
+ * format, or boxes no more bytes can mend; why gets the reason either way. */
+enum { JM_MP4_OK, JM_MP4_SHORT, JM_MP4_BAD };
+typedef size_t (*jm_read_at)(void *ud, unsigned long long off, unsigned char *buf, size_t n);
+JM_HIDDEN int jm_mp4_walk(jm_read_at read_at, void *ud, unsigned long long size, char *why, size_t whysz);
+/* mp4.c: NULL when the first n bytes begin an MP4 (an ftyp box) or are too few to tell; else what they are
+ * ("a WebM video", "an HTML page", ...), written into out. */
+JM_HIDDEN const char *jm_mp4_kind(const unsigned char *p, size_t n, char *out, size_t outsz);
+
 /* files.c: base64 of a buffer, pushed as a Lua string (raises only on memory exhaustion). */
 JM_HIDDEN void jm_push_base64(lua_State *L, const unsigned char *src, size_t n);
 /* files.c: pushes the data URL of a checked local JPEG/PNG, or returns 0 with a message in err. */

@@ -429,7 +429,8 @@ end
 -- Downloads
 
 --- client:download(id, path, opts) -> info | nil, err
--- Streams to <path>.part, checks the byte count, fsyncs and renames onto path. A failure leaves no file
+-- Streams to <path>.part, checks the byte count (when the server sent one: a chunked or HTTP/2 body may come
+-- without) and that the file is a whole MP4 (its top-level boxes), fsyncs and renames onto path. A failure leaves no file
 -- at path; the .part stays, bound to the task by its record (<path>.part.json), and the next call for the
 -- same task resumes from it (opts.resume, default true). The .part is locked: a second download to the same
 -- path is refused while one runs. An existing file at path is refused unless opts.overwrite.

@@ -1,5 +1,6 @@
 --- The resumable download of a task's video (client:download): streamed into <path>.part (locked, bound to
--- the task by its record <path>.part.json), resumed with Range + If-Range, checked, fsynced and renamed.
+-- the task by its record <path>.part.json), resumed with Range + If-Range, checked (its length, and its MP4
+-- boxes: part:commit), fsynced and renamed.
 local core = require "jimeng.core"
 local errors = require "jimeng.errors"
 local http = require "jimeng.http"
@@ -18,14 +19,18 @@ end
 
 
 -- The record beside a .part (written by the engine before the first byte lands in it): the task, the
--- validator (ETag, else Last-Modified) and the total length of the bytes it holds. nil when it is missing,
--- unreadable, a link, or another task's.
+-- validator (ETag, else Last-Modified) and the total length of the bytes it holds (-1, read as nil: the
+-- server sent no length, or the bytes proved too few). nil when it is missing, unreadable, a link, or
+-- another task's.
 local function read_record(client, part, id)
   local text = part:record()
   if not text then return nil end
   local ok, rec = pcall(client.json.decode, text)
   if not ok or type(rec) ~= "table" or rec.task_id ~= id then return nil end
-  if type(rec.total) ~= "number" or rec.total < 1 or rec.total ~= math.floor(rec.total) then return nil end
+  if type(rec.total) ~= "number" or (rec.total < 1 and rec.total ~= -1) or rec.total ~= math.floor(rec.total) then
+    return nil
+  end
+  if rec.total == -1 then rec.total = nil end
   if type(rec.validator) ~= "string" or rec.validator == "" or rec.validator:find("%c") then rec.validator = nil end
   return rec
 end
@@ -37,7 +42,8 @@ local function resume_point(client, part, id)
   local size, serr = part:size()
   if not size then return nil, serr end
   local rec = size > 0 and read_record(client, part, id)
-  if rec and size <= rec.total and (rec.validator or size == rec.total) then return size, rec end
+  if rec and not rec.total and rec.validator then return size, rec end
+  if rec and rec.total and size <= rec.total and (rec.validator or size == rec.total) then return size, rec end
   if size > 0 or part:record() then
     local ok, rerr = part:reset()
     if not ok then return nil, rerr end
@@ -68,9 +74,12 @@ local REFUSED = {
   range = { true, "the server resumed at the wrong offset", true },
   validator = { true, "the server resumed another version of the video (its ETag or Last-Modified changed)", true },
   total = { true, "the server resumed a video of another length", true },
-  length = { false, "the server sent the video without a length (no Content-Length or Content-Range): " ..
-    "a cut one could not be told from a whole one", true },
-  encoding = { false, "the server sent the video compressed (Content-Encoding) although identity was asked", false },
+  length = { false, "the server sent the video without a length (no Content-Length or Content-Range) and " ..
+    "without chunked or HTTP/2 framing, so that it ends wherever the connection closes: a cut one could not be " ..
+    "told from a whole one", true },
+  encoding = { false, "the server sent the video compressed (a Content-Encoding, or a Transfer-Encoding other " ..
+    "than chunked) although identity was asked", false },
+  format = { false, "the server sent %s where an MP4 video was expected", false },
 }
 
 -- The error for a download stopped by a signal its runtime trapped; an empty .part goes, any other stays.
@@ -119,17 +128,36 @@ local function await(client, t, on_progress, every)
   end
 end
 
+-- Renames the .part onto path once it is a whole MP4 (part:commit walks its boxes first): true, or nil, the
+-- error, whether to try again. A file that is not is never renamed; its bytes stay in the .part. Cut short
+-- (a clean prefix), its record loses its total, so that the next attempt asks for what follows (Range +
+-- If-Range, when a validator ties the bytes to the server's); otherwise its record goes, so that the next
+-- attempt starts from zero.
+local function commit(client, part, id, path, status, rid)
+  local ok, why, verdict = part:commit(path)
+  if ok then return true end
+  if not verdict then return io_error(id, why) end
+  local rec = verdict == "short" and read_record(client, part, id)
+  local resumable = rec and rec.validator
+  local done, werr
+  if resumable then done, werr = part:write_record(id, rec.validator) else done, werr = part:forget() end
+  if not done then return io_error(id, werr) end
+  return nil, errors.new { kind = "protocol", task_id = id, status = status, request_id = rid, retryable = true,
+    message = ("the downloaded file is not a whole MP4 video (%s): it was not saved; its bytes stay in the " ..
+      ".part and the next download %s"):format(why, resumable and "resumes from them" or "starts over") }, true
+end
+
 -- What an attempt's result means: the info of the saved video, or nil, the error, whether to try again.
 local function judge(client, part, id, path, r, attempt)
   local refused = REFUSED[r.refused or ""]
   local rid = http.request_id(r)
   if r.ok and (r.status == 200 or r.status == 206) and r.sink == "file" then
-    if r.file_bytes ~= r.total then
+    if r.total and r.file_bytes ~= r.total then
       return nil, errors.new { kind = "network", task_id = id,
         message = ("the download ended at %d of %d bytes"):format(r.file_bytes, r.total) }, true
     end
-    local committed, cerr = part:commit(path)
-    if not committed then return io_error(id, cerr) end
+    local committed, cerr, retry = commit(client, part, id, path, r.status, rid)
+    if not committed then return nil, cerr, retry end
     return { path = path, bytes = r.file_bytes, task_id = id, status = r.status,
       content_type = r.headers["content-type"], etag = r.headers.etag, request_id = rid }
   elseif refused then
@@ -137,8 +165,9 @@ local function judge(client, part, id, path, r, attempt)
       local ok, rerr = part:reset()
       if not ok then return io_error(id, rerr) end
     end
-    return nil, errors.new { kind = "protocol", task_id = id, status = r.status, message = refused[2],
-      retryable = refused[3], request_id = rid }, refused[3]
+    return nil, errors.new { kind = "protocol", task_id = id, status = r.status,
+      message = refused[2]:format(r.refused_what or "something else"), retryable = refused[3], request_id = rid },
+      refused[3]
   elseif r.ok and r.status == 416 then
     -- the partial file is not a prefix the server can continue: start again from zero
     local ok, rerr = part:reset()
@@ -171,24 +200,29 @@ local function fetch(client, part, id, path, opts)
     local offset, rec = resume_point(client, part, id)
     if not offset then return io_error(id, rec) end
     if kept == nil or offset == 0 then kept = offset end
+    local info, e, retry, r
     if rec and offset == rec.total then -- already whole: an earlier call was stopped before its rename
-      local done, cerr = part:commit(path)
-      if not done then return io_error(id, cerr) end
-      if on_progress then on_progress(offset, offset) end
-      return { path = path, bytes = offset, task_id = id, resumed_from = kept > 0 and kept or nil,
-        etag = rec.validator and rec.validator:find('"', 1, true) and rec.validator or nil }
+      local done
+      done, e, retry = commit(client, part, id, path)
+      if done then
+        if on_progress then on_progress(offset, offset) end
+        return { path = path, bytes = offset, task_id = id, resumed_from = kept > 0 and kept or nil,
+          etag = rec.validator and rec.validator:find('"', 1, true) and rec.validator or nil }
+      end
+      r = { headers = {} }
+    else
+      local t, serr = start(client, part, id, offset, rec, opts.deadline)
+      if not t then return nil, serr end
+      local done, sig = await(client, t, on_progress, every)
+      if not done then
+        -- a runtime that traps SIGINT/SIGTERM ended the wait with the signal's name: stop, keeping the .part
+        t:cancel()
+        return interrupted(part, id, sig)
+      end
+      r = t:result()
+      if r.sink == "file" and r.file_start == 0 then kept = 0 end
+      info, e, retry = judge(client, part, id, path, r, attempt)
     end
-    local t, serr = start(client, part, id, offset, rec, opts.deadline)
-    if not t then return nil, serr end
-    local done, sig = await(client, t, on_progress, every)
-    if not done then
-      -- a runtime that traps SIGINT/SIGTERM ended the wait with the signal's name: stop, keeping the .part
-      t:cancel()
-      return interrupted(part, id, sig)
-    end
-    local r = t:result()
-    if r.sink == "file" and r.file_start == 0 then kept = 0 end
-    local info, e, retry = judge(client, part, id, path, r, attempt)
     if info then
       info.resumed_from = kept > 0 and kept or nil
       if on_progress then on_progress(info.bytes, info.bytes) end
@@ -202,7 +236,7 @@ local function fetch(client, part, id, path, opts)
     local delay = e.kind == "protocol" and 0 or http.backoff(attempt, r.headers)
     attempt = attempt + 1
     client:log("retry", "download", attempt, delay, tostring(e))
-    sig = runtime.sleep(delay)
+    local sig = runtime.sleep(delay)
     if sig then return interrupted(part, id, sig) end
   end
 end
