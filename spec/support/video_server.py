@@ -13,9 +13,18 @@ way the task id's prefix says, so that each spec case picks its server by the id
   gzip-      the file gzip-compressed, with Content-Encoding: gzip
   octetjson- a JSON error sent as application/octet-stream
   cdn-       a 302 to --cdn: <cdn>/slow/ID.mp4 when ID.slow exists, else <cdn>/fast/ID.mp4
+  chunked-   as plain-, but chunked (Transfer-Encoding: chunked) and without Content-Length, 206s too (their
+             Content-Range gives the total): as new-api's proxy (controller/video_proxy.go, VideoProxy) relays
+             a video whose upstream sent no length
+  fixed-     as plain-, with an ETag that stays "fixed" whatever ID.mp4 holds (a store whose copy was cut, then
+             mended under the same version)
+  fixedchunked- both
+  norange-   as plain-, but Range is ignored: every answer is a 200 with the whole file
+  close11-   HTTP/1.1 without Content-Length or chunked framing: the whole file, then the connection closes
 
-ID.break (one-shot, removed when used): the next answer sends its headers, the number of bytes the file holds
-(half the body when empty), then closes. ID.slow (bytes per second): the body is paced. Every content request
+ID.as (one-shot, removed when used): the next answer for ID behaves as the kind it names. ID.break (one-shot,
+removed when used): the next answer sends its headers, the number of bytes the file holds (half the body when
+empty), then closes (a chunked one before its last, empty chunk). ID.slow (bytes per second): the body is paced. Every content request
 is appended to requests.jsonl ({"id", "range", "if_range", "accept_encoding", "status"}). Prints its base
 URL (".../v1") and its pid, and exits with its parent. Python 3 standard library only.
 """
@@ -42,14 +51,20 @@ def read(path):
         return None
 
 
-def take_break(vid):
-    path = os.path.join(ARGS.dir, vid + ".break")
+def take_once(vid, ext):
+    path = os.path.join(ARGS.dir, vid + ext)
     with LOCK:
         data = read(path)
         if data is None:
             return None
         os.remove(path)
-    text = data.decode().strip()
+    return data.decode().strip()
+
+
+def take_break(vid):
+    text = take_once(vid, ".break")
+    if text is None:
+        return None
     return int(text) if text else -1
 
 
@@ -80,7 +95,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if len(parts) != 5 or parts[1] != "v1" or parts[2] != "videos" or parts[4] != "content":
             return self.json_answer(404, {"error": {"message": "no such path"}})
         vid = parts[3]
-        kind = vid.split("-")[0]
+        kind = take_once(vid, ".as") or vid.split("-")[0]
         data = read(os.path.join(ARGS.dir, vid + ".mp4"))
         if data is None and kind not in ("octetjson", "cdn"):
             self.log_request_line(vid, 404)
@@ -106,6 +121,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return None
+        if kind == "close11":
+            self.log_request_line(vid, 200)
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\nConnection: close\r\n\r\n" + data)
+            self.wfile.flush()
+            self.close_connection = True
+            return None
         if kind == "gzip":
             body = gzip.compress(data)
             self.log_request_line(vid, 200)
@@ -120,8 +141,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def serve_file(self, vid, kind, data):
         etag = None
-        if kind in ("plain", "otheretag", "othertotal", "weak"):
+        if kind in ("plain", "otheretag", "othertotal", "weak", "chunked", "norange"):
             etag = '"%s"' % hashlib.sha1(data).hexdigest()[:16]
+        if kind in ("fixed", "fixedchunked"):
+            etag = '"fixed"'
+        chunked = kind in ("chunked", "fixedchunked")
         if kind == "weak":
             etag = "W/" + etag
         mtime = os.stat(os.path.join(ARGS.dir, vid + ".mp4")).st_mtime
@@ -129,6 +153,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         total, start = len(data), 0
         rng, if_range = self.headers.get("Range"), self.headers.get("If-Range")
         partial = False
+        if kind == "norange":
+            rng = None
         if rng and rng.startswith("bytes=") and rng.endswith("-") and rng[6:-1].isdigit():
             strong = etag if etag and not etag.startswith("W/") else None
             if kind == "otheretag" or if_range is None or if_range in (strong, lastmod):
@@ -151,11 +177,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("ETag", etag)
         if lastmod:
             self.send_header("Last-Modified", lastmod)
-        self.send_header("Content-Length", str(len(body)))
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(len(body)))
         if partial:
             self.send_header("Content-Range", "bytes %d-%d/%d" % (start, total - 1, total + (kind == "othertotal")))
         self.end_headers()
         cut = take_break(vid)
+        if chunked:
+            return self.send_chunked(body if cut is None else body[: cut if cut >= 0 else len(body) // 2], cut is None)
         if cut is not None:
             self.wfile.write(body[: cut if cut >= 0 else len(body) // 2])
             self.wfile.flush()
@@ -170,6 +201,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body[i:i + step])
             self.wfile.flush()
             time.sleep(0.02)
+        return None
+
+    def send_chunked(self, body, whole):
+        """The body in chunks of 16 KiB, then the last (empty) chunk, unless it is to look cut."""
+        for i in range(0, len(body), 16384):
+            piece = body[i:i + 16384]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        if whole:
+            self.wfile.write(b"0\r\n\r\n")
+            return None
+        self.wfile.flush()
+        self.connection.shutdown(socket.SHUT_RDWR)
+        self.close_connection = True
         return None
 
 
