@@ -122,8 +122,13 @@ build/fuzz/url: fuzz/fuzz_url.c $(FUZZ_LUA_DRIVER) $(SRCS) src/jimeng.h
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_CFLAGS) fuzz/fuzz_url.c fuzz/lua_driver.c $(SRCS) -o $@ $(FUZZ_LINK)
 
-fuzz: build/fuzz/normalize build/fuzz/response build/fuzz/url
-	@for t in normalize response url; do \
+# the MP4 box walk alone: no Lua, no libcurl
+build/fuzz/mp4: fuzz/fuzz_mp4.c src/mp4.c src/jimeng.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_CFLAGS) fuzz/fuzz_mp4.c src/mp4.c -o $@
+
+fuzz: build/fuzz/normalize build/fuzz/response build/fuzz/url build/fuzz/mp4
+	@for t in normalize response url mp4; do \
 	  mkdir -p build/fuzz/corpus-$$t; \
 	  echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
 	  if build/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -timeout=10 -artifact_prefix=build/fuzz/ \
