@@ -110,7 +110,7 @@ const char *jm_mp4_kind(const unsigned char *p, size_t n, char *out, size_t outs
 
 int jm_mp4_walk(jm_read_at read_at, void *ud, unsigned long long size, char *why, size_t whysz) {
     unsigned char h[256];
-    unsigned long long off = 0, box;
+    unsigned long long off = 0;
     int moov = 0, mdat = 0;
     size_t n = read_at(ud, 0, h, size < sizeof h ? (size_t)size : sizeof h);
     char kind[160];
@@ -127,7 +127,7 @@ int jm_mp4_walk(jm_read_at read_at, void *ud, unsigned long long size, char *why
         return JM_MP4_BAD;
     }
     while (off < size) {
-        unsigned long long left = size - off;
+        unsigned long long left = size - off, box;
         unsigned header = 8;
         char type[5];
         if (left < 8 || read_at(ud, off, h, 8) != 8) {
@@ -165,8 +165,10 @@ int jm_mp4_walk(jm_read_at read_at, void *ud, unsigned long long size, char *why
         off += box;
     }
     if (!moov || !mdat) {
-        snprintf(why, whysz, "its boxes end at byte %llu without %s: it is cut short at a box boundary", off,
-                 !moov && !mdat ? "'moov' and 'mdat'" : !moov ? "'moov' (the index)" : "'mdat' (the media)");
+        const char *missing = "'moov' and 'mdat'";
+        if (moov) missing = "'mdat' (the media)";
+        if (mdat) missing = "'moov' (the index)";
+        snprintf(why, whysz, "its boxes end at byte %llu without %s: it is cut short at a box boundary", off, missing);
         return JM_MP4_SHORT;
     }
     return JM_MP4_OK;
