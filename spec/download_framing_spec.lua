@@ -192,10 +192,10 @@ describe("download framing and the MP4 check", function()
     serve("plain-text", "Service temporarily unavailable, try again later\n")
     local path = dir .. "/text.mp4"
     local err = h.download_failed("protocol", { path, path .. ".part" }, client:download("plain-text", path))
-    assert.truthy(err.message:find("Service temporarily unavailable", 1, true))
+    assert.truthy(err.message:find("the server sent text (labelled video/mp4): Service temporarily unavailable", 1, true))
     serve("chunked-html", "<!DOCTYPE html><html><body><h1>502 Bad Gateway</h1></body></html>")
     err = h.download_failed("protocol", { path, path .. ".part" }, client:download("chunked-html", path))
-    assert.truthy(err.message:find("502 Bad Gateway", 1, true))
+    assert.truthy(err.message:find("text (labelled video/mp4): 502 Bad Gateway", 1, true))
   end)
 
   it("restarts from zero when the gateway ignores Range (a 200), and saves the video whole", function()

@@ -57,10 +57,15 @@ local function download_error(client, r, id)
   if ok then decoded = d end
   if r.status >= 200 and r.status < 300 then
     local msg = core.error_message(decoded, r.body) or "an empty body"
+    -- the engine kept the body because its type or its first bytes are text: say which
+    local ctype = r.headers["content-type"]
+    local what = ctype or "no content type"
+    if r.body ~= "" and not (ctype and (ctype:find("json") or ctype:find("html") or ctype:lower():find("^text/"))) then
+      what = ("text (labelled %s)"):format(ctype or "with no content type")
+    end
     return errors.new({
       kind = "protocol", status = r.status, task_id = id, request_id = http.request_id(r, decoded),
-      message = "expected a video but the server sent " .. (r.headers["content-type"] or "no content type") ..
-        ": " .. msg,
+      message = "expected a video but the server sent " .. what .. ": " .. msg,
     }, client.api_key)
   end
   local e = http.status_error(client, r, decoded)
