@@ -131,6 +131,24 @@ describe("download framing and the MP4 check", function()
     assert.equals("bytes=90000-", got[2].range)
   end)
 
+  it("says the server's own copy is cut when it has nothing past a cut .part, and keeps the .part", function()
+    local a = h.mp4(120000)
+    serve("fixed-k", a:sub(1, 64000))
+    local path = dir .. "/servercut.mp4"
+    h.failed("protocol", once:download("fixed-k", path))
+    local err = h.failed("protocol", client:download("fixed-k", path)) -- resumed: 416, nothing past 64000
+    assert.truthy(err.message:find("nothing past the 64000 bytes", 1, true))
+    assert.truthy(err.message:find("its copy is cut short", 1, true))
+    assert.equals(64000, part_size(path))
+    assert.is_false(h.exists(path))
+    local got = server:requests("fixed-k")
+    assert.equals(416, got[#got].status)
+    serve("fixed-k", a) -- mended under the same version: the next download resumes
+    local info = assert(client:download("fixed-k", path))
+    assert.equals(a, h.read(path))
+    assert.equals(64000, info.resumed_from)
+  end)
+
   it("refuses an MP4 cut at a box boundary (its moov, at the end, missing), and resumes it", function()
     local a = h.mp4(160000)
     -- the same boxes with moov last: ftyp, mdat, moov

@@ -153,7 +153,7 @@ local function commit(client, part, id, path, status, rid)
 end
 
 -- What an attempt's result means: the info of the saved video, or nil, the error, whether to try again.
-local function judge(client, part, id, path, r, attempt)
+local function judge(client, part, id, path, r, attempt, rec)
   local refused = REFUSED[r.refused or ""]
   local rid = http.request_id(r)
   if r.ok and (r.status == 200 or r.status == 206) and r.sink == "file" then
@@ -173,6 +173,13 @@ local function judge(client, part, id, path, r, attempt)
     return nil, errors.new { kind = "protocol", task_id = id, status = r.status,
       message = refused[2]:format(r.refused_what or "something else"), retryable = refused[3], request_id = rid },
       refused[3]
+  elseif r.ok and r.status == 416 and rec and not rec.total then
+    -- bytes without a known total (they came without a length, or proved a cut MP4) and nothing past them:
+    -- the server's own copy ends there
+    return nil, errors.new { kind = "protocol", task_id = id, status = 416, request_id = rid, retryable = false,
+      message = ("the server has nothing past the %d bytes already in the .part, and they are not a whole MP4 " ..
+        "video: its copy is cut short. The .part is kept; download again once the server has the whole video")
+        :format(part:size() or 0) }
   elseif r.ok and r.status == 416 then
     -- the partial file is not a prefix the server can continue: start again from zero
     local ok, rerr = part:reset()
@@ -226,7 +233,7 @@ local function fetch(client, part, id, path, opts)
       end
       r = t:result()
       if r.sink == "file" and r.file_start == 0 then kept = 0 end
-      info, e, retry = judge(client, part, id, path, r, attempt)
+      info, e, retry = judge(client, part, id, path, r, attempt, rec)
     end
     if info then
       info.resumed_from = kept > 0 and kept or nil
