@@ -353,7 +353,7 @@ static int jm_choose_sink(jm_transfer *t) {
         /* chunked, alone: libcurl removes it (and asks for no other transfer coding); a Content-Length beside
          * it means nothing (RFC 9112 6.3) */
         if (strcasecmp(v, "chunked") != 0) return jm_refuse(t, "encoding");
-        framed = 1;
+        framed = t->hversion >= 11; /* HTTP/1.0 has no chunked framing */
     } else if (jm_header_value(&t->head, "content-length", v, sizeof v)) {
         length = jm_parse_size(v);
     }
@@ -371,8 +371,10 @@ static int jm_choose_sink(jm_transfer *t) {
         if (start < 0 || start != (long long)t->offset) return jm_refuse(t, "range");
         if (!t->validator || !jm_validator(t, v, sizeof v) || strcmp(v, t->validator) != 0) return jm_refuse(t, "validator");
         if (total < 0 && length >= 0) total = start + length;
+        if (total < 0 && !framed) return jm_refuse(t, "length");
+        if (total < 0) total = (long long)t->total; /* framed: it ends where it says, the record says the whole */
         /* a record without a total (its bytes came without a length) takes whatever total the 206 says */
-        if (total < 0 ? !framed : t->total >= 0 && total != (long long)t->total) return jm_refuse(t, total < 0 ? "length" : "total");
+        if (t->total >= 0 && total != (long long)t->total) return jm_refuse(t, "total");
         t->expected = (curl_off_t)total;
         if (ftruncate(t->fd, (off_t)t->offset) != 0 || lseek(t->fd, (off_t)t->offset, SEEK_SET) < 0) {
             t->io_errno = errno;
