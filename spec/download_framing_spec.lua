@@ -233,6 +233,35 @@ describe("download framing and the MP4 check", function()
   end)
 end)
 
+describe("the sandbox's videos, as a client checks them", function()
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0, process_seconds = 0, video_bytes = 5000 }, dir = "setup" }
+
+  it("are whole MP4s: the fixture, every synthetic size (the smallest, 64-bit mdat, sendfile), and --video-bytes", function()
+    assert.is_true(core.mp4_check(proc.root .. "/sandbox/fixtures/jimeng-sample.mp4"))
+    local sizes = { 10, 56, 57, 70000, 17 * 1024 * 1024 + 3 }
+    for _, size in ipairs(sizes) do
+      local task = assert(env.client:create { prompt = "checked sandbox:bytes=" .. size .. " sandbox:seed=3" })
+      assert(env.client:wait(task.id, { interval = 0.01 }))
+      local path = env.dir .. "/synthetic-" .. size .. ".mp4"
+      local info = assert(env.client:download(task.id, path))
+      assert.equals(math.max(size, 56), info.bytes)
+      assert.is_true(core.mp4_check(path))
+      os.remove(path)
+    end
+    local task = assert(env.client:create { prompt = "the server's --video-bytes" })
+    assert(env.client:wait(task.id, { interval = 0.01 }))
+    local path = env.dir .. "/configured.mp4"
+    assert.equals(5000, assert(env.client:download(task.id, path)).bytes)
+    assert.is_true(core.mp4_check(path))
+    -- a cut copy of one is not
+    h.write(path, h.read(path):sub(1, 4000))
+    local ok, why, verdict = core.mp4_check(path)
+    assert.is_nil(ok)
+    assert.equals("short", verdict)
+    assert.truthy(why:find("box 'mdat' at byte 40", 1, true))
+  end)
+end)
+
 describe("a content answer redirected to another loopback origin", function()
   local env = h.with_sandbox { sandbox = { queue_seconds = 0, process_seconds = 0 }, dir = "setup" }
 
