@@ -54,11 +54,10 @@ describe("inside Neovim, installed as a plugin #host", function()
     assert.is_true(outcome.elapsed_ms > 1500)
     assert.is_true(outcome.ticks >= outcome.elapsed_ms / 20 / 2, ("only %d ticks in %d ms"):format(outcome.ticks, outcome.elapsed_ms))
     assert.is_true(outcome.worst_gap_ms < 250, "the editor froze for " .. outcome.worst_gap_ms .. " ms")
-    local statuses = {}
-    for _, n in ipairs(outcome.notes) do statuses[#statuses + 1] = n.msg end
-    statuses = table.concat(statuses, "\n")
-    assert.truthy(statuses:find("in_queue"), statuses)
-    assert.truthy(statuses:find("completed"), statuses)
+    -- what the user read (:messages, through the real vim.notify): each step of the task, in order
+    local shown = table.concat(outcome.messages, "\n")
+    assert.truthy(shown:find("jimeng: #1 started.*#1 task %d+ created.*in_queue.*completed.*jimeng: saved "), shown)
+    assert.falsy(shown:find("E5560"), shown)
     -- nothing ticked: the adapter's timer fired only when a poll was due (every 0.1 s, coalesced on a 0.5 s
     -- grid), where a 10 ms tick would have fired elapsed/10 times
     assert.is_true(outcome.stats.timer < outcome.elapsed_ms / 100, ("the adapter's timer fired %d times in %d ms")
@@ -73,6 +72,8 @@ describe("inside Neovim, installed as a plugin #host", function()
     local outcome = run_nvim("waiting", { JIMENG_NVIM_N = 20, JIMENG_NVIM_WINDOW = window })
     assert.is_true(outcome.created, "the 20 creates did not all come back")
     assert.equals(20, outcome.running)
+    -- and a statusline heard of each: one User JimengProgress autocommand per create, at least
+    assert.equals(20, outcome.created_events)
     -- a wake-up outside a transfer is the adapter's one timer firing while no call waits for a transfer (a
     -- poll or a sleep is due); the others are a libcurl socket that became ready or libcurl's own timer, during
     -- a transfer. Counted by the adapter's uv callbacks: the editor's own 20 ms timer would drown an strace count.
@@ -99,13 +100,26 @@ describe("inside Neovim, installed as a plugin #host", function()
     assert.truthy(text:find("OK:? an API key is set"), text)
     assert.truthy(text:find("OK:? " .. sb.url:gsub("%p", "%%%0") .. " answers"), text)
     assert.truthy(text:find("OK:? available: python3 "), text)
-    -- and without a key, or with an API that is not there, it says so
-    ok, out = proc.run(("cd %s && JIMENG_PACK=%s JIMENG_BASE_URL=http://127.0.0.1:%d/v1 timeout 60 nvim --headless " ..
+    -- with an API that is not there, it says so
+    ok, out = proc.run(("cd %s && JIMENG_PACK=%s JIMENG_API_KEY=nvim-key JIMENG_BASE_URL=http://127.0.0.1:%d/v1 timeout 60 nvim --headless " ..
       "-u spec/nvim/init.lua -i NONE -n -c 'checkhealth jimeng' -c 'w! %s' -c 'qa!'"):format(proc.root, pack, proc.free_port(), report))
     assert.is_true(ok, out)
     text = h.read(report)
+    assert.truthy(text:find("ERROR:? " .. ("http://127.0.0.1:"):gsub("%p", "%%%0") .. "%d+/v1 is not reachable"), text)
+  end)
+
+  it(":checkhealth jimeng without a key says so and sends nothing to the API host", function()
+    local report = dir .. "/health-nokey.txt"
+    local before = #h.api_requests(sb)
+    local ok, out = proc.run(("cd %s && JIMENG_PACK=%s JIMENG_BASE_URL=%s timeout 60 nvim --headless " ..
+      "-u spec/nvim/init.lua -i NONE -n -c 'checkhealth jimeng' -c 'w! %s' -c 'qa!'"):format(proc.root, pack, sb.url, report))
+    assert.is_true(ok, out)
+    local text = assert(h.read(report), out)
     assert.truthy(text:find("ERROR:? no API key"), text)
-    assert.truthy(text:find("is not reachable"), text)
+    assert.truthy(text:find(sb.url:gsub("%p", "%%%0") .. " is not tried without a key"), text)
+    assert.truthy(text:find("OK:? available: python3 "), text) -- the rest of the check still ran
+    -- the sandbox is the API host here: it saw no request at all (the check with a key above made one)
+    assert.equals(before, #h.api_requests(sb))
   end)
 
   it(":JimengCancel stops a download, keeps a resumable .part, says what was paid for; :JimengResume finishes it", function()

@@ -1,0 +1,17 @@
+-- What the user has been shown, read back as they would read it: the lines of :messages (vim.notify's
+-- messages through the real nvim_echo). Used by spec/nvim/*.lua; nothing of the UI is replaced.
+local M = {}
+
+--- The lines of :messages now.
+function M.lines()
+  return vim.split(vim.api.nvim_exec("messages", true), "\n", { plain = true, trimempty = true })
+end
+
+--- The first line of :messages that matches pattern, or nil.
+function M.find(pattern)
+  for _, l in ipairs(M.lines()) do
+    if l:find(pattern) then return l end
+  end
+end
+
+return M
