@@ -40,7 +40,7 @@ end
 
 function M.setup(opts)
   opts = opts or {}
-  vim.validate { opts = { opts, "table" } }
+  if type(opts) ~= "table" then error("jimeng.setup: opts must be a table, not " .. type(opts), 2) end
   M.config = vim.tbl_deep_extend("force", vim.deepcopy(defaults), opts)
   require("jimeng.nvim").coalesce_ms = M.config.coalesce_ms
   client, client_err = nil, nil

@@ -4,7 +4,9 @@ local M = {}
 
 --- The lines of :messages now.
 function M.lines()
-  return vim.split(vim.api.nvim_exec("messages", true), "\n", { plain = true, trimempty = true })
+  local api = vim.api
+  local text = api.nvim_exec2 and api.nvim_exec2("messages", { output = true }).output or api.nvim_exec("messages", true)
+  return vim.split(text, "\n", { plain = true, trimempty = true })
 end
 
 --- The first line of :messages that matches pattern, or nil.
