@@ -87,6 +87,41 @@ describe("inside Neovim, installed as a plugin #host", function()
     assert.equals(0, outcome.left_running, "JimengCancel left calls running")
   end)
 
+  it("takes every setup{} option: the request, the file, what is shown, the player, the timeout", function()
+    local outcome = run_nvim("options", { JIMENG_API_KEY = "" })
+    assert.equals(100, outcome.coalesce_ms)
+    assert.is_true(outcome.saved, "the generate did not end")
+    assert.equals("saved", outcome.states[1])
+    -- seconds, ratio, model and the key from setup{} made the create
+    local create
+    for _, r in ipairs(h.api_requests(sb, "^/v1/videos$")) do
+      if r.body.prompt == "a lighthouse at dusk" then create = r end
+    end
+    assert.truthy(create, "no create for the prompt")
+    assert.equals(241, create.body.frames) -- 10 s
+    assert.equals("9:16", create.body.aspect_ratio)
+    assert.equals("jimeng-video-3.0-720P", create.body.model)
+    assert.equals("Bearer key-from-setup", create.headers.authorization)
+    -- output_dir (made when missing)
+    assert.truthy(outcome.path:find("^" .. (dir .. "/videos/jimeng_video_"):gsub("%p", "%%%0") .. "%d+%.mp4$"), outcome.path)
+    assert.equals(h.fixture(), h.read(outcome.path))
+    -- open_cmd played it
+    assert.is_true(outcome.opened, "open_cmd was not run")
+    assert.equals(outcome.path, h.read(dir .. "/opened.txt"))
+    -- notify = false: no progress in :messages, but the refusal is there, before anything was paid
+    local shown = table.concat(outcome.messages, "\n")
+    assert.falsy(shown:find("#1 started", 1, true), shown)
+    assert.falsy(shown:find("jimeng: saved", 1, true), shown)
+    assert.truthy(shown:find("jimeng: #2 failed: [^\n]*no%-such%-image%.png[^\n]*nothing was paid for"), shown)
+    assert.equals(0, sb:creates_for("a boat from an image"))
+    -- timeout = 1: the slow generate stopped after about a second, naming the task it paid for
+    assert.is_true(outcome.timed_out)
+    assert.equals("failed", outcome.states[3])
+    assert.is_true(outcome.timeout_ms < 5000, outcome.timeout_ms .. " ms")
+    assert.truthy(shown:find("jimeng: #3 failed: [^\n]*task " .. outcome.task3 .. " was created and is paid for"), shown)
+    assert.equals(1, sb:creates_for("too slow sandbox:slow=30"))
+  end)
+
   it(":checkhealth jimeng reports OK against the sandbox", function()
     local report = dir .. "/health.txt"
     local ok, out = proc.run(("cd %s && JIMENG_PACK=%s JIMENG_API_KEY=nvim-key JIMENG_BASE_URL=%s timeout 60 nvim --headless " ..
