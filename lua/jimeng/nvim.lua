@@ -212,9 +212,9 @@ function M.run(fn, on_done, ...)
 end
 
 --- Wraps a callback so that it runs on the main loop: the one way anything the driver runs reaches the user.
--- The driver's coroutines run inside libuv callbacks, where Neovim refuses its API (vim.notify, nvim_echo,
--- vim.g, autocommands: E5560 on 0.7); the wrapped function is queued with vim.schedule and runs, in order, from
--- the next turn of the loop. Its error, if any, is Neovim's to show and stops no call.
+-- The driver's coroutines run inside libuv callbacks, where Neovim refuses most of its API (vim.notify's
+-- nvim_echo, autocommands: E5560 on 0.7); the wrapped function is queued with vim.schedule and runs, in
+-- order, from the next turn of the loop. Its error, if any, is Neovim's to show and stops no call.
 function M.main_loop(fn)
   return fn and function(...) deliver(fn, ...) end
 end

@@ -131,8 +131,9 @@ local function start(task, fn)
 end
 
 -- The generate's callbacks run inside the driver, in a libuv callback, where the editor's API is refused
--- (E5560 on 0.7: vim.notify, vim.g, autocommands): each goes through the main loop (jimeng.nvim's main_loop,
--- the one hop, which on_done takes too), in order, so that they touch the task and the user only there.
+-- (E5560 on 0.7: vim.notify's nvim_echo, the User autocommand): each goes through the main loop
+-- (jimeng.nvim's main_loop, the one hop, which on_done takes too), in order, so that they touch the task and
+-- the user only there.
 local function callbacks(task)
   local last_pct
   local on_main_loop = require("jimeng.nvim").main_loop
