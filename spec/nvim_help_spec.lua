@@ -49,7 +49,7 @@ describe("#host the README's Neovim installs", function()
 
   it("native package: the README's lines install it, and :help jimeng is its manual", function()
     if not proc.run(("git -C %s rev-parse --git-dir"):format(proc.root)) then
-      pending("the checkout is not a git repository: the README's `git clone` cannot be run from it")
+      pending("needs git (apt-get install git) and a git checkout: the README's `git clone` is run from it")
       return
     end
     -- the README's lines, cloning this checkout (its last commit) where they clone the repository
