@@ -54,11 +54,10 @@ describe("inside Neovim, installed as a plugin #host", function()
     assert.is_true(outcome.elapsed_ms > 1500)
     assert.is_true(outcome.ticks >= outcome.elapsed_ms / 20 / 2, ("only %d ticks in %d ms"):format(outcome.ticks, outcome.elapsed_ms))
     assert.is_true(outcome.worst_gap_ms < 250, "the editor froze for " .. outcome.worst_gap_ms .. " ms")
-    local statuses = {}
-    for _, n in ipairs(outcome.notes) do statuses[#statuses + 1] = n.msg end
-    statuses = table.concat(statuses, "\n")
-    assert.truthy(statuses:find("in_queue"), statuses)
-    assert.truthy(statuses:find("completed"), statuses)
+    -- what the user read (:messages, through the real vim.notify): each step of the task, in order
+    local shown = table.concat(outcome.messages, "\n")
+    assert.truthy(shown:find("jimeng: #1 started.*#1 task %d+ created.*in_queue.*completed.*jimeng: saved "), shown)
+    assert.falsy(shown:find("E5560"), shown)
     -- nothing ticked: the adapter's timer fired only when a poll was due (every 0.1 s, coalesced on a 0.5 s
     -- grid), where a 10 ms tick would have fired elapsed/10 times
     assert.is_true(outcome.stats.timer < outcome.elapsed_ms / 100, ("the adapter's timer fired %d times in %d ms")
@@ -73,6 +72,8 @@ describe("inside Neovim, installed as a plugin #host", function()
     local outcome = run_nvim("waiting", { JIMENG_NVIM_N = 20, JIMENG_NVIM_WINDOW = window })
     assert.is_true(outcome.created, "the 20 creates did not all come back")
     assert.equals(20, outcome.running)
+    -- and a statusline heard of each: one User JimengProgress autocommand per create, at least
+    assert.equals(20, outcome.created_events)
     -- a wake-up outside a transfer is the adapter's one timer firing while no call waits for a transfer (a
     -- poll or a sleep is due); the others are a libcurl socket that became ready or libcurl's own timer, during
     -- a transfer. Counted by the adapter's uv callbacks: the editor's own 20 ms timer would drown an strace count.
@@ -84,6 +85,41 @@ describe("inside Neovim, installed as a plugin #host", function()
     assert.is_true(outcome.poll > 0, "no status poll was made in the window")
     assert.is_true(outcome.worst_gap_ms < 250, "the editor froze for " .. outcome.worst_gap_ms .. " ms")
     assert.equals(0, outcome.left_running, "JimengCancel left calls running")
+  end)
+
+  it("takes every setup{} option: the request, the file, what is shown, the player, the timeout", function()
+    local outcome = run_nvim("options", { JIMENG_API_KEY = "" })
+    assert.equals(100, outcome.coalesce_ms)
+    assert.is_true(outcome.saved, "the generate did not end")
+    assert.equals("saved", outcome.states[1])
+    -- seconds, ratio, model and the key from setup{} made the create
+    local create
+    for _, r in ipairs(h.api_requests(sb, "^/v1/videos$")) do
+      if r.body.prompt == "a lighthouse at dusk" then create = r end
+    end
+    assert.truthy(create, "no create for the prompt")
+    assert.equals(241, create.body.frames) -- 10 s
+    assert.equals("9:16", create.body.aspect_ratio)
+    assert.equals("jimeng-video-3.0-720P", create.body.model)
+    assert.equals("Bearer key-from-setup", create.headers.authorization)
+    -- output_dir (made when missing)
+    assert.truthy(outcome.path:find("^" .. (dir .. "/videos/jimeng_video_"):gsub("%p", "%%%0") .. "%d+%.mp4$"), outcome.path)
+    assert.equals(h.fixture(), h.read(outcome.path))
+    -- open_cmd played it
+    assert.is_true(outcome.opened, "open_cmd was not run")
+    assert.equals(outcome.path, h.read(dir .. "/opened.txt"))
+    -- notify = false: no progress in :messages, but the refusal is there, before anything was paid
+    local shown = table.concat(outcome.messages, "\n")
+    assert.falsy(shown:find("#1 started", 1, true), shown)
+    assert.falsy(shown:find("jimeng: saved", 1, true), shown)
+    assert.truthy(shown:find("jimeng: #2 failed: [^\n]*no%-such%-image%.png[^\n]*nothing was paid for"), shown)
+    assert.equals(0, sb:creates_for("a boat from an image"))
+    -- timeout = 1: the slow generate stopped after about a second, naming the task it paid for
+    assert.is_true(outcome.timed_out)
+    assert.equals("failed", outcome.states[3])
+    assert.is_true(outcome.timeout_ms < 5000, outcome.timeout_ms .. " ms")
+    assert.truthy(shown:find("jimeng: #3 failed: [^\n]*task " .. outcome.task3 .. " was created and is paid for"), shown)
+    assert.equals(1, sb:creates_for("too slow sandbox:slow=30"))
   end)
 
   it(":checkhealth jimeng reports OK against the sandbox", function()
@@ -99,13 +135,26 @@ describe("inside Neovim, installed as a plugin #host", function()
     assert.truthy(text:find("OK:? an API key is set"), text)
     assert.truthy(text:find("OK:? " .. sb.url:gsub("%p", "%%%0") .. " answers"), text)
     assert.truthy(text:find("OK:? available: python3 "), text)
-    -- and without a key, or with an API that is not there, it says so
-    ok, out = proc.run(("cd %s && JIMENG_PACK=%s JIMENG_BASE_URL=http://127.0.0.1:%d/v1 timeout 60 nvim --headless " ..
+    -- with an API that is not there, it says so
+    ok, out = proc.run(("cd %s && JIMENG_PACK=%s JIMENG_API_KEY=nvim-key JIMENG_BASE_URL=http://127.0.0.1:%d/v1 timeout 60 nvim --headless " ..
       "-u spec/nvim/init.lua -i NONE -n -c 'checkhealth jimeng' -c 'w! %s' -c 'qa!'"):format(proc.root, pack, proc.free_port(), report))
     assert.is_true(ok, out)
     text = h.read(report)
+    assert.truthy(text:find("ERROR:? " .. ("http://127.0.0.1:"):gsub("%p", "%%%0") .. "%d+/v1 is not reachable"), text)
+  end)
+
+  it(":checkhealth jimeng without a key says so and sends nothing to the API host", function()
+    local report = dir .. "/health-nokey.txt"
+    local before = #h.api_requests(sb)
+    local ok, out = proc.run(("cd %s && JIMENG_PACK=%s JIMENG_BASE_URL=%s timeout 60 nvim --headless " ..
+      "-u spec/nvim/init.lua -i NONE -n -c 'checkhealth jimeng' -c 'w! %s' -c 'qa!'"):format(proc.root, pack, sb.url, report))
+    assert.is_true(ok, out)
+    local text = assert(h.read(report), out)
     assert.truthy(text:find("ERROR:? no API key"), text)
-    assert.truthy(text:find("is not reachable"), text)
+    assert.truthy(text:find(sb.url:gsub("%p", "%%%0") .. " is not tried without a key"), text)
+    assert.truthy(text:find("OK:? available: python3 "), text) -- the rest of the check still ran
+    -- the sandbox is the API host here: it saw no request at all (the check with a key above made one)
+    assert.equals(before, #h.api_requests(sb))
   end)
 
   it(":JimengCancel stops a download, keeps a resumable .part, says what was paid for; :JimengResume finishes it", function()

@@ -30,7 +30,7 @@ M.coalesce_ms = 500
 -- libcurl socket was ready: a transfer in flight), rounds (scheduler rounds run).
 M.stats = { timer = 0, timer_idle = 0, poll = 0, rounds = 0 }
 
-local uv = vim.loop
+local uv = vim.uv or vim.loop -- vim.uv from 0.10 on, where vim.loop is its deprecated name
 
 -- The driver: one per session.
 local sched, timer
@@ -211,10 +211,14 @@ function M.run(fn, on_done, ...)
   }
 end
 
--- Wraps a callback so that it runs on the main loop.
-local function main_loop(fn)
+--- Wraps a callback so that it runs on the main loop: the one way anything the driver runs reaches the user.
+-- The driver's coroutines run inside libuv callbacks, where Neovim refuses most of its API (vim.notify's
+-- nvim_echo, autocommands: E5560 on 0.7); the wrapped function is queued with vim.schedule and runs, in
+-- order, from the next turn of the loop. Its error, if any, is Neovim's to show and stops no call.
+function M.main_loop(fn)
   return fn and function(...) deliver(fn, ...) end
 end
+local main_loop = M.main_loop
 
 --- generate without blocking: opts as for client:generate, plus client (default: from the environment)
 -- and on_done(result, err). on_created, on_status and on_progress are called on the main loop too.

@@ -40,7 +40,7 @@ end
 
 function M.setup(opts)
   opts = opts or {}
-  vim.validate { opts = { opts, "table" } }
+  if type(opts) ~= "table" then error("jimeng.setup: opts must be a table, not " .. type(opts), 2) end
   M.config = vim.tbl_deep_extend("force", vim.deepcopy(defaults), opts)
   require("jimeng.nvim").coalesce_ms = M.config.coalesce_ms
   client, client_err = nil, nil
@@ -99,7 +99,7 @@ local function paid_words(task, err)
   if task.task_id or (err and err.task_id) then
     local id = task.task_id or err.task_id
     local part = task.dir and (task.dir .. "/jimeng_video_" .. id .. ".mp4.part")
-    local kept = part and vim.loop.fs_stat(part)
+    local kept = part and (vim.uv or vim.loop).fs_stat(part)
     return ("task %s was created and is paid for%s"):format(id,
       kept and ("; its download is kept in %s (%d bytes) and :JimengResume %s continues it"):format(part, kept.size, id)
       or ("; :JimengResume %s waits for it and downloads it"):format(id))
@@ -130,9 +130,14 @@ local function start(task, fn)
   end)
 end
 
+-- The generate's callbacks run inside the driver, in a libuv callback, where the editor's API is refused
+-- (E5560 on 0.7: vim.notify's nvim_echo, the User autocommand): each goes through the main loop
+-- (jimeng.nvim's main_loop, the one hop, which on_done takes too), in order, so that they touch the task and
+-- the user only there.
 local function callbacks(task)
   local last_pct
-  return {
+  local on_main_loop = require("jimeng.nvim").main_loop
+  local call = {
     on_created = function(t)
       task.task_id, task.state = t.id, "created"
       notify(("#%d task %s created"):format(task.n, t.id))
@@ -154,6 +159,8 @@ local function callbacks(task)
       end
     end,
   }
+  for name, fn in pairs(call) do call[name] = on_main_loop(fn) end
+  return call
 end
 
 -- The client (its error notified), the settings, and the absolute output directory.

@@ -1,16 +1,12 @@
 -- Run by spec/nvim_spec.lua: a download stalls half-way (the sandbox's stall_mid_body); :JimengCancel stops
 -- it, the notification says what was paid for, no file descriptor of nvim points at the .part any more, and
 -- :JimengResume continues the same .part to the whole video.
-local notes = {}
-vim.notify = function(msg) table.insert(notes, msg) end
+-- What it shows goes through the real vim.notify and nvim_echo, read back from :messages.
+local messages = dofile("spec/nvim/messages.lua")
 require("jimeng").setup { output_dir = os.getenv("JIMENG_OUTPUT_DIR"), interval = 0.1 }
 local plugin, driver = require("jimeng.plugin"), require("jimeng.nvim")
 
-local function note(pattern)
-  for _, m in ipairs(notes) do
-    if m:find(pattern) then return m end
-  end
-end
+local note = messages.find
 
 local function open_parts()
   local list = {}

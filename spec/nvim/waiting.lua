@@ -4,9 +4,13 @@
 -- jimeng caused. The editor's own 20 ms timer shows the loop stays responsive.
 local n = tonumber(os.getenv("JIMENG_NVIM_N"))
 local window = tonumber(os.getenv("JIMENG_NVIM_WINDOW"))
-vim.notify = function() end
 require("jimeng").setup { output_dir = os.getenv("JIMENG_OUTPUT_DIR"), interval = 5, notify = false }
 local plugin, driver = require("jimeng.plugin"), require("jimeng.nvim")
+-- what a statusline sees: the User JimengProgress autocommands, with the task in vim.g.jimeng_progress
+local created_events = 0
+vim.api.nvim_create_autocmd("User", { pattern = "JimengProgress", callback = function()
+  if vim.g.jimeng_progress.state == "created" then created_events = created_events + 1 end
+end })
 
 for i = 1, n do vim.cmd(("JimengGenerate waiting %d sandbox:slow=120"):format(i)) end
 local created = vim.wait(20000, function()
@@ -34,7 +38,7 @@ local out = io.open(os.getenv("JIMENG_NVIM_OUT"), "w")
 out:write(vim.fn.json_encode({
   created = created, running = running, seconds = elapsed, timer = s1.timer - s0.timer, poll = s1.poll - s0.poll,
   timer_idle = s1.timer_idle - s0.timer_idle,
-  ticks = ticker.ticks, worst_gap_ms = ticker.worst, left_running = driver.state().running,
+  created_events = created_events, ticks = ticker.ticks, worst_gap_ms = ticker.worst, left_running = driver.state().running,
 }))
 out:close()
 vim.cmd("qa!")
