@@ -61,8 +61,10 @@ $(SO): $(OBJS)
 version:
 	@sed -n 's/^#define JM_VERSION "\(.*\)"/\1/p' src/jimeng.h
 
+# The ledger of paid creates (XDG_STATE_HOME) goes to a directory of this run's own, never into $HOME.
 test: all
-	@$(RUN_ENV) $(TEST_PRELOAD) $(TEST_WRAPPER) $(LUA) $(BUSTED) -o spec/support/summary.lua $(BUSTED_ARGS) $(SPECS)
+	@state=$$(mktemp -d /tmp/jimeng-state.XXXXXX) && XDG_STATE_HOME=$$state JIMENG_LEDGER= $(RUN_ENV) $(TEST_PRELOAD) \
+	  $(TEST_WRAPPER) $(LUA) $(BUSTED) -o spec/support/summary.lua $(BUSTED_ARGS) $(SPECS); rc=$$?; rm -rf "$$state"; exit $$rc
 
 # The whole suite on every Lua: each build has its own directory, so they never mix.
 # SPECS: the spec files or directories to run (make test SPECS=spec/paid_spec.lua)

@@ -289,7 +289,7 @@ end
 function Run:create(job, deadline)
   local json = self.json
   local task, err = self.client:create(job.params, {
-    deadline = deadline, until_deadline = true,
+    deadline = deadline, until_deadline = true, output = core.canonical_path(job.path) or job.path,
     journal = self.opts.journal and { path = self.opts.journal,
       sending = json.encode { event = "sending", job = job.key, index = job.index } .. "\n",
       not_created = json.encode { event = "not_created", job = job.key } .. "\n" },
