@@ -96,6 +96,22 @@ describe("the ledger", function()
     assert.equals("invalid_argument", err.kind)
   end)
 
+  it("asked for where it cannot be: refused before sending; its default place unmakeable: the create goes on", function()
+    local c = h.client(env.sb, { ledger = "/proc/no-such-dir/ledger.jsonl" })
+    local _, err = c:create { prompt = "no place for the ledger" }
+    assert.equals("io", err.kind)
+    assert.is_false(err.created)
+    assert.truthy(err.message:find("ledger=false", 1, true), err.message)
+    assert.equals(0, env.sb:stats().creates)
+    c:close()
+    local code, out, stderr = jimeng_cmd("create 'a service without a home'", "XDG_STATE_HOME=/proc/no-such-dir")
+    assert.equals(0, code, stderr)
+    assert.truthy(out:find("^%d+"))
+    code, _, stderr = jimeng_cmd("create 'an explicit ledger'", "JIMENG_LEDGER=/proc/no-such-dir/l.jsonl")
+    assert.equals(3, code, stderr)
+    assert.equals(1, env.sb:stats().creates)
+  end)
+
   it("takes the records of two processes creating at once: every line whole, every task with its id", function()
     local path = env.dir .. "/shared.jsonl"
     local script = env.dir .. "/creator.lua"

@@ -205,7 +205,7 @@ function Client.new(opts, json)
       self.max_rps and math.floor(self.max_rps) or 100000), "burst")
   end
   -- the ledger of paid creates (jimeng.ledger): ledger=false, or JIMENG_LEDGER=false, for none
-  self.ledger = ledger.open(ledger.path(opts.ledger), json, self.api_key)
+  self.ledger = ledger.open(ledger.path(opts.ledger), json, self.api_key, ledger.explicit(opts.ledger))
   -- when each task this client created was created: its first wait learns and uses the queue time
   self.created_at = {}
   self.json = json
@@ -306,10 +306,16 @@ function Client:create(params, opts)
   local book, ref, sending = self.ledger, nil, nil
   if book then
     local ok, lerr = book:ready()
-    if not ok then
+    if not ok and book.explicit then
       return nil, errors.new { kind = "io", created = false, field = "ledger", message = ("cannot make the ledger's " ..
         "directory (%s): nothing was sent; pass ledger=false (JIMENG_LEDGER=false) to go without"):format(lerr) }
+    elseif not ok then
+      -- the default place cannot be made (a service's home that is not its own): the client goes without
+      self:log("warning", ("no ledger: cannot make its directory (%s)"):format(lerr))
+      self.ledger, book = nil, nil
     end
+  end
+  if book then
     ref = ledger.new_ref()
     sending = book:line { ev = "sending", ref = ref, params = ledger.params(params), what = opts.what or "create",
       base_url = self.base_url, output = opts.output }

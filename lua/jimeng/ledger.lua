@@ -93,9 +93,15 @@ local Ledger = {}
 Ledger.__index = Ledger
 
 --- A ledger at `path` (M.path's answer) for a client (its json and key), or nil when path is false.
-function M.open(path, json, secret)
+-- explicit: the path was asked for (the option or JIMENG_LEDGER), not the default place.
+function M.open(path, json, secret, explicit)
   if not path then return nil end
-  return setmetatable({ path = path, json = json, secret = secret }, Ledger)
+  return setmetatable({ path = path, json = json, secret = secret, explicit = explicit or false }, Ledger)
+end
+
+--- Whether the ledger's place was asked for (the `ledger` option, or JIMENG_LEDGER), not the default one.
+function M.explicit(opt)
+  return type(opt) == "string" or (opt == nil and nonempty(os.getenv("JIMENG_LEDGER")) ~= nil)
 end
 
 --- The line of a record: JSON, scrubbed of the key, ending in a newline.
