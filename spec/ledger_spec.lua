@@ -145,11 +145,12 @@ for i = 1, 15 do assert(c:create { prompt = arg[1] .. " " .. i }) end
     os.execute("kill -9 " .. pid)
     core.sleep(2) -- the sandbox makes the task after its stall: it may well be billed
     assert.equals(1, env.sb:stats().creates)
+    local _
     local code, out = jimeng_cmd("list")
     assert.equals(0, code)
     assert.truthy(out:find("%(id unknown%)%s+sent, id unknown, may be billed"), out)
     local err
-    code, out, err = jimeng_cmd("resume")
+    code, _, err = jimeng_cmd("resume")
     assert.equals(0, code, err)
     assert.truthy(err:find("no list of tasks", 1, true), err)
     assert.equals(1, env.sb:stats().creates)
@@ -162,6 +163,7 @@ for i = 1, 15 do assert(c:create { prompt = arg[1] .. " " .. i }) end
   it("killed after the answer: the id is in the ledger, and resume saves the video where it was meant, paying nothing", function()
     local pid = jimeng_bg("generate 'sandbox:slow=2 killed while waiting' -o kite.mp4 --interval 0.1")
     local created = wait_for(ledger_file(), "created")
+    local _
     os.execute("kill -9 " .. pid)
     assert.equals(1, env.sb:stats().creates)
     assert.equals(core.canonical_path(env.dir .. "/kite.mp4"), created.output)
@@ -171,7 +173,7 @@ for i = 1, 15 do assert(c:create { prompt = arg[1] .. " " .. i }) end
     assert.equals(created.id, listed.id)
     assert.equals("created", listed.state)
     -- the same generate again would pay twice for one file: refused, pointing at resume
-    code, out, err = jimeng_cmd("generate 'sandbox:slow=2 killed while waiting' -o kite.mp4")
+    code, _, err = jimeng_cmd("generate 'sandbox:slow=2 killed while waiting' -o kite.mp4")
     assert.equals(2, code)
     assert.truthy(err:find("jimeng resume", 1, true), err)
     assert.equals(1, env.sb:stats().creates)
@@ -181,8 +183,9 @@ for i = 1, 15 do assert(c:create { prompt = arg[1] .. " " .. i }) end
     assert.equals(h.fixture(), h.read(env.dir .. "/kite.mp4"))
     assert.equals(1, env.sb:stats().creates)
     code, out = jimeng_cmd("list")
+    assert.equals(0, code)
     assert.truthy(out:find(created.id .. "  saved", 1, true), out)
-    code, out, err = jimeng_cmd("resume")
+    code, _, err = jimeng_cmd("resume")
     assert.equals(0, code)
     assert.truthy(err:find("nothing to resume", 1, true), err)
     code, out = jimeng_cmd("show " .. created.id .. " --json")
@@ -204,8 +207,10 @@ for i = 1, 15 do assert(c:create { prompt = arg[1] .. " " .. i }) end
     local err
     code, out, err = jimeng_cmd("resume -o later/ --interval 0.05")
     assert.equals(1, code, err) -- one task failed: the exit code of a failed task
+    assert.equals("later/jimeng_video_" .. id .. ".mp4", out:match("[^\n]+"))
     assert.equals(h.fixture(), h.read(env.dir .. "/later/jimeng_video_" .. id .. ".mp4"))
     code, out = jimeng_cmd("list")
+    assert.equals(0, code)
     assert.truthy(out:find("failed", 1, true), out)
     assert.equals(2, env.sb:stats().creates)
   end)
@@ -255,11 +260,12 @@ describe("jimeng download", function()
 
   it("onto the file the ledger saw saved as that task's video: already saved, exit 0; another file: refused", function()
     local code, out = jimeng_cmd("create 'saved once'")
+    local _
     assert.equals(0, code)
     local id = out:match("%d+")
     assert.equals(0, (jimeng_cmd("wait " .. id .. " --interval 0.05")))
     local err
-    code, out, err = jimeng_cmd("download " .. id .. " -o '{id}.mp4'")
+    code, _, err = jimeng_cmd("download " .. id .. " -o '{id}.mp4'")
     assert.equals(0, code, err)
     local gets = #h.api_requests(env.sb, "/content$")
     code, out, err = jimeng_cmd("download " .. id .. " -o " .. id .. ".mp4")
@@ -276,6 +282,7 @@ describe("jimeng download", function()
 
   it("that continues an earlier one says from where (bytes and percent)", function()
     local code, out = jimeng_cmd("create 'resumed later'")
+    local _
     assert.equals(0, code)
     local id = out:match("%d+")
     assert.equals(0, (jimeng_cmd("wait " .. id .. " --interval 0.05")))
