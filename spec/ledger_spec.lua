@@ -142,7 +142,9 @@ for i = 1, 15 do assert(c:create { prompt = arg[1] .. " " .. i }) end
     local pid = jimeng_bg("generate 'killed while sending' -o lost.mp4")
     local sending = wait_for(ledger_file(), "sending")
     assert.equals("killed while sending", sending.params.prompt)
-    os.execute("kill -9 " .. pid)
+    local deadline = core.now() + 5
+    while #h.api_requests(env.sb, "^/v1/videos$") == 0 and core.now() < deadline do core.sleep(0.02) end
+    os.execute("kill -9 " .. pid) -- the server has the request, and is stalling before it answers
     core.sleep(2) -- the sandbox makes the task after its stall: it may well be billed
     assert.equals(1, env.sb:stats().creates)
     local _
