@@ -246,6 +246,37 @@ describe("output templates", function()
   end)
 end)
 
+describe("batch output templates", function()
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0.02, process_seconds = 0.05 }, reset = true, dir = "each" }
+
+  it("fill in each job's number, prompt and the run's date; {id} is refused before the first create", function()
+    local c = h.client(env.sb, { ledger = env.dir .. "/l.jsonl" })
+    local s = assert(c:batch({ { prompt = "a fox at dawn", output = "{n}-{prompt:.5}.{ext}" },
+      { prompt = "a boat", seed = 3, output = "{n}-{prompt:.5}-{seed}.{ext}" } },
+      { output_dir = env.dir .. "/run-{date}" }))
+    assert.equals(2, s.saved)
+    local dir = env.dir .. "/run-" .. os.date("%Y-%m-%d")
+    assert.equals(h.fixture(), h.read(dir .. "/1-a_fox.mp4"))
+    assert.equals(h.fixture(), h.read(dir .. "/2-a_boa-3.mp4"))
+    -- the ledger knows where each was meant to go
+    local entries = assert(ledger.read(env.dir .. "/l.jsonl", cjson))
+    assert.equals(2, #entries)
+    for _, e in ipairs(entries) do
+      local name = e.params.prompt == "a fox at dawn" and "/1-a_fox.mp4" or "/2-a_boa-3.mp4"
+      assert.equals(core.canonical_path(dir .. name), e.output)
+      assert.equals(core.canonical_path(dir .. name), e.path)
+    end
+    local before = env.sb:stats().creates
+    local _, err = c:batch({ { prompt = "no id here", output = "{id}.mp4" } }, { output_dir = env.dir })
+    assert.equals("invalid_argument", err.kind)
+    assert.truthy(err.message:find("{id} has no meaning here", 1, true), err.message)
+    _, err = c:batch({ { prompt = "no prompt dir" } }, { output_dir = env.dir .. "/{prompt}" })
+    assert.equals("invalid_argument", err.kind)
+    assert.equals(before, env.sb:stats().creates)
+    c:close()
+  end)
+end)
+
 describe("jimeng download", function()
   local env = h.with_sandbox { sandbox = { queue_seconds = 0.02, process_seconds = 0.05, video_bytes = 200000 },
     client = false, reset = true, dir = "each" }

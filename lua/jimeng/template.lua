@@ -143,10 +143,19 @@ function M.text(parts)
 end
 
 --- The path a template makes with every field known (v as for fill; {n}: the first free number when v.n is
--- not given). -> path | nil, err
-function M.expand(template, v, what)
+-- not given). only: a set of the fields allowed here (others refused). -> path | nil, err
+function M.expand(template, v, what, only)
   local parts, err = M.parse(template, what)
   if not parts then return nil, err end
+  for _, p in ipairs(only and parts or {}) do
+    if type(p) == "table" and not only[p.field] then
+      local allowed = {}
+      for f in pairs(only) do allowed[#allowed + 1] = "{" .. f .. "}" end
+      table.sort(allowed)
+      return errors.invalid(("%s template %q: {%s} has no meaning here (here: %s; nothing was paid for)"):format(
+        what or "output", template, p.field, table.concat(allowed, ", ")), what or "output")
+    end
+  end
   parts = M.fill(parts, v)
   if M.has(parts, "n") then
     for n = 1, 100000 do
