@@ -77,6 +77,8 @@ describe("the ledger", function()
     assert.equals(core.canonical_path(r.path), saved.path)
     assert.equals(#h.fixture(), saved.bytes)
     local text = h.read(path)
+    local _, mode = proc.run("stat -c %a " .. path)
+    assert.equals("600", mode:match("%d+")) -- prompts are private: the owner's only
     assert.falsy(text:find("sk-ledger-never-written", 1, true))
     assert.falsy(text:find("s3cret", 1, true))
     local entries, by_id = ledger.read(path, cjson)

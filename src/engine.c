@@ -440,11 +440,12 @@ static size_t jm_on_body(char *ptr, size_t size, size_t nmemb, void *ud) {
 }
 
 /* Appends the line of "path\0line" (buf, len in all) to path and fsyncs it: 0, or the errno. `lock`: under an
- * exclusive flock, so that the lines of processes sharing the file (the ledger) never mix. */
+ * exclusive flock, so that the lines of processes sharing the file (the ledger) never mix, and a new file is
+ * its owner's only (prompts are private). */
 static int jm_append_line(const char *buf, size_t len, int lock) {
     const char *line = buf + strlen(buf) + 1;
     size_t n = len - strlen(buf) - 1, done = 0;
-    int e = 0, fd = open(buf, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    int e = 0, fd = open(buf, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, lock ? 0600 : 0644);
     if (fd < 0) return errno;
     if (lock) {
         while (flock(fd, LOCK_EX) != 0) {

@@ -432,13 +432,15 @@ static int l_file_size(lua_State *L) {
 }
 
 /* core.append_durable(path, data[, locked]) -> true | nil, message: one append and an fsync (journals).
- * locked: under an exclusive flock (a file that processes share, the ledger: their lines never mix). */
+ * locked: under an exclusive flock (a file that processes share, the ledger: their lines never mix), never
+ * through a link, and a new file is its owner's only (0600). */
 static int l_append_durable(lua_State *L) {
     size_t n;
     const char *path = luaL_checkstring(L, 1), *data = luaL_checklstring(L, 2, &n);
-    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    int locked = lua_toboolean(L, 3);
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (locked ? O_NOFOLLOW : 0), locked ? 0600 : 0644);
     if (fd < 0) return jm_fail(L, "cannot open", path);
-    if (lua_toboolean(L, 3)) {
+    if (locked) {
         while (flock(fd, LOCK_EX) != 0) {
             if (errno != EINTR) {
                 int e = errno;
