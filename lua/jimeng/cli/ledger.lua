@@ -194,9 +194,14 @@ function M.resume(client, args, out)
         error = { kind = why.kind, message = why.message } }
     end
   end
+  local by_url, urls = {}, {}
   for _, e in ipairs(elsewhere) do
-    out:note(("task %s was made at %s, not at %s: run jimeng resume --base-url %s"):format(e.id, e.base_url,
-      client.base_url, e.base_url), true)
+    if not by_url[e.base_url] then urls[#urls + 1] = e.base_url end
+    by_url[e.base_url] = (by_url[e.base_url] or 0) + 1
+  end
+  for _, url in ipairs(urls) do
+    out:note(("%d task%s made at %s, not at %s: jimeng resume --base-url %s saves %s"):format(by_url[url],
+      by_url[url] == 1 and " was" or "s were", url, client.base_url, url, by_url[url] == 1 and "it" or "them"), true)
   end
   if #lost > 0 then
     out:note(("%d create%s sent whose answer never came (jimeng list: \"%s\"): the task may exist and be billed, " ..
