@@ -245,6 +245,9 @@ describe("output templates", function()
     local b = assert(c:generate({ prompt = "take" }, { output = env.dir .. "/take-{n}.mp4" }))
     assert.equals(env.dir .. "/take-1.mp4", a.path)
     assert.equals(env.dir .. "/take-2.mp4", b.path)
+    -- braces: {{ and }} are braces, and a prompt's own braces are only text
+    local lit = assert(c:generate({ prompt = "a {fox}" }, { output = env.dir .. "/{{x}}-{prompt}-{id}.mp4" }))
+    assert.equals(("%s/{x}-a_{fox}-%s.mp4"):format(env.dir, lit.task.id), lit.path)
     local before = env.sb:stats().creates
     local _, err = c:generate({ prompt = "typo" }, { output = env.dir .. "/{promt}.mp4" })
     assert.equals("invalid_argument", err.kind)

@@ -133,7 +133,7 @@ function M.has(parts, field)
   return false
 end
 
---- The parts as text: fields left as {name}.
+--- The parts as text, fields left as {name}: for messages and the ledger (never parsed again).
 function M.text(parts)
   local out = {}
   for i, p in ipairs(parts) do
@@ -142,8 +142,42 @@ function M.text(parts)
   return table.concat(out)
 end
 
---- The path a template makes with every field known (v as for fill; {n}: the first free number when v.n is
--- not given). only: a set of the fields allowed here (others refused). -> path | nil, err
+--- Whether a field not filled in yet stands in a directory (a / follows it).
+function M.field_in_dir(parts)
+  local field = false
+  for _, p in ipairs(parts) do
+    if type(p) == "table" then
+      field = true
+    elseif field and p:find("/", 1, true) then
+      return true
+    end
+  end
+  return false
+end
+
+--- The path of parts once v fills in the rest ({n}: the first free number when v.n is not given).
+-- -> path | nil, err (a field still unknown)
+function M.finish(parts, v, what)
+  parts = M.fill(parts, v or {})
+  if M.has(parts, "n") then
+    for n = 1, 100000 do
+      local try = M.fill(parts, { n = n })
+      local path = M.has(try, "id") and nil or M.text(try)
+      if path and not core.file_size(path) and not core.file_id(path) and not core.file_size(path .. ".part") then
+        parts = try
+        break
+      end
+    end
+  end
+  if M.has(parts, "id") or M.has(parts, "n") then
+    return errors.invalid(("%s template %q: {id} is not known here (nothing was paid for)"):format(what or "output",
+      M.text(parts)), what or "output")
+  end
+  return M.text(parts)
+end
+
+--- The path a template makes with every field known (v as for fill). only: a set of the fields allowed here
+-- (others refused). -> path | nil, err
 function M.expand(template, v, what, only)
   local parts, err = M.parse(template, what)
   if not parts then return nil, err end
@@ -156,21 +190,7 @@ function M.expand(template, v, what, only)
         what or "output", template, p.field, table.concat(allowed, ", ")), what or "output")
     end
   end
-  parts = M.fill(parts, v)
-  if M.has(parts, "n") then
-    for n = 1, 100000 do
-      local path = M.text(M.fill(parts, { n = n }))
-      if not core.file_size(path) and not core.file_id(path) and not core.file_size(path .. ".part") then
-        parts = M.fill(parts, { n = n })
-        break
-      end
-    end
-  end
-  if M.has(parts, "id") or M.has(parts, "n") then
-    return errors.invalid(("%s template %q: {id} is not known here (nothing was paid for)"):format(what or "output",
-      template), what or "output")
-  end
-  return M.text(parts)
+  return M.finish(parts, v, what)
 end
 
 return M

@@ -68,26 +68,20 @@ local function check_reserved(client, path, overwrite)
   return true
 end
 
--- The directory of path ("" for none) and its file name.
-local function split(path)
-  local dir, file = path:match("^(.*/)([^/]*)$")
-  return dir or "", file or path
-end
-
 -- A template's output (see jimeng.template): every field but {id} filled in now; its directory made (the
 -- user named it); {id} only in the file name. -> plan function, the path meant (absolute) | nil, err
 local function plan_template(opts, params, client)
   local parts, err = template.parse(opts.output, "output")
   if not parts then return nil, err end
-  local v = { seed = params and params.seed, prompt = params and params.prompt, model = params and params.model,
-    time = os.time() }
-  parts = template.fill(parts, v)
-  local text = template.text(parts)
-  local dir, file = split(text)
-  if dir:find("{", 1, true) then
+  parts = template.fill(parts, { seed = params and params.seed, prompt = params and params.prompt,
+    model = params and params.model, time = os.time() })
+  if template.field_in_dir(parts) then
     return errors.invalid(("output template %q: {id} and {n} go in the file name, not in a directory (nothing " ..
       "was paid for)"):format(opts.output), "output")
   end
+  local text = template.text(parts) -- fields left only in the file name: the directory is known
+  local dir, file = text:match("^(.*/)([^/]*)$")
+  dir, file = dir or "", file or text
   if file == "" then return errors.invalid("output template " .. opts.output .. " names no file", "output") end
   if dir ~= "" then
     local ok, why = core.mkdirs(dir)
@@ -95,7 +89,7 @@ local function plan_template(opts, params, client)
   end
   if not template.has(parts, "id") then
     local path
-    path, err = template.expand(text, v, "output")
+    path, err = template.finish(parts, nil, "output")
     if not path then return nil, err end
     local state, why = core.check_output(path)
     if not state then return errors.invalid(why .. " (nothing was paid for)", "output") end
@@ -109,9 +103,7 @@ local function plan_template(opts, params, client)
   end
   local state, why = core.check_output(dir .. "x.mp4")
   if not state then return errors.invalid(why .. " (nothing was paid for)", "output") end
-  return function(id)
-    return template.expand(text, { id = id }, "output")
-  end, core.canonical_path(text)
+  return function(id) return template.finish(parts, { id = id }, "output") end, core.canonical_path(text)
 end
 
 --- Checks, before anything is paid for, that a video can be saved at opts.output (or in opts.output_dir,
