@@ -218,10 +218,15 @@ for i = 1, 15 do assert(c:create { prompt = arg[1] .. " " .. i }) end
     local id = out:match("%d+")
     code = jimeng_cmd("create 'sandbox:fail doomed'")
     assert.equals(0, code)
+    -- a task of another API (a sandbox since stopped) is named, not asked for here
+    assert(core.append_durable(ledger_file(), '{"ev":"created","ref":"elsewhere","id":"555","at":1,' ..
+      '"base_url":"http://127.0.0.1:1/v1"}\n', true))
     local err
     code, out, err = jimeng_cmd("resume -o later/ --interval 0.05")
     assert.equals(1, code, err) -- one task failed: the exit code of a failed task
     assert.equals("later/jimeng_video_" .. id .. ".mp4", out:match("[^\n]+"))
+    assert.truthy(err:find("1 task was made at http://127.0.0.1:1/v1", 1, true), err)
+    assert.equals(0, #h.api_requests(env.sb, "/555"))
     assert.equals(h.fixture(), h.read(env.dir .. "/later/jimeng_video_" .. id .. ".mp4"))
     code, out = jimeng_cmd("list")
     assert.equals(0, code)

@@ -369,6 +369,7 @@ end
 -- the ledger serves the user, it never stops a call.
 function Client:note(rec)
   if not self.ledger then return end
+  rec.base_url = self.base_url -- a task is asked about at the API that made it
   local ok, lerr = self.ledger:append(rec)
   if not ok then self:log("warning", lerr) end
 end

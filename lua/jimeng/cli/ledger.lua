@@ -153,7 +153,7 @@ function M.resume(client, args, out)
   local todo, lost, elsewhere = {}, {}, {}
   for _, e in ipairs(entries) do
     if e.id and ledger.UNSAVED[e.state] then
-      if e.base_url and e.base_url ~= client.base_url then
+      if e.base_url ~= client.base_url then
         elsewhere[#elsewhere + 1] = e
       else
         todo[#todo + 1] = e
@@ -196,12 +196,19 @@ function M.resume(client, args, out)
   end
   local by_url, urls = {}, {}
   for _, e in ipairs(elsewhere) do
-    if not by_url[e.base_url] then urls[#urls + 1] = e.base_url end
-    by_url[e.base_url] = (by_url[e.base_url] or 0) + 1
+    local url = e.base_url or "an unknown base URL"
+    if not by_url[url] then urls[#urls + 1] = url end
+    by_url[url] = (by_url[url] or 0) + 1
   end
   for _, url in ipairs(urls) do
-    out:note(("%d task%s made at %s, not at %s: jimeng resume --base-url %s saves %s"):format(by_url[url],
-      by_url[url] == 1 and " was" or "s were", url, client.base_url, url, by_url[url] == 1 and "it" or "them"), true)
+    local n = by_url[url]
+    if url == "an unknown base URL" then
+      out:note(("%d task%s not saved at an API the ledger does not name (jimeng show ID)"):format(n,
+        n == 1 and " is" or "s are"), true)
+    else
+      out:note(("%d task%s made at %s, not at %s: jimeng resume --base-url %s saves %s"):format(n,
+        n == 1 and " was" or "s were", url, client.base_url, url, n == 1 and "it" or "them"), true)
+    end
   end
   if #lost > 0 then
     out:note(("%d create%s sent whose answer never came (jimeng list: \"%s\"): the task may exist and be billed, " ..
