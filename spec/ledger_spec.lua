@@ -358,10 +358,12 @@ describe("completion of task ids", function()
     assert(core.mkdirs(state .. "/jimeng"))
     h.write(state .. "/jimeng/ledger.jsonl", '{"ev":"sending","ref":"r1","at":1}\n{"ev":"created","ref":"r1","id":"7001","at":1}\n' ..
       '{"ev":"created","ref":"r2","id":"7002","at":2}\n')
-    h.write(env.dir .. "/jimeng", ("#!/bin/sh\nexec %s %s/bin/jimeng \"$@\"\n"):format(lua, proc.root))
+    -- (the suite's own Lua, unwrapped: this is about the shell, and a wrapper's reports would be in the scripts)
+    h.write(env.dir .. "/jimeng", ("#!/bin/sh\nexec %s %s/bin/jimeng \"$@\"\n"):format(proc.plain_lua, proc.root))
     assert(proc.run("chmod +x " .. env.dir .. "/jimeng"))
     local script = env.dir .. "/completion.bash"
-    local ok, text = proc.run(("%s %s/bin/jimeng completion bash > %s"):format(lua, proc.root, script), proc.own_env)
+    local ok, text = proc.run(("%s %s/bin/jimeng completion bash > %s"):format(proc.plain_lua, proc.root, script),
+      proc.own_env)
     assert.is_true(ok, text)
     for _, cmd in ipairs { "wait", "download", "show", "status" } do
       local ran, out = proc.run(("XDG_STATE_HOME=%s PATH=%s:$PATH bash -c 'source %s; COMP_WORDS=(jimeng %s 70); " ..
@@ -369,7 +371,7 @@ describe("completion of task ids", function()
       assert.is_true(ran, out)
       assert.equals("7002 7001", out:match("[^\n]*"), cmd)
     end
-    local _, zsh = proc.run(("%s %s/bin/jimeng completion zsh"):format(lua, proc.root), proc.own_env)
+    local _, zsh = proc.run(("%s %s/bin/jimeng completion zsh"):format(proc.plain_lua, proc.root), proc.own_env)
     assert.truthy(zsh:find("list --ids", 1, true))
     assert.truthy(zsh:find("'1:id:_jimeng_ids'", 1, true))
   end)
