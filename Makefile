@@ -42,6 +42,9 @@ OBJS         = $(SRCS:src/%.c=$(BUILD)/obj/%.o)
 LUA_SRCS     = $(wildcard lua/jimeng/*.lua)
 CLI_SRCS     = $(wildcard lua/jimeng/cli/*.lua)
 
+# The demo and the examples pay the sandbox, not you: their ledger is build's own, not the one in your home.
+SANDBOX_LEDGER = JIMENG_LEDGER="$(CURDIR)/$(BUILD)/sandbox-ledger.jsonl"
+
 # The environment the specs, the demo and the examples run in: this checkout's modules first.
 RUN_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/?.lua;;" \
           LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" JIMENG_TEST_LUA="$(LUA)" JIMENG_BUILD="$(CURDIR)/$(BUILD)"
@@ -61,8 +64,10 @@ $(SO): $(OBJS)
 version:
 	@sed -n 's/^#define JM_VERSION "\(.*\)"/\1/p' src/jimeng.h
 
+# The ledger of paid creates (XDG_STATE_HOME) goes to a directory of this run's own, never into $HOME.
 test: all
-	@$(RUN_ENV) $(TEST_PRELOAD) $(TEST_WRAPPER) $(LUA) $(BUSTED) -o spec/support/summary.lua $(BUSTED_ARGS) $(SPECS)
+	@state=$$(mktemp -d /tmp/jimeng-state.XXXXXX) && XDG_STATE_HOME=$$state JIMENG_LEDGER= $(RUN_ENV) $(TEST_PRELOAD) \
+	  $(TEST_WRAPPER) $(LUA) $(BUSTED) -o spec/support/summary.lua $(BUSTED_ARGS) $(SPECS); rc=$$?; rm -rf "$$state"; exit $$rc
 
 # The whole suite on every Lua: each build has its own directory, so they never mix.
 # SPECS: the spec files or directories to run (make test SPECS=spec/paid_spec.lua)
@@ -140,32 +145,32 @@ fuzz: build/fuzz/normalize build/fuzz/response build/fuzz/url build/fuzz/mp4
 # Benchmarks against curl, Python requests and a hand-written lua-curl loop (bench/README.md). Not tests:
 # nothing here is asserted. Needs: time curl python3-requests lua5.1 lua-curl (apt-get).
 bench: all
-	@$(RUN_ENV) $(LUA) bench/run.lua
+	@JIMENG_LEDGER=false $(RUN_ENV) $(LUA) bench/run.lua
 
 # The host table alone (Neovim and nginx waiting; bench/README.md): needs nvim, nginx's Lua module, strace.
 bench-host: all
 	@$(MAKE) --no-print-directory all LUA=luajit
-	@$(RUN_ENV) $(LUA) bench/host.lua
+	@JIMENG_LEDGER=false $(RUN_ENV) $(LUA) bench/host.lua
 
 demo: all
 	@mkdir -p build/demo
-	@$(RUN_ENV) $(LUA) examples/run_with_sandbox.lua examples/text_to_video.lua build/demo
+	@$(SANDBOX_LEDGER) $(RUN_ENV) $(LUA) examples/run_with_sandbox.lua examples/text_to_video.lua build/demo
 
 # A prompt experiment end to end against a fresh sandbox: examples/experiment.lua's six cells, their videos,
 # posters (with ffmpeg) and the gallery, build/experiment/index.html.
 experiment: all
 	@rm -rf build/experiment && mkdir -p build/experiment
-	@$(RUN_ENV) $(LUA) examples/run_with_sandbox.lua bin/jimeng experiment examples/experiment.lua \
+	@$(SANDBOX_LEDGER) $(RUN_ENV) $(LUA) examples/run_with_sandbox.lua bin/jimeng experiment examples/experiment.lua \
 	  -o build/experiment --interval 0.5
 	@echo "the gallery: build/experiment/index.html"
 
 # Every example, each against its own fresh sandbox.
 examples: all
 	@mkdir -p build/examples
-	@$(RUN_ENV) $(LUA) examples/run_with_sandbox.lua examples/text_to_video.lua build/examples
-	@$(RUN_ENV) $(LUA) examples/run_with_sandbox.lua examples/omnihuman.lua \
+	@$(SANDBOX_LEDGER) $(RUN_ENV) $(LUA) examples/run_with_sandbox.lua examples/text_to_video.lua build/examples
+	@$(SANDBOX_LEDGER) $(RUN_ENV) $(LUA) examples/run_with_sandbox.lua examples/omnihuman.lua \
 	  "https://example.com/two-people.jpg?subjects=2" https://example.com/speech.mp3 build/examples/omnihuman.mp4
-	@$(RUN_ENV) $(LUA) examples/run_with_sandbox.lua examples/many_prompts.lua build/examples
+	@$(SANDBOX_LEDGER) $(RUN_ENV) $(LUA) examples/run_with_sandbox.lua examples/many_prompts.lua build/examples
 
 SHARE_DIR   ?= $(PREFIX)/share/jimeng
 

@@ -67,8 +67,11 @@ describe("the command's help", function()
       doctor = { "doctor" },
       sandbox = { "sandbox", "--queue-seconds", "0" },
       completion = { "completion", "bash" },
+      list = { "list" },
+      show = { "show", task.id },
+      resume = { "resume", "-o", dir .. "/r", "--interval", "0.05" },
     }
-    local network = { doctor = true, generate = true, create = true, status = true, wait = true, download = true,
+    local network = { resume = true, doctor = true, generate = true, create = true, status = true, wait = true, download = true,
       detect = true, recognize = true, omnihuman = true, batch = true, experiment = true }
     local parser = help.parser()
     local all = {}

@@ -143,7 +143,8 @@ describe("the README, run as written", function()
         if b.lang == "sh" then
           path = ("%s/block%d.sh"):format(dir, b.line)
           h.write(path, script(b.text))
-          local ok, out = proc.run(("cd %s && bash %s"):format(dir, path), env)
+          -- a newcomer's ledger: empty, in the block's own directory
+          local ok, out = proc.run(("cd %s && XDG_STATE_HOME=%s/.state bash %s"):format(dir, dir, path), env)
           assert.is_true(ok, ("README.md:%d\n%s\n---\n%s"):format(b.line, b.text, out))
         else
           -- a snippet that uses `client` or `jimeng` without making them gets them as the README's first Lua
@@ -155,7 +156,7 @@ describe("the README, run as written", function()
           end
           path = ("%s/block%d.lua"):format(dir, b.line)
           h.write(path, table.concat(prelude, " ") .. " " .. b.text .. "\n")
-          local ok, out = proc.run(("cd %s && %s %s"):format(dir, lua, path), env)
+          local ok, out = proc.run(("cd %s && XDG_STATE_HOME=%s/.state %s %s"):format(dir, dir, lua, path), env)
           assert.is_true(ok, ("README.md:%d\n%s\n---\n%s"):format(b.line, b.text, out))
         end
       end)

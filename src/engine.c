@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/file.h>
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -136,6 +137,9 @@ struct jm_transfer {
     char *journal;           /* appended and fsynced at the moment of hand-over: "path\0line" */
     size_t journal_len;
     int journal_errno;
+    char *ledger;            /* the same for the ledger ("path\0line"), appended under an flock */
+    size_t ledger_len;
+    int ledger_errno;
 
     jm_buf body;
     size_t max_body;
@@ -459,6 +463,37 @@ static size_t jm_on_body(char *ptr, size_t size, size_t nmemb, void *ud) {
     return n;
 }
 
+/* Appends the line of "path\0line" (buf, len in all) to path and fsyncs it: 0, or the errno. `lock`: under an
+ * exclusive flock, so that the lines of processes sharing the file (the ledger) never mix, and a new file is
+ * its owner's only (prompts are private). */
+static int jm_append_line(const char *buf, size_t len, int lock) {
+    const char *line = buf + strlen(buf) + 1;
+    size_t n = len - strlen(buf) - 1, done = 0;
+    int e = 0, fd = open(buf, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, lock ? 0600 : 0644);
+    if (fd < 0) return errno;
+    if (lock) {
+        while (flock(fd, LOCK_EX) != 0) {
+            if (errno != EINTR) {
+                e = errno;
+                close(fd);
+                return e;
+            }
+        }
+    }
+    while (done < n) {
+        ssize_t w = write(fd, line + done, n - done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            e = w < 0 ? errno : EIO;
+            break;
+        }
+        done += (size_t)w;
+    }
+    if (!e && fsync(fd) != 0) e = errno;
+    if (close(fd) != 0 && !e) e = errno; /* closing releases the flock */
+    return e;
+}
+
 /* The moment of truth for a paid request: connected (through any proxy tunnel, TLS done) and the request
  * about to be written. From here on the server may act on it; before, it cannot have. A journal line
  * given with the request is made durable now, before the first request byte leaves. */
@@ -470,34 +505,10 @@ static int jm_on_prereq(void *ud, char *conn_primary_ip, char *conn_local_ip, in
     (void)conn_local_ip;
     (void)conn_primary_port;
     (void)conn_local_port;
-    if (t->journal) {
-        const char *path = t->journal, *line = t->journal + strlen(t->journal) + 1;
-        size_t n = t->journal_len - strlen(t->journal) - 1, done = 0;
-        int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
-        if (fd < 0) {
-            t->journal_errno = errno;
-            return CURL_PREREQFUNC_ABORT;
-        }
-        while (done < n) {
-            ssize_t w = write(fd, line + done, n - done);
-            if (w < 0 && errno == EINTR) continue;
-            if (w <= 0) {
-                t->journal_errno = w < 0 ? errno : EIO;
-                close(fd);
-                return CURL_PREREQFUNC_ABORT;
-            }
-            done += (size_t)w;
-        }
-        if (fsync(fd) != 0) {
-            t->journal_errno = errno;
-            close(fd);
-            return CURL_PREREQFUNC_ABORT;
-        }
-        if (close(fd) != 0) {
-            t->journal_errno = errno;
-            return CURL_PREREQFUNC_ABORT;
-        }
-    }
+    if (t->journal && (t->journal_errno = jm_append_line(t->journal, t->journal_len, 0)) != 0)
+        return CURL_PREREQFUNC_ABORT;
+    if (t->ledger && (t->ledger_errno = jm_append_line(t->ledger, t->ledger_len, 1)) != 0)
+        return CURL_PREREQFUNC_ABORT;
     t->handed_over = 1;
 #ifdef __linux__
     if (t->paid) {
@@ -609,7 +620,7 @@ static void jm_capture(jm_transfer *t) {
 /* The class of a failed transfer, from libcurl's code and what it saw: what Lua needs to decide, never a
  * bare libcurl number. NULL for a transfer that did not fail in transport. */
 static const char *jm_failure_class(const jm_transfer *t) {
-    if (t->journal_errno) return "io";
+    if (t->journal_errno || t->ledger_errno) return "io";
     if (t->io_errno) return "io";
     if (t->too_large || t->head_too_large) return "too_large";
     if (t->cancelled) return "cancelled";
@@ -858,10 +869,11 @@ static int l_transfer_gc(lua_State *L) {
     free(t->task_id);
     free(t->validator);
     free(t->journal);
+    free(t->ledger);
     free(t->info.url);
     free(t->info.cert_expire);
     free(t->info.cert_names);
-    t->path = t->task_id = t->validator = t->journal = NULL;
+    t->path = t->task_id = t->validator = t->journal = t->ledger = NULL;
     t->info.url = t->info.cert_expire = t->info.cert_names = NULL;
     jm_drop_part(L, t);
     return 0;
@@ -981,6 +993,7 @@ static int l_transfer_result(lua_State *L) {
     if (t->acked_known) jm_setint(L, "acked", (lua_Integer)t->acked);
     if (t->reset_sent) jm_setbool(L, "reset_sent", 1);
     if (t->journal_errno) jm_setstr(L, "journal_error", strerror(t->journal_errno));
+    if (t->ledger_errno) jm_setstr(L, "ledger_error", strerror(t->ledger_errno));
     if (t->cancelled) jm_setbool(L, "cancelled", 1);
     if (status == 0 && t->hstatus) status = t->hstatus;
     if (t->proxy_used || t->info.connectcode) {
@@ -1271,21 +1284,22 @@ static const char *jm_build_headers(lua_State *L, int opts, jm_engine *e, jm_tra
     return NULL;
 }
 
-/* Copies "path\0line" for the journal line written at the moment of hand-over (a paid request's). */
-static void jm_take_journal(lua_State *L, int opts, jm_transfer *t) {
+/* Copies "path\0line" from opts[pfield] and opts[lfield] for a line written at the moment of hand-over (a
+ * paid request's journal or ledger line); *out stays NULL when either is absent. */
+static void jm_take_line(lua_State *L, int opts, const char *pfield, const char *lfield, char **out, size_t *outlen) {
     size_t plen = 0, llen = 0;
-    const char *jpath = jm_optstr(L, opts, "journal", &plen), *jline = jm_optstr(L, opts, "journal_line", &llen);
+    const char *jpath = jm_optstr(L, opts, pfield, &plen), *jline = jm_optstr(L, opts, lfield, &llen);
     if (!jpath || !jline) return;
-    if (memchr(jpath, 0, plen)) luaL_error(L, "jimeng: journal path contains NUL");
-    t->journal_len = plen + 1 + llen;
-    t->journal = malloc(t->journal_len + 1);
-    if (!t->journal) {
+    if (memchr(jpath, 0, plen)) luaL_error(L, "jimeng: %s path contains NUL", pfield);
+    *outlen = plen + 1 + llen;
+    *out = malloc(*outlen + 1);
+    if (!*out) {
         luaL_error(L, "jimeng: out of memory"); /* raises: does not return */
         return;
     }
-    memcpy(t->journal, jpath, plen + 1);
-    memcpy(t->journal + plen + 1, jline, llen);
-    t->journal[t->journal_len] = '\0';
+    memcpy(*out, jpath, plen + 1);
+    memcpy(*out + plen + 1, jline, llen);
+    (*out)[*outlen] = '\0';
 }
 
 /* A download's file and what its bytes must match (see jm_choose_sink). Raises on misuse. */
@@ -1375,7 +1389,8 @@ static void jm_submit(lua_State *L, jm_engine *e, jm_transfer *t) {
  *   url, method ("GET" | "POST" | another), body, headers (array of "Name: value", after the kind's own),
  *   timeout (seconds, from when it leaves the queue), deadline (absolute, core.now), accept_encoding,
  *   max_body (API calls: a smaller or larger cap), paid (a create: see the facts in the result),
- *   journal + journal_line (a paid request's line, fsynced when it is handed to the wire),
+ *   journal + journal_line (a paid request's line, fsynced when it is handed to the wire), ledger +
+ *   ledger_line (the same, appended under an flock: a file shared by processes),
  *   for a download: part (core.part_open), task_id (written in its record), offset (where a 206 must
  *   start), validator and total (what a 206 must carry).
  * A URL or header with CR or LF is refused as nil, message, "invalid_argument"; an option libcurl refuses
@@ -1419,7 +1434,10 @@ static int l_engine_request(lua_State *L) {
     t->total = -1;
     t->paid = t->kind == JM_KIND_API && jm_optbool(L, 2, "paid");
     if (t->kind == JM_KIND_DOWNLOAD) jm_take_part(L, 2, t);
-    if (t->paid) jm_take_journal(L, 2, t);
+    if (t->paid) {
+        jm_take_line(L, 2, "journal", "journal_line", &t->journal, &t->journal_len);
+        jm_take_line(L, 2, "ledger", "ledger_line", &t->ledger, &t->ledger_len);
+    }
     t->proxy_used = jm_proxy_for(url, e->cfg.proxy, e->cfg.noproxy, t->proxy_where, sizeof t->proxy_where);
 
     why = jm_build_headers(L, 2, e, t, method && strcmp(method, "POST") == 0);

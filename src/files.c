@@ -498,12 +498,25 @@ static int l_file_size(lua_State *L) {
     return 1;
 }
 
-/* core.append_durable(path, data) -> true | nil, message: one append and an fsync (journals). */
+/* core.append_durable(path, data[, locked]) -> true | nil, message: one append and an fsync (journals).
+ * locked: under an exclusive flock (a file that processes share, the ledger: their lines never mix), never
+ * through a link, and a new file is its owner's only (0600). */
 static int l_append_durable(lua_State *L) {
     size_t n;
     const char *path = luaL_checkstring(L, 1), *data = luaL_checklstring(L, 2, &n);
-    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    int locked = lua_toboolean(L, 3);
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (locked ? O_NOFOLLOW : 0), locked ? 0600 : 0644);
     if (fd < 0) return jm_fail(L, "cannot open", path);
+    if (locked) {
+        while (flock(fd, LOCK_EX) != 0) {
+            if (errno != EINTR) {
+                int e = errno;
+                close(fd);
+                errno = e;
+                return jm_fail(L, "cannot lock", path);
+            }
+        }
+    }
     if (jm_write_all(fd, data, n) != 0) {
         close(fd);
         return jm_fail(L, "cannot write", path);
@@ -514,6 +527,18 @@ static int l_append_durable(lua_State *L) {
     }
     if (close(fd) != 0) return jm_fail(L, "cannot close", path);
     lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* core.file_id(path) -> "dev:inode:size:mtime_ns" | nil: which file is at path, as the ledger binds a saved
+ * video to it (a file replaced, rewritten or touched has another); a link is not followed. */
+static int l_file_id(lua_State *L) {
+    struct stat st;
+    char out[96];
+    if (lstat(luaL_checkstring(L, 1), &st) != 0 || !S_ISREG(st.st_mode)) return 0;
+    snprintf(out, sizeof out, "%llu:%llu:%lld:%lld%09ld", (unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
+             (long long)st.st_size, (long long)st.st_mtim.tv_sec, (long)st.st_mtim.tv_nsec);
+    lua_pushstring(L, out);
     return 1;
 }
 
@@ -710,7 +735,7 @@ void jm_open_files(lua_State *L) {
         {"forget", l_part_forget},   {NULL, NULL},
     };
     static const luaL_Reg fns[] = {
-        {"part_open", l_part_open}, {"file_size", l_file_size}, {"append_durable", l_append_durable},
+        {"part_open", l_part_open}, {"file_size", l_file_size}, {"file_id", l_file_id}, {"append_durable", l_append_durable},
         {"sniff_image", l_sniff_image}, {"isatty", l_isatty},
         {"fingerprint", l_fingerprint}, {"check_output", l_check_output}, {"mkdirs", l_mkdirs},
         {"canonical_path", l_canonical_path},

@@ -14,6 +14,7 @@
 -- cannot say. Only such a job is reported as `unknown` and not created again, unless
 -- opts.recreate_unknown is true. The journal is locked while a run uses it: a second run refuses at once.
 local core = require "jimeng.core"
+local template = require "jimeng.template"
 local errors = require "jimeng.errors"
 local runtime = require "jimeng.runtime"
 
@@ -103,6 +104,9 @@ end
 
 local function file_size(path) return path and core.file_size(path) end
 
+-- The fields of a job's output template: all but {id} (every path is checked before the first create).
+local BATCH_FIELDS = { n = true, prompt = true, seed = true, model = true, date = true, time = true, ext = true }
+
 --- Prepares jobs: each normalized and given its key (its identity in the journal) and its output path.
 -- A bad job stops the batch before it pays for anything. -> prepared, output_dir | nil, err
 local function prepare(client, jobs, opts)
@@ -116,6 +120,12 @@ local function prepare(client, jobs, opts)
     return nil, errors.new { kind = "invalid_argument", message = "jobs must be an array or a JSON-lines path" }
   end
   local output_dir = (opts.output_dir or "."):gsub("(.)/+$", "%1")
+  local started = os.time()
+  if template.is_template(output_dir) then -- the run's {date} or {time}
+    local expanded, terr = template.expand(output_dir, { time = started }, "output_dir", { date = true, time = true })
+    if not expanded then return nil, terr end
+    output_dir = expanded
+  end
   local prepared, seen = {}, {}
   for i, job in ipairs(jobs) do
     if type(job) ~= "table" then
@@ -140,6 +150,12 @@ local function prepare(client, jobs, opts)
     end
     local name = job.output or (job.label and (tostring(job.label):gsub("[^%w%-_.]", "_") .. ".mp4"))
       or ("job-%03d-%s.mp4"):format(i, fp:sub(1, 8))
+    if job.output and template.is_template(job.output) then -- {n}: the job's number; no {id}: paths come first
+      local expanded, terr = template.expand(job.output, { n = i, prompt = params.prompt, seed = params.seed,
+        model = params.model, time = started }, ("job %d: output"):format(i), BATCH_FIELDS)
+      if not expanded then return nil, terr end
+      name = expanded
+    end
     prepared[i] = { index = i, total = #jobs, key = key, label = job.label, params = params,
       path = name:find("^/") and name or (output_dir .. "/" .. name) }
   end
@@ -289,7 +305,7 @@ end
 function Run:create(job, deadline)
   local json = self.json
   local task, err = self.client:create(job.params, {
-    deadline = deadline, until_deadline = true,
+    deadline = deadline, until_deadline = true, output = core.canonical_path(job.path) or job.path,
     journal = self.opts.journal and { path = self.opts.journal,
       sending = json.encode { event = "sending", job = job.key, index = job.index } .. "\n",
       not_created = json.encode { event = "not_created", job = job.key } .. "\n" },

@@ -6,6 +6,8 @@
 local jimeng = require "jimeng"
 local core = require "jimeng.core"
 local help = require "jimeng.cli.help"
+local ledger = require "jimeng.ledger"
+local template = require "jimeng.template"
 local progress = require "jimeng.cli.progress"
 
 local M = {}
@@ -150,6 +152,12 @@ function Out:fail(err, continue)
   return errors.exit_code(err.kind)
 end
 
+-- A download that continues an earlier one says from where, as curl and wget do.
+function Out:resumed(offset, total)
+  self:note(("resuming at %s of %s (%d%%): the .part of an earlier download holds them"):format(
+    progress.human_bytes(offset), progress.human_bytes(total), math.floor(offset * 100 / total)))
+end
+
 -- The display of one task's progress (elapsed time, polls, download rate), ticked every second by main.
 function Out:task_display(id)
   local d = progress.task(self, id)
@@ -184,9 +192,13 @@ end
 
 local commands = {}
 
--- The command that continues a paid task after an interruption or a timeout.
-local function continue_with(output)
+-- The command that continues a paid task after an interruption or a timeout (an -o template filled in).
+local function continue_with(output, args)
   return function(id)
+    if output and template.is_template(output) then
+      output = template.expand(output, { id = id, prompt = args and args.prompt, seed = args and args.seed,
+        model = args and args.model }) or output
+    end
     return ("jimeng wait %s && jimeng download %s -o %s"):format(id, id, output and shell_quote(output) or
       ("jimeng_video_" .. id .. ".mp4"))
   end
@@ -203,7 +215,7 @@ function commands.generate(client, args, out)
     on_status = function(task) d:status_changed(task) end,
     on_progress = function(got, total) d:bytes(got, total) end,
   })
-  if not result then return out:fail(err, continue_with(args.output)) end
+  if not result then return out:fail(err, continue_with(args.output, args)) end
   for _, w in ipairs(result.task.warnings or {}) do out:note("warning: " .. w) end
   out:result({ path = result.path, bytes = result.bytes, task = result.task }, result.path)
   return EXIT_OK
@@ -238,13 +250,28 @@ end
 
 function commands.download(client, args, out)
   local path = args.output or ("jimeng_video_" .. args.id .. ".mp4")
+  if template.is_template(path) then
+    -- the template's {prompt}, {seed} and {model} come from the ledger, when it saw the task created
+    local _, by_id = ledger.read(client.ledger and client.ledger.path, jimeng.json)
+    local e = by_id and by_id[args.id]
+    local params = e and type(e.params) == "table" and e.params or {}
+    local expanded, terr = template.expand(path, { id = args.id, prompt = params.prompt, seed = params.seed,
+      model = params.model, time = e and e.at }, "output")
+    if not expanded then return out:fail(terr) end
+    path = expanded
+  end
   local d = out:task_display(args.id)
   d.ready_at = core.now()
   local info, err = client:download(args.id, path, { resume = not args.no_resume, overwrite = args.force,
-    on_progress = function(got, total) d:bytes(got, total) end })
+    on_progress = function(got, total) d:bytes(got, total) end,
+    on_resume = function(offset, total) out:resumed(offset, total) end })
   if not info then
     err.task_id = err.task_id or args.id
     return out:fail(err, function(id) return ("jimeng download %s -o %s"):format(id, shell_quote(path)) end)
+  end
+  if info.already then
+    out.display = nil
+    out:note(("already saved: %s is task %s's whole video (the ledger saw it saved there)"):format(info.path, args.id))
   end
   out:result(info, info.path)
   return EXIT_OK
@@ -283,7 +310,7 @@ function commands.omnihuman(client, args, out)
          out:created(task)
          d:created(task)
        end })
-  if not result then return out:fail(err, continue_with(args.output)) end
+  if not result then return out:fail(err, continue_with(args.output, args)) end
   out:created(result.task or result)
   if result.path then
     out:result({ path = result.path, bytes = result.bytes, task = result.task, mask_url = result.mask_url }, result.path)
@@ -477,8 +504,11 @@ function commands.completion(_, args, out)
   return EXIT_OK
 end
 
+local ledger_commands = require "jimeng.cli.ledger"
+commands.list, commands.show, commands.resume = ledger_commands.list, ledger_commands.show, ledger_commands.resume
+
 -- The commands that call no API: no client is made for them.
-local NO_CLIENT = { sandbox = true, doctor = true, completion = true }
+local NO_CLIENT = { sandbox = true, doctor = true, completion = true, list = true, show = true }
 
 --- The API key from --api-key-file (a file, or - for standard input), --api-key (with a warning: the
 -- process list shows it), or the environment (jimeng.new reads JIMENG_API_KEY). -> key | nil, nil | nil, err

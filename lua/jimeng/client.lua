@@ -4,6 +4,7 @@ local Budget = require "jimeng.budget"
 local errors = require "jimeng.errors"
 local download = require "jimeng.download"
 local http = require "jimeng.http"
+local ledger = require "jimeng.ledger"
 local runtime = require "jimeng.runtime"
 local workflows = require "jimeng.workflows"
 
@@ -23,7 +24,7 @@ local OPTIONS = {
   max_retries = "number", poll_interval = "number", wait_timeout = "number", stall_timeout = "number",
   allow_insecure_http = "boolean", cainfo = "string", capath = "string", logger = "function",
   proxy = "string", no_proxy = "string", http_version = "string", max_connections = "number", max_rps = "number",
-  burst = "number",
+  burst = "number", ledger = "string or false",
 }
 
 local HTTP_VERSIONS = { auto = true, ["1.1"] = true, ["2"] = true }
@@ -157,7 +158,11 @@ function Client.new(opts, json)
       return invalid(("unknown option %q%s (options: %s)"):format(tostring(k),
         near and (": did you mean %q?"):format(near) or "", table.concat(OPTION_NAMES, ", ")), tostring(k))
     end
-    if type(v) ~= OPTIONS[k] then
+    if k == "ledger" then
+      if v ~= false and (type(v) ~= "string" or v == "") then
+        return invalid("option ledger must be a path or false (no ledger); got a " .. type(v), k)
+      end
+    elseif type(v) ~= OPTIONS[k] then
       return invalid(("option %s must be a %s; got a %s"):format(k, OPTIONS[k], type(v)), k)
     end
   end
@@ -199,6 +204,8 @@ function Client.new(opts, json)
     return invalid(("burst must be a whole number of requests from 1 to %s (max_rps)"):format(
       self.max_rps and math.floor(self.max_rps) or 100000), "burst")
   end
+  -- the ledger of paid creates (jimeng.ledger): ledger=false, or JIMENG_LEDGER=false, for none
+  self.ledger = ledger.open(ledger.path(opts.ledger), json, self.api_key, ledger.explicit(opts.ledger))
   -- when each task this client created was created: its first wait learns and uses the queue time
   self.created_at = {}
   self.json = json
@@ -273,7 +280,10 @@ end
 --- client:create(params[, opts]) -> task | nil, err. A paid call: sent again only when the first try
 -- provably made nothing. err.created says what is known: true (the task exists: err.task_id when its id
 -- could be read), false (nothing was made), nil (unknown_outcome). opts: deadline, journal (see http.json),
--- until_deadline, on_retry.
+-- until_deadline, on_retry; output (the path the video is meant for, kept in the ledger; a template may
+-- still hold {id}) and output_for(id) (the path once the id is known).
+-- The ledger (jimeng.ledger) gets a "sending" record the moment the request is handed to the wire and the
+-- id the moment the answer is read: a create whose answer came is never lost, even to a kill.
 function Client:create(params, opts)
   check_method_self(self, "create")
   local body, warnings, class, field = core.normalize(params)
@@ -293,21 +303,75 @@ function Client:create(params, opts)
   if sig then
     return nil, errors.new { kind = "interrupted", created = false, message = "interrupted (" .. sig .. "): not sent" }
   end
+  local book, ref, sending = self.ledger, nil, nil
+  if book then
+    local ok, lerr = book:ready()
+    if not ok and book.explicit then
+      return nil, errors.new { kind = "io", created = false, field = "ledger", message = ("cannot make the ledger's " ..
+        "directory (%s): nothing was sent; pass ledger=false (JIMENG_LEDGER=false) to go without"):format(lerr) }
+    elseif not ok then
+      -- the default place cannot be made (a service's home that is not its own): the client goes without
+      self:log("warning", ("no ledger: cannot make its directory (%s)"):format(lerr))
+      self.ledger, book = nil, nil
+    end
+  end
+  if book then
+    ref = ledger.new_ref()
+    sending = book:line { ev = "sending", ref = ref, params = ledger.params(params), what = opts.what or "create",
+      base_url = self.base_url, output = opts.output }
+  end
   for _, w in ipairs(warnings) do self:log("warning", w) end
   local decoded, r = http.json(self, {
     method = "POST", path = "/videos", body = body, paid = true, what = "create",
     deadline = opts.deadline, journal = opts.journal, until_deadline = opts.until_deadline, on_retry = opts.on_retry,
+    ledger = book and { path = book.path, sending = sending, not_created = book:line { ev = "not_created", ref = ref } },
   })
-  if not decoded then return nil, r end
-  local task, terr = to_task(self, decoded, r, warnings)
-  if task then self.created_at[task.id] = now() end
-  if not task then
-    -- a 2xx: the task exists even if its answer makes no sense
-    terr.created, terr.task_id = true, core.raw_id(r.body or "")
-    terr.message = terr.message .. " (the task was made" .. (terr.task_id and "" or "; its id cannot be read") .. ")"
-    return nil, terr
+  local task, terr
+  if decoded then
+    task, terr = to_task(self, decoded, r, warnings)
+    if not task then
+      -- a 2xx: the task exists even if its answer makes no sense
+      terr.created, terr.task_id = true, core.raw_id(r.body or "")
+      terr.message = terr.message .. " (the task was made" .. (terr.task_id and "" or "; its id cannot be read") .. ")"
+    end
+  else
+    terr = r
   end
+  if book and (task or terr.sent) then
+    -- the answer's id first, before anything else is done with it
+    local id = task and task.id or terr.task_id
+    local rec
+    if task or (terr.created and id) then
+      local meant = opts.output
+      if opts.output_for then
+        local okp, p = pcall(opts.output_for, id)
+        if okp and type(p) == "string" then meant = p end
+      end
+      rec = { ev = "created", ref = ref, id = id, output = meant }
+    elseif terr.created == false then
+      rec = { ev = "not_created", ref = ref }
+    else
+      rec = { ev = "unknown", ref = ref, error = terr.message, made = terr.created or nil }
+    end
+    local ok, lerr = book:append(rec)
+    if not ok then
+      local w = lerr .. (id and (" (task " .. id .. " is not in it)") or "")
+      self:log("warning", w)
+      if task then task.warnings[#task.warnings + 1] = w end
+    end
+  end
+  if not task then return nil, terr end
+  self.created_at[task.id] = now()
   return task
+end
+
+-- Appends a record about task `id` to the ledger (when there is one); a failure is logged, never raised:
+-- the ledger serves the user, it never stops a call.
+function Client:note(rec)
+  if not self.ledger then return end
+  rec.base_url = self.base_url -- a task is asked about at the API that made it
+  local ok, lerr = self.ledger:append(rec)
+  if not ok then self:log("warning", lerr) end
 end
 
 --- client:status(id) -> task | nil, err
@@ -392,8 +456,12 @@ function Client:wait(id, opts)
         local ok, cerr = errors.call_back(opts.on_status, "on_status", id, task)
         if not ok then return nil, cerr end
       end
-      if task.status == "completed" then return task end
+      if task.status == "completed" then
+        self:note { ev = "completed", id = id }
+        return task
+      end
       if task.status == "failed" then
+        self:note { ev = "failed", id = id, error = task.error or task.raw_status }
         return nil, errors.new({
           kind = "task_failed", task_id = id, retryable = false, task = task, request_id = task.request_id,
           message = task.error or ("the task ended with status " .. task.raw_status),
@@ -436,7 +504,9 @@ end
 -- path is refused while one runs. An existing file at path is refused unless opts.overwrite.
 -- opts.on_progress(received, total) is called at most every
 -- opts.progress_interval seconds (0.25). info: {path=, bytes=, task_id=, status=, resumed_from= (bytes kept
--- from an earlier call), etag=, content_type=, request_id=}.
+-- from an earlier call), etag=, content_type=, request_id=, already= (true: the ledger saw this very file saved as
+-- this task's video, and nothing was fetched)}. opts.on_resume(offset, total) when bytes of an earlier
+-- call are kept. Each outcome is recorded in the ledger (saved: the file it became; download_failed).
 function Client:download(id, path, opts)
   check_method_self(self, "download")
   local _, err = check_id(id)
@@ -448,11 +518,25 @@ function Client:download(id, path, opts)
   local state, why = core.check_output(path)
   if not state then return nil, errors.new { kind = "io", task_id = id, field = "path", message = why } end
   if state == "file" and not opts.overwrite then
+    -- the ledger saw this very file saved as this task's whole video: nothing to do
+    local entries, by_id = ledger.read(self.ledger and self.ledger.path, self.json)
+    local entry = entries and by_id[id]
+    if entry and ledger.saved_here(entry, path) then
+      local bytes = core.file_size(path)
+      return { path = path, bytes = bytes, task_id = id, already = true }
+    end
     return invalid(path .. " exists: choose another path, or pass overwrite=true (CLI --force) to replace it", "path")
   end
   local ok, kerr = need_key(self)
   if not ok then return nil, kerr end
-  return download.download(self, id, path, opts)
+  local info, derr = download.download(self, id, path, opts)
+  local abs = core.canonical_path(path) or path
+  if info then
+    self:note { ev = "saved", id = id, path = abs, bytes = info.bytes, file = core.file_id(path) }
+  elseif derr.kind ~= "invalid_argument" then
+    self:note { ev = "download_failed", id = id, path = abs, error = derr.message }
+  end
+  return info, derr
 end
 
 -- Subjects (OmniHuman)

@@ -211,6 +211,7 @@ local function fetch(client, part, id, path, opts)
   while true do
     local offset, rec = resume_point(client, part, id)
     if not offset then return io_error(id, rec) end
+    if kept == nil and offset > 0 and opts.on_resume then opts.on_resume(offset, rec.total) end
     if kept == nil or offset == 0 then kept = offset end
     local info, e, retry, r
     if rec and offset == rec.total then -- already whole: an earlier call was stopped before its rename

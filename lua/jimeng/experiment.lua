@@ -448,6 +448,10 @@ function M.run(client, spec, opts)
   if not plan then return nil, perr end
   local dir = opts.dir
   if type(dir) ~= "string" or dir == "" then return invalid("the experiment needs a directory (dir)", "dir") end
+  if dir:find("[{}]") then -- its journal lives there: a name that changed with the date would lose it
+    return invalid("the experiment's directory is its identity (its journal lives there): it takes no " ..
+      "template; got " .. dir, "dir")
+  end
   dir = dir:gsub("/+$", "")
   local rows, cols = opts.rows or plan.rows, opts.cols or plan.cols
   if rows ~= nil and rows == cols then

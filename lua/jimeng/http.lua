@@ -92,6 +92,9 @@ local function transport_error(r, _, client)
   if CLASS_SAYS[class] then message = CLASS_SAYS[class] .. " (" .. message .. ")" end
   if r.io_error then message = "cannot write the download: " .. r.io_error end
   if r.journal_error then message = "cannot write the journal before sending: " .. r.journal_error end
+  if r.ledger_error then
+    message = "cannot write the ledger before sending: " .. r.ledger_error .. " (ledger=false, JIMENG_LEDGER=false: none)"
+  end
   if class == "tls" then
     message = message .. " (TLS verification is always on: pass cainfo= for a private CA)"
   elseif class == "proxy" then
@@ -198,20 +201,26 @@ function M.json(client, spec)
   local body = spec.body and client.json.encode(spec.body)
   local retries = spec.max_retries or client.max_retries
   local journal = spec.paid and spec.journal
+  local sent -- an attempt was handed to the wire (a paid call's error says so: err.sent)
   local not_made -- what a paid call's error says when nothing was sent: created = false
   if spec.paid then not_made = false end
+  local function fail(e)
+    if spec.paid then e.sent = sent or nil end
+    return nil, e
+  end
   local attempt = 0
   while true do
     if spec.deadline and spec.deadline - now() <= 0 then
-      return nil, errors.new { kind = "timeout", created = not_made,
-        message = "the deadline passed before " .. spec.what }
+      return fail(errors.new { kind = "timeout", created = not_made,
+        message = "the deadline passed before " .. spec.what })
     end
     -- the engine holds the client's settings (key, TLS, proxy, timeouts): the call gives only its own fields
     local t, why, class = client.engine:request {
       url = url, method = spec.method, body = body, timeout = client.timeout, deadline = spec.deadline,
       paid = spec.paid, journal = journal and journal.path, journal_line = journal and journal.sending,
+      ledger = spec.paid and spec.ledger and spec.ledger.path, ledger_line = spec.paid and spec.ledger and spec.ledger.sending,
     }
-    if not t then return nil, errors.from_core(why, class) end
+    if not t then return fail(errors.from_core(why, class)) end
     local _, interrupted = runtime.await(client.engine, t)
     if interrupted and spec.paid and not t:done() and t:handed_over() then
       -- Ctrl-C while a paid create is on the wire: its answer names the task that may now exist, so it is
@@ -227,11 +236,12 @@ function M.json(client, spec)
     end
     local r = t:result()
     local made = spec.paid and created(r)
+    if r.handed_over then sent = true end
     if r.status == 429 then client.budget:refused() elseif r.ok and r.status < 400 then client.budget:granted() end
     if r.ok and r.status >= 200 and r.status < 300 then
       local ok, decoded = pcall(client.json.decode, r.body)
       if ok and type(decoded) == "table" then return decoded, r end
-      return nil, unreadable(client, spec, r)
+      return fail(unreadable(client, spec, r))
     end
     local err
     if spec.paid and made then
@@ -253,34 +263,39 @@ function M.json(client, spec)
             "creating it again"):format(r.status > 0 and ("the answer was HTTP " .. r.status .. " (" .. err.message .. ")")
             or ("no answer came back (" .. (r.curl_error or "?") .. ")")),
         }, client.api_key)
-      elseif made == false and r.handed_over and journal and journal.not_created then
+      elseif made == false and r.handed_over then
         -- journaled before any backoff: a kill during the wait leaves a job known not to be created
-        local ok, jerr = core.append_durable(journal.path, journal.not_created)
-        if not ok then
-          return nil, errors.new { kind = "io", created = false, message = "cannot write the journal: " .. jerr }
+        if journal and journal.not_created then
+          local ok, jerr = core.append_durable(journal.path, journal.not_created)
+          if not ok then
+            return fail(errors.new { kind = "io", created = false, message = "cannot write the journal: " .. jerr })
+          end
+        end
+        if spec.ledger and spec.ledger.not_created then
+          core.append_durable(spec.ledger.path, spec.ledger.not_created, true) -- the ledger only informs
         end
       end
     end
     if interrupted then
-      return nil, errors.new({ kind = "interrupted", created = err.created, status = err.status,
-        message = ("interrupted (%s) during %s"):format(interrupted, spec.what) })
+      return fail(errors.new({ kind = "interrupted", created = err.created, status = err.status,
+        message = ("interrupted (%s) during %s"):format(interrupted, spec.what) }))
     end
     local retry = should_retry(spec.paid, r, err)
     local limit = retries
     if spec.until_deadline and err.kind == "rate_limited" then limit = math.huge end
     if not retry or attempt >= limit then
       if retry then err.retryable = true end
-      return nil, err
+      return fail(err)
     end
     local delay = M.backoff(attempt, r.headers)
-    if spec.deadline and now() + delay >= spec.deadline then return nil, err end
+    if spec.deadline and now() + delay >= spec.deadline then return fail(err) end
     attempt = attempt + 1
     client:log("retry", spec.what, attempt, delay, tostring(err))
     if spec.on_retry then spec.on_retry(err, delay) end
     local stopped = runtime.sleep(delay)
     if stopped then
-      return nil, errors.new { kind = "interrupted", created = err.created,
-        message = ("interrupted (%s) while waiting to retry %s"):format(stopped, spec.what) }
+      return fail(errors.new { kind = "interrupted", created = err.created,
+        message = ("interrupted (%s) while waiting to retry %s"):format(stopped, spec.what) })
     end
   end
 end

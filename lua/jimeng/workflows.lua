@@ -3,6 +3,8 @@
 -- call these.
 local core = require "jimeng.core"
 local errors = require "jimeng.errors"
+local ledger = require "jimeng.ledger"
+local template = require "jimeng.template"
 
 local M = {}
 
@@ -51,15 +53,71 @@ local GENERATE_OPTIONS = { output = true, output_dir = true, overwrite = true, t
 local OMNIHUMAN_OPTIONS = { overwrite = true, timeout = true, interval = true, on_created = true, on_status = true,
   on_progress = true }
 
+-- A path no earlier paid task of the ledger is still meant for: one created (or completed) and not saved is
+-- taken up by `jimeng resume`, and a second create for the same file would pay for it twice.
+local function check_reserved(client, path, overwrite)
+  if overwrite or not client or not client.ledger then return true end
+  local abs = core.canonical_path(path)
+  local entries = abs and ledger.read(client.ledger.path, client.json)
+  for _, e in ipairs(entries or {}) do
+    if e.id and ledger.UNSAVED[e.state] and e.output == abs then
+      return errors.invalid(("%s is meant for task %s, paid for and not saved yet: `jimeng resume` saves it there " ..
+        "(or choose another path, or pass overwrite=true, CLI --force; nothing was paid for)"):format(path, e.id), "output")
+    end
+  end
+  return true
+end
+
+-- A template's output (see jimeng.template): every field but {id} filled in now; its directory made (the
+-- user named it); {id} only in the file name. -> plan function, the path meant (absolute) | nil, err
+local function plan_template(opts, params, client)
+  local parts, err = template.parse(opts.output, "output")
+  if not parts then return nil, err end
+  parts = template.fill(parts, { seed = params and params.seed, prompt = params and params.prompt,
+    model = params and params.model, time = os.time() })
+  if template.field_in_dir(parts) then
+    return errors.invalid(("output template %q: {id} and {n} go in the file name, not in a directory (nothing " ..
+      "was paid for)"):format(opts.output), "output")
+  end
+  local text = template.text(parts) -- fields left only in the file name: the directory is known
+  local dir, file = text:match("^(.*/)([^/]*)$")
+  dir, file = dir or "", file or text
+  if file == "" then return errors.invalid("output template " .. opts.output .. " names no file", "output") end
+  if dir ~= "" then
+    local ok, why = core.mkdirs(dir)
+    if not ok then return errors.invalid(why .. " (nothing was paid for)", "output") end
+  end
+  if not template.has(parts, "id") then
+    local path
+    path, err = template.finish(parts, nil, "output")
+    if not path then return nil, err end
+    local state, why = core.check_output(path)
+    if not state then return errors.invalid(why .. " (nothing was paid for)", "output") end
+    if state == "file" and not opts.overwrite then
+      return errors.invalid(path .. " exists: choose another path, or pass overwrite=true (CLI --force) to " ..
+        "replace it (nothing was paid for)", "output")
+    end
+    local ok, rerr = check_reserved(client, path, opts.overwrite)
+    if not ok then return nil, rerr end
+    return function() return path end, core.canonical_path(path)
+  end
+  local state, why = core.check_output(dir .. "x.mp4")
+  if not state then return errors.invalid(why .. " (nothing was paid for)", "output") end
+  return function(id) return template.finish(parts, { id = id }, "output") end, core.canonical_path(text)
+end
+
 --- Checks, before anything is paid for, that a video can be saved at opts.output (or in opts.output_dir,
--- which is made when missing: the user named it). An existing file is not replaced unless opts.overwrite.
--- Returns a function(task_id) -> path | nil, err.
-local function plan_output(opts, prefix)
+-- which is made when missing: the user named it). An existing file is not replaced unless opts.overwrite;
+-- nor is a path the ledger keeps for a task paid for and not saved. opts.output may be a template (see
+-- jimeng.template: {id} is filled in after the create; params give {prompt}, {seed}, {model}).
+-- Returns a function(task_id) -> path | nil, err, and the path meant (absolute; {id} when not known yet).
+local function plan_output(opts, prefix, params, client)
   for _, k in ipairs { "output", "output_dir" } do
     if opts[k] ~= nil and (type(opts[k]) ~= "string" or opts[k] == "" or opts[k]:find("%z")) then
       return errors.invalid(k .. " must be a path", k)
     end
   end
+  if opts.output and template.is_template(opts.output) then return plan_template(opts, params, client) end
   if opts.output and opts.output:sub(-1) == "/" then -- `-o videos/`: a directory, made if missing
     opts = { output_dir = opts.output, overwrite = opts.overwrite }
   end
@@ -70,7 +128,9 @@ local function plan_output(opts, prefix)
       return errors.invalid(opts.output .. " exists: choose another path, or pass overwrite=true (CLI --force) to " ..
         "replace it (nothing was paid for)", "output")
     end
-    return function() return opts.output end
+    local ok, rerr = check_reserved(client, opts.output, opts.overwrite)
+    if not ok then return nil, rerr end
+    return function() return opts.output end, core.canonical_path(opts.output)
   end
   local dir = opts.output_dir and opts.output_dir:gsub("(.)/+$", "%1")
   if dir then
@@ -80,7 +140,7 @@ local function plan_output(opts, prefix)
   local base = dir and (dir == "/" and "/" or dir .. "/") or ""
   local state, why = core.check_output(base .. prefix .. "x.mp4")
   if not state then return errors.invalid(why .. " (nothing was paid for)", dir and "output_dir" or "output") end
-  return function(id) return base .. prefix .. id .. ".mp4" end
+  return function(id) return base .. prefix .. id .. ".mp4" end, core.canonical_path(base .. prefix .. "{id}.mp4")
 end
 M.plan_output = plan_output
 
@@ -106,7 +166,11 @@ local function complete(self, task, opts, deadline, output)
     local _, perr = errors.call_back(opts.on_progress, "on_progress", task.id, ...)
     progress_err = perr
   end
-  local path = output(task.id)
+  local path, perr = output(task.id)
+  if not path then
+    perr.task_id = task.id
+    return nil, perr
+  end
   -- the path was checked before the create (plan_output): a file there now is one overwrite allowed
   local info, derr = self:download(task.id, path, { deadline = deadline, on_progress = progress, overwrite = true })
   if not info then
@@ -128,10 +192,14 @@ function M.generate(self, params, opts)
   local ok, oerr = check_options(opts, GENERATE_OPTIONS, "generate")
   if not ok then return nil, oerr end
   local deadline = now() + (opts.timeout or self.wait_timeout)
-  local output
-  output, oerr = plan_output(opts, "jimeng_video_")
+  local output, meant
+  output, oerr = plan_output(opts, "jimeng_video_", params, self)
   if not output then return nil, oerr end
-  local task, err = self:create(params, { deadline = deadline })
+  meant = oerr
+  local task, err = self:create(params, { deadline = deadline, output = meant, output_for = function(id)
+    local p = output(id)
+    return p and core.canonical_path(p)
+  end })
   if not task then return nil, err end
   return complete(self, task, opts, deadline, output)
 end
@@ -191,11 +259,12 @@ function M.omnihuman(self, params, opts)
   if params.subject ~= nil and body.mask_urls then
     return errors.invalid("give either subject (detect and choose) or masks, not both", "subject")
   end
-  local output
+  local output, meant
   if params.output or params.output_dir then
     output, oerr = plan_output({ output = params.output, output_dir = params.output_dir,
-      overwrite = opts.overwrite }, "omnihuman_video_")
+      overwrite = opts.overwrite }, "omnihuman_video_", params, self)
     if not output then return nil, oerr end
+    meant = oerr
   end
   local deadline = now() + (opts.timeout or self.wait_timeout)
   local image = body.content[1].image_url.url
@@ -224,7 +293,11 @@ function M.omnihuman(self, params, opts)
     end
     wire.mask = mask
   end
-  local task, err = self:create(wire, { deadline = deadline })
+  local task, err = self:create(wire, { deadline = deadline, output = meant, what = "omnihuman",
+    output_for = output and function(id)
+      local p = output(id)
+      return p and core.canonical_path(p)
+    end })
   if not task then return nil, err end
   task.mask_url = mask
   if not output then return task end

@@ -85,7 +85,8 @@ function M.parser()
   local gen = p:command("generate g", "Create a video, wait for it and download it.")
   gen:argument("prompt", "What the video shows: " .. M.PROMPT_LIMITS .. ".")
   add_video_options(gen)
-  option(gen, "-o --output", "Output file, or DIR/ (default jimeng_video_<id>.mp4).", "FILE")
+  option(gen, "-o --output", "Output file, a template ({id}, {prompt:.20}, {seed}, {n}, {date}...; see the README) " ..
+    "or DIR/ (default jimeng_video_<id>.mp4).", "FILE")
   gen:flag("--force", "Replace the output file if it exists (otherwise refused before paying).")
   add_wait(gen, "the video")
   add_json(gen); add_quiet(gen); add_network(gen)
@@ -106,7 +107,8 @@ function M.parser()
 
   local dl = p:command("download", "Download a completed task's video (resumes a broken download).")
   dl:argument("id", "Task id.")
-  option(dl, "-o --output", "Output file (default jimeng_video_<id>.mp4).", "FILE")
+  option(dl, "-o --output", "Output file or template (default jimeng_video_<id>.mp4); a file the ledger saw saved " ..
+    "as this task's video: already saved, exit 0.", "FILE")
   dl:flag("--no-resume", "Start over even if a .part file exists.")
   dl:flag("--force", "Replace the output file if it exists (otherwise refused).")
   add_json(dl); add_quiet(dl); add_network(dl)
@@ -128,7 +130,7 @@ function M.parser()
   option(omni, "--resolution", "720 or 1080 (default 1080).", "P")
   omni:flag("--fast", "Fast mode (pe_fast_mode).")
   option(omni, "--seed", "Random seed: -1 (random, default) or 0..4294967295.", "N")
-  option(omni, "-o --output", "Output file (without it, only the task is created).", "FILE")
+  option(omni, "-o --output", "Output file or template (without it, only the task is created).", "FILE")
   omni:flag("--force", "Replace the output file if it exists (otherwise refused before paying).")
   add_wait(omni, "the video")
   add_json(omni); add_quiet(omni); add_network(omni)
@@ -158,6 +160,21 @@ function M.parser()
   exp:flag("--force", "Replace videos in the directory that its journal did not make.")
   add_wait(exp, "each video")
   add_json(exp); add_quiet(exp); add_network(exp)
+
+  local list = p:command("list ls", "The recent tasks of the ledger (every create sent): status, where saved.")
+  number(list, "-n", "How many tasks, most recent first (default 20).")
+  list:flag("--ids", "Print only their ids, one a line (for scripts and completion).")
+  add_json(list)
+
+  local show = p:command("show", "All the ledger knows of one task: parameters, status, where it is saved.")
+  show:argument("id", "Task id (or the ref of a create whose id is unknown).")
+  add_json(show)
+
+  local resume = p:command("resume", "Wait for and download every task paid for and not saved (creates nothing).")
+  option(resume, "-o --output-dir", "Directory for tasks created without an output path (default: the current one).",
+    "DIR")
+  add_wait(resume, "each task")
+  add_json(resume); add_quiet(resume); add_network(resume)
 
   local sb = p:command("sandbox", "Run the local API emulator; prints its URL and the environment to use it.")
   number(sb, "--port", "Port (default: a free one).")
@@ -210,6 +227,9 @@ end
 
 local FILE_ARGS = { output = true, output_dir = true, api_key_file = true, cainfo = true, journal = true, image = true }
 
+-- Whether a command's first argument is a task id (completed from the ledger).
+local function takes_id(c) return c.arguments[1] ~= nil and c.arguments[1].name == "id" end
+
 --- A completion script for `shell` ("bash" or "zsh"), made from the parser.
 function M.completion(p, shell)
   local cmds = M.describe(p)
@@ -222,7 +242,7 @@ function M.completion(p, shell)
       "  for ((i = 1; i < COMP_CWORD; i++)); do",
       "    case \"${COMP_WORDS[i]}\" in -*) ;; *) cmd=\"${COMP_WORDS[i]}\"; break ;; esac",
       "  done",
-      "  local opts files",
+      "  local opts files ids",
       "  case \"$cmd\" in",
     }
     local names = {}
@@ -235,8 +255,8 @@ function M.completion(p, shell)
         end
       end
       for _, a in ipairs(c.aliases) do names[#names + 1] = a end
-      lines[#lines + 1] = ("    %s) opts=%q; files=%q ;;"):format(table.concat(c.aliases, "|"),
-        table.concat(words, " "), "|" .. table.concat(files, "|") .. "|")
+      lines[#lines + 1] = ("    %s) opts=%q; files=%q%s ;;"):format(table.concat(c.aliases, "|"),
+        table.concat(words, " "), "|" .. table.concat(files, "|") .. "|", takes_id(c) and "; ids=1" or "")
       if c.arguments[1] and c.arguments[1].choices then
         lines[#lines] = ("    %s) opts=%q; files= ;;"):format(c.name, table.concat(c.arguments[1].choices, " "))
       end
@@ -247,6 +267,10 @@ function M.completion(p, shell)
     lines[#lines + 1] = [=[  if [[ -n "$files" && "$files" == *"|$prev|"* ]]; then]=]
     lines[#lines + 1] = [=[    COMPREPLY=($(compgen -f -- "$cur")); return
   fi]=]
+    -- a task id: the ids of the ledger (jimeng list --ids), read when asked for
+    lines[#lines + 1] = [=[  if [[ -n "$ids" && "$cur" != -* ]]; then
+    COMPREPLY=($(compgen -W "$("${COMP_WORDS[0]}" list --ids -n 100 2>/dev/null)" -- "$cur")); return
+  fi]=]
     lines[#lines + 1] = [=[  if [[ "$cur" == -* || -z "$files" ]]; then COMPREPLY=($(compgen -W "$opts" -- "$cur")); return; fi]=]
     lines[#lines + 1] = "  COMPREPLY=($(compgen -f -- \"$cur\"))"
     lines[#lines + 1] = "}"
@@ -256,7 +280,9 @@ function M.completion(p, shell)
   -- zsh: _arguments per command
   -- inside '...': a quote closes, is escaped, and opens again; _arguments reads \[ \] \: as the characters
   local function q(s) return ((s or ""):gsub("[%[%]:]", "\\%0"):gsub("'", "'\\''")) end
-  local lines = { "#compdef jimeng", "# zsh completion for jimeng (made by: jimeng completion zsh)", "_jimeng() {",
+  local lines = { "#compdef jimeng", "# zsh completion for jimeng (made by: jimeng completion zsh)",
+    "_jimeng_ids() { local -a ids; ids=(${(f)\"$(jimeng list --ids -n 100 2>/dev/null)\"}); compadd -a ids }",
+    "_jimeng() {",
     "  local -a commands", "  commands=(" }
   for _, c in ipairs(cmds) do
     for _, a in ipairs(c.aliases) do lines[#lines + 1] = ("    '%s:%s'"):format(a, q(c.summary)) end
@@ -274,7 +300,7 @@ function M.completion(p, shell)
     end
     for i, a in ipairs(c.arguments) do
       local action = a.choices and ("(" .. table.concat(a.choices, " ") .. ")") or
-        ((a.name == "spec" or a.name == "jobs") and "_files" or " ")
+        ((a.name == "spec" or a.name == "jobs") and "_files" or a.name == "id" and "_jimeng_ids" or " ")
       specs[#specs + 1] = ("'%d:%s:%s'"):format(i, a.name, action)
     end
     lines[#lines + 1] = ("    %s) shift words; (( CURRENT-- )); _arguments %s ;;"):format(table.concat(c.aliases, "|"),
