@@ -164,9 +164,13 @@ examples: all
 
 SHARE_DIR   ?= $(PREFIX)/share/jimeng
 
+# Where man and the shells look under a prefix: man-db's manpath adds <prefix>/share/man for each <prefix>/bin
+# on PATH; bash-completion loads <prefix>/share/bash-completion/completions/jimeng for a jimeng found in
+# <prefix>/bin; zsh's fpath has /usr/local/share/zsh/site-functions (Debian's packages use vendor-completions
+# under /usr), and any other prefix's site-functions is added to fpath in ~/.zshrc (README).
 MAN_DIR     ?= $(PREFIX)/share/man/man1
 BASH_COMPLETION_DIR ?= $(PREFIX)/share/bash-completion/completions
-ZSH_COMPLETION_DIR  ?= $(PREFIX)/share/zsh/vendor-completions
+ZSH_COMPLETION_DIR  ?= $(if $(filter /usr,$(PREFIX)),$(PREFIX)/share/zsh/vendor-completions,$(PREFIX)/share/zsh/site-functions)
 
 install: all man completions
 	install -d $(DESTDIR)$(LUA_LMOD_DIR)/jimeng/cli $(DESTDIR)$(LUA_CMOD_DIR)/jimeng $(DESTDIR)$(BIN_DIR) \
@@ -178,7 +182,11 @@ install: all man completions
 	install -m 644 build/completions/jimeng.bash $(DESTDIR)$(BASH_COMPLETION_DIR)/jimeng
 	install -m 644 build/completions/_jimeng $(DESTDIR)$(ZSH_COMPLETION_DIR)/_jimeng
 	install -m 755 $(SO) $(DESTDIR)$(LUA_CMOD_DIR)/jimeng/core.so
-	sed '1s|.*|#!/usr/bin/env $(LUA)|' bin/jimeng > $(DESTDIR)$(BIN_DIR)/jimeng && chmod 755 $(DESTDIR)$(BIN_DIR)/jimeng
+	@# the launcher, told where its modules are (without DESTDIR: where they will be when run)
+	sed -e '1s|.*|#!/usr/bin/env $(LUA)|' \
+	  -e 's|^local installed = nil -- .*|local installed = { lmod = [==[$(LUA_LMOD_DIR)]==], cmod = [==[$(LUA_CMOD_DIR)]==] }|' \
+	  bin/jimeng > $(DESTDIR)$(BIN_DIR)/jimeng && chmod 755 $(DESTDIR)$(BIN_DIR)/jimeng
+	@grep -q '^local installed = { lmod' $(DESTDIR)$(BIN_DIR)/jimeng || { echo "bin/jimeng: no install line"; exit 1; }
 	install -m 644 sandbox/server.py $(DESTDIR)$(SHARE_DIR)/sandbox/
 	install -m 644 sandbox/fixtures/jimeng-sample.mp4 $(DESTDIR)$(SHARE_DIR)/sandbox/fixtures/
 
