@@ -46,9 +46,20 @@ CLI_SRCS     = $(wildcard lua/jimeng/cli/*.lua)
 RUN_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/?.lua;;" \
           LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" JIMENG_TEST_LUA="$(LUA)" JIMENG_BUILD="$(CURDIR)/$(BUILD)"
 
-.PHONY: all test test-all demo experiment examples install uninstall clean version rock lint docs docs-screenshot man completions asan valgrind fuzz bench bench-host
+.PHONY: deps all test test-all demo experiment examples install uninstall clean version rock lint docs docs-screenshot man completions asan valgrind fuzz bench bench-host
 
 all: $(SO)
+
+# Every Debian package the build and the whole suite use, listed once in deps/debian-packages (.ci/run reads
+# it too): apt-get installs those missing (through sudo unless root). On a fresh Debian 12: make deps demo.
+DEBIAN_PACKAGES = $(shell sed -e 's/\#.*//' deps/debian-packages)
+SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+deps:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then echo "make deps: every package of deps/debian-packages is installed"; exit 0; fi; \
+	echo "apt-get install" $$missing; \
+	$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  --no-install-recommends $$missing
 
 $(BUILD)/obj/%.o: src/%.c src/jimeng.h
 	@mkdir -p $(dir $@)

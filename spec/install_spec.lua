@@ -128,3 +128,38 @@ describe("the installed command", function()
     end
   end)
 end)
+
+describe("the one list of Debian packages (deps/debian-packages)", function()
+  local function words(text)
+    local out = {}
+    for w in text:gmatch("%S+") do out[#out + 1] = w end
+    return out
+  end
+  local listed = {}
+  for line in io.lines("deps/debian-packages") do
+    for _, w in ipairs(words(line:gsub("#.*", ""))) do listed[#listed + 1] = w end
+  end
+
+  it("is what make deps installs, what .ci/run installs, and what the README shows", function()
+    assert.truthy(#listed > 20, #listed)
+    local ok, out = proc.run("make -s --no-print-directory --eval 'print-var: ; @echo $(DEBIAN_PACKAGES)' print-var")
+    assert.is_true(ok, out)
+    assert.same(listed, words(out))
+    local ci = h.read(".ci/run")
+    assert.truthy(ci:find("< <(sed -e 's/#.*//' deps/debian-packages", 1, true), "the CI reads the list")
+    assert.falsy(ci:find("PACKAGES=(", 1, true), "the CI has no list of its own")
+    local readme = h.read("README.md")
+    local shown = readme:match("`make deps` installs, of `deps/debian%-packages`[^\n]*\n`([^`]*)`")
+    assert.is_string(shown, "the README shows the list after `make deps` installs, ...")
+    assert.same(listed, words(shown))
+  end)
+
+  it("holds what the suite's programs come from: zsh, tmux, man-db, bash-completion, nginx, neovim, squid", function()
+    local set = {}
+    for _, p in ipairs(listed) do set[p] = true end
+    for _, p in ipairs { "zsh", "tmux", "man-db", "bash-completion", "nginx-light", "libnginx-mod-http-lua", "neovim",
+      "squid", "chromium", "luarocks", "lua-busted", "lua5.1", "lua5.2", "lua5.3", "lua5.4", "luajit2", "valgrind" } do
+      assert.is_true(set[p] or false, p)
+    end
+  end)
+end)
