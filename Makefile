@@ -46,7 +46,7 @@ CLI_SRCS     = $(wildcard lua/jimeng/cli/*.lua)
 RUN_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/?.lua;;" \
           LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" JIMENG_TEST_LUA="$(LUA)" JIMENG_BUILD="$(CURDIR)/$(BUILD)"
 
-.PHONY: deps all test test-all demo experiment examples install uninstall clean version rock lint docs docs-screenshot man completions asan valgrind fuzz bench bench-host
+.PHONY: deps openresty-example all test test-all demo experiment examples install uninstall clean version rock lint docs docs-screenshot man completions asan valgrind fuzz bench bench-host
 
 all: $(SO)
 
@@ -172,6 +172,18 @@ examples: all
 	@$(RUN_ENV) $(LUA) examples/run_with_sandbox.lua examples/omnihuman.lua \
 	  "https://example.com/two-people.jpg?subjects=2" https://example.com/speech.mp3 build/examples/omnihuman.mp4
 	@$(RUN_ENV) $(LUA) examples/run_with_sandbox.lua examples/many_prompts.lua build/examples
+
+# examples/openresty in Debian's nginx, its prefix (logs, temporary files) in build/openresty/ so that the tree
+# stays clean. One process (master_process off): it runs as you, so it reads the checkout wherever it is.
+OPENRESTY_PORT ?= 8080
+openresty-example:
+	@$(MAKE) --no-print-directory all LUA=luajit
+	@mkdir -p build/openresty/logs build/openresty/videos
+	@sed 's/listen 127\.0\.0\.1:8080;/listen 127.0.0.1:$(OPENRESTY_PORT);/' examples/openresty/nginx.conf \
+	  > build/openresty/nginx.conf
+	@echo "nginx on http://127.0.0.1:$(OPENRESTY_PORT) (/generate?prompt=..., /jimeng/stats, /health);" \
+	  "videos and logs in build/openresty/; Ctrl-C stops it"
+	@JIMENG_OUTPUT_DIR="$${JIMENG_OUTPUT_DIR:-$(CURDIR)/build/openresty/videos}" nginx -p $(CURDIR)/build/openresty/ -c nginx.conf -g 'daemon off; master_process off;'
 
 SHARE_DIR   ?= $(PREFIX)/share/jimeng
 
