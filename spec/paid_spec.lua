@@ -395,8 +395,9 @@ describe("creates that never left", function()
     for i = 1, 100 do assert.is_table(results[i], errs[i] and tostring(errs[i])) end
     local stats = sb:stats()
     assert.equals(100, stats.creates)
-    -- the client never holds more than 8 sockets; the server counts a connection until its handler thread
-    -- reads the close, so a paid create's closed connection may overlap the next one by a moment
+    -- the client never holds more than 8 sockets: with this stats call's own, 9 (it comes while the client's 8
+    -- are still pooled). The sandbox counts a connection the client closed as closed when it accepts the next,
+    -- however late the closed one's handler thread runs: it counted them until then, and under load saw 11 to 15.
     assert.is_true(stats.max_open_connections <= 9, "connections: " .. stats.max_open_connections)
   end)
 end)
