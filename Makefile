@@ -49,9 +49,20 @@ SANDBOX_LEDGER = JIMENG_LEDGER="$(CURDIR)/$(BUILD)/sandbox-ledger.jsonl"
 RUN_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/?.lua;;" \
           LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" JIMENG_TEST_LUA="$(LUA)" JIMENG_BUILD="$(CURDIR)/$(BUILD)"
 
-.PHONY: all test test-all demo experiment examples install uninstall clean version rock lint docs docs-screenshot man completions asan valgrind fuzz bench bench-host
+.PHONY: deps openresty-example all test test-all demo experiment examples install uninstall clean version rock lint docs docs-screenshot man completions asan valgrind fuzz bench bench-host
 
 all: $(SO)
+
+# Every Debian package the build and the whole suite use, listed once in deps/debian-packages (.ci/run reads
+# it too): apt-get installs those missing (through sudo unless root). On a fresh Debian 12: make deps demo.
+DEBIAN_PACKAGES = $(shell sed -e 's/\#.*//' deps/debian-packages)
+SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+deps:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then echo "make deps: every package of deps/debian-packages is installed"; exit 0; fi; \
+	echo "apt-get install" $$missing; \
+	$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  --no-install-recommends $$missing
 
 $(BUILD)/obj/%.o: src/%.c src/jimeng.h
 	@mkdir -p $(dir $@)
@@ -172,11 +183,27 @@ examples: all
 	  "https://example.com/two-people.jpg?subjects=2" https://example.com/speech.mp3 build/examples/omnihuman.mp4
 	@$(SANDBOX_LEDGER) $(RUN_ENV) $(LUA) examples/run_with_sandbox.lua examples/many_prompts.lua build/examples
 
+# examples/openresty in Debian's nginx, its prefix (logs, temporary files) in build/openresty/ so that the tree
+# stays clean. One process (master_process off): it runs as you, so it reads the checkout wherever it is.
+OPENRESTY_PORT ?= 8080
+openresty-example:
+	@$(MAKE) --no-print-directory all LUA=luajit
+	@mkdir -p build/openresty/logs build/openresty/videos
+	@sed 's/listen 127\.0\.0\.1:8080;/listen 127.0.0.1:$(OPENRESTY_PORT);/' examples/openresty/nginx.conf \
+	  > build/openresty/nginx.conf
+	@echo "nginx on http://127.0.0.1:$(OPENRESTY_PORT) (/generate?prompt=..., /jimeng/stats, /health);" \
+	  "videos and logs in build/openresty/; Ctrl-C stops it"
+	@JIMENG_OUTPUT_DIR="$${JIMENG_OUTPUT_DIR:-$(CURDIR)/build/openresty/videos}" nginx -p $(CURDIR)/build/openresty/ -c nginx.conf -g 'daemon off; master_process off;'
+
 SHARE_DIR   ?= $(PREFIX)/share/jimeng
 
+# Where man and the shells look under a prefix: man-db's manpath adds <prefix>/share/man for each <prefix>/bin
+# on PATH; bash-completion loads <prefix>/share/bash-completion/completions/jimeng for a jimeng found in
+# <prefix>/bin; zsh's fpath has /usr/local/share/zsh/site-functions (Debian's packages use vendor-completions
+# under /usr), and any other prefix's site-functions is added to fpath in ~/.zshrc (README).
 MAN_DIR     ?= $(PREFIX)/share/man/man1
 BASH_COMPLETION_DIR ?= $(PREFIX)/share/bash-completion/completions
-ZSH_COMPLETION_DIR  ?= $(PREFIX)/share/zsh/vendor-completions
+ZSH_COMPLETION_DIR  ?= $(if $(filter /usr,$(PREFIX)),$(PREFIX)/share/zsh/vendor-completions,$(PREFIX)/share/zsh/site-functions)
 
 install: all man completions
 	install -d $(DESTDIR)$(LUA_LMOD_DIR)/jimeng/cli $(DESTDIR)$(LUA_CMOD_DIR)/jimeng $(DESTDIR)$(BIN_DIR) \
@@ -188,7 +215,11 @@ install: all man completions
 	install -m 644 build/completions/jimeng.bash $(DESTDIR)$(BASH_COMPLETION_DIR)/jimeng
 	install -m 644 build/completions/_jimeng $(DESTDIR)$(ZSH_COMPLETION_DIR)/_jimeng
 	install -m 755 $(SO) $(DESTDIR)$(LUA_CMOD_DIR)/jimeng/core.so
-	sed '1s|.*|#!/usr/bin/env $(LUA)|' bin/jimeng > $(DESTDIR)$(BIN_DIR)/jimeng && chmod 755 $(DESTDIR)$(BIN_DIR)/jimeng
+	@# the launcher, told where its modules are (without DESTDIR: where they will be when run)
+	sed -e '1s|.*|#!/usr/bin/env $(LUA)|' \
+	  -e 's|^local installed = nil -- .*|local installed = { lmod = [==[$(LUA_LMOD_DIR)]==], cmod = [==[$(LUA_CMOD_DIR)]==] }|' \
+	  bin/jimeng > $(DESTDIR)$(BIN_DIR)/jimeng && chmod 755 $(DESTDIR)$(BIN_DIR)/jimeng
+	@grep -q '^local installed = { lmod' $(DESTDIR)$(BIN_DIR)/jimeng || { echo "bin/jimeng: no install line"; exit 1; }
 	install -m 644 sandbox/server.py $(DESTDIR)$(SHARE_DIR)/sandbox/
 	install -m 644 sandbox/fixtures/jimeng-sample.mp4 $(DESTDIR)$(SHARE_DIR)/sandbox/fixtures/
 

@@ -24,7 +24,6 @@ describe("inside nginx (examples/openresty) #host", function()
     local conf = assert(h.read("examples/openresty/nginx.conf"))
     conf = conf:gsub("listen 127%.0%.0%.1:8080;", "listen 127.0.0.1:" .. port .. ";")
     conf = conf:gsub("%$prefix/%.%./%.%./", proc.root .. "/")
-    conf = conf:gsub("%$prefix/%?%.lua", proc.root .. "/examples/openresty/?.lua")
     h.write(prefix .. "/nginx.conf", conf)
     server = io.popen((proc.clean_env .. "cd %s && JIMENG_API_KEY=nginx-key JIMENG_BASE_URL=%s JIMENG_OUTPUT_DIR=%s/videos " ..
       "exec nginx -p %s/ -c %s/nginx.conf -g 'daemon off; master_process off;' > %s/logs/stdout 2>&1")
@@ -134,5 +133,44 @@ describe("inside nginx (examples/openresty) #host", function()
     assert.equals("invalid_argument", body.kind)
     assert.truthy(body.error:find("seconds must be 5 or 10"))
     assert.equals(before, #sb:log())
+  end)
+end)
+
+describe("make openresty-example #host", function()
+  if not nginx then return end
+  local sb, port, server, before
+  local function git_status()
+    local ok, out = proc.run("git status --porcelain --untracked-files=all 2>/dev/null")
+    return ok and out or nil
+  end
+  setup(function()
+    before = git_status()
+    sb = h.sandbox { queue_seconds = 0.1, process_seconds = 0.1 }
+    port = proc.free_port()
+    os.remove("build/openresty/logs/nginx.pid")
+    server = io.popen((proc.clean_env .. "unset JIMENG_OUTPUT_DIR; JIMENG_API_KEY=k JIMENG_BASE_URL=%s " ..
+      "exec make -s openresty-example OPENRESTY_PORT=%d > /dev/null 2>&1"):format(sb.url, port), "r")
+    local deadline = core.now() + 60 -- the LuaJIT build first, when there is none
+    repeat
+      if proc.get(("http://127.0.0.1:%d/health"):format(port), 1).status == 200 then return end
+      core.sleep(0.1)
+    until core.now() > deadline
+    error("make openresty-example did not start: " .. tostring(h.read("build/openresty/logs/error.log")))
+  end)
+  teardown(function()
+    proc.run("kill -QUIT $(cat build/openresty/logs/nginx.pid)")
+    if server then server:close() end
+    if sb then sb:stop() end
+  end)
+
+  it("serves the example with its logs and videos under build/openresty/, and leaves the tree as it was", function()
+    local r = proc.get(("http://127.0.0.1:%d/generate?prompt=from+the+make+target&interval=0.05"):format(port), 30)
+    assert.equals(200, r.status, r.body)
+    local path = require("cjson").decode(r.body).path
+    assert.equals(proc.root .. "/build/openresty/videos/", path:sub(1, #proc.root + 24), r.body)
+    assert.equals(h.fixture(), h.read(path))
+    os.remove(path)
+    assert.is_true(h.exists("build/openresty/logs/error.log"))
+    if before then assert.equals(before, git_status()) end
   end)
 end)

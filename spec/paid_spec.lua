@@ -106,8 +106,21 @@ describe("every output path is checked before the first create", function()
   it("a directory this user cannot write in is refused before paying (checked as an unprivileged user)", function()
     if not proc.run("command -v setpriv && id nobody") then return pending("setpriv or user nobody missing") end
     assert(proc.run("chmod 755 " .. env.dir))
-    local ok, out = proc.run(("cd /tmp && JIMENG_API_KEY=k JIMENG_BASE_URL=%s setpriv --reuid=nobody --regid=nogroup " ..
-      "--clear-groups %s %s/bin/jimeng generate 'not mine' -o %s/v.mp4"):format(env.sb.url, lua, proc.root, env.dir), proc.own_env)
+    -- nobody may not enter this checkout (a clone in /root or a 0700 home): the command, its modules, this
+    -- suite's build and the sanitizers' suppressions (make valgrind's child wrapper names them) go where it can
+    local copy = h.tmpdir()
+    local build = os.getenv("JIMENG_BUILD") or (proc.root .. "/build/" .. plain_lua)
+    assert(proc.run(("mkdir -p %s/bin %s/build/jimeng && cp %s/bin/jimeng %s/bin/ && cp -R %s/lua %s/sanitizers %s/ " ..
+      "&& cp %s/jimeng/core.so %s/build/jimeng/ && chmod -R a+rX %s"):format(copy, copy, proc.root, copy, proc.root,
+      proc.root, copy, build, copy, copy)))
+    local wrapped, at = lua, lua:find(proc.root .. "/sanitizers/", 1, true)
+    while at do
+      wrapped = wrapped:sub(1, at - 1) .. copy .. wrapped:sub(at + #proc.root)
+      at = wrapped:find(proc.root .. "/sanitizers/", 1, true)
+    end
+    local ok, out = proc.run(("cd /tmp && JIMENG_API_KEY=k JIMENG_BASE_URL=%s JIMENG_BUILD=%s/build setpriv " ..
+      "--reuid=nobody --regid=nogroup --clear-groups %s %s/bin/jimeng generate 'not mine' -o %s/v.mp4")
+      :format(env.sb.url, copy, wrapped, copy, env.dir), proc.own_env)
     assert.is_false(ok)
     assert.truthy(out:find("cannot write in directory " .. env.dir, 1, true), out)
     assert.equals(0, env.sb:stats().creates)
@@ -382,8 +395,9 @@ describe("creates that never left", function()
     for i = 1, 100 do assert.is_table(results[i], errs[i] and tostring(errs[i])) end
     local stats = sb:stats()
     assert.equals(100, stats.creates)
-    -- the client never holds more than 8 sockets; the server counts a connection until its handler thread
-    -- reads the close, so a paid create's closed connection may overlap the next one by a moment
+    -- the client never holds more than 8 sockets: with this stats call's own, 9 (it comes while the client's 8
+    -- are still pooled). The sandbox counts a connection the client closed as closed when it accepts the next,
+    -- however late the closed one's handler thread runs: it counted them until then, and under load saw 11 to 15.
     assert.is_true(stats.max_open_connections <= 9, "connections: " .. stats.max_open_connections)
   end)
 end)
