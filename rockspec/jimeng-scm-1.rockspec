@@ -50,6 +50,7 @@ build = {
     ["jimeng.health"] = "lua/jimeng/health.lua",
     ["jimeng.http"] = "lua/jimeng/http.lua",
     ["jimeng.neterrors"] = "lua/jimeng/neterrors.lua",
+    ["jimeng.dialect"] = "lua/jimeng/dialect.lua",
     ["jimeng.nvim"] = "lua/jimeng/nvim.lua",
     ["jimeng.openresty"] = "lua/jimeng/openresty.lua",
     ["jimeng.plugin"] = "lua/jimeng/plugin.lua",
