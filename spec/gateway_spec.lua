@@ -333,3 +333,18 @@ describe("the new-api sandbox's content route", function()
     assert.equals("dialect", err.field)
   end)
 end)
+
+describe("the tokenops dialect sent to a new-api gateway (the issue, as it was)", function()
+  local env = h.with_sandbox { sandbox = { dialect = "new-api", queue_seconds = 0.02, process_seconds = 0.02 },
+    client = { dialect = "tokenops" }, dir = "setup", reset = true }
+
+  it("the vendor gets 5 s, seed 0, no aspect ratio and no image; the task warns to use the new-api dialect", function()
+    local task = assert(env.client:create { prompt = "a cat", seconds = 10, seed = 42, aspect_ratio = "9:16", image = URL1 })
+    local vendor = env.sb:task(task.id).vendor
+    assert.equals(121, vendor.frames)
+    assert.equals(0, vendor.seed)
+    assert.equals("", vendor.aspect_ratio)
+    assert.is_nil(vendor.image_urls)
+    assert.truthy(task.warnings[#task.warnings]:find("use dialect new-api", 1, true), task.warnings[#task.warnings])
+  end)
+end)

@@ -314,6 +314,14 @@ function Client:create(params, opts)
   if not decoded then return nil, r end
   local task, terr = to_task(self, decoded, r, warnings)
   if task then self.created_at[task.id] = now() end
+  if task and self.dialect == "tokenops" and (r.headers["x-new-api-version"] or r.headers["x-oneapi-request-id"]) then
+    -- too late for this create (it is made), in time for the next: the gateway is new-api, which reads
+    -- another shape (README "Gateways")
+    task.warnings[#task.warnings + 1] = "the gateway answered as new-api (X-New-Api-Version / X-Oneapi-Request-Id): " ..
+      "it reads the new-api dialect and may have dropped parameters of this create; use dialect new-api " ..
+      "(--dialect new-api, JIMENG_DIALECT=new-api) or auto"
+    self:log("warning", task.warnings[#task.warnings])
+  end
   if not task then
     -- a 2xx: the task exists even if its answer makes no sense
     terr.created, terr.task_id = true, core.raw_id(r.body or "")

@@ -129,9 +129,10 @@ function M.exit_code(kind)
   return M.KINDS[kind] and M.KINDS[kind].exit or EXIT_API
 end
 
--- Error codes that say more than their HTTP status: an unknown task answered 400, an empty wallet 403 or 429
--- (new-api: controller/relay.go TaskErrorWrapperLocal "task_not_exist"; service/quota pre-consume
--- "insufficient_user_quota"), content asked for too early (the sandbox's "video_not_ready").
+-- Error codes that say more than their HTTP status: an unknown task answered 400 (new-api: relay/relay_task.go,
+-- videoFetchByIDRespBodyBuilder, TaskErrorWrapperLocal(..., "task_not_exist", 400)), an empty wallet 403 or
+-- 429 (new-api: service/billing_session.go NewBillingSession, types.ErrorCodeInsufficientUserQuota, 403),
+-- content asked for too early (the sandbox's tokenops "video_not_ready").
 local CODE_KIND = { task_not_exist = "not_found", not_found = "not_found", insufficient_user_quota = "quota",
   insufficient_quota = "quota", video_not_ready = "not_ready" }
 
