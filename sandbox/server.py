@@ -630,7 +630,8 @@ class Handler(BaseHTTPRequestHandler):
         self.handle_any()
 
     def handle_any(self):
-        self.request_id = (time.strftime("%Y%m%d%H%M%S") + secrets.token_hex(8)) if self.new_api else str(uuid.uuid4())
+        # new-api: middleware/request-id.go RequestId, common.GetTimeString() + common.GetRandomString(8)
+        self.request_id = (time.strftime("%Y%m%d%H%M%S") + secrets.token_hex(4)) if self.new_api else str(uuid.uuid4())
         self.status = 0
         self.extra_headers = {}
         raw = self.read_body()
