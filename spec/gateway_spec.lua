@@ -348,3 +348,20 @@ describe("the tokenops dialect sent to a new-api gateway (the issue, as it was)"
     assert.truthy(task.warnings[#task.warnings]:find("use dialect new-api", 1, true), task.warnings[#task.warnings])
   end)
 end)
+
+describe("a batch in the new-api dialect", function()
+  local env = h.with_sandbox { sandbox = { dialect = "new-api", queue_seconds = 0.02, process_seconds = 0.02,
+    content_framing = "length" }, client = { dialect = "new-api" }, dir = "setup", reset = true }
+
+  it("refuses a job that cannot travel before the first create of the batch", function()
+    local jpg = images.jpeg(env.dir .. "/last.jpg", 640, 360)
+    local summary, err = env.client:batch({
+      { prompt = "fine", label = "one" },
+      { prompt = "mixed frames", model = "jimeng-video-3.0-720P", images = { URL1, jpg }, label = "two" },
+    }, { journal = env.dir .. "/journal.jsonl", output_dir = env.dir })
+    err = h.failed("invalid_argument", summary, err)
+    assert.truthy(err.message:find("job 2 (two)", 1, true), err.message)
+    assert.equals("images", err.field)
+    assert.same({}, env.sb:log())
+  end)
+end)

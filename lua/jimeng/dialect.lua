@@ -199,4 +199,16 @@ function M.resolve(client)
   return found.dialect
 end
 
+--- For checks before anything is paid (a batch's jobs, an experiment's cells): whether body can travel in
+-- the client's dialect, when it is known without asking (auto not yet resolved: the create checks it).
+-- -> true | nil, err (invalid_argument)
+function M.precheck(client, body, params)
+  local name = client.dialect
+  if name == "auto" then name = known[client.base_url] and known[client.base_url].dialect end
+  if not name then return true end
+  local shaped, err = M.shape(name, body, params)
+  if not shaped then return nil, err end
+  return true
+end
+
 return M
