@@ -219,6 +219,18 @@ for _, dialect in ipairs { "tokenops", "new-api" } do
       c:close()
     end)
 
+    it("the CLI's waiting line shows the progress the gateway gives", function()
+      local task = assert(env.client:create { prompt = "a kite sandbox:slow=0.6" })
+      local code, _, err = jimeng_cli(("wait %s --interval 0.05"):format(task.id))
+      assert.equals(0, code, err)
+      if dialect == "new-api" then
+        assert.truthy(err:find("processing %d+%%"), err)
+        assert.truthy(err:find("completed 100%", 1, true), err)
+      else
+        assert.falsy(err:find("%d%%"), err)
+      end
+    end)
+
     it("an unknown task id is not_found, with its hint", function()
       local _, err = env.client:status(dialect == "new-api" and "task_0123456789abcdef0123456789abcdef" or "12345")
       assert.equals("not_found", err.kind)
@@ -229,6 +241,10 @@ for _, dialect in ipairs { "tokenops", "new-api" } do
         assert.equals("task_not_exist", err.code)
         assert.truthy(err.request_id:match("^%d+%x+$"), err.request_id) -- X-Oneapi-Request-Id
       end
+      local code, _, stderr = jimeng_cli("status task_0123456789abcdef0123456789abcdef")
+      assert.equals(3, code)
+      assert.truthy(stderr:find("not_found", 1, true), stderr)
+      assert.truthy(stderr:find(errors.hint("not_found"), 1, true), stderr)
     end)
 
     it("content asked for before completion is not_ready, and the CLI says `jimeng wait ID`", function()
