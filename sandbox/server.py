@@ -373,6 +373,8 @@ def new_api_payload(body):
         raise ApiError(503, f"no available channel for model {model} in group default", "model_not_found",
                        "new_api_error")
     prompt = body.get("prompt") if isinstance(body.get("prompt"), str) else ""
+    if not prompt.strip():  # relay/common ValidateBasicTaskRequest -> validatePrompt
+        raise new_api_error(400, "invalid_request", "prompt is required")
     duration = body.get("duration")
     if isinstance(duration, str) and duration.isdigit():
         duration = int(duration)

@@ -114,6 +114,11 @@ local function new_api_omni(body, params)
       return refuse(k, "no pe_fast_mode field is known in the gateway's OmniHuman payload (omnihuman.go)")
     end
   end
+  if type(body.prompt) ~= "string" or not body.prompt:find("%S") then
+    -- relay/common ValidateBasicTaskRequest -> validatePrompt: 400 "prompt is required", for every task
+    return errors.invalid("the new-api dialect needs a prompt, OmniHuman too: a new-api gateway refuses any task " ..
+      "without one (ValidateBasicTaskRequest); give one, e.g. \"speak naturally\"; nothing was sent", "prompt")
+  end
   local image, audio
   for _, item in ipairs(body.content) do
     if item.type == "image_url" then image = item.image_url.url end
