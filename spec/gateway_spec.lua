@@ -224,6 +224,23 @@ for _, dialect in ipairs { "tokenops", "new-api" } do
       c:close()
     end)
 
+    it("subject detection and recognition: a route of the vendor page's gateway, refused unsent in new-api", function()
+      local det, err = env.client:detect(PORTRAIT)
+      local task, oerr = env.client:omnihuman { image = PORTRAIT, audio = AUDIO, prompt = "hi", subject = "largest" }
+      local code, _, stderr = jimeng_cli("recognize " .. PORTRAIT)
+      if dialect == "new-api" then
+        h.failed("invalid_argument", det, err)
+        h.failed("invalid_argument", task, oerr)
+        assert.equals(2, code)
+        assert.truthy(stderr:find("not a route of new-api", 1, true), stderr)
+        assert.same({}, env.sb:log())
+      else
+        assert(det, tostring(err))
+        assert(task, tostring(oerr))
+        assert.equals(0, code, stderr)
+      end
+    end)
+
     it("the CLI's waiting line shows the progress the gateway gives", function()
       local task = assert(env.client:create { prompt = "a kite sandbox:slow=0.6" })
       local code, _, err = jimeng_cli(("wait %s --interval 0.05"):format(task.id))
