@@ -324,6 +324,24 @@ for _, dialect in ipairs { "tokenops", "new-api" } do
       c:close()
     end)
 
+    it("by default (no dialect chosen) every parameter reaches the vendor: the issue's command line", function()
+      local code, _, err = jimeng_cli(("generate 'a cat' --seconds 10 --seed 42 --aspect-ratio 9:16 --image %s " ..
+        "-o default-%s.mp4 --interval 0.02"):format(URL1, dialect), "JIMENG_DIALECT=")
+      assert.equals(0, code, err)
+      assert.same(expected(CASES[1], png_b64), (function()
+        local v = only_vendor()
+        return { req_key = v.req_key, prompt = v.prompt, frames = v.frames, seed = v.seed,
+          aspect_ratio = v.aspect_ratio, image_urls = v.image_urls }
+      end)())
+      assert.equals(h.fixture(), h.read(env.dir .. "/default-" .. dialect .. ".mp4"))
+      local c = assert(jimeng.new { api_key = "k", base_url = env.sb.url, poll_interval = 0.05 })
+      assert.equals("auto", c.dialect)
+      local task = assert(c:create { prompt = "a cat", seconds = 10, seed = 42, aspect_ratio = "9:16", image = URL1 })
+      local v = env.sb:task(task.id).vendor
+      assert.same({ 241, 42, "9:16", { URL1 } }, { v.frames, v.seed, v.aspect_ratio, v.image_urls })
+      c:close()
+    end)
+
     it("jimeng doctor names the gateway family and the dialect to use", function()
       local code, out = jimeng_cli("doctor", "JIMENG_DIALECT=tokenops")
       assert.truthy(out:find("gateway +" .. dialect:gsub("%-", "%%-")), out)
@@ -363,6 +381,25 @@ describe("the new-api sandbox's content route", function()
     assert.truthy(head:find("^http/1.1 302"), head)
     local loc = head:match("location: (%S+)")
     assert.truthy(loc:find("^http://localhost:%d+/cdn/videos/" .. task.id .. "%?sig="), loc)
+  end)
+
+  it("auto takes the vendor page's own host for tokenops without asking it", function()
+    local dialect = require "jimeng.dialect"
+    local c = assert(jimeng.new { api_key = "k", base_url = "https://api.tokenops.ai/v1", max_retries = 0,
+      connect_timeout = 0.2, proxy = "http://127.0.0.1:9" }) -- were it asked, the refused proxy would say so
+    assert.equals("tokenops", (dialect.resolve(c)))
+    c:close()
+  end)
+
+  it("auto against a gateway that cannot be reached: the question is retried, the create never sent", function()
+    local retries = {}
+    local c = assert(jimeng.new { api_key = "k", base_url = "http://127.0.0.1:9/v1", max_retries = 1,
+      logger = function(what, name) if what == "retry" then retries[#retries + 1] = name end end })
+    local err = h.failed("network", c:create { prompt = "x" })
+    assert.is_false(err.created)
+    assert.same({ "identify" }, retries)
+    assert.truthy(err.message:find("which it is", 1, true), err.message)
+    c:close()
   end)
 
   it("refuses an unknown JIMENG_DIALECT by name", function()

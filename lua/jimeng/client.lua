@@ -16,7 +16,7 @@ local now = core.now
 local DEFAULTS = {
   base_url = "https://api.tokenops.ai/v1",
   timeout = 60, connect_timeout = core.limits.connect_timeout, max_retries = 2,
-  poll_interval = 5, wait_timeout = 600, stall_timeout = 30, http_version = "auto", dialect = "tokenops",
+  poll_interval = 5, wait_timeout = 600, stall_timeout = 30, http_version = "auto", dialect = "auto",
 }
 
 local OPTIONS = {
@@ -314,7 +314,8 @@ function Client:create(params, opts)
   if not decoded then return nil, r end
   local task, terr = to_task(self, decoded, r, warnings)
   if task then self.created_at[task.id] = now() end
-  if task and self.dialect == "tokenops" and (r.headers["x-new-api-version"] or r.headers["x-oneapi-request-id"]) then
+  if task and self.dialect == "tokenops" and not dialect.vendor_host(self) and
+      (r.headers["x-new-api-version"] or r.headers["x-oneapi-request-id"]) then
     -- too late for this create (it is made), in time for the next: the gateway is new-api, which reads
     -- another shape (README "Gateways")
     task.warnings[#task.warnings + 1] = "the gateway answered as new-api (X-New-Api-Version / X-Oneapi-Request-Id): " ..

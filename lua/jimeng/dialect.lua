@@ -1,10 +1,11 @@
 --- Dialects: the shape a create's body takes for the gateway in front of the vendor.
 --
--- tokenops  the vendor page's own shape (/work/shared/api): the body core.normalize builds, sent as it is.
+-- tokenops  the vendor page's own shape (its API page): the body core.normalize builds, sent as it is.
 -- new-api   the open-source gateway QuantumNous/new-api (and its forks), whose Jimeng channel reads only
 --           the fields of its TaskSubmitReq and builds the vendor's payload from them. Every parameter the
 --           user set travels where that gateway reads it, or the create is refused before it is sent.
--- auto      asks the gateway once per base URL, with a free request, which of the two it is (identify).
+-- auto      (the default) the vendor page's host (api.tokenops.ai) is tokenops; any other gateway is asked once
+--           per base URL, with a free request before the first create, which of the two it is (identify).
 --
 -- The mappings below cite the new-api source they follow (files and functions of QuantumNous/new-api).
 local errors = require "jimeng.errors"
@@ -157,20 +158,34 @@ local known = {}
 -- (middleware/request-id.go), and answers an unknown task with 400 {"code":"task_not_exist"}
 -- (relay/relay_task.go). -> {family=, dialect=, evidence=, status=} | nil, err (the request failed)
 function M.identify(client)
-  local t, why, class = client.engine:request { url = client.base_url .. "/videos/" .. M.PROBE_ID, method = "GET",
-    timeout = client.timeout }
-  if not t then return nil, errors.from_core(why, class) end
-  local _, interrupted = runtime.await(client.engine, t)
-  if interrupted then
-    t:cancel()
-    return nil, errors.new { kind = "interrupted", created = false,
-      message = ("interrupted (%s) while asking the gateway which it is"):format(interrupted) }
-  end
-  local r = t:result()
-  if not (r.ok and r.status and r.status > 0) then
-    local err = require("jimeng.http").transport_error(r, nil, client)
-    err.message = "cannot ask the gateway which it is: " .. err.message
-    return nil, err
+  local http = require "jimeng.http"
+  local r
+  local attempt = 0
+  while true do -- a free call: network faults are retried as a status call's are
+    local t, why, class = client.engine:request { url = client.base_url .. "/videos/" .. M.PROBE_ID, method = "GET",
+      timeout = client.timeout }
+    if not t then return nil, errors.from_core(why, class) end
+    local _, interrupted = runtime.await(client.engine, t)
+    if interrupted then
+      t:cancel()
+      return nil, errors.new { kind = "interrupted", created = false,
+        message = ("interrupted (%s) while asking the gateway which it is"):format(interrupted) }
+    end
+    r = t:result()
+    if r.ok and r.status and r.status > 0 then break end
+    local err = http.transport_error(r, nil, client)
+    if not err.retryable or attempt >= client.max_retries then
+      err.message = "cannot ask the gateway which it is (nothing was sent to be paid for): " .. err.message
+      return nil, err
+    end
+    attempt = attempt + 1
+    local delay = http.backoff(attempt - 1)
+    client:log("retry", "identify", attempt, delay, tostring(err))
+    local stopped = runtime.sleep(delay)
+    if stopped then
+      return nil, errors.new { kind = "interrupted", created = false,
+        message = ("interrupted (%s) while asking the gateway which it is"):format(stopped) }
+    end
   end
   local h = r.headers or {}
   local ok, decoded = pcall(client.json.decode, r.body or "")
@@ -188,9 +203,19 @@ function M.identify(client)
     evidence = ("no new-api header or error shape (HTTP %d for an unknown task)"):format(r.status) }
 end
 
---- The client's dialect, resolved: auto asks the gateway once per base URL. -> name | nil, err
+-- The vendor page's own host: it speaks the page's shape by definition, and is never asked.
+local VENDOR_HOSTS = { ["api.tokenops.ai"] = true }
+
+--- Whether the client's base URL is the vendor page's own host.
+function M.vendor_host(client)
+  return VENDOR_HOSTS[(client.base_host or ""):lower()] == true
+end
+
+--- The client's dialect, resolved: auto takes the vendor page's host for tokenops, and asks any other
+-- gateway once per base URL (per process). -> name | nil, err
 function M.resolve(client)
   if client.dialect ~= "auto" then return client.dialect end
+  if M.vendor_host(client) then return "tokenops" end
   local found = known[client.base_url]
   if not found then
     local err
@@ -209,7 +234,9 @@ end
 -- -> true | nil, err (invalid_argument)
 function M.precheck(client, body, params)
   local name = client.dialect
-  if name == "auto" then name = known[client.base_url] and known[client.base_url].dialect end
+  if name == "auto" then
+    name = M.vendor_host(client) and "tokenops" or (known[client.base_url] and known[client.base_url].dialect)
+  end
   if not name then return true end
   local shaped, err = M.shape(name, body, params)
   if not shaped then return nil, err end

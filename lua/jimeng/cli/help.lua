@@ -71,8 +71,8 @@ local function add_network(cmd)
   option(cmd, "--cainfo", "PEM file of the CA(s) to trust (default: $CURL_CA_BUNDLE, $SSL_CERT_FILE).", "FILE")
   option(cmd, "--proxy", "Proxy URL, http://user:password@host:port (default: $https_proxy, $all_proxy).", "URL")
   option(cmd, "--no-proxy", "Hosts that bypass the proxy, comma-separated (default: $no_proxy).", "HOSTS")
-  option(cmd, "--dialect", "The gateway's dialect: tokenops (default: $JIMENG_DIALECT or tokenops), new-api or auto.",
-    "D"):choices { "tokenops", "new-api", "auto" }
+  option(cmd, "--dialect", "The gateway's dialect: auto (default: $JIMENG_DIALECT or auto, which asks the gateway), " ..
+    "tokenops or new-api.", "D"):choices { "auto", "tokenops", "new-api" }
   cmd:mutex(cmd:flag("--http1.1", "Speak HTTP/1.1 only."),
     cmd:flag("--http2", "Ask for HTTP/2 (over TLS it is used anyway when the server speaks it)."))
 end
