@@ -383,6 +383,21 @@ describe("the new-api sandbox's content route", function()
     assert.truthy(loc:find("^http://localhost:%d+/cdn/videos/" .. task.id .. "%?sig="), loc)
   end)
 
+  it("serves new-api's other task routes: POST /v1/video/generations and GET /v1/video/generations/{id}", function()
+    local before = env.sb:stats().creates
+    local p = io.popen(proc.clean_env .. "curl -s -H 'Authorization: Bearer k' -H 'Content-Type: application/json' " ..
+      "-d '{\"model\":\"jimeng-video-3.0-pro\",\"prompt\":\"a route\",\"metadata\":{\"seed\":9}}' " ..
+      env.sb.url .. "/video/generations")
+    local created = require("cjson").decode(p:read("*a"))
+    p:close()
+    assert.equals(before + 1, env.sb:stats().creates)
+    assert.equals(9, env.sb:task(created.id).vendor.seed)
+    local t = assert(env.client:status(created.id))
+    assert.equals(created.id, t.id)
+    local head = curl(env.sb.url .. "/video/generations/" .. created.id)
+    assert.truthy(head:find("^http/1.1 200"), head)
+  end)
+
   it("auto takes the vendor page's own host for tokenops without asking it", function()
     local dialect = require "jimeng.dialect"
     local c = assert(jimeng.new { api_key = "k", base_url = "https://api.tokenops.ai/v1", max_retries = 0,
