@@ -52,6 +52,7 @@ build = {
     ["jimeng.http"] = "lua/jimeng/http.lua",
     ["jimeng.ledger"] = "lua/jimeng/ledger.lua",
     ["jimeng.neterrors"] = "lua/jimeng/neterrors.lua",
+    ["jimeng.dialect"] = "lua/jimeng/dialect.lua",
     ["jimeng.nvim"] = "lua/jimeng/nvim.lua",
     ["jimeng.openresty"] = "lua/jimeng/openresty.lua",
     ["jimeng.plugin"] = "lua/jimeng/plugin.lua",

@@ -144,9 +144,10 @@ MASK_PNG = bytes.fromhex(
 
 
 class ApiError(Exception):
-    def __init__(self, status, message, code="invalid_request", etype="invalid_request_error"):
+    def __init__(self, status, message, code="invalid_request", etype="invalid_request_error", shape="openai"):
         super().__init__(message)
         self.status, self.message, self.code, self.etype = status, message, code, etype
+        self.shape = shape  # "openai": {"error": {...}}; "task": new-api's dto.TaskError {"code", "message", "data"}
 
 
 def bad(message, code="invalid_parameter"):
@@ -180,6 +181,10 @@ class State:
             "video_bytes": self.args.video_bytes,  # 0: the MP4 fixture; N: a synthetic body of N bytes
             "download_rate": self.args.download_rate,  # bytes per second a video is sent at; 0: as fast as it goes
             "max_rps": self.args.max_rps,  # 0: no limit
+            # content framing: "length" (Content-Length) or "chunked" (new-api's proxy when upstream gives no length)
+            "content_framing": self.args.content_framing or ("chunked" if self.args.dialect == "new-api" else "length"),
+            "content_redirect": self.args.content_redirect,  # content answered with a 302 to another host
+            "quota": None,  # creates left in the wallet (None: no limit); 0 answers 403 insufficient_user_quota
         }
 
     def over_rate(self, now):
@@ -325,6 +330,166 @@ def validate_omni(body):
     return body.get("prompt") or "", masks
 
 
+# ---- the new-api gateway (QuantumNous/new-api) in front of the same vendor ----
+# The model names a gateway admin maps to the channel's upstream model (its model mapping): deployment config,
+# not new-api code. The upstream name is the vendor's req_key unless metadata.req_key overrides it.
+NEW_API_MODELS = {
+    "jimeng-video-3.0-pro": "jimeng_v30_pro",
+    "jimeng-video-3.0-720P": "jimeng_v30",
+    "jimeng-video-3.0-1080P": "jimeng_v30_1080p",
+    OMNI_MODEL: OMNI_VIDEO_KEY,
+}
+NEW_API_VERSION = "v0.9.0-sandbox"
+VENDOR_KEYS = {k: v for m in MODELS.values() for k, v in m.items()}  # req_key -> (min, max) images
+# model/task.go TaskStatus, as VideoProxy names it in "Task is not completed yet, current status: X"
+NEW_API_TASK_STATUS = {"in_queue": "QUEUED", "processing": "IN_PROGRESS", "failed": "FAILURE", "completed": "SUCCESS"}
+
+
+def new_api_id():
+    """relay/relay_task.go: the public task id, task_ + 32 characters."""
+    return "task_" + secrets.token_hex(16)
+
+
+def new_api_error(status, code, message):
+    """dto.TaskError as the task routes answer it: {"code", "message", "data"}."""
+    return ApiError(status, message, code, shape="task")
+
+
+def resolve_req_key(req_key, images):
+    """relay/channel/task/jimeng/adaptor.go resolveJimengReqKey."""
+    if "jimeng_v30" not in req_key:
+        return req_key
+    if req_key == "jimeng_v30_pro":
+        return "jimeng_ti2v_v30_pro"
+    if images > 1:
+        k = req_key.replace("jimeng_v30", "jimeng_i2v_first_tail_v30", 1)
+        return k[:-1] if k.endswith("p") else k
+    if images == 1:
+        k = req_key.replace("jimeng_v30", "jimeng_i2v_first_v30", 1)
+        return k[:-1] if k.endswith("p") else k
+    return req_key.replace("jimeng_v30", "jimeng_t2v_v30", 1)
+
+
+def new_api_payload(body):
+    """The vendor payload new-api's Jimeng channel builds from a TaskSubmitReq (relay/common/relay_info.go
+    TaskSubmitReq; adaptor.go convertToRequestPayload; omnihuman.go for OmniHuman). Fields it does not read
+    are dropped, as Go's json.Unmarshal drops them."""
+    if not isinstance(body, dict):
+        raise new_api_error(400, "invalid_request", "invalid request body")
+    model = body.get("model")
+    if not isinstance(model, str) or model not in NEW_API_MODELS:
+        # middleware/distributor.go: no channel serves the model
+        raise ApiError(503, f"no available channel for model {model} in group default", "model_not_found",
+                       "new_api_error")
+    prompt = body.get("prompt") if isinstance(body.get("prompt"), str) else ""
+    if not prompt.strip():  # relay/common ValidateBasicTaskRequest -> validatePrompt
+        raise new_api_error(400, "invalid_request", "prompt is required")
+    duration = body.get("duration")
+    if isinstance(duration, str) and duration.isdigit():
+        duration = int(duration)
+    images = body.get("images") if isinstance(body.get("images"), list) else []
+    upstream = NEW_API_MODELS[model]
+    r = {"req_key": upstream, "prompt": prompt, "seed": 0, "aspect_ratio": "",
+         "frames": 241 if duration == 10 else 121}
+    if images:
+        r["image_urls" if str(images[0]).startswith("http") else "binary_data_base64"] = images
+    fields = {"req_key", "binary_data_base64", "image_urls", "prompt", "seed", "aspect_ratio", "frames"}
+    omni = upstream == OMNI_VIDEO_KEY  # isOmniHumanModel(req.Model), req.Model = the upstream model name
+    if omni:
+        fields |= {"image_url", "audio_url"}
+    meta = body.get("metadata")
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except ValueError:
+            meta = None
+    if isinstance(meta, dict):
+        for k, v in meta.items():
+            if k in fields:
+                r[k] = v
+    n = max(len(images), len(r.get("binary_data_base64") or []), len(r.get("image_urls") or []))
+    if isinstance(r["req_key"], str):
+        r["req_key"] = resolve_req_key(r["req_key"], n)
+    if not r["prompt"]:
+        del r["prompt"]  # omitempty
+    return r, omni
+
+
+def vendor_check(r, omni):
+    """The vendor's own rules on the payload it receives; raises ApiError 500 as new-api relays a refusal
+    (adaptor.go DoResponse: code != 10000 -> TaskErrorWrapper(..., 500))."""
+    def refuse(msg):
+        raise new_api_error(500, "50400", msg)
+    if omni:
+        if not is_http_url(r.get("image_url")):
+            raise new_api_error(400, "invalid_request", "image_url is required")
+        if not is_http_url(r.get("audio_url")):
+            raise new_api_error(400, "invalid_request", "audio_url is required")
+        return
+    key = r.get("req_key")
+    if key not in VENDOR_KEYS:
+        refuse(f"Invalid req_key {key}")
+    if r.get("frames") not in (121, 241):
+        refuse("frames must be 121 or 241")
+    if r.get("aspect_ratio") not in RATIOS and r.get("aspect_ratio") != "":
+        refuse("invalid aspect_ratio")
+    seed = r.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not (seed == -1 or 0 <= seed <= 4294967295):
+        refuse("invalid seed")
+    n = len(r.get("image_urls") or []) + len(r.get("binary_data_base64") or [])
+    lo, hi = VENDOR_KEYS[key]
+    if not lo <= n <= hi:
+        refuse(f"req_key {key} takes {lo}..{hi} images, got {n}")
+    if "prompt" not in r:
+        refuse("prompt is required")
+
+
+def tokenops_payload(body):
+    """What the vendor receives from a gateway that speaks the vendor page's shape (the page's own rules:
+    content text wins, seconds and size become frames and aspect_ratio, base64 images go as binary_data_base64)."""
+    content = body.get("content") if isinstance(body.get("content"), list) else []
+    if body.get("generation_type") == "omni_human":
+        r = {"req_key": body.get("req_key"), "prompt": body.get("prompt") or "",
+             "seed": body.get("seed", -1), "output_resolution": body.get("output_resolution", 1080),
+             "pe_fast_mode": body.get("pe_fast_mode", False)}
+        masks = list(body.get("mask_urls") or [])
+        for item in content:
+            if item.get("type") == "image_url":
+                url = (item.get("image_url") or {}).get("url")
+                if item.get("role") == "mask_image":
+                    masks.append(url)
+                else:
+                    r["image_url"] = url
+            elif item.get("type") == "audio_url":
+                r["audio_url"] = (item.get("audio_url") or {}).get("url")
+        if masks:
+            r["mask_url"] = masks
+        return r
+    r = {"req_key": body.get("req_key"), "prompt": body.get("prompt"), "seed": body.get("seed", -1)}
+    frames = body.get("frames")
+    if frames is None and body.get("seconds") is not None:
+        frames = 241 if str(body["seconds"]) == "10" else 121
+    r["frames"] = frames or 121
+    ar = body.get("aspect_ratio")
+    if ar is None and body.get("size"):
+        w, h = (int(x) for x in str(body["size"]).split("x"))
+        ar = min(RATIOS, key=lambda k: abs(w / h - RATIOS[k]) / RATIOS[k])
+    r["aspect_ratio"] = ar or "16:9"
+    urls, raw = list(body.get("image_urls") or []), []
+    for item in content:
+        if item.get("type") == "text":
+            r["prompt"] = item.get("text")
+        elif item.get("type") == "image_url":
+            urls.append((item.get("image_url") or {}).get("url"))
+        elif item.get("type") == "image_base64":
+            raw.append(re.sub(r"^data:[^,]*;base64,", "", (item.get("image_url") or {}).get("url") or ""))
+    if urls:
+        r["image_urls"] = urls
+    if raw:
+        r["binary_data_base64"] = raw
+    return r
+
+
 def subjects_in(url):
     """How many subjects the sandbox 'sees' in an image: from subjects=N or subjects-N in its URL (default 1)."""
     m = re.search(r"subjects[=-](\d+)", url)
@@ -389,8 +554,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
-        headers = {**self.extra_headers, **(headers or {})}  # a fault plan's headers, then the answer's own
-        if not headers.pop("no_request_id", False):
+        headers = {**self.gateway_headers(), **self.extra_headers, **(headers or {})}  # then a plan's, the answer's
+        if not headers.pop("no_request_id", False) and not self.new_api:
             self.send_header("x-request-id", self.request_id)
         for k, v in headers.items():
             self.send_header(k, str(v))
@@ -400,10 +565,25 @@ class Handler(BaseHTTPRequestHandler):
         self.status = status
 
     def send_extra_headers(self):
-        for k, v in self.extra_headers.items():
+        for k, v in {**self.gateway_headers(), **self.extra_headers}.items():
             self.send_header(k, str(v))
 
+    def gateway_headers(self):
+        """new-api's headers on every answer: middleware Version (X-New-Api-Version) and RequestId
+        (X-Oneapi-Request-Id, a time and random letters)."""
+        if not self.new_api:
+            return {}
+        return {"X-New-Api-Version": NEW_API_VERSION, "X-Oneapi-Request-Id": self.request_id}
+
+    @property
+    def new_api(self):
+        return self.server.state.args.dialect == "new-api"
+
     def send_error_json(self, e):
+        if e.shape == "task":
+            return self.send(e.status, {"code": e.code, "message": e.message, "data": None})
+        if self.new_api:  # new-api's OpenAI-style errors carry no code (controller/video_proxy.go videoProxyError)
+            return self.send(e.status, {"error": {"message": e.message, "type": e.etype}})
         self.send(e.status, {"error": {"message": e.message, "type": e.etype, "code": e.code}})
 
     def reset_connection(self):
@@ -461,7 +641,8 @@ class Handler(BaseHTTPRequestHandler):
         self.handle_any()
 
     def handle_any(self):
-        self.request_id = str(uuid.uuid4())
+        # new-api: middleware/request-id.go RequestId, common.GetTimeString() + common.GetRandomString(8)
+        self.request_id = (time.strftime("%Y%m%d%H%M%S") + secrets.token_hex(4)) if self.new_api else str(uuid.uuid4())
         self.status = 0
         self.extra_headers = {}
         raw = self.read_body()
@@ -497,8 +678,13 @@ class Handler(BaseHTTPRequestHandler):
     def route(self, path, body, raw, fault):
         if path.startswith("/masks/"):
             return self.send(200, MASK_PNG, "image/png")
+        m = re.fullmatch(r"/cdn/videos/([^/]+)", path)
+        if m:  # where content redirects to (302 mode): another host, a signed URL, no key needed
+            return self.content(self.find_task(m.group(1)), fault)
         if path.startswith("/cdn/"):  # a storage host that needs no key, as a signed URL would be
             return self.content(None, fault)
+        if self.new_api:
+            return self.route_new_api(path, body, fault)
         self.check_auth()
         if path == "/v1/videos" and self.command == "POST":
             return self.create(body, raw, fault)
@@ -521,6 +707,45 @@ class Handler(BaseHTTPRequestHandler):
             return self.recognition(body)
         raise ApiError(404, f"no route for {self.command} {path}", "not_found", "not_found_error")
 
+    def route_new_api(self, path, body, fault):
+        """router/video-router.go SetVideoRouter: the task routes new-api serves, and nothing else."""
+        m = re.fullmatch(r"/v1/videos/([^/]+)/content", path)
+        if m and self.command == "GET":  # registered for GET only: HEAD falls through to 404
+            self.check_auth()
+            with self.server.state.lock:
+                task = self.server.state.tasks.get(m.group(1))
+            if not task:  # controller/video_proxy.go VideoProxy
+                raise ApiError(404, "Task not found", "not_found", "invalid_request_error")
+            status = self.task_status(task)
+            if status != "completed":
+                raise ApiError(400, "Task is not completed yet, current status: " + NEW_API_TASK_STATUS[status],
+                               "not_ready", "invalid_request_error")
+            with self.server.state.lock:
+                redirect = self.server.state.config.get("content_redirect")
+            if redirect:  # a fork that answers with the signed URL of the storage host
+                host = self.headers.get("Host") or ""
+                port = host.rsplit(":", 1)[-1]
+                other = "127.0.0.1" if host.startswith("localhost") else "localhost"
+                loc = f"http://{other}:{port}/cdn/videos/{task['id']}?sig={secrets.token_hex(8)}"
+                return self.send(302, b"", "text/plain", {"Location": loc})
+            return self.content(task, fault)
+        if self.command == "POST" and path in ("/v1/videos", "/v1/video/generations"):
+            self.check_auth()
+            return self.create(body, None, fault)
+        m = re.fullmatch(r"/v1/(?:videos|video/generations)/([^/]+)", path)
+        if m and self.command == "GET":
+            self.check_auth()
+            with self.server.state.lock:
+                task = self.server.state.tasks.get(m.group(1))
+            if not task:  # relay/relay_task.go videoFetchByIDRespBodyBuilder
+                raise new_api_error(400, "task_not_exist", "task_not_exist")
+            view = self.task_view(task)
+            if fault and fault["fault"] == "answer_status":
+                view["status"] = fault["status_value"]
+            self.served_status = view["status"]
+            return self.send(200, view)
+        raise ApiError(404, f"Invalid URL ({self.command} {path})", "not_found", "invalid_request_error")
+
     def check_auth(self):
         auth = self.headers.get("Authorization") or ""
         if not auth.startswith("Bearer ") or not auth[7:].strip():
@@ -533,15 +758,29 @@ class Handler(BaseHTTPRequestHandler):
     # ---- the API ----
 
     def create(self, body, raw, fault):
-        if not isinstance(body, dict):
-            raise bad("the body must be a JSON object", "invalid_json")
         st = self.server.state
-        if body.get("generation_type") == "omni_human":
-            prompt, _ = validate_omni(body)
+        with st.lock:
+            quota = st.config.get("quota")
+        if quota is not None and quota <= 0:  # an empty wallet: refused before anything is made
+            if self.new_api:  # service/quota pre-consume: 403 insufficient_user_quota
+                raise new_api_error(403, "insufficient_user_quota",
+                                    "预扣费额度失败, 用户剩余额度: ¥0.000000, 需要预扣费额度: ¥1.000000")
+            raise ApiError(403, "insufficient user quota: top up your balance", "insufficient_user_quota",
+                           "insufficient_quota")
+        if self.new_api:
+            vendor, omni = new_api_payload(body)
+            vendor_check(vendor, omni)
+            prompt = vendor.get("prompt") or ""
         else:
-            if "generation_type" in body:
-                raise bad("generation_type must be omni_human when given")
-            prompt, _ = validate_video(body)
+            if not isinstance(body, dict):
+                raise bad("the body must be a JSON object", "invalid_json")
+            if body.get("generation_type") == "omni_human":
+                prompt, _ = validate_omni(body)
+            else:
+                if "generation_type" in body:
+                    raise bad("generation_type must be omni_human when given")
+                prompt, _ = validate_video(body)
+            vendor = tokenops_payload(body)
         with st.lock:
             cfg = dict(st.config)
         queue_s, process_s, size = cfg["queue_seconds"], cfg["process_seconds"], cfg["video_bytes"]
@@ -559,7 +798,9 @@ class Handler(BaseHTTPRequestHandler):
             size = max(size, SYNTHETIC_MIN)
         m = re.search(r"sandbox:seed=(\d+)", prompt)
         task = {
-            "id": new_task_id(),
+            "id": new_api_id() if self.new_api else new_task_id(),
+            "vendor": vendor,
+            "model": body.get("model"),
             "created_at": int(time.time()),
             "start": time.monotonic(),
             "queue_s": queue_s,
@@ -573,6 +814,8 @@ class Handler(BaseHTTPRequestHandler):
         with st.lock:
             st.tasks[task["id"]] = task
             st.creates += 1
+            if st.config.get("quota") is not None:
+                st.config["quota"] -= 1
             st.creates_by_prompt[prompt] = st.creates_by_prompt.get(prompt, 0) + 1
         self.entry["task_id"] = task["id"]
         kind = fault["fault"] if fault else None
@@ -580,6 +823,9 @@ class Handler(BaseHTTPRequestHandler):
             self.status = -1
             return self.reset_connection()
         answer = {"id": task["id"], "object": "video", "created_at": task["created_at"], "status": "in_queue"}
+        if self.new_api:  # adaptor.go DoResponse: dto.NewOpenAIVideo, status queued
+            answer = {"id": task["id"], "task_id": task["id"], "object": "video", "model": body.get("model"),
+                      "status": "queued", "progress": 0, "created_at": task["created_at"]}
         if kind == "create_then":
             return self.create_then(fault, answer)
         self.send(200, answer)
@@ -635,7 +881,32 @@ class Handler(BaseHTTPRequestHandler):
             return "processing"
         return "failed" if task["fail"] else "completed"
 
+    def new_api_view(self, task):
+        """model/task.go ToVideoStatus + the channel's ConvertToOpenAIVideo: unknown (NOT_START) first, then
+        queued, in_progress with progress, completed (100) or failed."""
+        age = time.monotonic() - task["start"]
+        q, p = task["queue_s"], task["process_s"]
+        status, progress = self.task_status(task), 0
+        if age < q / 2:
+            status = "unknown"
+        elif status == "in_queue":
+            status, progress = "queued", 10
+        elif status == "processing":
+            status, progress = "in_progress", min(99, 10 + int(89 * (age - q) / max(p, 1e-9)))
+        else:
+            progress = 100
+        view = {"id": task["id"], "task_id": task["id"], "object": "video", "model": task.get("model"),
+                "status": status, "progress": progress, "created_at": task["created_at"]}
+        if status == "completed":
+            view["completed_at"] = int(time.time())
+            view["metadata"] = {"url": f"https://vendor.example/video/{task['id']}.mp4"}
+        if status == "failed":
+            view["error"] = {"message": "sandbox: the generation failed (asked by prompt)", "code": "50500"}
+        return view
+
     def task_view(self, task):
+        if self.new_api:
+            return self.new_api_view(task)
         view = {"id": task["id"], "object": "video", "created_at": task["created_at"], "status": self.task_status(task)}
         if view["status"] == "failed":
             view["error"] = {"code": "generation_failed", "message": "sandbox: the generation failed (asked by prompt)"}
@@ -696,14 +967,25 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Accept-Ranges", "bytes")
         if kind != "no_validators":
             self.send_header("ETag", etag)
-        self.send_header("x-request-id", self.request_id)
-        self.send_header("Content-Length", str(length))
+        if not self.new_api:
+            self.send_header("x-request-id", self.request_id)
+        with self.server.state.lock:
+            chunked = self.server.state.config.get("content_framing") == "chunked"
+        if chunked:  # no length: the body ends with its last chunk (new-api's proxy, an upstream without one)
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(length))
         if partial:
             self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
         self.send_extra_headers()
         self.end_headers()
         self.status = code
         if self.command == "HEAD":
+            return
+        if chunked:
+            for chunk in self.body_chunks(task, start, length):
+                self.wfile.write(b"%x\r\n" % len(chunk) + bytes(chunk) + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
             return
         cut = None  # how many bytes to send before a mid-body fault
         if kind in ("reset_mid_body", "short_body", "stall_mid_body"):
@@ -904,6 +1186,7 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/_sandbox/tasks":
             with st.lock:
                 return self.send(200, {tid: {"status": self.task_status(t), "body": t["body"], "seed": t["seed"],
+                                             "vendor": t["vendor"],
                                              "bytes": t["video_bytes"] or len(self.server.fixture)}
                                        for tid, t in st.tasks.items()})
         if path == "/_sandbox/shutdown":
@@ -1020,6 +1303,12 @@ def main():
     ap.add_argument("--download-rate", type=int, default=0,
                     help="send videos at this many bytes per second (0: as fast as the link goes)")
     ap.add_argument("--api-key", default=None, help="accept only this bearer key (default: any non-empty key)")
+    ap.add_argument("--dialect", choices=("tokenops", "new-api"), default="tokenops",
+                    help="answer as the vendor page's gateway (tokenops) or as QuantumNous/new-api does")
+    ap.add_argument("--content-framing", choices=("length", "chunked"), default=None,
+                    help="videos with Content-Length, or chunked without one (default: chunked for new-api)")
+    ap.add_argument("--content-redirect", action="store_true",
+                    help="new-api: answer content with a 302 to a signed URL on another host")
     ap.add_argument("--exit-with-parent", action="store_true", help="exit when the parent process exits")
     ap.add_argument("--tls", action="store_true",
                     help="serve https with a throwaway self-signed certificate (its path is printed on line 2)")

@@ -16,7 +16,7 @@ describe("download", function()
     local task = assert(env.client:create { prompt = "still queued" })
     env.sb:config { queue_seconds = 0 }
     local path = env.dir .. "/early.mp4"
-    local err = h.download_failed("invalid_argument", { path, path .. ".part" }, env.client:download(task.id, path))
+    local err = h.download_failed("not_ready", { path, path .. ".part" }, env.client:download(task.id, path))
     assert.equals(400, err.status)
     assert.truthy(err.message:find("not ready"))
     assert.equals(task.id, err.task_id)

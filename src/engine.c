@@ -915,7 +915,8 @@ static int l_transfer_progress(lua_State *L) {
  * is built for every status poll). */
 static const char *const jm_wanted_headers[] = {
     "x-request-id", "retry-after", "retry-after-ms", "x-should-retry", "content-type", "content-range", "etag",
-    "location", NULL,
+    "location", "x-oneapi-request-id", "x-new-api-version", /* new-api's request id; its version: the gateway */
+    NULL,
 };
 
 static const char *jm_wanted(const char *name, size_t n) {

@@ -226,6 +226,24 @@ static int l_task(lua_State *L) {
         }
     }
     lua_settop(L, 2);
+    /* progress 0-100: new-api's OpenAIVideo.progress (dto/openai_video.go), a number; "40%" read too */
+    lua_getfield(L, 1, "progress");
+    {
+        double p = -1;
+        if (lua_type(L, -1) == LUA_TNUMBER) {
+            p = lua_tonumber(L, -1);
+        } else if (lua_type(L, -1) == LUA_TSTRING) {
+            const char *ps = lua_tostring(L, -1);
+            char *end;
+            p = strtod(ps, &end);
+            if (end == ps || (*end != '\0' && strcmp(end, "%") != 0)) p = -1;
+        }
+        if (p >= 0 && p <= 100) { /* NaN fails both */
+            lua_pushinteger(L, (lua_Integer)floor(p));
+            lua_setfield(L, 2, "progress");
+        }
+    }
+    lua_settop(L, 2);
     lua_getfield(L, 1, "error");
     {
         const char *m = jm_message_of(L, -1);

@@ -136,8 +136,14 @@ local function prepare(client, jobs, opts)
       if not JOB_KEYS[k] then params[k] = v end
     end
     local body, why, class, field = core.normalize(params)
+    local e
     if not body then
-      local e = errors.from_core(why, class, field)
+      e = errors.from_core(why, class, field)
+    else
+      local _
+      _, e = require("jimeng.dialect").precheck(client, body, params) -- one that cannot travel: refused now
+    end
+    if e then
       e.message = ("job %d%s: %s"):format(i, job.label and (" (" .. tostring(job.label) .. ")") or "", e.message)
       return nil, e
     end

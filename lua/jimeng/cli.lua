@@ -134,6 +134,7 @@ function Out:fail(err, continue)
   self.stderr:write(self:fitted(tostring(err)), "\n")
   local hint = err.hint or errors.hint(err.kind)
   if hint and self.command then hint = hint:gsub("jimeng COMMAND", "jimeng " .. self.command) end
+  if hint and err.task_id then hint = hint:gsub("jimeng wait ID", "jimeng wait " .. err.task_id) end
   if err.created then -- the task exists and is paid for: running the command again would pay again
     hint = err.task_id and continue and ("the task exists and is paid for: do not create it again; " ..
       "continue with: " .. continue(err.task_id))
@@ -473,15 +474,18 @@ function commands.sandbox(_, args, out, streams)
   local sandbox = require "jimeng.sandbox"
   local sb, err = sandbox.start { port = args.port, queue_seconds = args.queue_seconds,
     process_seconds = args.process_seconds, video_bytes = args.video_bytes, download_rate = args.download_rate,
-    tls = args.tls or nil }
+    tls = args.tls or nil, dialect = args.dialect }
   if not sb then
     out.stderr:write("cannot start the sandbox: ", tostring(err), "\n")
     return EXIT_API
   end
   local ca = sb.cainfo and (" CURL_CA_BUNDLE=" .. sb.cainfo) or ""
-  out:result({ base_url = sb.url, api_key = "sandbox", cainfo = sb.cainfo },
-    ("JIMENG_BASE_URL=%s\nJIMENG_API_KEY=sandbox%s"):format(sb.url, sb.cainfo and ("\nCURL_CA_BUNDLE=" .. sb.cainfo) or ""))
-  out:note(("sandbox: %s (Ctrl-C stops it)\n  export JIMENG_BASE_URL=%s JIMENG_API_KEY=sandbox%s"):format(sb.url, sb.url, ca))
+  local nd = args.dialect == "new-api" and "new-api" or nil
+  out:result({ base_url = sb.url, api_key = "sandbox", cainfo = sb.cainfo, dialect = nd },
+    ("JIMENG_BASE_URL=%s\nJIMENG_API_KEY=sandbox%s%s"):format(sb.url, sb.cainfo and ("\nCURL_CA_BUNDLE=" .. sb.cainfo) or "",
+      nd and "\nJIMENG_DIALECT=new-api" or ""))
+  out:note(("sandbox: %s (Ctrl-C stops it)\n  export JIMENG_BASE_URL=%s JIMENG_API_KEY=sandbox%s%s"):format(sb.url, sb.url, ca,
+    nd and " JIMENG_DIALECT=new-api" or ""))
   out.stdout:flush()
   ;(streams.serve or serve_until_exit)(sb)
   return EXIT_OK
@@ -610,7 +614,7 @@ function M.main(argv, streams)
     client, err = jimeng.new { api_key = key, base_url = args.base_url,
       -- said even with -q: after Ctrl-C, why the command goes on (on a line of its own, wrapped at words)
       logger = function(kind, text) if kind == "interrupted" then out:note("jimeng: " .. text, true) end end,
-      cainfo = args.cainfo, proxy = args.proxy, no_proxy = args.no_proxy,
+      cainfo = args.cainfo, proxy = args.proxy, no_proxy = args.no_proxy, dialect = args.dialect,
       http_version = args["http1.1"] and "1.1" or args.http2 and "2" or nil }
     if not client then return out:fail(err) end
     -- every poll counted and shown (the display of a task, or the batch table), every batch download seen

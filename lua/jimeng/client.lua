@@ -1,6 +1,7 @@
 --- A client of the Jimeng video API: its settings, its engine (one libcurl multi handle), its calls.
 local core = require "jimeng.core"
 local Budget = require "jimeng.budget"
+local dialect = require "jimeng.dialect"
 local errors = require "jimeng.errors"
 local download = require "jimeng.download"
 local http = require "jimeng.http"
@@ -16,7 +17,7 @@ local now = core.now
 local DEFAULTS = {
   base_url = "https://api.tokenops.ai/v1",
   timeout = 60, connect_timeout = core.limits.connect_timeout, max_retries = 2,
-  poll_interval = 5, wait_timeout = 600, stall_timeout = 30, http_version = "auto",
+  poll_interval = 5, wait_timeout = 600, stall_timeout = 30, http_version = "auto", dialect = "auto",
 }
 
 local OPTIONS = {
@@ -24,7 +25,7 @@ local OPTIONS = {
   max_retries = "number", poll_interval = "number", wait_timeout = "number", stall_timeout = "number",
   allow_insecure_http = "boolean", cainfo = "string", capath = "string", logger = "function",
   proxy = "string", no_proxy = "string", http_version = "string", max_connections = "number", max_rps = "number",
-  burst = "number", ledger = "string or false",
+  burst = "number", ledger = "string or false", dialect = "string",
 }
 
 local HTTP_VERSIONS = { auto = true, ["1.1"] = true, ["2"] = true }
@@ -171,6 +172,11 @@ function Client.new(opts, json)
   for k, v in pairs(opts) do self[k] = v end
   if opts.api_key == nil then self.api_key = os.getenv("JIMENG_API_KEY") end
   if opts.base_url == nil then self.base_url = getenv_nonempty("JIMENG_BASE_URL") or DEFAULTS.base_url end
+  if opts.dialect == nil then self.dialect = getenv_nonempty("JIMENG_DIALECT") or DEFAULTS.dialect end
+  do
+    local ok, derr = dialect.check(self.dialect, opts.dialect == nil and "JIMENG_DIALECT" or "dialect")
+    if not ok then return nil, derr end
+  end
   if self.api_key == "" then self.api_key = nil end
   if self.api_key and self.api_key:find("[%c]") then
     return invalid("api_key contains control characters (CR, LF...)", "api_key")
@@ -271,7 +277,8 @@ local function to_task(self, decoded, r, warnings)
   task.error = errors.scrub(task.error, self.api_key)
   task.raw_status = errors.scrub(task.raw_status, self.api_key)
   task.warnings = warnings or {}
-  if task.status == "unknown" then
+  -- new-api's first status is the word "unknown" (NOT_START, model/task.go ToVideoStatus): waited on quietly
+  if task.status == "unknown" and task.raw_status ~= "unknown" then
     task.warnings[#task.warnings + 1] = ("the API answered an unknown status %q: still waiting"):format(task.raw_status)
   end
   return task
@@ -293,6 +300,12 @@ function Client:create(params, opts)
   else
     local _
     _, err = need_key(self)
+  end
+  if not err then
+    -- the body in the gateway's dialect: a parameter that cannot reach the vendor is refused here, unsent
+    local name
+    name, err = dialect.resolve(self)
+    if name then body, err = dialect.shape(name, body, params) end
   end
   if err then
     err.created = false -- nothing was sent: nothing was paid for
@@ -329,6 +342,15 @@ function Client:create(params, opts)
   local task, terr
   if decoded then
     task, terr = to_task(self, decoded, r, warnings)
+    if task and self.dialect == "tokenops" and not dialect.vendor_host(self) and
+        (r.headers["x-new-api-version"] or r.headers["x-oneapi-request-id"]) then
+      -- too late for this create (it is made), in time for the next: the gateway is new-api, which reads
+      -- another shape (README "Gateways")
+      task.warnings[#task.warnings + 1] = "the gateway answered as new-api (X-New-Api-Version / X-Oneapi-Request-Id): " ..
+        "it reads the new-api dialect and may have dropped parameters of this create; use dialect new-api " ..
+        "(--dialect new-api, JIMENG_DIALECT=new-api) or auto"
+      self:log("warning", task.warnings[#task.warnings])
+    end
     if not task then
       -- a 2xx: the task exists even if its answer makes no sense
       terr.created, terr.task_id = true, core.raw_id(r.body or "")
@@ -400,7 +422,8 @@ end
 
 --- client:wait(id, opts) -> task | nil, err
 -- Polls until completed (returns the task), failed (task_failed) or the timeout (timeout, err.task =
--- the last task seen). opts: interval, timeout, on_status(task) called on every change of status.
+-- the last task seen). opts: interval, timeout, on_status(task) called on every change of status or of
+-- task.progress (0-100, where the gateway says it).
 -- A status this client does not know keeps it waiting (with a warning), until the deadline.
 -- The first wait for a task this client created polls first when tasks usually leave the queue (the
 -- client's typical_queue, learnt from its earlier tasks), at a random point of the interval after it.
@@ -418,7 +441,7 @@ function Client:wait(id, opts)
     return invalid("timeout must be a positive number of seconds", "timeout")
   end
   local deadline = opts.deadline or (now() + timeout)
-  local last, last_status, last_err
+  local last, last_status, last_progress, last_err
   local created_at = self.created_at[id]
   self.created_at[id] = nil
   local fresh = created_at ~= nil
@@ -450,9 +473,11 @@ function Client:wait(id, opts)
     end
     if task then
       last, last_err = task, nil
-      if task.status ~= last_status then
-        last_status = task.status
-        if task.status == "unknown" then self:log("warning", task.warnings[#task.warnings]) end
+      if task.status ~= last_status or task.progress ~= last_progress then -- progress: new-api's 0-100
+        last_status, last_progress = task.status, task.progress
+        if task.status == "unknown" and task.raw_status ~= "unknown" then
+          self:log("warning", task.warnings[#task.warnings])
+        end
         local ok, cerr = errors.call_back(opts.on_status, "on_status", id, task)
         if not ok then return nil, cerr end
       end
@@ -547,6 +572,10 @@ local function subject_call(self, which, read, image_url, opts)
   if not body then return nil, errors.from_core(why, class, field) end
   local ok, kerr = need_key(self)
   if not ok then return nil, kerr end
+  local name, derr = dialect.resolve(self)
+  if not name then return nil, derr end
+  ok, derr = dialect.subject_route(name, which)
+  if not ok then return nil, derr end
   local decoded, r = http.json(self, {
     method = "POST", path = "/omnihuman/subject/" .. which, body = body, what = which,
     deadline = opts and opts.deadline,

@@ -12,6 +12,10 @@ M.KINDS = {
     hint = "fix the parameter named above (see jimeng COMMAND --help)" },
   auth = { retryable = false, exit = EXIT_API, hint = "set JIMENG_API_KEY to a valid key (or --api-key-file)" },
   not_found = { retryable = false, exit = EXIT_API, hint = "check the task id: it is the id that create printed" },
+  not_ready = { retryable = false, exit = EXIT_API,
+    hint = "the video is not ready yet: run `jimeng wait ID`, then download it" },
+  quota = { retryable = false, exit = EXIT_API,
+    hint = "the account's balance (quota) is used up: top it up at the gateway, then run the command again" },
   rate_limited = { retryable = true, exit = EXIT_API,
     hint = "the API is rate limiting: wait a minute and run the command again (for batches, lower -j)" },
   server = { retryable = true, exit = EXIT_API, hint = "the API had a server error: run the command again in a while" },
@@ -123,6 +127,27 @@ end
 --- The CLI's exit code for an error of this kind.
 function M.exit_code(kind)
   return M.KINDS[kind] and M.KINDS[kind].exit or EXIT_API
+end
+
+-- Error codes that say more than their HTTP status: an unknown task answered 400 (new-api: relay/relay_task.go,
+-- videoFetchByIDRespBodyBuilder, TaskErrorWrapperLocal(..., "task_not_exist", 400)), an empty wallet 403 or
+-- 429 (new-api: service/billing_session.go NewBillingSession, types.ErrorCodeInsufficientUserQuota, 403),
+-- content asked for too early (the sandbox's tokenops "video_not_ready").
+local CODE_KIND = { task_not_exist = "not_found", not_found = "not_found", insufficient_user_quota = "quota",
+  insufficient_quota = "quota", video_not_ready = "not_ready" }
+
+--- The kind of an HTTP error answer: from its code or message when they say more (an unknown task, an empty
+-- wallet, a video not ready yet), else from its status.
+function M.kind_for(status, code, message)
+  local by_code = type(code) == "string" and CODE_KIND[code:lower()]
+  if by_code then return by_code end
+  if status < 500 and type(message) == "string" then
+    local m = message:lower()
+    -- new-api's content route (controller/video_proxy.go VideoProxy): "Task is not completed yet, current status: X"
+    if m:find("not completed yet", 1, true) then return "not_ready" end
+    if m:find("task_not_exist", 1, true) then return "not_found" end
+  end
+  return M.kind_for_status(status)
 end
 
 --- The kind an HTTP status maps to.

@@ -107,10 +107,11 @@ end
 M.transport_error = transport_error
 
 --- The request id of an answer: the body's `request_id` (the API page's field) when it is text, else the
--- gateway's x-request-id header. The one rule, for tasks, subject results and errors alike.
+-- gateway's x-request-id header, else new-api's X-Oneapi-Request-Id (middleware/request-id.go). The one rule,
+-- for tasks, subject results and errors alike.
 function M.request_id(r, decoded)
   if type(decoded) == "table" and type(decoded.request_id) == "string" then return decoded.request_id end
-  return r.headers and r.headers["x-request-id"]
+  return r.headers and (r.headers["x-request-id"] or r.headers["x-oneapi-request-id"])
 end
 
 --- The error for an HTTP response that is not a success. The body is scrubbed of the key before it is
@@ -129,7 +130,7 @@ function M.status_error(client, r, decoded)
       errors.scrub(r.headers.location, client.api_key))
   end
   return errors.new({
-    kind = errors.kind_for_status(r.status),
+    kind = errors.kind_for(r.status, code, msg),
     message = msg or ("HTTP " .. r.status),
     status = r.status,
     code = code,
@@ -154,6 +155,7 @@ M.created = created
 --- Whether to try again after a failure. A paid request is tried again only when it made no task.
 local function should_retry(paid, r, err)
   if r.cancelled or (err and err.code and FINAL_429[err.code]) then return false end
+  if err and err.kind == "quota" then return false end -- an empty wallet stays empty: never asked again
   if neterrors.final(r) then return false end -- a proxy's refusal, a certificate: no header changes them
   local status = r.status or 0
   if paid then

@@ -39,7 +39,10 @@ local Sandbox = {}
 Sandbox.__index = Sandbox
 
 --- M.start{port=, host=, queue_seconds=, process_seconds=, video_bytes=, download_rate=, api_key=, tls=, backlog=,
--- max_rps=, python=} -> sandbox | nil, err
+-- max_rps=, dialect=, content_framing=, content_redirect=, python=} -> sandbox | nil, err
+-- dialect "new-api" answers as QuantumNous/new-api does (its routes, ids, statuses, error shapes, headers);
+-- content_framing "length" | "chunked" (new-api's default: chunked); content_redirect answers content with
+-- a 302 to a signed URL on another host (localhost <-> 127.0.0.1).
 -- sandbox.url is the base URL to give the client (".../v1"; host "::1" gives "http://[::1]:PORT/v1");
 -- with tls, sandbox.cainfo is the certificate to trust. backlog is the listen backlog (default 512);
 -- video_bytes makes every video a synthetic body of that size; download_rate sends videos at that many
@@ -62,6 +65,9 @@ function M.start(opts)
   if opts.api_key then cmd[#cmd + 1] = "--api-key " .. shell_quote(opts.api_key) end
   if opts.host then cmd[#cmd + 1] = "--host " .. shell_quote(opts.host) end
   if opts.tls then cmd[#cmd + 1] = "--tls" end
+  if opts.dialect then cmd[#cmd + 1] = "--dialect " .. shell_quote(opts.dialect) end
+  if opts.content_framing then cmd[#cmd + 1] = "--content-framing " .. shell_quote(opts.content_framing) end
+  if opts.content_redirect then cmd[#cmd + 1] = "--content-redirect" end
   if opts.backlog then cmd[#cmd + 1] = "--backlog " .. math.floor(assert(tonumber(opts.backlog), "backlog: a number")) end
   if opts.max_rps then cmd[#cmd + 1] = "--max-rps " .. math.floor(assert(tonumber(opts.max_rps), "max_rps: a number")) end
   local proc = io.popen(table.concat(cmd, " "), "r")
@@ -102,7 +108,9 @@ function Sandbox:tasks() return self:call("/_sandbox/tasks") end
 --- Plans faults: the next `count` requests whose path matches `path` (a regex) get `fault`.
 function Sandbox:faults(plans) return self:call("/_sandbox/faults", plans) end
 
---- One task as /_sandbox/tasks shows it ({status=, body=, seed=, bytes=}), or nil.
+--- One task as /_sandbox/tasks shows it ({status=, body=, seed=, bytes=, vendor=}), or nil. vendor: the
+-- payload the vendor received for it (req_key, prompt, seed, frames, aspect_ratio, image_urls /
+-- binary_data_base64; OmniHuman: image_url, audio_url, mask_url, output_resolution, pe_fast_mode).
 function Sandbox:task(id) return self:tasks()[tostring(id)] end
 
 --- How many creates the sandbox took for this prompt (0 for none): one payment per job, or more.

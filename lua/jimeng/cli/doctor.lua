@@ -1,6 +1,7 @@
 --- `jimeng doctor`: checks the setup one item at a time and says, for each that fails, how to fix it:
 -- the key, the base URL, the proxy, the CA file, a status call to the API (or the sandbox) with its
--- latency, the libcurl loaded, its TLS backend and whether it speaks HTTP/2.
+-- latency, the gateway family it answers as (and the dialect to use), the libcurl loaded, its TLS backend and
+-- whether it speaks HTTP/2.
 local jimeng = require "jimeng"
 local core = require "jimeng.core"
 
@@ -28,6 +29,22 @@ local function strip_credentials(url)
   return (url:gsub("^(%a[%w+.-]*://)[^@/]*@", "%1***@"))
 end
 
+--- The gateway family, from what it answers to a free status call (lua/jimeng/dialect.lua identify), and
+-- whether the client's dialect suits it.
+function M.gateway(client, add)
+  local found, gerr = require("jimeng.dialect").identify(client)
+  if not found then
+    add("gateway", false, "cannot tell: " .. gerr.message, "see the API check above")
+    return
+  end
+  local using = client.dialect
+  local suits = using == "auto" or using == found.dialect
+  add("gateway", suits, ("%s (%s); dialect %s%s"):format(found.family, found.evidence, using,
+    suits and (using == "auto" and (" (resolves to " .. found.dialect .. ")") or "") or ": not this gateway's"),
+    ("use --dialect %s (or export JIMENG_DIALECT=%s, or dialect = %q in jimeng.new)"):format(found.dialect,
+      found.dialect, found.dialect))
+end
+
 --- Runs every check. args: the parsed command line; key, key_err: what the CLI found for the key.
 -- Returns {ok=, checks={ {name=, ok=, detail=, fix=} ...}}.
 function M.run(args, key, key_err)
@@ -53,7 +70,7 @@ function M.run(args, key, key_err)
 
   -- the base URL, the proxy, the CA: all decided by jimeng.new
   local client, err = jimeng.new { api_key = key, base_url = args.base_url, max_retries = 0, timeout = 10,
-    connect_timeout = 5, cainfo = args.cainfo, proxy = args.proxy, no_proxy = args.no_proxy,
+    connect_timeout = 5, cainfo = args.cainfo, proxy = args.proxy, no_proxy = args.no_proxy, dialect = args.dialect,
     http_version = args["http1.1"] and "1.1" or args.http2 and "2" or nil }
   local base = args.base_url or os.getenv("JIMENG_BASE_URL") or "https://api.tokenops.ai/v1"
   if not client then
@@ -133,6 +150,7 @@ function M.run(args, key, key_err)
             "running, does a proxy need setting?"):format(client.base_url) or serr.hint or
             require("jimeng.errors").hint(serr.kind) or "see the message")
       end
+      M.gateway(client, add)
     else
       add("API", false, "not called: there is no key to call it with", "set the key first (above)")
     end

@@ -71,6 +71,8 @@ local function add_network(cmd)
   option(cmd, "--cainfo", "PEM file of the CA(s) to trust (default: $CURL_CA_BUNDLE, $SSL_CERT_FILE).", "FILE")
   option(cmd, "--proxy", "Proxy URL, http://user:password@host:port (default: $https_proxy, $all_proxy).", "URL")
   option(cmd, "--no-proxy", "Hosts that bypass the proxy, comma-separated (default: $no_proxy).", "HOSTS")
+  option(cmd, "--dialect", "The gateway's dialect: auto (default: $JIMENG_DIALECT or auto, which asks the gateway), " ..
+    "tokenops or new-api.", "D"):choices { "auto", "tokenops", "new-api" }
   cmd:mutex(cmd:flag("--http1.1", "Speak HTTP/1.1 only."),
     cmd:flag("--http2", "Ask for HTTP/2 (over TLS it is used anyway when the server speaks it)."))
 end
@@ -183,6 +185,8 @@ function M.parser()
   number(sb, "--video-bytes", "Every video a synthetic body of N bytes (default: a 59.7 KiB MP4).")
   number(sb, "--download-rate", "Send videos at N bytes per second (default: as fast as loopback goes).")
   sb:flag("--tls", "Serve https with a throwaway certificate (its path is printed, as CURL_CA_BUNDLE).")
+  option(sb, "--dialect", "Answer as this gateway does: tokenops (default) or new-api.", "D")
+    :choices { "tokenops", "new-api" }
   add_json(sb); add_quiet(sb)
 
   local doc = p:command("doctor", "Check the setup: key, base URL, proxy, CA file, the API's answer, libcurl.")

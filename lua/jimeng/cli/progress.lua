@@ -169,7 +169,8 @@ function Task:line(width)
     elseif narrow then
       text = ("%s %s #%d"):format(status, M.human_seconds(since), self.polls)
     else
-      text = ("task %s: %s  %s  (%d poll%s)"):format(self.id or "(creating)", status, M.human_seconds(since),
+      text = ("task %s: %s%s  %s  (%d poll%s)"):format(self.id or "(creating)", status,
+        self.progress and (" " .. self.progress .. "%") or "", M.human_seconds(since),
         self.polls, self.polls == 1 and "" or "s")
     end
   end
@@ -191,7 +192,7 @@ end
 --- A poll answered (every poll, changed or not).
 function Task:polled(task)
   self.polls = self.polls + 1
-  if task then self.status = task.status end
+  if task then self.status, self.progress = task.status, task.progress end
   if not self.created_at and task and type(task.created_at) == "number" then
     -- a task created before this command (jimeng wait ID): its age from the API's created_at
     self.created_at = now() - math.max(0, os.time() - task.created_at)
@@ -203,13 +204,14 @@ end
 --- The status changed: on a terminal, redrawn; otherwise a plain line.
 function Task:status_changed(task)
   self.id = self.id or task.id
-  self.status = task.status
+  self.status, self.progress = task.status, task.progress
   if self.phase == "start" then self.phase = "wait" end
   if task.status == "completed" then self.ready_at = now() end
   if self.out.tty then
     self:draw(task.status == "failed")
   else
-    self.out:progress(("task %s: %s (%s, %d poll%s)"):format(task.id or self.id, task.status,
+    self.out:progress(("task %s: %s%s (%s, %d poll%s)"):format(task.id or self.id, task.status,
+      task.progress and (" " .. task.progress .. "%") or "",
       M.human_seconds(now() - (self.created_at or self.started)), self.polls, self.polls == 1 and "" or "s"), true)
   end
 end
