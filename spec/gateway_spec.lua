@@ -112,8 +112,7 @@ end
 
 for _, dialect in ipairs { "tokenops", "new-api" } do
   describe(("the %s dialect"):format(dialect), function()
-    local env = h.with_sandbox { sandbox = { queue_seconds = 0.05, process_seconds = 0.1, dialect = dialect,
-      content_framing = "length" }, client = { dialect = dialect }, dir = "setup", reset = true }
+    local env = h.with_sandbox { sandbox = { queue_seconds = 0.05, process_seconds = 0.1, dialect = dialect }, client = { dialect = dialect }, dir = "setup", reset = true }
     local png, png_b64
 
     -- Runs `jimeng <args>` against the sandbox in this dialect; returns the exit code, stdout and stderr.
@@ -440,8 +439,8 @@ describe("the tokenops dialect sent to a new-api gateway (the issue, as it was)"
 end)
 
 describe("a batch in the new-api dialect", function()
-  local env = h.with_sandbox { sandbox = { dialect = "new-api", queue_seconds = 0.02, process_seconds = 0.02,
-    content_framing = "length" }, client = { dialect = "new-api" }, dir = "setup", reset = true }
+  local env = h.with_sandbox { sandbox = { dialect = "new-api", queue_seconds = 0.02, process_seconds = 0.02 },
+    client = { dialect = "new-api" }, dir = "setup", reset = true }
 
   it("refuses a job that cannot travel before the first create of the batch", function()
     local jpg = images.jpeg(env.dir .. "/last.jpg", 640, 360)
