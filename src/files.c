@@ -431,6 +431,14 @@ static int l_file_size(lua_State *L) {
     return 1;
 }
 
+/* core.file_mode(path) -> permission bits (of what a link points to) | nil: a key file readable by others is refused */
+static int l_file_mode(lua_State *L) {
+    struct stat st;
+    if (stat(luaL_checkstring(L, 1), &st) != 0) return 0;
+    lua_pushinteger(L, (lua_Integer)(st.st_mode & 07777));
+    return 1;
+}
+
 /* core.append_durable(path, data) -> true | nil, message: one append and an fsync (journals). */
 static int l_append_durable(lua_State *L) {
     size_t n;
@@ -642,7 +650,7 @@ void jm_open_files(lua_State *L) {
         {"discard", l_part_discard}, {"close", l_part_close},   {NULL, NULL},
     };
     static const luaL_Reg fns[] = {
-        {"part_open", l_part_open}, {"file_size", l_file_size}, {"append_durable", l_append_durable},
+        {"part_open", l_part_open}, {"file_size", l_file_size}, {"file_mode", l_file_mode}, {"append_durable", l_append_durable},
         {"sniff_image", l_sniff_image}, {"isatty", l_isatty},
         {"fingerprint", l_fingerprint}, {"check_output", l_check_output}, {"mkdirs", l_mkdirs},
         {"canonical_path", l_canonical_path},

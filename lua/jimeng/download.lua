@@ -4,6 +4,7 @@ local core = require "jimeng.core"
 local errors = require "jimeng.errors"
 local http = require "jimeng.http"
 local runtime = require "jimeng.runtime"
+local trace = require "jimeng.trace"
 
 local M = {}
 
@@ -100,7 +101,7 @@ local function start(client, part, id, offset, rec, deadline)
     total = rec and rec.total,
   }
   if not t then return nil, errors.from_core(why, class) end
-  return t
+  return t, nil, headers
 end
 
 -- Waits for the attempt, calling on_progress(got, total) at most every `every` seconds when bytes came.
@@ -178,7 +179,7 @@ local function fetch(client, part, id, path, opts)
       return { path = path, bytes = offset, task_id = id, resumed_from = kept > 0 and kept or nil,
         etag = rec.validator and rec.validator:find('"', 1, true) and rec.validator or nil }
     end
-    local t, serr = start(client, part, id, offset, rec, opts.deadline)
+    local t, serr, sent = start(client, part, id, offset, rec, opts.deadline)
     if not t then return nil, serr end
     local done, sig = await(client, t, on_progress, every)
     if not done then
@@ -189,6 +190,11 @@ local function fetch(client, part, id, path, opts)
     local r = t:result()
     if r.sink == "file" and r.file_start == 0 then kept = 0 end
     local info, e, retry = judge(client, part, id, path, r, attempt)
+    if client.trace then
+      trace.request(client, { method = "GET", url = client.base_url .. "/videos/" .. id .. "/content", what = "download",
+        kind = "download", headers = sent }, r, attempt, info and info.request_id or e and e.request_id or
+        http.request_id(r), e)
+    end
     if info then
       info.resumed_from = kept > 0 and kept or nil
       if on_progress then on_progress(info.bytes, info.bytes) end
@@ -202,6 +208,7 @@ local function fetch(client, part, id, path, opts)
     local delay = e.kind == "protocol" and 0 or http.backoff(attempt, r.headers)
     attempt = attempt + 1
     client:log("retry", "download", attempt, delay, tostring(e))
+    trace.retry(client, "download", attempt, delay, e.message)
     sig = runtime.sleep(delay)
     if sig then return interrupted(part, id, sig) end
   end

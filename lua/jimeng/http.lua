@@ -4,6 +4,7 @@ local core = require "jimeng.core"
 local errors = require "jimeng.errors"
 local neterrors = require "jimeng.neterrors"
 local runtime = require "jimeng.runtime"
+local trace = require "jimeng.trace"
 
 local M = {}
 
@@ -228,10 +229,16 @@ function M.json(client, spec)
     local r = t:result()
     local made = spec.paid and created(r)
     if r.status == 429 then client.budget:refused() elseif r.ok and r.status < 400 then client.budget:granted() end
+    local tspec = client.trace and { method = spec.method, url = url, what = spec.what }
     if r.ok and r.status >= 200 and r.status < 300 then
       local ok, decoded = pcall(client.json.decode, r.body)
-      if ok and type(decoded) == "table" then return decoded, r end
-      return nil, unreadable(client, spec, r)
+      if ok and type(decoded) == "table" then
+        if tspec then trace.request(client, tspec, r, attempt, M.request_id(r, decoded)) end
+        return decoded, r
+      end
+      local uerr = unreadable(client, spec, r)
+      if tspec then trace.request(client, tspec, r, attempt, uerr.request_id, uerr) end
+      return nil, uerr
     end
     local err
     if spec.paid and made then
@@ -243,6 +250,7 @@ function M.json(client, spec)
     else
       err = transport_error(r, nil, client)
     end
+    if tspec then trace.request(client, tspec, r, attempt, err.request_id, err) end
     if spec.paid then
       err.created = made
       if made == nil then
@@ -276,6 +284,7 @@ function M.json(client, spec)
     if spec.deadline and now() + delay >= spec.deadline then return nil, err end
     attempt = attempt + 1
     client:log("retry", spec.what, attempt, delay, tostring(err))
+    trace.retry(client, spec.what, attempt, delay, err.message)
     if spec.on_retry then spec.on_retry(err, delay) end
     local stopped = runtime.sleep(delay)
     if stopped then

@@ -73,6 +73,10 @@ local function add_network(cmd)
   option(cmd, "--no-proxy", "Hosts that bypass the proxy, comma-separated (default: $no_proxy).", "HOSTS")
   cmd:mutex(cmd:flag("--http1.1", "Speak HTTP/1.1 only."),
     cmd:flag("--http2", "Ask for HTTP/2 (over TLS it is used anyway when the server speaks it)."))
+  option(cmd, "--profile", "The config file's profile to use (default: $JIMENG_PROFILE, else [default]).", "NAME")
+  cmd:flag("-v --verbose", "Show each request and answer on stderr (-vv: with headers); the key never.")
+    :count("*")
+  cmd:flag("--no-color", "No color, even on a terminal (as NO_COLOR=1 does).")
 end
 
 --- The parser of the whole command line.
@@ -170,6 +174,11 @@ function M.parser()
 
   local doc = p:command("doctor", "Check the setup: key, base URL, proxy, CA file, the API's answer, libcurl.")
   add_json(doc); add_network(doc)
+
+  local conf = p:command("config", "Show each setting, its value and where it comes from (flag, environment, " ..
+    "profile, default).")
+  conf:argument("action", "show (the settings) or path (the config file's path)."):choices { "show", "path" }
+  add_json(conf); add_network(conf)
 
   local comp = p:command("completion", "Print a shell completion script: jimeng completion bash > FILE.")
   comp:argument("shell", "bash or zsh."):choices { "bash", "zsh" }

@@ -179,7 +179,9 @@ end
 --- Redraws the line (on a terminal).
 function Task:draw(final)
   if not self.out.tty then return end
-  self.out:progress(self:line(M.width()), final)
+  local line = self:line(M.width())
+  if self.out.status_color and self.status then line = self.out:status_color(line, self.status) end
+  self.out:progress(line, final)
 end
 
 --- The task exists (its create answered).
@@ -225,6 +227,16 @@ function Task:bytes(got, total)
   end
   self.got, self.total = got, total
   self.rate:add(got)
+  if not self.out.tty and total and total > 0 and got < total then
+    -- a log, not a terminal: a line at every tenth of the download (10%, 20% ... 90%), none in between
+    local tenth = math.floor(got * 10 / total)
+    if tenth > (self.tenth or 0) then
+      self.tenth = tenth
+      local rate = self.rate:bytes_per_second()
+      self.out:progress(("downloaded %d%% (%s of %s%s)"):format(tenth * 10, M.human_bytes(got), M.human_bytes(total),
+        rate and (", " .. M.human_bytes(rate) .. "/s") or ""), true)
+    end
+  end
   if total and got >= total then
     -- the average over the download alone: from its first report, or (a download too quick for more than
     -- one report) from the moment the video was ready
