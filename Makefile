@@ -61,8 +61,12 @@ $(SO): $(OBJS)
 version:
 	@sed -n 's/^#define JM_VERSION "\(.*\)"/\1/p' src/jimeng.h
 
+# The specs never read the real ~/.config/jimeng/config: an empty XDG_CONFIG_HOME of the build's own, and no
+# JIMENG_CONFIG or JIMENG_PROFILE from the caller (a spec that wants a config file names it).
+TEST_CONFIG_HOME = $(CURDIR)/$(BUILD)/test-config-home
 test: all
-	@$(RUN_ENV) $(TEST_PRELOAD) $(TEST_WRAPPER) $(LUA) $(BUSTED) -o spec/support/summary.lua $(BUSTED_ARGS) $(SPECS)
+	@mkdir -p $(TEST_CONFIG_HOME)
+	@env -u JIMENG_CONFIG -u JIMENG_PROFILE XDG_CONFIG_HOME=$(TEST_CONFIG_HOME) $(RUN_ENV) $(TEST_PRELOAD) $(TEST_WRAPPER) $(LUA) $(BUSTED) -o spec/support/summary.lua $(BUSTED_ARGS) $(SPECS)
 
 # The whole suite on every Lua: each build has its own directory, so they never mix.
 # SPECS: the spec files or directories to run (make test SPECS=spec/paid_spec.lua)
