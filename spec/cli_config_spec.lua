@@ -116,10 +116,11 @@ api_key_file = %s/key
     assert.equals(0, code, err)
     reqs = h.api_requests(sb, "^/v1/videos$")
     assert.equals("Bearer env-key-abcdefgh", reqs[#reqs].headers.authorization or reqs[#reqs].headers.Authorization)
-    -- the default section alone (no profile): the built-in default base URL is not the sandbox
+    -- the default section alone (no profile): its seconds, with the URL and key from flags
     before = creates()
     code = jimeng("create 'a default fox' --api-key-file key --base-url " .. sb.url)
     assert.equals(0, code)
+    assert.equals(before + 1, creates())
     assert.equals(241, last_create().frames)
   end)
 
@@ -249,7 +250,8 @@ describe("jimeng -v", function()
     local code, out, err = jimeng("create 'a slow river' --json")
     assert.equals(0, code, err)
     local id = cjson.decode(out).id
-    jimeng("wait " .. id .. " --interval 0.05")
+    assert.equals(0, (jimeng("wait " .. id .. " --interval 0.05")))
+    local _
     code, _, err = jimeng("download " .. id .. " -o river.mp4")
     sb:config { video_bytes = 0, download_rate = 0 }
     assert.equals(0, code, err)
