@@ -225,7 +225,7 @@ docs:
 MAN_DATE ?= $(shell git log -1 --format=%cs 2>/dev/null || date -u +%Y-%m-%d)
 man: all
 	@mkdir -p build/man
-	@$(RUN_ENV) $(LUA) -e 'local h = require "jimeng.cli.help"; io.write(h.man(h.parser(), require("jimeng.core")._VERSION, "$(MAN_DATE)"))' \
+	@$(RUN_ENV) $(LUA) -e 'local h = require "jimeng.cli.help"; io.write(h.man(h.parser(), require("jimeng.core")._VERSION, "$(MAN_DATE)", "$(SHARE_DIR)"))' \
 	  > build/man/jimeng.1
 	@echo "build/man/jimeng.1"
 
