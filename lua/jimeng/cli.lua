@@ -558,7 +558,7 @@ function commands.config(_, args, out)
     out:result({ path = out.run.path, exists = not out.run.absent }, out.run.path)
     return EXIT_OK
   end
-  local rows = config.report(args, out.run, help.parser())
+  local rows = config.report(args, out.run, help.parser(), out.listed)
   if out.json then
     local settings = {}
     for _, r in ipairs(rows) do settings[#settings + 1] = { name = r.name, value = r.value, from = r.from } end
@@ -674,7 +674,7 @@ function M.main(argv, streams)
   if not NO_CONFIG[args.command] then run, cerr = config.apply(args, listed, parser) end
   local out = new_out(args, stdout, stderr, listed)
   if cerr then return out:fail(cerr) end
-  out.run = run
+  out.run, out.listed = run, listed
   out.verbose = listed.verbose and (args.verbose or 0) > 0 and args.verbose or nil
   local client
   if not NO_CLIENT[args.command] then

@@ -203,7 +203,8 @@ function M.apply(args, listed, parser)
         for _, var in ipairs(M.ENV[key] or {}) do
           if getenv(var) then env = var break end
         end
-        local flagged = args[key] ~= nil or (key == "api_key_file" and args.api_key ~= nil)
+        local flagged = (listed[key] and args[key] ~= nil) or (key == "api_key_file" and listed.api_key and
+          args.api_key ~= nil)
         if flagged then
           src = { value = args[key], from = "flag", overrides = from }
         elseif env then
@@ -246,8 +247,9 @@ local function strip_credentials(url)
 end
 
 --- What `jimeng config show` reports: each setting with its value and where it came from (the key itself
--- never: only where it comes from). args: the parsed line (flags), run: what M.apply returned, parser.
-function M.report(args, run, parser)
+-- never: only where it comes from). args: the parsed line (flags), run: what M.apply returned, parser, listed:
+-- the options the command takes (only those are read from args).
+function M.report(args, run, parser, listed)
   local keys = M.keys(parser)
   local rows = {}
   local function row(name, value, from) rows[#rows + 1] = { name = name, value = value, from = from } end
@@ -280,7 +282,7 @@ function M.report(args, run, parser)
       done[k] = true
       local src = run.sources[k]
       local value, from
-      if args[k] ~= nil and not (src and src.config) then
+      if listed[k] and args[k] ~= nil and not (src and src.config) then
         value, from = args[k], "flag --" .. k:gsub("_", "-")
       elseif src then
         value, from = src.value, src.from

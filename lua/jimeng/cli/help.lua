@@ -178,7 +178,16 @@ function M.parser()
   local conf = p:command("config", "Show each setting, its value and where it comes from (flag, environment, " ..
     "profile, default).")
   conf:argument("action", "show (the settings) or path (the config file's path)."):choices { "show", "path" }
-  add_json(conf); add_network(conf)
+  add_json(conf)
+  -- the settings config show shows: as options too, so that it says what a flag would do
+  option(conf, "--api-key", "API key (default: $JIMENG_API_KEY); shown only as where it comes from.", "KEY")
+  option(conf, "--api-key-file", "Read the API key from this file ('-': standard input).", "FILE")
+  option(conf, "--base-url", "API base URL (default: $JIMENG_BASE_URL or https://api.tokenops.ai/v1).", "URL")
+  option(conf, "--cainfo", "PEM file of the CA(s) to trust (default: $CURL_CA_BUNDLE, $SSL_CERT_FILE).", "FILE")
+  option(conf, "--proxy", "Proxy URL, http://user:password@host:port (default: $https_proxy, $all_proxy).", "URL")
+  option(conf, "--no-proxy", "Hosts that bypass the proxy, comma-separated (default: $no_proxy).", "HOSTS")
+  option(conf, "--profile", "The config file's profile to use (default: $JIMENG_PROFILE, else [default]).", "NAME")
+  conf:flag("--no-color", "No color, even on a terminal (as NO_COLOR=1 does).")
 
   local comp = p:command("completion", "Print a shell completion script: jimeng completion bash > FILE.")
   comp:argument("shell", "bash or zsh."):choices { "bash", "zsh" }
@@ -331,7 +340,9 @@ function M.completion(p, shell)
   end
   lines[#lines + 1] = "  esac"
   lines[#lines + 1] = "}"
-  lines[#lines + 1] = "compdef _jimeng jimeng"
+  -- autoloaded from fpath (#compdef), the file's body runs at the first Tab: it must complete then too, not only
+  -- define the function (else the first Tab does nothing); sourced, it registers the function
+  lines[#lines + 1] = "if [[ ${zsh_eval_context[-1]} == loadautofunc ]]; then _jimeng \"$@\"; else compdef _jimeng jimeng; fi"
   return table.concat(lines, "\n") .. "\n"
 end
 
