@@ -653,8 +653,11 @@ function M.main(argv, streams)
   if not ok then
     -- the usage of the command the line names (jimeng generate without a prompt: generate's usage)
     local cmd = command_of(parser, list)
-    stderr:write((cmd or parser):get_usage(), "\n\njimeng: ", tostring(args), "\n  what to do: see jimeng ",
-      cmd and (cmd._name .. " ") or "", "--help\n")
+    local text = ("%s\n\njimeng: %s\n  what to do: see jimeng %s--help"):format((cmd or parser):get_usage(),
+      tostring(args), cmd and (cmd._name .. " ") or "")
+    -- on a terminal, wrapped at words (the terminal would cut them)
+    if stderr == io.stderr and core.isatty(2) then text = progress.wrap(text, progress.width() - 1) end
+    stderr:write(text, "\n")
     return EXIT_USAGE
   end
   if args.version then

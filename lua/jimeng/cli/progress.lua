@@ -177,11 +177,16 @@ function Task:line(width)
 end
 
 --- Redraws the line (on a terminal).
-function Task:draw(final)
-  if not self.out.tty then return end
+-- The line as drawn: its status word in color where the output shows color.
+function Task:painted()
   local line = self:line(M.width())
   if self.out.status_color and self.status then line = self.out:status_color(line, self.status) end
-  self.out:progress(line, final)
+  return line
+end
+
+function Task:draw(final)
+  if not self.out.tty then return end
+  self.out:progress(self:painted(), final)
 end
 
 --- The task exists (its create answered).
@@ -219,7 +224,7 @@ end
 --- Bytes arrived (got of total): the rate is measured from the first call on, over the download alone.
 function Task:bytes(got, total)
   if self.phase ~= "download" then
-    if self.out.tty and self.out.line_open then self.out:progress(self:line(M.width()), true) end
+    if self.out.tty and self.out.line_open then self.out:progress(self:painted(), true) end
     self.phase, self.rate, self.first = "download", M.rate(), { t = now(), got = got }
     if not self.out.tty then
       self.out:progress(("downloading %s"):format(total and M.human_bytes(total) or "..."), true)
@@ -349,7 +354,7 @@ function Table:note(text, always)
   if self.out.quiet and not always then return end
   if self.out.tty and not self.out.quiet then
     self:erase()
-    self.out.stderr:write(text, "\n")
+    self.out.stderr:write(M.wrap(text, M.width() - 1), "\n") -- wrapped at words, never cut by the terminal
     self:draw()
   else
     self.out.stderr:write(text, "\n")
