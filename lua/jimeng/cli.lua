@@ -543,7 +543,8 @@ end
 
 function commands.doctor(_, args, out)
   local doctor = require "jimeng.cli.doctor"
-  local key, kerr = M.api_key(args, out)
+  local key, kerr
+  if out.run and out.run.key_file_error then kerr = out.run.key_file_error else key, kerr = M.api_key(args, out) end
   local report = doctor.run(args, key, kerr, { run = out.run, trace = out:tracer() })
   if out.json then
     out:result(report)
@@ -677,6 +678,10 @@ function M.main(argv, streams)
   if not NO_CONFIG[args.command] then run, cerr = config.apply(args, listed, parser) end
   local out = new_out(args, stdout, stderr, listed)
   if cerr then return out:fail(cerr) end
+  -- a profile's key file others can read: refused before anything is sent (config and doctor report it)
+  if run and run.key_file_error and args.command ~= "config" and args.command ~= "doctor" then
+    return out:fail(run.key_file_error)
+  end
   out.run, out.listed = run, listed
   out.verbose = listed.verbose and (args.verbose or 0) > 0 and args.verbose or nil
   local client

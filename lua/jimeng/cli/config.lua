@@ -3,7 +3,7 @@
 --
 -- The file ($JIMENG_CONFIG, else $XDG_CONFIG_HOME/jimeng/config, else ~/.config/jimeng/config) is INI-like,
 -- read line by line and never run: `key = value`, `[name]` starts a profile, `#` or `;` starts a comment
--- line. Keys before any section, or under [default], hold for every profile. A key is the long name of an
+-- (at the start of a line, or after a space; a value in double quotes keeps them). Keys before any section, or under [default], hold for every profile. A key is the long name of an
 -- option of the command (base_url, proxy, model, seconds, aspect_ratio, output_dir...; `-` or `_` alike);
 -- any other key is refused with a did-you-mean. The key itself never goes in the file: api_key_file names
 -- a file only its owner can read.
@@ -114,7 +114,12 @@ function M.load(path, parser, must_exist)
         return invalid(where .. "expected key = value; got " .. text)
       end
       key = key:gsub("%-", "_")
-      value = value:match('^"(.*)"$') or value
+      local quoted = value:match('^"(.*)"%s*$') or value:match('^"(.*)"%s+[#;]')
+      if quoted then
+        value = quoted -- "a value # with a hash" keeps it all
+      else
+        value = value:gsub("%s+[#;].*$", "") -- a comment after the value: a # or ; after a space
+      end
       if not keys[key] then
         f:close()
         if NOT_KEYS[key] then return invalid(where .. key .. " cannot be set in the config file: " .. NOT_KEYS[key], key) end
@@ -218,15 +223,17 @@ function M.apply(args, listed, parser)
       end
     end
   end
+  -- the profile's key file: refused when every user can read it (said by the command that would use it;
+  -- config show and doctor report it)
   local kf = run.sources.api_key_file
   if kf and kf.config and args.api_key_file == kf.value then
     local mode = core.file_mode(kf.value)
     if not mode then
-      return invalid(("api_key_file %s (%s) cannot be read"):format(kf.value, kf.from), "api_key_file")
-    end
-    if mode % 8 >= 4 then
-      return invalid(("api_key_file %s is readable by every user of this machine: chmod 600 %s (%s)"):format(
-        kf.value, kf.value, kf.from), "api_key_file")
+      run.key_file_error = select(2, invalid(("api_key_file %s (%s) cannot be read"):format(kf.value, kf.from),
+        "api_key_file"))
+    elseif mode % 8 >= 4 then
+      run.key_file_error = select(2, invalid(("api_key_file %s is readable by every user of this machine: " ..
+        "chmod 600 %s (%s)"):format(kf.value, kf.value, kf.from), "api_key_file"))
     end
   end
   return run
@@ -258,7 +265,9 @@ function M.report(args, run, parser, listed)
   row("profile", run.profile, run.profile_from)
   -- the key: where it comes from, never what it is
   local key_from, key_value
-  if args.api_key_file then
+  if run.key_file_error then
+    key_value, key_from = "refused: " .. run.key_file_error.message, run.sources.api_key_file.from
+  elseif args.api_key_file then
     key_value = "read from " .. args.api_key_file
     key_from = run.sources.api_key_file and run.sources.api_key_file.config and run.sources.api_key_file.from or
       "flag --api-key-file"

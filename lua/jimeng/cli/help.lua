@@ -444,7 +444,7 @@ function M.man(p, version, date, share_dir)
   tp("COLUMNS, LINES", "The terminal's size, when set (else asked of the terminal).")
   out[#out + 1] = ".SH FILES"
   tp("$XDG_CONFIG_HOME/jimeng/config", "The config file (~/.config/jimeng/config by default): key = value " ..
-    "lines, [name] starting a profile, # starting a comment. Its keys are the long options' names " ..
+    "lines, [name] starting a profile, # or ; starting a comment. Its keys are the long options' names " ..
     "(base_url, proxy, cainfo, model, seconds, aspect_ratio, output_dir...); the key itself is never one: " ..
     "api_key_file names a file only its owner may read.")
   tp("FILE.part, FILE.part.json", "A download in progress and its record: the next download of the same task " ..
