@@ -39,6 +39,7 @@ build = {
     ["jimeng.batch"] = "lua/jimeng/batch.lua",
     ["jimeng.budget"] = "lua/jimeng/budget.lua",
     ["jimeng.cli"] = "lua/jimeng/cli.lua",
+    ["jimeng.cli.config"] = "lua/jimeng/cli/config.lua",
     ["jimeng.cli.doctor"] = "lua/jimeng/cli/doctor.lua",
     ["jimeng.cli.help"] = "lua/jimeng/cli/help.lua",
     ["jimeng.cli.progress"] = "lua/jimeng/cli/progress.lua",
@@ -55,6 +56,7 @@ build = {
     ["jimeng.plugin"] = "lua/jimeng/plugin.lua",
     ["jimeng.runtime"] = "lua/jimeng/runtime.lua",
     ["jimeng.sandbox"] = "lua/jimeng/sandbox.lua",
+    ["jimeng.trace"] = "lua/jimeng/trace.lua",
     ["jimeng.workflows"] = "lua/jimeng/workflows.lua",
   },
   install = {
