@@ -60,6 +60,10 @@ function Out:tracer()
   local level = self.verbose
   if not level then return nil end
   return function(ev)
+    if self.table then -- a batch's table on a terminal: the lines go above it, and it is drawn again under them
+      for _, l in ipairs(trace.format(ev, level)) do self.table:note(self:paint("dim", l), true) end
+      return
+    end
     if self.line_open then
       self.stderr:write(self.tty and "\r\27[K" or "\n")
       self.line_open = false

@@ -60,7 +60,7 @@ end
 -- The number of characters a line takes on screen (UTF-8: one per character; the texts here are ASCII
 -- but for labels and prompts, whose wide characters are rare enough to be counted as one).
 local function display_len(s)
-  local _, n = s:gsub("[^\128-\191]", "")
+  local _, n = s:gsub("\27%[[%d;]*m", ""):gsub("[^\128-\191]", "") -- a color takes no room
   return n
 end
 M.display_len = display_len
