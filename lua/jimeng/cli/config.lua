@@ -3,10 +3,11 @@
 --
 -- The file ($JIMENG_CONFIG, else $XDG_CONFIG_HOME/jimeng/config, else ~/.config/jimeng/config) is INI-like,
 -- read line by line and never run: `key = value`, `[name]` starts a profile, `#` or `;` starts a comment
--- (at the start of a line, or after a space; a value in double quotes keeps them). Keys before any section, or under [default], hold for every profile. A key is the long name of an
--- option of the command (base_url, proxy, model, seconds, aspect_ratio, output_dir...; `-` or `_` alike);
--- any other key is refused with a did-you-mean. The key itself never goes in the file: api_key_file names
--- a file only its owner can read.
+-- (at the start of a line, or after a space; a value in double quotes keeps them). Keys before any section,
+-- or under [default], hold for every profile. A key is the long name of an option of the command
+-- (base_url, proxy, model, seconds, aspect_ratio, output_dir...; `-` or `_` alike); any other key is
+-- refused with a did-you-mean. The key itself never goes in the file: api_key_file names a file only its
+-- owner can read.
 local core = require "jimeng.core"
 local errors = require "jimeng.errors"
 
