@@ -130,6 +130,12 @@ api_key_file = %s/key
     local code, _, err = jimeng("create 'a typo' --base-url " .. sb.url, "JIMENG_API_KEY=k")
     assert.equals(2, code)
     assert.matches('config:1: unknown key "modle": did you mean "model"%?', err)
+    -- doctor says so among its checks, and goes on with the others
+    local dout
+    code, dout = jimeng("doctor --base-url " .. sb.url, "JIMENG_API_KEY=k")
+    assert.equals(3, code)
+    assert.matches('FAIL  config +[^\n]*unknown key "modle"', dout)
+    assert.matches("\nok    API +answered", dout)
     config("api_key = sk-inline\n")
     code, _, err = jimeng("create 'inline key' --base-url " .. sb.url, "JIMENG_API_KEY=k")
     assert.equals(2, code)

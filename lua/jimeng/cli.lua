@@ -549,7 +549,7 @@ function commands.doctor(_, args, out)
   local doctor = require "jimeng.cli.doctor"
   local key, kerr
   if out.run and out.run.key_file_error then kerr = out.run.key_file_error else key, kerr = M.api_key(args, out) end
-  local report = doctor.run(args, key, kerr, { run = out.run, trace = out:tracer() })
+  local report = doctor.run(args, key, kerr, { run = out.run, config_error = out.config_error, trace = out:tracer() })
   if out.json then
     out:result(report)
   else
@@ -681,7 +681,8 @@ function M.main(argv, streams)
   local run, cerr
   if not NO_CONFIG[args.command] then run, cerr = config.apply(args, listed, parser) end
   local out = new_out(args, stdout, stderr, listed)
-  if cerr then return out:fail(cerr) end
+  if cerr and args.command ~= "doctor" then return out:fail(cerr) end -- doctor reports it among its checks
+  out.config_error = cerr
   -- a profile's key file others can read: refused before anything is sent (config and doctor report it)
   if run and run.key_file_error and args.command ~= "config" and args.command ~= "doctor" then
     return out:fail(run.key_file_error)

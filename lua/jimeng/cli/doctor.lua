@@ -50,7 +50,8 @@ function M.reach_proxy(proxy, timeout)
 end
 
 --- Runs every check. args: the parsed command line; key, key_err: what the CLI found for the key;
--- extra: {run = the config's settings (jimeng.cli.config.apply), trace = a client trace for -v}.
+-- extra: {run = the config's settings (jimeng.cli.config.apply), config_error = why the config could not be
+-- read, trace = a client trace for -v}.
 -- Returns {ok=, checks={ {name=, ok=, detail=, fix=} ...}}.
 function M.run(args, key, key_err, extra)
   extra = extra or {}
@@ -59,7 +60,10 @@ function M.run(args, key, key_err, extra)
     checks[#checks + 1] = { name = name, ok = ok, detail = detail, fix = not ok and fix or nil }
   end
   local run = extra.run
-  if run then
+  if extra.config_error then
+    add("config", false, extra.config_error.message, "fix that line of the config file (jimeng config show " ..
+      "says where each setting comes from); the checks below ignore the file")
+  elseif run then
     add("config", true, ("%s%s, profile %s (%s)"):format(run.path, run.absent and " (absent)" or "", run.profile,
       run.profile_from))
   end
