@@ -21,6 +21,7 @@ Examples:
   jimeng doctor                                  # key, base URL, proxy, CA, the API's answer, libcurl
 
 Environment: JIMENG_API_KEY (required for the real API), JIMENG_BASE_URL (default https://api.tokenops.ai/v1).
+Settings also come from ~/.config/jimeng/config and its profiles (--profile NAME): see jimeng config show.
 Exit codes: 0 ok, 1 the task failed, 2 usage or invalid input, 3 API or network error, 130 interrupted.]]
 
 -- argparse prints "-o FILE," and "--output FILE" on two lines, the first right-aligned; one line reads better.
