@@ -262,7 +262,7 @@ function M.report(args, run, parser, listed)
   local rows = {}
   local function row(name, value, from) rows[#rows + 1] = { name = name, value = value, from = from } end
   row("config file", run.path .. (run.absent and " (absent)" or ""), getenv("JIMENG_CONFIG") and "env JIMENG_CONFIG"
-    or "default")
+    or getenv("XDG_CONFIG_HOME") and "env XDG_CONFIG_HOME" or "default")
   row("profile", run.profile, run.profile_from)
   -- the key: where it comes from, never what it is
   local key_from, key_value

@@ -178,7 +178,8 @@ function M.parser()
 
   local conf = p:command("config", "Show each setting, its value and where it comes from (flag, environment, " ..
     "profile, default).")
-  conf:argument("action", "show (the settings) or path (the config file's path)."):choices { "show", "path" }
+  conf:argument("action", "show (the settings; the default) or path (the config file's path)."):choices { "show", "path" }
+    :args("?")
   add_json(conf)
   -- the settings config show shows: as options too, so that it says what a flag would do
   option(conf, "--api-key", "API key (default: $JIMENG_API_KEY); shown only as where it comes from.", "KEY")
