@@ -566,8 +566,8 @@ static void jm_capture(jm_transfer *t) {
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &t->info.status);
     curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &t->info.reqsize);
     curl_easy_getinfo(t->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &t->info.content_length);
-    curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &t->info.num_connects);
-    curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME_T, &t->info.total_us);
+    if (curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &t->info.num_connects) != CURLE_OK) t->info.num_connects = 0;
+    if (curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME_T, &t->info.total_us) != CURLE_OK) t->info.total_us = 0;
     if (curl_easy_getinfo(t->easy, CURLINFO_HTTP_VERSION, &t->info.http_version) != CURLE_OK) t->info.http_version = 0;
     if (t->eng && !t->eng->multiplexed && t->info.http_version >= CURL_HTTP_VERSION_2_0) t->eng->multiplexed = 1;
     if (t->rc == CURLE_OK && !t->probe && !t->paid) return; /* a status poll stops here: nothing more to read */
