@@ -266,7 +266,9 @@ describe("jimeng -v", function()
     assert.equals(0, code, err)
     assert.truthy(err:find("> Authorization: Bearer [redacted]\n", 1, true), err)
     assert.truthy(err:find("> Content-Type: application/json\n", 1, true), err)
-    assert.truthy(err:find("< content-type: application/json\n", 1, true), err)
+    -- the answer's header lines, every one, as received
+    assert.truthy(err:find("< Content-Type: application/json\n", 1, true), err)
+    assert.truthy(err:find("< Server: jimeng-sandbox", 1, true), err)
     assert.truthy(err:find("< x-request-id: ", 1, true), err)
     assert.falsy(err:find(KEY:sub(1, 12), 1, true), err)
     -- a 503 on a status: retried, and the retry says so
@@ -283,6 +285,32 @@ describe("jimeng -v", function()
     assert.equals(3, code, err)
     assert.truthy(err:find("< HTTP/1.1 401", 1, true), err)
     assert.falsy(err:find(KEY:sub(1, 12), 1, true), err)
+  end)
+
+  it("gives the same events to a Lua client's trace option, the key scrubbed from every text", function()
+    local events = {}
+    local c = h.client(sb, { api_key = KEY, trace = function(ev) events[#events + 1] = ev end })
+    local task = assert(c:create { prompt = "a traced heron" })
+    assert(c:status(task.id))
+    assert(c:status(task.id))
+    c:close()
+    assert.equals(3, #events)
+    local create, status = events[1], events[3]
+    assert.same({ "request", "POST", sb.url .. "/videos", 200, "new", "1.1" },
+      { create.event, create.method, create.url, create.status, create.connection, create.http_version })
+    -- a create has a connection of its own (never reused: a paid request is sent once); polls share one
+    assert.equals("new", events[2].connection)
+    assert.equals("reused", status.connection)
+    assert.equals(task.request_id, create.request_id)
+    assert.truthy(create.time > 0 and create.time < 5)
+    local auth
+    for _, l in ipairs(create.request_headers) do if l:find("^Authorization:") then auth = l end end
+    assert.equals("Authorization: Bearer [redacted]", auth)
+    local names = {}
+    for _, hd in ipairs(create.response_headers) do names[hd[1]:lower()] = hd[2] end
+    assert.equals(task.request_id, names["x-request-id"])
+    local text = cjson.encode(events)
+    assert.falsy(text:find(KEY:sub(1, 12), 1, true))
   end)
 
   it("logs a line at every tenth of a download when stderr is not a terminal", function()

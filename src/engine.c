@@ -133,6 +133,7 @@ struct jm_transfer {
     long long acked;         /* request bytes acknowledged by the peer */
     int reset_sent;          /* closed with a TCP reset: the request can never land */
     int req_accept_encoding; /* the request as given: see req_url */
+    int want_head;           /* opts.head: the result carries the answer's header lines as received (-vv) */
     char *journal;           /* appended and fsynced at the moment of hand-over: "path\0line" */
     size_t journal_len;
     int journal_errno;
@@ -983,6 +984,7 @@ static int l_transfer_result(lua_State *L) {
     lua_setfield(L, -2, "total_time");
     jm_push_headers(L, &t->head);
     lua_setfield(L, -2, "headers");
+    if (t->want_head) jm_setlstr(L, "head", t->head.p ? t->head.p : "", t->head.len);
     if (t->body.len || t->sink == JM_SINK_MEMORY || !t->path) jm_setlstr(L, "body", t->body.p ? t->body.p : "", t->body.len);
     if (t->too_large) jm_setbool(L, "too_large", 1);
     if (t->head_too_large) jm_setbool(L, "headers_too_large", 1);
@@ -1415,6 +1417,7 @@ static int l_engine_request(lua_State *L) {
         return 3;
     }
     t->req_accept_encoding = jm_optbool(L, 2, "accept_encoding");
+    t->want_head = jm_optbool(L, 2, "head");
     t->req_blen = blen;
     if (!(t->req_url = strdup(url)) || (method && !(t->req_method = strdup(method))) ||
         (body && !(t->req_body = malloc(blen + 1))))

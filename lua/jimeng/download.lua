@@ -98,7 +98,7 @@ local function start(client, part, id, offset, rec, deadline)
   local t, why, class = client.engine:request {
     kind = "download", url = client.base_url .. "/videos/" .. id .. "/content", headers = headers,
     timeout = timeout, part = part, task_id = id, offset = offset, validator = rec and rec.validator,
-    total = rec and rec.total,
+    total = rec and rec.total, head = client.trace ~= nil,
   }
   if not t then return nil, errors.from_core(why, class) end
   return t, nil, headers

@@ -211,6 +211,7 @@ function M.json(client, spec)
     local t, why, class = client.engine:request {
       url = url, method = spec.method, body = body, timeout = client.timeout, deadline = spec.deadline,
       paid = spec.paid, journal = journal and journal.path, journal_line = journal and journal.sending,
+      head = client.trace ~= nil, -- every header line of the answer, for the trace
     }
     if not t then return nil, errors.from_core(why, class) end
     local _, interrupted = runtime.await(client.engine, t)

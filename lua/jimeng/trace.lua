@@ -3,7 +3,8 @@
 --
 -- An attempt's event: {event="request", what=, method=, url=, attempt= (0 first), status= (0: no answer),
 --   time= (seconds, libcurl's total), connection="new"|"reused"|"none", http_version= ("1.1", "2"...),
---   request_id=, error= (why it failed, when it did), request_headers={lines}, response_headers={name=value}}
+--   request_id=, error= (why it failed, when it did), request_headers={lines},
+--   response_headers={ {name, value}... } (in the order received)}
 -- A retry's event: {event="retry", what=, attempt= (the one about to be made), delay= (seconds), reason=}
 local errors = require "jimeng.errors"
 
@@ -31,8 +32,17 @@ function M.request(client, spec, r, attempt, request_id, err)
   local fn = client.trace
   if not fn then return end
   local key = client.api_key
+  -- the answer's header lines as received (r.head, asked for when tracing), else those the engine keeps
   local resp = {}
-  for k, v in pairs(r.headers or {}) do resp[k] = errors.scrub(v, key) end
+  if r.head then
+    for line in r.head:gmatch("[^\r\n]+") do
+      local name, value = line:match("^([^:%s]+):%s*(.-)%s*$")
+      if name then resp[#resp + 1] = { name, errors.scrub(value, key) } end
+    end
+  else
+    for k, v in pairs(r.headers or {}) do resp[#resp + 1] = { k, errors.scrub(v, key) } end
+    table.sort(resp, function(a, b) return a[1] < b[1] end)
+  end
   fn {
     event = "request", what = spec.what, method = spec.method or "GET", url = errors.scrub(spec.url, key),
     attempt = attempt, status = r.status or 0, time = r.total_time,
@@ -67,10 +77,7 @@ function M.format(ev, level)
   if ev.request_id then facts[#facts + 1] = "request id " .. ev.request_id end
   lines[#lines + 1] = "< " .. table.concat(facts, ", ") .. (ev.error and (": " .. ev.error) or "")
   if level >= 2 then
-    local names = {}
-    for k in pairs(ev.response_headers) do names[#names + 1] = k end
-    table.sort(names)
-    for _, k in ipairs(names) do lines[#lines + 1] = ("< %s: %s"):format(k, ev.response_headers[k]) end
+    for _, h in ipairs(ev.response_headers) do lines[#lines + 1] = ("< %s: %s"):format(h[1], h[2]) end
   end
   return lines
 end
