@@ -147,6 +147,26 @@ describe("#host the command in a terminal", function()
     end
   end)
 
+  it("doctor on a terminal wraps its details at words, at 40 and 100 columns", function()
+    local port = proc.free_port()
+    for _, w in ipairs { 40, 100 } do
+      start("doc" .. w, w, 50, ("JIMENG_BASE_URL=https://api.tokenops.ai/v1 https_proxy=http://127.0.0.1:%d %s doctor")
+        :format(port, jimeng), dir, env)
+    end
+    for _, w in ipairs { 40, 100 } do
+      local rows = wait_for("doc" .. w, "exit=3")
+      assert.truthy(rows:find("nothing answers", 1, true), rows)
+      -- a line the terminal wrapped is one holding a word longer than the width (a path): no other
+      for line in joined("doc" .. w):gmatch("[^\n]+") do
+        if #line >= w then
+          local longest = 0
+          for word in line:gmatch("%S+") do longest = math.max(longest, #word) end
+          assert.truthy(longest > w - 4, ("%d columns, a line cut by the terminal: %q"):format(w, line))
+        end
+      end
+    end
+  end)
+
   it("shows color on a terminal (status, errors), and none with NO_COLOR or --no-color", function()
     start("color", 100, 12, jimeng .. " generate 'a green kite' -o green.mp4 --interval 0.5; " ..
       jimeng .. " status 0000 --base-url http://127.0.0.1:9/v1", dir, env)

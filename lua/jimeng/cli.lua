@@ -539,7 +539,11 @@ function commands.sandbox(_, args, out, streams)
   local ca = sb.cainfo and (" CURL_CA_BUNDLE=" .. sb.cainfo) or ""
   out:result({ base_url = sb.url, api_key = "sandbox", cainfo = sb.cainfo },
     ("JIMENG_BASE_URL=%s\nJIMENG_API_KEY=sandbox%s"):format(sb.url, sb.cainfo and ("\nCURL_CA_BUNDLE=" .. sb.cainfo) or ""))
-  out:note(("sandbox: %s (Ctrl-C stops it)\n  export JIMENG_BASE_URL=%s JIMENG_API_KEY=sandbox%s"):format(sb.url, sb.url, ca))
+  out:note(("sandbox: %s (Ctrl-C stops it)"):format(sb.url))
+  -- a command to copy: whole, on its own line, never wrapped (a wrapped export would set half the variables)
+  if not out.quiet then
+    out.stderr:write(("  export JIMENG_BASE_URL=%s JIMENG_API_KEY=sandbox%s\n"):format(sb.url, ca))
+  end
   out.stdout:flush()
   ;(streams.serve or serve_until_exit)(sb)
   return EXIT_OK
@@ -553,7 +557,9 @@ function commands.doctor(_, args, out)
   if out.json then
     out:result(report)
   else
-    out.stdout:write(doctor.text(report, function(style, text) return out:paint(style, text, true) end), "\n")
+    -- on a terminal, the details wrapped at words in their column (the terminal would cut them anywhere)
+    local width = out.stdout == io.stdout and core.isatty(1) and progress.width() or nil
+    out.stdout:write(doctor.text(report, function(style, text) return out:paint(style, text, true) end, width), "\n")
   end
   return report.ok and EXIT_OK or EXIT_API
 end

@@ -212,14 +212,28 @@ function M.run(args, key, key_err, extra)
   return { ok = all, checks = checks }
 end
 
---- The report as text lines: "ok   name  detail" and, under a failure, "     fix: ...".
-function M.text(report, paint)
+--- The report as text lines: "ok   name  detail" and, under a failure, "     fix: ...". paint(style, text):
+-- colors (or nil); width: on a terminal, its width: the details wrapped at words in their column.
+function M.text(report, paint, width)
+  local wrap = require("jimeng.cli.progress").wrap
   local lines = {}
+  local narrow = width and width < 60 -- no columns: each check's words wrapped over the whole width
+  local function put(head, text)
+    if width and #head + #text >= width then -- continuations under the detail, in its column
+      text = wrap(text, width - 1 - 18):gsub("\n%s*", "\n" .. (" "):rep(18))
+    end
+    lines[#lines + 1] = head .. text
+  end
   for _, c in ipairs(report.checks) do
-    local word = ("%-4s"):format(c.ok and "ok" or "FAIL")
-    if paint then word = paint(c.ok and "green" or "red", word) end
-    lines[#lines + 1] = ("%s  %-11s %s"):format(word, c.name, c.detail)
-    if c.fix then lines[#lines + 1] = ("      %-11s fix: %s"):format("", c.fix) end
+    local word = c.ok and "ok" or "FAIL"
+    local painted = paint and paint(c.ok and "green" or "red", word) or word
+    if narrow then
+      lines[#lines + 1] = painted .. wrap(("%s %s: %s"):format(word, c.name, c.detail), width - 1):sub(#word + 1)
+      if c.fix then lines[#lines + 1] = wrap("  fix: " .. c.fix, width - 1) end
+    else
+      put(("%s%s  %-11s "):format(painted, (" "):rep(4 - #word), c.name), c.detail)
+      if c.fix then put(("      %-11s "):format(""), "fix: " .. c.fix) end
+    end
   end
   return table.concat(lines, "\n")
 end
