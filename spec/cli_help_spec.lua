@@ -177,10 +177,16 @@ describe("the command's help", function()
     h.write(path, script)
     h.write(dir .. "/a-file-not-a-value", "")
     -- bash's own way: COMP_LINE and COMP_POINT, COMP_WORDS split at bash's word breaks (16:9 is three words)
+    -- the command on PATH (for --profile), with a config file of three profiles
+    os.execute(("mkdir -p %s/bin"):format(dir))
+    h.write(dir .. "/bin/jimeng", ("#!/bin/sh\nexec %s %s/bin/jimeng \"$@\"\n"):format(proc.lua, proc.root))
+    os.execute(("chmod +x %s/bin/jimeng"):format(dir))
+    h.write(dir .. "/three.conf", "[work]\n[sandbox]\n[studio]\n")
     local function complete(line, words)
-      local ok, out = proc.run(("cd %s && bash --norc --noprofile -c 'source %s; COMP_LINE=\"%s\"; " ..
+      local ok, out = proc.run(("cd %s && export PATH=%s/bin:$PATH JIMENG_CONFIG=%s/three.conf && " ..
+        "bash --norc --noprofile -c 'source %s; COMP_LINE=\"%s\"; " ..
         "COMP_POINT=${#COMP_LINE}; COMP_WORDS=(%s); COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); _jimeng; " ..
-        "printf \"%%s\\n\" \"${COMPREPLY[@]}\"'"):format(dir, path, line, words))
+        "printf \"%%s\\n\" \"${COMPREPLY[@]}\"'"):format(dir, dir, dir, path, line, words), proc.own_env)
       assert.is_true(ok, out)
       local list = {}
       for w in out:gmatch("[^\n]+") do list[#list + 1] = w end
@@ -200,6 +206,8 @@ describe("the command's help", function()
     assert.same({ "largest" }, complete("jimeng omnihuman --subject l", "jimeng omnihuman --subject l"))
     -- a file option still offers files
     assert.same({ "a-file-not-a-value" }, complete("jimeng generate x -o a-", "jimeng generate x -o a-"))
+    -- --profile: the config file's profiles, as the command itself reads them
+    assert.same({ "sandbox", "studio" }, complete("jimeng status x --profile s", "jimeng status x --profile s"))
     -- every option declared with choices is offered too (what the parser knows, generically)
     for _, c in ipairs(help.describe(help.parser())) do
       for _, o in ipairs(c.options) do
@@ -219,13 +227,15 @@ describe("the command's help", function()
     local zdir = dir .. "/zsh"
     os.execute(("mkdir -p %s/fp %s/bin"):format(zdir, zdir))
     h.write(zdir .. "/fp/_jimeng", script)
-    h.write(zdir .. "/bin/jimeng", "#!/bin/sh\nexit 0\n")
+    h.write(zdir .. "/bin/jimeng", ("#!/bin/sh\nexec %s %s/bin/jimeng \"$@\"\n"):format(proc.lua, proc.root))
+    h.write(zdir .. "/three.conf", "[work]\n[sandbox]\n[studio]\n")
     os.execute("chmod +x " .. zdir .. "/bin/jimeng")
     h.write(zdir .. "/.zshrc", ("PATH=%s/bin:$PATH\nfpath=(%s/fp $fpath)\nautoload -U compinit\n" ..
       "compinit -u -d %s/zcompdump\nPS1='%%%% '\n"):format(zdir, zdir, zdir))
     local sock = "jimeng-zsh-" .. tostring(os.time()) .. "-" .. tostring(math.random(1e6))
     local function tmux(args) return proc.run(("tmux -L %s %s"):format(sock, args)) end
-    assert(tmux(("new-session -d -s z -x 120 -y 20 'env -u LD_PRELOAD TERM=xterm ZDOTDIR=%s zsh -i'"):format(zdir)))
+    assert(tmux(("new-session -d -s z -x 120 -y 20 '%s env -u LD_PRELOAD TERM=xterm ZDOTDIR=%s JIMENG_CONFIG=%s/three.conf " ..
+      "zsh -i'"):format(proc.own_env:gsub("'", "'\\''"), zdir, zdir)))
     local function screen() return select(2, tmux("capture-pane -p -t z")) end
     local function wait_for(pattern)
       local t0 = core.now()
@@ -245,6 +255,7 @@ describe("the command's help", function()
         { "jimeng generate x --seconds 1", "%-%-seconds 10" },
         { "jimeng omnihuman --resolution 7", "%-%-resolution 720" },
         { "jimeng omnihuman --subject l", "%-%-subject largest" },
+        { "jimeng status x --profile w", "%-%-profile work" }, -- the config file's profiles
       } do
         tmux(("send-keys -t z C-u '%s' Tab"):format(case[1]))
         wait_for(case[2])

@@ -565,6 +565,10 @@ function commands.doctor(_, args, out)
 end
 
 function commands.config(_, args, out)
+  if args.action == "profiles" then -- one name a line (the completions read them)
+    out:result({ profiles = out.run.profiles }, #out.run.profiles > 0 and table.concat(out.run.profiles, "\n") or nil)
+    return EXIT_OK
+  end
   if args.action == "path" then
     out:result({ path = out.run.path, exists = not out.run.absent }, out.run.path)
     return EXIT_OK

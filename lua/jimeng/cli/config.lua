@@ -192,7 +192,7 @@ function M.apply(args, listed, parser)
       table.concat(cfg.names, ", ") .. ")") or "")), "profile")
   end
   local run = { path = path, absent = cfg.absent, profile = profile or "default", profile_from = profile_from or "default",
-    sources = {} }
+    sources = {}, profiles = cfg.names }
   local keys = M.keys(parser)
   local layers = { { cfg.sections.default, "[default]" } }
   if profile and profile ~= "default" then table.insert(layers, 1, { cfg.sections[profile], "[" .. profile .. "]" }) end

@@ -178,7 +178,8 @@ function M.parser()
 
   local conf = p:command("config", "Show each setting, its value and where it comes from (flag, environment, " ..
     "profile, default).")
-  conf:argument("action", "show (the settings; the default) or path (the config file's path)."):choices { "show", "path" }
+  conf:argument("action", "show (the settings; the default), path (the config file's path) or profiles (their " ..
+    "names)."):choices { "show", "path", "profiles" }
     :args("?")
   add_json(conf)
   -- the settings config show shows: as options too, so that it says what a flag would do
@@ -273,6 +274,7 @@ function M.completion(p, shell)
         end
       end
     end
+    lines[#lines + 1] = [=[    --profile) vals="$(jimeng config profiles 2>/dev/null)" ;; # the config file's profiles]=]
     lines[#lines + 1] = "  esac"
     lines[#lines + 1] = [=[  if [[ -n "$vals" ]]; then]=]
     lines[#lines + 1] = [=[    COMPREPLY=($(compgen -W "$vals" -- "$cur"))]=]
@@ -327,6 +329,7 @@ function M.completion(p, shell)
     for _, o in ipairs(c.options) do
       local vals = o.takes_arg and values_of(o)
       local action = o.takes_arg and (FILE_ARGS[o.target] and ":file:_files" or
+        o.target == "profile" and ":NAME:{compadd - ${(f)\"$(jimeng config profiles 2>/dev/null)\"}}" or
         vals and (":" .. q(o.argname or "value") .. ":(" .. q(table.concat(vals, " ")) .. ")") or ":value: ") or ""
       for _, a in ipairs(o.aliases) do
         specs[#specs + 1] = ("'%s[%s]%s'"):format(a, q(o.description), action)
