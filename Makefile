@@ -75,9 +75,14 @@ $(SO): $(OBJS)
 version:
 	@sed -n 's/^#define JM_VERSION "\(.*\)"/\1/p' src/jimeng.h
 
-# The ledger of paid creates (XDG_STATE_HOME) goes to a directory of this run's own, never into $HOME.
+# The specs never write into the real home nor read the real ~/.config/jimeng/config: the ledger of paid
+# creates (XDG_STATE_HOME) goes to a directory of this run's own, XDG_CONFIG_HOME is an empty directory of the
+# build's own, and no JIMENG_CONFIG or JIMENG_PROFILE comes from the caller (a spec that wants a config file names it).
+TEST_CONFIG_HOME = $(CURDIR)/$(BUILD)/test-config-home
 test: all
-	@state=$$(mktemp -d /tmp/jimeng-state.XXXXXX) && XDG_STATE_HOME=$$state JIMENG_LEDGER= $(RUN_ENV) $(TEST_PRELOAD) \
+	@mkdir -p $(TEST_CONFIG_HOME)
+	@state=$$(mktemp -d /tmp/jimeng-state.XXXXXX) && env -u JIMENG_CONFIG -u JIMENG_PROFILE XDG_CONFIG_HOME=$(TEST_CONFIG_HOME) \
+	  XDG_STATE_HOME=$$state JIMENG_LEDGER= $(RUN_ENV) $(TEST_PRELOAD) \
 	  $(TEST_WRAPPER) $(LUA) $(BUSTED) -o spec/support/summary.lua $(BUSTED_ARGS) $(SPECS); rc=$$?; rm -rf "$$state"; exit $$rc
 
 # The whole suite on every Lua: each build has its own directory, so they never mix.
@@ -262,7 +267,7 @@ docs:
 MAN_DATE ?= $(shell git log -1 --format=%cs 2>/dev/null || date -u +%Y-%m-%d)
 man: all
 	@mkdir -p build/man
-	@$(RUN_ENV) $(LUA) -e 'local h = require "jimeng.cli.help"; io.write(h.man(h.parser(), require("jimeng.core")._VERSION, "$(MAN_DATE)"))' \
+	@$(RUN_ENV) $(LUA) -e 'local h = require "jimeng.cli.help"; io.write(h.man(h.parser(), require("jimeng.core")._VERSION, "$(MAN_DATE)", "$(SHARE_DIR)"))' \
 	  > build/man/jimeng.1
 	@echo "build/man/jimeng.1"
 

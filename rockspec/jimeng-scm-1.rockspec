@@ -39,6 +39,7 @@ build = {
     ["jimeng.batch"] = "lua/jimeng/batch.lua",
     ["jimeng.budget"] = "lua/jimeng/budget.lua",
     ["jimeng.cli"] = "lua/jimeng/cli.lua",
+    ["jimeng.cli.config"] = "lua/jimeng/cli/config.lua",
     ["jimeng.cli.doctor"] = "lua/jimeng/cli/doctor.lua",
     ["jimeng.cli.help"] = "lua/jimeng/cli/help.lua",
     ["jimeng.cli.ledger"] = "lua/jimeng/cli/ledger.lua",
@@ -59,6 +60,7 @@ build = {
     ["jimeng.runtime"] = "lua/jimeng/runtime.lua",
     ["jimeng.sandbox"] = "lua/jimeng/sandbox.lua",
     ["jimeng.template"] = "lua/jimeng/template.lua",
+    ["jimeng.trace"] = "lua/jimeng/trace.lua",
     ["jimeng.workflows"] = "lua/jimeng/workflows.lua",
   },
   install = {

@@ -70,8 +70,9 @@ describe("the command's help", function()
       list = { "list" },
       show = { "show", task.id },
       resume = { "resume", "-o", dir .. "/r", "--interval", "0.05" },
+      config = { "config", "show" },
     }
-    local network = { resume = true, doctor = true, generate = true, create = true, status = true, wait = true, download = true,
+    local network = { resume = true, doctor = true, config = true, generate = true, create = true, status = true, wait = true, download = true,
       detect = true, recognize = true, omnihuman = true, batch = true, experiment = true }
     local parser = help.parser()
     local all = {}
@@ -173,6 +174,105 @@ describe("the command's help", function()
     assert.equals("bash zsh", l3)
   end)
 
+  it("completion bash offers the values of the enumerated options, not file names", function()
+    local _, script = run { "completion", "bash" }
+    local path = dir .. "/jimeng-values.bash"
+    h.write(path, script)
+    h.write(dir .. "/a-file-not-a-value", "")
+    -- bash's own way: COMP_LINE and COMP_POINT, COMP_WORDS split at bash's word breaks (16:9 is three words)
+    -- the command on PATH (for --profile), with a config file of three profiles
+    os.execute(("mkdir -p %s/bin"):format(dir))
+    h.write(dir .. "/bin/jimeng", ("#!/bin/sh\nexec %s %s/bin/jimeng \"$@\"\n"):format(proc.lua, proc.root))
+    os.execute(("chmod +x %s/bin/jimeng"):format(dir))
+    h.write(dir .. "/three.conf", "[work]\n[sandbox]\n[studio]\n")
+    local function complete(line, words)
+      local ok, out = proc.run(("cd %s && export PATH=%s/bin:$PATH JIMENG_CONFIG=%s/three.conf && " ..
+        "bash --norc --noprofile -c 'source %s; COMP_LINE=\"%s\"; " ..
+        "COMP_POINT=${#COMP_LINE}; COMP_WORDS=(%s); COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); _jimeng; " ..
+        "printf \"%%s\\n\" \"${COMPREPLY[@]}\"'"):format(dir, dir, dir, path, line, words), proc.own_env)
+      assert.is_true(ok, out)
+      local list = {}
+      for w in out:gmatch("[^\n]+") do list[#list + 1] = w end
+      table.sort(list)
+      return list
+    end
+    local ratios = { "16:9", "9:16", "4:3", "3:4", "1:1", "21:9" }
+    table.sort(ratios)
+    assert.same(ratios,
+      complete("jimeng generate x --aspect-ratio ", 'jimeng generate x --aspect-ratio ""'))
+    -- after "16:" bash replaces only what follows the colon
+    assert.same({ "9" }, complete("jimeng generate x --aspect-ratio 16:", "jimeng generate x --aspect-ratio 16 :"))
+    assert.same({ "jimeng-video-3.0-1080P", "jimeng-video-3.0-720P", "jimeng-video-3.0-pro" },
+      complete("jimeng create x --model jimeng", "jimeng create x --model jimeng"))
+    assert.same({ "10", "5" }, complete("jimeng generate x --seconds ", 'jimeng generate x --seconds ""'))
+    assert.same({ "1080", "720" }, complete("jimeng omnihuman --resolution ", 'jimeng omnihuman --resolution ""'))
+    assert.same({ "largest" }, complete("jimeng omnihuman --subject l", "jimeng omnihuman --subject l"))
+    -- a file option still offers files
+    assert.same({ "a-file-not-a-value" }, complete("jimeng generate x -o a-", "jimeng generate x -o a-"))
+    -- --profile: the config file's profiles, as the command itself reads them
+    assert.same({ "sandbox", "studio" }, complete("jimeng status x --profile s", "jimeng status x --profile s"))
+    -- every option declared with choices is offered too (what the parser knows, generically)
+    for _, c in ipairs(help.describe(help.parser())) do
+      for _, o in ipairs(c.options) do
+        if o.choices then
+          local got = complete(("jimeng %s %s "):format(c.name, o.aliases[#o.aliases]),
+            ('jimeng %s %s ""'):format(c.name, o.aliases[#o.aliases]))
+          local want = { table.unpack and table.unpack(o.choices) or unpack(o.choices) } -- luacheck: ignore 113
+          table.sort(want)
+          assert.same(want, got, c.name .. " " .. o.aliases[1])
+        end
+      end
+    end
+  end)
+
+  it("#host completion zsh offers the values of the enumerated options (compsys in a terminal)", function()
+    local _, script = run { "completion", "zsh" }
+    local zdir = dir .. "/zsh"
+    os.execute(("mkdir -p %s/fp %s/bin"):format(zdir, zdir))
+    h.write(zdir .. "/fp/_jimeng", script)
+    h.write(zdir .. "/bin/jimeng", ("#!/bin/sh\nexec %s %s/bin/jimeng \"$@\"\n"):format(proc.lua, proc.root))
+    h.write(zdir .. "/three.conf", "[work]\n[sandbox]\n[studio]\n")
+    os.execute("chmod +x " .. zdir .. "/bin/jimeng")
+    h.write(zdir .. "/.zshrc", ("PATH=%s/bin:$PATH\nfpath=(%s/fp $fpath)\nautoload -U compinit\n" ..
+      "compinit -u -d %s/zcompdump\nPS1='%%%% '\n"):format(zdir, zdir, zdir))
+    local sock = "jimeng-zsh-" .. tostring(os.time()) .. "-" .. tostring(math.random(1e6))
+    local function tmux(args) return proc.run(("tmux -L %s %s"):format(sock, args)) end
+    assert(tmux(("new-session -d -s z -x 120 -y 20 '%s env -u LD_PRELOAD TERM=xterm ZDOTDIR=%s JIMENG_CONFIG=%s/three.conf " ..
+      "zsh -i'"):format(proc.own_env:gsub("'", "'\\''"), zdir, zdir)))
+    local function screen() return select(2, tmux("capture-pane -p -t z")) end
+    local function wait_for(pattern)
+      local t0 = core.now()
+      while core.now() - t0 < 10 do
+        local s = screen()
+        if s:find(pattern) then return s end
+        core.sleep(0.1)
+      end
+      error(("%q never showed:\n%s"):format(pattern, screen()))
+    end
+    local ok, err = pcall(function()
+      wait_for("^%%")
+      -- a unique prefix is completed in place; an ambiguous one, after a second Tab, lists the values
+      for _, case in ipairs {
+        { "jimeng generate x --aspect-ratio 4", "jimeng generate x %-%-aspect%-ratio 4:3" },
+        { "jimeng generate x --model jimeng-video-3.0-1", "%-%-model jimeng%-video%-3%.0%-1080P" },
+        { "jimeng generate x --seconds 1", "%-%-seconds 10" },
+        { "jimeng omnihuman --resolution 7", "%-%-resolution 720" },
+        { "jimeng omnihuman --subject l", "%-%-subject largest" },
+        { "jimeng status x --profile w", "%-%-profile work" }, -- the config file's profiles
+      } do
+        tmux(("send-keys -t z C-u '%s' Tab"):format(case[1]))
+        wait_for(case[2])
+      end
+      tmux("send-keys -t z C-u 'jimeng generate x --aspect-ratio ' Tab")
+      core.sleep(0.5)
+      tmux("send-keys -t z Tab")
+      local s = wait_for("21:9")
+      for _, v in ipairs { "16:9", "9:16", "4:3", "3:4", "1:1", "21:9" } do assert.truthy(s:find(v, 1, true), s) end
+    end)
+    tmux("kill-server")
+    assert(ok, err)
+  end)
+
   it("completion zsh defines _jimeng with every command", function()
     local code, script = run { "completion", "zsh" }
     assert.equals(0, code)
@@ -192,17 +292,49 @@ describe("the command's help", function()
     assert.equals("_jimeng", out:match("(%S+)%s*$"), out)
   end)
 
-  it("the man page is made from the same help text (make man)", function()
+  it("the man page (make man) has the sections of one, each command, reads in 80 columns, man --warnings clean", function()
     local ok, out = proc.run("make -s man")
     assert.is_true(ok, out)
     local page = h.read("build/man/jimeng.1")
     assert.truthy(page:find("^%.TH JIMENG 1"))
+    -- the sections, in the order man pages keep
+    local at = 0
+    for _, sec in ipairs { "NAME", "SYNOPSIS", "DESCRIPTION", "COMMANDS", "OPTIONS", "ENVIRONMENT", "FILES",
+      "EXIT STATUS", "EXAMPLES", "SEE ALSO" } do
+      local pos = page:find("\n%.SH " .. sec .. "\n")
+      assert.truthy(pos and pos > at, sec .. " missing or out of order")
+      at = pos
+    end
+    -- each command, with its summary as its --help says it
+    for _, cmd in ipairs(help.describe(help.parser())) do
+      assert.truthy(page:find("\n\\fB" .. cmd.name .. "\\fR", 1, false), cmd.name)
+    end
     local _, text = run { "status", "--help" }
-    local first = text:match("Print a task's status%.")
-    assert.truthy(page:find(first, 1, true))
-    local ok2, rendered = proc.run("man -l build/man/jimeng.1 2>/dev/null | col -b || groff -man -Tutf8 build/man/jimeng.1")
-    assert.is_true(ok2, rendered)
-    assert.truthy(rendered:find("jimeng status", 1, true), rendered)
+    assert.truthy(page:find(text:match("Print a task's status%."), 1, true))
+    -- no warning from man (groff's own checks), and nothing wider than 80 columns when read in 80
+    local wok, warnings = proc.run("MANWIDTH=80 man --warnings -l build/man/jimeng.1 2>&1 >/dev/null")
+    assert.is_true(wok, warnings)
+    assert.equals("", warnings)
+    local rok, rendered = proc.run("MANWIDTH=80 man -l build/man/jimeng.1 2>/dev/null | col -b")
+    assert.is_true(rok, rendered)
+    assert.truthy(rendered:find("EXIT STATUS", 1, true), rendered)
+    for line in rendered:gmatch("[^\n]+") do
+      local width = #(line:gsub("[\128-\191]", "")) -- characters, not bytes (groff's hyphen is UTF-8)
+      assert.truthy(width <= 80, line)
+    end
+    -- SEE ALSO names nothing that is not installed: no path of the source tree, and every page it names exists
+    local see = page:match("\n%.SH SEE ALSO\n(.*)$")
+    assert.falsy(see:find("build/", 1, true), see)
+    for name, sec in see:gmatch("([%w%.%-]+)%((%d)%)") do
+      assert.is_true((proc.run(("man -w %s %s"):format(sec, name))), name .. "(" .. sec .. ")")
+    end
+    -- the environment and the exit codes the command has
+    for _, word in ipairs { "JIMENG_API_KEY", "JIMENG_CONFIG", "JIMENG_PROFILE", "NO_COLOR", "https_proxy" } do
+      assert.truthy(rendered:find(word, 1, true), word)
+    end
+    for _, code in ipairs { "0", "1", "2", "3", "130" } do
+      assert.truthy(rendered:find("\n       " .. code .. "%s"), code)
+    end
   end)
 end)
 
@@ -263,6 +395,6 @@ describe("jimeng doctor", function()
     assert.equals(report.ok and 0 or 3, code)
     local names = {}
     for _, c in ipairs(report.checks) do names[#names + 1] = c.name end
-    assert.same({ "API key", "base URL", "proxy", "CA file", "API", "libcurl", "TLS backend", "HTTP/2" }, names)
+    assert.same({ "config", "API key", "base URL", "proxy", "CA file", "API", "libcurl", "TLS backend", "HTTP/2" }, names)
   end)
 end)

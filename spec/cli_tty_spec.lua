@@ -116,6 +116,105 @@ describe("#host the command in a terminal", function()
     assert.truthy(measured > 1600000 / 3.5, ("measured %.0f B/s"):format(measured))
   end)
 
+  it("after Ctrl-C during a wait, the command to continue is alone on its line at 40, 80 and 120 columns", function()
+    local widths = { 40, 80, 120 }
+    for _, w in ipairs(widths) do
+      start("intr" .. w, w, 16, jimeng .. " generate 'a kite over the grey sea at dawn' -o 'my kite.mp4' --interval 1",
+        dir, env)
+    end
+    for _, w in ipairs(widths) do wait_for("intr" .. w, "processing") end
+    for _, w in ipairs(widths) do tmux(("send-keys -t intr%d C-c"):format(w)) end -- a real SIGINT, from the terminal
+    for _, w in ipairs(widths) do
+      local name = "intr" .. w
+      local rows = wait_for(name, "exit=130")
+      local id = rows:match("created task (%d+)")
+      assert.is_string(id, rows)
+      local command = ("jimeng wait %s && jimeng download %s -o 'my kite.mp4'"):format(id, id)
+      -- the lines as written (the terminal's own wrapping undone): the command is one of them, whole and alone,
+      -- under the line that says to continue with it
+      local lines = {}
+      for line in (joined(name) .. "\n"):gmatch("(.-)\n") do lines[#lines + 1] = line:gsub("%s+$", "") end
+      local at
+      for i, line in ipairs(lines) do if line == command then at = i end end
+      assert.truthy(at, ("%d columns: the command is not a line of its own:\n%s"):format(w, table.concat(lines, "\n")))
+      assert.matches("continue with:$", lines[at - 1])
+      -- every other line fits the width: nothing but the command was wrapped by the terminal (no word cut in two)
+      for i, line in ipairs(lines) do
+        if i ~= at then
+          assert.truthy(#line:gsub("%^C", "") < w, ("%d columns, wrapped by the terminal: %q"):format(w, line))
+        end
+      end
+    end
+  end)
+
+  it("doctor on a terminal wraps its details at words, at 40 and 100 columns", function()
+    local port = proc.free_port()
+    for _, w in ipairs { 40, 100 } do
+      start("doc" .. w, w, 50, ("JIMENG_BASE_URL=https://api.tokenops.ai/v1 https_proxy=http://127.0.0.1:%d %s doctor")
+        :format(port, jimeng), dir, env)
+    end
+    for _, w in ipairs { 40, 100 } do
+      local rows = wait_for("doc" .. w, "exit=3")
+      assert.truthy(rows:find("nothing answers", 1, true), rows)
+      -- a line the terminal wrapped is one holding a word longer than the width (a path): no other
+      for line in joined("doc" .. w):gmatch("[^\n]+") do
+        if #line >= w then
+          local longest = 0
+          for word in line:gmatch("%S+") do longest = math.max(longest, #word) end
+          assert.truthy(longest > w - 4, ("%d columns, a line cut by the terminal: %q"):format(w, line))
+        end
+      end
+    end
+  end)
+
+  it("shows color on a terminal (status, errors), and none with NO_COLOR or --no-color", function()
+    start("color", 100, 12, jimeng .. " generate 'a green kite' -o green.mp4 --interval 0.5; " ..
+      jimeng .. " status 0000 --base-url http://127.0.0.1:9/v1", dir, env)
+    wait_for("color", "exit=")
+    local _, painted = tmux("capture-pane -p -e -t color -S -")
+    assert.truthy(painted:find("created task \27%[1m%d+"), painted) -- the id in bold
+    assert.truthy(painted:find("\27%[1m\27%[31mjimeng: network") or painted:find("\27%[1;31mjimeng: network"),
+      painted) -- an error in red
+    assert.truthy(painted:find(": \27%[32mcompleted"), painted) -- a task's final status in green
+    for i, extra in ipairs { "NO_COLOR=1 ", "" } do
+      local name = "plain" .. i
+      start(name, 100, 12, extra .. jimeng .. " generate 'a grey kite' -o grey" .. i .. ".mp4 --interval 0.5" ..
+        (extra == "" and " --no-color" or "") .. "; " .. extra .. jimeng .. " status 0000 --base-url " ..
+        "http://127.0.0.1:9/v1" .. (extra == "" and " --no-color" or ""), dir, env)
+      local plain = wait_for(name, "exit=")
+      assert.truthy(plain:find("jimeng: network", 1, true), plain)
+      local _, raw = tmux(("capture-pane -p -e -t %s -S -"):format(name))
+      assert.falsy(raw:find("\27%[[%d;]*[1-9]%d*m"), raw) -- no color set (a reset alone is tmux's own)
+    end
+  end)
+
+  it("never wraps a line at 40, 80 or 120 columns: waiting, downloading, the result", function()
+    sb:config { video_bytes = 1000000, download_rate = 1000000 }
+    for _, w in ipairs { 40, 80, 120 } do
+      local name = "wide" .. w
+      start(name, w, 12, jimeng .. " generate 'a pane of " .. w .. " columns with a long prompt of many words' -o w" ..
+        w .. ".mp4 --interval 0.5", dir, env)
+    end
+    local t0 = core.now()
+    local done = {}
+    while core.now() - t0 < 25 and not (done[40] and done[80] and done[120]) do
+      for _, w in ipairs { 40, 80, 120 } do
+        local s = screen("wide" .. w, true)
+        for line in s:gmatch("[^\n]+") do
+          assert.truthy(#line < w, ("%d columns: a line as wide as the pane (it wrapped, or will): %q"):format(w, line))
+        end
+        if s:find("exit=") then done[w] = true end
+      end
+      core.sleep(0.15)
+    end
+    sb:config { video_bytes = 0, download_rate = 0 }
+    for _, w in ipairs { 40, 80, 120 } do
+      local s = wait_for("wide" .. w, "exit=0")
+      assert.equals(s, joined("wide" .. w), "the terminal wrapped a line")
+      assert.truthy(s:find("downloaded", 1, true), s)
+    end
+  end)
+
   it("never wraps a line at 50 columns: waiting, downloading, the result", function()
     sb:config { video_bytes = 1000000, download_rate = 1000000 }
     start("narrow", 50, 12, jimeng .. " generate 'a narrow pane with a long prompt of many words' -o n.mp4 " ..

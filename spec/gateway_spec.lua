@@ -112,7 +112,8 @@ end
 
 for _, dialect in ipairs { "tokenops", "new-api" } do
   describe(("the %s dialect"):format(dialect), function()
-    local env = h.with_sandbox { sandbox = { queue_seconds = 0.05, process_seconds = 0.1, dialect = dialect }, client = { dialect = dialect }, dir = "setup", reset = true }
+    local env = h.with_sandbox { sandbox = { queue_seconds = 0.05, process_seconds = 0.1, dialect = dialect },
+      client = { dialect = dialect }, dir = "setup", reset = true }
     local png, png_b64
 
     -- Runs `jimeng <args>` against the sandbox in this dialect; returns the exit code, stdout and stderr.

@@ -134,6 +134,7 @@ struct jm_transfer {
     long long acked;         /* request bytes acknowledged by the peer */
     int reset_sent;          /* closed with a TCP reset: the request can never land */
     int req_accept_encoding; /* the request as given: see req_url */
+    int want_head;           /* opts.head: the result carries the answer's header lines as received (-vv) */
     char *journal;           /* appended and fsynced at the moment of hand-over: "path\0line" */
     size_t journal_len;
     int journal_errno;
@@ -153,7 +154,8 @@ struct jm_transfer {
     /* what libcurl knew when the transfer finished (its handle goes back to the pool then) */
     struct {
         long status, reqsize, connectcode, os_errno;
-        curl_off_t content_length, connect_us;
+        long num_connects, http_version; /* for -v: 0 connects = a connection reused; the version spoken */
+        curl_off_t content_length, connect_us, total_us;
         long verify;       /* the X509 verify result of a failed TLS handshake */
         char *url;         /* where a failed transfer was going (kept only on failure) */
         char *cert_expire, *cert_names; /* a certificate probe's findings */
@@ -600,11 +602,10 @@ static void jm_capture(jm_transfer *t) {
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &t->info.status);
     curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &t->info.reqsize);
     curl_easy_getinfo(t->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &t->info.content_length);
-    if (t->eng && !t->eng->multiplexed) {
-        long v = 0;
-        if (curl_easy_getinfo(t->easy, CURLINFO_HTTP_VERSION, &v) == CURLE_OK && v >= CURL_HTTP_VERSION_2_0)
-            t->eng->multiplexed = 1;
-    }
+    if (curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &t->info.num_connects) != CURLE_OK) t->info.num_connects = 0;
+    if (curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME_T, &t->info.total_us) != CURLE_OK) t->info.total_us = 0;
+    if (curl_easy_getinfo(t->easy, CURLINFO_HTTP_VERSION, &t->info.http_version) != CURLE_OK) t->info.http_version = 0;
+    if (t->eng && !t->eng->multiplexed && t->info.http_version >= CURL_HTTP_VERSION_2_0) t->eng->multiplexed = 1;
     if (t->rc == CURLE_OK && !t->probe && !t->paid) return; /* a status poll stops here: nothing more to read */
     curl_easy_getinfo(t->easy, CURLINFO_HTTP_CONNECTCODE, &t->info.connectcode);
     curl_easy_getinfo(t->easy, CURLINFO_OS_ERRNO, &t->info.os_errno);
@@ -1009,8 +1010,19 @@ static int l_transfer_result(lua_State *L) {
     jm_setint(L, "status", status);
     jm_setint(L, "request_size", t->info.reqsize); /* 0: not a byte of the request left this machine */
     if (t->info.content_length >= 0) jm_setint(L, "content_length", (lua_Integer)t->info.content_length);
+    /* what -v shows: new connections made for this transfer (0: one reused), the HTTP version, the time */
+    jm_setint(L, "num_connects", t->info.num_connects);
+    if (t->info.http_version) {
+        const char *hv = t->info.http_version == CURL_HTTP_VERSION_1_0 ? "1.0"
+                         : t->info.http_version == CURL_HTTP_VERSION_1_1 ? "1.1"
+                         : t->info.http_version == CURL_HTTP_VERSION_2_0 ? "2" : "3";
+        jm_setstr(L, "http_version", hv);
+    }
+    lua_pushnumber(L, (lua_Number)t->info.total_us / 1e6);
+    lua_setfield(L, -2, "total_time");
     jm_push_headers(L, &t->head);
     lua_setfield(L, -2, "headers");
+    if (t->want_head) jm_setlstr(L, "head", t->head.p ? t->head.p : "", t->head.len);
     if (t->body.len || t->sink == JM_SINK_MEMORY || !t->path) jm_setlstr(L, "body", t->body.p ? t->body.p : "", t->body.len);
     if (t->too_large) jm_setbool(L, "too_large", 1);
     if (t->head_too_large) jm_setbool(L, "headers_too_large", 1);
@@ -1449,6 +1461,7 @@ static int l_engine_request(lua_State *L) {
         return 3;
     }
     t->req_accept_encoding = jm_optbool(L, 2, "accept_encoding");
+    t->want_head = jm_optbool(L, 2, "head");
     t->req_blen = blen;
     if (!(t->req_url = strdup(url)) || (method && !(t->req_method = strdup(method))) ||
         (body && !(t->req_body = malloc(blen + 1))))

@@ -498,6 +498,14 @@ static int l_file_size(lua_State *L) {
     return 1;
 }
 
+/* core.file_mode(path) -> permission bits (of what a link points to) | nil: a key file readable by others is refused */
+static int l_file_mode(lua_State *L) {
+    struct stat st;
+    if (stat(luaL_checkstring(L, 1), &st) != 0) return 0;
+    lua_pushinteger(L, (lua_Integer)(st.st_mode & 07777));
+    return 1;
+}
+
 /* core.append_durable(path, data[, locked]) -> true | nil, message: one append and an fsync (journals).
  * locked: under an exclusive flock (a file that processes share, the ledger: their lines never mix), never
  * through a link, and a new file is its owner's only (0600). */
@@ -735,7 +743,8 @@ void jm_open_files(lua_State *L) {
         {"forget", l_part_forget},   {NULL, NULL},
     };
     static const luaL_Reg fns[] = {
-        {"part_open", l_part_open}, {"file_size", l_file_size}, {"file_id", l_file_id}, {"append_durable", l_append_durable},
+        {"part_open", l_part_open}, {"file_size", l_file_size}, {"file_id", l_file_id}, {"file_mode", l_file_mode},
+        {"append_durable", l_append_durable},
         {"sniff_image", l_sniff_image}, {"isatty", l_isatty},
         {"fingerprint", l_fingerprint}, {"check_output", l_check_output}, {"mkdirs", l_mkdirs},
         {"canonical_path", l_canonical_path},

@@ -9,6 +9,8 @@ local help = require "jimeng.cli.help"
 local ledger = require "jimeng.ledger"
 local template = require "jimeng.template"
 local progress = require "jimeng.cli.progress"
+local config = require "jimeng.cli.config"
+local trace = require "jimeng.trace"
 
 local M = {}
 
@@ -23,10 +25,54 @@ Out.__index = Out
 
 -- listed: the options the command takes (only those are read: a command without -q has no quiet to read).
 local function new_out(args, stdout, stderr, listed)
+  local tty = stderr == io.stderr and core.isatty(2)
+  -- color on a terminal only, and never with NO_COLOR (any non-empty value) or --no-color
+  local no_color = (os.getenv("NO_COLOR") or "") ~= "" or (listed.no_color and args.no_color)
   return setmetatable({
     json = listed.json and args.json, quiet = listed.quiet and args.quiet, stdout = stdout, stderr = stderr,
-    tty = stderr == io.stderr and core.isatty(2), started = core.now(), line_open = false, command = args.command,
+    tty = tty, started = core.now(), line_open = false, command = args.command,
+    color = tty and not no_color, color_stdout = not no_color and stdout == io.stdout and core.isatty(1),
   }, Out)
+end
+
+local STYLES = { red = "1;31", green = "32", yellow = "33", bold = "1", dim = "2" }
+M.STYLES = STYLES
+
+--- text in a style (red, green, yellow, bold, dim) when stderr (or, with on_stdout, stdout) shows color.
+function Out:paint(style, text, on_stdout)
+  if not (on_stdout and self.color_stdout or not on_stdout and self.color) then return text end
+  return "\27[" .. STYLES[style] .. "m" .. text .. "\27[0m"
+end
+
+-- The style of a task status word.
+local STATUS_STYLE = { completed = "green", failed = "red" }
+M.STATUS_STYLE = STATUS_STYLE
+
+--- A progress line with its status word in the status's color (on a terminal that shows color).
+function Out:status_color(line, status)
+  local style = STATUS_STYLE[status]
+  if not style or not self.color then return line end
+  local a, b = line:find(status, 1, true)
+  if not a then return line end
+  return line:sub(1, a - 1) .. self:paint(style, status) .. line:sub(b + 1)
+end
+
+--- The client's trace for -v (nil without it): each request and answer on stderr, the key never.
+function Out:tracer()
+  local level = self.verbose
+  if not level then return nil end
+  return function(ev)
+    if self.table then -- a batch's table on a terminal: the lines go above it, and it is drawn again under them
+      for _, l in ipairs(trace.format(ev, level)) do self.table:note(self:paint("dim", l), true) end
+      return
+    end
+    if self.line_open then
+      self.stderr:write(self.tty and "\r\27[K" or "\n")
+      self.line_open = false
+    end
+    for _, l in ipairs(trace.format(ev, level)) do self.stderr:write(self:paint("dim", l), "\n") end
+    self.stderr:flush()
+  end
 end
 
 -- A copy of value whose strings are valid UTF-8 (a server may send anything; the output must stay JSON).
@@ -38,11 +84,27 @@ local function clean(value, depth)
   return out
 end
 
+-- lua-cjson escapes every "/" as "\/" (valid JSON, but "vids\/fox.mp4" is not what a user reads or greps);
+-- a cjson that can be told not to is told so, once, on a private instance of the CLI's own
+local out_json = require("cjson").new()
+out_json.encode_max_depth(32)
+local slash_setting = out_json.encode_escape_forward_slash -- lua-cjson 2.1.0.9 and later; Debian 12 has 2.1.0
+if slash_setting then slash_setting(false) end
+
+--- JSON text with plain slashes: "\/" becomes "/". A backslash escapes only when it ends an odd run of
+-- backslashes ("\\/" is an escaped backslash, then a plain slash), and backslashes occur only inside strings.
+function M.plain_slashes(text)
+  return (text:gsub("(\\+)/", function(run)
+    if #run % 2 == 1 then return run:sub(2) .. "/" end
+  end))
+end
+
 -- Encodes for --json output; never raises (a value JSON cannot hold becomes an error object instead).
 local function encode(value)
-  local ok, text = pcall(jimeng.json.encode, clean(value))
-  if ok then return text end
-  return jimeng.json.encode { error = { kind = "protocol", message = "cannot encode the result as JSON: " .. tostring(text) } }
+  local ok, text = pcall(out_json.encode, clean(value))
+  if ok then return slash_setting and text or M.plain_slashes(text) end
+  text = out_json.encode { error = { kind = "protocol", message = "cannot encode the result as JSON: " .. tostring(text) } }
+  return slash_setting and text or M.plain_slashes(text)
 end
 
 -- JSON output: a task's empty warnings list is left out (lua-cjson would print it as {}).
@@ -105,22 +167,26 @@ function Out:created(task)
     self.stderr:write(self.tty and "\r\27[K" or "\n")
     self.line_open = false
   end
-  self.stderr:write(("created task %s\n"):format(task.id))
+  self.stderr:write(("created task %s\n"):format(self:paint("bold", task.id)))
   self.stderr:flush()
 end
 
 -- After Ctrl-C or SIGTERM: what exists, and the command that continues it.
 function Out:interrupted(err, continue)
   if self.line_open then self.stderr:write("\n") end
-  local what
+  local what, command
   if err.task_id then
-    what = ("task %s exists (it is paid for); continue with: %s"):format(err.task_id, continue(err.task_id))
+    -- the command to copy goes on a line of its own, whole, whatever the width: wrapped, a paste would run
+    -- half of it
+    what = ("task %s exists (it is paid for); continue with:"):format(err.task_id)
+    command = continue(err.task_id)
   elseif err.created == nil and err.kind == "interrupted" and err.message:find("create") then
     what = "the create was in flight: the task may or may not exist (check before creating again)"
   else
     what = "nothing was sent: run the same command again"
   end
-  self.stderr:write(self:fitted("jimeng: " .. err.message), "\n", self:fitted("  " .. what), "\n")
+  self.stderr:write(self:paint("yellow", self:fitted("jimeng: " .. err.message)), "\n", self:fitted("  " .. what), "\n")
+  if command then self.stderr:write(self:paint("bold", command), "\n") end
   if self.json then
     self.stdout:write(encode { error = { kind = err.kind, message = err.message, task_id = err.task_id } }, "\n")
   end
@@ -131,19 +197,24 @@ function Out:fail(err, continue)
   if err.kind == "interrupted" and continue then return self:interrupted(err, continue) end
   if err.created and err.task_id then self:created { id = err.task_id } end
   if self.line_open then self.stderr:write("\n") end
-  self.stderr:write(self:fitted(tostring(err)), "\n")
+  self.stderr:write(self:paint("red", self:fitted(tostring(err))), "\n")
   local hint = err.hint or errors.hint(err.kind)
+  local command -- a command to copy: on a line of its own
   if hint and self.command then hint = hint:gsub("jimeng COMMAND", "jimeng " .. self.command) end
   if hint and err.task_id then hint = hint:gsub("jimeng wait ID", "jimeng wait " .. err.task_id) end
   if err.created then -- the task exists and is paid for: running the command again would pay again
-    hint = err.task_id and continue and ("the task exists and is paid for: do not create it again; " ..
-      "continue with: " .. continue(err.task_id))
-      or "the task was made (it is paid for) but its id could not be read: do not create it again"
+    if err.task_id and continue then
+      hint = "the task exists and is paid for: do not create it again; continue with:"
+      command = continue(err.task_id)
+    else
+      hint = "the task was made (it is paid for) but its id could not be read: do not create it again"
+    end
   elseif err.kind == "unknown_outcome" and not err.task_id then
     hint = "the task may exist and be billed, and its id is unknown: check your account's tasks before " ..
       "creating it again"
   end
-  if hint then self.stderr:write(self:fitted("  what to do: " .. hint), "\n") end
+  if hint then self.stderr:write(self:paint("yellow", self:fitted("  what to do: " .. hint)), "\n") end
+  if command then self.stderr:write(self:paint("bold", command), "\n") end
   if self.json then
     self.stdout:write(encode { error = {
       kind = err.kind, message = err.message, status = err.status, code = err.code, field = err.field,
@@ -185,13 +256,16 @@ local function shell_quote(s)
   return "'" .. s:gsub("'", "'\\''") .. "'"
 end
 
-local function task_text(t)
-  local s = ("%s\t%s"):format(t.id, t.status)
+local function task_text(t, out)
+  local status = t.status
+  if out and STATUS_STYLE[status] then status = out:paint(STATUS_STYLE[status], status, true) end
+  local s = ("%s\t%s"):format(t.id, status)
   if t.error then s = s .. "\t" .. t.error end
   return s
 end
 
 local commands = {}
+local NO_CONFIG
 
 -- The command that continues a paid task after an interruption or a timeout (an -o template filled in).
 local function continue_with(output, args)
@@ -200,15 +274,24 @@ local function continue_with(output, args)
       output = template.expand(output, { id = id, prompt = args and args.prompt, seed = args and args.seed,
         model = args and args.model }) or output
     end
-    return ("jimeng wait %s && jimeng download %s -o %s"):format(id, id, output and shell_quote(output) or
-      ("jimeng_video_" .. id .. ".mp4"))
+    local path = "jimeng_video_" .. id .. ".mp4"
+    if output and output:sub(-1) == "/" then path = output .. path elseif output then path = output end
+    return ("jimeng wait %s && jimeng download %s -o %s"):format(id, id, shell_quote(path))
   end
+end
+
+-- The config's output_dir, for commands whose -o names a file (generate, download): where the default name goes.
+local function default_dir(out)
+  local dir = out.run and out.run.output_dir
+  if dir and dir ~= "" then return (dir:gsub("/+$", "")) .. "/" end
+  return nil
 end
 
 function commands.generate(client, args, out)
   local d = out:task_display()
+  local output = args.output or default_dir(out)
   local result, err = client:generate(video_params(args), {
-    output = args.output, timeout = args.timeout, interval = args.interval, overwrite = args.force,
+    output = output, timeout = args.timeout, interval = args.interval, overwrite = args.force,
     on_created = function(task)
       out:created(task)
       d:created(task)
@@ -216,7 +299,7 @@ function commands.generate(client, args, out)
     on_status = function(task) d:status_changed(task) end,
     on_progress = function(got, total) d:bytes(got, total) end,
   })
-  if not result then return out:fail(err, continue_with(args.output, args)) end
+  if not result then return out:fail(err, continue_with(output, args)) end
   for _, w in ipairs(result.task.warnings or {}) do out:note("warning: " .. w) end
   out:result({ path = result.path, bytes = result.bytes, task = result.task }, result.path)
   return EXIT_OK
@@ -234,7 +317,7 @@ end
 function commands.status(client, args, out)
   local task, err = client:status(args.id)
   if not task then return out:fail(err) end
-  out:result(task, task_text(task))
+  out:result(task, task_text(task, out))
   return EXIT_OK
 end
 
@@ -245,12 +328,12 @@ function commands.wait(client, args, out)
     on_status = function(t) d:status_changed(t) end })
   if task then d:draw(true) end
   if not task then return out:fail(err, function(id) return "jimeng wait " .. id end) end
-  out:result(task, task_text(task))
+  out:result(task, task_text(task, out))
   return EXIT_OK
 end
 
 function commands.download(client, args, out)
-  local path = args.output or ("jimeng_video_" .. args.id .. ".mp4")
+  local path = args.output or ((default_dir(out) or "") .. "jimeng_video_" .. args.id .. ".mp4")
   if template.is_template(path) then
     -- the template's {prompt}, {seed} and {model} come from the ledger, when it saw the task created
     local _, by_id = ledger.read(client.ledger and client.ledger.path, jimeng.json)
@@ -382,10 +465,10 @@ function commands.batch(client, args, out)
   out:note(line)
   if summary.interrupted > 0 then
     if args.journal then
-      out.stderr:write("jimeng: interrupted; nothing is lost: run the same command again to continue\n")
+      out:note("jimeng: interrupted; nothing is lost: run the same command again to continue", true)
     else
-      out.stderr:write("jimeng: interrupted. Without --journal a second run cannot know what this one created: " ..
-        "the tasks created above are paid for (jimeng wait ID, jimeng download ID); next time pass --journal FILE\n")
+      out:note("jimeng: interrupted. Without --journal a second run cannot know what this one created: " ..
+        "the tasks created above are paid for (jimeng wait ID, jimeng download ID); next time pass --journal FILE", true)
     end
     return EXIT_INTERRUPTED
   end
@@ -460,7 +543,7 @@ function commands.experiment(client, args, out)
     paid_seconds = report.paid_seconds })
   out:note(line)
   if report.interrupted > 0 then
-    out.stderr:write("jimeng: interrupted; nothing is lost: run the same command again to continue\n")
+    out:note("jimeng: interrupted; nothing is lost: run the same command again to continue", true)
     return EXIT_INTERRUPTED
   end
   if report.errors > 0 or report.unknown > 0 then return EXIT_API end
@@ -484,8 +567,12 @@ function commands.sandbox(_, args, out, streams)
   out:result({ base_url = sb.url, api_key = "sandbox", cainfo = sb.cainfo, dialect = nd },
     ("JIMENG_BASE_URL=%s\nJIMENG_API_KEY=sandbox%s%s"):format(sb.url, sb.cainfo and ("\nCURL_CA_BUNDLE=" .. sb.cainfo) or "",
       nd and "\nJIMENG_DIALECT=new-api" or ""))
-  out:note(("sandbox: %s (Ctrl-C stops it)\n  export JIMENG_BASE_URL=%s JIMENG_API_KEY=sandbox%s%s"):format(sb.url, sb.url, ca,
-    nd and " JIMENG_DIALECT=new-api" or ""))
+  out:note(("sandbox: %s (Ctrl-C stops it)"):format(sb.url))
+  -- a command to copy: whole, on its own line, never wrapped (a wrapped export would set half the variables)
+  if not out.quiet then
+    out.stderr:write(("  export JIMENG_BASE_URL=%s JIMENG_API_KEY=sandbox%s%s\n"):format(sb.url, ca,
+      nd and " JIMENG_DIALECT=new-api" or ""))
+  end
   out.stdout:flush()
   ;(streams.serve or serve_until_exit)(sb)
   return EXIT_OK
@@ -493,14 +580,37 @@ end
 
 function commands.doctor(_, args, out)
   local doctor = require "jimeng.cli.doctor"
-  local key, kerr = M.api_key(args, out)
-  local report = doctor.run(args, key, kerr)
+  local key, kerr
+  if out.run and out.run.key_file_error then kerr = out.run.key_file_error else key, kerr = M.api_key(args, out) end
+  local report = doctor.run(args, key, kerr, { run = out.run, config_error = out.config_error, trace = out:tracer() })
   if out.json then
     out:result(report)
   else
-    out.stdout:write(doctor.text(report), "\n")
+    -- on a terminal, the details wrapped at words in their column (the terminal would cut them anywhere)
+    local width = out.stdout == io.stdout and core.isatty(1) and progress.width() or nil
+    out.stdout:write(doctor.text(report, function(style, text) return out:paint(style, text, true) end, width), "\n")
   end
   return report.ok and EXIT_OK or EXIT_API
+end
+
+function commands.config(_, args, out)
+  if args.action == "profiles" then -- one name a line (the completions read them)
+    out:result({ profiles = out.run.profiles }, #out.run.profiles > 0 and table.concat(out.run.profiles, "\n") or nil)
+    return EXIT_OK
+  end
+  if args.action == "path" then
+    out:result({ path = out.run.path, exists = not out.run.absent }, out.run.path)
+    return EXIT_OK
+  end
+  local rows = config.report(args, out.run, help.parser(), out.listed)
+  if out.json then
+    local settings = {}
+    for _, r in ipairs(rows) do settings[#settings + 1] = { name = r.name, value = r.value, from = r.from } end
+    out:result { settings = settings }
+  else
+    out.stdout:write(config.text(rows), "\n")
+  end
+  return EXIT_OK
 end
 
 function commands.completion(_, args, out)
@@ -512,7 +622,9 @@ local ledger_commands = require "jimeng.cli.ledger"
 commands.list, commands.show, commands.resume = ledger_commands.list, ledger_commands.show, ledger_commands.resume
 
 -- The commands that call no API: no client is made for them.
-local NO_CLIENT = { sandbox = true, doctor = true, completion = true, list = true, show = true }
+local NO_CLIENT = { sandbox = true, doctor = true, completion = true, config = true, list = true, show = true }
+-- The commands that read no config file.
+NO_CONFIG = config.NO_CONFIG
 
 --- The API key from --api-key-file (a file, or - for standard input), --api-key (with a warning: the
 -- process list shows it), or the environment (jimeng.new reads JIMENG_API_KEY). -> key | nil, nil | nil, err
@@ -534,8 +646,8 @@ function M.api_key(args, out)
     return key
   end
   if args.api_key then
-    out.stderr:write("warning: --api-key puts the key in the process list, where every user of this machine sees it; " ..
-      "prefer JIMENG_API_KEY or --api-key-file\n")
+    out:note("warning: --api-key puts the key in the process list, where every user of this machine sees it; " ..
+      "prefer JIMENG_API_KEY or --api-key-file", true)
   end
   return args.api_key
 end
@@ -588,8 +700,11 @@ function M.main(argv, streams)
   if not ok then
     -- the usage of the command the line names (jimeng generate without a prompt: generate's usage)
     local cmd = command_of(parser, list)
-    stderr:write((cmd or parser):get_usage(), "\n\njimeng: ", tostring(args), "\n  what to do: see jimeng ",
-      cmd and (cmd._name .. " ") or "", "--help\n")
+    local text = ("%s\n\njimeng: %s\n  what to do: see jimeng %s--help"):format((cmd or parser):get_usage(),
+      tostring(args), cmd and (cmd._name .. " ") or "")
+    -- on a terminal, wrapped at words (the terminal would cut them)
+    if stderr == io.stderr and core.isatty(2) then text = progress.wrap(text, progress.width() - 1) end
+    stderr:write(text, "\n")
     return EXIT_USAGE
   end
   if args.version then
@@ -605,7 +720,17 @@ function M.main(argv, streams)
   for _, o in ipairs(help.command(parser, args.command)._options) do
     listed[o._target or o:_get_default_target()] = true
   end
+  local run, cerr
+  if not NO_CONFIG[args.command] then run, cerr = config.apply(args, listed, parser) end
   local out = new_out(args, stdout, stderr, listed)
+  if cerr and args.command ~= "doctor" then return out:fail(cerr) end -- doctor reports it among its checks
+  out.config_error = cerr
+  -- a profile's key file others can read: refused before anything is sent (config and doctor report it)
+  if run and run.key_file_error and args.command ~= "config" and args.command ~= "doctor" then
+    return out:fail(run.key_file_error)
+  end
+  out.run, out.listed = run, listed
+  out.verbose = listed.verbose and (args.verbose or 0) > 0 and args.verbose or nil
   local client
   if not NO_CLIENT[args.command] then
     local key, err = M.api_key(args, out)
@@ -615,7 +740,7 @@ function M.main(argv, streams)
       -- said even with -q: after Ctrl-C, why the command goes on (on a line of its own, wrapped at words)
       logger = function(kind, text) if kind == "interrupted" then out:note("jimeng: " .. text, true) end end,
       cainfo = args.cainfo, proxy = args.proxy, no_proxy = args.no_proxy, dialect = args.dialect,
-      http_version = args["http1.1"] and "1.1" or args.http2 and "2" or nil }
+      http_version = args["http1.1"] and "1.1" or args.http2 and "2" or nil, trace = out:tracer() }
     if not client then return out:fail(err) end
     -- every poll counted and shown (the display of a task, or the batch table), every batch download seen
     progress.observe(client, function(id, task)

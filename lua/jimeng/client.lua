@@ -23,7 +23,7 @@ local DEFAULTS = {
 local OPTIONS = {
   api_key = "string", base_url = "string", timeout = "number", connect_timeout = "number",
   max_retries = "number", poll_interval = "number", wait_timeout = "number", stall_timeout = "number",
-  allow_insecure_http = "boolean", cainfo = "string", capath = "string", logger = "function",
+  allow_insecure_http = "boolean", cainfo = "string", capath = "string", logger = "function", trace = "function",
   proxy = "string", no_proxy = "string", http_version = "string", max_connections = "number", max_rps = "number",
   burst = "number", ledger = "string or false", dialect = "string",
 }

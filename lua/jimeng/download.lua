@@ -5,6 +5,7 @@ local core = require "jimeng.core"
 local errors = require "jimeng.errors"
 local http = require "jimeng.http"
 local runtime = require "jimeng.runtime"
+local trace = require "jimeng.trace"
 
 local M = {}
 
@@ -111,10 +112,10 @@ local function start(client, part, id, offset, rec, deadline)
   local t, why, class = client.engine:request {
     kind = "download", url = client.base_url .. "/videos/" .. id .. "/content", headers = headers,
     timeout = timeout, part = part, task_id = id, offset = offset, validator = rec and rec.validator,
-    total = rec and rec.total,
+    total = rec and rec.total, head = client.trace ~= nil,
   }
   if not t then return nil, errors.from_core(why, class) end
-  return t
+  return t, nil, headers
 end
 
 -- Waits for the attempt, calling on_progress(got, total) at most every `every` seconds when bytes came.
@@ -224,7 +225,7 @@ local function fetch(client, part, id, path, opts)
       end
       r = { headers = {} }
     else
-      local t, serr = start(client, part, id, offset, rec, opts.deadline)
+      local t, serr, sent = start(client, part, id, offset, rec, opts.deadline)
       if not t then return nil, serr end
       local done, sig = await(client, t, on_progress, every)
       if not done then
@@ -235,6 +236,11 @@ local function fetch(client, part, id, path, opts)
       r = t:result()
       if r.sink == "file" and r.file_start == 0 then kept = 0 end
       info, e, retry = judge(client, part, id, path, r, attempt, rec)
+      if client.trace then
+        trace.request(client, { method = "GET", url = client.base_url .. "/videos/" .. id .. "/content",
+          what = "download", kind = "download", headers = sent }, r, attempt, info and info.request_id or
+          e and e.request_id or http.request_id(r), e)
+      end
     end
     if info then
       info.resumed_from = kept > 0 and kept or nil
@@ -249,6 +255,7 @@ local function fetch(client, part, id, path, opts)
     local delay = e.kind == "protocol" and 0 or http.backoff(attempt, r.headers)
     attempt = attempt + 1
     client:log("retry", "download", attempt, delay, tostring(e))
+    trace.retry(client, "download", attempt, delay, e.message)
     local sig = runtime.sleep(delay)
     if sig then return interrupted(part, id, sig) end
   end

@@ -4,6 +4,7 @@ local core = require "jimeng.core"
 local errors = require "jimeng.errors"
 local neterrors = require "jimeng.neterrors"
 local runtime = require "jimeng.runtime"
+local trace = require "jimeng.trace"
 
 local M = {}
 
@@ -221,6 +222,7 @@ function M.json(client, spec)
       url = url, method = spec.method, body = body, timeout = client.timeout, deadline = spec.deadline,
       paid = spec.paid, journal = journal and journal.path, journal_line = journal and journal.sending,
       ledger = spec.paid and spec.ledger and spec.ledger.path, ledger_line = spec.paid and spec.ledger and spec.ledger.sending,
+      head = client.trace ~= nil, -- every header line of the answer, for the trace
     }
     if not t then return fail(errors.from_core(why, class)) end
     local _, interrupted = runtime.await(client.engine, t)
@@ -240,10 +242,16 @@ function M.json(client, spec)
     local made = spec.paid and created(r)
     if r.handed_over then sent = true end
     if r.status == 429 then client.budget:refused() elseif r.ok and r.status < 400 then client.budget:granted() end
+    local tspec = client.trace and { method = spec.method, url = url, what = spec.what }
     if r.ok and r.status >= 200 and r.status < 300 then
       local ok, decoded = pcall(client.json.decode, r.body)
-      if ok and type(decoded) == "table" then return decoded, r end
-      return fail(unreadable(client, spec, r))
+      if ok and type(decoded) == "table" then
+        if tspec then trace.request(client, tspec, r, attempt, M.request_id(r, decoded)) end
+        return decoded, r
+      end
+      local uerr = unreadable(client, spec, r)
+      if tspec then trace.request(client, tspec, r, attempt, uerr.request_id, uerr) end
+      return fail(uerr)
     end
     local err
     if spec.paid and made then
@@ -255,6 +263,7 @@ function M.json(client, spec)
     else
       err = transport_error(r, nil, client)
     end
+    if tspec then trace.request(client, tspec, r, attempt, err.request_id, err) end
     if spec.paid then
       err.created = made
       if made == nil then
@@ -293,6 +302,7 @@ function M.json(client, spec)
     if spec.deadline and now() + delay >= spec.deadline then return fail(err) end
     attempt = attempt + 1
     client:log("retry", spec.what, attempt, delay, tostring(err))
+    trace.retry(client, spec.what, attempt, delay, err.message)
     if spec.on_retry then spec.on_retry(err, delay) end
     local stopped = runtime.sleep(delay)
     if stopped then

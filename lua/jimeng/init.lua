@@ -21,7 +21,7 @@ M.json = json
 -- JIMENG_BASE_URL or https://api.tokenops.ai/v1), timeout, connect_timeout, max_retries, poll_interval,
 -- wait_timeout, stall_timeout, allow_insecure_http, cainfo (env CURL_CA_BUNDLE, SSL_CERT_FILE), capath (env
 -- SSL_CERT_DIR), proxy (env https_proxy, http_proxy, all_proxy), no_proxy (env no_proxy), http_version
--- ("auto" | "1.1" | "2"), logger. Returns client | nil, err.
+-- ("auto" | "1.1" | "2"), logger, trace (jimeng.trace). Returns client | nil, err.
 function M.new(opts)
   return Client.new(opts, json)
 end

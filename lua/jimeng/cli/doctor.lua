@@ -45,17 +45,56 @@ function M.gateway(client, add)
       found.dialect, found.dialect))
 end
 
---- Runs every check. args: the parsed command line; key, key_err: what the CLI found for the key.
+--- Whether a TCP connection to the proxy's host and port opens (a connect, no request: nothing is sent
+-- to it). -> true, ms | false, why
+function M.reach_proxy(proxy, timeout)
+  local u = core.parse_url(proxy:find("://", 1, true) and proxy or ("http://" .. proxy))
+  if not u or not u.host then return false, "cannot read the proxy URL" end
+  local scheme = u.scheme:lower()
+  local port = tonumber(u.port) or (scheme == "https" and 443 or 1080) -- libcurl's default proxy ports
+  local host = u.host:find(":", 1, true) and not u.host:find("^%[") and ("[" .. u.host .. "]") or u.host
+  local engine = core.engine { proxy = "", connect_timeout = timeout }
+  local t0 = core.now()
+  local t = engine:request { kind = "probe", url = ("http://%s:%d/"):format(host, port), timeout = timeout }
+  while not t:done() do
+    engine:perform()
+    if not t:done() then engine:poll(100) end
+  end
+  local r = t:result()
+  engine:close()
+  if r.ok or r.connected then return true, (core.now() - t0) * 1000, port end
+  return false, (r.curl_error or r.class or "no connection"), port
+end
+
+--- Runs every check. args: the parsed command line; key, key_err: what the CLI found for the key;
+-- extra: {run = the config's settings (jimeng.cli.config.apply), config_error = why the config could not be
+-- read, trace = a client trace for -v}.
 -- Returns {ok=, checks={ {name=, ok=, detail=, fix=} ...}}.
-function M.run(args, key, key_err)
+function M.run(args, key, key_err, extra)
+  extra = extra or {}
   local checks = {}
   local function add(name, ok, detail, fix)
     checks[#checks + 1] = { name = name, ok = ok, detail = detail, fix = not ok and fix or nil }
   end
+  local run = extra.run
+  if extra.config_error then
+    add("config", false, extra.config_error.message, "fix that line of the config file (jimeng config show " ..
+      "says where each setting comes from); the checks below ignore the file")
+  elseif run then
+    add("config", true, ("%s%s, profile %s (%s)"):format(run.path, run.absent and " (absent)" or "", run.profile,
+      run.profile_from))
+  end
+  local function origin(k)
+    local src = run and run.sources[k]
+    if src and src.config then return " (from " .. src.from .. ")" end
+    if args[k] then return " (from flag --" .. k:gsub("_", "-") .. ")" end
+    return ""
+  end
 
   -- the key
-  local source = args.api_key_file and ("--api-key-file " .. args.api_key_file) or args.api_key and "--api-key" or
-    "JIMENG_API_KEY"
+  local kf = run and run.sources.api_key_file
+  local source = args.api_key_file and (kf and kf.config and ("api_key_file " .. args.api_key_file .. ", " .. kf.from)
+    or ("--api-key-file " .. args.api_key_file)) or args.api_key and "--api-key" or "JIMENG_API_KEY"
   local env_key = os.getenv("JIMENG_API_KEY")
   if key_err then
     add("API key", false, key_err.message, "give a readable file holding the key, or export JIMENG_API_KEY=sk-...")
@@ -71,7 +110,7 @@ function M.run(args, key, key_err)
   -- the base URL, the proxy, the CA: all decided by jimeng.new
   local client, err = jimeng.new { api_key = key, base_url = args.base_url, max_retries = 0, timeout = 10,
     connect_timeout = 5, cainfo = args.cainfo, proxy = args.proxy, no_proxy = args.no_proxy, dialect = args.dialect,
-    http_version = args["http1.1"] and "1.1" or args.http2 and "2" or nil }
+    http_version = args["http1.1"] and "1.1" or args.http2 and "2" or nil, trace = extra.trace }
   local base = args.base_url or os.getenv("JIMENG_BASE_URL") or "https://api.tokenops.ai/v1"
   if not client then
     local field = err.field or ""
@@ -89,8 +128,9 @@ function M.run(args, key, key_err)
   else
     local u = core.parse_url(client.base_url)
     local scheme = u and u.scheme:lower() or "?"
-    add("base URL", true, ("%s (host %s, %s)"):format(client.base_url, client.base_host,
-      client.base_loopback and "loopback" or scheme == "https" and "TLS verified" or "plain http allowed"))
+    add("base URL", true, ("%s (host %s, %s)%s"):format(client.base_url, client.base_host,
+      client.base_loopback and "loopback" or scheme == "https" and "TLS verified" or "plain http allowed",
+      origin("base_url")))
 
     -- the proxy libcurl will use for this URL
     local proxy, from = client.proxy, "--proxy"
@@ -102,12 +142,29 @@ function M.run(args, key, key_err)
         if val and val ~= "" then proxy, from = val, v break end
       end
     end
+    local src = run and run.sources.proxy
+    if src and src.config and from == "--proxy" then from = src.from end
+    local proxy_dead -- the proxy the API goes through does not answer: the API check is not made
     if client.base_loopback then
       add("proxy", true, "none: a loopback API is never reached through a proxy")
     elseif proxy and proxy ~= "" then
       local bypass = core.noproxy_match and client.no_proxy and core.noproxy_match(client.base_host, client.no_proxy)
-      add("proxy", true, bypass and ("%s (from %s) is bypassed for %s by no_proxy"):format(strip_credentials(proxy),
-        from, client.base_host) or ("%s (from %s)"):format(strip_credentials(proxy), from))
+      if bypass then
+        add("proxy", true, ("%s (from %s) is bypassed for %s by no_proxy"):format(strip_credentials(proxy),
+          from, client.base_host))
+      else
+        -- the first hop first: a dead proxy is the proxy's fault, not the API's nor its URL's
+        local up, info, port = M.reach_proxy(proxy, 5)
+        if up then
+          add("proxy", true, ("%s (from %s): connects in %.0f ms"):format(strip_credentials(proxy), from, info))
+        else
+          proxy_dead = true
+          add("proxy", false, ("%s (from %s): nothing answers on port %s: %s"):format(strip_credentials(proxy), from,
+            tostring(port), info), ("start the proxy, or fix its address, or go without it (%s)"):format(
+            from:match("^config") and "remove proxy from the config file" or from == "--proxy" and "drop --proxy" or
+            ("unset " .. from)))
+        end
+      end
     else
       add("proxy", true, "none")
     end
@@ -133,7 +190,9 @@ function M.run(args, key, key_err)
     end
 
     -- a status call: the API answers, and says what it thinks of the key
-    if key or (env_key and env_key ~= "") then
+    if proxy_dead then
+      add("API", false, "not called: the proxy it goes through does not answer", "fix the proxy first (above)")
+    elseif key or (env_key and env_key ~= "") then
       local t0 = core.now()
       local task, serr = client:status(PROBE_ID)
       local ms = (core.now() - t0) * 1000
@@ -171,12 +230,28 @@ function M.run(args, key, key_err)
   return { ok = all, checks = checks }
 end
 
---- The report as text lines: "ok   name  detail" and, under a failure, "     fix: ...".
-function M.text(report)
+--- The report as text lines: "ok   name  detail" and, under a failure, "     fix: ...". paint(style, text):
+-- colors (or nil); width: on a terminal, its width: the details wrapped at words in their column.
+function M.text(report, paint, width)
+  local wrap = require("jimeng.cli.progress").wrap
   local lines = {}
+  local narrow = width and width < 60 -- no columns: each check's words wrapped over the whole width
+  local function put(head, text)
+    if width and #head + #text >= width then -- continuations under the detail, in its column
+      text = wrap(text, width - 1 - 18):gsub("\n%s*", "\n" .. (" "):rep(18))
+    end
+    lines[#lines + 1] = head .. text
+  end
   for _, c in ipairs(report.checks) do
-    lines[#lines + 1] = ("%-4s  %-11s %s"):format(c.ok and "ok" or "FAIL", c.name, c.detail)
-    if c.fix then lines[#lines + 1] = ("      %-11s fix: %s"):format("", c.fix) end
+    local word = c.ok and "ok" or "FAIL"
+    local painted = paint and paint(c.ok and "green" or "red", word) or word
+    if narrow then
+      lines[#lines + 1] = painted .. wrap(("%s %s: %s"):format(word, c.name, c.detail), width - 1):sub(#word + 1)
+      if c.fix then lines[#lines + 1] = wrap("  fix: " .. c.fix, width - 1) end
+    else
+      put(("%s%s  %-11s "):format(painted, (" "):rep(4 - #word), c.name), c.detail)
+      if c.fix then put(("      %-11s "):format(""), "fix: " .. c.fix) end
+    end
   end
   return table.concat(lines, "\n")
 end

@@ -21,6 +21,7 @@ Examples:
   jimeng doctor                                  # key, base URL, proxy, CA, the API's answer, libcurl
 
 Environment: JIMENG_API_KEY (required for the real API), JIMENG_BASE_URL (default https://api.tokenops.ai/v1).
+Settings also come from ~/.config/jimeng/config and its profiles (--profile NAME): see jimeng config show.
 Exit codes: 0 ok, 1 the task failed, 2 usage or invalid input, 3 API or network error, 130 interrupted.]]
 
 -- argparse prints "-o FILE," and "--output FILE" on two lines, the first right-aligned; one line reads better.
@@ -75,6 +76,10 @@ local function add_network(cmd)
     "tokenops or new-api.", "D"):choices { "auto", "tokenops", "new-api" }
   cmd:mutex(cmd:flag("--http1.1", "Speak HTTP/1.1 only."),
     cmd:flag("--http2", "Ask for HTTP/2 (over TLS it is used anyway when the server speaks it)."))
+  option(cmd, "--profile", "The config file's profile to use (default: $JIMENG_PROFILE, else [default]).", "NAME")
+  cmd:flag("-v --verbose", "Show each request and answer on stderr (-vv: with headers); the key never.")
+    :count("*")
+  cmd:flag("--no-color", "No color, even on a terminal (as NO_COLOR=1 does).")
 end
 
 --- The parser of the whole command line.
@@ -192,6 +197,22 @@ function M.parser()
   local doc = p:command("doctor", "Check the setup: key, base URL, proxy, CA file, the API's answer, libcurl.")
   add_json(doc); add_network(doc)
 
+  local conf = p:command("config", "Show each setting, its value and where it comes from (flag, environment, " ..
+    "profile, default).")
+  conf:argument("action", "show (the settings; the default), path (the config file's path) or profiles (their " ..
+    "names)."):choices { "show", "path", "profiles" }
+    :args("?")
+  add_json(conf)
+  -- the settings config show shows: as options too, so that it says what a flag would do
+  option(conf, "--api-key", "API key (default: $JIMENG_API_KEY); shown only as where it comes from.", "KEY")
+  option(conf, "--api-key-file", "Read the API key from this file ('-': standard input).", "FILE")
+  option(conf, "--base-url", "API base URL (default: $JIMENG_BASE_URL or https://api.tokenops.ai/v1).", "URL")
+  option(conf, "--cainfo", "PEM file of the CA(s) to trust (default: $CURL_CA_BUNDLE, $SSL_CERT_FILE).", "FILE")
+  option(conf, "--proxy", "Proxy URL, http://user:password@host:port (default: $https_proxy, $all_proxy).", "URL")
+  option(conf, "--no-proxy", "Hosts that bypass the proxy, comma-separated (default: $no_proxy).", "HOSTS")
+  option(conf, "--profile", "The config file's profile to use (default: $JIMENG_PROFILE, else [default]).", "NAME")
+  conf:flag("--no-color", "No color, even on a terminal (as NO_COLOR=1 does).")
+
   local comp = p:command("completion", "Print a shell completion script: jimeng completion bash > FILE.")
   comp:argument("shell", "bash or zsh."):choices { "bash", "zsh" }
 
@@ -216,7 +237,8 @@ function M.describe(p)
     for _, o in ipairs(cmd._options) do
       if o._name ~= "-h" then
         opts[#opts + 1] = { aliases = o._aliases, target = o._target or o:_get_default_target(),
-          takes_arg = (o._maxargs or 0) > 0, description = o._description }
+          takes_arg = (o._maxargs or 0) > 0, description = o._description, choices = o._choices,
+          argname = type(o._argname) == "string" and o._argname or nil }
       end
     end
     local args = {}
@@ -234,6 +256,19 @@ local FILE_ARGS = { output = true, output_dir = true, api_key_file = true, cainf
 -- Whether a command's first argument is a task id (completed from the ledger).
 local function takes_id(c) return c.arguments[1] ~= nil and c.arguments[1].name == "id" end
 
+--- The values an option takes, offered by the completions instead of file names: the enumerated ones here
+-- (the models are jm_models of src/request.c), and any option declared with :choices (e.g. a dialect).
+M.VALUES = {
+  aspect_ratio = { "16:9", "9:16", "4:3", "3:4", "1:1", "21:9" },
+  model = { "jimeng-video-3.0-pro", "jimeng-video-3.0-720P", "jimeng-video-3.0-1080P" },
+  seconds = { "5", "10" }, frames = { "121", "241" }, resolution = { "720", "1080" },
+  subject = { "largest", "1", "2", "3" }, seed = { "-1" },
+}
+
+local function values_of(o)
+  return M.VALUES[o.target] or o.choices
+end
+
 --- A completion script for `shell` ("bash" or "zsh"), made from the parser.
 function M.completion(p, shell)
   local cmds = M.describe(p)
@@ -241,14 +276,39 @@ function M.completion(p, shell)
     local lines = {
       "# bash completion for jimeng (made by: jimeng completion bash)",
       "_jimeng() {",
-      "  local cur prev cmd i",
+      "  local cur prev cmd i line before",
       "  cur=\"${COMP_WORDS[COMP_CWORD]}\"; prev=\"${COMP_WORDS[COMP_CWORD-1]}\"; cmd=",
+      "  if [[ -n \"$COMP_LINE\" ]]; then # the words by spaces alone: bash splits 16:9 at its colon",
+      "    line=\"${COMP_LINE:0:COMP_POINT}\"; cur=\"${line##*[[:space:]]}\"; before=\"${line%\"$cur\"}\"",
+      "    before=\"${before%\"${before##*[![:space:]]}\"}\"; prev=\"${before##*[[:space:]]}\"",
+      "  fi",
       "  for ((i = 1; i < COMP_CWORD; i++)); do",
       "    case \"${COMP_WORDS[i]}\" in -*) ;; *) cmd=\"${COMP_WORDS[i]}\"; break ;; esac",
       "  done",
-      "  local opts files ids",
-      "  case \"$cmd\" in",
+      "  local vals=",
+      "  case \"$prev\" in",
     }
+    local seen_vals = {}
+    for _, c in ipairs(cmds) do
+      for _, o in ipairs(c.options) do
+        local v = o.takes_arg and values_of(o)
+        if v and not seen_vals[o.aliases[1]] then
+          for _, a in ipairs(o.aliases) do seen_vals[a] = true end
+          lines[#lines + 1] = ("    %s) vals=%q ;;"):format(table.concat(o.aliases, "|"), table.concat(v, " "))
+        end
+      end
+    end
+    lines[#lines + 1] = [=[    --profile) vals="$(jimeng config profiles 2>/dev/null)" ;; # the config file's profiles]=]
+    lines[#lines + 1] = "  esac"
+    lines[#lines + 1] = [=[  if [[ -n "$vals" ]]; then]=]
+    lines[#lines + 1] = [=[    COMPREPLY=($(compgen -W "$vals" -- "$cur"))]=]
+    lines[#lines + 1] = [=[    if [[ "$cur" == *:* && "$COMP_WORDBREAKS" == *:* ]]; then # what bash replaces: after the colon]=]
+    lines[#lines + 1] = [=[      local pre="${cur%"${cur##*:}"}"; COMPREPLY=("${COMPREPLY[@]#"$pre"}")]=]
+    lines[#lines + 1] = [=[    fi]=]
+    lines[#lines + 1] = [=[    return]=]
+    lines[#lines + 1] = [=[  fi]=]
+    lines[#lines + 1] = "  local opts files ids"
+    lines[#lines + 1] = "  case \"$cmd\" in"
     local names = {}
     for _, c in ipairs(cmds) do
       local words, files = { "-h", "--help" }, {}
@@ -297,7 +357,10 @@ function M.completion(p, shell)
   for _, c in ipairs(cmds) do
     local specs = { "'(-h --help)'{-h,--help}'[show the help]'" }
     for _, o in ipairs(c.options) do
-      local action = o.takes_arg and (FILE_ARGS[o.target] and ":file:_files" or ":value: ") or ""
+      local vals = o.takes_arg and values_of(o)
+      local action = o.takes_arg and (FILE_ARGS[o.target] and ":file:_files" or
+        o.target == "profile" and ":NAME:{compadd - ${(f)\"$(jimeng config profiles 2>/dev/null)\"}}" or
+        vals and (":" .. q(o.argname or "value") .. ":(" .. q(table.concat(vals, " ")) .. ")") or ":value: ") or ""
       for _, a in ipairs(o.aliases) do
         specs[#specs + 1] = ("'%s[%s]%s'"):format(a, q(o.description), action)
       end
@@ -312,7 +375,9 @@ function M.completion(p, shell)
   end
   lines[#lines + 1] = "  esac"
   lines[#lines + 1] = "}"
-  lines[#lines + 1] = "compdef _jimeng jimeng"
+  -- autoloaded from fpath (#compdef), the file's body runs at the first Tab: it must complete then too, not only
+  -- define the function (else the first Tab does nothing); sourced, it registers the function
+  lines[#lines + 1] = "if [[ ${zsh_eval_context[-1]} == loadautofunc ]]; then _jimeng \"$@\"; else compdef _jimeng jimeng; fi"
   return table.concat(lines, "\n") .. "\n"
 end
 
@@ -323,22 +388,122 @@ local function roff(s)
   return (s:gsub("%-", "\\-"))
 end
 
---- jimeng.1 in roff: the top-level help and each command's help, as `jimeng COMMAND --help` prints them.
-function M.man(p, version, date)
+-- The options every command that calls the API takes (OPTIONS), and the rest: each command's own (COMMANDS).
+local COMMON = { api_key = true, api_key_file = true, base_url = true, cainfo = true, proxy = true, no_proxy = true,
+  ["http1.1"] = true, http2 = true, profile = true, verbose = true, no_color = true, json = true, quiet = true }
+
+-- An option as a man page's tagged paragraph: its names in bold, its argument in italics.
+local function man_option(o)
+  local names = {}
+  for _, a in ipairs(o.aliases) do
+    names[#names + 1] = "\\fB" .. roff(a) .. "\\fR" .. (o.takes_arg and (" \\fI" .. roff(o.argname or "VALUE") ..
+      "\\fR") or "")
+  end
+  return { ".TP", table.concat(names, ", "), roff(o.description or "") }
+end
+
+M.MAN_EXAMPLES = {
+  { "A 10-second video, saved as horses.mp4:", 'jimeng generate "horses on the steppe" --seconds 10 -o horses.mp4' },
+  { "From a first frame, in portrait:", "jimeng generate \"a cat jumps\" --image cat.jpg --aspect-ratio 9:16" },
+  { "Create now, fetch later:", "jimeng create \"waves at dusk\"\njimeng wait ID && jimeng download ID -o waves.mp4" },
+  { "Many jobs, resumable:", "jimeng batch jobs.jsonl --journal run.jsonl -o videos/ -j 8" },
+  { "Try everything without a key, against a local API:", "jimeng sandbox" },
+  { "Check the setup, with each request shown:", "jimeng doctor -v" },
+  { "Where each setting comes from:", "jimeng config show --profile work" },
+}
+
+--- jimeng.1 in roff: NAME, SYNOPSIS, DESCRIPTION, COMMANDS (each with its own options), OPTIONS (those
+-- every API command takes), ENVIRONMENT, FILES, EXIT STATUS, EXAMPLES, SEE ALSO. Filled text only (the
+-- examples aside, each shorter than 72 columns), so that it reads within 80 columns.
+function M.man(p, version, date, share_dir)
   local out = {
     ('.TH JIMENG 1 "%s" "jimeng %s" "User Commands"'):format(date or os.date("!%Y-%m-%d"), version),
-    ".SH NAME", "jimeng \\- " .. roff(M.DESCRIPTION),
-    ".SH SYNOPSIS", ".B jimeng", "COMMAND [OPTIONS] [ARGUMENTS]", ".br", ".B jimeng", "\\-\\-version | \\-\\-help",
-    ".SH DESCRIPTION", ".nf", roff(p:get_help()), ".fi", ".SH COMMANDS",
+    ".SH NAME", "jimeng \\- " .. roff(M.DESCRIPTION:gsub("%.$", "")),
+    ".SH SYNOPSIS", ".B jimeng", ".I COMMAND", ".RI [ OPTIONS ]", ".RI [ ARGUMENTS ]", ".br", ".B jimeng",
+    ".RI [ COMMAND ]", ".B \\-\\-help", ".br", ".B jimeng \\-\\-version",
+    ".SH DESCRIPTION",
+    roff("jimeng makes videos with the Jimeng video API of tokenops.ai: it creates a task (the call that is paid " ..
+      "for), waits for it, and downloads the video, resuming a broken download. A created task's id is said " ..
+      "at once, and after an interruption the command to continue it is printed on a line of its own. " ..
+      "Progress goes to standard error, results to standard output (JSON with --json)."),
+    ".SH COMMANDS",
   }
-  for _, cmd in ipairs(p._commands) do
-    out[#out + 1] = ".SS " .. roff(cmd._name)
+  local common = {}
+  for _, c in ipairs(M.describe(p)) do
+    local args = {}
+    for _, a in ipairs(c.arguments) do
+      args[#args + 1] = " \\fI" .. roff(a.choices and table.concat(a.choices, "|") or a.name:upper()) .. "\\fR"
+    end
+    out[#out + 1] = ".TP"
+    out[#out + 1] = "\\fB" .. roff(c.name) .. "\\fR" .. table.concat(args) ..
+      (#c.aliases > 1 and (" (also \\fB" .. roff(c.aliases[2]) .. "\\fR)") or "")
+    out[#out + 1] = roff(c.summary or "")
+    local own = {}
+    for _, o in ipairs(c.options) do
+      if COMMON[o.target] then
+        if not common[o.target] then common[o.target] = o; common[#common + 1] = o end
+      else
+        own[#own + 1] = o
+      end
+    end
+    if #own > 0 then
+      out[#out + 1] = ".RS"
+      for _, o in ipairs(own) do
+        for _, l in ipairs(man_option(o)) do out[#out + 1] = l end
+      end
+      out[#out + 1] = ".RE"
+    end
+  end
+  out[#out + 1] = ".SH OPTIONS"
+  out[#out + 1] = roff("Every command that calls the API takes these (config and doctor too; -h and --help everywhere). " ..
+    "A setting not given as an option comes from the environment, then from the config file's profile, " ..
+    "then from the default: jimeng config show says which.")
+  for _, o in ipairs(common) do
+    for _, l in ipairs(man_option(o)) do out[#out + 1] = l end
+  end
+  local function tp(name, text)
+    out[#out + 1] = ".TP"
+    out[#out + 1] = "\\fB" .. roff(name) .. "\\fR"
+    out[#out + 1] = roff(text)
+  end
+  out[#out + 1] = ".SH ENVIRONMENT"
+  tp("JIMENG_API_KEY", "The API key (the only credential; never shown, never written to a file by jimeng).")
+  tp("JIMENG_BASE_URL", "The API's base URL (default https://api.tokenops.ai/v1).")
+  tp("JIMENG_CONFIG", "The config file to read instead of the default one (it must exist).")
+  tp("JIMENG_PROFILE", "The config file's profile to use when --profile is not given.")
+  tp("XDG_CONFIG_HOME", "Where the config file is looked for (default ~/.config).")
+  tp("https_proxy, http_proxy, all_proxy, no_proxy", "The proxy, and the hosts that bypass it, as curl reads " ..
+    "them; a loopback API is never reached through a proxy.")
+  tp("CURL_CA_BUNDLE, SSL_CERT_FILE, SSL_CERT_DIR", "The CA certificates to trust (default: libcurl's).")
+  tp("NO_COLOR", "When set to anything, no color (as --no-color). Color is only ever used on a terminal.")
+  tp("COLUMNS, LINES", "The terminal's size, when set (else asked of the terminal).")
+  out[#out + 1] = ".SH FILES"
+  tp("$XDG_CONFIG_HOME/jimeng/config", "The config file (~/.config/jimeng/config by default): key = value " ..
+    "lines, [name] starting a profile, # or ; starting a comment. Its keys are the long options' names " ..
+    "(base_url, proxy, cainfo, model, seconds, aspect_ratio, output_dir...); the key itself is never one: " ..
+    "api_key_file names a file only its owner may read.")
+  tp("FILE.part, FILE.part.json", "A download in progress and its record: the next download of the same task " ..
+    "to FILE resumes from them.")
+  out[#out + 1] = ".SH EXIT STATUS"
+  for _, e in ipairs { { "0", "Success." }, { "1", "The task failed (the API said so)." },
+    { "2", "Usage or invalid input: nothing was sent, nothing was paid for." },
+    { "3", "An API or network error (the message says whether a task exists)." },
+    { "130", "Interrupted (Ctrl-C or SIGTERM): the message says what exists and how to continue." } } do
+    tp(e[1], e[2])
+  end
+  out[#out + 1] = ".SH EXAMPLES"
+  for _, ex in ipairs(M.MAN_EXAMPLES) do
+    out[#out + 1] = ".PP"
+    out[#out + 1] = roff(ex[1])
+    out[#out + 1] = ".RS 4"
     out[#out + 1] = ".nf"
-    out[#out + 1] = roff(cmd:get_help())
+    out[#out + 1] = roff(ex[2])
     out[#out + 1] = ".fi"
+    out[#out + 1] = ".RE"
   end
   out[#out + 1] = ".SH SEE ALSO"
-  out[#out + 1] = "The reference of the Lua API: build/docs/index.html (make docs)."
+  out[#out + 1] = roff("jimeng COMMAND --help for each command's own words; jimeng doctor to check a setup; " ..
+    "jimeng sandbox for a local API" .. (share_dir and (" (" .. share_dir .. "/sandbox/server.py)") or "") .. ".")
   return table.concat(out, "\n") .. "\n"
 end
 

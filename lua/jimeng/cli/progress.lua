@@ -60,7 +60,7 @@ end
 -- The number of characters a line takes on screen (UTF-8: one per character; the texts here are ASCII
 -- but for labels and prompts, whose wide characters are rare enough to be counted as one).
 local function display_len(s)
-  local _, n = s:gsub("[^\128-\191]", "")
+  local _, n = s:gsub("\27%[[%d;]*m", ""):gsub("[^\128-\191]", "") -- a color takes no room
   return n
 end
 M.display_len = display_len
@@ -178,9 +178,16 @@ function Task:line(width)
 end
 
 --- Redraws the line (on a terminal).
+-- The line as drawn: its status word in color where the output shows color.
+function Task:painted()
+  local line = self:line(M.width())
+  if self.out.status_color and self.status then line = self.out:status_color(line, self.status) end
+  return line
+end
+
 function Task:draw(final)
   if not self.out.tty then return end
-  self.out:progress(self:line(M.width()), final)
+  self.out:progress(self:painted(), final)
 end
 
 --- The task exists (its create answered).
@@ -219,7 +226,7 @@ end
 --- Bytes arrived (got of total): the rate is measured from the first call on, over the download alone.
 function Task:bytes(got, total)
   if self.phase ~= "download" then
-    if self.out.tty and self.out.line_open then self.out:progress(self:line(M.width()), true) end
+    if self.out.tty and self.out.line_open then self.out:progress(self:painted(), true) end
     self.phase, self.rate, self.first = "download", M.rate(), { t = now(), got = got }
     if not self.out.tty then
       self.out:progress(("downloading %s"):format(total and M.human_bytes(total) or "..."), true)
@@ -227,6 +234,16 @@ function Task:bytes(got, total)
   end
   self.got, self.total = got, total
   self.rate:add(got)
+  if not self.out.tty and total and total > 0 and got < total then
+    -- a log, not a terminal: a line at every tenth of the download (10%, 20% ... 90%), none in between
+    local tenth = math.floor(got * 10 / total)
+    if tenth > (self.tenth or 0) then
+      self.tenth = tenth
+      local rate = self.rate:bytes_per_second()
+      self.out:progress(("downloaded %d%% (%s of %s%s)"):format(tenth * 10, M.human_bytes(got), M.human_bytes(total),
+        rate and (", " .. M.human_bytes(rate) .. "/s") or ""), true)
+    end
+  end
   if total and got >= total then
     -- the average over the download alone: from its first report, or (a download too quick for more than
     -- one report) from the moment the video was ready
@@ -339,7 +356,7 @@ function Table:note(text, always)
   if self.out.quiet and not always then return end
   if self.out.tty and not self.out.quiet then
     self:erase()
-    self.out.stderr:write(text, "\n")
+    self.out.stderr:write(M.wrap(text, M.width() - 1), "\n") -- wrapped at words, never cut by the terminal
     self:draw()
   else
     self.out.stderr:write(text, "\n")
