@@ -124,6 +124,16 @@ api_key_file = %s/key
     assert.equals(241, last_create().frames)
   end)
 
+  it("takes the dialect from a profile, under JIMENG_DIALECT", function()
+    config("[gw]\ndialect = new-api\n")
+    local rows = shown("--profile gw")
+    assert.equals("new-api", rows.dialect.value)
+    assert.matches("config %[gw%] line 2", rows.dialect.from)
+    rows = shown("--profile gw", "JIMENG_DIALECT=tokenops")
+    assert.equals("tokenops", rows.dialect.value)
+    assert.matches("^env JIMENG_DIALECT, over config %[gw%]", rows.dialect.from)
+  end)
+
   it("refuses an unknown key with a did-you-mean, an unknown profile, and the key itself: nothing sent", function()
     local before = creates()
     config("modle = jimeng-video-3.0-720P\n")
@@ -257,6 +267,8 @@ describe("jimeng -v", function()
     local seen = 0
     for _, e in ipairs(sb:log()) do if e.path:match("^/v1/") then seen = seen + 1 end end
     assert.equals(seen, sent + (err:sub(1, 2) == "> " and 1 or 0))
+    -- the free call by which the default dialect (auto) asks the gateway which it is shows too
+    assert.truthy(err:find("> GET " .. sb.url .. "/videos/", 1, true), err)
     -- -v has no headers
     assert.falsy(err:find("Authorization", 1, true))
   end)
@@ -289,7 +301,7 @@ describe("jimeng -v", function()
 
   it("gives the same events to a Lua client's trace option, the key scrubbed from every text", function()
     local events = {}
-    local c = h.client(sb, { api_key = KEY, trace = function(ev) events[#events + 1] = ev end })
+    local c = h.client(sb, { api_key = KEY, dialect = "tokenops", trace = function(ev) events[#events + 1] = ev end })
     local task = assert(c:create { prompt = "a traced heron" })
     assert(c:status(task.id))
     assert(c:status(task.id))

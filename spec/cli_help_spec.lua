@@ -217,7 +217,7 @@ describe("the command's help", function()
         if o.choices then
           local got = complete(("jimeng %s %s "):format(c.name, o.aliases[#o.aliases]),
             ('jimeng %s %s ""'):format(c.name, o.aliases[#o.aliases]))
-          local want = { table.unpack and table.unpack(o.choices) or unpack(o.choices) } -- luacheck: ignore 113
+          local want = { (table.unpack or unpack)(o.choices) } -- luacheck: ignore 113
           table.sort(want)
           assert.same(want, got, c.name .. " " .. o.aliases[1])
         end

@@ -119,8 +119,9 @@ describe("#host the command in a terminal", function()
   it("after Ctrl-C during a wait, the command to continue is alone on its line at 40, 80 and 120 columns", function()
     local widths = { 40, 80, 120 }
     for _, w in ipairs(widths) do
-      start("intr" .. w, w, 16, jimeng .. " generate 'a kite over the grey sea at dawn' -o 'my kite.mp4' --interval 1",
-        dir, env)
+      -- a path each: two runs for one path are refused before the second pays
+      start("intr" .. w, w, 16, jimeng .. (" generate 'a kite over the grey sea at dawn' -o 'my kite %d.mp4' --interval 1")
+        :format(w), dir, env)
     end
     for _, w in ipairs(widths) do wait_for("intr" .. w, "processing") end
     for _, w in ipairs(widths) do tmux(("send-keys -t intr%d C-c"):format(w)) end -- a real SIGINT, from the terminal
@@ -129,7 +130,7 @@ describe("#host the command in a terminal", function()
       local rows = wait_for(name, "exit=130")
       local id = rows:match("created task (%d+)")
       assert.is_string(id, rows)
-      local command = ("jimeng wait %s && jimeng download %s -o 'my kite.mp4'"):format(id, id)
+      local command = ("jimeng wait %s && jimeng download %s -o 'my kite %d.mp4'"):format(id, id, w)
       -- the lines as written (the terminal's own wrapping undone): the command is one of them, whole and alone,
       -- under the line that says to continue with it
       local lines = {}

@@ -162,8 +162,9 @@ function M.identify(client)
   local r
   local attempt = 0
   while true do -- a free call: network faults are retried as a status call's are
-    local t, why, class = client.engine:request { url = client.base_url .. "/videos/" .. M.PROBE_ID, method = "GET",
-      timeout = client.timeout }
+    local url = client.base_url .. "/videos/" .. M.PROBE_ID
+    local t, why, class = client.engine:request { url = url, method = "GET", timeout = client.timeout,
+      head = client.trace ~= nil }
     if not t then return nil, errors.from_core(why, class) end
     local _, interrupted = runtime.await(client.engine, t)
     if interrupted then
@@ -172,8 +173,13 @@ function M.identify(client)
         message = ("interrupted (%s) while asking the gateway which it is"):format(interrupted) }
     end
     r = t:result()
-    if r.ok and r.status and r.status > 0 then break end
-    local err = http.transport_error(r, nil, client)
+    local ok = r.ok and r.status and r.status > 0
+    local err = not ok and http.transport_error(r, nil, client)
+    if client.trace then -- -v shows this free call as it shows every other
+      require("jimeng.trace").request(client, { method = "GET", url = url, what = "identify" }, r, attempt,
+        http.request_id(r), err or nil)
+    end
+    if ok then break end
     if not err.retryable or attempt >= client.max_retries then
       err.message = "cannot ask the gateway which it is (nothing was sent to be paid for): " .. err.message
       return nil, err
@@ -181,6 +187,7 @@ function M.identify(client)
     attempt = attempt + 1
     local delay = http.backoff(attempt - 1)
     client:log("retry", "identify", attempt, delay, tostring(err))
+    require("jimeng.trace").retry(client, "identify", attempt, delay, err.message)
     local stopped = runtime.sleep(delay)
     if stopped then
       return nil, errors.new { kind = "interrupted", created = false,

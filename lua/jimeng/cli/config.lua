@@ -25,14 +25,14 @@ local NOT_KEYS = {
 }
 
 -- Commands that read no config file (their options are no keys): the sandbox, the completion script.
-M.NO_CONFIG = { sandbox = true, completion = true }
+M.NO_CONFIG = { sandbox = true, completion = true, list = true, show = true }
 
 -- The environment variables that set an option when its flag is absent (read by jimeng.new or the CLI):
 -- a profile's value is used only when none of them is set.
 M.ENV = {
   base_url = { "JIMENG_BASE_URL" }, api_key_file = { "JIMENG_API_KEY" }, cainfo = { "CURL_CA_BUNDLE", "SSL_CERT_FILE" },
   capath = { "SSL_CERT_DIR" }, proxy = { "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "http_proxy" },
-  no_proxy = { "no_proxy", "NO_PROXY" },
+  no_proxy = { "no_proxy", "NO_PROXY" }, dialect = { "JIMENG_DIALECT" },
 }
 
 -- Keys whose value is a path: ~/ is the home directory, and a relative path is relative to the config file.

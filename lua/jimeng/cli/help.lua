@@ -286,19 +286,22 @@ function M.completion(p, shell)
       "    case \"${COMP_WORDS[i]}\" in -*) ;; *) cmd=\"${COMP_WORDS[i]}\"; break ;; esac",
       "  done",
       "  local vals=",
-      "  case \"$prev\" in",
+      "  case \"$cmd:$prev\" in",
     }
-    local seen_vals = {}
+    -- "command:option": an option may take other values in another command (sandbox --dialect)
     for _, c in ipairs(cmds) do
       for _, o in ipairs(c.options) do
         local v = o.takes_arg and values_of(o)
-        if v and not seen_vals[o.aliases[1]] then
-          for _, a in ipairs(o.aliases) do seen_vals[a] = true end
-          lines[#lines + 1] = ("    %s) vals=%q ;;"):format(table.concat(o.aliases, "|"), table.concat(v, " "))
+        if v then
+          local pats = {}
+          for _, n in ipairs(c.aliases) do
+            for _, a in ipairs(o.aliases) do pats[#pats + 1] = n .. ":" .. a end
+          end
+          lines[#lines + 1] = ("    %s) vals=%q ;;"):format(table.concat(pats, "|"), table.concat(v, " "))
         end
       end
     end
-    lines[#lines + 1] = [=[    --profile) vals="$(jimeng config profiles 2>/dev/null)" ;; # the config file's profiles]=]
+    lines[#lines + 1] = [=[    *:--profile) vals="$(jimeng config profiles 2>/dev/null)" ;; # the config file's profiles]=]
     lines[#lines + 1] = "  esac"
     lines[#lines + 1] = [=[  if [[ -n "$vals" ]]; then]=]
     lines[#lines + 1] = [=[    COMPREPLY=($(compgen -W "$vals" -- "$cur"))]=]
