@@ -37,7 +37,7 @@ LIBS         = $(CURL_LIBS) -lm -lpthread
 
 BUILD       ?= build/$(LUA)
 SO           = $(BUILD)/jimeng/core.so
-SRCS         = src/core.c src/util.c src/signals.c src/engine.c src/request.c src/response.c src/files.c src/url.c src/mp4.c
+SRCS         = src/core.c src/util.c src/signals.c src/engine.c src/request.c src/response.c src/files.c src/url.c src/mp4.c src/share.c
 OBJS         = $(SRCS:src/%.c=$(BUILD)/obj/%.o)
 LUA_SRCS     = $(wildcard lua/jimeng/*.lua)
 CLI_SRCS     = $(wildcard lua/jimeng/cli/*.lua)

@@ -1,6 +1,7 @@
 --- A client of the Jimeng video API: its settings, its engine (one libcurl multi handle), its calls.
 local core = require "jimeng.core"
 local Budget = require "jimeng.budget"
+local Share = require "jimeng.share"
 local errors = require "jimeng.errors"
 local download = require "jimeng.download"
 local http = require "jimeng.http"
@@ -24,6 +25,7 @@ local OPTIONS = {
   allow_insecure_http = "boolean", cainfo = "string", capath = "string", logger = "function",
   proxy = "string", no_proxy = "string", http_version = "string", max_connections = "number", max_rps = "number",
   burst = "number",
+  max_tasks = "number", budget = "string", budget_lease = "number",
 }
 
 local HTTP_VERSIONS = { auto = true, ["1.1"] = true, ["2"] = true }
@@ -199,6 +201,8 @@ function Client.new(opts, json)
     return invalid(("burst must be a whole number of requests from 1 to %s (max_rps)"):format(
       self.max_rps and math.floor(self.max_rps) or 100000), "burst")
   end
+  local shared_ok, share_err = Share.check(self)
+  if not shared_ok then return nil, share_err end
   -- when each task this client created was created: its first wait learns and uses the queue time
   self.created_at = {}
   self.json = json
@@ -212,7 +216,13 @@ function Client.new(opts, json)
     http_version = self.http_version, api_key = self.api_key, stall_timeout = self.stall_timeout,
   }
   -- the request budget paces the engine: a request takes its token when it gets a connection
-  self.budget = Budget.new(self.max_rps, self.burst, self.engine)
+  -- (shared with the account's other clients: jimeng.share)
+  local pacer, perr = Share.attach(self)
+  if not pacer then
+    self.engine:close()
+    return nil, perr
+  end
+  self.budget = Budget.new(self.max_rps, self.burst, pacer)
   return self
 end
 
@@ -221,6 +231,7 @@ function Client:log(...)
 end
 
 function Client:close()
+  Share.close(self)
   self.engine:close()
 end
 
@@ -294,13 +305,19 @@ function Client:create(params, opts)
     return nil, errors.new { kind = "interrupted", created = false, message = "interrupted (" .. sig .. "): not sent" }
   end
   for _, w in ipairs(warnings) do self:log("warning", w) end
+  local slot, slot_err = Share.acquire(self, opts.deadline) -- a task's slot of max_tasks, before anything is sent
+  if not slot then return nil, slot_err end
   local decoded, r = http.json(self, {
     method = "POST", path = "/videos", body = body, paid = true, what = "create",
     deadline = opts.deadline, journal = opts.journal, until_deadline = opts.until_deadline, on_retry = opts.on_retry,
   })
-  if not decoded then return nil, r end
+  if not decoded then
+    Share.created(self, slot, r.task_id, r.created)
+    return nil, r
+  end
   local task, terr = to_task(self, decoded, r, warnings)
   if task then self.created_at[task.id] = now() end
+  Share.created(self, slot, task and task.id or core.raw_id(r.body or ""), true)
   if not task then
     -- a 2xx: the task exists even if its answer makes no sense
     terr.created, terr.task_id = true, core.raw_id(r.body or "")
@@ -331,6 +348,7 @@ function Client:status(id, opts)
       message = ("asked for task %s, the API answered about task %s"):format(id, task.id:sub(1, 64)) }, self.api_key)
   end
   task.retry_after = http.server_delay(r.headers)
+  Share.finished(self, task)
   return task
 end
 
