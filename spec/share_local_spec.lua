@@ -109,6 +109,35 @@ describe("a budget shared by the processes of one machine", function()
     c:close()
   end)
 
+  it("two `jimeng batch` runs with --max-tasks 2 --budget FILE never have 3 tasks at once; doctor shows the budget",
+    function()
+    env.sb:config { queue_seconds = 0.1, process_seconds = 0.5 }
+    local dir = h.tmpdir()
+    local budget = dir .. "/budget"
+    local cmds = {}
+    for i = 1, 2 do
+      local lines = {}
+      for j = 1, 4 do lines[j] = ('{"prompt": "batch %d job %d", "label": "b%d-%d"}'):format(i, j, i, j) end
+      h.write(("%s/jobs%d.jsonl"):format(dir, i), table.concat(lines, "\n") .. "\n")
+      cmds[i] = ("%s %s/bin/jimeng batch %s --journal %s -o %s -j 4 --interval 0.05 -q --max-tasks 2 --budget %s")
+        :format(p.lua, p.root, q(("%s/jobs%d.jsonl"):format(dir, i)), q(("%s/run%d.jsonl"):format(dir, i)), q(dir),
+          q(budget))
+    end
+    local ok, out = p.run(("export JIMENG_API_KEY=batch-key JIMENG_BASE_URL=%s; ( %s & %s & wait )"):format(
+      q(env.sb.url), cmds[1], cmds[2]), p.own_env)
+    assert(ok, out)
+    for i = 1, 2 do
+      for j = 1, 4 do assert.is_true(h.exists(("%s/b%d-%d.mp4"):format(dir, i, j)), out) end
+    end
+    assert.equals(8, env.sb:stats().creates)
+    assert.equals(2, env.sb:budget().max_in_flight)
+    local dok, report = p.run(("JIMENG_API_KEY=batch-key JIMENG_BASE_URL=%s %s %s/bin/jimeng doctor --max-tasks 2 "
+      .. "--budget %s"):format(q(env.sb.url), p.lua, p.root, q(budget)), p.own_env)
+    assert(dok, report)
+    assert.matches("budget +" .. budget:gsub("%p", "%%%0") .. ", shared by every process", report)
+    assert.matches("max_tasks 2: 0 in flight", report, 1, true)
+  end)
+
   it("\"local\" is a file of this user in $XDG_RUNTIME_DIR, else /tmp; a file of another shape is refused", function()
     local c = h.client(env.sb, { api_key = "local-key", budget = "local", max_rps = 5 })
     local where = c.share:stats().where

@@ -138,4 +138,22 @@ function M.stats(c)
   return c.share:stats()
 end
 
+--- M.describe(client) -> text: where the client's budget is held, who shares it, and how full it is (jimeng
+-- doctor, :checkhealth).
+function M.describe(c)
+  local st = M.stats(c)
+  if not st then
+    if not c.max_rps then return "this client alone, no limit set (the rate is learnt from 429s)" end
+    return ("this client alone: max_rps %g"):format(c.max_rps)
+  end
+  local whose = st.where == "process" and "this process's memory, shared by its clients"
+    or (st.where .. ", shared by every process of this user on this machine")
+  local rate = st.rate and ("max_rps %g (%.1f of %d requests ready at once)"):format(
+    c.max_rps or st.rate, st.tokens, st.burst) or "no max_rps"
+  local tasks = st.max_tasks and ("max_tasks %d: %d in flight"):format(st.max_tasks, st.in_flight)
+    or ("no max_tasks: %d in flight"):format(st.in_flight)
+  return ("%s with the same key and base URL; %s; %s%s"):format(whose, rate, tasks,
+    st.lease > 0 and (" (a slot's lease: %g s)"):format(st.lease) or "")
+end
+
 return M

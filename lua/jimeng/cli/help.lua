@@ -73,6 +73,16 @@ local function add_network(cmd)
   option(cmd, "--no-proxy", "Hosts that bypass the proxy, comma-separated (default: $no_proxy).", "HOSTS")
   cmd:mutex(cmd:flag("--http1.1", "Speak HTTP/1.1 only."),
     cmd:flag("--http2", "Ask for HTTP/2 (over TLS it is used anyway when the server speaks it)."))
+  M.add_budget(cmd)
+end
+
+--- The account's budget (README, "One account, many clients"): shared by every client that names the same
+-- place with the same key and base URL.
+function M.add_budget(cmd)
+  number(cmd, "--max-rps", "At most N API requests a second (with every client sharing the budget).")
+  number(cmd, "--max-tasks", "At most N tasks created and not finished at once (a create waits for a slot).")
+  option(cmd, "--budget", "Where the budget is held: process, local (every process of this user here), a " ..
+    "file path, or client (default: $JIMENG_BUDGET, else process).", "WHERE")
 end
 
 --- The parser of the whole command line.
