@@ -9,7 +9,8 @@
 --   "process" every client of this process with the same key and base URL
 --   "local"   every process of this user on this machine with the same key and base URL
 --   a path    the same, in that file (absolute, or starting with ./)
--- Unset: "process" when the client sets max_rps or max_tasks, else "client".
+-- Unset: "process" when the client sets max_rps or max_tasks (inside nginx "local": its workers are
+-- processes), else "client".
 local core = require "jimeng.core"
 local errors = require "jimeng.errors"
 local runtime = require "jimeng.runtime"
@@ -35,7 +36,10 @@ function M.check(c)
     if b == "" then b = nil end
   end
   if b == nil then
-    c.budget = (c.max_rps or c.max_tasks) and "process" or "client"
+    -- in nginx, "this process" is one worker of many: the default is every process of the machine
+    local ngx = rawget(_G, "ngx")
+    local nginx = type(ngx) == "table" and type(ngx.worker) == "table"
+    c.budget = (c.max_rps or c.max_tasks) and (nginx and "local" or "process") or "client"
     return true
   end
   if b:match("^%a[%w+.-]*://") then
