@@ -46,7 +46,7 @@ CLI_SRCS     = $(wildcard lua/jimeng/cli/*.lua)
 RUN_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/?.lua;;" \
           LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" JIMENG_TEST_LUA="$(LUA)" JIMENG_BUILD="$(CURDIR)/$(BUILD)"
 
-.PHONY: all test test-all demo experiment examples install uninstall clean version rock lint docs docs-screenshot man completions asan valgrind fuzz bench bench-host
+.PHONY: all test test-all demo experiment examples install uninstall clean version rock lint docs docs-screenshot man completions asan valgrind fuzz bench bench-host bench-budget
 
 all: $(SO)
 
@@ -141,6 +141,10 @@ fuzz: build/fuzz/normalize build/fuzz/response build/fuzz/url build/fuzz/mp4
 # nothing here is asserted. Needs: time curl python3-requests lua5.1 lua-curl (apt-get).
 bench: all
 	@$(RUN_ENV) $(LUA) bench/run.lua
+
+# What a shared budget costs per request, held nowhere, in memory or in a file (bench/README.md).
+bench-budget: all
+	@$(RUN_ENV) $(LUA) bench/budget.lua
 
 # The host table alone (Neovim and nginx waiting; bench/README.md): needs nvim, nginx's Lua module, strace.
 bench-host: all
