@@ -33,11 +33,17 @@ CFLAGS      ?= $(OPTFLAGS)
 ALL_CFLAGS   = -std=c99 -fPIC -fvisibility=hidden $(WARNFLAGS) $(CFLAGS) $(LUA_CFLAGS) $(CURL_CFLAGS)
 # Never link liblua: the interpreter that loads the module provides it (two VMs in one process crash).
 ALL_LDFLAGS  = -shared $(LDFLAGS)
-LIBS         = $(CURL_LIBS) -lm -lpthread
+LIBS         = $(CURL_LIBS) $(HIREDIS_LIBS) -lm -lpthread -ldl
 
 BUILD       ?= build/$(LUA)
 SO           = $(BUILD)/jimeng/core.so
 SRCS         = src/core.c src/util.c src/signals.c src/engine.c src/request.c src/response.c src/files.c src/url.c src/mp4.c src/share.c
+# a budget in Redis (redis://) when hiredis is there (Debian: libhiredis-dev); without it such a budget is refused
+HIREDIS_LIBS ?= $(shell $(PKG_CONFIG) --libs hiredis 2>/dev/null)
+ifneq ($(HIREDIS_LIBS),)
+HIREDIS_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags hiredis) -DJM_HIREDIS
+endif
+SRCS        += src/share_redis.c
 OBJS         = $(SRCS:src/%.c=$(BUILD)/obj/%.o)
 LUA_SRCS     = $(wildcard lua/jimeng/*.lua)
 CLI_SRCS     = $(wildcard lua/jimeng/cli/*.lua)
@@ -53,6 +59,10 @@ all: $(SO)
 $(BUILD)/obj/%.o: src/%.c src/jimeng.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+# the budget's Redis side: hiredis's flags for these two files only
+$(BUILD)/obj/share.o $(BUILD)/obj/share_redis.o: ALL_CFLAGS += $(HIREDIS_CFLAGS)
+$(BUILD)/obj/share.o $(BUILD)/obj/share_redis.o: src/share_redis.h
 
 $(SO): $(OBJS)
 	@mkdir -p $(dir $@)

@@ -95,7 +95,7 @@ describe("a budget shared by the clients of one process", function()
   it("bad budget options are refused at jimeng.new, nothing opened", function()
     for _, o in ipairs {
       { max_tasks = 0 }, { max_tasks = 1.5 }, { max_tasks = 2000 }, { budget = "procss" },
-      { budget = "redis://127.0.0.1:6379/x" }, { budget = "relative/path" }, { budget_lease = 0 },
+      { budget = "memcached://127.0.0.1/x" }, { budget = "relative/path" }, { budget_lease = 0 },
     } do
       o.api_key, o.base_url = "k", env.sb.url
       local c, err = jimeng.new(o)

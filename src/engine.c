@@ -1551,6 +1551,13 @@ static int l_wait_all(lua_State *L) {
     lua_rawgeti(L, 1, 1);
     first = jm_check_engine(L, -1);
     lua_pop(L, 1);
+    for (i = 1; i <= count; i++) { /* a paced queue's next token ends the wait too (a shared budget's included) */
+        double pace;
+        lua_rawgeti(L, 1, i);
+        pace = jm_pace_wait_ms(jm_check_engine(L, -1));
+        lua_pop(L, 1);
+        if (pace >= 0 && pace < (double)ms) ms = (long)pace;
+    }
     for (i = 2; i <= count; i++) {
         jm_engine *e;
         fd_set r, w, x;

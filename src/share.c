@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "jimeng.h"
+#include "share_redis.h"
 
 #define JM_SHARE_MAGIC 0x314d424au /* "JBM1" */
 #define JM_SHARE_SLOTS 1024        /* the most tasks in flight a budget can count (max_tasks <= this) */
@@ -54,6 +55,8 @@ struct jm_share {
     char id[48];
     jm_share_state *st;
     double lease, renewed_at;
+    /* cppcheck-suppress unusedStructMember ; read only when built with hiredis */
+    jm_redis *redis; /* a budget in Redis (share_redis.c): st is NULL */
 };
 
 static pthread_mutex_t jm_share_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -105,6 +108,9 @@ JM_HIDDEN int jm_share_take(jm_share *s, double *next) {
     jm_share_state *st = s->st;
     double now = jm_now();
     int got;
+#ifdef JM_HIREDIS
+    if (s->redis) return jm_redis_take(s->redis, next);
+#endif
     jm_share_lock(s);
     jm_share_mend(s, now);
     if (st->rate <= 0) {
@@ -144,6 +150,9 @@ JM_HIDDEN void jm_share_drop(jm_share *s) {
             break;
         }
     pthread_mutex_unlock(&jm_share_mu);
+#ifdef JM_HIREDIS
+    if (s->redis) jm_redis_close(s->redis);
+#endif
     if (s->fd >= 0) {
         (void)munmap(s->st, sizeof *s->st);
         close(s->fd); /* after munmap: the mapping does not need the descriptor */
@@ -155,7 +164,8 @@ JM_HIDDEN void jm_share_drop(jm_share *s) {
 }
 
 /* Opens (or finds, in this process) the share `where` named `id`: NULL with msg set when it cannot. */
-static jm_share *jm_share_get(const char *where, const char *id, double lease, char *msg, size_t msgsz) {
+static jm_share *jm_share_get(const char *where, const char *id, double lease, const char *rhost, int rport,
+                              const char *rprefix, char *msg, size_t msgsz) {
     jm_share *s;
     int file = strcmp(where, "process") != 0;
     struct stat sb;
@@ -178,7 +188,16 @@ static jm_share *jm_share_get(const char *where, const char *id, double lease, c
     s->refs = 1;
     s->lease = lease;
     s->fd = -1;
-    if (!file) {
+    if (rhost) {
+#ifdef JM_HIREDIS
+        if (!(s->redis = jm_redis_open(rhost, rport, rprefix, id, lease, msg, msgsz))) goto fail;
+#else
+        (void)rport;
+        (void)rprefix;
+        snprintf(msg, msgsz, "this jimeng was built without hiredis: a redis:// budget needs libhiredis-dev at build time");
+        goto fail;
+#endif
+    } else if (!file) {
         if (!(s->st = calloc(1, sizeof *s->st))) {
             snprintf(msg, msgsz, "out of memory");
             goto fail;
@@ -271,6 +290,9 @@ JM_HIDDEN jm_share *jm_share_check(lua_State *L, int i) {
 
 static int jm_release(jm_share *s, double ticket) {
     int i, found = 0;
+#ifdef JM_HIREDIS
+    if (s->redis) return jm_redis_release(s->redis, ticket);
+#endif
     jm_share_lock(s);
     for (i = 0; i < JM_SHARE_SLOTS; i++) {
         jm_slot *sl = &s->st->slots[i];
@@ -290,6 +312,8 @@ static int l_share_open(lua_State *L) {
     const char *where, *id;
     double lease;
     char msg[512], path[4096];
+    const char *rhost, *rprefix;
+    int rport;
     jm_share *s;
     jm_share_handle *h;
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -299,6 +323,13 @@ static int l_share_open(lua_State *L) {
     where = luaL_checkstring(L, -3);
     id = luaL_checkstring(L, -2);
     lease = luaL_optnumber(L, -1, 120);
+    lua_getfield(L, 1, "host");
+    lua_getfield(L, 1, "port");
+    lua_getfield(L, 1, "prefix");
+    rhost = lua_tostring(L, -3);
+    rport = (int)lua_tointeger(L, -2);
+    rprefix = lua_tostring(L, -1);
+    if (rhost && (!rprefix || rport <= 0 || rport > 65535)) return luaL_error(L, "jimeng: share_open: bad redis");
     if (strcmp(where, "local") == 0) { /* this user's budgets on this machine: in the runtime dir, else /tmp */
         const char *dir = getenv("XDG_RUNTIME_DIR");
         struct stat db;
@@ -314,7 +345,7 @@ static int l_share_open(lua_State *L) {
     memset(h, 0, sizeof *h);
     luaL_getmetatable(L, JM_SHARE_HANDLE_MT);
     lua_setmetatable(L, -2);
-    s = jm_share_get(where, id, lease, msg, sizeof msg);
+    s = jm_share_get(where, id, lease, rhost, rport, rprefix, msg, sizeof msg);
     if (!s) {
         lua_pushnil(L);
         lua_pushstring(L, msg);
@@ -328,6 +359,12 @@ static int l_share_open(lua_State *L) {
 static int l_share_pace(lua_State *L) {
     jm_share *s = jm_check_handle(L)->s;
     double rate = luaL_optnumber(L, 2, 0), burst = luaL_optnumber(L, 3, 1), now = jm_now();
+#ifdef JM_HIREDIS
+    if (s->redis) {
+        jm_redis_pace(s->redis, rate, burst);
+        return 0;
+    }
+#endif
     jm_share_lock(s);
     jm_share_mend(s, now);
     if (!(rate > 0) || rate > 1e9) {
@@ -354,6 +391,12 @@ static int l_share_max_tasks(lua_State *L) {
     jm_share *s = jm_check_handle(L)->s;
     lua_Integer n = luaL_checkinteger(L, 2);
     if (n < 0 || n > JM_SHARE_SLOTS) return luaL_error(L, "jimeng: max_tasks from 0 to %d", JM_SHARE_SLOTS);
+#ifdef JM_HIREDIS
+    if (s->redis) {
+        jm_redis_max_tasks(s->redis, (int)n);
+        return 0;
+    }
+#endif
     jm_share_lock(s);
     s->st->max_tasks = (int32_t)n;
     jm_share_unlock(s);
@@ -375,6 +418,18 @@ static int l_share_acquire(lua_State *L) {
         h->tickets = t;
         h->cap = cap;
     }
+#ifdef JM_HIREDIS
+    if (s->redis) {
+        ticket = jm_redis_acquire(s->redis);
+        if (ticket == 0) {
+            lua_pushnil(L);
+            return 1;
+        }
+        h->tickets[h->n++] = ticket;
+        lua_pushnumber(L, ticket);
+        return 1;
+    }
+#endif
     jm_share_lock(s);
     jm_share_mend(s, now);
     limit = st->max_tasks > 0 ? st->max_tasks : JM_SHARE_SLOTS;
@@ -428,6 +483,32 @@ static int l_share_stats(lua_State *L) {
     jm_share_state *st = s->st;
     double now = jm_now(), rate, burst, tokens, taken;
     int i, held = 0, mine = 0, max_tasks;
+#ifdef JM_HIREDIS
+    if (s->redis) {
+        jm_redis_facts f;
+        jm_redis_stats(s->redis, &f);
+        lua_createtable(L, 0, 10);
+        jm_setstr(L, "where", s->where);
+        jm_setbool(L, "up", f.up);
+        if (!f.up) jm_setstr(L, "why", f.why);
+        if (f.rate > 0) {
+            lua_pushnumber(L, f.rate);
+            lua_setfield(L, -2, "rate");
+            lua_pushnumber(L, f.burst);
+            lua_setfield(L, -2, "burst");
+            lua_pushnumber(L, 0);
+            lua_setfield(L, -2, "tokens");
+        }
+        if (f.max_tasks > 0) jm_setint(L, "max_tasks", f.max_tasks);
+        jm_setint(L, "in_flight", f.in_flight);
+        jm_setint(L, "mine", f.mine);
+        jm_setint(L, "held_here", h->n);
+        jm_setint(L, "processes", f.procs);
+        lua_pushnumber(L, s->lease);
+        lua_setfield(L, -2, "lease");
+        return 1;
+    }
+#endif
     jm_share_lock(s);
     jm_share_mend(s, now);
     for (i = 0; i < JM_SHARE_SLOTS; i++)
@@ -459,6 +540,22 @@ static int l_share_stats(lua_State *L) {
     lua_setfield(L, -2, "taken");
     lua_pushnumber(L, s->fd >= 0 ? s->lease : 0);
     lua_setfield(L, -2, "lease");
+    return 1;
+}
+
+/* share:note() -> text | nil: what the budget's store has to say, once (a Redis gone away, or back). */
+static int l_share_note(lua_State *L) {
+    jm_share *s = jm_check_handle(L)->s;
+#ifdef JM_HIREDIS
+    char note[512];
+    if (s->redis && jm_redis_note(s->redis, note, sizeof note)) {
+        lua_pushstring(L, note);
+        return 1;
+    }
+#else
+    (void)s;
+#endif
+    lua_pushnil(L);
     return 1;
 }
 
@@ -497,6 +594,7 @@ JM_HIDDEN void jm_open_share(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"pace", l_share_pace},       {"max_tasks", l_share_max_tasks}, {"acquire", l_share_acquire},
         {"release", l_share_release}, {"stats", l_share_stats},         {"close", l_share_close},
+        {"note", l_share_note},
         {NULL, NULL},
     };
     static const luaL_Reg fns[] = {{"share_open", l_share_open}, {"budget_id", l_budget_id}, {NULL, NULL}};

@@ -9,6 +9,7 @@
 --   "process" every client of this process with the same key and base URL
 --   "local"   every process of this user on this machine with the same key and base URL
 --   a path    the same, in that file (absolute, or starting with ./)
+--   "redis://host:port/prefix"  every client of every machine that names it (src/share_redis.c)
 -- Unset: "process" when the client sets max_rps or max_tasks (inside nginx "local": its workers are
 -- processes), else "client".
 local core = require "jimeng.core"
@@ -48,9 +49,19 @@ function M.check(c)
     c.budget = (c.max_rps or c.max_tasks) and (nginx and "local" or "process") or "client"
     return true
   end
+  if b:match("^redis://") then
+    local host, port, prefix = b:match("^redis://([%w.-]+):?(%d*)/?([%w_.:-]*)$")
+    port = tonumber(port ~= "" and port or "6379")
+    if not host or not port or port < 1 or port > 65535 then
+      return errors.invalid(("budget %q: a Redis budget is redis://host[:port][/prefix] (prefix: letters, "
+        .. "digits, _ . : -)"):format(b), "budget")
+    end
+    prefix = prefix ~= "" and prefix or "jimeng"
+    c.budget, c.redis = ("redis://%s:%d/%s"):format(host, port, prefix), { host = host, port = port, prefix = prefix }
+    return true
+  end
   if b:match("^%a[%w+.-]*://") then
-    return errors.invalid(("budget %q: a shared store by URL (redis://) is not supported by this build; use "
-      .. "\"process\", \"local\" or a file path"):format(b), "budget")
+    return errors.invalid(("budget %q: a shared store by URL is redis://host:port/prefix"):format(b), "budget")
   end
   for _, w in ipairs(WHERE) do
     if b == w then
@@ -72,8 +83,10 @@ end
 -- the engine. The pacer is what the client's Budget paces: the share, or the engine.
 function M.attach(c)
   if c.budget == "client" then return c.engine end
+  local r = c.redis or {}
   local h, why = core.share_open {
     where = c.budget, id = core.budget_id(c.api_key or "", c.base_url), lease = c.budget_lease or 120,
+    host = r.host, port = r.port, prefix = r.prefix,
   }
   if not h then return nil, errors.new { kind = "invalid_argument", field = "budget", message = why } end
   c.share = h
@@ -90,6 +103,13 @@ function M.attach(c)
   }
 end
 
+-- What the budget's store has to say, once (a Redis gone away, or back): to the client's logger, else stderr.
+local function speak(c)
+  local note = c.share and c.share:note()
+  if not note then return end
+  if c.logger then c:log("warning", note) else io.stderr:write("jimeng: ", note, "\n") end
+end
+
 --- M.acquire(client, deadline) -> ticket | true | nil, err: waits for a task's slot before a create is sent
 -- (true: no share, or nothing to count). Waiting ends at the deadline or a signal, with created = false.
 function M.acquire(c, deadline)
@@ -97,6 +117,7 @@ function M.acquire(c, deadline)
   if not h then return true end
   local pause = 0.02
   while true do
+    speak(c)
     local t = h:acquire()
     if t then return t end
     if t == false then return true end
@@ -129,6 +150,7 @@ end
 
 --- M.finished(client, task): a task seen completed or failed: its slot goes back.
 function M.finished(c, task)
+  speak(c)
   if not c.share or not (task.status == "completed" or task.status == "failed") then return end
   local t = c.slots[task.id]
   if t then
@@ -157,6 +179,9 @@ function M.describe(c)
     return ("this client alone: max_rps %g"):format(c.max_rps)
   end
   local whose = st.where == "process" and "this process's memory, shared by its clients"
+    or c.redis and (st.where .. (st.up and (", shared by every client of it (%d process%s now)"):format(
+      st.processes, st.processes == 1 and "" or "es") or (" (unreachable: %s; a safe local share meanwhile)")
+      :format(st.why)))
     or (st.where .. ", shared by every process of this user on this machine")
   local rate = st.rate and ("max_rps %g (%.1f of %d requests ready at once)"):format(
     c.max_rps or st.rate, st.tokens, st.burst) or "no max_rps"
