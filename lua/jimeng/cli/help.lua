@@ -82,7 +82,8 @@ function M.add_budget(cmd)
   number(cmd, "--max-rps", "At most N API requests a second (with every client sharing the budget).")
   number(cmd, "--max-tasks", "At most N tasks created and not finished at once (a create waits for a slot).")
   option(cmd, "--budget", "Where the budget is held: process, local (every process of this user here), a " ..
-    "file path, or client (default: $JIMENG_BUDGET, else process).", "WHERE")
+    "file path, redis://host:port/prefix (every machine), or client (default: $JIMENG_BUDGET, else process).",
+    "WHERE")
 end
 
 --- The parser of the whole command line.
