@@ -30,7 +30,7 @@ io.write("saved ", count, "\n")
 
 local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
-describe("a budget in Redis #host", function()
+describe("a budget in Redis", function()
   if not redis then
     it("needs redis-server (apt-get install redis-server)", function() pending("redis-server is not installed") end)
     return
