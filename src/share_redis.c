@@ -88,7 +88,7 @@ struct jm_redis {
     /* slots: held (tickets; member = proc:ticket), one granted and not yet claimed, released to tell Redis */
     double held[MAX_HELD];
     int nheld;
-    double granted_ticket, granted_at, slot_asked_at, next_ticket;
+    double granted_ticket, granted_at, slot_asked_at, slot_after, next_ticket;
     double released[MAX_HELD];
     int nreleased;
     int cap_down; /* while Redis is away: the most slots this process may hold */
@@ -234,6 +234,8 @@ static int jm_redis_round(jm_redis *r, int want_tokens, int want_slot, int renew
     if (rep->element[1]->integer == 1) {
         r->granted_ticket = ticket;
         r->granted_at = jm_now();
+    } else if (want_slot) { /* every slot taken (or the grace after a restart): ask again a little later */
+        r->slot_after = jm_now() + 0.02;
     }
     r->seen_held = (int)rep->element[2]->integer;
     r->seen_procs = (int)rep->element[3]->integer;
@@ -270,7 +272,8 @@ static void *jm_redis_main(void *arg) {
         if (r->rate > 0 && (r->pool < 1 || now > r->pool_until) && now - r->demand_at < 0.1 && now >= r->fetch_after) {
             want_tokens = (int)fmax(1, floor(r->rate * LEASE_S));
         }
-        want_slot = r->granted_ticket == 0 && now - r->slot_asked_at < 0.5 && r->nheld < MAX_HELD;
+        want_slot = r->granted_ticket == 0 && now - r->slot_asked_at < 0.5 && r->nheld < MAX_HELD &&
+                    now >= r->slot_after;
         renew = (r->nheld > 0 && now - r->renewed_at > r->lease / 4) || (!r->up && r->nheld > 0);
         busy = want_tokens || want_slot || renew || r->nreleased > 0 || now - r->beat_at > BEAT_S;
         if (!busy || (!r->c && now - r->tried_at < RETRY_S)) {
