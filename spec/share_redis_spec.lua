@@ -135,6 +135,16 @@ describe("a budget in Redis", function()
     assert.matches("cannot be reached", logged[1])
     assert.is_false(c.share:stats().up)
     c:close()
+    -- and jimeng doctor says so, with its fix; with Redis up, where and how full
+    local ok, report = p.run(("JIMENG_API_KEY=redis-key JIMENG_BASE_URL=%s %s %s/bin/jimeng doctor --max-tasks 2 "
+      .. "--budget redis://127.0.0.1:%d/x"):format(q(env.sb.url), p.lua, p.root, p.free_port()), p.own_env)
+    assert.is_false(ok)
+    assert.matches("FAIL +budget +redis://127%.0%.0%.1:%d+/x %(unreachable: [^)]+; a safe local share meanwhile%)", report)
+    ok, report = p.run(("JIMENG_API_KEY=redis-key JIMENG_BASE_URL=%s %s %s/bin/jimeng doctor --max-tasks 2 "
+      .. "--budget redis://127.0.0.1:%d/x"):format(q(env.sb.url), p.lua, p.root, port), p.own_env)
+    assert(ok, report)
+    assert.matches("ok +budget +redis://127%.0%.0%.1:%d+/x, shared by every client of it %(1 process now%)", report)
+    assert.matches("max_tasks 2: 0 in flight", report, 1, true)
   end)
 
   it("refuses a redis:// URL it cannot read, nothing opened", function()
