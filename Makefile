@@ -52,7 +52,7 @@ CLI_SRCS     = $(wildcard lua/jimeng/cli/*.lua)
 RUN_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/?.lua;;" \
           LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" JIMENG_TEST_LUA="$(LUA)" JIMENG_BUILD="$(CURDIR)/$(BUILD)"
 
-.PHONY: all test test-all demo experiment examples install uninstall clean version rock lint docs docs-screenshot man completions asan valgrind fuzz bench bench-host bench-budget
+.PHONY: all test test-all demo experiment examples install uninstall clean version rock lint docs docs-screenshot man completions asan valgrind fuzz bench bench-host bench-budget bench-budget-split
 
 all: $(SO)
 
@@ -155,6 +155,10 @@ bench: all
 # What a shared budget costs per request, held nowhere, in memory or in a file (bench/README.md).
 bench-budget: all
 	@$(RUN_ENV) $(LUA) bench/budget.lua
+
+# 200 videos under max_tasks = 10 split over 1, 3 and 6 processes sharing a budget file (bench/README.md).
+bench-budget-split: all
+	@$(RUN_ENV) $(LUA) bench/budget_split.lua
 
 # The host table alone (Neovim and nginx waiting; bench/README.md): needs nvim, nginx's Lua module, strace.
 bench-host: all
