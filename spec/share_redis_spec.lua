@@ -28,6 +28,19 @@ for i = 1, n do if saved[i] then count = count + 1 end end
 io.write("saved ", count, "\n")
 ]]
 
+-- A child that creates `n` tasks, says "held", and waits for them (its budget's thread renews the leases).
+local HOLDER = [[
+local jimeng = require "jimeng"
+local url, budget, n = arg[1], arg[2], tonumber(arg[3])
+local c = assert(jimeng.new { api_key = "holder-key", base_url = url, poll_interval = 0.1, max_tasks = n,
+  budget = budget, budget_lease = 1 })
+local ids = {}
+for i = 1, n do ids[i] = assert(c:create { prompt = "held " .. i }).id end
+io.write("held\n")
+io.flush()
+for _, id in ipairs(ids) do c:wait(id, { timeout = 600 }) end
+]]
+
 local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
 describe("a budget in Redis", function()
@@ -119,6 +132,33 @@ describe("a budget in Redis", function()
     assert.is_true(seen.max_in_flight <= 3, "tasks at once: " .. seen.max_in_flight)
     a:close()
     b:close()
+  end)
+
+  it("a holder killed with SIGKILL gives its slots back once the lease has passed, not before", function()
+    env.sb:config { queue_seconds = 0.1, process_seconds = 60 }
+    local holder, outf = dir .. "/holder.lua", dir .. "/holder.out"
+    h.write(holder, HOLDER)
+    local budget = ("redis://127.0.0.1:%d/held"):format(port)
+    local pp = io.popen(("%s%s %s %s %s 2 > %s 2>&1 & echo $!"):format(p.own_env, p.lua, q(holder), q(env.sb.url),
+      q(budget), q(outf)))
+    local pid = tonumber(pp:read("*l"))
+    pp:close()
+    local t0 = core.now()
+    while not (h.read(outf) or ""):find("held") and core.now() - t0 < 20 do jimeng.sleep(0.05) end
+    assert.matches("held", h.read(outf) or "")
+    local c = h.client(env.sb, { api_key = "holder-key", max_tasks = 2, budget = budget, budget_lease = 1 })
+    jimeng.sleep(2.5) -- alive and well past its lease: its slots are kept
+    local task, err = c:create({ prompt = "while held" }, { deadline = core.now() + 0.5 })
+    assert.is_nil(task)
+    assert.equals("timeout", err.kind)
+    assert.equals(0, env.sb:creates_for("while held"))
+    assert(p.run("kill -9 " .. pid))
+    local killed = core.now()
+    assert(c:create({ prompt = "after kill 1" }, { deadline = core.now() + 5 }))
+    local waited = core.now() - killed
+    assert.is_true(waited >= 0.3 and waited < 2.5, "waited " .. waited)
+    assert(c:create({ prompt = "after kill 2" }, { deadline = core.now() + 2 }))
+    c:close()
   end)
 
   it("a Redis never reached: a create waits for a slot it cannot be sure of, and the deadline ends it unpaid",
