@@ -33,11 +33,17 @@ CFLAGS      ?= $(OPTFLAGS)
 ALL_CFLAGS   = -std=c99 -fPIC -fvisibility=hidden $(WARNFLAGS) $(CFLAGS) $(LUA_CFLAGS) $(CURL_CFLAGS)
 # Never link liblua: the interpreter that loads the module provides it (two VMs in one process crash).
 ALL_LDFLAGS  = -shared $(LDFLAGS)
-LIBS         = $(CURL_LIBS) -lm -lpthread
+LIBS         = $(CURL_LIBS) $(HIREDIS_LIBS) -lm -lpthread -ldl
 
 BUILD       ?= build/$(LUA)
 SO           = $(BUILD)/jimeng/core.so
-SRCS         = src/core.c src/util.c src/signals.c src/engine.c src/request.c src/response.c src/files.c src/url.c src/mp4.c
+SRCS         = src/core.c src/util.c src/signals.c src/engine.c src/request.c src/response.c src/files.c src/url.c src/mp4.c src/share.c
+# a budget in Redis (redis://) when hiredis is there (Debian: libhiredis-dev); without it such a budget is refused
+HIREDIS_LIBS ?= $(shell $(PKG_CONFIG) --libs hiredis 2>/dev/null)
+ifneq ($(HIREDIS_LIBS),)
+HIREDIS_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags hiredis) -DJM_HIREDIS
+endif
+SRCS        += src/share_redis.c
 OBJS         = $(SRCS:src/%.c=$(BUILD)/obj/%.o)
 LUA_SRCS     = $(wildcard lua/jimeng/*.lua)
 CLI_SRCS     = $(wildcard lua/jimeng/cli/*.lua)
@@ -49,7 +55,7 @@ SANDBOX_LEDGER = JIMENG_LEDGER="$(CURDIR)/$(BUILD)/sandbox-ledger.jsonl"
 RUN_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/?.lua;;" \
           LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" JIMENG_TEST_LUA="$(LUA)" JIMENG_BUILD="$(CURDIR)/$(BUILD)"
 
-.PHONY: deps openresty-example all test test-all demo experiment examples install uninstall clean version rock lint docs docs-screenshot man completions asan valgrind fuzz bench bench-host
+.PHONY: deps openresty-example all test test-all demo experiment examples install uninstall clean version rock lint docs docs-screenshot man completions asan valgrind fuzz bench bench-host bench-budget bench-budget-split
 
 all: $(SO)
 
@@ -67,6 +73,10 @@ deps:
 $(BUILD)/obj/%.o: src/%.c src/jimeng.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+# the budget's Redis side: hiredis's flags for these two files only
+$(BUILD)/obj/share.o $(BUILD)/obj/share_redis.o: ALL_CFLAGS += $(HIREDIS_CFLAGS)
+$(BUILD)/obj/share.o $(BUILD)/obj/share_redis.o: src/share_redis.h
 
 $(SO): $(OBJS)
 	@mkdir -p $(dir $@)
@@ -162,6 +172,14 @@ fuzz: build/fuzz/normalize build/fuzz/response build/fuzz/url build/fuzz/mp4
 # nothing here is asserted. Needs: time curl python3-requests lua5.1 lua-curl (apt-get).
 bench: all
 	@JIMENG_LEDGER=false $(RUN_ENV) $(LUA) bench/run.lua
+
+# What a shared budget costs per request, held nowhere, in memory or in a file (bench/README.md).
+bench-budget: all
+	@$(RUN_ENV) $(LUA) bench/budget.lua
+
+# 200 videos under max_tasks = 10 split over 1, 3 and 6 processes sharing a budget file (bench/README.md).
+bench-budget-split: all
+	@$(RUN_ENV) $(LUA) bench/budget_split.lua
 
 # The host table alone (Neovim and nginx waiting; bench/README.md): needs nvim, nginx's Lua module, strace.
 bench-host: all

@@ -1162,6 +1162,23 @@ class Handler(BaseHTTPRequestHandler):
                                        "max_open_connections": st.max_open_connections,
                                        "rate_limited": st.rate_limited,
                                        "creates_by_prompt": dict(st.creates_by_prompt), "pid": os.getpid()})
+        if path == "/_sandbox/budget":  # what an account's budget is judged by: requests a second, tasks at once
+            with st.lock:
+                times = sorted(e["time"] for e in st.log if urlsplit(e["path"]).path.startswith("/v1/"))
+                spans = [(t["start"], t["start"] + t["queue_s"] + t["process_s"]) for t in st.tasks.values()]
+            busiest, j = 0, 0
+            for i, t in enumerate(times):  # the most API requests in any one-second window
+                while t - times[j] >= 1:
+                    j += 1
+                busiest = max(busiest, i - j + 1)
+            edges = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])  # an end before a start
+            most = held = 0
+            for _, d in edges:
+                held += d
+                most = max(most, held)
+            now = time.monotonic()
+            return self.send(200, {"busiest_second": busiest, "max_in_flight": most,
+                                   "in_flight": sum(1 for a, b in spans if a <= now < b)})
         if path == "/_sandbox/reset":
             with st.lock:
                 st.reset()

@@ -395,6 +395,6 @@ describe("jimeng doctor", function()
     assert.equals(report.ok and 0 or 3, code)
     local names = {}
     for _, c in ipairs(report.checks) do names[#names + 1] = c.name end
-    assert.same({ "config", "API key", "base URL", "proxy", "CA file", "API", "libcurl", "TLS backend", "HTTP/2" }, names)
+    assert.same({ "config", "API key", "base URL", "proxy", "CA file", "API", "budget", "libcurl", "TLS backend", "HTTP/2" }, names)
   end)
 end)

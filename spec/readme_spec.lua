@@ -96,6 +96,7 @@ describe("the README, run as written", function()
       ("export LUA_PATH='%s/share/lua/%s/?.lua;%s/share/lua/%s/?/init.lua;;';"):format(prefix, version, prefix, version),
       ("export LUA_CPATH='%s/lib/lua/%s/?.so;;';"):format(prefix, version),
       "unset JIMENG_BUILD;",
+      ("export XDG_RUNTIME_DIR=%s;"):format(prefix), -- a budget = "local" file goes there, removed with it
     }, " ")
   end)
   teardown(function()

@@ -64,5 +64,6 @@ __attribute__((visibility("default"))) int luaopen_jimeng_core(lua_State *L) {
     jm_open_response(L);
     jm_open_files(L);
     jm_open_url(L);
+    jm_open_share(L);
     return 1;
 }

@@ -87,6 +87,7 @@ typedef struct {
     double pace_rate;     /* tokens a second; 0: no pace */
     double pace_burst, pace_tokens, pace_at;
     double pace_next;     /* when the queue's head gets its token (jm_now() seconds); 0: not waiting for one */
+    jm_share *share;      /* engine:share: a budget shared with other clients, whose bucket replaces the pace */
 } jm_engine;
 
 typedef struct {
@@ -794,6 +795,7 @@ static CURLcode jm_start(jm_engine *e, jm_transfer *t) {
 /* Takes a token of the pace for the transfer about to start (1), or says when the next one comes (0). */
 static int jm_pace_take(jm_engine *e) {
     double now;
+    if (e->share) return jm_share_take(e->share, &e->pace_next);
     if (e->pace_rate <= 0) return 1;
     now = jm_now();
     e->pace_tokens += (now - e->pace_at) * e->pace_rate;
@@ -1192,6 +1194,8 @@ static int l_engine_close(lua_State *L) {
     if (e->multi) curl_multi_cleanup(e->multi);
     e->multi = NULL;
     jm_watch_free(e); /* after the cleanup: its last socket callbacks still record into it */
+    if (e->share) jm_share_drop(e->share);
+    e->share = NULL;
     e->closed = 1;
     return 0;
 }
@@ -1531,6 +1535,19 @@ static int l_engine_pace(lua_State *L) {
     return 0;
 }
 
+/* engine:share(share | nil): requests take their tokens from a shared budget (core.share_open) instead of
+ * the engine's own pace, from the next transfer that leaves the queue; nil: the engine's own pace again. */
+static int l_engine_share(lua_State *L) {
+    jm_engine *e = jm_check_engine(L, 1);
+    jm_share *s = lua_isnoneornil(L, 2) ? NULL : jm_share_check(L, 2);
+    if (s) jm_share_hold(s);
+    if (e->share) jm_share_drop(e->share);
+    e->share = s;
+    e->pace_next = 0;
+    jm_pump(L, e);
+    return 0;
+}
+
 /* engine:poll(ms) -> number of sockets with activity. Waits for activity on any transfer, or ms. */
 static int l_engine_poll(lua_State *L) {
     jm_engine *e = jm_check_engine(L, 1);
@@ -1566,6 +1583,13 @@ static int l_wait_all(lua_State *L) {
     lua_rawgeti(L, 1, 1);
     first = jm_check_engine(L, -1);
     lua_pop(L, 1);
+    for (i = 1; i <= count; i++) { /* a paced queue's next token ends the wait too (a shared budget's included) */
+        double pace;
+        lua_rawgeti(L, 1, i);
+        pace = jm_pace_wait_ms(jm_check_engine(L, -1));
+        lua_pop(L, 1);
+        if (pace >= 0 && pace < (double)ms) ms = (long)pace;
+    }
     for (i = 2; i <= count; i++) {
         jm_engine *e;
         fd_set r, w, x;
@@ -1854,6 +1878,7 @@ static int l_transfer_paid(lua_State *L) {
 void jm_open_engine(lua_State *L) {
     static const luaL_Reg engine_m[] = {
         {"request", l_engine_request}, {"perform", l_engine_perform}, {"poll", l_engine_poll}, {"pace", l_engine_pace},
+        {"share", l_engine_share},
         {"close", l_engine_close},     {"watch", l_engine_watch}, {"socket_action", l_engine_socket_action},
         {"socket_action_timeout", l_engine_socket_action_timeout}, {"step_sockets", l_engine_step_sockets},
         {NULL, NULL},

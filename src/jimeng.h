@@ -56,6 +56,7 @@ JM_HIDDEN void jm_open_request(lua_State *L);
 JM_HIDDEN void jm_open_response(lua_State *L);
 JM_HIDDEN void jm_open_files(lua_State *L);
 JM_HIDDEN void jm_open_url(lua_State *L);
+JM_HIDDEN void jm_open_share(lua_State *L);
 
 /* files.c: a download's partial file, <path>.part, opened without following a link and locked (flock) from
  * core.part_open until it is committed or closed; its record <path>.part.json says whose bytes it holds. */
@@ -90,5 +91,13 @@ JM_HIDDEN int jm_noproxy_match(const char *host, const char *list);
 /* url.c: whether a request to url goes through a proxy: `proxy` (NULL: libcurl's environment variables) unless
  * `noproxy` (NULL: no_proxy / NO_PROXY) covers its host; when it does, `where` gets the proxy's host:port. */
 JM_HIDDEN int jm_proxy_for(const char *url, const char *proxy, const char *noproxy, char *where, size_t wheresz);
+
+/* share.c: a budget shared by clients (core.share_open): the engine takes a request's token from it
+ * (jm_share_take: 1, or 0 with *next = when the next token comes), and holds it while attached. */
+typedef struct jm_share jm_share;
+JM_HIDDEN int jm_share_take(jm_share *s, double *next);
+JM_HIDDEN void jm_share_hold(jm_share *s);
+JM_HIDDEN void jm_share_drop(jm_share *s);
+JM_HIDDEN jm_share *jm_share_check(lua_State *L, int i);
 
 #endif

@@ -740,7 +740,8 @@ function M.main(argv, streams)
       -- said even with -q: after Ctrl-C, why the command goes on (on a line of its own, wrapped at words)
       logger = function(kind, text) if kind == "interrupted" then out:note("jimeng: " .. text, true) end end,
       cainfo = args.cainfo, proxy = args.proxy, no_proxy = args.no_proxy, dialect = args.dialect,
-      http_version = args["http1.1"] and "1.1" or args.http2 and "2" or nil, trace = out:tracer() }
+      http_version = args["http1.1"] and "1.1" or args.http2 and "2" or nil, trace = out:tracer(),
+      max_rps = args.max_rps, max_tasks = args.max_tasks, budget = args.budget }
     if not client then return out:fail(err) end
     -- every poll counted and shown (the display of a task, or the batch table), every batch download seen
     progress.observe(client, function(id, task)

@@ -2,6 +2,7 @@
 local core = require "jimeng.core"
 local Budget = require "jimeng.budget"
 local dialect = require "jimeng.dialect"
+local Share = require "jimeng.share"
 local errors = require "jimeng.errors"
 local download = require "jimeng.download"
 local http = require "jimeng.http"
@@ -26,6 +27,7 @@ local OPTIONS = {
   allow_insecure_http = "boolean", cainfo = "string", capath = "string", logger = "function", trace = "function",
   proxy = "string", no_proxy = "string", http_version = "string", max_connections = "number", max_rps = "number",
   burst = "number", ledger = "string or false", dialect = "string",
+  max_tasks = "number", budget = "string", budget_lease = "number",
 }
 
 local HTTP_VERSIONS = { auto = true, ["1.1"] = true, ["2"] = true }
@@ -212,6 +214,8 @@ function Client.new(opts, json)
   end
   -- the ledger of paid creates (jimeng.ledger): ledger=false, or JIMENG_LEDGER=false, for none
   self.ledger = ledger.open(ledger.path(opts.ledger), json, self.api_key, ledger.explicit(opts.ledger))
+  local shared_ok, share_err = Share.check(self)
+  if not shared_ok then return nil, share_err end
   -- when each task this client created was created: its first wait learns and uses the queue time
   self.created_at = {}
   self.json = json
@@ -225,7 +229,13 @@ function Client.new(opts, json)
     http_version = self.http_version, api_key = self.api_key, stall_timeout = self.stall_timeout,
   }
   -- the request budget paces the engine: a request takes its token when it gets a connection
-  self.budget = Budget.new(self.max_rps, self.burst, self.engine)
+  -- (shared with the account's other clients: jimeng.share)
+  local pacer, perr = Share.attach(self)
+  if not pacer then
+    self.engine:close()
+    return nil, perr
+  end
+  self.budget = Budget.new(self.max_rps, self.burst, pacer)
   return self
 end
 
@@ -234,6 +244,7 @@ function Client:log(...)
 end
 
 function Client:close()
+  Share.close(self)
   self.engine:close()
 end
 
@@ -334,6 +345,8 @@ function Client:create(params, opts)
       base_url = self.base_url, output = opts.output }
   end
   for _, w in ipairs(warnings) do self:log("warning", w) end
+  local slot, slot_err = Share.acquire(self, opts.deadline) -- a task's slot of max_tasks, before anything is sent
+  if not slot then return nil, slot_err end
   local decoded, r = http.json(self, {
     method = "POST", path = "/videos", body = body, paid = true, what = "create",
     deadline = opts.deadline, journal = opts.journal, until_deadline = opts.until_deadline, on_retry = opts.on_retry,
@@ -356,8 +369,10 @@ function Client:create(params, opts)
       terr.created, terr.task_id = true, core.raw_id(r.body or "")
       terr.message = terr.message .. " (the task was made" .. (terr.task_id and "" or "; its id cannot be read") .. ")"
     end
+    Share.created(self, slot, task and task.id or core.raw_id(r.body or ""), true)
   else
     terr = r
+    Share.created(self, slot, r.task_id, r.created)
   end
   if book and (task or terr.sent) then
     -- the answer's id first, before anything else is done with it
@@ -417,6 +432,7 @@ function Client:status(id, opts)
       message = ("asked for task %s, the API answered about task %s"):format(id, task.id:sub(1, 64)) }, self.api_key)
   end
   task.retry_after = http.server_delay(r.headers)
+  Share.finished(self, task)
   return task
 end
 

@@ -104,6 +104,9 @@ function Sandbox:stats() return self:call("/_sandbox/stats") end
 function Sandbox:reset() return self:call("/_sandbox/reset", {}) end
 function Sandbox:config(c) return self:call("/_sandbox/config", c) end
 function Sandbox:tasks() return self:call("/_sandbox/tasks") end
+--- {busiest_second=, max_in_flight=, in_flight=}: the most API requests in any one-second window, the most
+-- tasks in flight at once (from create to their end at the server), and those in flight now.
+function Sandbox:budget() return self:call("/_sandbox/budget") end
 
 --- Plans faults: the next `count` requests whose path matches `path` (a regex) get `fault`.
 function Sandbox:faults(plans) return self:call("/_sandbox/faults", plans) end

@@ -110,7 +110,8 @@ function M.run(args, key, key_err, extra)
   -- the base URL, the proxy, the CA: all decided by jimeng.new
   local client, err = jimeng.new { api_key = key, base_url = args.base_url, max_retries = 0, timeout = 10,
     connect_timeout = 5, cainfo = args.cainfo, proxy = args.proxy, no_proxy = args.no_proxy, dialect = args.dialect,
-    http_version = args["http1.1"] and "1.1" or args.http2 and "2" or nil, trace = extra.trace }
+    http_version = args["http1.1"] and "1.1" or args.http2 and "2" or nil, trace = extra.trace,
+    max_rps = args.max_rps, max_tasks = args.max_tasks, budget = args.budget }
   local base = args.base_url or os.getenv("JIMENG_BASE_URL") or "https://api.tokenops.ai/v1"
   if not client then
     local field = err.field or ""
@@ -123,6 +124,7 @@ function M.run(args, key, key_err, extra)
       add(name, false, err.message, name == "CA file" and
         "point --cainfo (or CURL_CA_BUNDLE) at a readable PEM file holding your CA's certificate" or
         name == "proxy" and "give the proxy as http://user:password@host:port (or unset https_proxy)" or
+        name == "budget" and "--budget process, local or a file path (mode 0600, yours), or unset JIMENG_BUDGET" or
         (err.hint or "see jimeng --help"))
     end
   else
@@ -213,6 +215,15 @@ function M.run(args, key, key_err, extra)
     else
       add("API", false, "not called: there is no key to call it with", "set the key first (above)")
     end
+    local share = require "jimeng.share"
+    local held = share.stats(client)
+    local asked = core.now() -- a Redis budget's thread may not have had its first answer yet: a moment for it
+    while held and held.up == false and held.why == "not reached yet" and core.now() - asked < 2 do
+      core.sleep(0.05)
+      held = share.stats(client)
+    end
+    add("budget", not (held and held.up == false), share.describe(client),
+      "start the budget's Redis, or check --budget's host and port (meanwhile a safe local share is used)")
     client:close()
   end
 

@@ -80,6 +80,17 @@ local function add_network(cmd)
   cmd:flag("-v --verbose", "Show each request and answer on stderr (-vv: with headers); the key never.")
     :count("*")
   cmd:flag("--no-color", "No color, even on a terminal (as NO_COLOR=1 does).")
+  M.add_budget(cmd)
+end
+
+--- The account's budget (README, "One account, many clients"): shared by every client that names the same
+-- place with the same key and base URL.
+function M.add_budget(cmd)
+  number(cmd, "--max-rps", "At most N API requests a second (with every client sharing the budget).")
+  number(cmd, "--max-tasks", "At most N tasks created and not finished at once (a create waits for a slot).")
+  option(cmd, "--budget", "Where the budget is held: process, local (every process of this user here), a " ..
+    "file path, redis://host:port/prefix (every machine), or client (default: $JIMENG_BUDGET, else process).",
+    "WHERE")
 end
 
 --- The parser of the whole command line.
