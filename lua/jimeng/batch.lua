@@ -16,8 +16,13 @@
 local core = require "jimeng.core"
 local errors = require "jimeng.errors"
 local runtime = require "jimeng.runtime"
+local workflows = require "jimeng.workflows"
 
 local M = {}
+
+-- The options of batch, checked by the workflows' one check of each option (as generate's are).
+local BATCH_OPTIONS = { journal = true, output_dir = true, concurrency = true, recreate_unknown = true, interval = true,
+  timeout = true, overwrite = true, on_event = true, on_start = true }
 
 local JOB_KEYS = { label = true, output = true }
 
@@ -162,6 +167,8 @@ end
 -- not paid again), "failed" (the task failed: not made again), "unknown" (sent, no answer: created again only
 -- with recreate_unknown), "new" (never sent). create: whether the run would pay for it. opts as for run.
 function M.plan(client, jobs, opts)
+  local ok, oerr = workflows.check_options(opts, BATCH_OPTIONS, "batch")
+  if not ok then return nil, oerr end
   opts = opts or {}
   local prepared, output_dir = prepare(client, jobs, opts)
   if not prepared then return nil, output_dir end
@@ -370,11 +377,10 @@ end
 -- summary: {total=, saved=, skipped=, failed=, unknown=, errors=, jobs={...}} where each job has
 -- key, label, index, status ("saved", "skipped", "failed", "unknown", "error"), path, task_id, error.
 function M.run(client, jobs, opts)
+  local valid, oerr = workflows.check_options(opts, BATCH_OPTIONS, "batch")
+  if not valid then return nil, oerr end
   opts = opts or {}
   local cap = opts.concurrency or 4
-  if type(cap) ~= "number" or not (cap >= 1 and cap <= 1024) then -- luacheck: ignore 581
-    return errors.invalid("concurrency must be 1 to 1024", "concurrency")
-  end
   local prepared, output_dir = prepare(client, jobs, opts)
   if not prepared then return nil, output_dir end
   local run = setmetatable({ client = client, json = client.json, opts = opts, jobs = prepared, state = {},

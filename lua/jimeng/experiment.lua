@@ -15,8 +15,14 @@ local batch = require "jimeng.batch"
 local core = require "jimeng.core"
 local errors = require "jimeng.errors"
 local gallery = require "jimeng.gallery"
+local workflows = require "jimeng.workflows"
 
 local M = {}
+
+-- The options of experiment, checked by the workflows' one check of each option (as generate's are).
+local RUN_OPTIONS = { dir = true, rows = true, cols = true, dry_run = true, max_videos = true, yes = true, retake = true,
+  concurrency = true, recreate_unknown = true, overwrite = true, interval = true, timeout = true, ffmpeg = true,
+  poster_timeout = true, on_event = true, on_plan = true }
 
 local SPEC_KEYS = { name = true, base = true, vary = true, vars = true, cells = true, order = true,
   rows = true, cols = true }
@@ -437,6 +443,8 @@ end
 -- made=, skipped=, failed=, unknown=, errors=, interrupted=, paid=, paid_seconds=, dry_run=} | nil, err.
 -- What a run pays for is read from the batch journal (batch.plan), the identity batch itself uses.
 function M.run(client, spec, opts)
+  local valid, oerr = workflows.check_options(opts, RUN_OPTIONS, "experiment")
+  if not valid then return nil, oerr end
   opts = opts or {}
   local json = client.json
   if type(spec) == "string" then

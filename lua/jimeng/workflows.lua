@@ -18,15 +18,54 @@ local function seconds(lo)
   end
 end
 local function of_type(t) return function(v) if type(v) ~= t then return "must be a " .. t end end end
+local function whole(lo, hi)
+  return function(v)
+    if type(v) ~= "number" or not (v >= lo and v <= hi) or v ~= math.floor(v) then -- luacheck: ignore 581
+      return ("must be a whole number from %d to %d"):format(lo, hi)
+    end
+  end
+end
+local function path_string(v)
+  if type(v) ~= "string" or v == "" or v:find("%z") then return "must be a path (a non-empty string)" end
+end
+local function strings(v) -- one string, or a list of them (retake)
+  if type(v) == "string" and v ~= "" then return end
+  if type(v) == "table" and #v > 0 then
+    local n = 0
+    for _ in pairs(v) do n = n + 1 end
+    if n == #v then
+      local ok = true
+      for _, x in ipairs(v) do ok = ok and type(x) == "string" and x ~= "" end
+      if ok then return end
+    end
+  end
+  return "must be a cell id (a string) or a list of them"
+end
+--- The one check of each option of the workflows (generate, omnihuman, batch, experiment): every entry point
+-- (Lua, the command, the plugin) goes through these before anything is paid for.
 local OPTION_CHECKS = {
   output = of_type("string"), output_dir = of_type("string"), overwrite = of_type("boolean"),
   timeout = seconds(0.001), interval = seconds(0.01),
   on_created = of_type("function"), on_status = of_type("function"), on_progress = of_type("function"),
+  -- batch
+  journal = path_string, concurrency = whole(1, 1024), recreate_unknown = of_type("boolean"),
+  on_event = of_type("function"), on_start = of_type("function"),
+  -- experiment
+  dir = path_string, rows = of_type("string"), cols = of_type("string"), dry_run = of_type("boolean"),
+  max_videos = whole(0, 100000), yes = of_type("boolean"), retake = strings, on_plan = of_type("function"),
+  ffmpeg = function(v) if v ~= false and type(v) ~= "string" then return "must be a path or false" end end,
+  poster_timeout = seconds(0.1),
 }
 
 -- Checks opts against the names a workflow takes. -> true | nil, err (invalid_argument, nothing sent)
+-- opts may be nil (no options). A value false stands for "not given" only where false is no value of the
+-- option's own (a boolean, or ffmpeg=false).
 local function check_options(opts, names, what)
-  if type(opts) ~= "table" then return errors.invalid(what .. " options must be a table", "opts") end
+  if opts == nil then return true end
+  if type(opts) ~= "table" then
+    return errors.invalid(("%s: its options must be a table; got a %s (nothing was paid for)"):format(what,
+      type(opts)), "opts")
+  end
   for k, v in pairs(opts) do
     local known = type(k) == "string" and names[k]
     if not known then
@@ -45,6 +84,7 @@ local function check_options(opts, names, what)
   end
   return true
 end
+M.check_options = check_options
 
 local GENERATE_OPTIONS = { output = true, output_dir = true, overwrite = true, timeout = true, interval = true,
   on_created = true, on_status = true, on_progress = true }
@@ -124,8 +164,8 @@ end
 
 --- client:generate: see its documentation in client.lua.
 function M.generate(self, params, opts)
-  opts = opts or {}
   local ok, oerr = check_options(opts, GENERATE_OPTIONS, "generate")
+  opts = opts or {}
   if not ok then return nil, oerr end
   local deadline = now() + (opts.timeout or self.wait_timeout)
   local output
@@ -176,9 +216,9 @@ end
 
 --- client:omnihuman: see its documentation in client.lua.
 function M.omnihuman(self, params, opts)
-  opts = opts or {}
   if type(params) ~= "table" then return errors.invalid("omnihuman needs a table of parameters") end
   local ok, oerr = check_options(opts, OMNIHUMAN_OPTIONS, "omnihuman")
+  opts = opts or {}
   if not ok then return nil, oerr end
   ok, oerr = check_subject(params.subject)
   if not ok then return nil, oerr end

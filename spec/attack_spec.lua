@@ -1,0 +1,64 @@
+-- The findings of the second outside attack (issue #25), one spec each: never pay for what is then refused,
+-- never let one paid video replace another, never show a raw error or a raw escape sequence. Money is counted
+-- at the sandbox (its creates).
+local h = require "spec.support.helpers"
+local proc = require "spec.support.process"
+local cjson = require "cjson"
+
+local lua = proc.lua
+
+local function cli(env, args, extra_env)
+  return proc.run(("cd %s && %sJIMENG_API_KEY=k JIMENG_BASE_URL=%s %s %s/bin/jimeng %s"):format(env.dir,
+    extra_env or "", env.sb.url, lua, proc.root, args), proc.own_env)
+end
+
+local GRID = { name = "grid", base = { prompt = "a {animal}", seconds = 5 }, vars = { animal = { "fox", "owl" } },
+  vary = { seed = { 1, 2 } } }
+
+describe("every option is checked before the first paid call", function()
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0.05, process_seconds = 0.1 }, reset = true, dir = "each" }
+
+  it("batch and experiment refuse a poll interval generate refuses, before they pay (Lua and the command)", function()
+    for _, bad in ipairs { 0, -1, 1e9, 0 / 0, "1" } do
+      local s, err = env.client:batch({ { prompt = "a fox" } }, { output_dir = env.dir, interval = bad })
+      h.failed("invalid_argument", s, err)
+      assert.equals("interval", err.field)
+      local r
+      r, err = env.client:experiment(GRID, { dir = env.dir .. "/e", interval = bad })
+      h.failed("invalid_argument", r, err)
+      assert.equals("interval", err.field)
+    end
+    h.write(env.dir .. "/jobs.jsonl", '{"prompt":"a fox"}\n')
+    h.write(env.dir .. "/grid.json", cjson.encode(GRID))
+    for _, line in ipairs { "batch jobs.jsonl --interval 0", "batch jobs.jsonl --interval 1e9",
+      "experiment grid.json --interval -1", "experiment grid.json --timeout 0" } do
+      local ok, out = cli(env, line)
+      assert.is_false(ok, line)
+      assert.truthy(out:find("nothing was paid for", 1, true), out)
+    end
+    assert.equals(0, env.sb:stats().creates)
+  end)
+
+  it("max_videos is a whole number or refused: NaN, 2.5 and \"3\" pay for nothing and raise nothing", function()
+    for _, bad in ipairs { 0 / 0, 2.5, "3", -1, math.huge } do
+      local r, err = env.client:experiment(GRID, { dir = env.dir .. "/e", max_videos = bad })
+      h.failed("invalid_argument", r, err)
+      assert.equals("max_videos", err.field)
+    end
+    h.write(env.dir .. "/grid.json", cjson.encode(GRID))
+    local ok, out = cli(env, "experiment grid.json --max-videos 2.5")
+    assert.is_false(ok)
+    assert.falsy(out:find("traceback", 1, true), out)
+    assert.truthy(out:find("max_videos must be a whole number", 1, true), out)
+    assert.equals(0, env.sb:stats().creates)
+  end)
+
+  it("retake, concurrency, on_event of the wrong type are refused as invalid_argument naming the option", function()
+    for opt, bad in pairs { retake = 1, concurrency = 2.5, on_event = "print", yes = "yes" } do
+      local r, err = env.client:experiment(GRID, { dir = env.dir .. "/e", [opt] = bad })
+      h.failed("invalid_argument", r, err)
+      assert.equals(opt, err.field)
+    end
+    assert.equals(0, env.sb:stats().creates)
+  end)
+end)
