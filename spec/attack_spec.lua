@@ -62,3 +62,31 @@ describe("every option is checked before the first paid call", function()
     assert.equals(0, env.sb:stats().creates)
   end)
 end)
+
+describe("a retake is journaled when it is decided", function()
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0.05, process_seconds = 0.1 }, reset = true, dir = "each" }
+
+  it("the same --retake command after a run that did not end finishes that run, and pays no take more", function()
+    local dir = env.dir .. "/e"
+    assert(env.client:experiment(GRID, { dir = dir, ffmpeg = false }))
+    assert.equals(4, env.sb:stats().creates)
+    local grown = cjson.decode(cjson.encode(GRID))
+    grown.vary.seed = { 1, 2, 3 }
+    local id = "animal=fox,seed=1"
+    -- the retake is saved, then the run stops on an error before its last job has its video
+    local first = assert(env.client:experiment(grown, { dir = dir, retake = id, concurrency = 1, ffmpeg = false,
+      on_event = function(ev)
+        if ev.type == "created" and ev.job.label == "animal=owl,seed=3" then error("stopped here") end
+      end }))
+    assert.equals(1, first.errors)
+    assert.equals(7, env.sb:stats().creates) -- the retake and the two new cells
+    local again = assert(env.client:experiment(grown, { dir = dir, retake = id, ffmpeg = false }))
+    assert.equals(0, again.errors)
+    assert.equals(7, #again.takes)
+    assert.equals(7, env.sb:stats().creates) -- the same command paid for nothing more
+    -- that run ended with every take made: the same command now makes one more take
+    local third = assert(env.client:experiment(grown, { dir = dir, retake = id, ffmpeg = false }))
+    assert.equals(8, #third.takes)
+    assert.equals(8, env.sb:stats().creates)
+  end)
+end)

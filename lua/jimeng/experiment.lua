@@ -493,9 +493,14 @@ function M.run(client, spec, opts)
   end
   local takes = expand_takes(plan, takes_count, json)
   local retake_changed = false
+  -- the retakes decided by runs that did not end with every take finished (retake.json): cell id -> take
+  local pending_path = dir .. "/retake.json"
+  local pending = read_json(pending_path, json) or {}
+  local pending_before = next(pending) ~= nil
   if retake then
-    -- a retake adds a take only when the cell's last take is finished (saved or failed); a rerun of the
-    -- same --retake command after an interruption continues the unfinished take instead of paying again
+    -- a retake adds a take only when the cell's last take is finished (saved or failed) and was not itself
+    -- decided by a retake whose run has not ended complete: a rerun of the same --retake command after an
+    -- interruption (or an error) finishes that run instead of paying for one more take
     local states, serr = batch.plan(client, jobs_of(takes), plan_opts)
     if not states then return nil, serr end
     local state_of = {}
@@ -506,8 +511,12 @@ function M.run(client, spec, opts)
         done_ids[id] = true
         local n = math.floor(math.max(1, tonumber(takes_count[id]) or 1)) -- JSON gives 2.0 on some builds
         local last = state_of[n == 1 and id or (id .. TAKE_SEP .. n)]
-        if last == "saved" or last == "failed" then
+        if tonumber(pending[id]) == n then -- luacheck: ignore 542 (decided before: this run finishes it)
+        elseif last == "saved" or last == "failed" then
           takes_count[id], retake_changed = n + 1, true
+          pending[id] = n + 1
+        else
+          pending[id], retake_changed = n, true
         end
       end
     end
@@ -599,10 +608,12 @@ function M.run(client, spec, opts)
     journal = journal_path, output_dir = dir, concurrency = opts.concurrency, overwrite = opts.overwrite,
     recreate_unknown = opts.recreate_unknown, interval = opts.interval, timeout = opts.timeout,
     on_start = function()
-      if retake_changed then
-        local ok, why = write_atomic(takes_path, json.encode(takes_count))
-        if not ok then
-          return nil, errors.new { kind = "io", message = "cannot write " .. takes_path .. ": " .. tostring(why) }
+      if retake_changed then -- the retake is decided: journaled before it is paid for
+        for _, f in ipairs { { pending_path, pending }, { takes_path, takes_count } } do
+          local ok, why = write_atomic(f[1], json.encode(f[2]))
+          if not ok then
+            return nil, errors.new { kind = "io", message = "cannot write " .. f[1] .. ": " .. tostring(why) }
+          end
         end
       end
       for _, t in ipairs(takes) do
@@ -672,6 +683,13 @@ function M.run(client, spec, opts)
   local ok, werr = publish()
   if not ok then return nil, werr end
   if publish_error then return nil, publish_error end
+  if (pending_before or retake_changed) and report.interrupted == 0 and report.errors == 0 and report.unknown == 0 then
+    -- every take finished: the retakes decided are done, and the same --retake command now adds one more
+    ok, werr = write_atomic(pending_path, "{}")
+    if not ok then
+      return nil, errors.new { kind = "io", message = "cannot write " .. pending_path .. ": " .. tostring(werr) }
+    end
+  end
   return report
 end
 
