@@ -3,6 +3,7 @@
 -- at the sandbox (its creates).
 local h = require "spec.support.helpers"
 local proc = require "spec.support.process"
+local core = require "jimeng.core"
 local cjson = require "cjson"
 
 local lua = proc.lua
@@ -88,5 +89,59 @@ describe("a retake is journaled when it is decided", function()
     local third = assert(env.client:experiment(grown, { dir = dir, retake = id, ffmpeg = false }))
     assert.equals(8, #third.takes)
     assert.equals(8, env.sb:stats().creates)
+  end)
+end)
+
+describe("the output path is reserved before paying", function()
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0.05, process_seconds = 0.1 }, reset = true, dir = "each" }
+
+  it("a second generate for the same path, --force or not, is refused before it pays while the first runs", function()
+    env.sb:config { queue_seconds = 0.05, process_seconds = 2 }
+    local cmd = ("cd %s && JIMENG_API_KEY=k JIMENG_BASE_URL=%s %s %s/bin/jimeng generate 'the first' --interval 0.05 " ..
+      "-o same.mp4 >out1 2>err1; echo $? >code1"):format(env.dir, env.sb.url, lua, proc.root)
+    os.execute(proc.own_env .. "(" .. cmd .. ") >/dev/null 2>&1 &")
+    local deadline = core.now() + 10
+    while env.sb:stats().creates < 1 and core.now() < deadline do core.sleep(0.02) end
+    assert.equals(1, env.sb:stats().creates)
+    for _, force in ipairs { "", " --force" } do
+      local ok, out = cli(env, "generate 'the second' --interval 0.05 -o same.mp4" .. force)
+      assert.is_false(ok, out)
+      assert.truthy(out:find("another download is writing", 1, true), out)
+      assert.truthy(out:find("nothing was paid for", 1, true), out)
+    end
+    assert.equals(1, env.sb:stats().creates)
+    while not (h.read(env.dir .. "/code1") or ""):find("%d") and core.now() < deadline + 10 do core.sleep(0.05) end
+    assert.equals("0", h.read(env.dir .. "/code1"):match("%d+"), h.read(env.dir .. "/err1"))
+    assert.equals(1, env.sb:creates_for("the first"))
+    assert.equals(0, env.sb:creates_for("the second"))
+  end)
+
+  it("a .part or .part.json that is a directory is found before paying (generate and batch)", function()
+    for _, beside in ipairs { ".part", ".part.json" } do
+      local path = env.dir .. "/v" .. beside:gsub("%W", "") .. ".mp4"
+      assert(core.mkdirs(path .. beside))
+      local r, err = env.client:generate({ prompt = "a fox" }, { output = path })
+      h.failed("invalid_argument", r, err)
+      assert.truthy(err.message:find("nothing was paid for", 1, true), err.message)
+      local s
+      s, err = env.client:batch({ { prompt = "a fox", output = path } }, { output_dir = env.dir })
+      h.failed("invalid_argument", s, err)
+      assert.truthy(err.message:find("directory", 1, true), err.message)
+    end
+    assert.equals(0, env.sb:stats().creates)
+  end)
+
+  it("a refused create leaves no .part behind, and generate still saves where it was asked", function()
+    local path = env.dir .. "/fox.mp4"
+    local r, err = env.client:generate({ prompt = "a fox", seconds = 7 }, { output = path })
+    h.failed("invalid_argument", r, err)
+    assert.is_false(h.exists(path .. ".part"))
+    env.sb:faults { path = "^/v1/videos$", method = "POST", fault = "status", status = 400, count = 1 }
+    r, err = env.client:generate({ prompt = "a fox" }, { output = path })
+    assert.is_nil(r)
+    assert.is_false(h.exists(path .. ".part"))
+    r = assert(env.client:generate({ prompt = "a fox" }, { output = path }))
+    assert.equals(path, r.path)
+    assert.is_false(h.exists(path .. ".part"))
   end)
 end)

@@ -228,6 +228,11 @@ function Run:check_outputs(output_dir)
     end
     owner[same] = job
     local st, cwhy = core.check_output(job.path)
+    for _, beside in ipairs { ".part", ".part.json" } do -- where its download writes: no directory, no link
+      if st and not core.check_output(job.path .. beside) then
+        st, cwhy = core.check_output(job.path .. beside)
+      end
+    end
     if not st then return refuse(cwhy) end
     local s = self.state[job.key]
     if st == "file" and not (s and (s.task_id or s.saved)) and not self.opts.overwrite then

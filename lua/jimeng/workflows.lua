@@ -3,6 +3,7 @@
 -- call these.
 local core = require "jimeng.core"
 local errors = require "jimeng.errors"
+local download = require "jimeng.download"
 
 local M = {}
 
@@ -91,9 +92,14 @@ local GENERATE_OPTIONS = { output = true, output_dir = true, overwrite = true, t
 local OMNIHUMAN_OPTIONS = { overwrite = true, timeout = true, interval = true, on_created = true, on_status = true,
   on_progress = true }
 
+-- Lets go of a reserved .part: removed when it holds nothing (this call made it), else kept for its resume.
+local function release(part)
+  if (part:size() or 0) == 0 and not part:record() then part:discard() else part:close() end
+end
+
 --- Checks, before anything is paid for, that a video can be saved at opts.output (or in opts.output_dir,
 -- which is made when missing: the user named it). An existing file is not replaced unless opts.overwrite.
--- Returns a function(task_id) -> path | nil, err.
+-- Returns a function(task_id) -> path, and for opts.output the reserved .part (locked: see release) | nil, err.
 local function plan_output(opts, prefix)
   for _, k in ipairs { "output", "output_dir" } do
     if opts[k] ~= nil and (type(opts[k]) ~= "string" or opts[k] == "" or opts[k]:find("%z")) then
@@ -104,13 +110,28 @@ local function plan_output(opts, prefix)
     opts = { output_dir = opts.output, overwrite = opts.overwrite }
   end
   if opts.output then
-    local state, why = core.check_output(opts.output)
-    if not state then return errors.invalid(why .. " (nothing was paid for)", "output") end
-    if state == "file" and not opts.overwrite then
-      return errors.invalid(opts.output .. " exists: choose another path, or pass overwrite=true (CLI --force) to " ..
-        "replace it (nothing was paid for)", "output")
+    -- the path is reserved before anything is paid for: its .part opened and locked (a second run for the
+    -- same path is refused here, --force or not), then the path and the .part's record checked under the lock
+    local path = opts.output
+    local state, why = core.check_output(path)
+    local part
+    if state then
+      part, why = core.part_open(path .. ".part")
+      state = nil
+      if part then state, why = core.check_output(path) end
     end
-    return function() return opts.output end
+    if state and core.check_output(path .. ".part.json") == nil then
+      local _, rwhy = core.check_output(path .. ".part.json")
+      state, why = nil, rwhy
+    end
+    if state == "file" and not opts.overwrite then
+      state, why = nil, path .. " exists: choose another path, or pass overwrite=true (CLI --force) to replace it"
+    end
+    if not state then
+      if part then release(part) end
+      return errors.invalid(why .. " (nothing was paid for)", "output")
+    end
+    return function() return path end, part
   end
   local dir = opts.output_dir and opts.output_dir:gsub("(.)/+$", "%1")
   if dir then
@@ -123,21 +144,24 @@ local function plan_output(opts, prefix)
   return function(id) return base .. prefix .. id .. ".mp4" end
 end
 M.plan_output = plan_output
+M.release = release
 
 --- Waits for a created task and downloads it to output(task.id) before the deadline: the second half of
 -- generate and omnihuman. -> {path=, bytes=, task=} | nil, err (always with task_id: it is paid for)
-local function complete(self, task, opts, deadline, output)
+local function complete(self, task, opts, deadline, output, part)
   local ok, cerr = errors.call_back(opts.on_created, "on_created", task.id, task)
-  if not ok then return nil, cerr end
-  ok, cerr = errors.call_back(opts.on_status, "on_status", task.id, task)
-  if not ok then return nil, cerr end
-  local done, werr = self:wait(task.id, {
-    deadline = deadline, interval = opts.interval,
-    on_status = opts.on_status and function(t) if t.status ~= task.status then opts.on_status(t) end end,
-  })
+  if ok then ok, cerr = errors.call_back(opts.on_status, "on_status", task.id, task) end
+  local done, werr
+  if ok then
+    done, werr = self:wait(task.id, {
+      deadline = deadline, interval = opts.interval,
+      on_status = opts.on_status and function(t) if t.status ~= task.status then opts.on_status(t) end end,
+    })
+    if not done then werr.task_id = task.id end
+  end
   if not done then
-    werr.task_id = task.id
-    return nil, werr
+    if part then release(part) end -- the download command that continues it takes the path then
+    return nil, werr or cerr
   end
   done.warnings = task.warnings
   local progress_err
@@ -148,7 +172,12 @@ local function complete(self, task, opts, deadline, output)
   end
   local path = output(task.id)
   -- the path was checked before the create (plan_output): a file there now is one overwrite allowed
-  local info, derr = self:download(task.id, path, { deadline = deadline, on_progress = progress, overwrite = true })
+  local info, derr
+  if part then -- the .part reserved before the create: this download writes it
+    info, derr = download.download(self, task.id, path, { deadline = deadline, on_progress = progress, part = part })
+  else
+    info, derr = self:download(task.id, path, { deadline = deadline, on_progress = progress, overwrite = true })
+  end
   if not info then
     derr.task_id = task.id
     return nil, derr
@@ -168,12 +197,14 @@ function M.generate(self, params, opts)
   opts = opts or {}
   if not ok then return nil, oerr end
   local deadline = now() + (opts.timeout or self.wait_timeout)
-  local output
-  output, oerr = plan_output(opts, "jimeng_video_")
-  if not output then return nil, oerr end
+  local output, part = plan_output(opts, "jimeng_video_")
+  if not output then return nil, part end
   local task, err = self:create(params, { deadline = deadline })
-  if not task then return nil, err end
-  return complete(self, task, opts, deadline, output)
+  if not task then
+    if part then release(part) end
+    return nil, err
+  end
+  return complete(self, task, opts, deadline, output, part)
 end
 
 -- The keys of client:omnihuman that steer the workflow rather than go on the wire.
@@ -231,46 +262,50 @@ function M.omnihuman(self, params, opts)
   if params.subject ~= nil and body.mask_urls then
     return errors.invalid("give either subject (detect and choose) or masks, not both", "subject")
   end
-  local output
+  local output, part
   if params.output or params.output_dir then
-    output, oerr = plan_output({ output = params.output, output_dir = params.output_dir,
+    output, part = plan_output({ output = params.output, output_dir = params.output_dir,
       overwrite = opts.overwrite }, "omnihuman_video_")
-    if not output then return nil, oerr end
+    if not output then return nil, part end
+  end
+  local function fail(e) -- before the create: the reserved .part goes
+    if part then release(part) end
+    return nil, e
   end
   local deadline = now() + (opts.timeout or self.wait_timeout)
   local image = body.content[1].image_url.url
   if params.recognize then
     local rec, err = self:recognize(image, { deadline = deadline })
-    if not rec then return nil, err end
+    if not rec then return fail(err) end
     if not rec.has_subject then
-      return nil, errors.new { kind = "invalid_argument", field = "image", request_id = rec.request_id,
+      return fail(errors.new { kind = "invalid_argument", field = "image", request_id = rec.request_id,
         message = "recognition found no person, human-like or anthropomorphic subject in " .. image ..
-          ": an OmniHuman video of it would fail (nothing was paid for)" }
+          ": an OmniHuman video of it would fail (nothing was paid for)" })
     end
   end
   local mask
   if params.subject ~= nil then
     local det, err = self:detect(image, { deadline = deadline })
-    if not det then return nil, err end
+    if not det then return fail(err) end
     if not det.has_subject or #det.mask_urls == 0 then
-      return nil, errors.new { kind = "invalid_argument", field = "subject", request_id = det.request_id,
-        message = "detection found no subject in " .. image .. " (nothing was paid for)" }
+      return fail(errors.new { kind = "invalid_argument", field = "subject", request_id = det.request_id,
+        message = "detection found no subject in " .. image .. " (nothing was paid for)" })
     end
     local why
     mask, why = choose_mask(params.subject, det.mask_urls)
     if not mask then
-      if errors.is(why) then return nil, why end
-      return nil, errors.new { kind = "invalid_argument", field = "subject", message = why }
+      if errors.is(why) then return fail(why) end
+      return fail(errors.new { kind = "invalid_argument", field = "subject", message = why })
     end
     wire.mask = mask
   end
   local task, err = self:create(wire, { deadline = deadline })
-  if not task then return nil, err end
+  if not task then return fail(err) end
   task.mask_url = mask
   if not output then return task end
   local info, ferr = complete(self, task, {
     interval = opts.interval, on_created = opts.on_created, on_status = opts.on_status, on_progress = opts.on_progress,
-  }, deadline, output)
+  }, deadline, output, part)
   if not info then return nil, ferr end
   info.task.mask_url, info.mask_url = mask, mask
   return info
