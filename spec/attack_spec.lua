@@ -137,7 +137,7 @@ describe("the output path is reserved before paying", function()
     h.failed("invalid_argument", r, err)
     assert.is_false(h.exists(path .. ".part"))
     env.sb:faults { path = "^/v1/videos$", method = "POST", fault = "status", status = 400, count = 1 }
-    r, err = env.client:generate({ prompt = "a fox" }, { output = path })
+    r = env.client:generate({ prompt = "a fox" }, { output = path })
     assert.is_nil(r)
     assert.is_false(h.exists(path .. ".part"))
     r = assert(env.client:generate({ prompt = "a fox" }, { output = path }))
