@@ -55,6 +55,7 @@ build = {
     ["jimeng.plugin"] = "lua/jimeng/plugin.lua",
     ["jimeng.runtime"] = "lua/jimeng/runtime.lua",
     ["jimeng.sandbox"] = "lua/jimeng/sandbox.lua",
+    ["jimeng.text"] = "lua/jimeng/text.lua",
     ["jimeng.workflows"] = "lua/jimeng/workflows.lua",
   },
   install = {

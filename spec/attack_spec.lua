@@ -145,3 +145,36 @@ describe("the output path is reserved before paying", function()
     assert.is_false(h.exists(path .. ".part"))
   end)
 end)
+
+describe("the experiment's files", function()
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0.05, process_seconds = 0.1 }, reset = true, dir = "each" }
+
+  it("a cell whose id is another cell's take label is refused before paying (its retake was shown under it)", function()
+    local spec = { name = "takes", base = { prompt = "a fox" }, cells = { { id = "fox" }, { id = "fox take 2", seed = 3 } } }
+    local r, err = env.client:experiment(spec, { dir = env.dir .. "/e", ffmpeg = false })
+    h.failed("invalid_argument", r, err)
+    assert.truthy(err.message:find('"fox take 2" ends like the label of a take', 1, true), err.message)
+    r, err = env.client:experiment({ base = { prompt = "a fox" }, cells = { { id = "fox\27]0;owned\7" } } },
+      { dir = env.dir .. "/e", ffmpeg = false })
+    h.failed("invalid_argument", r, err)
+    assert.falsy(err.message:find("\27", 1, true), err.message)
+    assert.equals(0, env.sb:stats().creates)
+  end)
+
+  it("the gallery's, results' and takes' temporary files never follow a planted link", function()
+    local dir = env.dir .. "/e"
+    assert(core.mkdirs(dir))
+    local victims = {}
+    for _, name in ipairs { "index.html", "results.json", "takes.json" } do
+      local victim = env.dir .. "/victim-" .. name
+      h.write(victim, "precious")
+      victims[#victims + 1] = victim
+      assert(os.execute(("ln -s %s %s/%s.tmp"):format(victim, dir, name)))
+    end
+    assert(env.client:experiment(GRID, { dir = dir, ffmpeg = false }))
+    assert(env.client:experiment(GRID, { dir = dir, ffmpeg = false, retake = "animal=fox,seed=1" }))
+    for _, v in ipairs(victims) do assert.equals("precious", h.read(v)) end
+    assert.truthy(h.read(dir .. "/index.html"):find("<html", 1, true))
+    assert.equals(2, cjson.decode(h.read(dir .. "/takes.json"))["animal=fox,seed=1"])
+  end)
+end)

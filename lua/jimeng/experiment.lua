@@ -15,6 +15,7 @@ local batch = require "jimeng.batch"
 local core = require "jimeng.core"
 local errors = require "jimeng.errors"
 local gallery = require "jimeng.gallery"
+local text = require "jimeng.text"
 local workflows = require "jimeng.workflows"
 
 local M = {}
@@ -178,6 +179,13 @@ function M.plan(spec, json)
   local cells, ids = {}, {}
   local function add_cell(id, values, params, extra)
     if ids[id] then return invalid(("two cells have the id %q"):format(id), "cells") end
+    if id:find("%c") then
+      return invalid(("the cell id %s holds control characters"):format(text.printable(id)), "cells")
+    end
+    if id:find(TAKE_SEP .. "%d+$") then -- the label of another cell's take would be this cell's
+      return invalid(('the cell id "%s" ends like the label of a take ("%s"): give it another id'):format(id,
+        id:match(TAKE_SEP .. "%d+$")), "cells")
+    end
     ids[id] = true
     if type(params.prompt) == "string" then
       for _, name in ipairs(placeholders(params.prompt)) do
@@ -269,19 +277,8 @@ local function read_file(path)
   return s
 end
 
---- Writes a file atomically: a temporary file beside it, then rename(2) onto it.
-local function write_atomic(path, data)
-  local tmp = path .. ".tmp"
-  local f, why = io.open(tmp, "wb")
-  if not f then return nil, why end
-  local ok, werr = f:write(data)
-  f:close()
-  if not ok then
-    os.remove(tmp)
-    return nil, werr
-  end
-  return os.rename(tmp, path)
-end
+--- Writes a file atomically: a temporary file beside it (no link followed), then rename(2) onto it.
+local write_atomic = core.write_atomic
 M.write_atomic = write_atomic
 
 local function shell_quote(s)
