@@ -15,7 +15,7 @@ local batch = require "jimeng.batch"
 local core = require "jimeng.core"
 local errors = require "jimeng.errors"
 local gallery = require "jimeng.gallery"
-local text = require "jimeng.text"
+local jtext = require "jimeng.text"
 local workflows = require "jimeng.workflows"
 
 local M = {}
@@ -180,7 +180,7 @@ function M.plan(spec, json)
   local function add_cell(id, values, params, extra)
     if ids[id] then return invalid(("two cells have the id %q"):format(id), "cells") end
     if id:find("%c") then
-      return invalid(("the cell id %s holds control characters"):format(text.printable(id)), "cells")
+      return invalid(("the cell id %s holds control characters"):format(jtext.printable(id)), "cells")
     end
     if id:find(TAKE_SEP .. "%d+$") then -- the label of another cell's take would be this cell's
       return invalid(('the cell id "%s" ends like the label of a take ("%s"): give it another id'):format(id,
