@@ -178,3 +178,35 @@ describe("the experiment's files", function()
     assert.equals(2, cjson.decode(h.read(dir .. "/takes.json"))["animal=fox,seed=1"])
   end)
 end)
+
+describe("the request budget holds as documented", function()
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0.05, process_seconds = 0.1 }, client = false, reset = true }
+  local jimeng = require "jimeng"
+
+  -- n status calls of one task at once; -> the seconds they took
+  local function statuses(client, n)
+    local task = assert(client:create { prompt = "paced" })
+    local t0 = core.now()
+    jimeng.run(function()
+      local list = {}
+      for i = 1, n do list[i] = function() return assert(client:status(task.id)) end end
+      return jimeng.gather(list)
+    end)
+    return core.now() - t0
+  end
+
+  it("max_rps = 2.5 lets no more than 2 into any one second (the server's limit of 2 never answers 429)", function()
+    local client = h.client(env.sb, { max_rps = 2.5, max_retries = 0 })
+    env.sb:config { max_rps = 2 }
+    statuses(client, 6)
+    assert.equals(0, env.sb:stats().rate_limited)
+  end)
+
+  it("burst = max_rps keeps the same total a second: 4 at once, and 12 requests in about 3 s, not 9", function()
+    local client = h.client(env.sb, { max_rps = 4, burst = 4, max_retries = 0 })
+    env.sb:config { max_rps = 4 }
+    local took = statuses(client, 12)
+    assert.equals(0, env.sb:stats().rate_limited)
+    assert.is_true(took < 4.5, "took " .. took)
+  end)
+end)

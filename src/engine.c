@@ -86,6 +86,10 @@ typedef struct {
     double pace_rate;     /* tokens a second; 0: no pace */
     double pace_burst, pace_tokens, pace_at;
     double pace_next;     /* when the queue's head gets its token (jm_now() seconds); 0: not waiting for one */
+    /* and a sliding window: at most pace_cap departures in any pace_window seconds (the last pace_cap of
+     * them, a ring), so that a burst never carries a second over its count, whatever the rate */
+    double *pace_log, pace_window;
+    int pace_cap, pace_head, pace_count;
 } jm_engine;
 
 typedef struct {
@@ -763,9 +767,26 @@ static int jm_pace_take(jm_engine *e) {
     e->pace_tokens += (now - e->pace_at) * e->pace_rate;
     if (e->pace_tokens > e->pace_burst) e->pace_tokens = e->pace_burst;
     e->pace_at = now;
+    if (e->pace_cap > 0 && e->pace_count == e->pace_cap) {
+        double oldest = e->pace_log[e->pace_head]; /* the departure pace_cap ago: a window from it must pass */
+        if (now - oldest < e->pace_window) {
+            e->pace_next = oldest + e->pace_window;
+            return 0;
+        }
+    }
     if (e->pace_tokens >= 1) {
         e->pace_tokens -= 1;
         e->pace_next = 0;
+        if (e->pace_cap > 0) {
+            int at = (e->pace_head + e->pace_count) % e->pace_cap;
+            if (e->pace_count == e->pace_cap) {
+                at = e->pace_head;
+                e->pace_head = (e->pace_head + 1) % e->pace_cap;
+            } else {
+                e->pace_count++;
+            }
+            e->pace_log[at] = now;
+        }
         return 1;
     }
     e->pace_next = now + (1 - e->pace_tokens) / e->pace_rate;
@@ -1138,6 +1159,9 @@ static int l_engine_close(lua_State *L) {
     free(e->done);
     e->done = NULL;
     e->donecap = 0;
+    free(e->pace_log);
+    e->pace_log = NULL;
+    e->pace_cap = e->pace_count = e->pace_head = 0;
     if (e->multi) curl_multi_cleanup(e->multi);
     e->multi = NULL;
     jm_watch_free(e); /* after the cleanup: its last socket callbacks still record into it */
@@ -1450,19 +1474,40 @@ static int l_engine_perform(lua_State *L) {
     return jm_collect(L, e, running);
 }
 
-/* engine:pace(rate[, burst]): at most `burst` transfers at once and `rate` a second on average leave the
- * queue for a connection (so no one-second window holds more than rate + burst); rate nil, 0 or inf: no
- * pace. Tokens already earned are kept, up to the new burst. */
+/* engine:pace(rate[, burst[, count, window]]): at most `burst` transfers at once and `rate` a second on
+ * average leave the queue for a connection (so no one-second window holds more than rate + burst), and, with
+ * count, at most `count` in any `window` seconds (default 1); rate nil, 0 or inf: no pace. Tokens already
+ * earned are kept, up to the new burst; the departures already counted, up to the new count. */
 static int l_engine_pace(lua_State *L) {
     jm_engine *e = jm_check_engine(L, 1);
     double rate = luaL_optnumber(L, 2, 0), burst = luaL_optnumber(L, 3, 1);
+    double count = luaL_optnumber(L, 4, 0), window = luaL_optnumber(L, 5, 1);
     if (!(rate > 0) || rate > 1e9) {
         e->pace_rate = 0;
         e->pace_next = 0;
+        e->pace_count = e->pace_head = 0;
         jm_pump(L, e);
         return 0;
     }
     if (!(burst >= 1)) burst = 1;
+    if (!(count >= 1) || count > 1e6) count = 0;
+    if (!(window > 0) || window > 3600) window = 1;
+    if ((int)count != e->pace_cap) { /* a new ring, keeping the latest departures that fit */
+        int cap = (int)count, n = 0, i;
+        double *log = NULL;
+        if (cap > 0) {
+            log = malloc((size_t)cap * sizeof *log);
+            if (!log) return luaL_error(L, "jimeng: out of memory");
+            for (i = e->pace_count > cap ? e->pace_count - cap : 0; i < e->pace_count; i++)
+                log[n++] = e->pace_log[(e->pace_head + i) % e->pace_cap];
+        }
+        free(e->pace_log);
+        e->pace_log = log;
+        e->pace_cap = cap;
+        e->pace_head = 0;
+        e->pace_count = n;
+    }
+    e->pace_window = window;
     if (e->pace_rate <= 0) { /* a pace from now: the burst is there at once */
         e->pace_tokens = burst;
         e->pace_at = jm_now();
