@@ -1493,9 +1493,10 @@ static int l_engine_pace(lua_State *L) {
     if (!(count >= 1) || count > 1e6) count = 0;
     if (!(window > 0) || window > 3600) window = 1;
     if ((int)count != e->pace_cap) { /* a new ring, keeping the latest departures that fit */
-        int cap = (int)count, n = 0, i;
+        int cap = (int)count, n = 0;
         double *log = NULL;
         if (cap > 0) {
+            int i;
             log = malloc((size_t)cap * sizeof *log);
             if (!log) return luaL_error(L, "jimeng: out of memory");
             for (i = e->pace_count > cap ? e->pace_count - cap : 0; i < e->pace_count; i++)
