@@ -210,3 +210,81 @@ describe("the request budget holds as documented", function()
     assert.is_true(took < 4.5, "took " .. took)
   end)
 end)
+
+describe("input at the edges", function()
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0.05, process_seconds = 0.1 }, reset = true, dir = "each" }
+
+  it("a prompt of white space only is refused before it is sent", function()
+    for _, p in ipairs { " ", "\t\n ", "\194\160", "\227\128\128 " } do
+      local t, err = env.client:create { prompt = p }
+      h.failed("invalid_argument", t, err)
+      assert.equals("prompt", err.field)
+    end
+    local ok, out = cli(env, "generate '   '")
+    assert.is_false(ok)
+    assert.truthy(out:find("prompt is only white space", 1, true), out)
+    assert.equals(0, env.sb:stats().creates)
+  end)
+
+  it("the gallery's copied command works for a prompt that starts with -", function()
+    local prompt = "-a fox at -dawn"
+    assert(env.client:experiment({ base = { prompt = prompt, seed = 4 } }, { dir = env.dir, ffmpeg = false }))
+    local cell = cjson.decode(h.read(env.dir .. "/results.json")).cells[1]
+    local cmd = cell.command:gsub("^jimeng generate ", ("cd %s && JIMENG_API_KEY=k JIMENG_BASE_URL=%s %s %s/bin/jimeng " ..
+      "generate --interval 0.05 -q "):format(env.dir, env.sb.url, lua, proc.root))
+    local ok, out = proc.run(cmd, proc.own_env)
+    assert.is_true(ok, cell.command .. "\n" .. out)
+    assert.equals(2, env.sb:creates_for(prompt))
+  end)
+
+  it("a jobs file or a spec with a UTF-8 byte order mark is read; a UTF-16 one is refused naming its BOM", function()
+    h.write(env.dir .. "/jobs.jsonl", '\239\187\191{"prompt":"a bom fox"}\n')
+    local s = assert(env.client:batch(env.dir .. "/jobs.jsonl", { output_dir = env.dir, interval = 0.05 }))
+    assert.equals(1, s.saved)
+    h.write(env.dir .. "/spec.json", '\239\187\191' .. cjson.encode { base = { prompt = "a bom owl" } })
+    assert(env.client:experiment(env.dir .. "/spec.json", { dir = env.dir .. "/e", ffmpeg = false }))
+    h.write(env.dir .. "/spec.lua", '\239\187\191return { base = { prompt = "a bom hare" } }')
+    assert(env.client:experiment(env.dir .. "/spec.lua", { dir = env.dir .. "/e2", ffmpeg = false }))
+    assert.equals(3, env.sb:stats().creates)
+    h.write(env.dir .. "/u16.jsonl", '\255\254{\0"\0')
+    local r, err = env.client:batch(env.dir .. "/u16.jsonl", { output_dir = env.dir })
+    h.failed("invalid_argument", r, err)
+    assert.truthy(err.message:find("UTF-16 byte order mark", 1, true), err.message)
+    r, err = env.client:experiment(env.dir, { dir = env.dir .. "/e3" })
+    h.failed("invalid_argument", r, err)
+    assert.truthy(err.message:find("is a directory", 1, true), err.message)
+    local ok, out = cli(env, "experiment /tmp")
+    assert.is_false(ok)
+    assert.truthy(out:find("/tmp is a directory", 1, true), out)
+    assert.equals(3, env.sb:stats().creates)
+  end)
+
+  it("--api-key-file: a BOM and # comment lines are not the key; a directory is called a directory", function()
+    local sb = h.sandbox { api_key = "the-real-key" }
+    finally(function() sb:stop() end)
+    h.write(env.dir .. "/key", "\239\187\191# my key, from the console\n\n  the-real-key  \n")
+    local ok, out = proc.run(("cd %s && JIMENG_BASE_URL=%s %s %s/bin/jimeng create 'a keyed fox' --api-key-file key"):format(
+      env.dir, sb.url, lua, proc.root), proc.own_env)
+    assert.is_true(ok, out)
+    assert.equals(1, sb:stats().creates)
+    ok, out = proc.run(("cd %s && JIMENG_BASE_URL=%s %s %s/bin/jimeng create 'a fox' --api-key-file /tmp"):format(
+      env.dir, sb.url, lua, proc.root), proc.own_env)
+    assert.is_false(ok)
+    assert.truthy(out:find("/tmp is a directory", 1, true), out)
+    h.write(env.dir .. "/comments", "# nothing here\n")
+    ok, out = proc.run(("cd %s && JIMENG_BASE_URL=%s %s %s/bin/jimeng create 'a fox' --api-key-file comments"):format(
+      env.dir, sb.url, lua, proc.root), proc.own_env)
+    assert.is_false(ok)
+    assert.truthy(out:find("holds no key", 1, true), out)
+    assert.equals(1, sb:stats().creates)
+  end)
+
+  it("sandbox --port 70000 and --port 2.5 are refused cleanly (exit 2), not a traceback or port 2", function()
+    for _, p in ipairs { "70000", "2.5", "-1" } do
+      local ok, out = proc.run(("%s %s/bin/jimeng sandbox --port %s"):format(lua, proc.root, p), proc.own_env)
+      assert.is_false(ok)
+      assert.truthy(out:find("port must be a whole number from 0 to 65535", 1, true), out)
+      assert.falsy(out:find("Traceback", 1, true), out)
+    end
+  end)
+end)

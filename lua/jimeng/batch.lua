@@ -16,6 +16,7 @@
 local core = require "jimeng.core"
 local errors = require "jimeng.errors"
 local runtime = require "jimeng.runtime"
+local text = require "jimeng.text"
 local workflows = require "jimeng.workflows"
 
 local M = {}
@@ -61,6 +62,14 @@ function M.read_jobs(path, json)
   local jobs, n = {}, 0
   for line in f:lines() do
     n = n + 1
+    if n == 1 then
+      local why_bom
+      line, why_bom = text.without_bom(line, path)
+      if not line then
+        f:close()
+        return nil, errors.new { kind = "invalid_argument", field = "jobs", message = why_bom }
+      end
+    end
     if line:find("%S") then
       local ok, job = pcall(json.decode, line)
       if not ok or type(job) ~= "table" then

@@ -7,6 +7,7 @@ local jimeng = require "jimeng"
 local core = require "jimeng.core"
 local help = require "jimeng.cli.help"
 local progress = require "jimeng.cli.progress"
+local ktext = require "jimeng.text"
 
 local M = {}
 
@@ -449,7 +450,7 @@ function commands.sandbox(_, args, out, streams)
     tls = args.tls or nil }
   if not sb then
     out.stderr:write("cannot start the sandbox: ", tostring(err), "\n")
-    return EXIT_API
+    return tostring(err):find("^port must") and EXIT_USAGE or EXIT_API
   end
   local ca = sb.cainfo and (" CURL_CA_BUNDLE=" .. sb.cainfo) or ""
   out:result({ base_url = sb.url, api_key = "sandbox", cainfo = sb.cainfo },
@@ -486,16 +487,37 @@ function M.api_key(args, out)
   if args.api_key_file then
     local f, why = io.stdin, nil
     if args.api_key_file ~= "-" then f, why = io.open(args.api_key_file, "r") end
-    if not f then
+    local data = f and f:read(64 * 1024)
+    if f and not data and f ~= io.stdin and f:seek("end") ~= 0 then
+      why = args.api_key_file .. " is a directory" -- a directory opens, then fails every read
+      data = nil
+    elseif f then
+      data = data or ""
+    end
+    if f and f ~= io.stdin then f:close() end
+    if not data then
       return nil, jimeng.error { kind = "invalid_argument", field = "api_key_file",
         message = "cannot read the API key file: " .. tostring(why) }
     end
-    local key = f:read("*l")
-    if f ~= io.stdin then f:close() end
-    key = key and key:match("^%s*(.-)%s*$")
-    if not key or key == "" then
+    local bom_why
+    data, bom_why = ktext.without_bom(data, "the API key file " .. args.api_key_file)
+    if not data then return nil, jimeng.error { kind = "invalid_argument", field = "api_key_file", message = bom_why } end
+    -- the key is the first line that is neither blank nor a # comment, without the spaces around it
+    local key
+    for line in (data .. "\n"):gmatch("([^\n]*)\n") do
+      line = line:match("^%s*(.-)%s*$")
+      if line ~= "" and line:sub(1, 1) ~= "#" then
+        key = line
+        break
+      end
+    end
+    if not key then
       return nil, jimeng.error { kind = "invalid_argument", field = "api_key_file",
-        message = "the API key file " .. args.api_key_file .. " is empty" }
+        message = "the API key file " .. args.api_key_file .. " holds no key (only blank or # comment lines)" }
+    end
+    if key:find("[%s%c]") then
+      return nil, jimeng.error { kind = "invalid_argument", field = "api_key_file",
+        message = "the API key in " .. args.api_key_file .. " holds spaces or control characters: is it the key?" }
     end
     return key
   end

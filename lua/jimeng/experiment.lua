@@ -83,6 +83,9 @@ function M.load(path, json)
   if not f then return invalid("cannot read the experiment spec: " .. tostring(why), "spec") end
   local text = f:read("*a")
   f:close()
+  if not text then return invalid("cannot read the experiment spec: " .. path .. " is a directory", "spec") end
+  text, why = jtext.without_bom(text, path)
+  if not text then return invalid(why, "spec") end
   local ok, spec
   if path:match("%.json$") or text:match("^%s*{") then
     ok, spec = pcall(json.decode, text)
@@ -383,6 +386,10 @@ function M.command(params, output)
     end
   end
   if output then words[#words + 1] = "-o " .. shell_quote(output) end
+  if params.prompt:sub(1, 1) == "-" then -- an option to the parser: after `--`, the prompt is a prompt
+    table.remove(words, 3)
+    words[#words + 1] = "-- " .. shell_quote(params.prompt)
+  end
   return table.concat(words, " ")
 end
 

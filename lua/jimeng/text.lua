@@ -12,4 +12,14 @@ function M.printable(s)
   return (s:gsub("\194([\128-\159])", function(c) return ("\\u%04x"):format(c:byte()) end))
 end
 
+--- The text of a file without its UTF-8 byte order mark (editors on Windows write one; JSON allows a
+-- reader to skip it), or nil and why for a UTF-16 file (its BOM named: it must be saved as UTF-8).
+function M.without_bom(s, what)
+  if s:sub(1, 3) == "\239\187\191" then return s:sub(4) end
+  if s:sub(1, 2) == "\255\254" or s:sub(1, 2) == "\254\255" then
+    return nil, what .. " starts with a UTF-16 byte order mark (FF FE or FE FF): save it as UTF-8"
+  end
+  return s
+end
+
 return M
