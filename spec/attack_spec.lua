@@ -288,3 +288,83 @@ describe("input at the edges", function()
     end
   end)
 end)
+
+describe("misuse raises naming the call; every runtime failure is a typed error", function()
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0.05, process_seconds = 0.1 }, reset = true, dir = "each" }
+  local jimeng = require "jimeng"
+
+  it("non-table opts and jimeng.sleep(true) raise a message naming the function and the argument", function()
+    local c = env.client
+    for name, call in pairs {
+      wait = function() return c:wait("1", "fast") end,
+      download = function() return c:download("1", env.dir .. "/x.mp4", 5) end,
+      generate = function() return c:generate({ prompt = "a fox" }, "x.mp4") end,
+      batch = function() return c:batch({}, true) end,
+      experiment = function() return c:experiment(GRID, "dir") end,
+    } do
+      local ok, why = pcall(call)
+      assert.is_false(ok, name)
+      assert.truthy(tostring(why):find("client:" .. name .. "(..., opts): opts must be a table", 1, true), tostring(why))
+    end
+    local ok, why = pcall(jimeng.sleep, true)
+    assert.is_false(ok)
+    assert.truthy(tostring(why):find("jimeng.sleep(seconds): seconds must be a number", 1, true), tostring(why))
+    assert.equals(0, env.sb:stats().creates)
+  end)
+
+  it("image = {} is refused, not paid for as a video without an image", function()
+    for _, k in ipairs { "image", "images", "image_urls" } do
+      local t, err = env.client:create { prompt = "a fox", [k] = {} }
+      h.failed("invalid_argument", t, err)
+      assert.equals(k, err.field)
+    end
+    assert.equals(0, env.sb:stats().creates)
+  end)
+
+  it("download's on_progress raising is a callback error with the task id, and the video is saved", function()
+    local task = assert(env.client:create { prompt = "a fox" })
+    assert(env.client:wait(task.id, { interval = 0.05 }))
+    local path = env.dir .. "/p.mp4"
+    local info, err = env.client:download(task.id, path, { on_progress = function() error("my bug") end })
+    h.failed("callback", info, err)
+    assert.equals(task.id, err.task_id)
+    assert.truthy(err.message:find("my bug", 1, true))
+    assert.equals(path, err.path)
+    assert.equals(#h.fixture(), core.file_size(path))
+  end)
+
+  it("a callback's own yield ('sleep', 1e9) does not hang jimeng.run: only jimeng.sleep sleeps", function()
+    local t0 = core.now()
+    local r = assert(jimeng.run(function()
+      return env.client:generate({ prompt = "a yielding fox" }, { output = env.dir .. "/y.mp4", interval = 0.05,
+        on_status = function() coroutine.yield("sleep", 1e9) end })
+    end))
+    assert.equals(env.dir .. "/y.mp4", r.path)
+    assert.is_true(core.now() - t0 < 10)
+  end)
+
+  it("close() from another coroutine ends the sibling's call with a typed error; jimeng.run does not raise", function()
+    env.sb:config { queue_seconds = 0.05, process_seconds = 5 }
+    local c = h.client(env.sb)
+    local task = assert(c:create { prompt = "a closed fox" })
+    local results, errs = jimeng.run(function()
+      return jimeng.gather {
+        function() return c:wait(task.id, { interval = 0.05, timeout = 30 }) end,
+        function() jimeng.sleep(0.3); c:close(); return true end,
+      }
+    end)
+    assert.is_nil(results[1])
+    assert.is_true(jimeng.is_error(errs[1]), tostring(errs[1]))
+    assert.equals("interrupted", errs[1].kind)
+    assert.truthy(errs[1].message:find("closed", 1, true), errs[1].message)
+    assert.is_true(results[2])
+  end)
+
+  it("an oversized header line is a typed protocol error, not \"io: Out of memory\"", function()
+    local task = assert(env.client:create { prompt = "a fox" })
+    env.sb:faults { path = "^/v1/videos/[0-9]+$", fault = "headers", headers = { ["X-Huge"] = ("a"):rep(200000) }, count = 1 }
+    local t, err = env.client:status(task.id)
+    h.failed("protocol", t, err)
+    assert.falsy(err.message:find("Out of memory", 1, true), err.message)
+  end)
+end)

@@ -594,6 +594,8 @@ static const char *jm_failure_class(const jm_transfer *t) {
     if (t->too_large || t->head_too_large) return "too_large";
     if (t->cancelled) return "cancelled";
     if (t->info.connectcode >= 300) return "proxy";
+    /* a header line over libcurl's own cap (CURL_MAX_HTTP_HEADER): older libcurl says "out of memory" */
+    if (t->rc == CURLE_OUT_OF_MEMORY && (t->head.len > 0 || strstr(t->errbuf, "header"))) return "too_large";
     switch (t->rc) {
     case CURLE_OK: return NULL;
     case CURLE_COULDNT_RESOLVE_PROXY:
@@ -1140,6 +1142,13 @@ static int l_engine_new(lua_State *L) {
     /* and keeps enough idle: libcurl's default cache (4 per transfer in flight) shrinks to nothing between
      * two rounds of polls, so HTTP/1.1 connections would be closed and opened again every round */
     (void)curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, (long)JM_MAX_HOST_CONNECTIONS);
+    return 1;
+}
+
+/* engine:closed() -> whether engine:close() was called (a scheduler stops driving it, and wakes its waiters) */
+static int l_engine_closed(lua_State *L) {
+    jm_engine *e = luaL_checkudata(L, 1, JM_ENGINE_MT);
+    lua_pushboolean(L, e->closed);
     return 1;
 }
 
@@ -1843,7 +1852,8 @@ static int l_transfer_paid(lua_State *L) {
 void jm_open_engine(lua_State *L) {
     static const luaL_Reg engine_m[] = {
         {"request", l_engine_request}, {"perform", l_engine_perform}, {"poll", l_engine_poll}, {"pace", l_engine_pace},
-        {"close", l_engine_close},     {"watch", l_engine_watch}, {"socket_action", l_engine_socket_action},
+        {"close", l_engine_close},     {"closed", l_engine_closed}, {"watch", l_engine_watch},
+        {"socket_action", l_engine_socket_action},
         {"socket_action_timeout", l_engine_socket_action_timeout}, {"step_sockets", l_engine_step_sockets},
         {NULL, NULL},
     };

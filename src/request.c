@@ -320,6 +320,10 @@ static int jm_each_string(jm_norm *n, const char *k, int (*fn)(jm_norm *, const 
         return JM_FAIL(n, k, "%s must be a string or an array of strings", k);
     }
     len = (int)jm_rawlen(L, -1);
+    if (len == 0) { /* {} (or a table with no array part) is not "no image": the caller meant some */
+        lua_pop(L, 1);
+        return JM_FAIL(n, k, "%s is an empty list: give at least one, or leave %s out", k, k);
+    }
     for (i = 1; i <= len && rc == 0; i++) {
         lua_rawgeti(L, -1, i);
         if (lua_type(L, -1) != LUA_TSTRING || memchr(lua_tostring(L, -1), '\0', jm_rawlen(L, -1))) {

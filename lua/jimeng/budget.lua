@@ -36,9 +36,9 @@ function M:set(rps)
   self.burst = math.max(1, math.min(self.user_burst or 1, per_second))
   -- the engine counts a request when it gets its connection, the server when it arrives: delays differ by
   -- milliseconds, which at hundreds a second can carry one more request into a window the server counts,
-  -- so the rate and the window keep a 2% headroom
+  -- so the rate keeps a 2% headroom and the window 5% (a burst leaves at once: its first may arrive last)
   self.rate = math.min(rps, per_second) * 0.98
-  if self.engine then self.engine:pace(self.rate, self.burst, per_second, 1 / 0.98) end
+  if self.engine then self.engine:pace(self.rate, self.burst, per_second, 1.05) end
 end
 
 --- The requests per second in force (math.huge: unlimited).

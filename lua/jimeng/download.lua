@@ -87,6 +87,10 @@ local function start(client, part, id, offset, rec, deadline)
     headers[2] = ("Range: bytes=%d-"):format(offset)
     headers[3] = "If-Range: " .. rec.validator
   end
+  if client.closed then
+    return nil, errors.new { kind = "interrupted", task_id = id, retryable = false,
+      message = "the client was closed (client:close()) before the download: the .part is kept" }
+  end
   local timeout
   if deadline then
     timeout = deadline - now()

@@ -63,9 +63,8 @@ local OPTION_CHECKS = {
 -- option's own (a boolean, or ffmpeg=false).
 local function check_options(opts, names, what)
   if opts == nil then return true end
-  if type(opts) ~= "table" then
-    return errors.invalid(("%s: its options must be a table; got a %s (nothing was paid for)"):format(what,
-      type(opts)), "opts")
+  if type(opts) ~= "table" then -- misuse of the API: raised, naming the call
+    error(("jimeng: client:%s(..., opts): opts must be a table; got a %s"):format(what, type(opts)), 4)
   end
   for k, v in pairs(opts) do
     local known = type(k) == "string" and names[k]
