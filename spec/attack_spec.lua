@@ -368,3 +368,50 @@ describe("misuse raises naming the call; every runtime failure is a typed error"
     assert.falsy(err.message:find("Out of memory", 1, true), err.message)
   end)
 end)
+
+describe("signals end with the line that says what was paid and how to continue", function()
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0.05, process_seconds = 0.1 }, reset = true, dir = "each" }
+
+  -- Starts `jimeng ARGS` in the background (stdout to out, stderr to err, its exit code to code); -> its shell's pid.
+  local function start(args)
+    local cmd = ("cd %s && JIMENG_API_KEY=k JIMENG_BASE_URL=%s %s %s/bin/jimeng %s"):format(env.dir, env.sb.url, lua,
+      proc.root, args)
+    return io.popen(("%ssh -c '%s >%s/out 2>%s/err; echo $? >%s/code' >/dev/null 2>&1 & echo $!"):format(proc.own_env,
+      cmd:gsub("'", "'\\''"), env.dir, env.dir, env.dir)):read("*l")
+  end
+  local function ended(deadline)
+    while not (h.read(env.dir .. "/code") or ""):find("%d") and core.now() < deadline do core.sleep(0.02) end
+    return (h.read(env.dir .. "/code") or ""):match("%d+"), h.read(env.dir .. "/err") or "", h.read(env.dir .. "/out") or ""
+  end
+
+  it("a second Ctrl-C during a create on the wire says the task may exist and be billed, in --json too", function()
+    env.sb:faults { path = "^/v1/videos$", method = "POST", fault = "stall", seconds = 4, count = 1 }
+    local pid = start("create 'a stalled fox' --json")
+    local deadline = core.now() + 15
+    while #h.api_requests(env.sb, "^/v1/videos$") == 0 and core.now() < deadline do core.sleep(0.02) end
+    core.sleep(0.2)
+    os.execute(proc.clean_env .. "pkill -INT -P " .. pid)
+    core.sleep(0.3)
+    os.execute(proc.clean_env .. "pkill -INT -P " .. pid)
+    local code, err, out = ended(core.now() + 3) -- abandoned at once, not after the stall
+    assert.equals("130", code, err)
+    assert.truthy(err:find("may exist and be billed", 1, true), err)
+    local j = cjson.decode(out)
+    assert.equals("interrupted", j.error.kind)
+    assert.truthy(j.error.what_to_do:find("may exist and be billed", 1, true), out)
+  end)
+
+  it("SIGHUP stops a batch like Ctrl-C: exit 130 and the line that says how to continue", function()
+    env.sb:config { queue_seconds = 0.05, process_seconds = 3 }
+    h.write(env.dir .. "/jobs.jsonl", '{"prompt":"a hup fox"}\n{"prompt":"a hup owl"}\n')
+    local pid = start("batch jobs.jsonl --journal j.jsonl --interval 0.05")
+    local deadline = core.now() + 15
+    while env.sb:stats().creates < 2 and core.now() < deadline do core.sleep(0.02) end
+    core.sleep(0.2)
+    os.execute(proc.clean_env .. "pkill -HUP -P " .. pid)
+    local code, err = ended(core.now() + 5)
+    assert.equals("130", code, err)
+    assert.truthy(err:find("nothing is lost: run the same command again", 1, true), err)
+    assert.truthy(err:find("SIGHUP", 1, true), err)
+  end)
+end)

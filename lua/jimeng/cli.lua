@@ -115,13 +115,15 @@ function Out:interrupted(err, continue)
   if err.task_id then
     what = ("task %s exists (it is paid for); continue with: %s"):format(err.task_id, continue(err.task_id))
   elseif err.created == nil and err.kind == "interrupted" and err.message:find("create") then
-    what = "the create was in flight: the task may or may not exist (check before creating again)"
+    what = "the create was on the wire when it was abandoned: the task may exist and be billed; check your " ..
+      "account's tasks before creating it again"
   else
     what = "nothing was sent: run the same command again"
   end
   self.stderr:write(self:fitted("jimeng: " .. err.message), "\n", self:fitted("  " .. what), "\n")
   if self.json then
-    self.stdout:write(encode { error = { kind = err.kind, message = err.message, task_id = err.task_id } }, "\n")
+    self.stdout:write(encode { error = { kind = err.kind, message = err.message, task_id = err.task_id,
+      created = err.created, what_to_do = what } }, "\n")
   end
   return EXIT_INTERRUPTED
 end

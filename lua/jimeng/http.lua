@@ -226,6 +226,10 @@ function M.json(client, spec)
       client:log("interrupted", "waiting for the create's answer to learn its task id (Ctrl-C again to abandon)")
       core.mute_interrupt()
       while not t:done() do
+        if core.insisted() then -- abandoned: the task may exist and be billed, and this call says so
+          t:cancel()
+          break
+        end
         client.engine:perform()
         if not t:done() then client.engine:poll(200) end
       end
