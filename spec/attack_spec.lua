@@ -415,3 +415,34 @@ describe("signals end with the line that says what was paid and how to continue"
     assert.truthy(err:find("SIGHUP", 1, true), err)
   end)
 end)
+
+describe("text from a server or a file reaches the terminal with its control characters escaped", function()
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0.05, process_seconds = 0.1 }, reset = true, dir = "each" }
+  local EVIL = "bad \27]0;owned\7 \27[2J"
+
+  it("a server's error message, a task id and a status word", function()
+    env.sb:faults { path = "^/v1/videos$", method = "POST", fault = "status", status = 400, message = EVIL, count = 1 }
+    local ok, out = cli(env, "generate 'a fox'")
+    assert.is_false(ok)
+    assert.falsy(out:find("\27", 1, true), out)
+    assert.truthy(out:find("bad \\e]0;owned\\x07 \\e[2J", 1, true), out)
+    env.sb:faults { path = "^/v1/videos$", method = "POST", fault = "json", count = 1,
+      body = { id = "12\27[2J34", status = "in_queue" } }
+    ok, out = cli(env, "create 'a fox'")
+    assert.falsy(out:find("\27", 1, true), out)
+    assert.truthy(out:find("12\\e[2J34", 1, true), out)
+    local task = assert(env.client:create { prompt = "a fox" })
+    env.sb:faults { path = "^/v1/videos/[0-9]+$", fault = "answer_status", status_value = "odd\27[2J", count = 1 }
+    ok, out = cli(env, "status " .. task.id)
+    assert.is_true(ok, out)
+    assert.falsy(out:find("\27", 1, true), out)
+  end)
+
+  it("a jobs file's label in a batch's lines", function()
+    h.write(env.dir .. "/jobs.jsonl", cjson.encode { prompt = "a fox", label = "fox\27[2J" } .. "\n")
+    local ok, out = cli(env, "batch jobs.jsonl --interval 0.05")
+    assert.is_true(ok, out)
+    assert.falsy(out:find("\27", 1, true), out)
+    assert.truthy(out:find("fox\\e[2J", 1, true), out)
+  end)
+end)

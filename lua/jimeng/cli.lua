@@ -58,7 +58,7 @@ function Out:result(value, text)
     value = for_json(value)
     self.stdout:write(encode(value), "\n")
   elseif text then
-    self.stdout:write(text, "\n")
+    self.stdout:write(ktext.printable_lines(text), "\n")
   end
 end
 
@@ -66,6 +66,7 @@ end
 -- or when its text changes (never a stream of carriage returns into a log file).
 function Out:progress(text, final)
   if self.quiet then return end
+  text = ktext.printable(text)
   if self.tty then
     self.stderr:write("\r\27[K", text)
     self.line_open = true
@@ -88,6 +89,7 @@ end
 
 function Out:note(text, always)
   if self.quiet and not always then return end
+  text = ktext.printable_lines(text)
   if self.line_open then
     self.stderr:write("\n")
     self.line_open = false
@@ -104,7 +106,7 @@ function Out:created(task)
     self.stderr:write(self.tty and "\r\27[K" or "\n")
     self.line_open = false
   end
-  self.stderr:write(("created task %s\n"):format(task.id))
+  self.stderr:write(("created task %s\n"):format(ktext.printable(task.id)))
   self.stderr:flush()
 end
 
@@ -114,13 +116,14 @@ function Out:interrupted(err, continue)
   local what
   if err.task_id then
     what = ("task %s exists (it is paid for); continue with: %s"):format(err.task_id, continue(err.task_id))
+    what = ktext.printable(what)
   elseif err.created == nil and err.kind == "interrupted" and err.message:find("create") then
     what = "the create was on the wire when it was abandoned: the task may exist and be billed; check your " ..
       "account's tasks before creating it again"
   else
     what = "nothing was sent: run the same command again"
   end
-  self.stderr:write(self:fitted("jimeng: " .. err.message), "\n", self:fitted("  " .. what), "\n")
+  self.stderr:write(self:fitted(ktext.printable("jimeng: " .. err.message)), "\n", self:fitted("  " .. what), "\n")
   if self.json then
     self.stdout:write(encode { error = { kind = err.kind, message = err.message, task_id = err.task_id,
       created = err.created, what_to_do = what } }, "\n")
@@ -132,7 +135,7 @@ function Out:fail(err, continue)
   if err.kind == "interrupted" and continue then return self:interrupted(err, continue) end
   if err.created and err.task_id then self:created { id = err.task_id } end
   if self.line_open then self.stderr:write("\n") end
-  self.stderr:write(self:fitted(tostring(err)), "\n")
+  self.stderr:write(self:fitted(ktext.printable(tostring(err))), "\n")
   local hint = err.hint or errors.hint(err.kind)
   if hint and self.command then hint = hint:gsub("jimeng COMMAND", "jimeng " .. self.command) end
   if err.created then -- the task exists and is paid for: running the command again would pay again
@@ -143,7 +146,7 @@ function Out:fail(err, continue)
     hint = "the task may exist and be billed, and its id is unknown: check your account's tasks before " ..
       "creating it again"
   end
-  if hint then self.stderr:write(self:fitted("  what to do: " .. hint), "\n") end
+  if hint then self.stderr:write(self:fitted(ktext.printable("  what to do: " .. hint)), "\n") end
   if self.json then
     self.stdout:write(encode { error = {
       kind = err.kind, message = err.message, status = err.status, code = err.code, field = err.field,
@@ -324,7 +327,7 @@ function commands.batch(client, args, out)
       elseif ev.type == "warning" then
         out:note(("%s: %s"):format(name, ev.message))
       elseif ev.type == "created" then
-        out.stderr:write(("%s: created task %s\n"):format(name, ev.task.id)) -- even with -q: it is paid for
+        out.stderr:write(ktext.printable(("%s: created task %s"):format(name, ev.task.id)), "\n") -- even with -q: it is paid for
         view:event(ev)
       elseif ev.type == "status" then
         view:event(ev)

@@ -12,6 +12,15 @@ function M.printable(s)
   return (s:gsub("\194([\128-\159])", function(c) return ("\\u%04x"):format(c:byte()) end))
 end
 
+--- printable, line by line: the text's own line breaks kept (a multi-line note, a list of mask URLs).
+function M.printable_lines(s)
+  s = tostring(s)
+  if not s:find("[%c\127\194]") then return s end
+  local out = {}
+  for line in (s .. "\n"):gmatch("([^\n]*)\n") do out[#out + 1] = M.printable(line) end
+  return table.concat(out, "\n")
+end
+
 --- The text of a file without its UTF-8 byte order mark (editors on Windows write one; JSON allows a
 -- reader to skip it), or nil and why for a UTF-16 file (its BOM named: it must be saved as UTF-8).
 function M.without_bom(s, what)
