@@ -429,6 +429,7 @@ describe("text from a server or a file reaches the terminal with its control cha
     env.sb:faults { path = "^/v1/videos$", method = "POST", fault = "json", count = 1,
       body = { id = "12\27[2J34", status = "in_queue" } }
     ok, out = cli(env, "create 'a fox'")
+    assert.is_true(ok, out)
     assert.falsy(out:find("\27", 1, true), out)
     assert.truthy(out:find("12\\e[2J34", 1, true), out)
     local task = assert(env.client:create { prompt = "a fox" })
