@@ -447,3 +447,20 @@ describe("text from a server or a file reaches the terminal with its control cha
     assert.truthy(out:find("fox\\e[2J", 1, true), out)
   end)
 end)
+
+describe("two batch runs with their own journals never let one paid video replace another", function()
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0.05, process_seconds = 0.1 }, reset = true, dir = "each" }
+
+  it("a job whose output another run is writing is refused before it pays", function()
+    local path = env.dir .. "/fox.mp4"
+    local held = assert(core.part_open(path .. ".part")) -- as another run's job holds it, between create and download
+    local s = assert(env.client:batch({ { prompt = "a fox", label = "fox" }, { prompt = "an owl", label = "owl" } },
+      { output_dir = env.dir, journal = env.dir .. "/j.jsonl", interval = 0.05 }))
+    held:close()
+    assert.equals(1, s.saved)
+    assert.equals(1, s.errors)
+    assert.truthy(tostring(s.jobs[1].error):find("nothing was paid for", 1, true), tostring(s.jobs[1].error))
+    assert.equals(0, env.sb:creates_for("a fox"))
+    assert.equals(1, env.sb:creates_for("an owl"))
+  end)
+end)

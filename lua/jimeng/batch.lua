@@ -18,6 +18,7 @@ local errors = require "jimeng.errors"
 local runtime = require "jimeng.runtime"
 local text = require "jimeng.text"
 local workflows = require "jimeng.workflows"
+local download = require "jimeng.download"
 
 local M = {}
 
@@ -237,6 +238,7 @@ function Run:check_outputs(output_dir)
     end
     owner[same] = job
     local st, cwhy = core.check_output(job.path)
+    job.existed = st == "file"
     for _, beside in ipairs { ".part", ".part.json" } do -- where its download writes: no directory, no link
       if st and not core.check_output(job.path .. beside) then
         st, cwhy = core.check_output(job.path .. beside)
@@ -307,8 +309,20 @@ function Run:slot()
 end
 
 -- The paid create of a job, journaled. -> task_id | nil, status, fields (the job ended)
+-- Its output is reserved first (its .part opened and locked, kept for its download): another run writing the
+-- same path is found before this job pays, and a file that appeared there since the checks is not replaced.
 function Run:create(job, deadline)
   local json = self.json
+  local part, perr = core.part_open(job.path .. ".part")
+  if part and not self.opts.overwrite and not job.existed and core.file_size(job.path) then
+    workflows.release(part)
+    part, perr = nil, job.path .. " appeared since this run checked it (another run made it?)"
+  end
+  if not part then
+    return nil, "error", { error = errors.new { kind = "io", field = "output", created = false,
+      message = perr .. " (nothing was paid for)" } }
+  end
+  job.part = part
   local task, err = self.client:create(job.params, {
     deadline = deadline, until_deadline = true,
     journal = self.opts.journal and { path = self.opts.journal,
@@ -327,6 +341,8 @@ function Run:create(job, deadline)
     self.on_event { type = "warning", job = job, message = tostring(err) }
   end
   if not task then
+    workflows.release(part)
+    job.part = nil
     if err.created then
       self:journal { event = "created", job = job.key, error = err.message }
       return nil, "unknown", { error = err }
@@ -346,6 +362,9 @@ function Run:complete(job, task_id, deadline)
   local client = self.client
   local done, werr = client:wait(task_id, { interval = self.opts.interval, deadline = deadline,
     on_status = function(t) self.on_event { type = "status", job = job, task = t } end })
+  local part = job.part
+  job.part = nil
+  if not done and part then workflows.release(part) end
   if not done then
     if werr.kind == "task_failed" then
       self:journal { event = "failed", job = job.key, task_id = task_id, kind = werr.kind, error = werr.message }
@@ -355,7 +374,12 @@ function Run:complete(job, task_id, deadline)
   end
   -- the path was checked before the first create (check_outputs): a file there is one this journal made
   -- or overwrite allowed
-  local info, derr = client:download(task_id, job.path, { deadline = deadline, overwrite = true })
+  local info, derr
+  if part then -- the .part this job reserved before its create
+    info, derr = download.download(client, task_id, job.path, { deadline = deadline, part = part })
+  else
+    info, derr = client:download(task_id, job.path, { deadline = deadline, overwrite = true })
+  end
   if not info then return derr.kind == "interrupted" and "interrupted" or "error", { error = derr } end
   local ok, jerr = self:journal { event = "saved", job = job.key, task_id = task_id, path = job.path, bytes = info.bytes }
   if not ok then return "error", { error = jerr, path = job.path } end
@@ -416,6 +440,10 @@ function M.run(client, jobs, opts)
     local list = {}
     for i, job in ipairs(prepared) do list[i] = function() return run:run_job(job) end end
     local _, raised = runtime.gather(list)
+    for _, job in ipairs(prepared) do -- a job that stopped between its create and its download lets go of its path
+      if job.part then job.part:close() end
+      job.part = nil
+    end
     for i, e in pairs(raised) do
       if not prepared[i].status then
         run:finish(prepared[i], "error", { error = errors.new { kind = "callback", task_id = prepared[i].task_id,
