@@ -1,7 +1,7 @@
 --- Text from a server, a file or a spec made safe for a terminal: the one place that decides how.
 local M = {}
 
-local NAMES = { ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t", ["\27"] = "\\e" }
+local NAMES = { ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\t", ["\27"] = "\\e" } -- a tab moves, it commands nothing
 
 --- s with its control characters written out (C0, DEL, and the C1 controls U+0080-U+009F of UTF-8: a
 -- terminal would obey them, ESC ]0;... retitling it, ESC [2J clearing it). Other values are tostring'd.
