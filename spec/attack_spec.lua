@@ -464,3 +464,21 @@ describe("two batch runs with their own journals never let one paid video replac
     assert.equals(1, env.sb:creates_for("an owl"))
   end)
 end)
+
+describe("redirect hops of a download take their tokens", function()
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0.05, process_seconds = 0.1 }, reset = true, dir = "each" }
+
+  it("with max_rps = 1, the request after a download that took 2 redirects waits for 3 tokens, not 1", function()
+    local task = assert(env.client:create { prompt = "a redirected fox" })
+    assert(env.client:wait(task.id, { interval = 0.05 }))
+    local content = "/videos/" .. task.id .. "/content"
+    env.sb:faults { path = "^/v1" .. content .. "$", fault = "redirect", location = env.sb.url .. content, count = 2 }
+    local paced = h.client(env.sb, { max_rps = 1 })
+    assert(paced:download(task.id, env.dir .. "/r.mp4"))
+    assert.equals(3, #h.api_requests(env.sb, "^/v1" .. content .. "$"))
+    local t0 = core.now()
+    assert(paced:status(task.id))
+    local waited = core.now() - t0
+    assert.is_true(waited > 2.5, "waited " .. waited)
+  end)
+end)

@@ -443,6 +443,8 @@ static size_t jm_on_body(char *ptr, size_t size, size_t nmemb, void *ud) {
  * about to be written. From here on the server may act on it; before, it cannot have. A journal line
  * given with the request is made durable now, before the first request byte leaves. */
 #if LIBCURL_VERSION_NUM >= 0x075000
+static void jm_pace_debit(jm_engine *e);
+
 static int jm_on_prereq(void *ud, char *conn_primary_ip, char *conn_local_ip, int conn_primary_port,
                         int conn_local_port) {
     jm_transfer *t = ud;
@@ -478,6 +480,7 @@ static int jm_on_prereq(void *ud, char *conn_primary_ip, char *conn_local_ip, in
             return CURL_PREREQFUNC_ABORT;
         }
     }
+    if (t->handed_over) jm_pace_debit(t->eng); /* a second request of this transfer: a redirect's hop */
     t->handed_over = 1;
 #ifdef __linux__
     if (t->paid) {
@@ -793,6 +796,26 @@ static int jm_pace_take(jm_engine *e) {
     }
     e->pace_next = now + (1 - e->pace_tokens) / e->pace_rate;
     return 0;
+}
+
+/* A request libcurl makes by itself (a redirect's next hop) takes its token after the fact: the bucket may go
+ * below zero, and the next transfers wait for it. */
+static void jm_pace_debit(jm_engine *e) {
+    double now;
+    if (!e || e->pace_rate <= 0) return;
+    now = jm_now();
+    e->pace_tokens += (now - e->pace_at) * e->pace_rate;
+    if (e->pace_tokens > e->pace_burst) e->pace_tokens = e->pace_burst;
+    e->pace_at = now;
+    e->pace_tokens -= 1;
+    if (e->pace_cap > 0) {
+        if (e->pace_count == e->pace_cap) {
+            e->pace_log[e->pace_head] = now;
+            e->pace_head = (e->pace_head + 1) % e->pace_cap;
+        } else {
+            e->pace_log[(e->pace_head + e->pace_count++) % e->pace_cap] = now;
+        }
+    }
 }
 
 /* Milliseconds until a paced queue may start its next transfer (capping a wait), or -1: nothing to wait for. */
