@@ -486,3 +486,17 @@ describe("redirect hops of a download take their tokens", function()
     assert.is_true(waited > 2.5, "waited " .. waited)
   end)
 end)
+
+describe("a damaged takes.json", function()
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0.05, process_seconds = 0.1 }, reset = true, dir = "each" }
+
+  it("is refused naming the file, never read as a billion takes to pay for", function()
+    local dir = env.dir .. "/e"
+    assert(core.mkdirs(dir))
+    h.write(dir .. "/takes.json", cjson.encode { ["animal=fox,seed=1"] = 1e9 })
+    local r, err = env.client:experiment(GRID, { dir = dir, yes = true, ffmpeg = false })
+    h.failed("invalid_argument", r, err)
+    assert.truthy(err.message:find("takes.json", 1, true), err.message)
+    assert.equals(0, env.sb:stats().creates)
+  end)
+end)

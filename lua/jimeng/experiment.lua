@@ -483,6 +483,12 @@ function M.run(client, spec, opts)
   -- takes: one per cell, plus the retakes asked for now and before
   local takes_path = dir .. "/takes.json"
   local takes_count = read_json(takes_path, json) or {}
+  for id, n in pairs(takes_count) do -- a hand-edited or damaged takes.json must not become a thousand videos
+    if type(n) ~= "number" or not (n >= 1 and n <= 1000) or n ~= math.floor(n) then -- luacheck: ignore 581
+      return invalid(("%s gives cell %s %s takes (a whole number from 1 to 1000 expected): fix or remove it"):format(
+        takes_path, jtext.printable(id), jtext.printable(tostring(n))), "retake")
+    end
+  end
   local retake = opts.retake
   if type(retake) == "string" then retake = { retake } end
   local ids = {}
