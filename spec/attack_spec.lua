@@ -500,3 +500,23 @@ describe("a damaged takes.json", function()
     assert.equals(0, env.sb:stats().creates)
   end)
 end)
+
+describe("the posters' temporary files", function()
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0.05, process_seconds = 0.1 }, reset = true, dir = "each" }
+
+  it("never follow a link planted where ffmpeg writes", function()
+    if not os.execute("command -v ffmpeg >/dev/null 2>&1") then return pending("no ffmpeg") end
+    local dir = env.dir .. "/e"
+    local spec = { name = "one", base = { prompt = "a posed fox" } }
+    assert(env.client:experiment(spec, { dir = dir, ffmpeg = false }))
+    local video = cjson.decode(h.read(dir .. "/results.json")).cells[1].video
+    local poster = dir .. "/" .. video:gsub("^videos/", "posters/"):gsub("%.mp4$", ".jpg")
+    h.write(env.dir .. "/victim", "precious")
+    assert(os.execute(("ln -s %s/victim '%s.tmp.jpg'"):format(env.dir, poster)))
+    assert(env.client:experiment(spec, { dir = dir }))
+    local deadline = core.now() + 15
+    while (core.file_size(poster) or 0) == 0 and core.now() < deadline do core.sleep(0.05) end
+    assert.equals("precious", h.read(env.dir .. "/victim"))
+    assert.is_true((core.file_size(poster) or 0) > 0)
+  end)
+end)

@@ -355,10 +355,12 @@ end
 -- limit (coreutils' timeout): a slow or stuck ffmpeg never holds up the run. The poster appears, renamed
 -- into place whole, when it is done.
 local function start_poster(ffmpeg, video, poster, limit)
-  local tmp = poster .. ".tmp.jpg"
-  local cmd = ("(timeout -k 2 %d %s -nostdin -loglevel error -y -i %s -frames:v 1 -q:v 3 %s && test -s %s && mv -f %s %s;"
-    .. " rm -f %s) </dev/null >/dev/null 2>&1 &"):format(math.max(1, math.floor(limit)), shell_quote(ffmpeg),
-    shell_quote(video), shell_quote(tmp), shell_quote(tmp), shell_quote(tmp), shell_quote(poster), shell_quote(tmp))
+  -- the temporary file is made by mktemp (O_EXCL, a fresh random name): ffmpeg -y never writes through a
+  -- link planted where a fixed name would be
+  local cmd = ("(t=$(mktemp %s) && timeout -k 2 %d %s -nostdin -loglevel error -y -i %s -frames:v 1 -q:v 3 -f mjpeg \"$t\""
+    .. " && test -s \"$t\" && mv -f \"$t\" %s; rm -f \"$t\") </dev/null >/dev/null 2>&1 &"):format(
+    shell_quote(poster .. ".tmp.XXXXXX"), math.max(1, math.floor(limit)), shell_quote(ffmpeg), shell_quote(video),
+    shell_quote(poster))
   os.execute("unset LD_PRELOAD; " .. cmd)
 end
 
