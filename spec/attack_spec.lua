@@ -520,3 +520,17 @@ describe("the posters' temporary files", function()
     assert.is_true((core.file_size(poster) or 0) > 0)
   end)
 end)
+
+describe("a batch job saved onto its journal", function()
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0.05, process_seconds = 0.1 }, reset = true, dir = "each" }
+
+  it("is refused before paying, --force or not (the journal would be replaced and every job paid again)", function()
+    local journal = env.dir .. "/run.jsonl"
+    h.write(journal, "")
+    local s, err = env.client:batch({ { prompt = "a fox", output = journal } },
+      { output_dir = env.dir, journal = journal, overwrite = true })
+    h.failed("invalid_argument", s, err)
+    assert.truthy(err.message:find("is the journal", 1, true), err.message)
+    assert.equals(0, env.sb:stats().creates)
+  end)
+end)

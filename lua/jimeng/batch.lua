@@ -231,6 +231,10 @@ function Run:check_outputs(output_dir)
       return errors.invalid(("%s: %s (nothing was paid for)"):format(job_name(job), msg), "output")
     end
     local same = core.canonical_path(job.path) or job.path -- one file, however it is spelt
+    local journal = self.opts.journal
+    if journal and same == (core.canonical_path(journal) or journal) then
+      return refuse(job.path .. " is the journal: a video there would replace what says what was paid for")
+    end
     local other = owner[same]
     if other then
       return refuse(("it would be saved to %s, like %s: give the jobs distinct labels or outputs"):format(
