@@ -62,6 +62,7 @@ build = {
     ["jimeng.template"] = "lua/jimeng/template.lua",
     ["jimeng.trace"] = "lua/jimeng/trace.lua",
     ["jimeng.share"] = "lua/jimeng/share.lua",
+    ["jimeng.text"] = "lua/jimeng/text.lua",
     ["jimeng.workflows"] = "lua/jimeng/workflows.lua",
   },
   install = {

@@ -1309,7 +1309,16 @@ def on_signal(signum, frame):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--host", default="127.0.0.1", help="the address to listen on (::1 for IPv6)")
-    ap.add_argument("--port", type=int, default=8787, help="0 picks a free port")
+    def port(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not 0 <= value <= 65535:
+            raise argparse.ArgumentTypeError(f"{value} is not a port (0 to 65535; 0 picks a free one)")
+        return value
+
+    ap.add_argument("--port", type=port, default=8787, help="0 picks a free port")
     ap.add_argument("--backlog", type=int, default=512, help="the listen backlog (queue of unaccepted connections)")
     ap.add_argument("--max-rps", type=int, default=0,
                     help="answer 429 to API requests over this many in any one second (0: no limit)")

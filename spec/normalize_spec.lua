@@ -197,10 +197,11 @@ describe("normalize converts", function()
     assert.is_nil(body.strict)
   end)
 
-  it("never puts an empty array on the wire", function()
-    local body = assert(jimeng.normalize { prompt = "x", image_urls = {} })
-    assert.is_nil(body.image_urls)
-    assert.is_nil(body.content)
+  it("never puts an empty array on the wire: an empty image list is refused, not sent as no image", function()
+    local body, err = jimeng.normalize { prompt = "x", image_urls = {} }
+    assert.is_nil(body)
+    assert.equals("invalid_argument", err.kind)
+    assert.equals("image_urls", err.field)
   end)
 end)
 

@@ -88,6 +88,10 @@ typedef struct {
     double pace_burst, pace_tokens, pace_at;
     double pace_next;     /* when the queue's head gets its token (jm_now() seconds); 0: not waiting for one */
     jm_share *share;      /* engine:share: a budget shared with other clients, whose bucket replaces the pace */
+    /* and a sliding window: at most pace_cap departures in any pace_window seconds (the last pace_cap of
+     * them, a ring), so that a burst never carries a second over its count, whatever the rate */
+    double *pace_log, pace_window;
+    int pace_cap, pace_head, pace_count;
 } jm_engine;
 
 typedef struct {
@@ -501,6 +505,8 @@ static int jm_append_line(const char *buf, size_t len, int lock) {
  * about to be written. From here on the server may act on it; before, it cannot have. A journal line
  * given with the request is made durable now, before the first request byte leaves. */
 #if LIBCURL_VERSION_NUM >= 0x075000
+static void jm_pace_debit(jm_engine *e);
+
 static int jm_on_prereq(void *ud, char *conn_primary_ip, char *conn_local_ip, int conn_primary_port,
                         int conn_local_port) {
     jm_transfer *t = ud;
@@ -512,6 +518,7 @@ static int jm_on_prereq(void *ud, char *conn_primary_ip, char *conn_local_ip, in
         return CURL_PREREQFUNC_ABORT;
     if (t->ledger && (t->ledger_errno = jm_append_line(t->ledger, t->ledger_len, 1)) != 0)
         return CURL_PREREQFUNC_ABORT;
+    if (t->handed_over) jm_pace_debit(t->eng); /* a second request of this transfer: a redirect's hop */
     t->handed_over = 1;
 #ifdef __linux__
     if (t->paid) {
@@ -627,6 +634,8 @@ static const char *jm_failure_class(const jm_transfer *t) {
     if (t->too_large || t->head_too_large) return "too_large";
     if (t->cancelled) return "cancelled";
     if (t->info.connectcode >= 300) return "proxy";
+    /* a header line over libcurl's own cap (CURL_MAX_HTTP_HEADER): older libcurl says "out of memory" */
+    if (t->rc == CURLE_OUT_OF_MEMORY && (t->head.len > 0 || strstr(t->errbuf, "header"))) return "too_large";
     switch (t->rc) {
     case CURLE_OK: return NULL;
     case CURLE_COULDNT_RESOLVE_PROXY:
@@ -801,13 +810,50 @@ static int jm_pace_take(jm_engine *e) {
     e->pace_tokens += (now - e->pace_at) * e->pace_rate;
     if (e->pace_tokens > e->pace_burst) e->pace_tokens = e->pace_burst;
     e->pace_at = now;
+    if (e->pace_cap > 0 && e->pace_count == e->pace_cap) {
+        double oldest = e->pace_log[e->pace_head]; /* the departure pace_cap ago: a window from it must pass */
+        if (now - oldest < e->pace_window) {
+            e->pace_next = oldest + e->pace_window;
+            return 0;
+        }
+    }
     if (e->pace_tokens >= 1) {
         e->pace_tokens -= 1;
         e->pace_next = 0;
+        if (e->pace_cap > 0) {
+            int at = (e->pace_head + e->pace_count) % e->pace_cap;
+            if (e->pace_count == e->pace_cap) {
+                at = e->pace_head;
+                e->pace_head = (e->pace_head + 1) % e->pace_cap;
+            } else {
+                e->pace_count++;
+            }
+            e->pace_log[at] = now;
+        }
         return 1;
     }
     e->pace_next = now + (1 - e->pace_tokens) / e->pace_rate;
     return 0;
+}
+
+/* A request libcurl makes by itself (a redirect's next hop) takes its token after the fact: the bucket may go
+ * below zero, and the next transfers wait for it. */
+static void jm_pace_debit(jm_engine *e) {
+    double now;
+    if (!e || e->pace_rate <= 0) return;
+    now = jm_now();
+    e->pace_tokens += (now - e->pace_at) * e->pace_rate;
+    if (e->pace_tokens > e->pace_burst) e->pace_tokens = e->pace_burst;
+    e->pace_at = now;
+    e->pace_tokens -= 1;
+    if (e->pace_cap > 0) {
+        if (e->pace_count == e->pace_cap) {
+            e->pace_log[e->pace_head] = now;
+            e->pace_head = (e->pace_head + 1) % e->pace_cap;
+        } else {
+            e->pace_log[(e->pace_head + e->pace_count++) % e->pace_cap] = now;
+        }
+    }
 }
 
 /* Milliseconds until a paced queue may start its next transfer (capping a wait), or -1: nothing to wait for. */
@@ -1175,6 +1221,13 @@ static int l_engine_new(lua_State *L) {
     return 1;
 }
 
+/* engine:closed() -> whether engine:close() was called (a scheduler stops driving it, and wakes its waiters) */
+static int l_engine_closed(lua_State *L) {
+    jm_engine *e = luaL_checkudata(L, 1, JM_ENGINE_MT);
+    lua_pushboolean(L, e->closed);
+    return 1;
+}
+
 static int l_engine_close(lua_State *L) {
     jm_engine *e = luaL_checkudata(L, 1, JM_ENGINE_MT);
     if (e->closed) return 0;
@@ -1191,6 +1244,9 @@ static int l_engine_close(lua_State *L) {
     free(e->done);
     e->done = NULL;
     e->donecap = 0;
+    free(e->pace_log);
+    e->pace_log = NULL;
+    e->pace_cap = e->pace_count = e->pace_head = 0;
     if (e->multi) curl_multi_cleanup(e->multi);
     e->multi = NULL;
     jm_watch_free(e); /* after the cleanup: its last socket callbacks still record into it */
@@ -1511,19 +1567,41 @@ static int l_engine_perform(lua_State *L) {
     return jm_collect(L, e, running);
 }
 
-/* engine:pace(rate[, burst]): at most `burst` transfers at once and `rate` a second on average leave the
- * queue for a connection (so no one-second window holds more than rate + burst); rate nil, 0 or inf: no
- * pace. Tokens already earned are kept, up to the new burst. */
+/* engine:pace(rate[, burst[, count, window]]): at most `burst` transfers at once and `rate` a second on
+ * average leave the queue for a connection (so no one-second window holds more than rate + burst), and, with
+ * count, at most `count` in any `window` seconds (default 1); rate nil, 0 or inf: no pace. Tokens already
+ * earned are kept, up to the new burst; the departures already counted, up to the new count. */
 static int l_engine_pace(lua_State *L) {
     jm_engine *e = jm_check_engine(L, 1);
     double rate = luaL_optnumber(L, 2, 0), burst = luaL_optnumber(L, 3, 1);
+    double count = luaL_optnumber(L, 4, 0), window = luaL_optnumber(L, 5, 1);
     if (!(rate > 0) || rate > 1e9) {
         e->pace_rate = 0;
         e->pace_next = 0;
+        e->pace_count = e->pace_head = 0;
         jm_pump(L, e);
         return 0;
     }
     if (!(burst >= 1)) burst = 1;
+    if (!(count >= 1) || count > 1e6) count = 0;
+    if (!(window > 0) || window > 3600) window = 1;
+    if ((int)count != e->pace_cap) { /* a new ring, keeping the latest departures that fit */
+        int cap = (int)count, n = 0;
+        double *log = NULL;
+        if (cap > 0) {
+            int i;
+            log = malloc((size_t)cap * sizeof *log);
+            if (!log) return luaL_error(L, "jimeng: out of memory");
+            for (i = e->pace_count > cap ? e->pace_count - cap : 0; i < e->pace_count; i++)
+                log[n++] = e->pace_log[(e->pace_head + i) % e->pace_cap];
+        }
+        free(e->pace_log);
+        e->pace_log = log;
+        e->pace_cap = cap;
+        e->pace_head = 0;
+        e->pace_count = n;
+    }
+    e->pace_window = window;
     if (e->pace_rate <= 0) { /* a pace from now: the burst is there at once */
         e->pace_tokens = burst;
         e->pace_at = jm_now();
@@ -1879,7 +1957,8 @@ void jm_open_engine(lua_State *L) {
     static const luaL_Reg engine_m[] = {
         {"request", l_engine_request}, {"perform", l_engine_perform}, {"poll", l_engine_poll}, {"pace", l_engine_pace},
         {"share", l_engine_share},
-        {"close", l_engine_close},     {"watch", l_engine_watch}, {"socket_action", l_engine_socket_action},
+        {"close", l_engine_close},     {"closed", l_engine_closed}, {"watch", l_engine_watch},
+        {"socket_action", l_engine_socket_action},
         {"socket_action_timeout", l_engine_socket_action_timeout}, {"step_sockets", l_engine_step_sockets},
         {NULL, NULL},
     };

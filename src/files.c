@@ -695,6 +695,42 @@ static int l_mkdirs(lua_State *L) {
     return 1;
 }
 
+/* core.write_atomic(path, data) -> true | nil, message
+ * Replaces path with data whole: written to path.tmp, opened as a .part is (a file or link left there is
+ * removed, never followed: O_EXCL | O_NOFOLLOW), then renamed onto path. For the files a locked run rewrites
+ * (the gallery, results.json, takes.json): its lock says no other writer of path.tmp is ours. */
+static int l_write_atomic(lua_State *L) {
+    size_t n;
+    const char *path = luaL_checkstring(L, 1), *data = luaL_checklstring(L, 2, &n), *tmp;
+    int fd;
+    lua_pushfstring(L, "%s.tmp", path);
+    tmp = lua_tostring(L, -1);
+    if (unlink(tmp) != 0 && errno != ENOENT) return jm_fail(L, "cannot remove", tmp);
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0) return jm_fail(L, "cannot create", tmp);
+    if (jm_write_all(fd, data, n) != 0) {
+        int e = errno;
+        (void)close(fd);
+        (void)unlink(tmp);
+        errno = e;
+        return jm_fail(L, "cannot write", tmp);
+    }
+    if (close(fd) != 0) {
+        int e = errno;
+        (void)unlink(tmp);
+        errno = e;
+        return jm_fail(L, "cannot write", tmp);
+    }
+    if (rename(tmp, path) != 0) {
+        int e = errno;
+        (void)unlink(tmp);
+        errno = e;
+        return jm_fail(L, "cannot rename onto", path);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* ---- locks: one process at a time on a journal ---- */
 
 #define JM_LOCK_MT "jimeng.lock"
@@ -748,7 +784,7 @@ void jm_open_files(lua_State *L) {
         {"sniff_image", l_sniff_image}, {"isatty", l_isatty},
         {"fingerprint", l_fingerprint}, {"check_output", l_check_output}, {"mkdirs", l_mkdirs},
         {"canonical_path", l_canonical_path},
-        {"lock", l_lock}, {"mp4_check", l_mp4_check}, {NULL, NULL},
+        {"lock", l_lock}, {"mp4_check", l_mp4_check}, {"write_atomic", l_write_atomic}, {NULL, NULL},
     };
     static const luaL_Reg lock_m[] = {{"unlock", l_unlock}, {NULL, NULL}};
     jm_new_class(L, JM_PART_MT, part_m, l_part_gc, l_part_close);

@@ -320,6 +320,10 @@ static int jm_each_string(jm_norm *n, const char *k, int (*fn)(jm_norm *, const 
         return JM_FAIL(n, k, "%s must be a string or an array of strings", k);
     }
     len = (int)jm_rawlen(L, -1);
+    if (len == 0) { /* {} (or a table with no array part) is not "no image": the caller meant some */
+        lua_pop(L, 1);
+        return JM_FAIL(n, k, "%s is an empty list: give at least one, or leave %s out", k, k);
+    }
     for (i = 1; i <= len && rc == 0; i++) {
         lua_rawgeti(L, -1, i);
         if (lua_type(L, -1) != LUA_TSTRING || memchr(lua_tostring(L, -1), '\0', jm_rawlen(L, -1))) {
@@ -461,6 +465,17 @@ static int jm_read_content(jm_norm *n, const char **text) {
     return 0;
 }
 
+/* Whether s holds only white space: ASCII's, no-break spaces (U+00A0) and ideographic ones (U+3000). */
+static int jm_blank(const char *s) {
+    while (*s) {
+        if (isspace((unsigned char)*s)) s++;
+        else if ((unsigned char)s[0] == 0xC2 && (unsigned char)s[1] == 0xA0) s += 2;
+        else if ((unsigned char)s[0] == 0xE3 && (unsigned char)s[1] == 0x80 && (unsigned char)s[2] == 0x80) s += 3;
+        else return 0;
+    }
+    return 1;
+}
+
 /* Chooses the prompt (content text wins over prompt, as the API does) and checks its length. */
 static int jm_prompt(jm_norm *n, const char *content_text, int required) {
     const char *prompt = NULL;
@@ -477,6 +492,8 @@ static int jm_prompt(jm_norm *n, const char *content_text, int required) {
         return JM_FAIL(n, "prompt", "prompt is required: describe the video (up to %d characters; %d or fewer work best)",
                        JM_PROMPT_MAX, JM_PROMPT_WARN);
     }
+    if (jm_blank(prompt))
+        return JM_FAIL(n, "prompt", "prompt is only white space: describe the video (up to %d characters)", JM_PROMPT_MAX);
     chars = jm_utf8_len((const unsigned char *)prompt, strlen(prompt));
     if (chars < 0) return JM_FAIL(n, "prompt", "prompt is not valid UTF-8");
     if (chars > JM_PROMPT_MAX) return JM_FAIL(n, "prompt", "prompt is %ld characters; the API takes at most %d", chars, JM_PROMPT_MAX);

@@ -12,19 +12,21 @@
 #include "jimeng.h"
 
 static volatile sig_atomic_t jm_caught = 0;
+static volatile sig_atomic_t jm_again = 0; /* a second signal: abandon what the first let finish (core.insisted) */
 static int jm_trapped = 0;
 /* the self-pipe: the handler writes a byte, every wait also watches the read end, so a signal that lands
  * just before a wait begins still ends it at once, and no wait needs a short timeout to notice */
 static int jm_sigpipe[2] = {-1, -1};
-static struct sigaction jm_old_int, jm_old_term, jm_old_pipe;
+static struct sigaction jm_old_int, jm_old_term, jm_old_pipe, jm_old_hup;
 
 static void jm_on_signal(int sig) {
-    if (jm_caught) { /* a second one: the user insists; die of it as if we had never caught it */
+    if (jm_caught && jm_again) { /* a third one: the user insists; die of it as if we had never caught it */
         signal(sig, SIG_DFL);
         raise(sig);
         return;
     }
-    jm_caught = sig;
+    if (jm_caught) jm_again = sig; /* a second one: what the first waited for (a create on the wire) is abandoned */
+    else jm_caught = sig;
     if (jm_sigpipe[1] >= 0) {
         int saved = errno;
         ssize_t w = write(jm_sigpipe[1], "!", 1); /* async-signal-safe; a full pipe already says enough */
@@ -67,7 +69,8 @@ static int l_trap_signals(lua_State *L) {
         memset(&sa, 0, sizeof sa);
         sa.sa_handler = jm_on_signal;
         sigemptyset(&sa.sa_mask);
-        if (sigaction(SIGINT, &sa, &jm_old_int) != 0 || sigaction(SIGTERM, &sa, &jm_old_term) != 0)
+        if (sigaction(SIGINT, &sa, &jm_old_int) != 0 || sigaction(SIGTERM, &sa, &jm_old_term) != 0 ||
+            sigaction(SIGHUP, &sa, &jm_old_hup) != 0)
             return luaL_error(L, "jimeng: sigaction: %s", strerror(errno));
         sa.sa_handler = SIG_IGN;
         if (sigaction(SIGPIPE, &sa, &jm_old_pipe) != 0) return luaL_error(L, "jimeng: sigaction: %s", strerror(errno));
@@ -82,6 +85,7 @@ static int l_untrap_signals(lua_State *L) {
     if (jm_trapped) {
         sigaction(SIGINT, &jm_old_int, NULL);
         sigaction(SIGTERM, &jm_old_term, NULL);
+        sigaction(SIGHUP, &jm_old_hup, NULL);
         sigaction(SIGPIPE, &jm_old_pipe, NULL);
         jm_trapped = 0;
     }
@@ -93,6 +97,7 @@ static int l_interrupted(lua_State *L) {
     int sig = (int)jm_caught;
     if (sig == SIGINT) lua_pushliteral(L, "SIGINT");
     else if (sig == SIGTERM) lua_pushliteral(L, "SIGTERM");
+    else if (sig == SIGHUP) lua_pushliteral(L, "SIGHUP");
     else if (sig) lua_pushfstring(L, "signal %d", sig);
     else lua_pushnil(L);
     return 1;
@@ -115,9 +120,16 @@ static int l_mute_interrupt(lua_State *L) {
 }
 
 /* core.clear_interrupt(): forgets a caught signal. */
+/* core.insisted() -> whether a second signal came after the first */
+static int l_insisted(lua_State *L) {
+    lua_pushboolean(L, jm_again != 0);
+    return 1;
+}
+
 static int l_clear_interrupt(lua_State *L) {
     (void)L;
     jm_caught = 0;
+    jm_again = 0;
     jm_drain_sigpipe();
     return 0;
 }
@@ -156,6 +168,7 @@ void jm_open_signals(lua_State *L) {
         {"interrupted", l_interrupted},
         {"clear_interrupt", l_clear_interrupt},
         {"mute_interrupt", l_mute_interrupt},
+        {"insisted", l_insisted},
         {NULL, NULL},
     };
     jm_setfuncs(L, fns, 0);

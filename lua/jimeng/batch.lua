@@ -17,8 +17,15 @@ local core = require "jimeng.core"
 local template = require "jimeng.template"
 local errors = require "jimeng.errors"
 local runtime = require "jimeng.runtime"
+local text = require "jimeng.text"
+local workflows = require "jimeng.workflows"
+local download = require "jimeng.download"
 
 local M = {}
+
+-- The options of batch, checked by the workflows' one check of each option (as generate's are).
+local BATCH_OPTIONS = { journal = true, output_dir = true, concurrency = true, recreate_unknown = true, interval = true,
+  timeout = true, overwrite = true, on_event = true, on_start = true }
 
 local JOB_KEYS = { label = true, output = true }
 
@@ -57,6 +64,14 @@ function M.read_jobs(path, json)
   local jobs, n = {}, 0
   for line in f:lines() do
     n = n + 1
+    if n == 1 then
+      local why_bom
+      line, why_bom = text.without_bom(line, path)
+      if not line then
+        f:close()
+        return nil, errors.new { kind = "invalid_argument", field = "jobs", message = why_bom }
+      end
+    end
     if line:find("%S") then
       local ok, job = pcall(json.decode, line)
       if not ok or type(job) ~= "table" then
@@ -184,6 +199,8 @@ end
 -- not paid again), "failed" (the task failed: not made again), "unknown" (sent, no answer: created again only
 -- with recreate_unknown), "new" (never sent). create: whether the run would pay for it. opts as for run.
 function M.plan(client, jobs, opts)
+  local ok, oerr = workflows.check_options(opts, BATCH_OPTIONS, "batch")
+  if not ok then return nil, oerr end
   opts = opts or {}
   local prepared, output_dir = prepare(client, jobs, opts)
   if not prepared then return nil, output_dir end
@@ -236,6 +253,10 @@ function Run:check_outputs(output_dir)
       return errors.invalid(("%s: %s (nothing was paid for)"):format(job_name(job), msg), "output")
     end
     local same = core.canonical_path(job.path) or job.path -- one file, however it is spelt
+    local journal = self.opts.journal
+    if journal and same == (core.canonical_path(journal) or journal) then
+      return refuse(job.path .. " is the journal: a video there would replace what says what was paid for")
+    end
     local other = owner[same]
     if other then
       return refuse(("it would be saved to %s, like %s: give the jobs distinct labels or outputs"):format(
@@ -243,6 +264,12 @@ function Run:check_outputs(output_dir)
     end
     owner[same] = job
     local st, cwhy = core.check_output(job.path)
+    job.existed = st == "file"
+    for _, beside in ipairs { ".part", ".part.json" } do -- where its download writes: no directory, no link
+      if st and not core.check_output(job.path .. beside) then
+        st, cwhy = core.check_output(job.path .. beside)
+      end
+    end
     if not st then return refuse(cwhy) end
     local s = self.state[job.key]
     if st == "file" and not (s and (s.task_id or s.saved)) and not self.opts.overwrite then
@@ -308,8 +335,20 @@ function Run:slot()
 end
 
 -- The paid create of a job, journaled. -> task_id | nil, status, fields (the job ended)
+-- Its output is reserved first (its .part opened and locked, kept for its download): another run writing the
+-- same path is found before this job pays, and a file that appeared there since the checks is not replaced.
 function Run:create(job, deadline)
   local json = self.json
+  local part, perr = core.part_open(job.path .. ".part")
+  if part and not self.opts.overwrite and not job.existed and core.file_size(job.path) then
+    workflows.release(part)
+    part, perr = nil, job.path .. " appeared since this run checked it (another run made it?)"
+  end
+  if not part then
+    return nil, "error", { error = errors.new { kind = "io", field = "output", created = false,
+      message = perr .. " (nothing was paid for)" } }
+  end
+  job.part = part
   local task, err = self.client:create(job.params, {
     deadline = deadline, until_deadline = true, output = core.canonical_path(job.path) or job.path,
     journal = self.opts.journal and { path = self.opts.journal,
@@ -328,6 +367,8 @@ function Run:create(job, deadline)
     self.on_event { type = "warning", job = job, message = tostring(err) }
   end
   if not task then
+    workflows.release(part)
+    job.part = nil
     if err.created then
       self:journal { event = "created", job = job.key, error = err.message }
       return nil, "unknown", { error = err }
@@ -347,6 +388,9 @@ function Run:complete(job, task_id, deadline)
   local client = self.client
   local done, werr = client:wait(task_id, { interval = self.opts.interval, deadline = deadline,
     on_status = function(t) self.on_event { type = "status", job = job, task = t } end })
+  local part = job.part
+  job.part = nil
+  if not done and part then workflows.release(part) end
   if not done then
     if werr.kind == "task_failed" then
       self:journal { event = "failed", job = job.key, task_id = task_id, kind = werr.kind, error = werr.message }
@@ -356,7 +400,12 @@ function Run:complete(job, task_id, deadline)
   end
   -- the path was checked before the first create (check_outputs): a file there is one this journal made
   -- or overwrite allowed
-  local info, derr = client:download(task_id, job.path, { deadline = deadline, overwrite = true })
+  local info, derr
+  if part then -- the .part this job reserved before its create
+    info, derr = download.download(client, task_id, job.path, { deadline = deadline, part = part })
+  else
+    info, derr = client:download(task_id, job.path, { deadline = deadline, overwrite = true })
+  end
   if not info then return derr.kind == "interrupted" and "interrupted" or "error", { error = derr } end
   local ok, jerr = self:journal { event = "saved", job = job.key, task_id = task_id, path = job.path, bytes = info.bytes }
   if not ok then return "error", { error = jerr, path = job.path } end
@@ -392,11 +441,10 @@ end
 -- summary: {total=, saved=, skipped=, failed=, unknown=, errors=, jobs={...}} where each job has
 -- key, label, index, status ("saved", "skipped", "failed", "unknown", "error"), path, task_id, error.
 function M.run(client, jobs, opts)
+  local valid, oerr = workflows.check_options(opts, BATCH_OPTIONS, "batch")
+  if not valid then return nil, oerr end
   opts = opts or {}
   local cap = opts.concurrency or 4
-  if type(cap) ~= "number" or not (cap >= 1 and cap <= 1024) then -- luacheck: ignore 581
-    return errors.invalid("concurrency must be 1 to 1024", "concurrency")
-  end
   local prepared, output_dir = prepare(client, jobs, opts)
   if not prepared then return nil, output_dir end
   local run = setmetatable({ client = client, json = client.json, opts = opts, jobs = prepared, state = {},
@@ -418,6 +466,10 @@ function M.run(client, jobs, opts)
     local list = {}
     for i, job in ipairs(prepared) do list[i] = function() return run:run_job(job) end end
     local _, raised = runtime.gather(list)
+    for _, job in ipairs(prepared) do -- a job that stopped between its create and its download lets go of its path
+      if job.part then job.part:close() end
+      job.part = nil
+    end
     for i, e in pairs(raised) do
       if not prepared[i].status then
         run:finish(prepared[i], "error", { error = errors.new { kind = "callback", task_id = prepared[i].task_id,

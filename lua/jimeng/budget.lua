@@ -13,9 +13,10 @@ M.__index = M
 local now = core.now
 
 --- M.new(max_rps, burst, engine) -> budget. max_rps nil: unknown (start unlimited, learn from 429s). burst:
--- how many requests may leave at once (default 1). The engine's token bucket then refills at
--- rps - burst + 1 a second: requests at least 1/rate apart after a burst, so no one-second window holds more
--- than rps (burst at once, then rps - burst more in the rest of the second).
+-- how many requests may leave at once (default 1). The engine's token bucket then refills at rps a second
+-- (the same total whatever the burst), and its window lets at most floor(rps) (at least 1) leave in any
+-- second: burst at once, then the rest of that second's count spread over it. A fractional max_rps is its
+-- whole part a second (2.5: 2 in any second; 0.5: one every 2 s).
 function M.new(max_rps, burst, engine)
   local self = setmetatable({ cap = max_rps or math.huge, user_burst = burst, engine = engine, window = {},
     at = now() }, M)
@@ -31,12 +32,13 @@ function M:set(rps)
     if self.engine then self.engine:pace(nil) end
     return
   end
-  self.burst = math.max(1, math.min(self.user_burst or 1, math.floor(rps)))
+  local per_second = math.max(1, math.floor(rps))
+  self.burst = math.max(1, math.min(self.user_burst or 1, per_second))
   -- the engine counts a request when it gets its connection, the server when it arrives: delays differ by
   -- milliseconds, which at hundreds a second can carry one more request into a window the server counts,
-  -- so the rate keeps a 2% headroom
-  self.rate = math.max(rps - self.burst + 1, 0.5) * 0.98
-  if self.engine then self.engine:pace(self.rate, self.burst) end
+  -- so the rate keeps a 2% headroom and the window 5% (a burst leaves at once: its first may arrive last)
+  self.rate = math.min(rps, per_second) * 0.98
+  if self.engine then self.engine:pace(self.rate, self.burst, per_second, 1.05) end
 end
 
 --- The requests per second in force (math.huge: unlimited).

@@ -11,6 +11,7 @@ local template = require "jimeng.template"
 local progress = require "jimeng.cli.progress"
 local config = require "jimeng.cli.config"
 local trace = require "jimeng.trace"
+local ktext = require "jimeng.text"
 
 local M = {}
 
@@ -121,7 +122,7 @@ function Out:result(value, text)
     value = for_json(value)
     self.stdout:write(encode(value), "\n")
   elseif text then
-    self.stdout:write(text, "\n")
+    self.stdout:write(ktext.printable_lines(text), "\n")
   end
 end
 
@@ -129,6 +130,7 @@ end
 -- or when its text changes (never a stream of carriage returns into a log file).
 function Out:progress(text, final)
   if self.quiet then return end
+  text = ktext.printable(text)
   if self.tty then
     self.stderr:write("\r\27[K", text)
     self.line_open = true
@@ -151,6 +153,7 @@ end
 
 function Out:note(text, always)
   if self.quiet and not always then return end
+  text = ktext.printable_lines(text)
   if self.line_open then
     self.stderr:write("\n")
     self.line_open = false
@@ -167,7 +170,7 @@ function Out:created(task)
     self.stderr:write(self.tty and "\r\27[K" or "\n")
     self.line_open = false
   end
-  self.stderr:write(("created task %s\n"):format(self:paint("bold", task.id)))
+  self.stderr:write(("created task %s\n"):format(self:paint("bold", ktext.printable(task.id))))
   self.stderr:flush()
 end
 
@@ -178,17 +181,20 @@ function Out:interrupted(err, continue)
   if err.task_id then
     -- the command to copy goes on a line of its own, whole, whatever the width: wrapped, a paste would run
     -- half of it
-    what = ("task %s exists (it is paid for); continue with:"):format(err.task_id)
-    command = continue(err.task_id)
+    what = ktext.printable(("task %s exists (it is paid for); continue with:"):format(err.task_id))
+    command = ktext.printable(continue(err.task_id))
   elseif err.created == nil and err.kind == "interrupted" and err.message:find("create") then
-    what = "the create was in flight: the task may or may not exist (check before creating again)"
+    what = "the create was on the wire when it was abandoned: the task may exist and be billed; check your " ..
+      "account's tasks before creating it again"
   else
     what = "nothing was sent: run the same command again"
   end
-  self.stderr:write(self:paint("yellow", self:fitted("jimeng: " .. err.message)), "\n", self:fitted("  " .. what), "\n")
+  self.stderr:write(self:paint("yellow", self:fitted(ktext.printable("jimeng: " .. err.message))), "\n",
+    self:fitted("  " .. what), "\n")
   if command then self.stderr:write(self:paint("bold", command), "\n") end
   if self.json then
-    self.stdout:write(encode { error = { kind = err.kind, message = err.message, task_id = err.task_id } }, "\n")
+    self.stdout:write(encode { error = { kind = err.kind, message = err.message, task_id = err.task_id,
+      created = err.created, what_to_do = what } }, "\n")
   end
   return EXIT_INTERRUPTED
 end
@@ -197,7 +203,7 @@ function Out:fail(err, continue)
   if err.kind == "interrupted" and continue then return self:interrupted(err, continue) end
   if err.created and err.task_id then self:created { id = err.task_id } end
   if self.line_open then self.stderr:write("\n") end
-  self.stderr:write(self:paint("red", self:fitted(tostring(err))), "\n")
+  self.stderr:write(self:paint("red", self:fitted(ktext.printable(tostring(err)))), "\n")
   local hint = err.hint or errors.hint(err.kind)
   local command -- a command to copy: on a line of its own
   if hint and self.command then hint = hint:gsub("jimeng COMMAND", "jimeng " .. self.command) end
@@ -213,7 +219,7 @@ function Out:fail(err, continue)
     hint = "the task may exist and be billed, and its id is unknown: check your account's tasks before " ..
       "creating it again"
   end
-  if hint then self.stderr:write(self:paint("yellow", self:fitted("  what to do: " .. hint)), "\n") end
+  if hint then self.stderr:write(self:paint("yellow", self:fitted(ktext.printable("  what to do: " .. hint))), "\n") end
   if command then self.stderr:write(self:paint("bold", command), "\n") end
   if self.json then
     self.stdout:write(encode { error = {
@@ -432,7 +438,7 @@ function commands.batch(client, args, out)
       elseif ev.type == "warning" then
         out:note(("%s: %s"):format(name, ev.message))
       elseif ev.type == "created" then
-        out.stderr:write(("%s: created task %s\n"):format(name, ev.task.id)) -- even with -q: it is paid for
+        out.stderr:write(ktext.printable(("%s: created task %s"):format(name, ev.task.id)), "\n") -- even with -q: it is paid for
         view:event(ev)
       elseif ev.type == "status" then
         view:event(ev)
@@ -560,7 +566,7 @@ function commands.sandbox(_, args, out, streams)
     tls = args.tls or nil, dialect = args.dialect }
   if not sb then
     out.stderr:write("cannot start the sandbox: ", tostring(err), "\n")
-    return EXIT_API
+    return tostring(err):find("^port must") and EXIT_USAGE or EXIT_API
   end
   local ca = sb.cainfo and (" CURL_CA_BUNDLE=" .. sb.cainfo) or ""
   local nd = args.dialect == "new-api" and "new-api" or nil
@@ -632,16 +638,37 @@ function M.api_key(args, out)
   if args.api_key_file then
     local f, why = io.stdin, nil
     if args.api_key_file ~= "-" then f, why = io.open(args.api_key_file, "r") end
-    if not f then
+    local data = f and f:read(64 * 1024)
+    if f and not data and f ~= io.stdin and f:seek("end") ~= 0 then
+      why = args.api_key_file .. " is a directory" -- a directory opens, then fails every read
+      data = nil
+    elseif f then
+      data = data or ""
+    end
+    if f and f ~= io.stdin then f:close() end
+    if not data then
       return nil, jimeng.error { kind = "invalid_argument", field = "api_key_file",
         message = "cannot read the API key file: " .. tostring(why) }
     end
-    local key = f:read("*l")
-    if f ~= io.stdin then f:close() end
-    key = key and key:match("^%s*(.-)%s*$")
-    if not key or key == "" then
+    local bom_why
+    data, bom_why = ktext.without_bom(data, "the API key file " .. args.api_key_file)
+    if not data then return nil, jimeng.error { kind = "invalid_argument", field = "api_key_file", message = bom_why } end
+    -- the key is the first line that is neither blank nor a # comment, without the spaces around it
+    local key
+    for line in (data .. "\n"):gmatch("([^\n]*)\n") do
+      line = line:match("^%s*(.-)%s*$")
+      if line ~= "" and line:sub(1, 1) ~= "#" then
+        key = line
+        break
+      end
+    end
+    if not key then
       return nil, jimeng.error { kind = "invalid_argument", field = "api_key_file",
-        message = "the API key file " .. args.api_key_file .. " is empty" }
+        message = "the API key file " .. args.api_key_file .. " holds no key (only blank or # comment lines)" }
+    end
+    if key:find("[%s%c]") then
+      return nil, jimeng.error { kind = "invalid_argument", field = "api_key_file",
+        message = "the API key in " .. args.api_key_file .. " holds spaces or control characters: is it the key?" }
     end
     return key
   end

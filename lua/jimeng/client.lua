@@ -245,6 +245,7 @@ end
 
 function Client:close()
   Share.close(self)
+  self.closed = true
   self.engine:close()
 end
 
@@ -277,6 +278,13 @@ local function check_method_self(self, name)
   end
 end
 
+-- opts of a call: nil or a table, else the call is misused (raised, naming it).
+local function check_opts(opts, name)
+  if opts ~= nil and type(opts) ~= "table" then
+    error(("jimeng: client:%s(..., opts): opts must be a table; got a %s"):format(name, type(opts)), 3)
+  end
+end
+
 -- Tasks
 
 local function to_task(self, decoded, r, warnings)
@@ -304,6 +312,7 @@ end
 -- id the moment the answer is read: a create whose answer came is never lost, even to a kill.
 function Client:create(params, opts)
   check_method_self(self, "create")
+  check_opts(opts, "create")
   local body, warnings, class, field = core.normalize(params)
   local err
   if not body then
@@ -414,6 +423,7 @@ end
 --- client:status(id) -> task | nil, err
 function Client:status(id, opts)
   check_method_self(self, "status")
+  check_opts(opts, "status")
   local _, err = check_id(id)
   if err then return nil, err end
   local ok, kerr = need_key(self)
@@ -445,6 +455,7 @@ end
 -- client's typical_queue, learnt from its earlier tasks), at a random point of the interval after it.
 function Client:wait(id, opts)
   check_method_self(self, "wait")
+  check_opts(opts, "wait")
   opts = opts or {}
   local _, err = check_id(id)
   if err then return nil, err end
@@ -550,6 +561,7 @@ end
 -- call are kept. Each outcome is recorded in the ledger (saved: the file it became; download_failed).
 function Client:download(id, path, opts)
   check_method_self(self, "download")
+  check_opts(opts, "download")
   local _, err = check_id(id)
   if err then return nil, err end
   if type(path) ~= "string" or path == "" then
@@ -570,12 +582,34 @@ function Client:download(id, path, opts)
   end
   local ok, kerr = need_key(self)
   if not ok then return nil, kerr end
+  local on_progress = opts.on_progress
+  if on_progress ~= nil and type(on_progress) ~= "function" then
+    return invalid("on_progress must be a function", "on_progress")
+  end
+  local perr
+  if on_progress then
+    -- a progress callback that raises comes back as a `callback` error with the task id (as in generate and
+    -- wait), after the download ends: the video it was watching is not lost to it
+    local own = {}
+    for k, v in pairs(opts) do own[k] = v end
+    own.on_progress = function(...)
+      if perr then return end
+      local _, e = errors.call_back(on_progress, "on_progress", id, ...)
+      perr = e
+    end
+    opts = own
+  end
   local info, derr = download.download(self, id, path, opts)
   local abs = core.canonical_path(path) or path
   if info then
     self:note { ev = "saved", id = id, path = abs, bytes = info.bytes, file = core.file_id(path) }
   elseif derr.kind ~= "invalid_argument" then
     self:note { ev = "download_failed", id = id, path = abs, error = derr.message }
+  end
+  if info and perr then
+    perr.message = perr.message .. " (the video was saved all the same: " .. info.path .. ")"
+    perr.path = info.path
+    return nil, perr
   end
   return info, derr
 end
@@ -610,12 +644,14 @@ end
 --- client:detect(image_url) -> {has_subject=, mask_urls={...largest first}, request_id=} | nil, err
 function Client:detect(image_url, opts)
   check_method_self(self, "detect")
+  check_opts(opts, "detect")
   return subject_call(self, "detection", core.detection, image_url, opts)
 end
 
 --- client:recognize(image_url) -> {has_subject=, task_id=, request_id=} | nil, err
 function Client:recognize(image_url, opts)
   check_method_self(self, "recognize")
+  check_opts(opts, "recognize")
   return subject_call(self, "recognition", core.recognition, image_url, opts)
 end
 

@@ -102,6 +102,10 @@ local function start(client, part, id, offset, rec, deadline)
     headers[2] = ("Range: bytes=%d-"):format(offset)
     headers[3] = "If-Range: " .. rec.validator
   end
+  if client.closed then
+    return nil, errors.new { kind = "interrupted", task_id = id, retryable = false,
+      message = "the client was closed (client:close()) before the download: the .part is kept" }
+  end
   local timeout
   if deadline then
     timeout = deadline - now()
@@ -262,8 +266,10 @@ local function fetch(client, part, id, path, opts)
 end
 
 --- Downloads task `id` to path (arguments already checked by client:download, which documents it).
+-- opts.part: the .part already opened and locked (generate reserves it before it pays); closed here all the same.
 function M.download(client, id, path, opts)
-  local part, perr = core.part_open(path .. ".part")
+  local part, perr = opts.part, nil
+  if not part then part, perr = core.part_open(path .. ".part") end
   if not part then return io_error(id, perr) end
   if not YIELDING_PCALL then
     local info, derr = fetch(client, part, id, path, opts)

@@ -15,8 +15,15 @@ local batch = require "jimeng.batch"
 local core = require "jimeng.core"
 local errors = require "jimeng.errors"
 local gallery = require "jimeng.gallery"
+local jtext = require "jimeng.text"
+local workflows = require "jimeng.workflows"
 
 local M = {}
+
+-- The options of experiment, checked by the workflows' one check of each option (as generate's are).
+local RUN_OPTIONS = { dir = true, rows = true, cols = true, dry_run = true, max_videos = true, yes = true, retake = true,
+  concurrency = true, recreate_unknown = true, overwrite = true, interval = true, timeout = true, ffmpeg = true,
+  poster_timeout = true, on_event = true, on_plan = true }
 
 local SPEC_KEYS = { name = true, base = true, vary = true, vars = true, cells = true, order = true,
   rows = true, cols = true }
@@ -76,6 +83,9 @@ function M.load(path, json)
   if not f then return invalid("cannot read the experiment spec: " .. tostring(why), "spec") end
   local text = f:read("*a")
   f:close()
+  if not text then return invalid("cannot read the experiment spec: " .. path .. " is a directory", "spec") end
+  text, why = jtext.without_bom(text, path)
+  if not text then return invalid(why, "spec") end
   local ok, spec
   if path:match("%.json$") or text:match("^%s*{") then
     ok, spec = pcall(json.decode, text)
@@ -172,6 +182,13 @@ function M.plan(spec, json)
   local cells, ids = {}, {}
   local function add_cell(id, values, params, extra)
     if ids[id] then return invalid(("two cells have the id %q"):format(id), "cells") end
+    if id:find("%c") then
+      return invalid(("the cell id %s holds control characters"):format(jtext.printable(id)), "cells")
+    end
+    if id:find(TAKE_SEP .. "%d+$") then -- the label of another cell's take would be this cell's
+      return invalid(('the cell id "%s" ends like the label of a take ("%s"): give it another id'):format(id,
+        id:match(TAKE_SEP .. "%d+$")), "cells")
+    end
     ids[id] = true
     if type(params.prompt) == "string" then
       for _, name in ipairs(placeholders(params.prompt)) do
@@ -263,19 +280,8 @@ local function read_file(path)
   return s
 end
 
---- Writes a file atomically: a temporary file beside it, then rename(2) onto it.
-local function write_atomic(path, data)
-  local tmp = path .. ".tmp"
-  local f, why = io.open(tmp, "wb")
-  if not f then return nil, why end
-  local ok, werr = f:write(data)
-  f:close()
-  if not ok then
-    os.remove(tmp)
-    return nil, werr
-  end
-  return os.rename(tmp, path)
-end
+--- Writes a file atomically: a temporary file beside it (no link followed), then rename(2) onto it.
+local write_atomic = core.write_atomic
 M.write_atomic = write_atomic
 
 local function shell_quote(s)
@@ -349,10 +355,12 @@ end
 -- limit (coreutils' timeout): a slow or stuck ffmpeg never holds up the run. The poster appears, renamed
 -- into place whole, when it is done.
 local function start_poster(ffmpeg, video, poster, limit)
-  local tmp = poster .. ".tmp.jpg"
-  local cmd = ("(timeout -k 2 %d %s -nostdin -loglevel error -y -i %s -frames:v 1 -q:v 3 %s && test -s %s && mv -f %s %s;"
-    .. " rm -f %s) </dev/null >/dev/null 2>&1 &"):format(math.max(1, math.floor(limit)), shell_quote(ffmpeg),
-    shell_quote(video), shell_quote(tmp), shell_quote(tmp), shell_quote(tmp), shell_quote(poster), shell_quote(tmp))
+  -- the temporary file is made by mktemp (O_EXCL, a fresh random name): ffmpeg -y never writes through a
+  -- link planted where a fixed name would be
+  local cmd = ("(t=$(mktemp %s) && timeout -k 2 %d %s -nostdin -loglevel error -y -i %s -frames:v 1 -q:v 3 -f mjpeg \"$t\""
+    .. " && test -s \"$t\" && mv -f \"$t\" %s; rm -f \"$t\") </dev/null >/dev/null 2>&1 &"):format(
+    shell_quote(poster .. ".tmp.XXXXXX"), math.max(1, math.floor(limit)), shell_quote(ffmpeg), shell_quote(video),
+    shell_quote(poster))
   os.execute("unset LD_PRELOAD; " .. cmd)
 end
 
@@ -380,6 +388,10 @@ function M.command(params, output)
     end
   end
   if output then words[#words + 1] = "-o " .. shell_quote(output) end
+  if params.prompt:sub(1, 1) == "-" then -- an option to the parser: after `--`, the prompt is a prompt
+    table.remove(words, 3)
+    words[#words + 1] = "-- " .. shell_quote(params.prompt)
+  end
   return table.concat(words, " ")
 end
 
@@ -437,6 +449,8 @@ end
 -- made=, skipped=, failed=, unknown=, errors=, interrupted=, paid=, paid_seconds=, dry_run=} | nil, err.
 -- What a run pays for is read from the batch journal (batch.plan), the identity batch itself uses.
 function M.run(client, spec, opts)
+  local valid, oerr = workflows.check_options(opts, RUN_OPTIONS, "experiment")
+  if not valid then return nil, oerr end
   opts = opts or {}
   local json = client.json
   if type(spec) == "string" then
@@ -475,6 +489,12 @@ function M.run(client, spec, opts)
   -- takes: one per cell, plus the retakes asked for now and before
   local takes_path = dir .. "/takes.json"
   local takes_count = read_json(takes_path, json) or {}
+  for id, n in pairs(takes_count) do -- a hand-edited or damaged takes.json must not become a thousand videos
+    if type(n) ~= "number" or not (n >= 1 and n <= 1000) or n ~= math.floor(n) then -- luacheck: ignore 581
+      return invalid(("%s gives cell %s %s takes (a whole number from 1 to 1000 expected): fix or remove it"):format(
+        takes_path, jtext.printable(id), jtext.printable(tostring(n))), "retake")
+    end
+  end
   local retake = opts.retake
   if type(retake) == "string" then retake = { retake } end
   local ids = {}
@@ -489,9 +509,14 @@ function M.run(client, spec, opts)
   end
   local takes = expand_takes(plan, takes_count, json)
   local retake_changed = false
+  -- the retakes decided by runs that did not end with every take finished (retake.json): cell id -> take
+  local pending_path = dir .. "/retake.json"
+  local pending = read_json(pending_path, json) or {}
+  local pending_before = next(pending) ~= nil
   if retake then
-    -- a retake adds a take only when the cell's last take is finished (saved or failed); a rerun of the
-    -- same --retake command after an interruption continues the unfinished take instead of paying again
+    -- a retake adds a take only when the cell's last take is finished (saved or failed) and was not itself
+    -- decided by a retake whose run has not ended complete: a rerun of the same --retake command after an
+    -- interruption (or an error) finishes that run instead of paying for one more take
     local states, serr = batch.plan(client, jobs_of(takes), plan_opts)
     if not states then return nil, serr end
     local state_of = {}
@@ -502,8 +527,12 @@ function M.run(client, spec, opts)
         done_ids[id] = true
         local n = math.floor(math.max(1, tonumber(takes_count[id]) or 1)) -- JSON gives 2.0 on some builds
         local last = state_of[n == 1 and id or (id .. TAKE_SEP .. n)]
-        if last == "saved" or last == "failed" then
+        if tonumber(pending[id]) == n then -- luacheck: ignore 542 (decided before: this run finishes it)
+        elseif last == "saved" or last == "failed" then
           takes_count[id], retake_changed = n + 1, true
+          pending[id] = n + 1
+        else
+          pending[id], retake_changed = n, true
         end
       end
     end
@@ -595,10 +624,12 @@ function M.run(client, spec, opts)
     journal = journal_path, output_dir = dir, concurrency = opts.concurrency, overwrite = opts.overwrite,
     recreate_unknown = opts.recreate_unknown, interval = opts.interval, timeout = opts.timeout,
     on_start = function()
-      if retake_changed then
-        local ok, why = write_atomic(takes_path, json.encode(takes_count))
-        if not ok then
-          return nil, errors.new { kind = "io", message = "cannot write " .. takes_path .. ": " .. tostring(why) }
+      if retake_changed then -- the retake is decided: journaled before it is paid for
+        for _, f in ipairs { { pending_path, pending }, { takes_path, takes_count } } do
+          local ok, why = write_atomic(f[1], json.encode(f[2]))
+          if not ok then
+            return nil, errors.new { kind = "io", message = "cannot write " .. f[1] .. ": " .. tostring(why) }
+          end
         end
       end
       for _, t in ipairs(takes) do
@@ -668,6 +699,13 @@ function M.run(client, spec, opts)
   local ok, werr = publish()
   if not ok then return nil, werr end
   if publish_error then return nil, publish_error end
+  if (pending_before or retake_changed) and report.interrupted == 0 and report.errors == 0 and report.unknown == 0 then
+    -- every take finished: the retakes decided are done, and the same --retake command now adds one more
+    ok, werr = write_atomic(pending_path, "{}")
+    if not ok then
+      return nil, errors.new { kind = "io", message = "cannot write " .. pending_path .. ": " .. tostring(werr) }
+    end
+  end
   return report
 end
 

@@ -90,6 +90,9 @@ local function transport_error(r, _, client)
   local class = r.class or "reset"
   local kind = CLASS_KIND[class] or "network"
   local message = r.curl_error or class
+  if class == "too_large" and message:lower():find("out of memory", 1, true) then
+    message = "a header line longer than libcurl takes" -- what an older libcurl calls "out of memory"
+  end
   if CLASS_SAYS[class] then message = CLASS_SAYS[class] .. " (" .. message .. ")" end
   if r.io_error then message = "cannot write the download: " .. r.io_error end
   if r.journal_error then message = "cannot write the journal before sending: " .. r.journal_error end
@@ -217,6 +220,10 @@ function M.json(client, spec)
       return fail(errors.new { kind = "timeout", created = not_made,
         message = "the deadline passed before " .. spec.what })
     end
+    if client.closed then -- client:close() (from another coroutine, say): a typed error, never a raise
+      return nil, errors.new { kind = "interrupted", created = not_made, retryable = false,
+        message = ("the client was closed (client:close()) before %s was sent"):format(spec.what) }
+    end
     -- the engine holds the client's settings (key, TLS, proxy, timeouts): the call gives only its own fields
     local t, why, class = client.engine:request {
       url = url, method = spec.method, body = body, timeout = client.timeout, deadline = spec.deadline,
@@ -232,6 +239,10 @@ function M.json(client, spec)
       client:log("interrupted", "waiting for the create's answer to learn its task id (Ctrl-C again to abandon)")
       core.mute_interrupt()
       while not t:done() do
+        if core.insisted() then -- abandoned: the task may exist and be billed, and this call says so
+          t:cancel()
+          break
+        end
         client.engine:perform()
         if not t:done() then client.engine:poll(200) end
       end
@@ -239,6 +250,10 @@ function M.json(client, spec)
       t:cancel()
     end
     local r = t:result()
+    if client.closed and not r.ok and not spec.paid then
+      return nil, errors.new { kind = "interrupted", retryable = false,
+        message = ("the client was closed (client:close()) during %s"):format(spec.what) }
+    end
     local made = spec.paid and created(r)
     if r.handed_over then sent = true end
     if r.status == 429 then client.budget:refused() elseif r.ok and r.status < 400 then client.budget:granted() end

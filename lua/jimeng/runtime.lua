@@ -27,6 +27,10 @@ local interrupted = core.interrupted
 -- A day: longer sleeps are cut to it (they are always inside a loop that checks its own deadline).
 local MAX_SLEEP = 86400
 
+-- What a call yields to its scheduler: private values, so that a yield of the caller's own (a callback's
+-- coroutine.yield("sleep", 1e9)) is never taken for one of ours: it is resumed at once.
+local AWAIT, SLEEP, JOIN = {}, {}, {}
+
 -- The scheduler of each coroutine it runs (weak keys: a finished coroutine is forgotten).
 local owner = setmetatable({}, { __mode = "k" })
 
@@ -114,7 +118,7 @@ end
 function M.await(engine, transfer, timeout)
   if transfer:done() then return true end
   if current() then
-    return co_yield("await", engine, transfer, timeout)
+    return co_yield(AWAIT, engine, transfer, timeout)
   end
   return host.await(engine, transfer, timeout)
 end
@@ -122,10 +126,13 @@ end
 --- Sleeps `seconds`, letting other coroutines of the scheduler run meanwhile. Returns the name of the
 -- signal when a trapped SIGINT/SIGTERM cut the sleep short (or "cancelled"), else nil.
 function M.sleep(seconds)
+  if type(seconds) ~= "number" and seconds ~= nil then
+    error(("jimeng.sleep(seconds): seconds must be a number; got a %s"):format(type(seconds)), 2)
+  end
   if not seconds or not (seconds > 0) then return interrupted() end -- luacheck: ignore 581
   if seconds > MAX_SLEEP then seconds = MAX_SLEEP end
   if current() then
-    return co_yield("sleep", seconds)
+    return co_yield(SLEEP, seconds)
   end
   return host.sleep(seconds)
 end
@@ -235,17 +242,17 @@ function Scheduler:step(co, args)
   local what = res[2]
   local h = self.handles[co]
   local sig = interrupted() or h.cancelled
-  if sig and what == "await" and not interrupted() and res[4]:paid() and res[4]:handed_over() and not res[4]:done() then
+  if sig and what == AWAIT and not interrupted() and res[4]:paid() and res[4]:handed_over() and not res[4]:done() then
     -- a create on the wire when its call was cancelled: its answer names the task that may now exist, so
     -- it is awaited (within its own timeout) and the cancel lands at the call's next wait
     sig = nil
   end
-  if sig and (what == "await" or what == "sleep") then
+  if sig and (what == AWAIT or what == SLEEP) then
     -- after Ctrl-C (or a cancel) nothing waits: every call returns its interrupted error at once
-    self.ready[#self.ready + 1] = { co, what == "await" and pack(res[4]:done(), sig) or pack(sig) }
+    self.ready[#self.ready + 1] = { co, what == AWAIT and pack(res[4]:done(), sig) or pack(sig) }
     return
   end
-  if what == "await" then
+  if what == AWAIT then
     local engine, transfer, timeout = res[3], res[4], res[5]
     if transfer:done() then
       self.ready[#self.ready + 1] = { co, pack(true) }
@@ -262,11 +269,11 @@ function Scheduler:step(co, args)
       heap_push(self.heap, w.timer)
     end
     if self.on_await then self.on_await(engine) end
-  elseif what == "sleep" then
+  elseif what == SLEEP then
     local e = { at = now() + res[3], co = co }
     h.parked = e
     heap_push(self.heap, e)
-  elseif what == "join" then
+  elseif what == JOIN then
     local j = res[3]
     if j.done then
       self.ready[#self.ready + 1] = { co, pack() }
@@ -274,7 +281,8 @@ function Scheduler:step(co, args)
       j.joiners[#j.joiners + 1] = co
     end
   else
-    -- a yield the scheduler does not own (a coroutine library inside the user's function): resume it
+    -- a yield the scheduler does not own (a coroutine library inside the user's function, a callback's own
+    -- yield): resumed at once; only jimeng.sleep sleeps, at most a day at a time
     self.ready[#self.ready + 1] = { co, pack() }
   end
 end
@@ -361,8 +369,22 @@ function Scheduler:tick(max_wait_ms)
   if self:run_ready() == 0 then return 0 end
 
   -- drive every engine that has a waiter; wake exactly the waiters of the transfers that finished
+  local closed
   for engine in pairs(self.engines) do
-    self:deliver(host.drive(engine))
+    if engine.closed and engine:closed() then
+      closed = closed or {}
+      closed[engine] = true
+    else
+      self:deliver(host.drive(engine))
+    end
+  end
+  if closed then -- client:close() from another coroutine: its transfers ended (cancelled), their waiters wake
+    for transfer, w in pairs(self.waiting) do
+      if closed[w.engine] then
+        self:unwait(transfer)
+        self.ready[#self.ready + 1] = { w.co, pack(true) }
+      end
+    end
   end
   local sig = interrupted()
   if sig then
@@ -429,7 +451,7 @@ end
 function Handle:wait()
   if not self.done then
     assert(current(), "jimeng: a handle can only be waited for inside jimeng.run")
-    co_yield("join", self)
+    co_yield(JOIN, self)
   end
   if self.error ~= nil then return nil, self.error end
   return unpack(self.results, 1, self.results.n)

@@ -49,11 +49,15 @@ Sandbox.__index = Sandbox
 -- bytes per second. max_rps answers 429 to API requests over that many in any one second (see sandbox/README.md).
 function M.start(opts)
   opts = opts or {}
+  local port = opts.port or 0
+  if type(port) ~= "number" or not (port >= 0 and port <= 65535) or port ~= math.floor(port) then -- luacheck: ignore 581
+    return nil, ("port must be a whole number from 0 to 65535 (0: a free one); got %s"):format(tostring(opts.port))
+  end
   local path, err = M.server_path()
   if not path then return nil, err end
   -- env -u LD_PRELOAD: a sanitizer preloaded into the caller (make asan) has no business in Python
   local cmd = { "exec env -u LD_PRELOAD", shell_quote(opts.python or os.getenv("PYTHON") or "python3"), shell_quote(path),
-    "--port", tostring(math.floor(tonumber(opts.port) or 0)), "--exit-with-parent" }
+    "--port", ("%d"):format(port), "--exit-with-parent" }
   if opts.queue_seconds then cmd[#cmd + 1] = "--queue-seconds " .. tonumber(opts.queue_seconds) end
   if opts.process_seconds then cmd[#cmd + 1] = "--process-seconds " .. tonumber(opts.process_seconds) end
   if opts.video_bytes then

@@ -5,6 +5,7 @@ local core = require "jimeng.core"
 local errors = require "jimeng.errors"
 local ledger = require "jimeng.ledger"
 local template = require "jimeng.template"
+local download = require "jimeng.download"
 
 local M = {}
 
@@ -20,15 +21,53 @@ local function seconds(lo)
   end
 end
 local function of_type(t) return function(v) if type(v) ~= t then return "must be a " .. t end end end
+local function whole(lo, hi)
+  return function(v)
+    if type(v) ~= "number" or not (v >= lo and v <= hi) or v ~= math.floor(v) then -- luacheck: ignore 581
+      return ("must be a whole number from %d to %d"):format(lo, hi)
+    end
+  end
+end
+local function path_string(v)
+  if type(v) ~= "string" or v == "" or v:find("%z") then return "must be a path (a non-empty string)" end
+end
+local function strings(v) -- one string, or a list of them (retake)
+  if type(v) == "string" and v ~= "" then return end
+  if type(v) == "table" and #v > 0 then
+    local n = 0
+    for _ in pairs(v) do n = n + 1 end
+    if n == #v then
+      local ok = true
+      for _, x in ipairs(v) do ok = ok and type(x) == "string" and x ~= "" end
+      if ok then return end
+    end
+  end
+  return "must be a cell id (a string) or a list of them"
+end
+--- The one check of each option of the workflows (generate, omnihuman, batch, experiment): every entry point
+-- (Lua, the command, the plugin) goes through these before anything is paid for.
 local OPTION_CHECKS = {
   output = of_type("string"), output_dir = of_type("string"), overwrite = of_type("boolean"),
   timeout = seconds(0.001), interval = seconds(0.01),
   on_created = of_type("function"), on_status = of_type("function"), on_progress = of_type("function"),
+  -- batch
+  journal = path_string, concurrency = whole(1, 1024), recreate_unknown = of_type("boolean"),
+  on_event = of_type("function"), on_start = of_type("function"),
+  -- experiment
+  dir = path_string, rows = of_type("string"), cols = of_type("string"), dry_run = of_type("boolean"),
+  max_videos = whole(0, 100000), yes = of_type("boolean"), retake = strings, on_plan = of_type("function"),
+  ffmpeg = function(v) if v ~= false and type(v) ~= "string" then return "must be a path or false" end end,
+  poster_timeout = seconds(0.1),
 }
 
 -- Checks opts against the names a workflow takes. -> true | nil, err (invalid_argument, nothing sent)
+-- opts may be nil (no options). A value false stands for "not given" only where false is no value of the
+-- option's own (a boolean, or ffmpeg=false).
 local function check_options(opts, names, what)
-  if type(opts) ~= "table" then return errors.invalid(what .. " options must be a table", "opts") end
+  if opts == nil then return true end
+  if type(opts) ~= "table" then -- misuse of the API: raised, naming the call
+    error(("jimeng: client:%s(..., opts): opts must be a table; got a %s"):format(what, type(opts)), 4)
+  end
   for k, v in pairs(opts) do
     local known = type(k) == "string" and names[k]
     if not known then
@@ -47,6 +86,7 @@ local function check_options(opts, names, what)
   end
   return true
 end
+M.check_options = check_options
 
 local GENERATE_OPTIONS = { output = true, output_dir = true, overwrite = true, timeout = true, interval = true,
   on_created = true, on_status = true, on_progress = true }
@@ -68,8 +108,44 @@ local function check_reserved(client, path, overwrite)
   return true
 end
 
+-- Lets go of a reserved .part: removed when it holds nothing (this call made it), else kept for its resume.
+local function release(part)
+  if (part:size() or 0) == 0 and not part:record() then part:discard() else part:close() end
+end
+
+-- Reserves a concrete output path before anything is paid for: its .part opened and locked (a second run for
+-- the same path is refused here, --force or not), then, under the lock, the path and the .part's record
+-- checked, and the ledger asked whether an earlier paid task is still meant for it. -> part | nil, err
+local function reserve(path, overwrite, client)
+  local state, why = core.check_output(path)
+  local part
+  if state then
+    part, why = core.part_open(path .. ".part")
+    state = nil
+    if part then state, why = core.check_output(path) end
+  end
+  if state and core.check_output(path .. ".part.json") == nil then
+    local _, rwhy = core.check_output(path .. ".part.json")
+    state, why = nil, rwhy
+  end
+  if state == "file" and not overwrite then
+    state, why = nil, path .. " exists: choose another path, or pass overwrite=true (CLI --force) to replace it"
+  end
+  if not state then
+    if part then release(part) end
+    return errors.invalid(why .. " (nothing was paid for)", "output")
+  end
+  local ok, rerr = check_reserved(client, path, overwrite)
+  if not ok then
+    release(part)
+    return nil, rerr
+  end
+  return part
+end
+
 -- A template's output (see jimeng.template): every field but {id} filled in now; its directory made (the
--- user named it); {id} only in the file name. -> plan function, the path meant (absolute) | nil, err
+-- user named it); {id} only in the file name. -> plan function, the path meant (absolute), the reserved
+-- .part when the path is known now | nil, err
 local function plan_template(opts, params, client)
   local parts, err = template.parse(opts.output, "output")
   if not parts then return nil, err end
@@ -91,15 +167,9 @@ local function plan_template(opts, params, client)
     local path
     path, err = template.finish(parts, nil, "output")
     if not path then return nil, err end
-    local state, why = core.check_output(path)
-    if not state then return errors.invalid(why .. " (nothing was paid for)", "output") end
-    if state == "file" and not opts.overwrite then
-      return errors.invalid(path .. " exists: choose another path, or pass overwrite=true (CLI --force) to " ..
-        "replace it (nothing was paid for)", "output")
-    end
-    local ok, rerr = check_reserved(client, path, opts.overwrite)
-    if not ok then return nil, rerr end
-    return function() return path end, core.canonical_path(path)
+    local part, rerr = reserve(path, opts.overwrite, client)
+    if not part then return nil, rerr end
+    return function() return path end, core.canonical_path(path), part
   end
   local state, why = core.check_output(dir .. "x.mp4")
   if not state then return errors.invalid(why .. " (nothing was paid for)", "output") end
@@ -110,7 +180,8 @@ end
 -- which is made when missing: the user named it). An existing file is not replaced unless opts.overwrite;
 -- nor is a path the ledger keeps for a task paid for and not saved. opts.output may be a template (see
 -- jimeng.template: {id} is filled in after the create; params give {prompt}, {seed}, {model}).
--- Returns a function(task_id) -> path | nil, err, and the path meant (absolute; {id} when not known yet).
+-- Returns a function(task_id) -> path | nil, err, the path meant (absolute; {id} when not known yet), and
+-- for a path known now the reserved .part (locked: see release) | nil, err.
 local function plan_output(opts, prefix, params, client)
   for _, k in ipairs { "output", "output_dir" } do
     if opts[k] ~= nil and (type(opts[k]) ~= "string" or opts[k] == "" or opts[k]:find("%z")) then
@@ -122,15 +193,9 @@ local function plan_output(opts, prefix, params, client)
     opts = { output_dir = opts.output, overwrite = opts.overwrite }
   end
   if opts.output then
-    local state, why = core.check_output(opts.output)
-    if not state then return errors.invalid(why .. " (nothing was paid for)", "output") end
-    if state == "file" and not opts.overwrite then
-      return errors.invalid(opts.output .. " exists: choose another path, or pass overwrite=true (CLI --force) to " ..
-        "replace it (nothing was paid for)", "output")
-    end
-    local ok, rerr = check_reserved(client, opts.output, opts.overwrite)
-    if not ok then return nil, rerr end
-    return function() return opts.output end, core.canonical_path(opts.output)
+    local part, rerr = reserve(opts.output, opts.overwrite, client)
+    if not part then return nil, rerr end
+    return function() return opts.output end, core.canonical_path(opts.output), part
   end
   local dir = opts.output_dir and opts.output_dir:gsub("(.)/+$", "%1")
   if dir then
@@ -143,21 +208,24 @@ local function plan_output(opts, prefix, params, client)
   return function(id) return base .. prefix .. id .. ".mp4" end, core.canonical_path(base .. prefix .. "{id}.mp4")
 end
 M.plan_output = plan_output
+M.release = release
 
 --- Waits for a created task and downloads it to output(task.id) before the deadline: the second half of
 -- generate and omnihuman. -> {path=, bytes=, task=} | nil, err (always with task_id: it is paid for)
-local function complete(self, task, opts, deadline, output)
+local function complete(self, task, opts, deadline, output, part)
   local ok, cerr = errors.call_back(opts.on_created, "on_created", task.id, task)
-  if not ok then return nil, cerr end
-  ok, cerr = errors.call_back(opts.on_status, "on_status", task.id, task)
-  if not ok then return nil, cerr end
-  local done, werr = self:wait(task.id, {
-    deadline = deadline, interval = opts.interval,
-    on_status = opts.on_status and function(t) if t.status ~= task.status then opts.on_status(t) end end,
-  })
+  if ok then ok, cerr = errors.call_back(opts.on_status, "on_status", task.id, task) end
+  local done, werr
+  if ok then
+    done, werr = self:wait(task.id, {
+      deadline = deadline, interval = opts.interval,
+      on_status = opts.on_status and function(t) if t.status ~= task.status then opts.on_status(t) end end,
+    })
+    if not done then werr.task_id = task.id end
+  end
   if not done then
-    werr.task_id = task.id
-    return nil, werr
+    if part then release(part) end -- the download command that continues it takes the path then
+    return nil, werr or cerr
   end
   done.warnings = task.warnings
   local progress_err
@@ -172,7 +240,12 @@ local function complete(self, task, opts, deadline, output)
     return nil, perr
   end
   -- the path was checked before the create (plan_output): a file there now is one overwrite allowed
-  local info, derr = self:download(task.id, path, { deadline = deadline, on_progress = progress, overwrite = true })
+  local info, derr
+  if part then -- the .part reserved before the create: this download writes it
+    info, derr = download.download(self, task.id, path, { deadline = deadline, on_progress = progress, part = part })
+  else
+    info, derr = self:download(task.id, path, { deadline = deadline, on_progress = progress, overwrite = true })
+  end
   if not info then
     derr.task_id = task.id
     return nil, derr
@@ -188,20 +261,21 @@ end
 
 --- client:generate: see its documentation in client.lua.
 function M.generate(self, params, opts)
-  opts = opts or {}
   local ok, oerr = check_options(opts, GENERATE_OPTIONS, "generate")
+  opts = opts or {}
   if not ok then return nil, oerr end
   local deadline = now() + (opts.timeout or self.wait_timeout)
-  local output, meant
-  output, oerr = plan_output(opts, "jimeng_video_", params, self)
-  if not output then return nil, oerr end
-  meant = oerr
+  local output, meant, part = plan_output(opts, "jimeng_video_", params, self)
+  if not output then return nil, meant end
   local task, err = self:create(params, { deadline = deadline, output = meant, output_for = function(id)
     local p = output(id)
     return p and core.canonical_path(p)
   end })
-  if not task then return nil, err end
-  return complete(self, task, opts, deadline, output)
+  if not task then
+    if part then release(part) end
+    return nil, err
+  end
+  return complete(self, task, opts, deadline, output, part)
 end
 
 -- The keys of client:omnihuman that steer the workflow rather than go on the wire.
@@ -244,9 +318,9 @@ end
 
 --- client:omnihuman: see its documentation in client.lua.
 function M.omnihuman(self, params, opts)
-  opts = opts or {}
   if type(params) ~= "table" then return errors.invalid("omnihuman needs a table of parameters") end
   local ok, oerr = check_options(opts, OMNIHUMAN_OPTIONS, "omnihuman")
+  opts = opts or {}
   if not ok then return nil, oerr end
   ok, oerr = check_subject(params.subject)
   if not ok then return nil, oerr end
@@ -259,37 +333,40 @@ function M.omnihuman(self, params, opts)
   if params.subject ~= nil and body.mask_urls then
     return errors.invalid("give either subject (detect and choose) or masks, not both", "subject")
   end
-  local output, meant
+  local output, meant, part
   if params.output or params.output_dir then
-    output, oerr = plan_output({ output = params.output, output_dir = params.output_dir,
+    output, meant, part = plan_output({ output = params.output, output_dir = params.output_dir,
       overwrite = opts.overwrite }, "omnihuman_video_", params, self)
-    if not output then return nil, oerr end
-    meant = oerr
+    if not output then return nil, meant end
+  end
+  local function fail(e) -- before the create: the reserved .part goes
+    if part then release(part) end
+    return nil, e
   end
   local deadline = now() + (opts.timeout or self.wait_timeout)
   local image = body.content[1].image_url.url
   if params.recognize then
     local rec, err = self:recognize(image, { deadline = deadline })
-    if not rec then return nil, err end
+    if not rec then return fail(err) end
     if not rec.has_subject then
-      return nil, errors.new { kind = "invalid_argument", field = "image", request_id = rec.request_id,
+      return fail(errors.new { kind = "invalid_argument", field = "image", request_id = rec.request_id,
         message = "recognition found no person, human-like or anthropomorphic subject in " .. image ..
-          ": an OmniHuman video of it would fail (nothing was paid for)" }
+          ": an OmniHuman video of it would fail (nothing was paid for)" })
     end
   end
   local mask
   if params.subject ~= nil then
     local det, err = self:detect(image, { deadline = deadline })
-    if not det then return nil, err end
+    if not det then return fail(err) end
     if not det.has_subject or #det.mask_urls == 0 then
-      return nil, errors.new { kind = "invalid_argument", field = "subject", request_id = det.request_id,
-        message = "detection found no subject in " .. image .. " (nothing was paid for)" }
+      return fail(errors.new { kind = "invalid_argument", field = "subject", request_id = det.request_id,
+        message = "detection found no subject in " .. image .. " (nothing was paid for)" })
     end
     local why
     mask, why = choose_mask(params.subject, det.mask_urls)
     if not mask then
-      if errors.is(why) then return nil, why end
-      return nil, errors.new { kind = "invalid_argument", field = "subject", message = why }
+      if errors.is(why) then return fail(why) end
+      return fail(errors.new { kind = "invalid_argument", field = "subject", message = why })
     end
     wire.mask = mask
   end
@@ -298,12 +375,12 @@ function M.omnihuman(self, params, opts)
       local p = output(id)
       return p and core.canonical_path(p)
     end })
-  if not task then return nil, err end
+  if not task then return fail(err) end
   task.mask_url = mask
   if not output then return task end
   local info, ferr = complete(self, task, {
     interval = opts.interval, on_created = opts.on_created, on_status = opts.on_status, on_progress = opts.on_progress,
-  }, deadline, output)
+  }, deadline, output, part)
   if not info then return nil, ferr end
   info.task.mask_url, info.mask_url = mask, mask
   return info

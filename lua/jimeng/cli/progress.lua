@@ -3,6 +3,7 @@
 -- alone (a moving window), one line per job of a batch, redrawn in place on a terminal and never wider
 -- than it; plain lines, one per change, when stderr is not a terminal.
 local core = require "jimeng.core"
+local printable = require("jimeng.text").printable
 
 local M = {}
 
@@ -309,7 +310,8 @@ local function job_text(j, width)
     state = ("%s %s #%d"):format(j.state, M.human_seconds(t - (j.since or t)), j.polls)
   end
   local label_w = math.max(8, math.min(24, math.floor(width / 3)))
-  local label = M.fit(j.label, label_w)
+  local label = M.fit(printable(j.label), label_w)
+  state = printable(state)
   return M.fit(("%-" .. label_w .. "s %s"):format(label, state), width - 1), label
 end
 
@@ -354,6 +356,7 @@ end
 --- A line above the table (a note, "created task ..."): the table is drawn again under it.
 function Table:note(text, always)
   if self.out.quiet and not always then return end
+  text = printable(text)
   if self.out.tty and not self.out.quiet then
     self:erase()
     self.out.stderr:write(M.wrap(text, M.width() - 1), "\n") -- wrapped at words, never cut by the terminal
