@@ -840,6 +840,10 @@ static int jm_pace_take(jm_engine *e) {
  * below zero, and the next transfers wait for it. */
 static void jm_pace_debit(jm_engine *e) {
     double now;
+    if (e && e->share) {
+        jm_share_debit(e->share);
+        return;
+    }
     if (!e || e->pace_rate <= 0) return;
     now = jm_now();
     e->pace_tokens += (now - e->pace_at) * e->pace_rate;

@@ -96,6 +96,7 @@ JM_HIDDEN int jm_proxy_for(const char *url, const char *proxy, const char *nopro
  * (jm_share_take: 1, or 0 with *next = when the next token comes), and holds it while attached. */
 typedef struct jm_share jm_share;
 JM_HIDDEN int jm_share_take(jm_share *s, double *next);
+JM_HIDDEN void jm_share_debit(struct jm_share *s);
 JM_HIDDEN void jm_share_hold(jm_share *s);
 JM_HIDDEN void jm_share_drop(jm_share *s);
 JM_HIDDEN jm_share *jm_share_check(lua_State *L, int i);

@@ -27,6 +27,7 @@
 
 #define JM_SHARE_MAGIC 0x314d424au /* "JBM1" */
 #define JM_SHARE_SLOTS 1024        /* the most tasks in flight a budget can count (max_tasks <= this) */
+#define JM_SHARE_RING 256          /* the departures a shared window remembers (max_rps above it: the bucket alone) */
 #define JM_SHARE_HANDLE_MT "jimeng.budget_share"
 
 typedef struct {
@@ -44,6 +45,11 @@ typedef struct {
     double next_ticket;
     double taken; /* tokens taken since the state was made (jimeng doctor) */
     int32_t max_tasks; /* 0: no limit */
+    /* the sliding window (as the engine's own pace has): at most ring_cap departures in any `window` seconds,
+     * so that a burst never carries a second over max_rps, whatever the rate; ring_cap 0: none */
+    int32_t ring_cap, ring_head, ring_count;
+    double window;
+    double ring[JM_SHARE_RING];
     jm_slot slots[JM_SHARE_SLOTS];
 } jm_share_state;
 
@@ -82,10 +88,14 @@ static void jm_share_mend(jm_share *s, double now) {
     int i;
     if (!(st->rate >= 0) || st->rate > 1e9) st->rate = 0;
     if (!(st->burst >= 1) || st->burst > 1e9) st->burst = 1;
-    if (!(st->tokens >= 0)) st->tokens = 0;
+    if (!(st->tokens >= -64)) st->tokens = 0; /* below 0 only by debits (jm_share_debit), a few at most */
     if (st->tokens > st->burst) st->tokens = st->burst;
     if (!(st->at <= now)) st->at = now;
     if (st->max_tasks < 0 || st->max_tasks > JM_SHARE_SLOTS) st->max_tasks = JM_SHARE_SLOTS;
+    if (st->ring_cap < 0 || st->ring_cap > JM_SHARE_RING) st->ring_cap = 0;
+    if (st->ring_head < 0 || st->ring_head >= JM_SHARE_RING) st->ring_head = 0;
+    if (st->ring_count < 0 || st->ring_count > st->ring_cap) st->ring_count = 0;
+    if (!(st->window > 0) || st->window > 3600) st->window = 1;
     if (s->fd < 0 || now - s->renewed_at < s->lease / 4) return;
     s->renewed_at = now;
     for (i = 0; i < JM_SHARE_SLOTS; i++) {
@@ -120,8 +130,27 @@ JM_HIDDEN int jm_share_take(jm_share *s, double *next) {
         if (st->tokens > st->burst) st->tokens = st->burst;
         st->at = now;
         got = st->tokens >= 1;
-        if (got) st->tokens -= 1;
-        else *next = now + (1 - st->tokens) / st->rate;
+        if (!got) *next = now + (1 - st->tokens) / st->rate;
+        if (got && st->ring_cap > 0 && st->ring_count == st->ring_cap) {
+            double oldest = st->ring[st->ring_head]; /* the departure ring_cap ago: a window from it must pass */
+            if (now - oldest < st->window && oldest <= now) {
+                got = 0;
+                *next = oldest + st->window;
+            }
+        }
+        if (got) {
+            st->tokens -= 1;
+            if (st->ring_cap > 0) {
+                int at = (st->ring_head + st->ring_count) % st->ring_cap;
+                if (st->ring_count == st->ring_cap) {
+                    at = st->ring_head;
+                    st->ring_head = (st->ring_head + 1) % st->ring_cap;
+                } else {
+                    st->ring_count++;
+                }
+                st->ring[at] = now;
+            }
+        }
     }
     if (got) {
         st->taken += 1;
@@ -129,6 +158,33 @@ JM_HIDDEN int jm_share_take(jm_share *s, double *next) {
     }
     jm_share_unlock(s);
     return got;
+}
+
+/* A request libcurl made by itself (a redirect's next hop) takes its token after the fact: the bucket may go
+ * below zero and the window counts it, so the sharers' next requests wait for it (not for a budget in Redis,
+ * whose tokens are leased ahead). */
+JM_HIDDEN void jm_share_debit(jm_share *s) {
+    jm_share_state *st = s->st;
+    double now = jm_now();
+    if (!st) return;
+    jm_share_lock(s);
+    jm_share_mend(s, now);
+    if (st->rate > 0) {
+        st->tokens += (now - st->at) * st->rate;
+        if (st->tokens > st->burst) st->tokens = st->burst;
+        st->at = now;
+        if (st->tokens > -64) st->tokens -= 1;
+        if (st->ring_cap > 0) {
+            if (st->ring_count == st->ring_cap) {
+                st->ring[st->ring_head] = now;
+                st->ring_head = (st->ring_head + 1) % st->ring_cap;
+            } else {
+                st->ring[(st->ring_head + st->ring_count++) % st->ring_cap] = now;
+            }
+        }
+        st->taken += 1;
+    }
+    jm_share_unlock(s);
 }
 
 JM_HIDDEN void jm_share_hold(jm_share *s) {
@@ -355,10 +411,13 @@ static int l_share_open(lua_State *L) {
     return 1;
 }
 
-/* share:pace(rate[, burst]): the budget's rate from now (rate nil, 0 or inf: none), for every sharer. */
+/* share:pace(rate[, burst[, count, window]]): the budget's rate from now (rate nil, 0 or inf: none), for every
+ * sharer; count, window: at most count departures in any window seconds (as engine:pace; count above
+ * JM_SHARE_RING: the bucket alone). */
 static int l_share_pace(lua_State *L) {
     jm_share *s = jm_check_handle(L)->s;
     double rate = luaL_optnumber(L, 2, 0), burst = luaL_optnumber(L, 3, 1), now = jm_now();
+    double count = luaL_optnumber(L, 4, 0), window = luaL_optnumber(L, 5, 1);
 #ifdef JM_HIREDIS
     if (s->redis) {
         jm_redis_pace(s->redis, rate, burst);
@@ -381,6 +440,12 @@ static int l_share_pace(lua_State *L) {
         s->st->rate = rate;
         s->st->burst = burst;
         if (s->st->tokens > burst) s->st->tokens = burst;
+        if (!(count >= 1) || count > JM_SHARE_RING) count = 0;
+        if ((int32_t)count != s->st->ring_cap) { /* a new window: the departures it remembers start now */
+            s->st->ring_cap = (int32_t)count;
+            s->st->ring_head = s->st->ring_count = 0;
+        }
+        s->st->window = window > 0 && window <= 3600 ? window : 1;
     }
     jm_share_unlock(s);
     return 0;

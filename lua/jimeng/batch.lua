@@ -403,6 +403,7 @@ function Run:complete(job, task_id, deadline)
   local info, derr
   if part then -- the .part this job reserved before its create
     info, derr = download.download(client, task_id, job.path, { deadline = deadline, part = part })
+    client:noted(task_id, job.path, info, derr) -- what client:download records in the ledger
   else
     info, derr = client:download(task_id, job.path, { deadline = deadline, overwrite = true })
   end

@@ -420,6 +420,16 @@ function Client:note(rec)
   if not ok then self:log("warning", lerr) end
 end
 
+-- What became of a download of task `id` to `path`, in the ledger: saved (with which file it is), or failed.
+function Client:noted(id, path, info, derr)
+  local abs = core.canonical_path(path) or path
+  if info then
+    self:note { ev = "saved", id = id, path = abs, bytes = info.bytes, file = core.file_id(path) }
+  elseif derr.kind ~= "invalid_argument" then
+    self:note { ev = "download_failed", id = id, path = abs, error = derr.message }
+  end
+end
+
 --- client:status(id) -> task | nil, err
 function Client:status(id, opts)
   check_method_self(self, "status")
@@ -600,12 +610,7 @@ function Client:download(id, path, opts)
     opts = own
   end
   local info, derr = download.download(self, id, path, opts)
-  local abs = core.canonical_path(path) or path
-  if info then
-    self:note { ev = "saved", id = id, path = abs, bytes = info.bytes, file = core.file_id(path) }
-  elseif derr.kind ~= "invalid_argument" then
-    self:note { ev = "download_failed", id = id, path = abs, error = derr.message }
-  end
+  self:noted(id, path, info, derr)
   if info and perr then
     perr.message = perr.message .. " (the video was saved all the same: " .. info.path .. ")"
     perr.path = info.path

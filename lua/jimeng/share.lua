@@ -96,9 +96,9 @@ function M.attach(c)
   -- the rate every sharer goes at is the last one set; a client that sets no max_rps leaves it alone until
   -- a 429 teaches it one
   return {
-    pace = function(_, rate, burst)
+    pace = function(_, rate, burst, count, window)
       if (rate == nil or rate == math.huge) and not c.max_rps then return end
-      h:pace(rate and rate * M.HEADROOM, burst)
+      h:pace(rate and rate * M.HEADROOM, burst, count, window)
     end,
   }
 end

@@ -243,6 +243,7 @@ local function complete(self, task, opts, deadline, output, part)
   local info, derr
   if part then -- the .part reserved before the create: this download writes it
     info, derr = download.download(self, task.id, path, { deadline = deadline, on_progress = progress, part = part })
+    self:noted(task.id, path, info, derr)
   else
     info, derr = self:download(task.id, path, { deadline = deadline, on_progress = progress, overwrite = true })
   end
