@@ -43,6 +43,25 @@ describe("a host loop", function()
     assert.is_false(engine:watch())
   end)
 
+  it("refuses a request option it does not know, naming it, and sends nothing", function()
+    local engine = core.engine { api_key = "k" }
+    local before = env.sb:stats().requests
+    local ok, err = pcall(engine.request, engine, { url = env.sb.url .. "/videos/123", timeout = 10, bearer = "k" })
+    assert.is_false(ok)
+    assert.matches("request has no option bearer", err, 1, true)
+    ok, err = pcall(engine.request, engine, { url = env.sb.url .. "/videos/123", timout = 10 })
+    assert.is_false(ok)
+    assert.matches("no option timout (did you mean timeout?)", err, 1, true)
+    ok, err = pcall(engine.request, engine, { env.sb.url .. "/videos/123" })
+    assert.is_false(ok)
+    assert.matches("request options are named", err, 1, true)
+    local _, tmo, in_flight = engine:watch()
+    assert.equals(0, in_flight)
+    assert.is_nil(tmo)
+    assert.equals(before, env.sb:stats().requests)
+    engine:close()
+  end)
+
   it("reads luv's and libcurl's spellings of socket events", function()
     local engine = core.engine()
     for _, ev in ipairs { "r", "w", "rw", "in", "out", "inout", "err", 1, "" } do

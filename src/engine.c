@@ -1379,13 +1379,38 @@ static void jm_submit(lua_State *L, jm_engine *e, jm_transfer *t) {
  *   for a download: part (core.part_open), task_id (written in its record), offset (where a 206 must
  *   start), validator and total (what a 206 must carry).
  * A URL or header with CR or LF is refused as nil, message, "invalid_argument"; an option libcurl refuses
- * as nil, message, "internal"; misuse (a wrong type, a closed part) raises. */
+ * as nil, message, "internal"; misuse (a wrong type, a closed part, an option not named above) raises. */
+static const char *const jm_request_options[] = {
+    "kind", "url", "method", "body", "headers", "timeout", "deadline", "accept_encoding", "max_body", "paid",
+    "journal", "journal_line", "part", "task_id", "offset", "validator", "total", NULL,
+};
+
+/* An option this function does not know is misuse (a stale name would be ignored silently): raised, with
+ * the known name nearest to it. */
+static void jm_check_request_options(lua_State *L, int opts) {
+    lua_pushnil(L);
+    while (lua_next(L, opts)) {
+        const char *const *o;
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+        lua_pop(L, 1);
+        if (!k) luaL_error(L, "jimeng: request options are named (a %s key was given)", luaL_typename(L, -1));
+        for (o = jm_request_options; *o && strcmp(*o, k) != 0; o++) {
+        }
+        if (!*o) {
+            const char *near = jm_nearest(k, jm_request_options);
+            if (near) luaL_error(L, "jimeng: request has no option %s (did you mean %s?)", k, near);
+            luaL_error(L, "jimeng: request has no option %s", k);
+        }
+    }
+}
+
 static int l_engine_request(lua_State *L) {
     jm_engine *e = jm_check_engine(L, 1);
     jm_transfer *t;
     size_t blen = 0;
     const char *url, *method, *body, *kind, *why;
     luaL_checktype(L, 2, LUA_TTABLE);
+    jm_check_request_options(L, 2);
     url = jm_optstr(L, 2, "url", NULL);
     if (!url) return luaL_error(L, "jimeng: request needs a url");
     method = jm_optstr(L, 2, "method", NULL);
