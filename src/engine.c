@@ -59,7 +59,7 @@ typedef struct {
     long stall_s; /* a download slower than 1 KiB/s for this long is cut (0: never) */
 } jm_config;
 
-typedef struct {
+typedef struct jm_engine {
     CURLM *multi;
     jm_transfer *head; /* transfers in flight: in the multi handle, or queued for a free slot */
     jm_transfer *qhead, *qtail; /* queued: configured but holding no socket, their clocks not started */
@@ -1836,6 +1836,61 @@ static int l_engine_step_sockets(lua_State *L) {
     nret = jm_collect(L, e, running);
     lua_pushinteger(L, ready);
     return nret + 1;
+}
+
+/* ---- for the blocking wait (src/loop.c): an engine's sockets, when it next wants a step, one action ---- */
+
+jm_engine *jm_engine_check(lua_State *L, int i) {
+    return jm_check_engine(L, i);
+}
+
+/* The sockets libcurl wants watched now, into fds (as many as fit in cap); returns how many there are. */
+int jm_engine_pollfds(const jm_engine *e, struct pollfd *fds, int cap) {
+    int i;
+    for (i = 0; i < e->nsock && i < cap; i++) {
+        fds[i].fd = (int)e->sock[i].fd;
+        fds[i].events = (short)(((e->sock[i].what & CURL_POLL_IN) ? POLLIN : 0) | ((e->sock[i].what & CURL_POLL_OUT) ? POLLOUT : 0));
+        fds[i].revents = 0;
+    }
+    return e->nsock;
+}
+
+/* Milliseconds until the engine wants a step without any socket being ready: libcurl's timer, the pace's
+ * next token, or finished transfers not yet handed back (0); -1: none. */
+double jm_engine_due_ms(const jm_engine *e) {
+    double due = -1, pace;
+    if (e->ndone > 0 || e->want_oom) return 0;
+    if (e->timer_at >= 0) {
+        due = (e->timer_at - jm_now()) * 1000;
+        if (due < 0) due = 0;
+    }
+    pace = jm_pace_wait_ms(e);
+    if (pace >= 0 && (due < 0 || pace < due)) due = pace;
+    return due;
+}
+
+/* One socket action: fd ready with CURL_CSELECT_* mask, or (fd < 0) libcurl's timer when it is due. Returns
+ * whether an action ran; raises on a libcurl error. */
+int jm_engine_act(lua_State *L, jm_engine *e, int fd, int mask) {
+    int running = 0;
+    CURLMcode mrc;
+    if (e->want_oom) {
+        e->want_oom = 0;
+        return luaL_error(L, "jimeng: out of memory recording libcurl's sockets");
+    }
+    if (fd < 0 && !(e->timer_at >= 0 && e->timer_at <= jm_now())) return 0;
+    mrc = curl_multi_socket_action(e->multi, fd < 0 ? CURL_SOCKET_TIMEOUT : (curl_socket_t)fd, mask, &running);
+    if (mrc != CURLM_OK && mrc != CURLM_BAD_SOCKET)
+        return luaL_error(L, "jimeng: curl_multi_socket_action: %s", curl_multi_strerror(mrc));
+    return 1;
+}
+
+/* After the actions of one wake-up: libcurl's timer read back (see jm_socket_action), the finished transfers
+ * collected, the queue pumped. Pushes running, finished | nil (as engine:perform). */
+int jm_engine_collect(lua_State *L, jm_engine *e) {
+    long tmo = -1;
+    if (curl_multi_timeout(e->multi, &tmo) == CURLM_OK) e->timer_at = tmo < 0 ? -1 : jm_now() + (double)tmo / 1000;
+    return jm_collect(L, e, e->running);
 }
 
 /* transfer:paid() -> boolean: a create (never re-sent on a reused connection; its answer names a task) */

@@ -218,10 +218,7 @@ function M.json(client, spec)
       -- awaited (within the request's timeout; a second Ctrl-C abandons it) rather than lost
       client:log("interrupted", "waiting for the create's answer to learn its task id (Ctrl-C again to abandon)")
       core.mute_interrupt()
-      while not t:done() do
-        client.engine:perform()
-        if not t:done() then client.engine:poll(200) end
-      end
+      while not t:done() do client.engine:wait(200) end
     elseif interrupted then
       t:cancel()
     end

@@ -2,16 +2,20 @@
 -- Every network call is a non-blocking libcurl transfer plus `await`. Inside a coroutine that a scheduler
 -- runs, `await` and `sleep` yield to it, and the scheduler waits once for every transfer and timer of every
 -- coroutine. Anywhere else they go to the host adapter, chosen once when this module loads: blocking (the
--- thread waits in curl_multi_poll, without spinning) or OpenResty's (jimeng.openresty: one stepper per worker
--- drives the transfers, the request sleeps on a semaphore). Neovim drives a scheduler from its own event loop
--- (jimeng.nvim, with engine:watch and engine:socket_action). C never yields: only this Lua code does, so the
--- same code runs on Lua 5.1 to 5.4 and LuaJIT.
+-- thread waits in poll(2) on exactly libcurl's sockets, its timer and the signal pipe: src/loop.c) or
+-- OpenResty's (jimeng.openresty: one stepper per worker drives the transfers, the request sleeps on a
+-- semaphore). Neovim drives a scheduler from its own event loop (jimeng.nvim, with engine:watch and
+-- engine:socket_action). Every host waits on the same thing, libcurl's socket and timer wishes; they differ
+-- only in who waits. C never yields: only this Lua code does, so the same code runs on Lua 5.1 to 5.4 and
+-- LuaJIT.
 --
--- An adapter is a table of four functions, the whole interface between the client and a host:
+-- An adapter is a table of these functions, the whole interface between the client and a host:
 --   sleep(seconds) -> signal name | nil          how a call outside a scheduler sleeps
 --   await(engine, transfer, timeout) -> done, sig how a call outside a scheduler waits for its transfer
 --   drive(engine) -> finished | nil              a scheduler's step of one engine (engine:perform's list)
 --   idle(sched, engines, wait_ms)                a scheduler's one wait between rounds (jimeng.run)
+--   wait(engines, wait_ms) -> finished | nil    optional: drive and idle in one, a wait over every engine that
+--                                                acts only on what is ready (the blocking adapter's core.wait)
 --   deliver(fn, ...)                             how results and progress reach user code
 local core = require "jimeng.core"
 
@@ -36,23 +40,24 @@ local function current()
   return co and owner[co], co
 end
 
--- The blocking adapter: a plain Lua program waits in curl_multi_poll (or sleeps), never spinning.
+-- The blocking adapter: a plain Lua program waits in poll(2) on libcurl's sockets and timer and the signal
+-- pipe (engine:wait, core.wait: src/loop.c), never spinning; a wake-up acts only on the sockets that moved.
 local blocking = { name = "blocking" }
 
 function blocking.await(engine, transfer, timeout)
   local deadline = timeout and now() + timeout
+  local wait_ms = 0 -- the first look acts on what is due (a new request: libcurl's timer at 0)
   while true do
-    engine:perform()
+    engine:wait(wait_ms)
     if transfer:done() then return true end
     local sig = interrupted()
     if sig then return false, sig end
-    local wait_ms = 1000
+    wait_ms = 1000
     if deadline then
       local left = deadline - now()
       if left <= 0 then return false end
       wait_ms = math.min(wait_ms, left * 1000)
     end
-    engine:poll(wait_ms)
   end
 end
 
@@ -62,22 +67,28 @@ function blocking.sleep(seconds)
 end
 
 function blocking.drive(engine)
-  local _, finished = engine:perform()
+  local _, finished = engine:wait(0)
   return finished
 end
 
-function blocking.idle(sched, engines, wait_ms, nearest)
-  if #engines == 1 then
-    engines[1]:poll(wait_ms)
-  elseif #engines > 1 then
-    -- several clients: one wait over all their sockets and timers
-    core.wait_all(engines, wait_ms)
-  elseif nearest ~= math.huge then
-    core.sleep(wait_ms / 1000)
-  else
+-- A wait with nothing to wait for would never end.
+local function check_wakeable(engines, nearest)
+  if #engines == 0 and nearest == math.huge then
     error("jimeng: every coroutine is waiting and nothing can wake them (a join cycle?)")
   end
+end
+
+function blocking.idle(sched, engines, wait_ms, nearest)
+  check_wakeable(engines, nearest)
+  -- one wait over every client's sockets and timers (none: a sleep a trapped signal cuts short); what it
+  -- finishes is handed back by the next drive
+  local finished = core.wait(engines, wait_ms)
+  if finished then sched:deliver(finished) end
   return sched
+end
+
+function blocking.wait(engines, wait_ms)
+  return (core.wait(engines, wait_ms))
 end
 
 function blocking.deliver(fn, ...)
@@ -98,7 +109,8 @@ end
 --- The host adapter in use.
 function M.host() return host end
 
---- Replaces the host adapter (a table with sleep, await, drive, idle and deliver); returns the old one.
+--- Replaces the host adapter (a table with sleep, await, drive, idle and deliver, and optionally wait);
+-- returns the old one.
 function M.use(adapter)
   for _, k in ipairs { "sleep", "await", "drive", "idle", "deliver" } do
     assert(type(adapter[k]) == "function", "jimeng.runtime.use: the adapter needs " .. k)
@@ -144,6 +156,8 @@ local function new_scheduler()
     ready = {},       -- array of {co, pack(values to resume with)}
     waiting = {},     -- transfer -> {co=, engine=} (its timer entry, if any, is entry.timer)
     engines = {},     -- engine -> number of transfers waited on
+    list = {},        -- the same engines as an array, kept as they come and go (a wait walks no table)
+    slot = {},        -- engine -> its index in list
     heap = {},        -- timers: {at=, co=, transfer=|nil}, smallest `at` first
     nengines = 0,
     alive = 0,        -- coroutines not yet finished
@@ -219,6 +233,10 @@ function Scheduler:unwait(transfer)
   if n == 0 then
     self.engines[w.engine] = nil
     self.nengines = self.nengines - 1
+    local list, slot = self.list, self.slot
+    local i, last = slot[w.engine], list[#list]
+    list[i], slot[last] = last, i
+    list[#list], slot[w.engine] = nil, nil
   else
     self.engines[w.engine] = n
   end
@@ -255,7 +273,12 @@ function Scheduler:step(co, args)
     self.waiting[transfer] = w
     h.parked = transfer
     local n = self.engines[engine]
-    if not n then self.nengines = self.nengines + 1 end
+    if not n then
+      self.nengines = self.nengines + 1
+      local list = self.list
+      list[#list + 1] = engine
+      self.slot[engine] = #list
+    end
     self.engines[engine] = (n or 0) + 1
     if timeout then
       w.timer = { at = now() + timeout, co = co, transfer = transfer }
@@ -359,10 +382,33 @@ end
 -- of coroutines still alive.
 function Scheduler:tick(max_wait_ms)
   if self:run_ready() == 0 then return 0 end
+  local list = self.list
 
-  -- drive every engine that has a waiter; wake exactly the waiters of the transfers that finished
-  for engine in pairs(self.engines) do
-    self:deliver(host.drive(engine))
+  if host.wait then
+    -- one wait over every engine with a waiter, as long as the nearest timer allows (none when someone is
+    -- ready): it acts only on the sockets that moved and hands back the transfers that finished
+    local t = now()
+    local nearest = self:expire(t)
+    local wait_ms = 0
+    if #self.ready == 0 and max_wait_ms > 0 then
+      check_wakeable(list, nearest)
+      wait_ms = nearest == math.huge and 1000 or math.max(0, (nearest - t) * 1000)
+      wait_ms = math.min(wait_ms, max_wait_ms)
+    end
+    self:deliver(host.wait(list, wait_ms))
+    local sig = interrupted()
+    if sig then
+      self:interrupt(sig)
+      return self.alive
+    end
+    self:expire(now())
+    return self.alive
+  end
+
+  -- drive every engine that has a waiter; wake exactly the waiters of the transfers that finished (backwards:
+  -- an engine left without waiters leaves the list in its place)
+  for i = #list, 1, -1 do
+    self:deliver(host.drive(list[i]))
   end
   local sig = interrupted()
   if sig then
@@ -375,8 +421,6 @@ function Scheduler:tick(max_wait_ms)
   if #self.ready == 0 and max_wait_ms > 0 then
     local wait_ms = nearest == math.huge and 1000 or math.max(0, (nearest - t) * 1000)
     wait_ms = math.min(wait_ms, max_wait_ms)
-    local list = {}
-    for engine in pairs(self.engines) do list[#list + 1] = engine end
     host.idle(self, list, wait_ms, nearest)
   end
   return self.alive
