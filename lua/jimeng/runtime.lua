@@ -151,9 +151,18 @@ end
 local Scheduler = {}
 Scheduler.__index = Scheduler
 
+-- What a coroutine is resumed with, for the common wake-ups: shared, never written (no table per wake-up).
+local ARGS_NONE, ARGS_TRUE, ARGS_FALSE = pack(), pack(true), pack(false)
+
+-- Sleeps of at least COALESCE_FROM seconds end on a grid of COALESCE seconds (at most that much late): the
+-- polls of many tasks, spread over their interval, then share wake-ups instead of each waking the process.
+M.COALESCE, M.COALESCE_FROM = 0.05, 1
+
 local function new_scheduler()
   return setmetatable({
-    ready = {},       -- array of {co, pack(values to resume with)}
+    ready = {},       -- coroutines to resume, in order (reused: swapped with spare by run_ready)
+    args = {},        -- what each is resumed with (ARGS_* or a pack)
+    spare = {}, spare_args = {},
     waiting = {},     -- transfer -> {co=, engine=} (its timer entry, if any, is entry.timer)
     engines = {},     -- engine -> number of transfers waited on
     list = {},        -- the same engines as an array, kept as they come and go (a wait walks no table)
@@ -198,13 +207,19 @@ end
 local Handle = {}
 Handle.__index = Handle
 
+--- Files a coroutine to resume with args (a pack).
+function Scheduler:wake(co, args)
+  local n = #self.ready + 1
+  self.ready[n], self.args[n] = co, args
+end
+
 function Scheduler:spawn(fn, ...)
   local co = co_create(fn)
   local h = setmetatable({ co = co, done = false, joiners = {} }, Handle)
   owner[co] = self
   self.handles[co] = h
   self.alive = self.alive + 1
-  self.ready[#self.ready + 1] = { co, pack(...) }
+  self:wake(co, pack(...))
   return h
 end
 
@@ -219,7 +234,7 @@ function Scheduler:finish(co, ok, ...)
     h.error = (...)
   end
   for _, j in ipairs(h.joiners) do
-    self.ready[#self.ready + 1] = { j, pack() }
+    self:wake(j, ARGS_NONE)
   end
   h.joiners = nil
 end
@@ -246,30 +261,39 @@ end
 
 -- Resumes one coroutine and files what it asks for next.
 function Scheduler:step(co, args)
-  local res = pack(co_resume(co, unpack(args, 1, args.n)))
+  return self:file(co, co_resume(co, unpack(args, 1, args.n)))
+end
+
+-- What a coroutine asked for when it yielded (no table made of it), or its end.
+function Scheduler:file(co, ok, what, a1, a2, a3, ...)
   if co_status(co) == "dead" then
-    return self:finish(co, unpack(res, 1, res.n))
+    return self:finish(co, ok, what, a1, a2, a3, ...)
   end
-  local what = res[2]
   local h = self.handles[co]
   local sig = interrupted() or h.cancelled
-  if sig and what == "await" and not interrupted() and res[4]:paid() and res[4]:handed_over() and not res[4]:done() then
+  if sig and what == "await" and not interrupted() and a2:paid() and a2:handed_over() and not a2:done() then
     -- a create on the wire when its call was cancelled: its answer names the task that may now exist, so
     -- it is awaited (within its own timeout) and the cancel lands at the call's next wait
     sig = nil
   end
   if sig and (what == "await" or what == "sleep") then
     -- after Ctrl-C (or a cancel) nothing waits: every call returns its interrupted error at once
-    self.ready[#self.ready + 1] = { co, what == "await" and pack(res[4]:done(), sig) or pack(sig) }
+    self:wake(co, what == "await" and pack(a2:done(), sig) or pack(sig))
     return
   end
   if what == "await" then
-    local engine, transfer, timeout = res[3], res[4], res[5]
+    local engine, transfer, timeout = a1, a2, a3
     if transfer:done() then
-      self.ready[#self.ready + 1] = { co, pack(true) }
+      self:wake(co, ARGS_TRUE)
       return
     end
-    local w = { co = co, engine = engine }
+    -- the handle's own wait entry (one await at a time; unwait's callers read it at once)
+    local w = h.wait_entry
+    if not w then
+      w = {}
+      h.wait_entry = w
+    end
+    w.co, w.engine, w.timer = co, engine, nil
     self.waiting[transfer] = w
     h.parked = transfer
     local n = self.engines[engine]
@@ -286,19 +310,29 @@ function Scheduler:step(co, args)
     end
     if self.on_await then self.on_await(engine) end
   elseif what == "sleep" then
-    local e = { at = now() + res[3], co = co }
+    local at = now() + a1
+    if a1 >= M.COALESCE_FROM then at = math.ceil(at / M.COALESCE) * M.COALESCE end
+    -- the handle's own timer entry, reused unless the heap still holds it (dead)
+    local e = h.timer
+    if e and not e.queued then
+      e.at, e.dead = at, nil
+    else
+      e = { at = at, co = co }
+      h.timer = e
+    end
+    e.queued = true
     h.parked = e
     heap_push(self.heap, e)
   elseif what == "join" then
-    local j = res[3]
+    local j = a1
     if j.done then
-      self.ready[#self.ready + 1] = { co, pack() }
+      self:wake(co, ARGS_NONE)
     else
       j.joiners[#j.joiners + 1] = co
     end
   else
     -- a yield the scheduler does not own (a coroutine library inside the user's function): resume it
-    self.ready[#self.ready + 1] = { co, pack() }
+    self:wake(co, ARGS_NONE)
   end
 end
 
@@ -314,10 +348,10 @@ function Scheduler:cancel(h, reason)
   if parked and self.waiting[parked] then
     if parked:paid() and parked:handed_over() and not parked:done() then return true end
     self:unwait(parked)
-    self.ready[#self.ready + 1] = { h.co, pack(false, reason) }
+    self:wake(h.co, pack(false, reason))
   elseif type(parked) == "table" and parked.co == h.co and not parked.dead then
     parked.dead = true
-    self.ready[#self.ready + 1] = { h.co, pack(reason) }
+    self:wake(h.co, pack(reason))
   end
   h.parked = nil
   return true
@@ -327,24 +361,29 @@ end
 function Scheduler:interrupt(sig)
   for transfer, w in pairs(self.waiting) do
     self:unwait(transfer)
-    self.ready[#self.ready + 1] = { w.co, pack(false, sig) }
+    self:wake(w.co, pack(false, sig))
   end
-  for _, e in ipairs(self.heap) do
-    if not e.dead and not e.transfer then self.ready[#self.ready + 1] = { e.co, pack(sig) } end
+  local heap = self.heap
+  for i = 1, #heap do
+    local e = heap[i]
+    e.queued = nil
+    if not e.dead and not e.transfer then self:wake(e.co, pack(sig)) end
   end
-  self.heap = {}
+  for i = #heap, 1, -1 do heap[i] = nil end
 end
 
 --- Resumes whoever is ready, until nobody is. Returns the number of coroutines still alive.
 function Scheduler:run_ready()
   while #self.ready > 0 do
-    local batch = self.ready
-    self.ready = {}
+    -- this batch runs from the one list while new wake-ups go to the other; both are reused
+    local batch, args = self.ready, self.args
+    self.ready, self.args, self.spare, self.spare_args = self.spare, self.spare_args, batch, args
     for i = 1, #batch do
-      local co = batch[i][1]
+      local co, a = batch[i], args[i]
+      batch[i], args[i] = nil, nil
       local h = self.handles[co]
       if h then h.parked = nil end
-      self:step(co, batch[i][2])
+      self:step(co, a)
     end
   end
   return self.alive
@@ -356,7 +395,7 @@ function Scheduler:deliver(finished)
   if not finished then return end
   for i = 1, #finished do
     local w = self:unwait(finished[i])
-    if w then self.ready[#self.ready + 1] = { w.co, pack(true) } end
+    if w then self:wake(w.co, ARGS_TRUE) end
   end
 end
 
@@ -365,12 +404,13 @@ function Scheduler:expire(t)
   local heap = self.heap
   while heap[1] and (heap[1].dead or heap[1].at <= t) do
     local e = heap_pop(heap)
+    e.queued = nil
     if not e.dead then
       if e.transfer then
         self:unwait(e.transfer)
-        self.ready[#self.ready + 1] = { e.co, pack(false) }
+        self:wake(e.co, ARGS_FALSE)
       else
-        self.ready[#self.ready + 1] = { e.co, pack() }
+        self:wake(e.co, ARGS_NONE)
       end
     end
   end
