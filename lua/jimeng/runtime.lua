@@ -154,9 +154,14 @@ Scheduler.__index = Scheduler
 -- What a coroutine is resumed with, for the common wake-ups: shared, never written (no table per wake-up).
 local ARGS_NONE, ARGS_TRUE, ARGS_FALSE = pack(), pack(true), pack(false)
 
--- Sleeps of at least COALESCE_FROM seconds end on a grid of COALESCE seconds (at most that much late): the
--- polls of many tasks, spread over their interval, then share wake-ups instead of each waking the process.
-M.COALESCE, M.COALESCE_FROM = 0.05, 1
+-- Sleeps of a second or more end on a grid: 0.1 s, and 0.25 s from 5 s (at most 10%, then 5%, late). The
+-- polls of many tasks, spread over their interval, then share wake-ups instead of each waking the process:
+-- a wake-up after a sleep costs more than the poll itself (caches gone cold; bench/README.md).
+local function coalesced(at, seconds)
+  local grid = seconds >= 5 and 0.25 or seconds >= 1 and 0.1
+  if not grid then return at end
+  return math.ceil(at / grid) * grid
+end
 
 local function new_scheduler()
   return setmetatable({
@@ -310,8 +315,7 @@ function Scheduler:file(co, ok, what, a1, a2, a3, ...)
     end
     if self.on_await then self.on_await(engine) end
   elseif what == "sleep" then
-    local at = now() + a1
-    if a1 >= M.COALESCE_FROM then at = math.ceil(at / M.COALESCE) * M.COALESCE end
+    local at = coalesced(now() + a1, a1)
     -- the handle's own timer entry, reused unless the heap still holds it (dead)
     local e = h.timer
     if e and not e.queued then
