@@ -280,9 +280,25 @@ if section("fleet") then
     return { cpu = tonumber(cpu), wall = tonumber(wall), rss = tonumber(rss), polls = polls, limited = st.rate_limited,
       waited = tonumber(wall) - tonumber(creates), creates = tonumber(creates) }
   end
+  -- the yardstick of a fleet that sleeps between polls: the sequential poll paced at 100 tasks' rate
+  local function paced(lua, n, gap)
+    local paced_id = new_task("bench paced polling") -- after the fleets' resets
+    local list = {}
+    for i = 1, RUNS do
+      list[i] = measure(("%s %s bench/poll_paced_jimeng.lua %s %s %d %g"):format(lua_env(lua), lua, url, paced_id, n, gap))
+      list[i].cpu = list[i].cpu / n
+    end
+    return median(list, "cpu")
+  end
   for _, lua in ipairs(LUAS) do
     local single = fleet(lua, 1)
     local seq = POLL_CPU[lua] -- CPU of one sequential client:status on this Lua, from section 2
+    local gap = interval_of(100) / 100
+    local paced_cpu = paced(lua, 500, gap)
+    row(("%s: one poll at a time"):format(lua), ("a poll every %g s (100 tasks' rate)"):format(gap),
+      ("%.1f us CPU/poll"):format(paced_cpu * 1e6),
+      seq and ("%.2fx a sequential poll"):format(paced_cpu / seq) or "",
+      "the same client:status loop with a sleep between polls: each poll wakes the process")
     for _, n in ipairs(sizes) do
       local list = {}
       for i = 1, n == 1 and 1 or RUNS do list[i] = n == 1 and single or fleet(lua, n) end
