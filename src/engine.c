@@ -62,6 +62,7 @@ typedef struct {
 typedef struct jm_engine {
     CURLM *multi;
     jm_transfer *head; /* transfers in flight: in the multi handle, or queued for a free slot */
+    int nflight;       /* how many (engine:watch's in_flight): counted, not walked */
     jm_transfer *qhead, *qtail; /* queued: configured but holding no socket, their clocks not started */
     int running;                /* transfers in the multi handle */
     int *done, ndone, donecap;  /* registry refs of transfers finished since the last perform, in order */
@@ -550,7 +551,8 @@ static jm_transfer *jm_check_transfer(lua_State *L, int i) {
     return luaL_checkudata(L, i, JM_TRANSFER_MT);
 }
 
-static void jm_unlink(jm_transfer *t) {
+static void jm_unlink(jm_transfer *t) { /* only jm_finish, of a transfer jm_submit linked */
+    if (t->eng) t->eng->nflight--;
     if (t->prev) t->prev->next = t->next;
     else if (t->eng && t->eng->head == t) t->eng->head = t->next;
     if (t->next) t->next->prev = t->prev;
@@ -1358,6 +1360,7 @@ static void jm_submit(lua_State *L, jm_engine *e, jm_transfer *t) {
     t->next = e->head;
     if (e->head) e->head->prev = t;
     e->head = t;
+    e->nflight++;
     lua_pushvalue(L, -1);
     t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
     t->queued = 1;
@@ -1697,8 +1700,6 @@ static void jm_watch_free(jm_engine *e) {
  * engine answers false. */
 static int l_engine_watch(lua_State *L) {
     jm_engine *e = luaL_checkudata(L, 1, JM_ENGINE_MT);
-    const jm_transfer *t;
-    int n = 0;
     if (e->closed) {
         lua_pushboolean(L, 0);
         return 1;
@@ -1728,8 +1729,7 @@ static int l_engine_watch(lua_State *L) {
         else if (e->timer_at < 0 || (pace >= 0 && pace < ms)) lua_pushnumber(L, pace); /* a token comes: step */
         else lua_pushnumber(L, ms);
     }
-    for (t = e->head; t; t = t->next) n++;
-    lua_pushinteger(L, n);
+    lua_pushinteger(L, e->nflight);
     return 3;
 }
 
