@@ -1396,7 +1396,10 @@ static void jm_check_request_options(lua_State *L, int opts) {
         const char *const *o;
         const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
         lua_pop(L, 1);
-        if (!k) luaL_error(L, "jimeng: request options are named (a %s key was given)", luaL_typename(L, -1));
+        if (!k) {
+            luaL_error(L, "jimeng: request options are named (a %s key was given)", luaL_typename(L, -1));
+            return; /* raises: does not return */
+        }
         for (o = jm_request_options; *o && strcmp(*o, k) != 0; o++) {
         }
         if (!*o) {

@@ -61,7 +61,7 @@ static int jm_merge(lua_State *L, int into) {
  * finished transfers of all of them (an array, or nil), then the number of transfers still in flight. */
 static int jm_wait(lua_State *L, int first, int last, double ms) {
     struct pollfd few[JM_FEW_FDS], *fds = few;
-    int owner_few[JM_FEW_FDS], *owner = owner_few;
+    int owner_few[JM_FEW_FDS] = {0}, *owner = owner_few;
     int cap = JM_FEW_FDS, n = 0, i, k, sfd = jm_signal_fd(), into = 0, timeout, ready, due_now = 0;
     lua_Integer inflight = 0;
     for (i = first; i <= last; i++) {
