@@ -15,28 +15,9 @@
 
 #include "jimeng.h"
 
-/* The pollfds of one wait: a few on the stack, more (several engines, HTTP/1.1 at 64 connections each) on the
- * heap, kept for the next wait (the module's one wait at a time: C never yields, so no two overlap). */
+/* The pollfds of one wait: on the stack, or (several engines with many connections each) in a userdata that
+ * the collector takes back, so that a raise leaks nothing and two Lua states in two threads share nothing. */
 #define JM_FEW_FDS 72
-static struct pollfd *jm_fds_big;
-static int *jm_owner_big;
-static int jm_big_cap;
-
-static int jm_grow(int need) {
-    int cap = jm_big_cap ? jm_big_cap : 256;
-    struct pollfd *f;
-    int *o;
-    while (cap < need) cap *= 2;
-    if (cap <= jm_big_cap) return 0;
-    f = realloc(jm_fds_big, (size_t)cap * sizeof *f);
-    if (!f) return -1;
-    jm_fds_big = f;
-    o = realloc(jm_owner_big, (size_t)cap * sizeof *o);
-    if (!o) return -1;
-    jm_owner_big = o;
-    jm_big_cap = cap;
-    return 0;
-}
 
 /* Appends the finished transfers at the top of the stack (an array or nil) to the array at `into` (0: none yet:
  * the top becomes it). Leaves the stack as it found it but for a new `into`. Returns the new `into`. */
@@ -62,26 +43,21 @@ static int jm_merge(lua_State *L, int into) {
 static int jm_wait(lua_State *L, int first, int last, double ms) {
     struct pollfd few[JM_FEW_FDS], *fds = few;
     int owner_few[JM_FEW_FDS] = {0}, *owner = owner_few;
-    int cap = JM_FEW_FDS, n = 0, i, k, sfd = jm_signal_fd(), into = 0, timeout, ready, due_now = 0;
+    int total = 1, n = 0, i, k, sfd = jm_signal_fd(), into = 0, timeout, ready, due_now = 0; /* 1: the self-pipe */
     lua_Integer inflight = 0;
+    for (i = first; i <= last; i++) total += jm_engine_pollfds(jm_engine_check(L, i), NULL, 0);
+    if (total > JM_FEW_FDS) {
+        fds = lua_newuserdata(L, (size_t)total * (sizeof *fds + sizeof *owner));
+        owner = (int *)(void *)(fds + total);
+    }
     for (i = first; i <= last; i++) {
         struct jm_engine *e = jm_engine_check(L, i);
         double due = jm_engine_due_ms(e);
         int got;
         if (due >= 0 && due < ms) ms = due;
         if (due == 0) due_now = 1;
-        got = jm_engine_pollfds(e, fds + n, cap - n - 1); /* room kept for the self-pipe */
-        if (n + got + 1 > cap) {
-            if (jm_grow(n + got + 1 + (last - i) * 8) != 0) return luaL_error(L, "jimeng: out of memory");
-            if (fds == few) {
-                memcpy(jm_fds_big, few, (size_t)n * sizeof *few);
-                memcpy(jm_owner_big, owner_few, (size_t)n * sizeof *owner_few);
-            }
-            fds = jm_fds_big;
-            owner = jm_owner_big;
-            cap = jm_big_cap;
-            got = jm_engine_pollfds(e, fds + n, cap - n - 1);
-        }
+        got = jm_engine_pollfds(e, fds + n, total - 1 - n);
+        if (got > total - 1 - n) got = total - 1 - n; /* counted above: never, but never past the array */
         for (k = n; k < n + got; k++) owner[k] = i;
         n += got;
     }
