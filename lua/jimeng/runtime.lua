@@ -80,8 +80,8 @@ end
 
 function blocking.idle(sched, engines, wait_ms, nearest)
   check_wakeable(engines, nearest)
-  -- one wait over every client's sockets and timers (none: a sleep a trapped signal cuts short); what it
-  -- finishes is handed back by the next drive
+  -- one wait over every client's sockets and timers (none: a sleep a trapped signal cuts short), acting on
+  -- what is ready: the transfers it finishes are handed to their waiters here
   local finished = core.wait(engines, wait_ms)
   if finished then sched:deliver(finished) end
   return sched
@@ -269,11 +269,16 @@ function Scheduler:step(co, args)
   return self:file(co, co_resume(co, unpack(args, 1, args.n)))
 end
 
--- What a coroutine asked for when it yielded (no table made of it), or its end.
-function Scheduler:file(co, ok, what, a1, a2, a3, ...)
+-- What a coroutine's resume gave (no table made of it): its end, with all it returned, or a yield.
+function Scheduler:file(co, ...)
   if co_status(co) == "dead" then
-    return self:finish(co, ok, what, a1, a2, a3, ...)
+    return self:finish(co, ...)
   end
+  return self:yielded(co, ...)
+end
+
+-- What a coroutine asked for when it yielded.
+function Scheduler:yielded(co, _, what, a1, a2, a3)
   local h = self.handles[co]
   local sig = interrupted() or h.cancelled
   if sig and what == "await" and not interrupted() and a2:paid() and a2:handed_over() and not a2:done() then
