@@ -261,7 +261,9 @@ end
 -- 5. Many tasks waiting on the sandbox: cost flat in the number of tasks ---------------------------
 -- For each Lua of LUAS: N tasks of 10 s waited on together, against the same Lua's sequential poll (section 2).
 -- RSS per task: the peak growth past start-up over N, and the growth past one task's over N - 1 (what one more
--- waiting task costs, without the fixed cost of the connections and the scheduler).
+-- waiting task costs, without the fixed cost of the connections and the scheduler); and "while waiting": the
+-- peak growth during the wait past the RSS once the creates were done, over N (the creates, 1,000 paid requests
+-- in flight at once, leave memory that malloc keeps).
 if section("fleet") then
   local sizes = {}
   for v in (os.getenv("BENCH_FLEET") or "1,100,1000,10000"):gmatch("%d+") do sizes[#sizes + 1] = tonumber(v) end
@@ -274,10 +276,12 @@ if section("fleet") then
     local ok, out = sh(("%s %s bench/fleet_jimeng.lua %s %d %g %s"):format(lua_env(lua), lua, url, n, interval_of(n),
       max_rps and max_rps.client or ""))
     assert(ok, out)
-    local cpu, wall, rss, creates = out:match("cpu ([%d.]+) wall ([%d.]+) rss_kb (%d+) creates ([%d.]+)")
+    local cpu, wall, rss, creates, rss_wait = out:match(
+      "cpu ([%d.]+) wall ([%d.]+) rss_kb (%d+) creates ([%d.]+) rss_wait_kb (%d+)")
     local st = sb:stats()
     local polls = st.requests - st.creates
-    return { cpu = tonumber(cpu), wall = tonumber(wall), rss = tonumber(rss), polls = polls, limited = st.rate_limited,
+    return { cpu = tonumber(cpu), wall = tonumber(wall), rss = tonumber(rss), rss_wait = tonumber(rss_wait), polls = polls,
+      limited = st.rate_limited,
       waited = tonumber(wall) - tonumber(creates), creates = tonumber(creates) }
   end
   -- the yardstick of a fleet that sleeps between polls: the sequential poll paced at 100 tasks' rate
@@ -308,9 +312,9 @@ if section("fleet") then
       local r = list[math.floor((#list + 1) / 2)] -- shown: the run of the median CPU per poll
       local cpu_poll = r.per_poll
       row(("%s: tasks of 10 s, polled every %g s"):format(lua, interval_of(n)), ("%d task%s waiting"):format(n, n == 1 and "" or "s"),
-        ("%.1f us CPU/poll, %.1f KiB RSS/task (%s KiB past one task), %.1f polls/video, %.1f s (creates %.1f s)"):format(
-          cpu_poll * 1e6, r.rss / n, n > 1 and ("%.1f"):format((r.rss - single.rss) / (n - 1)) or "-", r.polls / n,
-          r.wall, r.creates),
+        ("%.1f us CPU/poll, %.1f KiB RSS/task (%s KiB past one task; %.1f KiB while waiting), %.1f polls/video, %.1f s (creates %.1f s)"):format(
+          cpu_poll * 1e6, r.rss / n, n > 1 and ("%.1f"):format((r.rss - single.rss) / (n - 1)) or "-", r.rss_wait / n,
+          r.polls / n, r.wall, r.creates),
         seq and ("%.2fx a sequential poll (runs: %.2f-%.2fx), waiting %.2fx one task"):format(cpu_poll / seq, lo / seq,
           hi / seq, r.waited / single.waited) or "",
         "CPU of the waiting alone; RSS growth past start-up")
