@@ -20,7 +20,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -1548,58 +1547,6 @@ static int l_engine_poll(lua_State *L) {
     return 1;
 }
 
-/* core.wait_all({engine, ...}, ms) -> number of sockets with activity. Waits for activity on any transfer of
- * any of the engines, or for the nearest of their timers, or ms: the scheduler's one wait when coroutines
- * use several clients. The first engine polls with the others' sockets as extra descriptors. */
-static int l_wait_all(lua_State *L) {
-    struct curl_waitfd extra[65];
-    unsigned n = 0;
-    int i, count, numfds = 0;
-    long ms;
-    jm_engine *first;
-    CURLMcode mrc;
-    luaL_checktype(L, 1, LUA_TTABLE);
-    ms = (long)jm_wait_cap(luaL_optnumber(L, 2, 1000));
-    count = (int)jm_rawlen(L, 1);
-    if (count < 1) return luaL_error(L, "jimeng: wait_all needs at least one engine");
-    lua_rawgeti(L, 1, 1);
-    first = jm_check_engine(L, -1);
-    lua_pop(L, 1);
-    for (i = 2; i <= count; i++) {
-        jm_engine *e;
-        fd_set r, w, x;
-        int maxfd = -1, fd;
-        long tmo = -1;
-        lua_rawgeti(L, 1, i);
-        e = jm_check_engine(L, -1);
-        lua_pop(L, 1);
-        if (curl_multi_timeout(e->multi, &tmo) == CURLM_OK && tmo >= 0 && tmo < ms) ms = tmo;
-        FD_ZERO(&r);
-        FD_ZERO(&w);
-        FD_ZERO(&x);
-        if (curl_multi_fdset(e->multi, &r, &w, &x, &maxfd) != CURLM_OK) continue;
-        for (fd = 0; fd <= maxfd && n < sizeof extra / sizeof extra[0] - 1; fd++) {
-            short events = (short)((FD_ISSET(fd, &r) ? CURL_WAIT_POLLIN : 0) | (FD_ISSET(fd, &w) ? CURL_WAIT_POLLOUT : 0) |
-                                   (FD_ISSET(fd, &x) ? CURL_WAIT_POLLPRI : 0));
-            if (!events) continue;
-            extra[n].fd = fd;
-            extra[n].events = events;
-            extra[n].revents = 0;
-            n++;
-        }
-    }
-    if (jm_signal_fd() >= 0) { /* a trapped signal ends the wait at once (room kept for it) */
-        extra[n].fd = jm_signal_fd();
-        extra[n].events = CURL_WAIT_POLLIN;
-        extra[n].revents = 0;
-        n++;
-    }
-    mrc = curl_multi_poll(first->multi, extra, n, ms < 0 ? 0 : (int)ms, &numfds);
-    if (mrc != CURLM_OK) return luaL_error(L, "jimeng: curl_multi_poll: %s", curl_multi_strerror(mrc));
-    lua_pushinteger(L, numfds);
-    return 1;
-}
-
 /* ---- the host's event loop: libcurl's socket and timer callbacks, seen from outside ----
  *
  * A host with its own loop (Neovim's libuv, nginx) watches exactly libcurl's sockets and one timer instead of
@@ -1927,6 +1874,4 @@ void jm_open_engine(lua_State *L) {
     jm_setint(L, "max_header_bytes", (lua_Integer)JM_MAX_HEADER_BYTES);
     jm_setint(L, "max_redirects", JM_MAX_REDIRECTS);
     lua_setfield(L, -2, "limits");
-    lua_pushcfunction(L, l_wait_all);
-    lua_setfield(L, -2, "wait_all");
 }
