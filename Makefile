@@ -37,7 +37,7 @@ LIBS         = $(CURL_LIBS) $(HIREDIS_LIBS) -lm -lpthread -ldl
 
 BUILD       ?= build/$(LUA)
 SO           = $(BUILD)/jimeng/core.so
-SRCS         = src/core.c src/util.c src/signals.c src/engine.c src/request.c src/response.c src/files.c src/url.c src/mp4.c src/share.c
+SRCS         = src/core.c src/util.c src/signals.c src/engine.c src/request.c src/response.c src/files.c src/url.c src/mp4.c src/share.c src/loop.c
 # a budget in Redis (redis://) when hiredis is there (Debian: libhiredis-dev); without it such a budget is refused
 HIREDIS_LIBS ?= $(shell $(PKG_CONFIG) --libs hiredis 2>/dev/null)
 ifneq ($(HIREDIS_LIBS),)
@@ -147,7 +147,7 @@ build/fuzz/normalize: fuzz/fuzz_normalize.c $(FUZZ_LUA_DRIVER) $(SRCS) src/jimen
 
 build/fuzz/response: fuzz/fuzz_response.c $(SRCS) src/jimeng.h
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_CFLAGS) fuzz/fuzz_response.c $(filter-out src/engine.c,$(SRCS)) -o $@ $(FUZZ_LINK)
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_CFLAGS) fuzz/fuzz_response.c $(filter-out src/engine.c src/loop.c,$(SRCS)) -o $@ $(FUZZ_LINK)
 
 build/fuzz/url: fuzz/fuzz_url.c $(FUZZ_LUA_DRIVER) $(SRCS) src/jimeng.h
 	@mkdir -p $(dir $@)

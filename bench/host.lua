@@ -200,11 +200,11 @@ local function nginx_case(n, latency, max_connections)
     sb:faults { { path = "^/v1/videos/[0-9]+$", method = "GET", fault = "stall", seconds = latency, count = 100000000 } }
   end
   local base, pid, health, prefix = start_nginx(max_connections)
-  local engine = core.engine { max_connections = 1024 }
+  local engine = core.engine { max_connections = 1024, http_version = "1.1" }
   local gens = {}
   for i = 1, n do
     gens[i] = assert(engine:request { url = ("%s/generate?prompt=bench+%d+sandbox%%3Aslow%%3D600"):format(base, i),
-      timeout = 600, max_body = 64 * 1024, http_version = "1.1" })
+      timeout = 600, max_body = 64 * 1024 })
   end
   local deadline = core.now() + 120
   while sb:stats().creates < n and core.now() < deadline do

@@ -1,17 +1,28 @@
 --- make bench: the client side by side with curl, Python requests and a hand-written lua-curl loop,
 -- against the sandbox on loopback, in one run; prints one table of ratios. See bench/README.md.
--- Environment: BENCH_RUNS (3), BENCH_DOWNLOAD_MB (1024), BENCH_POLLS (2000), BENCH_TASKS (200), BENCH_WAITING (1000),
--- BENCH_LUA (the interpreter running this), JIMENG_TEST_LUA.
+-- Environment: BENCH_RUNS (3), BENCH_DOWNLOAD_MB (1024), BENCH_POLLS (5000), BENCH_TASKS (200), BENCH_WAITING (1000),
+-- BENCH_FLEET (1,100,1000,10000), BENCH_FLEET_INTERVAL (1 s, 5 s from 10,000 tasks), BENCH_LUAS (the Luas whose
+-- sequential poll and fleet are measured: JIMENG_TEST_LUA and luajit), BENCH_ONLY (some of download, polling,
+-- concurrency, front, fleet, startup, hosts; all by default), JIMENG_TEST_LUA.
 local sandbox = require "jimeng.sandbox"
 local core = require "jimeng.core"
 
 local RUNS = tonumber(os.getenv("BENCH_RUNS") or "") or 3
 local MB = tonumber(os.getenv("BENCH_DOWNLOAD_MB") or "") or 1024
-local POLLS = tonumber(os.getenv("BENCH_POLLS") or "") or 2000
+local POLLS = tonumber(os.getenv("BENCH_POLLS") or "") or 5000
 local TASKS = tonumber(os.getenv("BENCH_TASKS") or "") or 200
 local WAITING = tonumber(os.getenv("BENCH_WAITING") or "") or 1000
 local LUA = os.getenv("JIMENG_TEST_LUA") or "lua5.4"
 local PY = "/usr/bin/python3" -- Debian's, where python3-requests is installed
+local ONLY = os.getenv("BENCH_ONLY")
+local function section(name) return not ONLY or (("," .. ONLY .. ","):find("," .. name .. ",", 1, true) ~= nil) end
+-- the Luas of the polling and fleet rows: each needs its build (make LUA=...)
+local LUAS = {}
+for l in (os.getenv("BENCH_LUAS") or (LUA .. " luajit")):gmatch("%S+") do
+  local seen = false
+  for _, m in ipairs(LUAS) do seen = seen or m == l end
+  if not seen then LUAS[#LUAS + 1] = l end
+end
 
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
@@ -59,15 +70,16 @@ local function runs(cmd, n, before)
   return { wall = median(list, "wall"), rss = median(list, "rss"), cpu = median(list, "cpu") }
 end
 
-local function lua_env()
+local function lua_env(lua)
   local root = os.getenv("PWD")
-  return ("LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;;' LUA_CPATH='%s/build/%s/?.so;;'"):format(root, root, root, LUA)
+  return ("LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;;' LUA_CPATH='%s/build/%s/?.so;;'"):format(root, root, root,
+    lua or LUA)
 end
 
 local rows = {}
-local POLL_CPU -- one sequential status poll's CPU (section 2), the yardstick of section 5
-local function row(section, name, value, ratio, note)
-  rows[#rows + 1] = { section, name, value, ratio or "", note or "" }
+local POLL_CPU = {} -- Lua -> one sequential status poll's CPU (section 2), the yardstick of section 5
+local function row(measure_name, name, value, ratio, note)
+  rows[#rows + 1] = { measure_name, name, value, ratio or "", note or "" }
 end
 
 local sb = assert(sandbox.start { queue_seconds = 0, process_seconds = 0 })
@@ -86,7 +98,7 @@ end
 io.stderr:write(("bench: %d runs each; download %d MiB; %d polls; %d tasks\n"):format(RUNS, MB, POLLS, TASKS))
 
 -- 1. Download ----------------------------------------------------------------------------------
-do
+if section("download") then
   local bytes = MB * 1024 * 1024
   local id = new_task("bench download sandbox:bytes=" .. bytes)
   local out = tmp .. "/video.mp4"
@@ -125,41 +137,62 @@ do
 end
 
 -- 2. Polling ------------------------------------------------------------------------------------
-do
+-- The client on each Lua of LUAS against the hand-written lua-curl loop, interleaved run by run (the machine
+-- is shared: a ratio is taken within one run, and the spread of the runs' ratios is shown).
+local function spread(list)
+  table.sort(list)
+  return list[1], list[#list]
+end
+if section("polling") then
   local id = new_task("bench polling")
   local status = ("%s/videos/%s"):format(url, id)
   local curl_calls = math.min(POLLS, 500)
-  local sides = {
-    { "jimeng client:status", function(n) return ("%s %s bench/poll_jimeng.lua %s %s %d"):format(lua_env(), LUA, url, id, n) end },
-    { "lua-curl easy loop (Lua 5.1)", function(n) return ("lua5.1 bench/poll_luacurl.lua %s %s %d"):format(url, id, n) end },
-    { "requests.Session", function(n) return ("%s bench/poll_requests.py %s %s %d"):format(PY, url, id, n) end },
-    { "one curl process per call", function(n)
-      return ("i=0; while [ $i -lt %d ]; do curl -s %s %s >/dev/null; i=$((i+1)); done"):format(n, key, status)
-    end, curl_calls },
-  }
-  local per = {}
-  for _, side in ipairs(sides) do
-    local n = side[3] or POLLS
-    local conns
-    local full = runs(side[2](n), RUNS, function()
-      conns = sb:stats().connections
-    end)
-    conns = sb:stats().connections - conns
-    per[side[1]] = { cpu = full.cpu / n, wall = full.wall, conns = conns, n = n }
+  local LC = "lua-curl easy loop (Lua 5.1)"
+  local sides = {}
+  for _, lua in ipairs(LUAS) do
+    sides[#sides + 1] = { "jimeng client:status (" .. lua .. ")", function(n)
+      return ("%s %s bench/poll_jimeng.lua %s %s %d"):format(lua_env(lua), lua, url, id, n)
+    end, lua = lua }
   end
-  local base_req, base_lc = per["requests.Session"].cpu, per["lua-curl easy loop (Lua 5.1)"].cpu
-  POLL_CPU = per["jimeng client:status"].cpu
+  sides[#sides + 1] = { LC, function(n) return ("lua5.1 bench/poll_luacurl.lua %s %s %d"):format(url, id, n) end }
+  sides[#sides + 1] = { "requests.Session", function(n) return ("%s bench/poll_requests.py %s %s %d"):format(PY, url, id, n) end }
+  sides[#sides + 1] = { "one curl process per call", function(n)
+    return ("i=0; while [ $i -lt %d ]; do curl -s %s %s >/dev/null; i=$((i+1)); done"):format(n, key, status)
+  end, curl_calls }
+  local per, list = {}, {}
+  for _, side in ipairs(sides) do per[side[1]], list[side[1]] = { conns = 0, n = side[3] or POLLS }, {} end
+  for _ = 1, RUNS do
+    for _, side in ipairs(sides) do
+      local p = per[side[1]]
+      local c0 = sb:stats().connections
+      local m = measure(side[2](p.n))
+      p.conns = sb:stats().connections - c0
+      m.cpu = m.cpu / p.n
+      local l = list[side[1]]
+      l[#l + 1] = m
+    end
+  end
+  local ratios = {} -- side -> its ratio to lua-curl in each run
+  for _, side in ipairs(sides) do
+    per[side[1]].cpu = median(list[side[1]], "cpu")
+    local r = {}
+    for i = 1, RUNS do r[i] = list[side[1]][i].cpu / list[LC][i].cpu end
+    ratios[side[1]] = r
+  end
+  local base_req, base_lc = per["requests.Session"].cpu, per[LC].cpu
   for _, side in ipairs(sides) do
     local p = per[side[1]]
+    if side.lua then POLL_CPU[side.lua] = p.cpu end
+    local lo, hi = spread(ratios[side[1]])
     row(POLLS .. " status polls", side[1],
       ("%.1f us CPU/call (%d calls, %d connection%s)"):format(p.cpu * 1e6, p.n, p.conns, p.conns == 1 and "" or "s"),
-      ("%.2fx requests.Session, %.2fx lua-curl"):format(p.cpu / base_req, p.cpu / base_lc),
+      ("%.2fx requests.Session, %.2fx lua-curl (runs: %.2f-%.2fx)"):format(p.cpu / base_req, p.cpu / base_lc, lo, hi),
       side[3] and "each call starts a process: that cost is the point" or "the loop's own CPU, start-up excluded")
   end
 end
 
 -- 3. Concurrency ------------------------------------------------------------------------------
-do
+if section("concurrency") then
   sb:config { queue_seconds = 1, process_seconds = 1 }
   local dir = tmp .. "/many"
   assert(sh("mkdir -p " .. dir))
@@ -176,7 +209,7 @@ do
 end
 
 -- 4. Many tasks waiting through a TLS front: HTTP/2 against HTTP/1.1 -------------------------------
-do
+if section("front") then
   local tls = require "spec.support.tls"
   if not tls.available then
     row(WAITING .. " tasks waiting via nginx", "skipped", "needs nginx (http_v2) and openssl")
@@ -226,37 +259,71 @@ do
 end
 
 -- 5. Many tasks waiting on the sandbox: cost flat in the number of tasks ---------------------------
-do
+-- For each Lua of LUAS: N tasks of 10 s waited on together, against the same Lua's sequential poll (section 2).
+-- RSS per task: the peak growth past start-up over N, and the growth past one task's over N - 1 (what one more
+-- waiting task costs, without the fixed cost of the connections and the scheduler); and "while waiting": the
+-- peak growth during the wait past the RSS once the creates were done, over N (the creates, 1,000 paid requests
+-- in flight at once, leave memory that malloc keeps).
+if section("fleet") then
   local sizes = {}
-  for v in (os.getenv("BENCH_FLEET") or "1,100,1000"):gmatch("%d+") do sizes[#sizes + 1] = tonumber(v) end
-  local interval = tonumber(os.getenv("BENCH_FLEET_INTERVAL") or "") or 5
-  local function fleet(n, max_rps)
+  for v in (os.getenv("BENCH_FLEET") or "1,100,1000,10000"):gmatch("%d+") do sizes[#sizes + 1] = tonumber(v) end
+  local function interval_of(n)
+    return tonumber(os.getenv("BENCH_FLEET_INTERVAL") or "") or (n >= 10000 and 5 or 1)
+  end
+  local function fleet(lua, n, max_rps)
     sb:reset()
     sb:config { queue_seconds = 1, process_seconds = 9, max_rps = max_rps and max_rps.server or 0 }
-    local ok, out = sh(("%s %s bench/fleet_jimeng.lua %s %d %g %s"):format(lua_env(), LUA, url, n, interval,
+    local ok, out = sh(("%s %s bench/fleet_jimeng.lua %s %d %g %s"):format(lua_env(lua), lua, url, n, interval_of(n),
       max_rps and max_rps.client or ""))
     assert(ok, out)
-    local cpu, wall, rss, creates = out:match("cpu ([%d.]+) wall ([%d.]+) rss_kb (%d+) creates ([%d.]+)")
+    local cpu, wall, rss, creates, rss_wait = out:match(
+      "cpu ([%d.]+) wall ([%d.]+) rss_kb (%d+) creates ([%d.]+) rss_wait_kb (%d+)")
     local st = sb:stats()
     local polls = st.requests - st.creates
-    return { cpu = tonumber(cpu), wall = tonumber(wall), rss = tonumber(rss), polls = polls, limited = st.rate_limited,
+    return { cpu = tonumber(cpu), wall = tonumber(wall), rss = tonumber(rss), rss_wait = tonumber(rss_wait), polls = polls,
+      limited = st.rate_limited,
       waited = tonumber(wall) - tonumber(creates), creates = tonumber(creates) }
   end
-  local single = fleet(1)
-  local seq = POLL_CPU -- CPU of one sequential client:status, from section 2
-  for _, n in ipairs(sizes) do
-    local r = n == 1 and single or fleet(n)
-    row(("tasks of 10 s, polled every %g s"):format(interval), ("%d task%s waiting"):format(n, n == 1 and "" or "s"),
-      ("%.1f us CPU/poll, %.1f KiB RSS/task, %.1f polls/video, %.1f s (creates %.1f s)"):format(
-        r.cpu / math.max(r.polls, 1) * 1e6, r.rss / n, r.polls / n, r.wall, r.creates),
-      ("%.2fx a sequential poll, wall %.2fx one task, waiting %.2fx"):format(r.cpu / math.max(r.polls, 1) / seq,
-        r.wall / single.wall, r.waited / single.waited),
-      "CPU of the waiting alone; RSS growth past start-up")
+  -- the yardstick of a fleet that sleeps between polls: the sequential poll paced at 100 tasks' rate
+  local function paced(lua, n, gap)
+    local paced_id = new_task("bench paced polling") -- after the fleets' resets
+    local list = {}
+    for i = 1, RUNS do
+      list[i] = measure(("%s %s bench/poll_paced_jimeng.lua %s %s %d %g"):format(lua_env(lua), lua, url, paced_id, n, gap))
+      list[i].cpu = list[i].cpu / n
+    end
+    return median(list, "cpu")
+  end
+  for _, lua in ipairs(LUAS) do
+    local single = fleet(lua, 1)
+    local seq = POLL_CPU[lua] -- CPU of one sequential client:status on this Lua, from section 2
+    local gap = interval_of(100) / 100
+    local paced_cpu = paced(lua, 500, gap)
+    row(("%s: one poll at a time"):format(lua), ("a poll every %g s (100 tasks' rate)"):format(gap),
+      ("%.1f us CPU/poll"):format(paced_cpu * 1e6),
+      seq and ("%.2fx a sequential poll"):format(paced_cpu / seq) or "",
+      "the same client:status loop with a sleep between polls: each poll wakes the process")
+    for _, n in ipairs(sizes) do
+      local list = {}
+      for i = 1, n == 1 and 1 or RUNS do list[i] = n == 1 and single or fleet(lua, n) end
+      for _, x in ipairs(list) do x.per_poll = x.cpu / math.max(x.polls, 1) end
+      table.sort(list, function(a, b) return a.per_poll < b.per_poll end)
+      local lo, hi = list[1].per_poll, list[#list].per_poll
+      local r = list[math.floor((#list + 1) / 2)] -- shown: the run of the median CPU per poll
+      local cpu_poll = r.per_poll
+      row(("%s: tasks of 10 s, polled every %g s"):format(lua, interval_of(n)), ("%d task%s waiting"):format(n, n == 1 and "" or "s"),
+        ("%.1f us CPU/poll, %.1f KiB RSS/task (%s KiB past one task; %.1f KiB while waiting), %.1f polls/video, %.1f s (creates %.1f s)"):format(
+          cpu_poll * 1e6, r.rss / n, n > 1 and ("%.1f"):format((r.rss - single.rss) / (n - 1)) or "-", r.rss_wait / n,
+          r.polls / n, r.wall, r.creates),
+        seq and ("%.2fx a sequential poll (runs: %.2f-%.2fx), waiting %.2fx one task"):format(cpu_poll / seq, lo / seq,
+          hi / seq, r.waited / single.waited) or "",
+        "CPU of the waiting alone; RSS growth past start-up")
+    end
   end
   local n = sizes[#sizes]
-  local limit = math.max(20, math.floor(n / interval / 2))
+  local limit = math.max(20, math.floor(n / interval_of(n) / 2))
   for _, side in ipairs { { "max_rps known", { server = limit, client = limit } }, { "limit unknown", { server = limit } } } do
-    local r = fleet(n, side[2])
+    local r = fleet(LUA, n, side[2])
     row(("%d tasks, the API allows %d requests/s"):format(n, limit), side[1],
       ("%d 429s, %.1f polls/video, %.1f s"):format(r.limited, r.polls / n, r.wall), "",
       side[2].client and "max_rps set to the API's limit" or "learnt from the 429s")
@@ -265,7 +332,7 @@ do
 end
 
 -- 6. Start-up ---------------------------------------------------------------------------------
-do
+if section("startup") then
   local req = runs(("%s %s -e 'require \"jimeng\"'"):format(lua_env(), LUA), 10)
   local help = runs(("%s bin/jimeng --help >/dev/null"):format(LUA), 10)
   local bare = runs(("%s -e ''"):format(LUA), 10)
@@ -277,8 +344,12 @@ sb:stop()
 sh("rm -rf " .. tmp)
 
 -- 7. Hosts: what waiting costs Neovim and an nginx worker (bench/host.lua prints its own table) -------
-local ok_host, host_table = sh("make -s LUA=luajit >/dev/null && " .. lua_env() .. " " .. LUA .. " bench/host.lua")
-if not ok_host then host_table = "the host table failed:\n" .. host_table end
+local host_table
+if section("hosts") then
+  local ok_host
+  ok_host, host_table = sh("make -s LUA=luajit >/dev/null && " .. lua_env() .. " " .. LUA .. " bench/host.lua")
+  if not ok_host then host_table = "the host table failed:\n" .. host_table end
+end
 
 -- The table ------------------------------------------------------------------------------------
 local machine = select(2, sh("nproc")):gsub("%s+$", "") .. " cores, " ..
@@ -286,5 +357,7 @@ local machine = select(2, sh("nproc")):gsub("%s+$", "") .. " cores, " ..
 print(("| measure | side | result | ratio | note |\n|---|---|---|---|---|"))
 for _, r in ipairs(rows) do print(("| %s | %s | %s | %s | %s |"):format(r[1], r[2], r[3], r[4], r[5])) end
 print(("\nmachine: %s; %s; libcurl %s; %d runs each, medians"):format(machine, _VERSION, core.curl_version(), RUNS))
-print("\n## Hosts: Neovim and nginx while generates wait\n")
-print(host_table)
+if host_table then
+  print("\n## Hosts: Neovim and nginx while generates wait\n")
+  print(host_table)
+end

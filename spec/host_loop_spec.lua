@@ -43,6 +43,58 @@ describe("a host loop", function()
     assert.is_false(engine:watch())
   end)
 
+  it("refuses a request option it does not know, naming it, and sends nothing", function()
+    local engine = core.engine { api_key = "k" }
+    local before = env.sb:stats().requests
+    local ok, err = pcall(engine.request, engine, { url = env.sb.url .. "/videos/123", timeout = 10, bearer = "k" })
+    assert.is_false(ok)
+    assert.matches("request has no option bearer", err, 1, true)
+    ok, err = pcall(engine.request, engine, { url = env.sb.url .. "/videos/123", timout = 10 })
+    assert.is_false(ok)
+    assert.matches("no option timout (did you mean timeout?)", err, 1, true)
+    ok, err = pcall(engine.request, engine, { env.sb.url .. "/videos/123" })
+    assert.is_false(ok)
+    assert.matches("request options are named", err, 1, true)
+    local _, tmo, in_flight = engine:watch()
+    assert.equals(0, in_flight)
+    assert.is_nil(tmo)
+    assert.equals(before, env.sb:stats().requests)
+    engine:close()
+  end)
+
+  it("waits in jimeng.run on more sockets than one wait keeps on its stack, and hands back every answer once", function()
+    -- 90 slow answers at once over 90 connections: one poll(2) over all of them (more than src/loop.c's 72)
+    env.sb:faults { { path = "^/v1/videos/[0-9]+$", method = "GET", fault = "stall", seconds = 0.5, count = 90 } }
+    local engine = core.engine { api_key = "k", max_connections = 100 }
+    local n, answered, most = 90, 0, 0
+    local before = #h.api_requests(env.sb, "^/v1/videos/[0-9]+$")
+    runtime.run(function()
+      local handles = {}
+      for i = 1, n do
+        handles[i] = runtime.spawn(function()
+          local t = assert(engine:request { url = env.sb.url .. "/videos/" .. i, timeout = 20 })
+          local done = runtime.await(engine, t)
+          return done and t:result().status
+        end)
+      end
+      handles[n + 1] = runtime.spawn(function() -- how many connections were open at once, seen from outside
+        for _ = 1, 40 do
+          runtime.sleep(0.02)
+          local _, _, in_flight = engine:watch()
+          most = math.max(most, in_flight)
+        end
+      end)
+      for i = 1, n do
+        if handles[i]:wait() == 404 then answered = answered + 1 end
+      end
+      handles[n + 1]:wait()
+    end)
+    assert.equals(n, answered)
+    assert.equals(n, most)
+    assert.equals(n, #h.api_requests(env.sb, "^/v1/videos/[0-9]+$") - before) -- each sent once
+    engine:close()
+  end)
+
   it("reads luv's and libcurl's spellings of socket events", function()
     local engine = core.engine()
     for _, ev in ipairs { "r", "w", "rw", "in", "out", "inout", "err", 1, "" } do

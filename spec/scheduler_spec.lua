@@ -133,6 +133,16 @@ describe("jimeng.run", function()
     assert.same({ "quick", "slow" }, order)
   end)
 
+  it("returns exactly the values the function returns, nils and their number included", function()
+    assert.equals(1, select("#", jimeng.run(function() return "x" end)))
+    assert.equals(0, select("#", jimeng.run(function() jimeng.sleep(0.01) end)))
+    local n, a, b, c = (function(...) return select("#", ...), ... end)(jimeng.run(function()
+      jimeng.sleep(0.01)
+      return 1, nil, 3
+    end))
+    assert.same({ 3, 1, nil, 3 }, { n, a, b, c })
+  end)
+
   it("returns what the function returns, and raises what it raises", function()
     assert.same({ 1, "two" }, { jimeng.run(function(a) return a, "two" end, 1) })
     assert.has_error(function() jimeng.run(function() error("outer", 0) end) end, "outer")

@@ -65,5 +65,6 @@ __attribute__((visibility("default"))) int luaopen_jimeng_core(lua_State *L) {
     jm_open_files(L);
     jm_open_url(L);
     jm_open_share(L);
+    jm_open_loop(L); /* after jm_open_engine: it adds engine:wait */
     return 1;
 }

@@ -21,7 +21,6 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/file.h>
-#include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -60,9 +59,10 @@ typedef struct {
     long stall_s; /* a download slower than 1 KiB/s for this long is cut (0: never) */
 } jm_config;
 
-typedef struct {
+typedef struct jm_engine {
     CURLM *multi;
     jm_transfer *head; /* transfers in flight: in the multi handle, or queued for a free slot */
+    int nflight;       /* how many (engine:watch's in_flight): counted, not walked */
     jm_transfer *qhead, *qtail; /* queued: configured but holding no socket, their clocks not started */
     int running;                /* transfers in the multi handle */
     int *done, ndone, donecap;  /* registry refs of transfers finished since the last perform, in order */
@@ -571,7 +571,8 @@ static jm_transfer *jm_check_transfer(lua_State *L, int i) {
     return luaL_checkudata(L, i, JM_TRANSFER_MT);
 }
 
-static void jm_unlink(jm_transfer *t) {
+static void jm_unlink(jm_transfer *t) { /* only jm_finish, of a transfer jm_submit linked */
+    if (t->eng) t->eng->nflight--;
     if (t->prev) t->prev->next = t->next;
     else if (t->eng && t->eng->head == t) t->eng->head = t->next;
     if (t->next) t->next->prev = t->prev;
@@ -1449,6 +1450,7 @@ static void jm_submit(lua_State *L, jm_engine *e, jm_transfer *t) {
     t->next = e->head;
     if (e->head) e->head->prev = t;
     e->head = t;
+    e->nflight++;
     lua_pushvalue(L, -1);
     t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
     t->queued = 1;
@@ -1467,17 +1469,47 @@ static void jm_submit(lua_State *L, jm_engine *e, jm_transfer *t) {
  *   timeout (seconds, from when it leaves the queue), deadline (absolute, core.now), accept_encoding,
  *   max_body (API calls: a smaller or larger cap), paid (a create: see the facts in the result),
  *   journal + journal_line (a paid request's line, fsynced when it is handed to the wire), ledger +
- *   ledger_line (the same, appended under an flock: a file shared by processes),
+ *   ledger_line (the same, appended under an flock: a file shared by processes), head (the answer's header
+ *   lines kept whole, for a trace),
  *   for a download: part (core.part_open), task_id (written in its record), offset (where a 206 must
  *   start), validator and total (what a 206 must carry).
  * A URL or header with CR or LF is refused as nil, message, "invalid_argument"; an option libcurl refuses
- * as nil, message, "internal"; misuse (a wrong type, a closed part) raises. */
+ * as nil, message, "internal"; misuse (a wrong type, a closed part, an option not named above) raises. */
+static const char *const jm_request_options[] = {
+    "kind", "url", "method", "body", "headers", "timeout", "deadline", "accept_encoding", "max_body", "paid",
+    "journal", "journal_line", "ledger", "ledger_line", "head", "part", "task_id", "offset", "validator", "total",
+    NULL,
+};
+
+/* An option this function does not know is misuse (a stale name would be ignored silently): raised, with
+ * the known name nearest to it. */
+static void jm_check_request_options(lua_State *L, int opts) {
+    lua_pushnil(L);
+    while (lua_next(L, opts)) {
+        const char *const *o;
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+        lua_pop(L, 1);
+        if (!k) {
+            luaL_error(L, "jimeng: request options are named (a %s key was given)", luaL_typename(L, -1));
+            return; /* raises: does not return */
+        }
+        for (o = jm_request_options; *o && strcmp(*o, k) != 0; o++) {
+        }
+        if (!*o) {
+            const char *near = jm_nearest(k, jm_request_options);
+            if (near) luaL_error(L, "jimeng: request has no option %s (did you mean %s?)", k, near);
+            luaL_error(L, "jimeng: request has no option %s", k);
+        }
+    }
+}
+
 static int l_engine_request(lua_State *L) {
     jm_engine *e = jm_check_engine(L, 1);
     jm_transfer *t;
     size_t blen = 0;
     const char *url, *method, *body, *kind, *why;
     luaL_checktype(L, 2, LUA_TTABLE);
+    jm_check_request_options(L, 2);
     url = jm_optstr(L, 2, "url", NULL);
     if (!url) return luaL_error(L, "jimeng: request needs a url");
     method = jm_optstr(L, 2, "method", NULL);
@@ -1648,65 +1680,6 @@ static int l_engine_poll(lua_State *L) {
     return 1;
 }
 
-/* core.wait_all({engine, ...}, ms) -> number of sockets with activity. Waits for activity on any transfer of
- * any of the engines, or for the nearest of their timers, or ms: the scheduler's one wait when coroutines
- * use several clients. The first engine polls with the others' sockets as extra descriptors. */
-static int l_wait_all(lua_State *L) {
-    struct curl_waitfd extra[65];
-    unsigned n = 0;
-    int i, count, numfds = 0;
-    long ms;
-    jm_engine *first;
-    CURLMcode mrc;
-    luaL_checktype(L, 1, LUA_TTABLE);
-    ms = (long)jm_wait_cap(luaL_optnumber(L, 2, 1000));
-    count = (int)jm_rawlen(L, 1);
-    if (count < 1) return luaL_error(L, "jimeng: wait_all needs at least one engine");
-    lua_rawgeti(L, 1, 1);
-    first = jm_check_engine(L, -1);
-    lua_pop(L, 1);
-    for (i = 1; i <= count; i++) { /* a paced queue's next token ends the wait too (a shared budget's included) */
-        double pace;
-        lua_rawgeti(L, 1, i);
-        pace = jm_pace_wait_ms(jm_check_engine(L, -1));
-        lua_pop(L, 1);
-        if (pace >= 0 && pace < (double)ms) ms = (long)pace;
-    }
-    for (i = 2; i <= count; i++) {
-        jm_engine *e;
-        fd_set r, w, x;
-        int maxfd = -1, fd;
-        long tmo = -1;
-        lua_rawgeti(L, 1, i);
-        e = jm_check_engine(L, -1);
-        lua_pop(L, 1);
-        if (curl_multi_timeout(e->multi, &tmo) == CURLM_OK && tmo >= 0 && tmo < ms) ms = tmo;
-        FD_ZERO(&r);
-        FD_ZERO(&w);
-        FD_ZERO(&x);
-        if (curl_multi_fdset(e->multi, &r, &w, &x, &maxfd) != CURLM_OK) continue;
-        for (fd = 0; fd <= maxfd && n < sizeof extra / sizeof extra[0] - 1; fd++) {
-            short events = (short)((FD_ISSET(fd, &r) ? CURL_WAIT_POLLIN : 0) | (FD_ISSET(fd, &w) ? CURL_WAIT_POLLOUT : 0) |
-                                   (FD_ISSET(fd, &x) ? CURL_WAIT_POLLPRI : 0));
-            if (!events) continue;
-            extra[n].fd = fd;
-            extra[n].events = events;
-            extra[n].revents = 0;
-            n++;
-        }
-    }
-    if (jm_signal_fd() >= 0) { /* a trapped signal ends the wait at once (room kept for it) */
-        extra[n].fd = jm_signal_fd();
-        extra[n].events = CURL_WAIT_POLLIN;
-        extra[n].revents = 0;
-        n++;
-    }
-    mrc = curl_multi_poll(first->multi, extra, n, ms < 0 ? 0 : (int)ms, &numfds);
-    if (mrc != CURLM_OK) return luaL_error(L, "jimeng: curl_multi_poll: %s", curl_multi_strerror(mrc));
-    lua_pushinteger(L, numfds);
-    return 1;
-}
-
 /* ---- the host's event loop: libcurl's socket and timer callbacks, seen from outside ----
  *
  * A host with its own loop (Neovim's libuv, nginx) watches exactly libcurl's sockets and one timer instead of
@@ -1810,8 +1783,6 @@ static void jm_watch_free(jm_engine *e) {
  * engine answers false. */
 static int l_engine_watch(lua_State *L) {
     jm_engine *e = luaL_checkudata(L, 1, JM_ENGINE_MT);
-    const jm_transfer *t;
-    int n = 0;
     if (e->closed) {
         lua_pushboolean(L, 0);
         return 1;
@@ -1841,8 +1812,7 @@ static int l_engine_watch(lua_State *L) {
         else if (e->timer_at < 0 || (pace >= 0 && pace < ms)) lua_pushnumber(L, pace); /* a token comes: step */
         else lua_pushnumber(L, ms);
     }
-    for (t = e->head; t; t = t->next) n++;
-    lua_pushinteger(L, n);
+    lua_pushinteger(L, e->nflight);
     return 3;
 }
 
@@ -1951,6 +1921,61 @@ static int l_engine_step_sockets(lua_State *L) {
     return nret + 1;
 }
 
+/* ---- for the blocking wait (src/loop.c): an engine's sockets, when it next wants a step, one action ---- */
+
+jm_engine *jm_engine_check(lua_State *L, int i) {
+    return jm_check_engine(L, i);
+}
+
+/* The sockets libcurl wants watched now, into fds (as many as fit in cap); returns how many there are. */
+int jm_engine_pollfds(const jm_engine *e, struct pollfd *fds, int cap) {
+    int i;
+    for (i = 0; i < e->nsock && i < cap; i++) {
+        fds[i].fd = (int)e->sock[i].fd;
+        fds[i].events = (short)(((e->sock[i].what & CURL_POLL_IN) ? POLLIN : 0) | ((e->sock[i].what & CURL_POLL_OUT) ? POLLOUT : 0));
+        fds[i].revents = 0;
+    }
+    return e->nsock;
+}
+
+/* Milliseconds until the engine wants a step without any socket being ready: libcurl's timer, the pace's
+ * next token, or finished transfers not yet handed back (0); -1: none. */
+double jm_engine_due_ms(const jm_engine *e) {
+    double due = -1, pace;
+    if (e->ndone > 0 || e->want_oom) return 0;
+    if (e->timer_at >= 0) {
+        due = (e->timer_at - jm_now()) * 1000;
+        if (due < 0) due = 0;
+    }
+    pace = jm_pace_wait_ms(e);
+    if (pace >= 0 && (due < 0 || pace < due)) due = pace;
+    return due;
+}
+
+/* One socket action: fd ready with CURL_CSELECT_* mask, or (fd < 0) libcurl's timer when it is due. Returns
+ * whether an action ran; raises on a libcurl error. */
+int jm_engine_act(lua_State *L, jm_engine *e, int fd, int mask) {
+    int running = 0;
+    CURLMcode mrc;
+    if (e->want_oom) {
+        e->want_oom = 0;
+        return luaL_error(L, "jimeng: out of memory recording libcurl's sockets");
+    }
+    if (fd < 0 && !(e->timer_at >= 0 && e->timer_at <= jm_now())) return 0;
+    mrc = curl_multi_socket_action(e->multi, fd < 0 ? CURL_SOCKET_TIMEOUT : (curl_socket_t)fd, mask, &running);
+    if (mrc != CURLM_OK && mrc != CURLM_BAD_SOCKET)
+        return luaL_error(L, "jimeng: curl_multi_socket_action: %s", curl_multi_strerror(mrc));
+    return 1;
+}
+
+/* After the actions of one wake-up: libcurl's timer read back (see jm_socket_action), the finished transfers
+ * collected, the queue pumped. Pushes running, finished | nil (as engine:perform). */
+int jm_engine_collect(lua_State *L, jm_engine *e) {
+    long tmo = -1;
+    if (curl_multi_timeout(e->multi, &tmo) == CURLM_OK) e->timer_at = tmo < 0 ? -1 : jm_now() + (double)tmo / 1000;
+    return jm_collect(L, e, e->running);
+}
+
 /* transfer:paid() -> boolean: a create (never re-sent on a reused connection; its answer names a task) */
 static int l_transfer_paid(lua_State *L) {
     lua_pushboolean(L, jm_check_transfer(L, 1)->paid);
@@ -1984,6 +2009,4 @@ void jm_open_engine(lua_State *L) {
     jm_setint(L, "max_header_bytes", (lua_Integer)JM_MAX_HEADER_BYTES);
     jm_setint(L, "max_redirects", JM_MAX_REDIRECTS);
     lua_setfield(L, -2, "limits");
-    lua_pushcfunction(L, l_wait_all);
-    lua_setfield(L, -2, "wait_all");
 }

@@ -48,6 +48,18 @@ JM_HIDDEN int jm_interrupted(void);
 JM_HIDDEN int jm_signal_fd(void);
 JM_HIDDEN double jm_wait_cap(double ms);
 
+/* engine.c, for loop.c (the blocking wait on libcurl's sockets and timer): the engine at stack index i
+ * (raises if it is not one or is closed); the sockets libcurl wants watched, into fds (up to cap; returns how
+ * many there are); milliseconds until it wants a step with no socket ready (-1: never); one socket action
+ * (fd < 0: its timer, if due; returns whether one ran); the finished transfers, pushed as engine:perform's
+ * running, finished | nil. */
+struct jm_engine;
+struct pollfd;
+JM_HIDDEN struct jm_engine *jm_engine_check(lua_State *L, int i);
+JM_HIDDEN int jm_engine_pollfds(const struct jm_engine *e, struct pollfd *fds, int cap);
+JM_HIDDEN double jm_engine_due_ms(const struct jm_engine *e);
+JM_HIDDEN int jm_engine_act(lua_State *L, struct jm_engine *e, int fd, int mask);
+JM_HIDDEN int jm_engine_collect(lua_State *L, struct jm_engine *e);
 /* Registration of each C file's functions into the module table at the top of the stack. */
 JM_HIDDEN void jm_open_util(lua_State *L);
 JM_HIDDEN void jm_open_signals(lua_State *L);
@@ -57,6 +69,7 @@ JM_HIDDEN void jm_open_response(lua_State *L);
 JM_HIDDEN void jm_open_files(lua_State *L);
 JM_HIDDEN void jm_open_url(lua_State *L);
 JM_HIDDEN void jm_open_share(lua_State *L);
+JM_HIDDEN void jm_open_loop(lua_State *L);
 
 /* files.c: a download's partial file, <path>.part, opened without following a link and locked (flock) from
  * core.part_open until it is committed or closed; its record <path>.part.json says whose bytes it holds. */

@@ -18,7 +18,7 @@ local now = core.now
 -- second: burst at once, then the rest of that second's count spread over it. A fractional max_rps is its
 -- whole part a second (2.5: 2 in any second; 0.5: one every 2 s).
 function M.new(max_rps, burst, engine)
-  local self = setmetatable({ cap = max_rps or math.huge, user_burst = burst, engine = engine, window = {},
+  local self = setmetatable({ cap = max_rps or math.huge, user_burst = burst, engine = engine, window = {}, first = 1,
     at = now() }, M)
   self:set(self.cap)
   self.grown_at = self.at
@@ -49,7 +49,7 @@ end
 -- The answers granted in the last second: the rate the API let through.
 local function granted_last_second(self, t)
   local w, n = self.window, 0
-  for i = #w, 1, -1 do
+  for i = #w, self.first, -1 do
     if w[i] < t - 1 then break end
     n = n + 1
   end
@@ -81,17 +81,18 @@ end
 function M:granted()
   local t = now()
   local w = self.window
-  w[#w + 1] = t
-  if #w > 4096 or (#w > 64 and w[1] < t - 2) then -- keep about a second of it
-    local keep, j = {}, 0
-    for i = 1, #w do
-      if w[i] >= t - 1 then
-        j = j + 1
-        keep[j] = w[i]
-      end
-    end
-    self.window = keep
+  local n = #w + 1
+  w[n] = t
+  -- keep about a second of it: the older answers are left behind by `first`, and the array is compacted once
+  -- they are the larger half (each answer is moved at most once: no copy of the window per answer)
+  local first = self.first
+  while w[first] < t - 1 do first = first + 1 end
+  if first > 64 and first > n / 2 then
+    local keep = {}
+    for i = first, n do keep[i - first + 1] = w[i] end
+    self.window, first = keep, 1
   end
+  self.first = first
   if self.limit_seen and self.cut_at and t - self.cut_at > 30 then
     self.limit_seen = nil -- no refusal for half a minute: the limit seen then may have been a passing storm
   end

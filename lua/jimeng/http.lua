@@ -243,8 +243,7 @@ function M.json(client, spec)
           t:cancel()
           break
         end
-        client.engine:perform()
-        if not t:done() then client.engine:poll(200) end
+        client.engine:wait(200)
       end
     elseif interrupted then
       t:cancel()

@@ -2,16 +2,20 @@
 -- Every network call is a non-blocking libcurl transfer plus `await`. Inside a coroutine that a scheduler
 -- runs, `await` and `sleep` yield to it, and the scheduler waits once for every transfer and timer of every
 -- coroutine. Anywhere else they go to the host adapter, chosen once when this module loads: blocking (the
--- thread waits in curl_multi_poll, without spinning) or OpenResty's (jimeng.openresty: one stepper per worker
--- drives the transfers, the request sleeps on a semaphore). Neovim drives a scheduler from its own event loop
--- (jimeng.nvim, with engine:watch and engine:socket_action). C never yields: only this Lua code does, so the
--- same code runs on Lua 5.1 to 5.4 and LuaJIT.
+-- thread waits in poll(2) on exactly libcurl's sockets, its timer and the signal pipe: src/loop.c) or
+-- OpenResty's (jimeng.openresty: one stepper per worker drives the transfers, the request sleeps on a
+-- semaphore). Neovim drives a scheduler from its own event loop (jimeng.nvim, with engine:watch and
+-- engine:socket_action). Every host waits on the same thing, libcurl's socket and timer wishes; they differ
+-- only in who waits. C never yields: only this Lua code does, so the same code runs on Lua 5.1 to 5.4 and
+-- LuaJIT.
 --
--- An adapter is a table of four functions, the whole interface between the client and a host:
+-- An adapter is a table of these functions, the whole interface between the client and a host:
 --   sleep(seconds) -> signal name | nil          how a call outside a scheduler sleeps
 --   await(engine, transfer, timeout) -> done, sig how a call outside a scheduler waits for its transfer
 --   drive(engine) -> finished | nil              a scheduler's step of one engine (engine:perform's list)
 --   idle(sched, engines, wait_ms)                a scheduler's one wait between rounds (jimeng.run)
+--   wait(engines, wait_ms) -> finished | nil    optional: drive and idle in one, a wait over every engine that
+--                                                acts only on what is ready (the blocking adapter's core.wait)
 --   deliver(fn, ...)                             how results and progress reach user code
 local core = require "jimeng.core"
 
@@ -40,23 +44,24 @@ local function current()
   return co and owner[co], co
 end
 
--- The blocking adapter: a plain Lua program waits in curl_multi_poll (or sleeps), never spinning.
+-- The blocking adapter: a plain Lua program waits in poll(2) on libcurl's sockets and timer and the signal
+-- pipe (engine:wait, core.wait: src/loop.c), never spinning; a wake-up acts only on the sockets that moved.
 local blocking = { name = "blocking" }
 
 function blocking.await(engine, transfer, timeout)
   local deadline = timeout and now() + timeout
+  local wait_ms = 0 -- the first look acts on what is due (a new request: libcurl's timer at 0)
   while true do
-    engine:perform()
+    engine:wait(wait_ms)
     if transfer:done() then return true end
     local sig = interrupted()
     if sig then return false, sig end
-    local wait_ms = 1000
+    wait_ms = 1000
     if deadline then
       local left = deadline - now()
       if left <= 0 then return false end
       wait_ms = math.min(wait_ms, left * 1000)
     end
-    engine:poll(wait_ms)
   end
 end
 
@@ -66,22 +71,28 @@ function blocking.sleep(seconds)
 end
 
 function blocking.drive(engine)
-  local _, finished = engine:perform()
+  local _, finished = engine:wait(0)
   return finished
 end
 
-function blocking.idle(sched, engines, wait_ms, nearest)
-  if #engines == 1 then
-    engines[1]:poll(wait_ms)
-  elseif #engines > 1 then
-    -- several clients: one wait over all their sockets and timers
-    core.wait_all(engines, wait_ms)
-  elseif nearest ~= math.huge then
-    core.sleep(wait_ms / 1000)
-  else
+-- A wait with nothing to wait for would never end.
+local function check_wakeable(engines, nearest)
+  if #engines == 0 and nearest == math.huge then
     error("jimeng: every coroutine is waiting and nothing can wake them (a join cycle?)")
   end
+end
+
+function blocking.idle(sched, engines, wait_ms, nearest)
+  check_wakeable(engines, nearest)
+  -- one wait over every client's sockets and timers (none: a sleep a trapped signal cuts short), acting on
+  -- what is ready: the transfers it finishes are handed to their waiters here
+  local finished = core.wait(engines, wait_ms)
+  if finished then sched:deliver(finished) end
   return sched
+end
+
+function blocking.wait(engines, wait_ms)
+  return (core.wait(engines, wait_ms))
 end
 
 function blocking.deliver(fn, ...)
@@ -102,7 +113,8 @@ end
 --- The host adapter in use.
 function M.host() return host end
 
---- Replaces the host adapter (a table with sleep, await, drive, idle and deliver); returns the old one.
+--- Replaces the host adapter (a table with sleep, await, drive, idle and deliver, and optionally wait);
+-- returns the old one.
 function M.use(adapter)
   for _, k in ipairs { "sleep", "await", "drive", "idle", "deliver" } do
     assert(type(adapter[k]) == "function", "jimeng.runtime.use: the adapter needs " .. k)
@@ -146,11 +158,27 @@ end
 local Scheduler = {}
 Scheduler.__index = Scheduler
 
+-- What a coroutine is resumed with, for the common wake-ups: shared, never written (no table per wake-up).
+local ARGS_NONE, ARGS_TRUE, ARGS_FALSE = pack(), pack(true), pack(false)
+
+-- Sleeps of a second or more end on a grid: 0.1 s, and 0.25 s from 5 s (at most 10%, then 5%, late). The
+-- polls of many tasks, spread over their interval, then share wake-ups instead of each waking the process:
+-- a wake-up after a sleep costs more than the poll itself (caches gone cold; bench/README.md).
+local function coalesced(at, seconds)
+  local grid = seconds >= 5 and 0.25 or seconds >= 1 and 0.1
+  if not grid then return at end
+  return math.ceil(at / grid) * grid
+end
+
 local function new_scheduler()
   return setmetatable({
-    ready = {},       -- array of {co, pack(values to resume with)}
+    ready = {},       -- coroutines to resume, in order (reused: swapped with spare by run_ready)
+    args = {},        -- what each is resumed with (ARGS_* or a pack)
+    spare = {}, spare_args = {},
     waiting = {},     -- transfer -> {co=, engine=} (its timer entry, if any, is entry.timer)
     engines = {},     -- engine -> number of transfers waited on
+    list = {},        -- the same engines as an array, kept as they come and go (a wait walks no table)
+    slot = {},        -- engine -> its index in list
     heap = {},        -- timers: {at=, co=, transfer=|nil}, smallest `at` first
     nengines = 0,
     alive = 0,        -- coroutines not yet finished
@@ -191,13 +219,19 @@ end
 local Handle = {}
 Handle.__index = Handle
 
+--- Files a coroutine to resume with args (a pack).
+function Scheduler:wake(co, args)
+  local n = #self.ready + 1
+  self.ready[n], self.args[n] = co, args
+end
+
 function Scheduler:spawn(fn, ...)
   local co = co_create(fn)
   local h = setmetatable({ co = co, done = false, joiners = {} }, Handle)
   owner[co] = self
   self.handles[co] = h
   self.alive = self.alive + 1
-  self.ready[#self.ready + 1] = { co, pack(...) }
+  self:wake(co, pack(...))
   return h
 end
 
@@ -212,7 +246,7 @@ function Scheduler:finish(co, ok, ...)
     h.error = (...)
   end
   for _, j in ipairs(h.joiners) do
-    self.ready[#self.ready + 1] = { j, pack() }
+    self:wake(j, ARGS_NONE)
   end
   h.joiners = nil
 end
@@ -226,6 +260,10 @@ function Scheduler:unwait(transfer)
   if n == 0 then
     self.engines[w.engine] = nil
     self.nengines = self.nengines - 1
+    local list, slot = self.list, self.slot
+    local i, last = slot[w.engine], list[#list]
+    list[i], slot[last] = last, i
+    list[#list], slot[w.engine] = nil, nil
   else
     self.engines[w.engine] = n
   end
@@ -235,34 +273,53 @@ end
 
 -- Resumes one coroutine and files what it asks for next.
 function Scheduler:step(co, args)
-  local res = pack(co_resume(co, unpack(args, 1, args.n)))
+  return self:file(co, co_resume(co, unpack(args, 1, args.n)))
+end
+
+-- What a coroutine's resume gave (no table made of it): its end, with all it returned, or a yield.
+function Scheduler:file(co, ...)
   if co_status(co) == "dead" then
-    return self:finish(co, unpack(res, 1, res.n))
+    return self:finish(co, ...)
   end
-  local what = res[2]
+  return self:yielded(co, ...)
+end
+
+-- What a coroutine asked for when it yielded.
+function Scheduler:yielded(co, _, what, a1, a2, a3)
   local h = self.handles[co]
   local sig = interrupted() or h.cancelled
-  if sig and what == AWAIT and not interrupted() and res[4]:paid() and res[4]:handed_over() and not res[4]:done() then
+  if sig and what == AWAIT and not interrupted() and a2:paid() and a2:handed_over() and not a2:done() then
     -- a create on the wire when its call was cancelled: its answer names the task that may now exist, so
     -- it is awaited (within its own timeout) and the cancel lands at the call's next wait
     sig = nil
   end
   if sig and (what == AWAIT or what == SLEEP) then
     -- after Ctrl-C (or a cancel) nothing waits: every call returns its interrupted error at once
-    self.ready[#self.ready + 1] = { co, what == AWAIT and pack(res[4]:done(), sig) or pack(sig) }
+    self:wake(co, what == AWAIT and pack(a2:done(), sig) or pack(sig))
     return
   end
   if what == AWAIT then
-    local engine, transfer, timeout = res[3], res[4], res[5]
+    local engine, transfer, timeout = a1, a2, a3
     if transfer:done() then
-      self.ready[#self.ready + 1] = { co, pack(true) }
+      self:wake(co, ARGS_TRUE)
       return
     end
-    local w = { co = co, engine = engine }
+    -- the handle's own wait entry (one await at a time; unwait's callers read it at once)
+    local w = h.wait_entry
+    if not w then
+      w = {}
+      h.wait_entry = w
+    end
+    w.co, w.engine, w.timer = co, engine, nil
     self.waiting[transfer] = w
     h.parked = transfer
     local n = self.engines[engine]
-    if not n then self.nengines = self.nengines + 1 end
+    if not n then
+      self.nengines = self.nengines + 1
+      local list = self.list
+      list[#list + 1] = engine
+      self.slot[engine] = #list
+    end
     self.engines[engine] = (n or 0) + 1
     if timeout then
       w.timer = { at = now() + timeout, co = co, transfer = transfer }
@@ -270,20 +327,29 @@ function Scheduler:step(co, args)
     end
     if self.on_await then self.on_await(engine) end
   elseif what == SLEEP then
-    local e = { at = now() + res[3], co = co }
+    local at = coalesced(now() + a1, a1)
+    -- the handle's own timer entry, reused unless the heap still holds it (dead)
+    local e = h.timer
+    if e and not e.queued then
+      e.at, e.dead = at, nil
+    else
+      e = { at = at, co = co }
+      h.timer = e
+    end
+    e.queued = true
     h.parked = e
     heap_push(self.heap, e)
   elseif what == JOIN then
-    local j = res[3]
+    local j = a1
     if j.done then
-      self.ready[#self.ready + 1] = { co, pack() }
+      self:wake(co, ARGS_NONE)
     else
       j.joiners[#j.joiners + 1] = co
     end
   else
     -- a yield the scheduler does not own (a coroutine library inside the user's function, a callback's own
     -- yield): resumed at once; only jimeng.sleep sleeps, at most a day at a time
-    self.ready[#self.ready + 1] = { co, pack() }
+    self:wake(co, ARGS_NONE)
   end
 end
 
@@ -299,10 +365,10 @@ function Scheduler:cancel(h, reason)
   if parked and self.waiting[parked] then
     if parked:paid() and parked:handed_over() and not parked:done() then return true end
     self:unwait(parked)
-    self.ready[#self.ready + 1] = { h.co, pack(false, reason) }
+    self:wake(h.co, pack(false, reason))
   elseif type(parked) == "table" and parked.co == h.co and not parked.dead then
     parked.dead = true
-    self.ready[#self.ready + 1] = { h.co, pack(reason) }
+    self:wake(h.co, pack(reason))
   end
   h.parked = nil
   return true
@@ -312,24 +378,29 @@ end
 function Scheduler:interrupt(sig)
   for transfer, w in pairs(self.waiting) do
     self:unwait(transfer)
-    self.ready[#self.ready + 1] = { w.co, pack(false, sig) }
+    self:wake(w.co, pack(false, sig))
   end
-  for _, e in ipairs(self.heap) do
-    if not e.dead and not e.transfer then self.ready[#self.ready + 1] = { e.co, pack(sig) } end
+  local heap = self.heap
+  for i = 1, #heap do
+    local e = heap[i]
+    e.queued = nil
+    if not e.dead and not e.transfer then self:wake(e.co, pack(sig)) end
   end
-  self.heap = {}
+  for i = #heap, 1, -1 do heap[i] = nil end
 end
 
 --- Resumes whoever is ready, until nobody is. Returns the number of coroutines still alive.
 function Scheduler:run_ready()
   while #self.ready > 0 do
-    local batch = self.ready
-    self.ready = {}
+    -- this batch runs from the one list while new wake-ups go to the other; both are reused
+    local batch, args = self.ready, self.args
+    self.ready, self.args, self.spare, self.spare_args = self.spare, self.spare_args, batch, args
     for i = 1, #batch do
-      local co = batch[i][1]
+      local co, a = batch[i], args[i]
+      batch[i], args[i] = nil, nil
       local h = self.handles[co]
       if h then h.parked = nil end
-      self:step(co, batch[i][2])
+      self:step(co, a)
     end
   end
   return self.alive
@@ -341,7 +412,7 @@ function Scheduler:deliver(finished)
   if not finished then return end
   for i = 1, #finished do
     local w = self:unwait(finished[i])
-    if w then self.ready[#self.ready + 1] = { w.co, pack(true) } end
+    if w then self:wake(w.co, ARGS_TRUE) end
   end
 end
 
@@ -350,12 +421,13 @@ function Scheduler:expire(t)
   local heap = self.heap
   while heap[1] and (heap[1].dead or heap[1].at <= t) do
     local e = heap_pop(heap)
+    e.queued = nil
     if not e.dead then
       if e.transfer then
         self:unwait(e.transfer)
-        self.ready[#self.ready + 1] = { e.co, pack(false) }
+        self:wake(e.co, ARGS_FALSE)
       else
-        self.ready[#self.ready + 1] = { e.co, pack() }
+        self:wake(e.co, ARGS_NONE)
       end
     end
   end
@@ -365,26 +437,57 @@ end
 --- One round: resume whoever is ready, drive the engines (through the host adapter), wake whoever is done,
 -- and wait at most max_wait_ms (math.huge: until something happens) for the next event. Returns the number
 -- of coroutines still alive.
-function Scheduler:tick(max_wait_ms)
-  if self:run_ready() == 0 then return 0 end
-
-  -- drive every engine that has a waiter; wake exactly the waiters of the transfers that finished
-  local closed
-  for engine in pairs(self.engines) do
+-- client:close() from another coroutine: the closed engine's transfers ended (cancelled), and their waiters
+-- wake now rather than wait on an engine nobody drives any more.
+function Scheduler:drop_closed()
+  local list, closed = self.list, nil
+  for i = 1, #list do
+    local engine = list[i]
     if engine.closed and engine:closed() then
       closed = closed or {}
       closed[engine] = true
-    else
-      self:deliver(host.drive(engine))
     end
   end
-  if closed then -- client:close() from another coroutine: its transfers ended (cancelled), their waiters wake
-    for transfer, w in pairs(self.waiting) do
-      if closed[w.engine] then
-        self:unwait(transfer)
-        self.ready[#self.ready + 1] = { w.co, pack(true) }
-      end
+  if not closed then return end
+  for transfer, w in pairs(self.waiting) do
+    if closed[w.engine] then
+      self:unwait(transfer)
+      self:wake(w.co, ARGS_TRUE)
     end
+  end
+end
+
+function Scheduler:tick(max_wait_ms)
+  if self:run_ready() == 0 then return 0 end
+  self:drop_closed()
+  if #self.ready > 0 then return self.alive end
+  local list = self.list
+
+  if host.wait then
+    -- one wait over every engine with a waiter, as long as the nearest timer allows (none when someone is
+    -- ready): it acts only on the sockets that moved and hands back the transfers that finished
+    local t = now()
+    local nearest = self:expire(t)
+    local wait_ms = 0
+    if #self.ready == 0 and max_wait_ms > 0 then
+      check_wakeable(list, nearest)
+      wait_ms = nearest == math.huge and 1000 or math.max(0, (nearest - t) * 1000)
+      wait_ms = math.min(wait_ms, max_wait_ms)
+    end
+    self:deliver(host.wait(list, wait_ms))
+    local sig = interrupted()
+    if sig then
+      self:interrupt(sig)
+      return self.alive
+    end
+    self:expire(now())
+    return self.alive
+  end
+
+  -- drive every engine that has a waiter; wake exactly the waiters of the transfers that finished (backwards:
+  -- an engine left without waiters leaves the list in its place)
+  for i = #list, 1, -1 do
+    self:deliver(host.drive(list[i]))
   end
   local sig = interrupted()
   if sig then
@@ -397,8 +500,6 @@ function Scheduler:tick(max_wait_ms)
   if #self.ready == 0 and max_wait_ms > 0 then
     local wait_ms = nearest == math.huge and 1000 or math.max(0, (nearest - t) * 1000)
     wait_ms = math.min(wait_ms, max_wait_ms)
-    local list = {}
-    for engine in pairs(self.engines) do list[#list + 1] = engine end
     host.idle(self, list, wait_ms, nearest)
   end
   return self.alive
