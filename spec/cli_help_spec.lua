@@ -329,8 +329,17 @@ describe("the command's help", function()
       assert.is_true((proc.run(("man -w %s %s"):format(sec, name))), name .. "(" .. sec .. ")")
     end
     -- the environment and the exit codes the command has
-    for _, word in ipairs { "JIMENG_API_KEY", "JIMENG_CONFIG", "JIMENG_PROFILE", "NO_COLOR", "https_proxy" } do
-      assert.truthy(rendered:find(word, 1, true), word)
+    for _, word in ipairs { "JIMENG_API_KEY", "JIMENG_CONFIG", "JIMENG_PROFILE", "NO_COLOR", "https_proxy",
+      "JIMENG_LEDGER", "XDG_STATE_HOME", "JIMENG_DIALECT" } do
+      assert.truthy(rendered:match("\nENVIRONMENT\n.-\n       " .. word:gsub("_", "%%_")), word)
+    end
+    -- the files: the ledger of paid tasks and the config; examples of the commands on the ledger
+    local files = rendered:match("\nFILES\n(.-)\nEXIT STATUS")
+    assert.truthy(files and files:find("jimeng/ledger.jsonl", 1, true), files)
+    assert.truthy(files:find("jimeng/config", 1, true), files)
+    local examples = rendered:match("\nEXAMPLES\n(.-)\nSEE ALSO")
+    for _, cmd in ipairs { "jimeng list", "jimeng resume" } do
+      assert.truthy(examples:find("\n%s+" .. cmd .. "\n"), cmd)
     end
     for _, code in ipairs { "0", "1", "2", "3", "130" } do
       assert.truthy(rendered:find("\n       " .. code .. "%s"), code)

@@ -130,7 +130,9 @@ describe("#host the command in a terminal", function()
       local rows = wait_for(name, "exit=130")
       local id = rows:match("created task (%d+)")
       assert.is_string(id, rows)
-      local command = ("jimeng wait %s && jimeng download %s -o 'my kite %d.mp4'"):format(id, id, w)
+      -- `jimeng resume` (it saves the task where it was meant to go), then, for this task alone, wait && download
+      local command = "jimeng resume"
+      local alone = ("jimeng wait %s && jimeng download %s -o 'my kite %d.mp4'"):format(id, id, w)
       -- the lines as written (the terminal's own wrapping undone): the command is one of them, whole and alone,
       -- under the line that says to continue with it
       local lines = {}
@@ -139,9 +141,11 @@ describe("#host the command in a terminal", function()
       for i, line in ipairs(lines) do if line == command then at = i end end
       assert.truthy(at, ("%d columns: the command is not a line of its own:\n%s"):format(w, table.concat(lines, "\n")))
       assert.matches("continue with:$", lines[at - 1])
-      -- every other line fits the width: nothing but the command was wrapped by the terminal (no word cut in two)
+      assert.equals(alone, lines[at + 2], table.concat(lines, "\n"))
+      assert.matches("or, for this task alone:$", lines[at + 1])
+      -- every other line fits the width: nothing but the commands was wrapped by the terminal (no word cut in two)
       for i, line in ipairs(lines) do
-        if i ~= at then
+        if i ~= at and i ~= at + 2 then
           assert.truthy(#line:gsub("%^C", "") < w, ("%d columns, wrapped by the terminal: %q"):format(w, line))
         end
       end

@@ -196,12 +196,17 @@ function M.generate(self, params, opts)
   output, oerr = plan_output(opts, "jimeng_video_", params, self)
   if not output then return nil, oerr end
   meant = oerr
-  local task, err = self:create(params, { deadline = deadline, output = meant, output_for = function(id)
+  -- this process will save the task: held until it is done, so that a resume elsewhere leaves it alone
+  local ref = self.ledger and ledger.new_ref()
+  local hold = ref and self.ledger:hold(ref)
+  local task, err = self:create(params, { deadline = deadline, output = meant, ref = ref, output_for = function(id)
     local p = output(id)
     return p and core.canonical_path(p)
   end })
-  if not task then return nil, err end
-  return complete(self, task, opts, deadline, output)
+  local info
+  if task then info, err = complete(self, task, opts, deadline, output) end
+  ledger.release(hold)
+  return info, err
 end
 
 -- The keys of client:omnihuman that steer the workflow rather than go on the wire.

@@ -180,6 +180,7 @@ function M.parser()
   local resume = p:command("resume", "Wait for and download every task paid for and not saved (creates nothing).")
   option(resume, "-o --output-dir", "Directory for tasks created without an output path (default: the current one).",
     "DIR")
+  resume:flag("--force", "Replace a file at a task's path that is not its video (otherwise that task is refused).")
   add_wait(resume, "each task")
   add_json(resume); add_quiet(resume); add_network(resume)
 
@@ -409,6 +410,8 @@ M.MAN_EXAMPLES = {
   { "A 10-second video, saved as horses.mp4:", 'jimeng generate "horses on the steppe" --seconds 10 -o horses.mp4' },
   { "From a first frame, in portrait:", "jimeng generate \"a cat jumps\" --image cat.jpg --aspect-ratio 9:16" },
   { "Create now, fetch later:", "jimeng create \"waves at dusk\"\njimeng wait ID && jimeng download ID -o waves.mp4" },
+  { "The tasks paid for, and one of them in full:", "jimeng list\njimeng show ID" },
+  { "Save every task paid for and not saved (after a closed terminal):", "jimeng resume" },
   { "Many jobs, resumable:", "jimeng batch jobs.jsonl --journal run.jsonl -o videos/ -j 8" },
   { "Try everything without a key, against a local API:", "jimeng sandbox" },
   { "Check the setup, with each request shown:", "jimeng doctor -v" },
@@ -478,6 +481,11 @@ function M.man(p, version, date, share_dir)
   tp("https_proxy, http_proxy, all_proxy, no_proxy", "The proxy, and the hosts that bypass it, as curl reads " ..
     "them; a loopback API is never reached through a proxy.")
   tp("CURL_CA_BUNDLE, SSL_CERT_FILE, SSL_CERT_DIR", "The CA certificates to trust (default: libcurl's).")
+  tp("JIMENG_DIALECT", "The gateway's dialect (tokenops, new-api or auto) when --dialect is not given; it " ..
+    "outranks a profile's dialect.")
+  tp("JIMENG_LEDGER", "The ledger of paid tasks: a file to use instead of the default one, or false (also off, " ..
+    "0, no) for none. A ledger asked for that cannot be made stops a create before it is sent.")
+  tp("XDG_STATE_HOME", "Where the ledger is kept (default ~/.local/state).")
   tp("NO_COLOR", "When set to anything, no color (as --no-color). Color is only ever used on a terminal.")
   tp("COLUMNS, LINES", "The terminal's size, when set (else asked of the terminal).")
   out[#out + 1] = ".SH FILES"
@@ -485,6 +493,10 @@ function M.man(p, version, date, share_dir)
     "lines, [name] starting a profile, # or ; starting a comment. Its keys are the long options' names " ..
     "(base_url, proxy, cainfo, model, seconds, aspect_ratio, output_dir...); the key itself is never one: " ..
     "api_key_file names a file only its owner may read.")
+  tp("$XDG_STATE_HOME/jimeng/ledger.jsonl", "The ledger (~/.local/state/jimeng/ledger.jsonl by default): one " ..
+    "JSON line per event of every create this machine sent (its id, parameters, base URL, the path meant, what " ..
+    "became of it), never the key. jimeng list, show and resume read it; when its default place cannot be " ..
+    "made, a create says so and goes on without it.")
   tp("FILE.part, FILE.part.json", "A download in progress and its record: the next download of the same task " ..
     "to FILE resumes from them.")
   out[#out + 1] = ".SH EXIT STATUS"
