@@ -7,6 +7,7 @@ local cjson = require "cjson"
 local core = require "jimeng.core"
 
 local lua = proc.lua
+local _
 
 local function records(path)
   local out = {}
