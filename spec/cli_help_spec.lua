@@ -205,6 +205,8 @@ describe("the command's help", function()
     assert.same({ "jimeng-video-3.0-1080P", "jimeng-video-3.0-720P", "jimeng-video-3.0-pro" },
       complete("jimeng create x --model jimeng", "jimeng create x --model jimeng"))
     assert.same({ "10", "5" }, complete("jimeng generate x --seconds ", 'jimeng generate x --seconds ""'))
+    -- --size: sizes (each near a supported aspect ratio), not files
+    assert.same({ "1080x1080", "1080x1920" }, complete("jimeng generate x --size 10", "jimeng generate x --size 10"))
     assert.same({ "1080", "720" }, complete("jimeng omnihuman --resolution ", 'jimeng omnihuman --resolution ""'))
     assert.same({ "largest" }, complete("jimeng omnihuman --subject l", "jimeng omnihuman --subject l"))
     -- a file option still offers files

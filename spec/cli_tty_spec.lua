@@ -172,7 +172,7 @@ describe("#host the command in a terminal", function()
     end
   end)
 
-  it("shows color on a terminal (status, errors), and none with NO_COLOR or --no-color", function()
+  it("shows color on a terminal (status, errors), and none with NO_COLOR, --no-color or TERM=dumb", function()
     start("color", 100, 12, jimeng .. " generate 'a green kite' -o green.mp4 --interval 0.5; " ..
       jimeng .. " status 0000 --base-url http://127.0.0.1:9/v1", dir, env)
     wait_for("color", "exit=")
@@ -181,7 +181,7 @@ describe("#host the command in a terminal", function()
     assert.truthy(painted:find("\27%[1m\27%[31mjimeng: network") or painted:find("\27%[1;31mjimeng: network"),
       painted) -- an error in red
     assert.truthy(painted:find(": \27%[32mcompleted"), painted) -- a task's final status in green
-    for i, extra in ipairs { "NO_COLOR=1 ", "" } do
+    for i, extra in ipairs { "NO_COLOR=1 ", "", "TERM=dumb " } do
       local name = "plain" .. i
       start(name, 100, 12, extra .. jimeng .. " generate 'a grey kite' -o grey" .. i .. ".mp4 --interval 0.5" ..
         (extra == "" and " --no-color" or "") .. "; " .. extra .. jimeng .. " status 0000 --base-url " ..

@@ -26,8 +26,9 @@ Out.__index = Out
 -- listed: the options the command takes (only those are read: a command without -q has no quiet to read).
 local function new_out(args, stdout, stderr, listed)
   local tty = stderr == io.stderr and core.isatty(2)
-  -- color on a terminal only, and never with NO_COLOR (any non-empty value) or --no-color
-  local no_color = (os.getenv("NO_COLOR") or "") ~= "" or (listed.no_color and args.no_color)
+  -- color on a terminal only, and never with NO_COLOR (any non-empty value), --no-color or TERM=dumb
+  local no_color = (os.getenv("NO_COLOR") or "") ~= "" or (listed.no_color and args.no_color) or
+    os.getenv("TERM") == "dumb"
   return setmetatable({
     json = listed.json and args.json, quiet = listed.quiet and args.quiet, stdout = stdout, stderr = stderr,
     tty = tty, started = core.now(), line_open = false, command = args.command,

@@ -264,6 +264,9 @@ M.VALUES = {
   model = { "jimeng-video-3.0-pro", "jimeng-video-3.0-720P", "jimeng-video-3.0-1080P" },
   seconds = { "5", "10" }, frames = { "121", "241" }, resolution = { "720", "1080" },
   subject = { "largest", "1", "2", "3" }, seed = { "-1" },
+  -- WIDTHxHEIGHT, each near one of the aspect ratios (the vendor's page: "1280x720" becomes 16:9)
+  size = { "1280x720", "1920x1080", "720x1280", "1080x1920", "960x720", "720x960", "720x720", "1080x1080",
+    "1680x720" },
 }
 
 local function values_of(o)
@@ -486,7 +489,8 @@ function M.man(p, version, date, share_dir)
   tp("JIMENG_LEDGER", "The ledger of paid tasks: a file to use instead of the default one, or false (also off, " ..
     "0, no) for none. A ledger asked for that cannot be made stops a create before it is sent.")
   tp("XDG_STATE_HOME", "Where the ledger is kept (default ~/.local/state).")
-  tp("NO_COLOR", "When set to anything, no color (as --no-color). Color is only ever used on a terminal.")
+  tp("NO_COLOR", "When set to anything, no color (as --no-color). Color is only ever used on a terminal, " ..
+    "and never when TERM is dumb.")
   tp("COLUMNS, LINES", "The terminal's size, when set (else asked of the terminal).")
   out[#out + 1] = ".SH FILES"
   tp("$XDG_CONFIG_HOME/jimeng/config", "The config file (~/.config/jimeng/config by default): key = value " ..
