@@ -298,17 +298,24 @@ function M.omnihuman(self, params, opts)
     end
     wire.mask = mask
   end
-  local task, err = self:create(wire, { deadline = deadline, output = meant, what = "omnihuman",
+  -- saved by this process (as generate's): held, so that a resume elsewhere leaves it alone
+  local ref = output and self.ledger and ledger.new_ref()
+  local hold = ref and self.ledger:hold(ref)
+  local task, err = self:create(wire, { deadline = deadline, output = meant, what = "omnihuman", ref = ref,
     output_for = output and function(id)
       local p = output(id)
       return p and core.canonical_path(p)
     end })
-  if not task then return nil, err end
+  if not task then
+    ledger.release(hold)
+    return nil, err
+  end
   task.mask_url = mask
   if not output then return task end
   local info, ferr = complete(self, task, {
     interval = opts.interval, on_created = opts.on_created, on_status = opts.on_status, on_progress = opts.on_progress,
   }, deadline, output)
+  ledger.release(hold)
   if not info then return nil, ferr end
   info.task.mask_url, info.mask_url = mask, mask
   return info
