@@ -205,6 +205,8 @@ describe("the command's help", function()
     assert.same({ "jimeng-video-3.0-1080P", "jimeng-video-3.0-720P", "jimeng-video-3.0-pro" },
       complete("jimeng create x --model jimeng", "jimeng create x --model jimeng"))
     assert.same({ "10", "5" }, complete("jimeng generate x --seconds ", 'jimeng generate x --seconds ""'))
+    -- --size: sizes (each near a supported aspect ratio), not files
+    assert.same({ "1080x1080", "1080x1920" }, complete("jimeng generate x --size 10", "jimeng generate x --size 10"))
     assert.same({ "1080", "720" }, complete("jimeng omnihuman --resolution ", 'jimeng omnihuman --resolution ""'))
     assert.same({ "largest" }, complete("jimeng omnihuman --subject l", "jimeng omnihuman --subject l"))
     -- a file option still offers files
@@ -329,8 +331,18 @@ describe("the command's help", function()
       assert.is_true((proc.run(("man -w %s %s"):format(sec, name))), name .. "(" .. sec .. ")")
     end
     -- the environment and the exit codes the command has
-    for _, word in ipairs { "JIMENG_API_KEY", "JIMENG_CONFIG", "JIMENG_PROFILE", "NO_COLOR", "https_proxy" } do
-      assert.truthy(rendered:find(word, 1, true), word)
+    for _, word in ipairs { "JIMENG_API_KEY", "JIMENG_CONFIG", "JIMENG_PROFILE", "NO_COLOR", "https_proxy",
+      "JIMENG_LEDGER", "XDG_STATE_HOME", "JIMENG_DIALECT" } do
+      local environment = "\n" .. assert(rendered:match("\nENVIRONMENT\n(.-)\nFILES\n"), rendered)
+      assert.truthy(environment:find("\n       " .. word, 1, true), word)
+    end
+    -- the files: the ledger of paid tasks and the config; examples of the commands on the ledger
+    local files = rendered:match("\nFILES\n(.-)\nEXIT STATUS")
+    assert.truthy(files and files:find("jimeng/ledger.jsonl", 1, true), files)
+    assert.truthy(files:find("jimeng/config", 1, true), files)
+    local examples = rendered:match("\nEXAMPLES\n(.-)\nSEE ALSO")
+    for _, cmd in ipairs { "jimeng list", "jimeng resume" } do
+      assert.truthy(examples:find("\n%s+" .. cmd .. "\n"), cmd)
     end
     for _, code in ipairs { "0", "1", "2", "3", "130" } do
       assert.truthy(rendered:find("\n       " .. code .. "%s"), code)

@@ -130,7 +130,9 @@ describe("#host the command in a terminal", function()
       local rows = wait_for(name, "exit=130")
       local id = rows:match("created task (%d+)")
       assert.is_string(id, rows)
-      local command = ("jimeng wait %s && jimeng download %s -o 'my kite %d.mp4'"):format(id, id, w)
+      -- `jimeng resume` (it saves the task where it was meant to go), then, for this task alone, wait && download
+      local command = "jimeng resume"
+      local alone = ("jimeng wait %s && jimeng download %s -o 'my kite %d.mp4'"):format(id, id, w)
       -- the lines as written (the terminal's own wrapping undone): the command is one of them, whole and alone,
       -- under the line that says to continue with it
       local lines = {}
@@ -139,9 +141,11 @@ describe("#host the command in a terminal", function()
       for i, line in ipairs(lines) do if line == command then at = i end end
       assert.truthy(at, ("%d columns: the command is not a line of its own:\n%s"):format(w, table.concat(lines, "\n")))
       assert.matches("continue with:$", lines[at - 1])
-      -- every other line fits the width: nothing but the command was wrapped by the terminal (no word cut in two)
+      assert.equals(alone, lines[at + 2], table.concat(lines, "\n"))
+      assert.matches("or, for this task alone:$", lines[at + 1])
+      -- every other line fits the width: nothing but the commands was wrapped by the terminal (no word cut in two)
       for i, line in ipairs(lines) do
-        if i ~= at then
+        if i ~= at and i ~= at + 2 then
           assert.truthy(#line:gsub("%^C", "") < w, ("%d columns, wrapped by the terminal: %q"):format(w, line))
         end
       end
@@ -168,7 +172,7 @@ describe("#host the command in a terminal", function()
     end
   end)
 
-  it("shows color on a terminal (status, errors), and none with NO_COLOR or --no-color", function()
+  it("shows color on a terminal (status, errors), and none with NO_COLOR, --no-color or TERM=dumb", function()
     start("color", 100, 12, jimeng .. " generate 'a green kite' -o green.mp4 --interval 0.5; " ..
       jimeng .. " status 0000 --base-url http://127.0.0.1:9/v1", dir, env)
     wait_for("color", "exit=")
@@ -177,7 +181,7 @@ describe("#host the command in a terminal", function()
     assert.truthy(painted:find("\27%[1m\27%[31mjimeng: network") or painted:find("\27%[1;31mjimeng: network"),
       painted) -- an error in red
     assert.truthy(painted:find(": \27%[32mcompleted"), painted) -- a task's final status in green
-    for i, extra in ipairs { "NO_COLOR=1 ", "" } do
+    for i, extra in ipairs { "NO_COLOR=1 ", "", "TERM=dumb " } do
       local name = "plain" .. i
       start(name, 100, 12, extra .. jimeng .. " generate 'a grey kite' -o grey" .. i .. ".mp4 --interval 0.5" ..
         (extra == "" and " --no-color" or "") .. "; " .. extra .. jimeng .. " status 0000 --base-url " ..

@@ -206,6 +206,8 @@ describe("interrupts", function()
       assert.falsy(err:find("traceback"), err)
       assert.truthy(err:find("interrupted", 1, true), err)
       assert.truthy(err:find(("jimeng wait %s && jimeng download %s -o me.mp4"):format(id, id), 1, true), err)
+      -- first the one command that saves every task paid for and not saved, alone on its line, no # comment
+      assert.truthy(err:find("continue with:\njimeng resume\n", 1, true), err)
     end)
   end
 

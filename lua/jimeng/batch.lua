@@ -178,7 +178,9 @@ local function prepare(client, jobs, opts)
       name = expanded
     end
     prepared[i] = { index = i, total = #jobs, key = key, label = job.label, params = params,
-      path = name:find("^/") and name or (output_dir .. "/" .. name) }
+      path = name:find("^/") and name or (output_dir .. "/" .. name),
+      -- a template's directories are made (as generate makes them); a plain path's must exist
+      template = job.output and template.is_template(job.output) or nil }
   end
   return prepared, output_dir
 end
@@ -263,6 +265,11 @@ function Run:check_outputs(output_dir)
         job.path, job_name(other)))
     end
     owner[same] = job
+    local dir = job.template and job.path:match("^(.+)/[^/]*$")
+    if dir then
+      local made, mwhy = core.mkdirs(dir)
+      if not made then return refuse(mwhy) end
+    end
     local st, cwhy = core.check_output(job.path)
     job.existed = st == "file"
     for _, beside in ipairs { ".part", ".part.json" } do -- where its download writes: no directory, no link

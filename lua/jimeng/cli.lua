@@ -27,8 +27,9 @@ Out.__index = Out
 -- listed: the options the command takes (only those are read: a command without -q has no quiet to read).
 local function new_out(args, stdout, stderr, listed)
   local tty = stderr == io.stderr and core.isatty(2)
-  -- color on a terminal only, and never with NO_COLOR (any non-empty value) or --no-color
-  local no_color = (os.getenv("NO_COLOR") or "") ~= "" or (listed.no_color and args.no_color)
+  -- color on a terminal only, and never with NO_COLOR (any non-empty value), --no-color or TERM=dumb
+  local no_color = (os.getenv("NO_COLOR") or "") ~= "" or (listed.no_color and args.no_color) or
+    os.getenv("TERM") == "dumb"
   return setmetatable({
     json = listed.json and args.json, quiet = listed.quiet and args.quiet, stdout = stdout, stderr = stderr,
     tty = tty, started = core.now(), line_open = false, command = args.command,
@@ -177,12 +178,14 @@ end
 -- After Ctrl-C or SIGTERM: what exists, and the command that continues it.
 function Out:interrupted(err, continue)
   if self.line_open then self.stderr:write("\n") end
-  local what, command
+  local what, command, alternative
   if err.task_id then
     -- the command to copy goes on a line of its own, whole, whatever the width: wrapped, a paste would run
     -- half of it
     what = ktext.printable(("task %s exists (it is paid for); continue with:"):format(err.task_id))
-    command = ktext.printable(continue(err.task_id))
+    command, alternative = continue(err.task_id)
+    command = command and ktext.printable(command)
+    alternative = alternative and ktext.printable(alternative)
   elseif err.created == nil and err.kind == "interrupted" and err.message:find("create") then
     what = "the create was on the wire when it was abandoned: the task may exist and be billed; check your " ..
       "account's tasks before creating it again"
@@ -192,6 +195,7 @@ function Out:interrupted(err, continue)
   self.stderr:write(self:paint("yellow", self:fitted(ktext.printable("jimeng: " .. err.message))), "\n",
     self:fitted("  " .. what), "\n")
   if command then self.stderr:write(self:paint("bold", command), "\n") end
+  if alternative then self.stderr:write(self:fitted("  or, for this task alone:"), "\n", alternative, "\n") end
   if self.json then
     self.stdout:write(encode { error = { kind = err.kind, message = err.message, task_id = err.task_id,
       created = err.created, what_to_do = what } }, "\n")
@@ -205,13 +209,13 @@ function Out:fail(err, continue)
   if self.line_open then self.stderr:write("\n") end
   self.stderr:write(self:paint("red", self:fitted(ktext.printable(tostring(err)))), "\n")
   local hint = err.hint or errors.hint(err.kind)
-  local command -- a command to copy: on a line of its own
+  local command, alternative -- commands to copy: each on a line of its own, never with a # comment
   if hint and self.command then hint = hint:gsub("jimeng COMMAND", "jimeng " .. self.command) end
   if hint and err.task_id then hint = hint:gsub("jimeng wait ID", "jimeng wait " .. err.task_id) end
   if err.created then -- the task exists and is paid for: running the command again would pay again
     if err.task_id and continue then
       hint = "the task exists and is paid for: do not create it again; continue with:"
-      command = continue(err.task_id)
+      command, alternative = continue(err.task_id)
     else
       hint = "the task was made (it is paid for) but its id could not be read: do not create it again"
     end
@@ -221,6 +225,9 @@ function Out:fail(err, continue)
   end
   if hint then self.stderr:write(self:paint("yellow", self:fitted(ktext.printable("  what to do: " .. hint))), "\n") end
   if command then self.stderr:write(self:paint("bold", command), "\n") end
+  if command and alternative then
+    self.stderr:write(self:fitted("  or, for this task alone:"), "\n", alternative, "\n")
+  end
   if self.json then
     self.stdout:write(encode { error = {
       kind = err.kind, message = err.message, status = err.status, code = err.code, field = err.field,
@@ -251,7 +258,7 @@ local function video_params(args)
   return {
     prompt = args.prompt, seconds = args.seconds, frames = args.frames, size = args.size,
     aspect_ratio = args.aspect_ratio, images = images, model = args.model, req_key = args.req_key,
-    seed = args.seed, camera_move = args.camera_move or nil,
+    seed = tonumber(args.seed) or args.seed, camera_move = args.camera_move or nil, -- a number, as batch has it
   }
 end
 
@@ -305,7 +312,11 @@ function commands.generate(client, args, out)
     on_status = function(task) d:status_changed(task) end,
     on_progress = function(got, total) d:bytes(got, total) end,
   })
-  if not result then return out:fail(err, continue_with(output, args)) end
+  if not result then
+    local alone = continue_with(output, args)
+    -- with a ledger, resume saves it (and any other task paid for and not saved) where it was meant to go
+    return out:fail(err, client.ledger and function(id) return "jimeng resume", alone(id) end or alone)
+  end
   for _, w in ipairs(result.task.warnings or {}) do out:note("warning: " .. w) end
   out:result({ path = result.path, bytes = result.bytes, task = result.task }, result.path)
   return EXIT_OK
@@ -344,11 +355,35 @@ function commands.download(client, args, out)
     -- the template's {prompt}, {seed} and {model} come from the ledger, when it saw the task created
     local _, by_id = ledger.read(client.ledger and client.ledger.path, jimeng.json)
     local e = by_id and by_id[args.id]
-    local params = e and type(e.params) == "table" and e.params or {}
+    if e and type(e.params) ~= "table" then e = nil end -- a wait or a download noted, never its create
+    local params = e and e.params or {}
+    -- a field the ledger cannot fill is refused, never filled with a guess ({prompt} as "_", {seed} as "random")
+    local parts, perr = template.parse(path, "output")
+    if not parts then return out:fail(perr) end
+    for _, p in ipairs(parts) do
+      local f = type(p) == "table" and p.field
+      local why
+      if (f == "prompt" or f == "seed" or f == "model") and not e then
+        why = ("the ledger (%s) never saw task %s created, so its %s is not known here"):format(
+          client.ledger and client.ledger.path or "there is none", args.id, f)
+      elseif f == "prompt" and type(params.prompt) ~= "string" then
+        why = ("the ledger holds no prompt for task %s"):format(args.id)
+      end
+      if why then
+        return out:fail(jimeng.error { kind = "invalid_argument", field = "output", message = ("output template " ..
+          "%q: {%s} cannot be filled in: %s; name the file without it"):format(path, f, why) })
+      end
+    end
     local expanded, terr = template.expand(path, { id = args.id, prompt = params.prompt, seed = params.seed,
       model = params.model, time = e and e.at }, "output")
     if not expanded then return out:fail(terr) end
     path = expanded
+    -- a template's directories are made, as generate makes them ({date}/...); a plain path's must exist
+    local dir = path:match("^(.+)/[^/]*$")
+    if dir then
+      local made, why = core.mkdirs(dir)
+      if not made then return out:fail(jimeng.error { kind = "invalid_argument", field = "output", message = why }) end
+    end
   end
   local d = out:task_display(args.id)
   d.ready_at = core.now()
@@ -393,7 +428,8 @@ function commands.omnihuman(client, args, out)
   local d = out:task_display()
   local result, err = client:omnihuman({
     image = args.image, audio = args.audio, prompt = args.prompt, subject = subject, recognize = args.recognize or nil,
-    masks = masks, resolution = args.resolution, fast = args.fast or nil, seed = args.seed, output = args.output,
+    masks = masks, resolution = args.resolution, fast = args.fast or nil, output = args.output,
+    seed = tonumber(args.seed) or args.seed,
   }, { timeout = args.timeout, interval = args.interval, on_status = function(t) d:status_changed(t) end,
        on_progress = function(got, total) d:bytes(got, total) end, overwrite = args.force,
        on_created = function(task)
@@ -765,7 +801,14 @@ function M.main(argv, streams)
     -- (the poll interval goes to the calls that wait, as their `interval`: only they read --interval)
     client, err = jimeng.new { api_key = key, base_url = args.base_url,
       -- said even with -q: after Ctrl-C, why the command goes on (on a line of its own, wrapped at words)
-      logger = function(kind, text) if kind == "interrupted" then out:note("jimeng: " .. text, true) end end,
+      logger = function(kind, text)
+        if kind == "interrupted" then out:note("jimeng: " .. text, true) end
+        -- the default ledger's place cannot be made: said before the create (a paid task would be known
+        -- only to this terminal, and resume could not find it)
+        if kind == "warning" and text:find("^no ledger") then
+          out:note(("jimeng: warning: %s; this task is known only to this terminal: keep its id"):format(text), true)
+        end
+      end,
       cainfo = args.cainfo, proxy = args.proxy, no_proxy = args.no_proxy, dialect = args.dialect,
       http_version = args["http1.1"] and "1.1" or args.http2 and "2" or nil, trace = out:tracer(),
       max_rps = args.max_rps, max_tasks = args.max_tasks, budget = args.budget }

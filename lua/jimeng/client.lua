@@ -307,7 +307,8 @@ end
 -- provably made nothing. err.created says what is known: true (the task exists: err.task_id when its id
 -- could be read), false (nothing was made), nil (unknown_outcome). opts: deadline, journal (see http.json),
 -- until_deadline, on_retry; output (the path the video is meant for, kept in the ledger; a template may
--- still hold {id}) and output_for(id) (the path once the id is known).
+-- still hold {id}) and output_for(id) (the path once the id is known); ref (the create's name in the ledger, when
+-- the caller holds it: see ledger:hold).
 -- The ledger (jimeng.ledger) gets a "sending" record the moment the request is handed to the wire and the
 -- id the moment the answer is read: a create whose answer came is never lost, even to a kill.
 function Client:create(params, opts)
@@ -349,7 +350,7 @@ function Client:create(params, opts)
     end
   end
   if book then
-    ref = ledger.new_ref()
+    ref = opts.ref or ledger.new_ref()
     sending = book:line { ev = "sending", ref = ref, params = ledger.params(params), what = opts.what or "create",
       base_url = self.base_url, output = opts.output }
   end

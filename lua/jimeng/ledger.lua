@@ -137,6 +137,42 @@ function Ledger:append(rec)
   return true
 end
 
+-- Saving: the process that will save a task (a generate waiting for it or downloading it, a resume) holds a lock
+-- named after the task (its ref, else its id) next to the ledger while it does; another process's resume leaves
+-- that task alone. The lock is an flock, so a killed process holds nothing; its file is removed with it.
+local function hold_path(book_path, key)
+  return ("%s.saving-%s"):format(book_path, tostring(key):gsub("[^%w_-]", "_"))
+end
+
+--- Holds the task `key` (a ref or an id) as being saved by this process. -> hold | nil, "locked" (another
+-- process holds it) | nil, message (no lock could be made: the caller goes on without)
+function Ledger:hold(key)
+  local ok = self:ready()
+  if not ok then return nil, "no ledger directory" end
+  local path = hold_path(self.path, key)
+  local lock, why, how = core.lock(path)
+  if not lock then return nil, how == "locked" and "locked" or why end
+  return { lock = lock, path = path }
+end
+
+--- Lets go of a hold (its file removed first: a resume that finds no file knows nothing is being saved).
+function M.release(hold)
+  if not hold then return end
+  os.remove(hold.path)
+  hold.lock:unlock()
+end
+
+--- Whether another process holds task `key` as being saved (a stale file of a killed process is removed).
+function M.held(book_path, key)
+  local path = hold_path(book_path, key)
+  if not core.file_id(path) then return false end
+  local lock, _, how = core.lock(path)
+  if not lock then return how == "locked" end
+  os.remove(path)
+  lock:unlock()
+  return false
+end
+
 --- A new ref: the name of one create in the ledger, made before it is sent.
 function M.new_ref()
   return core.fingerprint(("%.6f %s %s %d"):format(core.now(), tostring({}), os.time(),
@@ -166,10 +202,12 @@ M.UNSAVED = { created = true, completed = true, download_failed = true }
 function M.read(path, json)
   local entries, by_ref, by_id = {}, {}, {}
   if not path then return entries, by_id end
-  local f, why = io.open(path, "rb")
+  local f, why, errno = io.open(path, "rb")
   if not f then
-    if core.file_size(path) == nil and not core.file_id(path) then return entries, by_id end -- no ledger yet
-    return nil, "cannot read the ledger: " .. tostring(why)
+    -- no ledger yet (no such file: ENOENT); anything else (a file where its directory should be, no right to
+    -- read it) is said: "nothing to resume" would be a lie
+    if errno == 2 then return entries, by_id end
+    return nil, ("cannot read the ledger (%s): %s"):format(path, tostring(why))
   end
   for text in f:lines() do
     local ok, rec = pcall(json.decode, text)

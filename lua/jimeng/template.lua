@@ -25,10 +25,17 @@ function M.is_template(s)
   return type(s) == "string" and s:find("{", 1, true) ~= nil
 end
 
+--- A value as text, an integral number without a fraction (JSON decoders give 42 back as 42.0 on Lua 5.3+):
+-- for templates and for what `jimeng show` prints.
+function M.value_text(v)
+  if type(v) == "number" and v == math.floor(v) and v > -2 ^ 53 and v < 2 ^ 53 then return ("%.0f"):format(v) end
+  return tostring(v)
+end
+
 --- Text made safe as one file name component: no / or \, no control characters, no characters that
 -- other systems refuse (: * ? " < > |); runs of spaces become one _; no leading dot or dash; never empty.
 function M.safe(s)
-  s = tostring(s):gsub("[%c/\\:%*%?\"<>|]", "_"):gsub("%s+", "_"):gsub("^[.%-]+", "")
+  s = M.value_text(s):gsub("[%c/\\:%*%?\"<>|]", "_"):gsub("%s+", "_"):gsub("^[.%-]+", "")
   if s == "" then s = "_" end
   return s
 end
@@ -97,7 +104,7 @@ local function value(part, v)
   elseif f == "seed" then
     local s = v.seed
     if s == nil or tonumber(s) == -1 then return "random" end
-    return M.safe(s)
+    return M.safe(M.value_text(s))
   elseif f == "model" then
     return M.safe(v.model or M.DEFAULT_MODEL)
   elseif f == "date" then

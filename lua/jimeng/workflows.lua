@@ -268,15 +268,22 @@ function M.generate(self, params, opts)
   local deadline = now() + (opts.timeout or self.wait_timeout)
   local output, meant, part = plan_output(opts, "jimeng_video_", params, self)
   if not output then return nil, meant end
-  local task, err = self:create(params, { deadline = deadline, output = meant, output_for = function(id)
+  -- this process will save the task: held until it is done, so that a resume elsewhere leaves it alone
+  local ref = self.ledger and ledger.new_ref()
+  local hold = ref and self.ledger:hold(ref)
+  local task, err = self:create(params, { deadline = deadline, output = meant, ref = ref, output_for = function(id)
     local p = output(id)
     return p and core.canonical_path(p)
   end })
   if not task then
     if part then release(part) end
+    ledger.release(hold)
     return nil, err
   end
-  return complete(self, task, opts, deadline, output, part)
+  local info
+  info, err = complete(self, task, opts, deadline, output, part)
+  ledger.release(hold)
+  return info, err
 end
 
 -- The keys of client:omnihuman that steer the workflow rather than go on the wire.
@@ -371,17 +378,24 @@ function M.omnihuman(self, params, opts)
     end
     wire.mask = mask
   end
-  local task, err = self:create(wire, { deadline = deadline, output = meant, what = "omnihuman",
+  -- saved by this process (as generate's): held, so that a resume elsewhere leaves it alone
+  local ref = output and self.ledger and ledger.new_ref()
+  local hold = ref and self.ledger:hold(ref)
+  local task, err = self:create(wire, { deadline = deadline, output = meant, what = "omnihuman", ref = ref,
     output_for = output and function(id)
       local p = output(id)
       return p and core.canonical_path(p)
     end })
-  if not task then return fail(err) end
+  if not task then
+    ledger.release(hold)
+    return fail(err)
+  end
   task.mask_url = mask
   if not output then return task end
   local info, ferr = complete(self, task, {
     interval = opts.interval, on_created = opts.on_created, on_status = opts.on_status, on_progress = opts.on_progress,
   }, deadline, output, part)
+  ledger.release(hold)
   if not info then return nil, ferr end
   info.task.mask_url, info.mask_url = mask, mask
   return info

@@ -191,6 +191,7 @@ function M.parser()
   local resume = p:command("resume", "Wait for and download every task paid for and not saved (creates nothing).")
   option(resume, "-o --output-dir", "Directory for tasks created without an output path (default: the current one).",
     "DIR")
+  resume:flag("--force", "Replace a file at a task's path that is not its video (otherwise that task is refused).")
   add_wait(resume, "each task")
   add_json(resume); add_quiet(resume); add_network(resume)
 
@@ -274,6 +275,9 @@ M.VALUES = {
   model = { "jimeng-video-3.0-pro", "jimeng-video-3.0-720P", "jimeng-video-3.0-1080P" },
   seconds = { "5", "10" }, frames = { "121", "241" }, resolution = { "720", "1080" },
   subject = { "largest", "1", "2", "3" }, seed = { "-1" },
+  -- WIDTHxHEIGHT, each near one of the aspect ratios (the vendor's page: "1280x720" becomes 16:9)
+  size = { "1280x720", "1920x1080", "720x1280", "1080x1920", "960x720", "720x960", "720x720", "1080x1080",
+    "1680x720" },
 }
 
 local function values_of(o)
@@ -420,6 +424,8 @@ M.MAN_EXAMPLES = {
   { "A 10-second video, saved as horses.mp4:", 'jimeng generate "horses on the steppe" --seconds 10 -o horses.mp4' },
   { "From a first frame, in portrait:", "jimeng generate \"a cat jumps\" --image cat.jpg --aspect-ratio 9:16" },
   { "Create now, fetch later:", "jimeng create \"waves at dusk\"\njimeng wait ID && jimeng download ID -o waves.mp4" },
+  { "The tasks paid for, and one of them in full:", "jimeng list\njimeng show ID" },
+  { "Save every task paid for and not saved (after a closed terminal):", "jimeng resume" },
   { "Many jobs, resumable:", "jimeng batch jobs.jsonl --journal run.jsonl -o videos/ -j 8" },
   { "Try everything without a key, against a local API:", "jimeng sandbox" },
   { "Check the setup, with each request shown:", "jimeng doctor -v" },
@@ -489,13 +495,23 @@ function M.man(p, version, date, share_dir)
   tp("https_proxy, http_proxy, all_proxy, no_proxy", "The proxy, and the hosts that bypass it, as curl reads " ..
     "them; a loopback API is never reached through a proxy.")
   tp("CURL_CA_BUNDLE, SSL_CERT_FILE, SSL_CERT_DIR", "The CA certificates to trust (default: libcurl's).")
-  tp("NO_COLOR", "When set to anything, no color (as --no-color). Color is only ever used on a terminal.")
+  tp("JIMENG_DIALECT", "The gateway's dialect (tokenops, new-api or auto) when --dialect is not given; it " ..
+    "outranks a profile's dialect.")
+  tp("JIMENG_LEDGER", "The ledger of paid tasks: a file to use instead of the default one, or false (also off, " ..
+    "0, no) for none. A ledger asked for that cannot be made stops a create before it is sent.")
+  tp("XDG_STATE_HOME", "Where the ledger is kept (default ~/.local/state).")
+  tp("NO_COLOR", "When set to anything, no color (as --no-color). Color is only ever used on a terminal, " ..
+    "and never when TERM is dumb.")
   tp("COLUMNS, LINES", "The terminal's size, when set (else asked of the terminal).")
   out[#out + 1] = ".SH FILES"
   tp("$XDG_CONFIG_HOME/jimeng/config", "The config file (~/.config/jimeng/config by default): key = value " ..
     "lines, [name] starting a profile, # or ; starting a comment. Its keys are the long options' names " ..
     "(base_url, proxy, cainfo, model, seconds, aspect_ratio, output_dir...); the key itself is never one: " ..
     "api_key_file names a file only its owner may read.")
+  tp("$XDG_STATE_HOME/jimeng/ledger.jsonl", "The ledger (~/.local/state/jimeng/ledger.jsonl by default): one " ..
+    "JSON line per event of every create this machine sent (its id, parameters, base URL, the path meant, what " ..
+    "became of it), never the key. jimeng list, show and resume read it; when its default place cannot be " ..
+    "made, a create says so and goes on without it.")
   tp("FILE.part, FILE.part.json", "A download in progress and its record: the next download of the same task " ..
     "to FILE resumes from them.")
   out[#out + 1] = ".SH EXIT STATUS"

@@ -5,6 +5,7 @@ local jimeng = require "jimeng"
 local core = require "jimeng.core"
 local ledger = require "jimeng.ledger"
 local progress = require "jimeng.cli.progress"
+local template = require "jimeng.template"
 
 local M = {}
 
@@ -23,7 +24,10 @@ local function read(out, client)
       message = "there is no ledger: JIMENG_LEDGER turns it off (and neither XDG_STATE_HOME nor HOME is set)" }
   end
   local entries, by_id = ledger.read(path, jimeng.json)
-  if not entries then return nil, jimeng.error { kind = "io", message = by_id } end
+  if not entries then
+    return nil, jimeng.error { kind = "io", field = "ledger", message = by_id .. ": no task of it can be listed or " ..
+      "resumed (JIMENG_LEDGER or XDG_STATE_HOME name another place)" }
+  end
   out.ledger_path = path
   return entries, by_id
 end
@@ -33,6 +37,18 @@ local function prompt_of(e, n)
   local p = type(e.params) == "table" and (e.params.prompt or (e.what == "omnihuman" and "(omnihuman)")) or ""
   p = tostring(p):gsub("%s+", " ")
   return progress.fit(p, n)
+end
+
+-- s cut to n characters by its middle (a path keeps its start and its file name), "~" where it was cut.
+local function middle_fit(s, n)
+  local chars = {}
+  for ch in s:gmatch("[%z\1-\127\194-\244][\128-\191]*") do chars[#chars + 1] = ch end
+  if #chars <= n then return s end
+  if n < 3 then return progress.fit(s, n) end
+  local name = #(s:match("/?[^/]*$"):gsub("[\128-\191]", "")) -- the file name (and its /) whole when it fits
+  local tail = name <= n - 2 and name or math.floor((n - 1) * 2 / 3)
+  local head = n - 1 - tail
+  return table.concat(chars, "", 1, head) .. "~" .. table.concat(chars, "", #chars - tail + 1)
 end
 
 -- What an entry is, said to a user (its state, and where its video is or is meant to go).
@@ -82,11 +98,32 @@ function M.list(_, args, out)
     out:note("no task in the ledger (" .. out.ledger_path .. ") yet", true)
     return EXIT_OK
   end
+  -- on a terminal (or with $COLUMNS) each line fits its width: a long path loses its middle, the prompt its end
+  local width = tonumber(os.getenv("COLUMNS") or "") and progress.width() or
+    (out.stdout == io.stdout and core.isatty(1) and progress.width()) or nil
+  local id_w, status_w = 0, 0
+  for _, e in ipairs(shown) do
+    id_w = math.max(id_w, #(e.id or "(id unknown)"))
+    status_w = math.max(status_w, #status_of(e))
+  end
   local lines = {}
   for _, e in ipairs(shown) do
     local place = place_of(e)
-    lines[#lines + 1] = ("%s  %-20s  %-32s  %s%s"):format(when(e.at), e.id or "(id unknown)", status_of(e),
-      place and (place .. "  ") or "", prompt_of(e, 40))
+    local head = ("%s  %-" .. id_w .. "s  %-" .. status_w .. "s  "):format(when(e.at), e.id or "(id unknown)",
+      status_of(e))
+    local prompt_w = 40
+    if width then
+      local room = width - 1 - #head
+      if place then
+        -- the path first: the prompt (12 or more) only when the path keeps 20 besides
+        local place_w = room - 2 - 12 >= 20 and room - 2 - 12 or room
+        place_w = math.max(1, math.min(progress.display_len(place), place_w))
+        place = middle_fit(place, place_w)
+        room = room - progress.display_len(place) - 2
+      end
+      prompt_w = math.max(0, math.min(40, room))
+    end
+    lines[#lines + 1] = (head .. (place and (place .. "  ") or "") .. prompt_of(e, prompt_w)):gsub("%s+$", "")
   end
   out:result(nil, table.concat(lines, "\n"))
   return EXIT_OK
@@ -119,7 +156,7 @@ function M.show(_, args, out)
   local params = {}
   if type(e.params) == "table" then
     for k, v in pairs(e.params) do
-      params[#params + 1] = ("%s=%s"):format(k, type(v) == "table" and jimeng.json.encode(v) or tostring(v))
+      params[#params + 1] = ("%s=%s"):format(k, type(v) == "table" and jimeng.json.encode(v) or template.value_text(v))
     end
     table.sort(params)
   end
@@ -166,9 +203,9 @@ function M.resume(client, args, out)
     local ok, why = core.mkdirs(args.output_dir)
     if not ok then return out:fail(jimeng.error { kind = "invalid_argument", field = "output_dir", message = why }) end
   end
-  local results, saved, failed, errs = {}, 0, 0, 0
-  for i, e in ipairs(todo) do
-    local path = target(e, args)
+  local results, saved, failed, errs, busy = {}, 0, 0, 0, 0
+  -- waits for task e and downloads it to path (the display of its progress on a terminal). -> info | nil, err
+  local function save(i, e, path)
     out:note(("[%d/%d] task %s -> %s"):format(i, #todo, e.id, path))
     local d = out:task_display(e.id)
     d.phase = "wait"
@@ -177,17 +214,33 @@ function M.resume(client, args, out)
     local info, derr
     if task then
       d.ready_at = core.now()
-      info, derr = client:download(e.id, path, { on_progress = function(got, total) d:bytes(got, total) end,
+      info, derr = client:download(e.id, path, { overwrite = args.force,
+        on_progress = function(got, total) d:bytes(got, total) end,
         on_resume = function(offset, total) out:resumed(offset, total) end })
     end
     out.display = nil
-    local why = werr or derr
-    if info then
+    return info, werr or derr
+  end
+  for i, e in ipairs(todo) do
+    local path = target(e, args)
+    -- a task another process is saving (a generate still waiting or downloading, another resume) is its own
+    local hold, herr = client.ledger:hold(e.ref or e.id)
+    local info, why
+    if hold or herr ~= "locked" then
+      info, why = save(i, e, path)
+      ledger.release(hold)
+    end
+    if (not hold and herr == "locked") or (why and why.message:find("another download is writing", 1, true)) then
+      -- (the second: a jimeng download of the same task to the same path holds its .part)
+      busy = busy + 1
+      out:note(("[%d/%d] task %s: being saved by another process (to %s): left to it"):format(i, #todo, e.id, path))
+      results[#results + 1] = { id = e.id, state = "busy", path = path }
+    elseif info then
       saved = saved + 1
       out:note(("[%d/%d] %s %s"):format(i, #todo, info.already and "already saved" or "saved", info.path))
       results[#results + 1] = { id = e.id, state = "saved", path = info.path, bytes = info.bytes }
     else
-      if why.kind == "interrupted" then return out:fail(why, function(id) return "jimeng resume # " .. id end) end
+      if why.kind == "interrupted" then return out:fail(why, function() return "jimeng resume" end) end
       if why.kind == "task_failed" then failed = failed + 1 else errs = errs + 1 end
       out:note(("[%d/%d] task %s: %s"):format(i, #todo, e.id, why.message), true)
       results[#results + 1] = { id = e.id, state = why.kind == "task_failed" and "failed" or "error", path = path,
@@ -215,11 +268,24 @@ function M.resume(client, args, out)
       "and the API offers no list of tasks to find its id, so resume cannot save it; check the account's usage"):format(
       #lost, #lost == 1 and " was" or "s were", ledger.STATE_WORDS.sending), true)
   end
-  local line = #todo == 0 and "nothing to resume: every task paid for is saved" or
-    ("%d task%s: %d saved, %d failed, %d errors"):format(#todo, #todo == 1 and "" or "s", saved, failed, errs)
+  -- the last word says what is left unsaved, never "every task is saved" when some are not
+  local left = {}
+  if busy > 0 then left[#left + 1] = ("%d being saved by another process"):format(busy) end
+  if #elsewhere > 0 then left[#left + 1] = ("%d made at another API"):format(#elsewhere) end
+  if #lost > 0 then left[#left + 1] = ("%d whose id is unknown"):format(#lost) end
+  local line
+  if #todo == 0 and #left == 0 then
+    line = "nothing to resume: every task paid for is saved"
+  elseif #todo - busy == 0 then
+    line = "nothing to resume here; not saved: " .. table.concat(left, ", ")
+  else
+    line = ("%d task%s: %d saved, %d failed, %d errors"):format(#todo - busy, #todo - busy == 1 and "" or "s", saved,
+      failed, errs)
+    if #left > 0 then line = line .. "; also not saved: " .. table.concat(left, ", ") end
+  end
   if out.json then
     out:result({ saved = saved, failed = failed, errors = errs, tasks = results, elsewhere = #elsewhere,
-      id_unknown = #lost })
+      id_unknown = #lost, busy = busy })
   else
     local paths = {}
     for _, r in ipairs(results) do if r.state == "saved" then paths[#paths + 1] = r.path end end
