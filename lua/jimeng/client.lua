@@ -350,6 +350,10 @@ function Client:create(params, opts)
         "it reads the new-api dialect and may have dropped parameters of this create; use dialect new-api " ..
         "(--dialect new-api, JIMENG_DIALECT=new-api) or auto"
       self:log("warning", task.warnings[#task.warnings])
+      -- every later create of this client is refused before it is sent (dialect.resolve)
+      self.answered_new_api = r.headers["x-new-api-version"] and
+        "its create answered X-New-Api-Version: " .. errors.scrub(r.headers["x-new-api-version"], self.api_key) or
+        "its create answered X-Oneapi-Request-Id"
     end
     if not task then
       -- a 2xx: the task exists even if its answer makes no sense
