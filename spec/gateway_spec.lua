@@ -488,6 +488,31 @@ describe("a create answered with new-api headers while in the tokenops dialect",
   end)
 end)
 
+describe("the new-api dialect set explicitly in front of the vendor page's gateway", function()
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0.02, process_seconds = 0.02 },
+    client = { dialect = "new-api" }, dir = "setup", reset = true }
+
+  it("its refusal says the dialect is likely wrong (with the evidence and --dialect auto), not the parameter", function()
+    local task, err = env.client:create { prompt = "a cat" }
+    err = h.failed("invalid_argument", task, err)
+    assert.is_false(err.created)
+    assert.truthy(err.message:find("the dialect new-api is likely wrong", 1, true), err.message)
+    assert.truthy(err.message:find("X-New-Api-Version", 1, true), err.message)
+    assert.truthy(err.hint:find("--dialect auto", 1, true), err.hint)
+    local errfile = env.dir .. "/stderr"
+    local p = io.popen(("%scd %s && JIMENG_API_KEY=cli-key JIMENG_BASE_URL=%s JIMENG_DIALECT=new-api %s %s/bin/jimeng " ..
+      "create 'a cat' 2>%s; echo \"exit=$?\""):format(proc.own_env, env.dir, env.sb.url, proc.lua, proc.root, errfile))
+    local out = p:read("*a")
+    p:close()
+    local stderr = h.read(errfile) or ""
+    assert.equals("2", out:match("exit=(%d+)"), stderr)
+    assert.truthy(stderr:find("likely wrong", 1, true), stderr)
+    assert.truthy(stderr:find("--dialect auto", 1, true), stderr)
+    assert.falsy(stderr:find("fix the parameter", 1, true), stderr)
+    assert.equals(0, env.sb:stats().creates)
+  end)
+end)
+
 describe("a batch in the new-api dialect", function()
   local env = h.with_sandbox { sandbox = { dialect = "new-api", queue_seconds = 0.02, process_seconds = 0.02 },
     client = { dialect = "new-api" }, dir = "setup", reset = true }

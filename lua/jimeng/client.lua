@@ -291,6 +291,24 @@ end
 -- still hold {id}) and output_for(id) (the path once the id is known).
 -- The ledger (jimeng.ledger) gets a "sending" record the moment the request is handed to the wire and the
 -- id the moment the answer is read: a create whose answer came is never lost, even to a kill.
+-- A create refused as invalid (nothing made) by a gateway of the other family than the dialect set: the
+-- parameter is likely fine and the dialect wrong ("req_key is required" is a tokenops gateway reading a new-api
+-- body). Says so, with the gateway's evidence, and the fix.
+local function wrong_dialect(self, err)
+  if err.kind ~= "invalid_argument" or err.created ~= false or not err.status then return end
+  local evidence
+  if self.dialect == "new-api" and not err.new_api_headers then
+    evidence = "it answered without new-api's X-New-Api-Version / X-Oneapi-Request-Id headers, which a new-api " ..
+      "gateway sends on every answer"
+  elseif self.dialect == "tokenops" and err.new_api_headers then
+    evidence = "it answered with new-api's X-New-Api-Version / X-Oneapi-Request-Id headers"
+  end
+  if not evidence then return end
+  err.message = ("%s (the dialect %s is likely wrong, not the parameter: %s; nothing was made)"):format(err.message,
+    self.dialect, evidence)
+  err.hint = "use --dialect auto (JIMENG_DIALECT=auto, dialect=\"auto\"): the client asks the gateway which it is"
+end
+
 function Client:create(params, opts)
   check_method_self(self, "create")
   local body, warnings, class, field = core.normalize(params)
@@ -362,6 +380,7 @@ function Client:create(params, opts)
     end
   else
     terr = r
+    wrong_dialect(self, terr)
   end
   if book and (task or terr.sent) then
     -- the answer's id first, before anything else is done with it
