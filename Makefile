@@ -229,22 +229,23 @@ BASH_COMPLETION_DIR ?= $(PREFIX)/share/bash-completion/completions
 ZSH_COMPLETION_DIR  ?= $(if $(filter /usr,$(PREFIX)),$(PREFIX)/share/zsh/vendor-completions,$(PREFIX)/share/zsh/site-functions)
 
 install: all man completions
-	install -d $(DESTDIR)$(LUA_LMOD_DIR)/jimeng/cli $(DESTDIR)$(LUA_CMOD_DIR)/jimeng $(DESTDIR)$(BIN_DIR) \
-	  $(DESTDIR)$(SHARE_DIR)/sandbox/fixtures $(DESTDIR)$(MAN_DIR) $(DESTDIR)$(BASH_COMPLETION_DIR) \
-	  $(DESTDIR)$(ZSH_COMPLETION_DIR)
-	install -m 644 $(LUA_SRCS) $(DESTDIR)$(LUA_LMOD_DIR)/jimeng/
-	install -m 644 $(CLI_SRCS) $(DESTDIR)$(LUA_LMOD_DIR)/jimeng/cli/
-	install -m 644 build/man/jimeng.1 $(DESTDIR)$(MAN_DIR)/jimeng.1
-	install -m 644 build/completions/jimeng.bash $(DESTDIR)$(BASH_COMPLETION_DIR)/jimeng
-	install -m 644 build/completions/_jimeng $(DESTDIR)$(ZSH_COMPLETION_DIR)/_jimeng
-	install -m 755 $(SO) $(DESTDIR)$(LUA_CMOD_DIR)/jimeng/core.so
-	@# the launcher, told where its modules are (without DESTDIR: where they will be when run)
+	install -d "$(DESTDIR)$(LUA_LMOD_DIR)/jimeng/cli" "$(DESTDIR)$(LUA_CMOD_DIR)/jimeng" "$(DESTDIR)$(BIN_DIR)" \
+	  "$(DESTDIR)$(SHARE_DIR)/sandbox/fixtures" "$(DESTDIR)$(MAN_DIR)" "$(DESTDIR)$(BASH_COMPLETION_DIR)" \
+	  "$(DESTDIR)$(ZSH_COMPLETION_DIR)"
+	install -m 644 $(LUA_SRCS) "$(DESTDIR)$(LUA_LMOD_DIR)/jimeng/"
+	install -m 644 $(CLI_SRCS) "$(DESTDIR)$(LUA_LMOD_DIR)/jimeng/cli/"
+	install -m 644 build/man/jimeng.1 "$(DESTDIR)$(MAN_DIR)/jimeng.1"
+	install -m 644 build/completions/jimeng.bash "$(DESTDIR)$(BASH_COMPLETION_DIR)/jimeng"
+	install -m 644 build/completions/_jimeng "$(DESTDIR)$(ZSH_COMPLETION_DIR)/_jimeng"
+	install -m 755 $(SO) "$(DESTDIR)$(LUA_CMOD_DIR)/jimeng/core.so"
+	@# the launcher, told where its modules are (without DESTDIR: where they will be when run); every path is
+	@# quoted, so a prefix with a space in it works
 	sed -e '1s|.*|#!/usr/bin/env $(LUA)|' \
 	  -e 's|^local installed = nil -- .*|local installed = { lmod = [==[$(LUA_LMOD_DIR)]==], cmod = [==[$(LUA_CMOD_DIR)]==] }|' \
-	  bin/jimeng > $(DESTDIR)$(BIN_DIR)/jimeng && chmod 755 $(DESTDIR)$(BIN_DIR)/jimeng
-	@grep -q '^local installed = { lmod' $(DESTDIR)$(BIN_DIR)/jimeng || { echo "bin/jimeng: no install line"; exit 1; }
-	install -m 644 sandbox/server.py $(DESTDIR)$(SHARE_DIR)/sandbox/
-	install -m 644 sandbox/fixtures/jimeng-sample.mp4 $(DESTDIR)$(SHARE_DIR)/sandbox/fixtures/
+	  bin/jimeng > "$(DESTDIR)$(BIN_DIR)/jimeng" && chmod 755 "$(DESTDIR)$(BIN_DIR)/jimeng"
+	@grep -q '^local installed = { lmod' "$(DESTDIR)$(BIN_DIR)/jimeng" || { echo "bin/jimeng: no install line"; exit 1; }
+	install -m 644 sandbox/server.py "$(DESTDIR)$(SHARE_DIR)/sandbox/"
+	install -m 644 sandbox/fixtures/jimeng-sample.mp4 "$(DESTDIR)$(SHARE_DIR)/sandbox/fixtures/"
 
 # The same build through luarocks (the builtin rockspec), into a private tree: the plain command a user runs.
 ROCK_TREE ?= build/rock
@@ -311,9 +312,9 @@ docs-screenshot: docs
 	  echo "build/$$name.png"; done
 
 uninstall:
-	rm -rf $(DESTDIR)$(LUA_LMOD_DIR)/jimeng $(DESTDIR)$(LUA_CMOD_DIR)/jimeng $(DESTDIR)$(SHARE_DIR)
-	rm -f $(DESTDIR)$(BIN_DIR)/jimeng $(DESTDIR)$(MAN_DIR)/jimeng.1 $(DESTDIR)$(BASH_COMPLETION_DIR)/jimeng \
-	  $(DESTDIR)$(ZSH_COMPLETION_DIR)/_jimeng
+	rm -rf "$(DESTDIR)$(LUA_LMOD_DIR)/jimeng" "$(DESTDIR)$(LUA_CMOD_DIR)/jimeng" "$(DESTDIR)$(SHARE_DIR)"
+	rm -f "$(DESTDIR)$(BIN_DIR)/jimeng" "$(DESTDIR)$(MAN_DIR)/jimeng.1" "$(DESTDIR)$(BASH_COMPLETION_DIR)/jimeng" \
+	  "$(DESTDIR)$(ZSH_COMPLETION_DIR)/_jimeng"
 
 clean:
 	rm -rf build

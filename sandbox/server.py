@@ -982,39 +982,46 @@ class Handler(BaseHTTPRequestHandler):
         self.status = code
         if self.command == "HEAD":
             return
-        if chunked:
-            for chunk in self.body_chunks(task, start, length):
-                self.wfile.write(b"%x\r\n" % len(chunk) + bytes(chunk) + b"\r\n")
-            self.wfile.write(b"0\r\n\r\n")
-            return
+        # one way of sending the body, two framings: faults and the rate apply to both
+        put = self.put_chunk if chunked else self.wfile.write
         cut = None  # how many bytes to send before a mid-body fault
         if kind in ("reset_mid_body", "short_body", "stall_mid_body"):
             cut = max(1, min(length - 1, int(fault.get("after_bytes") or length // 2)))
         elif task and task.get("download_rate"):
-            return self.send_throttled(task, start, length, task["download_rate"])
-        elif size >= SENDFILE_FROM:
+            self.send_throttled(task, start, length, task["download_rate"], put)
+        elif size >= SENDFILE_FROM and not chunked:
             with open(blob_file(size, seed), "rb") as f:
                 self.connection.sendfile(f, start, length)
             return
-        for chunk in self.body_chunks(task, start, length if cut is None else cut):
-            self.wfile.write(chunk)
+        else:
+            for chunk in self.body_chunks(task, start, length):
+                put(chunk)
         if cut is None:
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")  # the last chunk: the body is whole
             return
+        for chunk in self.body_chunks(task, start, cut):
+            put(chunk)
         if kind == "stall_mid_body":
             self.wfile.flush()
             time.sleep(float(fault.get("seconds") or 5))
-        if kind == "short_body":
+        if kind == "short_body":  # chunked: ends without the last chunk, as a proxy whose upstream read failed
             return self.close_cleanly()
         self.reset_connection()
 
-    def send_throttled(self, task, start, length, rate):
+    def put_chunk(self, data):
+        """One chunk of a chunked body."""
+        if data:
+            self.wfile.write(b"%x\r\n" % len(data) + bytes(data) + b"\r\n")
+
+    def send_throttled(self, task, start, length, rate, put):
         """The body at `rate` bytes per second: a slice every 50 ms (a slow link, for progress displays)."""
         step = max(1, int(rate / 20))
         t0, sent = time.monotonic(), 0
         while sent < length:
             n = min(step, length - sent)
             for chunk in self.body_chunks(task, start + sent, n):
-                self.wfile.write(chunk)
+                put(chunk)
             self.wfile.flush()
             sent += n
             ahead = t0 + sent / rate - time.monotonic()

@@ -301,7 +301,10 @@ describe("jimeng -v", function()
 
   it("gives the same events to a Lua client's trace option, the key scrubbed from every text", function()
     local events = {}
-    local c = h.client(sb, { api_key = KEY, dialect = "tokenops", trace = function(ev) events[#events + 1] = ev end })
+    -- the free call asking the gateway which it is (made once per base URL) is left out of the count
+    local c = h.client(sb, { api_key = KEY, trace = function(ev)
+      if ev.what ~= "identify" then events[#events + 1] = ev end
+    end })
     local task = assert(c:create { prompt = "a traced heron" })
     assert(c:status(task.id))
     assert(c:status(task.id))
@@ -310,8 +313,8 @@ describe("jimeng -v", function()
     local create, status = events[1], events[3]
     assert.same({ "request", "POST", sb.url .. "/videos", 200, "new", "1.1" },
       { create.event, create.method, create.url, create.status, create.connection, create.http_version })
-    -- a create has a connection of its own (never reused: a paid request is sent once); polls share one
-    assert.equals("new", events[2].connection)
+    -- a create has a connection of its own (never reused: a paid request is sent once); polls share one (the
+    -- first may reuse the free identifying call's)
     assert.equals("reused", status.connection)
     assert.equals(task.request_id, create.request_id)
     assert.truthy(create.time > 0 and create.time < 5)

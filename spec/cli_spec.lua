@@ -180,4 +180,32 @@ describe("the jimeng command", function()
     assert.equals(0, code)
     assert.equals("cli-sb.mp4\n", gout)
   end)
+
+  it("sandbox prints its own dialect, tokenops and new-api alike: its export line works after the other's", function()
+    local function start(flags, name)
+      local out = dir .. "/" .. name .. ".out"
+      local pid = io.popen(("%s%s %s/bin/jimeng sandbox --queue-seconds 0 --process-seconds 0 %s >%s 2>&1 & echo $!")
+        :format(proc.own_env, lua, proc.root, flags, out)):read("*l")
+      local line
+      for _ = 1, 100 do
+        line = (h.read(out) or ""):match("\n?%s*(export JIMENG_BASE_URL=[^\n]+)")
+        if line then break end
+        require("jimeng.core").sleep(0.05)
+      end
+      return pid, assert(line, h.read(out)), h.read(out)
+    end
+    local pid1, new_api, text1 = start("--dialect new-api", "sb-new-api")
+    local pid2, tokenops, text2 = start("", "sb-tokenops")
+    assert.equals(" JIMENG_DIALECT=new-api", new_api:sub(-23))
+    assert.equals(" JIMENG_DIALECT=tokenops", tokenops:sub(-24))
+    assert.truthy(text1:find("\nJIMENG_DIALECT=new-api\n", 1, true), text1)
+    assert.truthy(text2:find("\nJIMENG_DIALECT=tokenops\n", 1, true), text2)
+    -- one shell, the new-api sandbox first, then the tokenops one: the create reaches the second and is made
+    local p = io.popen(("%scd %s && %s && %s && %s %s/bin/jimeng create 'after new-api' 2>&1; echo \"exit=$?\"")
+      :format(proc.own_env, dir, new_api, tokenops, lua, proc.root))
+    local got = p:read("*a")
+    p:close()
+    os.execute("kill " .. pid1 .. " " .. pid2)
+    assert.truthy(got:find("exit=0", 1, true), got)
+  end)
 end)

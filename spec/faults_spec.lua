@@ -306,7 +306,7 @@ describe("a paid create under faults", function()
 
   it("that cannot connect at all is retried, and reported as a retryable network error", function()
     local retries = 0
-    local closed = assert(jimeng.new { api_key = "k", base_url = "http://127.0.0.1:9/v1", max_retries = 1, dialect = "tokenops",
+    local closed = assert(jimeng.new { api_key = "k", base_url = "http://127.0.0.1:9/v1", max_retries = 1,
       logger = function(what) if what == "retry" then retries = retries + 1 end end })
     local err = h.failed("network", closed:create { prompt = "x" })
     assert.is_true(err.retryable)

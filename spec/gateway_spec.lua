@@ -317,10 +317,13 @@ for _, dialect in ipairs { "tokenops", "new-api" } do
       assert.equals(11, env.sb:task(t1.id).vendor.seed)
       assert.equals(12, env.sb:task(t2.id).vendor.seed)
       local log = h.api_requests(env.sb, "^/v1/")
-      assert.equals(3, #log, "one free probe, two creates")
-      assert.equals("GET", log[1].method)
+      -- in tokenops, this block's client (an explicit tokenops, asked the same way) already asked this base URL
+      local probes = dialect == "new-api" and 1 or 0
+      assert.equals(probes + 2, #log, "one free probe per base URL, two creates")
+      if probes == 1 then assert.equals("/v1/videos/" .. require("jimeng.dialect").PROBE_ID, log[1].path) end
       assert.equals(2, env.sb:stats().creates)
-      if dialect == "new-api" then assert.is_table(log[2].body.metadata) else assert.is_nil(log[2].body.metadata) end
+      local first = log[probes + 1]
+      if dialect == "new-api" then assert.is_table(first.body.metadata) else assert.is_nil(first.body.metadata) end
       c:close()
     end)
 
@@ -424,18 +427,89 @@ describe("the new-api sandbox's content route", function()
   end)
 end)
 
-describe("the tokenops dialect sent to a new-api gateway (the issue, as it was)", function()
+describe("the tokenops dialect set explicitly in front of a new-api gateway", function()
   local env = h.with_sandbox { sandbox = { dialect = "new-api", queue_seconds = 0.02, process_seconds = 0.02 },
     client = { dialect = "tokenops" }, dir = "setup", reset = true }
 
-  it("the vendor gets 5 s, seed 0, no aspect ratio and no image; the task warns to use the new-api dialect", function()
-    local task = assert(env.client:create { prompt = "a cat", seconds = 10, seed = 42, aspect_ratio = "9:16", image = URL1 })
-    local vendor = env.sb:task(task.id).vendor
-    assert.equals(121, vendor.frames)
-    assert.equals(0, vendor.seed)
-    assert.equals("", vendor.aspect_ratio)
-    assert.is_nil(vendor.image_urls)
+  local function creates()
+    local n = 0
+    for _, e in ipairs(env.sb:log()) do if e.method == "POST" then n = n + 1 end end
+    return n
+  end
+
+  it("is refused before the paid create (the vendor would get seed 0, no aspect ratio, 121 frames, no image)", function()
+    local task, err = env.client:create { prompt = "a cat", seconds = 10, seed = 42, aspect_ratio = "9:16", image = URL1 }
+    err = h.failed("invalid_argument", task, err)
+    assert.equals("dialect", err.field)
+    assert.is_false(err.created)
+    assert.truthy(err.message:find("new-api gateway (X-New-Api-Version", 1, true), err.message)
+    assert.truthy(err.message:find("--dialect new-api", 1, true), err.message)
+    assert.equals(0, creates())
+    assert.same({}, env.sb:tasks())
+  end)
+
+  it("is refused from the CLI (JIMENG_DIALECT, --dialect) and in a batch, nothing created", function()
+    local errfile = env.dir .. "/stderr"
+    for _, how in ipairs { "JIMENG_DIALECT=tokenops", "JIMENG_DIALECT=auto --dialect tokenops" } do
+      local envvar, flag = how:match("^(%S+)%s*(.*)$")
+      local p = io.popen(("%scd %s && JIMENG_API_KEY=cli-key JIMENG_BASE_URL=%s %s %s %s/bin/jimeng generate 'a cat' " ..
+        "--seconds 10 --seed 42 --aspect-ratio 9:16 --image %s -o t.mp4 %s 2>%s; echo \"exit=$?\""):format(proc.own_env,
+        env.dir, env.sb.url, envvar, proc.lua, proc.root, URL1, flag, errfile))
+      local out = p:read("*a")
+      p:close()
+      local stderr = h.read(errfile) or ""
+      assert.equals("2", out:match("exit=(%d+)"), stderr)
+      assert.truthy(stderr:find("new-api gateway", 1, true), stderr)
+    end
+    local summary, err = env.client:batch({ { prompt = "one" }, { prompt = "two", seed = 3 } },
+      { journal = env.dir .. "/journal.jsonl", output_dir = env.dir })
+    err = h.failed("invalid_argument", summary, err)
+    assert.truthy(err.message:find("job 1: the gateway at", 1, true), err.message)
+    assert.equals(0, creates())
+    assert.same({}, env.sb:tasks())
+  end)
+end)
+
+describe("a create answered with new-api headers while in the tokenops dialect", function()
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0.02, process_seconds = 0.02 },
+    client = { dialect = "tokenops" }, dir = "setup", reset = true }
+
+  it("warns on that task and refuses every later create of the client, unsent", function()
+    env.sb:faults { path = "^/v1/videos$", fault = "headers", headers = { ["X-New-Api-Version"] = "v0.9.0" } }
+    local task = assert(env.client:create { prompt = "a cat", seed = 42 })
     assert.truthy(task.warnings[#task.warnings]:find("use dialect new-api", 1, true), task.warnings[#task.warnings])
+    local again, err = env.client:create { prompt = "a cat", seed = 42 }
+    err = h.failed("invalid_argument", again, err)
+    assert.equals("dialect", err.field)
+    assert.truthy(err.message:find("X-New-Api-Version: v0.9.0", 1, true), err.message)
+    local n = 0
+    for _ in pairs(env.sb:tasks()) do n = n + 1 end
+    assert.equals(1, n)
+  end)
+end)
+
+describe("the new-api dialect set explicitly in front of the vendor page's gateway", function()
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0.02, process_seconds = 0.02 },
+    client = { dialect = "new-api" }, dir = "setup", reset = true }
+
+  it("its refusal says the dialect is likely wrong (with the evidence and --dialect auto), not the parameter", function()
+    local task, err = env.client:create { prompt = "a cat" }
+    err = h.failed("invalid_argument", task, err)
+    assert.is_false(err.created)
+    assert.truthy(err.message:find("the dialect new-api is likely wrong", 1, true), err.message)
+    assert.truthy(err.message:find("X-New-Api-Version", 1, true), err.message)
+    assert.truthy(err.hint:find("--dialect auto", 1, true), err.hint)
+    local errfile = env.dir .. "/stderr"
+    local p = io.popen(("%scd %s && JIMENG_API_KEY=cli-key JIMENG_BASE_URL=%s JIMENG_DIALECT=new-api %s %s/bin/jimeng " ..
+      "create 'a cat' 2>%s; echo \"exit=$?\""):format(proc.own_env, env.dir, env.sb.url, proc.lua, proc.root, errfile))
+    local out = p:read("*a")
+    p:close()
+    local stderr = h.read(errfile) or ""
+    assert.equals("2", out:match("exit=(%d+)"), stderr)
+    assert.truthy(stderr:find("likely wrong", 1, true), stderr)
+    assert.truthy(stderr:find("--dialect auto", 1, true), stderr)
+    assert.falsy(stderr:find("fix the parameter", 1, true), stderr)
+    assert.equals(0, env.sb:stats().creates)
   end)
 end)
 

@@ -71,6 +71,26 @@ describe("the installed command #host", function()
   check("make install, by name on PATH", function() return ("PATH=%s/bin:$PATH jimeng"):format(prefix) end)
   check("luarocks make --tree", function() return tree .. "/bin/jimeng" end)
 
+  it("make install and make uninstall take a prefix with a space in it, and leave the checkout as it was", function()
+    if elsewhere then return pending("a jimeng is on Lua's default path (" .. elsewhere .. "): remove it") end
+    local spaced = home .. "/pre fix"
+    local ok, out = proc.run(("make -s install LUA=%s PREFIX='%s'"):format(lua, spaced))
+    assert(ok, out)
+    assert.is_false(h.exists(proc.root .. "/fix"), "a word of the prefix became a directory of the checkout")
+    ok, out = proc.run(installed_env(home) .. ("'%s/bin/jimeng' --version"):format(spaced))
+    assert.is_true(ok, out)
+    assert.equals("jimeng " .. core._VERSION, out:match("^(%S+ %S+)"), out)
+    local dir = h.tmpdir()
+    ok, out = proc.run(installed_env(home) .. ("cd %s && JIMENG_API_KEY=k JIMENG_BASE_URL=%s '%s/bin/jimeng' generate " ..
+      "'spaced prefix' -o boat.mp4 --interval 0.05 -q"):format(dir, sb.url, spaced))
+    assert.is_true(ok, out)
+    assert.equals(h.fixture(), h.read(dir .. "/boat.mp4"))
+    ok, out = proc.run(("make -s uninstall PREFIX='%s'"):format(spaced))
+    assert(ok, out)
+    assert.is_false(h.exists(spaced .. "/bin/jimeng"))
+    assert.is_false(h.exists(("%s/share/lua/%s/jimeng"):format(spaced, version)))
+  end)
+
   it("the launcher make install wrote names the directories it installed to", function()
     local launcher = h.read(prefix .. "/bin/jimeng")
     assert.equals("#!/usr/bin/env " .. lua .. "\n", launcher:match("^[^\n]*\n"))

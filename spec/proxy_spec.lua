@@ -7,6 +7,7 @@ local core = require "jimeng.core"
 local jimeng = require "jimeng"
 
 local lua = proc.plain_lua
+local PROBE = "/videos/" .. require("jimeng.dialect").PROBE_ID
 
 describe("base URLs, read by libcurl's URL parser", function()
   local env = h.with_sandbox { client = false }
@@ -154,7 +155,8 @@ describe("through Debian's squid #host", function()
     local out = {}
     for line in (h.read(dir .. "/access.log") or ""):gmatch("[^\n]+") do
       local s, m, u, user = line:match("^(%d+) (%S+) (%S+) (%S+)")
-      if s and (not pattern or u:find(pattern, 1, true)) then
+      -- the free call asking the gateway which it is (once per base URL and process) is not counted
+      if s and (not pattern or u:find(pattern, 1, true)) and not u:find(PROBE, 1, true) then
         out[#out + 1] = { status = tonumber(s), method = m, url = u, user = user }
       end
     end
@@ -176,7 +178,6 @@ describe("through Debian's squid #host", function()
   local function client(base_url, extra)
     local lines = {}
     local opts = { api_key = "proxy-key", base_url = base_url, allow_insecure_http = true, poll_interval = 0.05,
-      dialect = "tokenops", -- pinned: the proxy's log is counted request by request
       logger = function(...) lines[#lines + 1] = table.concat({ ... }, " ") end }
     for k, v in pairs(extra or {}) do opts[k] = v end
     return assert(jimeng.new(opts)), lines
@@ -185,7 +186,7 @@ describe("through Debian's squid #host", function()
   -- Runs a Lua snippet in a child process with the given environment; returns ok and its output.
   local function child(env, code)
     return proc.run(("cd %s && env -u http_proxy -u https_proxy -u all_proxy -u no_proxy -u HTTPS_PROXY -u ALL_PROXY " ..
-      "-u NO_PROXY JIMENG_DIALECT=tokenops %s %s -e %q"):format(proc.root, env, lua, code))
+      "-u NO_PROXY %s %s -e %q"):format(proc.root, env, lua, code))
   end
 
   it("reaches a host only the proxy can resolve, with proxy= and credentials in its URL", function()

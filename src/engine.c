@@ -163,6 +163,8 @@ struct jm_transfer {
         curl_off_t content_length, connect_us, total_us;
         long verify;       /* the X509 verify result of a failed TLS handshake */
         char *url;         /* where a failed transfer was going (kept only on failure) */
+        long redirects;    /* a download's redirects followed (-v shows the hop) */
+        char *final_url;   /* where a redirected download ended (its query is redacted in Lua: a signature) */
         char *cert_expire, *cert_names; /* a certificate probe's findings */
     } info;
 
@@ -615,6 +617,13 @@ static void jm_capture(jm_transfer *t) {
     if (curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME_T, &t->info.total_us) != CURLE_OK) t->info.total_us = 0;
     if (curl_easy_getinfo(t->easy, CURLINFO_HTTP_VERSION, &t->info.http_version) != CURLE_OK) t->info.http_version = 0;
     if (t->eng && !t->eng->multiplexed && t->info.http_version >= CURL_HTTP_VERSION_2_0) t->eng->multiplexed = 1;
+    if (t->kind == JM_KIND_DOWNLOAD) {
+        char *u = NULL;
+        if (curl_easy_getinfo(t->easy, CURLINFO_REDIRECT_COUNT, &t->info.redirects) != CURLE_OK) t->info.redirects = 0;
+        /* strdup failing leaves it NULL: the trace then shows the count without the place */
+        if (t->info.redirects > 0 && curl_easy_getinfo(t->easy, CURLINFO_EFFECTIVE_URL, &u) == CURLE_OK && u)
+            t->info.final_url = strdup(u);
+    }
     if (t->rc == CURLE_OK && !t->probe && !t->paid) return; /* a status poll stops here: nothing more to read */
     curl_easy_getinfo(t->easy, CURLINFO_HTTP_CONNECTCODE, &t->info.connectcode);
     curl_easy_getinfo(t->easy, CURLINFO_OS_ERRNO, &t->info.os_errno);
@@ -925,10 +934,11 @@ static int l_transfer_gc(lua_State *L) {
     free(t->journal);
     free(t->ledger);
     free(t->info.url);
+    free(t->info.final_url);
     free(t->info.cert_expire);
     free(t->info.cert_names);
     t->path = t->task_id = t->validator = t->journal = t->ledger = NULL;
-    t->info.url = t->info.cert_expire = t->info.cert_names = NULL;
+    t->info.url = t->info.final_url = t->info.cert_expire = t->info.cert_names = NULL;
     jm_drop_part(L, t);
     return 0;
 }
@@ -1057,6 +1067,8 @@ static int l_transfer_result(lua_State *L) {
         if (t->info.connectcode) jm_setint(L, "proxy_status", t->info.connectcode);
     }
     if (t->info.url) jm_setstr(L, "url", t->info.url);
+    if (t->info.redirects > 0) jm_setint(L, "redirects", t->info.redirects);
+    if (t->info.final_url) jm_setstr(L, "final_url", t->info.final_url);
     if (t->rc == CURLE_PEER_FAILED_VERIFICATION) jm_push_tls(L, t);
     if (t->info.cert_expire) jm_setstr(L, "cert_expire", t->info.cert_expire);
     if (t->info.cert_names) jm_setstr(L, "cert_names", t->info.cert_names);

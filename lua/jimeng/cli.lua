@@ -605,15 +605,16 @@ function commands.sandbox(_, args, out, streams)
     return tostring(err):find("^port must") and EXIT_USAGE or EXIT_API
   end
   local ca = sb.cainfo and (" CURL_CA_BUNDLE=" .. sb.cainfo) or ""
-  local nd = args.dialect == "new-api" and "new-api" or nil
+  -- the dialect the sandbox speaks, for both: an export that left it out would keep the one of a sandbox used
+  -- before in that shell (new-api's), and every create against this one would be refused
+  local nd = args.dialect == "new-api" and "new-api" or "tokenops"
   out:result({ base_url = sb.url, api_key = "sandbox", cainfo = sb.cainfo, dialect = nd },
-    ("JIMENG_BASE_URL=%s\nJIMENG_API_KEY=sandbox%s%s"):format(sb.url, sb.cainfo and ("\nCURL_CA_BUNDLE=" .. sb.cainfo) or "",
-      nd and "\nJIMENG_DIALECT=new-api" or ""))
+    ("JIMENG_BASE_URL=%s\nJIMENG_API_KEY=sandbox%s\nJIMENG_DIALECT=%s"):format(sb.url,
+      sb.cainfo and ("\nCURL_CA_BUNDLE=" .. sb.cainfo) or "", nd))
   out:note(("sandbox: %s (Ctrl-C stops it)"):format(sb.url))
   -- a command to copy: whole, on its own line, never wrapped (a wrapped export would set half the variables)
   if not out.quiet then
-    out.stderr:write(("  export JIMENG_BASE_URL=%s JIMENG_API_KEY=sandbox%s%s\n"):format(sb.url, ca,
-      nd and " JIMENG_DIALECT=new-api" or ""))
+    out.stderr:write(("  export JIMENG_BASE_URL=%s JIMENG_API_KEY=sandbox%s JIMENG_DIALECT=%s\n"):format(sb.url, ca, nd))
   end
   out.stdout:flush()
   ;(streams.serve or serve_until_exit)(sb)

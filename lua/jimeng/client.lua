@@ -311,6 +311,24 @@ end
 -- the caller holds it: see ledger:hold).
 -- The ledger (jimeng.ledger) gets a "sending" record the moment the request is handed to the wire and the
 -- id the moment the answer is read: a create whose answer came is never lost, even to a kill.
+-- A create refused as invalid (nothing made) by a gateway of the other family than the dialect set: the
+-- parameter is likely fine and the dialect wrong ("req_key is required" is a tokenops gateway reading a new-api
+-- body). Says so, with the gateway's evidence, and the fix.
+local function wrong_dialect(self, err)
+  if err.kind ~= "invalid_argument" or err.created ~= false or not err.status then return end
+  local evidence
+  if self.dialect == "new-api" and not err.new_api_headers then
+    evidence = "it answered without new-api's X-New-Api-Version / X-Oneapi-Request-Id headers, which a new-api " ..
+      "gateway sends on every answer"
+  elseif self.dialect == "tokenops" and err.new_api_headers then
+    evidence = "it answered with new-api's X-New-Api-Version / X-Oneapi-Request-Id headers"
+  end
+  if not evidence then return end
+  err.message = ("%s (the dialect %s is likely wrong, not the parameter: %s; nothing was made)"):format(err.message,
+    self.dialect, evidence)
+  err.hint = "use --dialect auto (JIMENG_DIALECT=auto, dialect=\"auto\"): the client asks the gateway which it is"
+end
+
 function Client:create(params, opts)
   check_method_self(self, "create")
   check_opts(opts, "create")
@@ -373,6 +391,10 @@ function Client:create(params, opts)
         "it reads the new-api dialect and may have dropped parameters of this create; use dialect new-api " ..
         "(--dialect new-api, JIMENG_DIALECT=new-api) or auto"
       self:log("warning", task.warnings[#task.warnings])
+      -- every later create of this client is refused before it is sent (dialect.resolve)
+      self.answered_new_api = r.headers["x-new-api-version"] and
+        "its create answered X-New-Api-Version: " .. errors.scrub(r.headers["x-new-api-version"], self.api_key) or
+        "its create answered X-Oneapi-Request-Id"
     end
     if not task then
       -- a 2xx: the task exists even if its answer makes no sense
@@ -383,6 +405,7 @@ function Client:create(params, opts)
   else
     terr = r
     Share.created(self, slot, r.task_id, r.created)
+    wrong_dialect(self, terr)
   end
   if book and (task or terr.sent) then
     -- the answer's id first, before anything else is done with it

@@ -6,6 +6,7 @@
 --           user set travels where that gateway reads it, or the create is refused before it is sent.
 -- auto      (the default) the vendor page's host (api.tokenops.ai) is tokenops; any other gateway is asked once
 --           per base URL, with a free request before the first create, which of the two it is (identify).
+--           An explicit tokenops is asked the same way off the vendor's host: a new-api gateway is refused.
 --
 -- The mappings below cite the new-api source they follow (files and functions of QuantumNous/new-api).
 local errors = require "jimeng.errors"
@@ -218,11 +219,8 @@ function M.vendor_host(client)
   return VENDOR_HOSTS[(client.base_host or ""):lower()] == true
 end
 
---- The client's dialect, resolved: auto takes the vendor page's host for tokenops, and asks any other
--- gateway once per base URL (per process). -> name | nil, err
-function M.resolve(client)
-  if client.dialect ~= "auto" then return client.dialect end
-  if M.vendor_host(client) then return "tokenops" end
+-- What the gateway at the client's base URL is: asked once per base URL (per process). -> found | nil, err
+local function lookup(client)
   local found = known[client.base_url]
   if not found then
     local err
@@ -233,6 +231,29 @@ function M.resolve(client)
     end
     known[client.base_url] = found
   end
+  return found
+end
+
+-- The explicit tokenops dialect in front of a new-api gateway: that gateway reads only its own fields, and the
+-- vendor would get seed 0, no aspect ratio, 121 frames and no image. Refused before anything is sent.
+local function mismatch(client, evidence)
+  return errors.invalid(("the gateway at %s is a new-api gateway (%s): it reads the new-api dialect and would " ..
+    "drop the tokenops dialect's seed, aspect ratio, frames and images; nothing was sent; use --dialect new-api " ..
+    "(JIMENG_DIALECT=new-api, dialect=\"new-api\") or auto"):format(client.base_url, evidence), "dialect")
+end
+
+--- The client's dialect, resolved: auto takes the vendor page's host for tokenops, and asks any other
+-- gateway once per base URL (per process). An explicit tokenops is asked the same way (off the vendor's host),
+-- and refused in front of a new-api gateway, or after a create's answer showed one. -> name | nil, err
+function M.resolve(client)
+  if client.dialect == "new-api" then return client.dialect end
+  if M.vendor_host(client) then return "tokenops" end
+  if client.dialect == "tokenops" and client.answered_new_api then
+    return mismatch(client, client.answered_new_api)
+  end
+  local found, err = lookup(client)
+  if not found then return nil, err end
+  if client.dialect == "tokenops" and found.family == "new-api" then return mismatch(client, found.evidence) end
   return found.dialect
 end
 
@@ -241,6 +262,11 @@ end
 -- -> true | nil, err (invalid_argument)
 function M.precheck(client, body, params)
   local name = client.dialect
+  if name == "tokenops" and not M.vendor_host(client) then
+    local found = known[client.base_url]
+    if client.answered_new_api then return mismatch(client, client.answered_new_api) end
+    if found and found.family == "new-api" then return mismatch(client, found.evidence) end
+  end
   if name == "auto" then
     name = M.vendor_host(client) and "tokenops" or (known[client.base_url] and known[client.base_url].dialect)
   end

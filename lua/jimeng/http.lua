@@ -139,6 +139,9 @@ function M.status_error(client, r, decoded)
     status = r.status,
     code = code,
     request_id = M.request_id(r, decoded),
+    -- whether the answer came with new-api's headers (middleware Version / RequestId, on every answer of it):
+    -- a refusal in the other dialect's words says the dialect is wrong, not the parameter (client.create)
+    new_api_headers = (r.headers and (r.headers["x-new-api-version"] or r.headers["x-oneapi-request-id"])) and true or nil,
   }, client.api_key)
 end
 

@@ -48,6 +48,8 @@ function M.request(client, spec, r, attempt, request_id, err)
     attempt = attempt, status = r.status or 0, time = r.total_time,
     connection = (r.num_connects or 0) > 0 and "new" or (r.connected or (r.status or 0) > 0) and "reused" or "none",
     http_version = r.http_version,
+    -- a download's redirect hop (new-api's 302 to a signed URL): its query and fragment are a secret, never shown
+    redirects = r.redirects, final_url = r.final_url and errors.scrub((r.final_url:gsub("[?#].*$", "?[redacted]")), key),
     request_id = errors.scrub(request_id, key), error = err and errors.scrub(tostring(err.message or err), key) or nil,
     request_headers = request_headers(client, spec), response_headers = resp,
   }
@@ -74,6 +76,10 @@ function M.format(ev, level)
   local facts = { ev.status > 0 and ("HTTP/%s %d"):format(ev.http_version or "?", ev.status) or "no answer",
     ("%.0f ms"):format((ev.time or 0) * 1000), ev.connection == "none" and "no connection" or
     (ev.connection .. " connection") }
+  if ev.redirects then
+    facts[#facts + 1] = ("after %d redirect%s to %s"):format(ev.redirects, ev.redirects == 1 and "" or "s",
+      ev.final_url or "?")
+  end
   if ev.request_id then facts[#facts + 1] = "request id " .. ev.request_id end
   lines[#lines + 1] = "< " .. table.concat(facts, ", ") .. (ev.error and (": " .. ev.error) or "")
   if level >= 2 then
