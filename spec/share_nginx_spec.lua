@@ -94,11 +94,11 @@ http {
   it("its workers share max_rps = 20 and max_tasks = 5: no second above 20, never 6 tasks at once, all saved",
     function()
     local base = ("http://127.0.0.1:%d"):format(port)
-    local engine = core.engine { max_connections = 64 }
+    local engine = core.engine { max_connections = 64, http_version = "1.1" }
     local gens = {}
     for i = 1, 16 do
       gens[i] = assert(engine:request { url = base .. "/generate?prompt=worker+" .. i, timeout = 120,
-        max_body = 64 * 1024, http_version = "1.1" })
+        max_body = 64 * 1024 })
     end
     local deadline = core.now() + 120
     local function pending()

@@ -128,10 +128,11 @@ function Out:result(value, text)
 end
 
 -- A progress line: redrawn in place on a terminal; on anything else, printed only when `final`
--- or when its text changes (never a stream of carriage returns into a log file).
-function Out:progress(text, final)
+-- or when its text changes (never a stream of carriage returns into a log file). escaped: the text is
+-- escaped already (and may hold the colors of Out:paint).
+function Out:progress(text, final, escaped)
   if self.quiet then return end
-  text = ktext.printable(text)
+  if not escaped then text = ktext.printable(text) end
   if self.tty then
     self.stderr:write("\r\27[K", text)
     self.line_open = true

@@ -181,14 +181,14 @@ end
 --- Redraws the line (on a terminal).
 -- The line as drawn: its status word in color where the output shows color.
 function Task:painted()
-  local line = self:line(M.width())
+  local line = printable(self:line(M.width())) -- escaped first: the color's own escapes are ours
   if self.out.status_color and self.status then line = self.out:status_color(line, self.status) end
   return line
 end
 
 function Task:draw(final)
   if not self.out.tty then return end
-  self.out:progress(self:painted(), final)
+  self.out:progress(self:painted(), final, true)
 end
 
 --- The task exists (its create answered).
@@ -227,7 +227,7 @@ end
 --- Bytes arrived (got of total): the rate is measured from the first call on, over the download alone.
 function Task:bytes(got, total)
   if self.phase ~= "download" then
-    if self.out.tty and self.out.line_open then self.out:progress(self:painted(), true) end
+    if self.out.tty and self.out.line_open then self.out:progress(self:painted(), true, true) end
     self.phase, self.rate, self.first = "download", M.rate(), { t = now(), got = got }
     if not self.out.tty then
       self.out:progress(("downloading %s"):format(total and M.human_bytes(total) or "..."), true)
