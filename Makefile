@@ -147,7 +147,7 @@ build/fuzz/normalize: fuzz/fuzz_normalize.c $(FUZZ_LUA_DRIVER) $(SRCS) src/jimen
 
 build/fuzz/response: fuzz/fuzz_response.c $(SRCS) src/jimeng.h
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_CFLAGS) fuzz/fuzz_response.c $(filter-out src/engine.c src/loop.c,$(SRCS)) -o $@ $(FUZZ_LINK)
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_CFLAGS) fuzz/fuzz_response.c $(filter-out src/engine.c,$(SRCS)) -o $@ $(FUZZ_LINK)
 
 build/fuzz/url: fuzz/fuzz_url.c $(FUZZ_LUA_DRIVER) $(SRCS) src/jimeng.h
 	@mkdir -p $(dir $@)

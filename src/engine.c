@@ -322,22 +322,7 @@ static int jm_looks_textual(const unsigned char *p, size_t n) {
     while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\r' || p[i] == '\n')) i++;
     if (i < n && (p[i] == '{' || p[i] == '[' || p[i] == '<' || p[i] == '"')) return 1;
     if (n == 0) return 0;
-    while (i < n) {
-        unsigned char c = p[i];
-        size_t k, more;
-        if (c == '\t' || c == '\r' || c == '\n' || (c >= 0x20 && c < 0x7f)) {
-            i++;
-            continue;
-        }
-        if (c >= 0xC2 && c <= 0xDF) more = 1;
-        else if (c >= 0xE0 && c <= 0xEF) more = 2;
-        else if (c >= 0xF0 && c <= 0xF4) more = 3;
-        else return 0;
-        for (k = 1; k <= more && i + k < n; k++)
-            if ((p[i + k] & 0xC0) != 0x80) return 0;
-        i += more + 1;
-    }
-    return 1;
+    return jm_is_text(p + i, n - i);
 }
 
 /* Decides where the body of the final response goes; returns 0 to abort the transfer.

@@ -91,6 +91,7 @@ JM_HIDDEN int jm_mp4_walk(jm_read_at read_at, void *ud, unsigned long long size,
 /* mp4.c: NULL when the first n bytes begin an MP4 (an ftyp box) or are too few to tell; else what they are
  * ("a WebM video", "an HTML page", ...), written into out. */
 JM_HIDDEN const char *jm_mp4_kind(const unsigned char *p, size_t n, char *out, size_t outsz);
+JM_HIDDEN int jm_is_text(const unsigned char *p, size_t n);
 
 /* files.c: base64 of a buffer, pushed as a Lua string (raises only on memory exhaustion). */
 JM_HIDDEN void jm_push_base64(lua_State *L, const unsigned char *src, size_t n);

@@ -30,8 +30,8 @@ static int jm_box_type_ok(const unsigned char *p) {
 }
 
 /* Whether p[0..n) is text: printable ASCII, whitespace and well-formed UTF-8 (a sequence cut by the end of
- * the sample counts). */
-static int jm_is_text(const unsigned char *p, size_t n) {
+ * the sample counts). Also the engine's test of an answer that is text (jm_looks_textual). */
+int jm_is_text(const unsigned char *p, size_t n) {
     size_t i = 0;
     while (i < n) {
         unsigned char c = p[i];
