@@ -534,3 +534,28 @@ describe("a batch job saved onto its journal", function()
     assert.equals(0, env.sb:stats().creates)
   end)
 end)
+
+describe("names a download keeps for itself, and the ledger, are no output", function()
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0.05, process_seconds = 0.1 }, reset = true, dir = "each" }
+
+  it("refuses <file>.part, <file>.part.json and the ledger as an output before paying (generate, batch, download)", function()
+    -- a second run saving there would be written over by the first's download, or removed when it finished
+    local c = h.client(env.sb, { ledger = env.dir .. "/ledger.jsonl" })
+    for _, name in ipairs { "/y.mp4.part.json", "/x.mp4.part", "/ledger.jsonl" } do
+      local _, err = c:generate({ prompt = "a fox" }, { output = env.dir .. name })
+      assert.equals("invalid_argument", err.kind)
+      assert.truthy(err.message:find("nothing was paid for", 1, true), err.message)
+    end
+    local _, err = c:generate({ prompt = "a fox" }, { output = env.dir .. "/{id}.part" })
+    assert.equals("invalid_argument", err.kind)
+    _, err = c:batch({ { prompt = "a", output = "z.mp4" }, { prompt = "b", output = "z.mp4.part.json" } },
+      { output_dir = env.dir, journal = env.dir .. "/run.jsonl" })
+    assert.equals("invalid_argument", err.kind)
+    assert.equals(0, env.sb:stats().creates)
+    local task = assert(c:create { prompt = "made" })
+    assert(c:wait(task.id, { interval = 0.05 }))
+    _, err = c:download(task.id, env.dir .. "/w.mp4.part")
+    assert.equals("invalid_argument", err.kind)
+    assert.is_false(h.exists(env.dir .. "/w.mp4.part"))
+  end)
+end)

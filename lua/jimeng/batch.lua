@@ -259,6 +259,8 @@ function Run:check_outputs(output_dir)
     if journal and same == (core.canonical_path(journal) or journal) then
       return refuse(job.path .. " is the journal: a video there would replace what says what was paid for")
     end
+    local bad = download.not_an_output(job.path, self.client.ledger and self.client.ledger.path)
+    if bad then return refuse(bad) end
     local other = owner[same]
     if other then
       return refuse(("it would be saved to %s, like %s: give the jobs distinct labels or outputs"):format(

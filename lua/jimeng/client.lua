@@ -602,6 +602,8 @@ function Client:download(id, path, opts)
     return invalid("download needs an output path", "path")
   end
   opts = opts or {}
+  local bad = download.not_an_output(path, self.ledger and self.ledger.path)
+  if bad then return invalid(bad, "path") end
   local state, why = core.check_output(path)
   if not state then return nil, errors.new { kind = "io", task_id = id, field = "path", message = why } end
   if state == "file" and not opts.overwrite then

@@ -14,6 +14,21 @@ local now = core.now
 -- PUC Lua 5.1 cannot yield across pcall: there, an error raised inside leaves the lock to the collector.
 local YIELDING_PCALL = _VERSION ~= "Lua 5.1" or type(jit) == "table" -- luacheck: ignore 113
 
+--- download.not_an_output(path[, ledger_path]) -> why | nil: why `path` cannot be where a video is saved. The
+-- names a download keeps for itself (<output>.part and its record <output>.part.json: another run's would be
+-- written over, or removed when that run finishes), and the ledger of paid tasks (a video there would replace
+-- what says what was paid for).
+function M.not_an_output(path, ledger_path)
+  local name = path:match("[^/]*$")
+  if name:match("%.part$") or name:match("%.part%.json$") then
+    return path .. " is a name downloads keep for their own files (.part, .part.json): choose another"
+  end
+  if ledger_path and (core.canonical_path(path) or path) == (core.canonical_path(ledger_path) or ledger_path) then
+    return path .. " is the ledger of paid tasks: a video there would replace it"
+  end
+  return nil
+end
+
 local function io_error(id, message)
   return nil, errors.new { kind = "io", task_id = id, message = message }
 end

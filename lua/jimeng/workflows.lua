@@ -117,6 +117,8 @@ end
 -- the same path is refused here, --force or not), then, under the lock, the path and the .part's record
 -- checked, and the ledger asked whether an earlier paid task is still meant for it. -> part | nil, err
 local function reserve(path, overwrite, client)
+  local bad = download.not_an_output(path, client and client.ledger and client.ledger.path)
+  if bad then return errors.invalid(bad .. " (nothing was paid for)", "output") end
   local state, why = core.check_output(path)
   local part
   if state then
@@ -173,6 +175,8 @@ local function plan_template(opts, params, client)
   end
   local state, why = core.check_output(dir .. "x.mp4")
   if not state then return errors.invalid(why .. " (nothing was paid for)", "output") end
+  local bad = download.not_an_output(text)
+  if bad then return errors.invalid(bad .. " (nothing was paid for)", "output") end
   return function(id) return template.finish(parts, { id = id }, "output") end, core.canonical_path(text)
 end
 
