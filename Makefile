@@ -112,7 +112,7 @@ SAN_FLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-san
 SAN_PRELOAD = $(shell $(CC) -print-file-name=libasan.so):$(shell $(CC) -print-file-name=libubsan.so)
 asan:
 	@$(MAKE) --no-print-directory test BUILD=build/asan-$(LUA) CFLAGS="$(SAN_FLAGS)" LDFLAGS="-fsanitize=address,undefined" \
-	  BUSTED_ARGS="--exclude-tags=host,novalgrind $(BUSTED_ARGS)" \
+	  BUSTED_ARGS="--exclude-tags=host $(BUSTED_ARGS)" \
 	  TEST_PRELOAD="LD_PRELOAD=$(SAN_PRELOAD) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:exitcode=23 \
 	    LSAN_OPTIONS=suppressions=$(CURDIR)/sanitizers/lsan.supp:print_suppressions=0 \
 	    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1"
