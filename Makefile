@@ -119,10 +119,10 @@ asan:
 
 # The suite under valgrind's memcheck: any invalid access, or any block definitely or indirectly lost,
 # fails the run. The suite and our own children (the jimeng command) are traced; the sandbox and nginx are not ours.
-VALGRIND ?= valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=1 \
+VALGRIND ?= valgrind --quiet --leak-check=full --show-possibly-lost=no --errors-for-leak-kinds=definite,indirect --error-exitcode=1 \
   --num-callers=30 --suppressions=$(CURDIR)/sanitizers/valgrind.supp
 # Our own children (the jimeng command the specs run) under memcheck too: an error or a leak exits 97.
-VALGRIND_CHILD ?= valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=97 \
+VALGRIND_CHILD ?= valgrind --quiet --leak-check=full --show-possibly-lost=no --errors-for-leak-kinds=definite,indirect --error-exitcode=97 \
   --suppressions=$(CURDIR)/sanitizers/valgrind.supp
 valgrind: all
 	@JIMENG_CHILD_WRAPPER="$(VALGRIND_CHILD)" $(MAKE) --no-print-directory test TEST_WRAPPER="$(VALGRIND)" \

@@ -435,10 +435,19 @@ function Run:run_job(job)
   if not task_id then
     task_id, status, fields = self:create(job, deadline)
   end
+  if task_id and job.callback_error then
+    -- on_event raised at the create: the job stops there (the journal holds its task: the next run saves it)
+    job.task_id = task_id
+    status, fields, task_id = "error", { task_id = task_id, error = job.callback_error }, nil
+  end
   if task_id then
     job.task_id = task_id
     status, fields = self:complete(job, task_id, deadline)
   end
+  if job.callback_error and status ~= "error" then
+    status, fields = "error", { task_id = job.task_id, error = job.callback_error }
+  end
+  -- the slot is given back whatever happened: a raise here would leave the jobs waiting for it waiting forever
   self.in_flight = self.in_flight - 1
   return self:finish(job, status, fields)
 end
@@ -457,8 +466,18 @@ function M.run(client, jobs, opts)
   local cap = opts.concurrency or 4
   local prepared, output_dir = prepare(client, jobs, opts)
   if not prepared then return nil, output_dir end
+  -- on_event raising never unwinds a job (it holds a slot others wait for): its error is the job's, which stops
+  local user_event = opts.on_event
+  local function on_event(ev)
+    if not user_event then return end
+    local ok, e = pcall(user_event, ev)
+    if not ok and type(ev.job) == "table" and not ev.job.callback_error then
+      ev.job.callback_error = errors.new { kind = "callback", task_id = ev.job.task_id or (ev.task and ev.task.id),
+        message = "this job stopped on an error in Lua code: " .. tostring(e) }
+    end
+  end
   local run = setmetatable({ client = client, json = client.json, opts = opts, jobs = prepared, state = {},
-    torn = false, cap = cap, limit = cap, in_flight = 0, on_event = opts.on_event or function() end,
+    torn = false, cap = cap, limit = cap, in_flight = 0, on_event = on_event,
     summary = { total = #prepared, saved = 0, skipped = 0, failed = 0, unknown = 0, errors = 0, interrupted = 0,
       jobs = {} } }, Run)
   local ok, err = true, nil

@@ -104,6 +104,12 @@ local function check_reserved(client, path, overwrite)
       return errors.invalid(("%s is meant for task %s, paid for and not saved yet: `jimeng resume` saves it there " ..
         "(or choose another path, or pass overwrite=true, CLI --force; nothing was paid for)"):format(path, e.id), "output")
     end
+    if not e.id and (e.state == "unknown" or e.state == "sending") and e.output == abs then
+      -- a create for this file was handed to the wire and its answer never came: it may exist and be billed
+      return errors.invalid(("%s is meant for a create that was sent and never answered (ledger ref %s): the " ..
+        "task may exist and be billed; check the account's usage, then choose another path or pass " ..
+        "overwrite=true (CLI --force) to create it again (nothing was paid for)"):format(path, tostring(e.ref)), "output")
+    end
   end
   return true
 end
