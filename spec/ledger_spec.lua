@@ -9,42 +9,15 @@ local ledger = require "jimeng.ledger"
 
 local lua = proc.lua
 
--- The records of a ledger file, one per line (every line must be JSON: nothing torn, nothing mixed).
-local function records(path)
-  local out = {}
-  local f = io.open(path, "rb")
-  if not f then return out end
-  for line in f:lines() do out[#out + 1] = cjson.decode(line) end
-  f:close()
-  return out
-end
-
--- Waits (up to `limit` seconds) until the ledger at path holds a record `ev`; returns it.
-local function wait_for(path, ev, limit)
-  local deadline = core.now() + (limit or 10)
-  while core.now() < deadline do
-    for _, r in ipairs(records(path)) do
-      if r.ev == ev then return r end
-    end
-    core.sleep(0.02)
-  end
-  error("no " .. ev .. " record in " .. path)
-end
+local lsupport = require "spec.support.ledger"
+local records, wait_for = lsupport.records, lsupport.wait_for
 
 describe("the ledger", function()
   local env = h.with_sandbox { sandbox = { queue_seconds = 0.05, process_seconds = 0.1 }, client = false, reset = true,
     dir = "each" }
 
   -- `jimeng <args>` in env.dir with the ledger in env.dir/state: exit code, stdout, stderr.
-  local function jimeng_cmd(args, extra_env)
-    local errfile = env.dir .. "/stderr"
-    local p = io.popen(("%scd %s && XDG_STATE_HOME=%s/state JIMENG_LEDGER= JIMENG_API_KEY=ledger-secret-key " ..
-      "JIMENG_BASE_URL=%s %s %s %s/bin/jimeng %s 2>%s; echo \"exit=$?\""):format(proc.own_env, env.dir, env.dir,
-      env.sb.url, extra_env or "", lua, proc.root, args, errfile))
-    local out = p:read("*a")
-    p:close()
-    return tonumber(out:match("exit=(%d+)%s*$")), (out:gsub("exit=%d+%s*$", "")), h.read(errfile) or ""
-  end
+  local function jimeng_cmd(args, extra_env) return lsupport.jimeng(env, args, extra_env) end
 
   -- `jimeng <args>` started in the background; returns its pid.
   local function jimeng_bg(args)
