@@ -140,6 +140,21 @@ describe("the output path is reserved before paying", function()
     assert.equals(0, env.sb:stats().creates)
   end)
 
+  it("a link planted at the .part.json is refused before paying and left where it was, its target untouched", function()
+    local path, victim = env.dir .. "/v.mp4", env.dir .. "/victim"
+    h.write(victim, "keep me")
+    assert(os.execute(("ln -s %s %s.part.json"):format(victim, path)))
+    local r, err = env.client:generate({ prompt = "a fox" }, { output = path })
+    h.failed("invalid_argument", r, err)
+    assert.truthy(err.message:find("nothing was paid for", 1, true), err.message)
+    assert.equals(0, env.sb:stats().creates)
+    local kind = io.popen("stat -c %F " .. path .. ".part.json 2>/dev/null")
+    assert.equals("symbolic link", kind:read("l"))
+    kind:close()
+    assert.equals("keep me", h.read(victim))
+    assert.is_false(h.exists(path .. ".part"))
+  end)
+
   it("a refused create leaves no .part behind, and generate still saves where it was asked", function()
     local path = env.dir .. "/fox.mp4"
     local r, err = env.client:generate({ prompt = "a fox", seconds = 7 }, { output = path })
