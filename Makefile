@@ -253,12 +253,16 @@ ROCK_TREE ?= build/rock
 # lua-cjson is checked first with the Lua the rock is for: missing, the target fails and says how to get it.
 # Present (Debian's lua-cjson, which luarocks does not list), luarocks' own "Missing dependencies" note for it
 # is wrong and is left out of the output; any other line, and luarocks' exit status, are kept.
+# luarocks' builtin backend compiles in place (src/*.o, jimeng/core.so): the rock is built from a copy of the
+# sources in build/rock-src, so that the checkout keeps no object of another Lua for `./?.so` to find.
+ROCK_SRC = build/rock-src
 rock:
 	@$(LUA) -e 'require "cjson"' 2>/dev/null || { echo "make rock: lua-cjson is missing for $(LUA):" \
 	  "apt-get install lua-cjson (or luarocks --lua-version $(LUA_VERSION) install lua-cjson)"; exit 1; }
-	@mkdir -p build
-	@luarocks --lua-version $(LUA_VERSION) make --deps-mode=none --tree $(ROCK_TREE) rockspec/jimeng-scm-1.rockspec \
-	  > build/rock.log 2>&1; status=$$?; \
+	@rm -rf $(ROCK_SRC) && mkdir -p $(ROCK_SRC) && cp -R rockspec src lua bin $(ROCK_SRC)/
+	@tree=$$(case "$(ROCK_TREE)" in /*) echo "$(ROCK_TREE)";; *) echo "$(CURDIR)/$(ROCK_TREE)";; esac); \
+	  cd $(ROCK_SRC) && luarocks --lua-version $(LUA_VERSION) make --deps-mode=none --tree "$$tree" \
+	  rockspec/jimeng-scm-1.rockspec > $(CURDIR)/build/rock.log 2>&1; status=$$?; cd $(CURDIR); \
 	  sed -e '/^Missing dependencies for jimeng/,/^ *lua-cjson (not installed)$$/d' build/rock.log; \
 	  [ $$status -eq 0 ] && echo "lua-cjson: found for $(LUA) (installed outside luarocks' tree)"; exit $$status
 
@@ -317,5 +321,8 @@ uninstall:
 	rm -f "$(DESTDIR)$(BIN_DIR)/jimeng" "$(DESTDIR)$(MAN_DIR)/jimeng.1" "$(DESTDIR)$(BASH_COMPLETION_DIR)/jimeng" \
 	  "$(DESTDIR)$(ZSH_COMPLETION_DIR)/_jimeng"
 
+# build/, and what a `luarocks make` run in the checkout itself leaves (its builtin backend compiles in place)
 clean:
 	rm -rf build
+	rm -f src/*.o jimeng/core.so
+	@rmdir jimeng 2>/dev/null || true
