@@ -135,6 +135,25 @@ describe("a budget in Redis", function()
     b:close()
   end)
 
+  -- #novalgrind: a wait measured in seconds of rate
+  it("#novalgrind redirect hops of a download take their tokens from the Redis budget too", function()
+    local task = assert(h.client(env.sb):create { prompt = "a redirected fox" })
+    local budget = ("redis://127.0.0.1:%d/hops"):format(port)
+    local paced = h.client(env.sb, { api_key = "hops-key", max_rps = 1, budget = budget })
+    assert(paced:wait(task.id, { interval = 0.05 }))
+    local content = "/videos/" .. task.id .. "/content"
+    env.sb:faults { path = "^/v1" .. content .. "$", fault = "redirect", location = env.sb.url .. content, count = 2 }
+    jimeng.sleep(1.2) -- the bucket full again (burst 1)
+    assert(paced:download(task.id, dir .. "/hops.mp4"))
+    assert.equals(3, #h.api_requests(env.sb, "^/v1" .. content .. "$"))
+    -- the download took one token and its two hops owe two: the next request waits for the third
+    local t0 = core.now()
+    assert(paced:status(task.id))
+    local waited = core.now() - t0
+    assert.is_true(waited > 2.5, "waited " .. waited)
+    paced:close()
+  end)
+
   it("a holder killed with SIGKILL gives its slots back once the lease has passed, not before", function()
     env.sb:config { queue_seconds = 0.1, process_seconds = 60 }
     local holder, outf = dir .. "/holder.lua", dir .. "/holder.out"

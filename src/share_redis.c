@@ -85,6 +85,8 @@ struct jm_redis {
     /* tokens leased from Redis, good until pool_until; the fallback bucket while Redis is away */
     double pool, pool_until, demand_at, fetch_after;
     double fb_tokens, fb_at;
+    /* redirect hops libcurl made by itself, owed to the bucket: paid from the next tokens leased */
+    double debt;
     /* slots: held (tickets; member = proc:ticket), one granted and not yet claimed, released to tell Redis */
     double held[MAX_HELD];
     int nheld;
@@ -226,8 +228,12 @@ static int jm_redis_round(jm_redis *r, int want_tokens, int want_slot, int renew
     r->ever_up = 1;
     r->down_at = 0;
     if (rep->element[0]->integer > 0) {
+        double paid;
         r->pool = (double)rep->element[0]->integer;
         r->pool_until = jm_now() + LEASE_S;
+        paid = fmin(r->debt, r->pool); /* the hops made meanwhile first */
+        r->pool -= paid;
+        r->debt -= paid;
     } else if (want_tokens > 0 && r->rate > 0) { /* none yet: ask again when one may have come, not at once */
         r->fetch_after = jm_now() + fmin(0.5 / r->rate, 0.05);
     }
@@ -269,8 +275,9 @@ static void *jm_redis_main(void *arg) {
             if (r->nreleased < MAX_HELD) r->released[r->nreleased++] = r->granted_ticket;
             r->granted_ticket = 0;
         }
-        if (r->rate > 0 && (r->pool < 1 || now > r->pool_until) && now - r->demand_at < 0.1 && now >= r->fetch_after) {
-            want_tokens = (int)fmax(1, floor(r->rate * LEASE_S));
+        if (r->rate > 0 && (r->pool < 1 || now > r->pool_until) && (now - r->demand_at < 0.1 || r->debt >= 1) &&
+            now >= r->fetch_after) {
+            want_tokens = (int)fmax(1, floor(r->rate * LEASE_S)) + (int)r->debt;
         }
         want_slot = r->granted_ticket == 0 && now - r->slot_asked_at < 0.5 && r->nheld < MAX_HELD &&
                     now >= r->slot_after;
@@ -387,6 +394,24 @@ JM_HIDDEN int jm_redis_take(jm_redis *r, double *next) {
     pthread_mutex_unlock(&r->mu);
     *next = got ? 0 : now + 0.005;
     return got;
+}
+
+/* A request libcurl made by itself (a redirect's next hop) takes its token after the fact: from the tokens
+ * leased, else owed and paid from the next ones Redis grants (or from the fallback bucket while Redis is away). */
+JM_HIDDEN void jm_redis_debit(jm_redis *r) {
+    double now = jm_now();
+    pthread_mutex_lock(&r->mu);
+    if (r->rate > 0) {
+        if (r->up && r->pool >= 1 && now <= r->pool_until) {
+            r->pool -= 1;
+        } else if (!r->up && r->down_at > 0) {
+            if (r->fb_tokens > -64) r->fb_tokens -= 1;
+        } else if (r->debt < 64) {
+            r->debt += 1;
+            pthread_cond_signal(&r->cv);
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
 }
 
 JM_HIDDEN void jm_redis_pace(jm_redis *r, double rate, double burst) {
