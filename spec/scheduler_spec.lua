@@ -41,8 +41,8 @@ describe("jimeng.run", function()
     assert.equals(n, distinct)
   end)
 
-  -- #novalgrind: its deadlines are set for the speed of the module, not of memcheck
-  it("#novalgrind lets the others finish when one task fails and one times out in the middle", function()
+  -- #timing: its deadlines are set for the speed of the module, not of memcheck
+  it("#timing lets the others finish when one task fails and one times out in the middle", function()
     local values, errs = jimeng.run(function()
       local list = {}
       for i = 1, 8 do

@@ -75,8 +75,8 @@ describe("a budget in Redis", function()
     if redis_pid then p.run("kill -9 " .. redis_pid) end
   end)
 
-  -- #novalgrind: a rate measured at the server in one-second windows means nothing 20-50 times slower
-  it("#novalgrind three processes share max_rps = 20 and max_tasks = 5 through Redis, which is killed and restarted "
+  -- #timing: a rate measured at the server in one-second windows means nothing 20-50 times slower
+  it("#timing three processes share max_rps = 20 and max_tasks = 5 through Redis, which is killed and restarted "
     .. "mid-run: no overrun, nothing paid twice, every video saved, the outage said once", function()
     local worker = dir .. "/worker.lua"
     h.write(worker, WORKER)
@@ -135,8 +135,8 @@ describe("a budget in Redis", function()
     b:close()
   end)
 
-  -- #novalgrind: a wait measured in seconds of rate
-  it("#novalgrind redirect hops of a download take their tokens from the Redis budget too", function()
+  -- #timing: a wait measured in seconds of rate
+  it("#timing redirect hops of a download take their tokens from the Redis budget too", function()
     local task = assert(h.client(env.sb):create { prompt = "a redirected fox" })
     local budget = ("redis://127.0.0.1:%d/hops"):format(port)
     local paced = h.client(env.sb, { api_key = "hops-key", max_rps = 1, budget = budget })
