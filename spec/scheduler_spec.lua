@@ -1,6 +1,7 @@
 -- jimeng.run: many tasks from plain coroutines on one thread, each waiting without blocking the others.
 local h = require "spec.support.helpers"
 local jimeng = require "jimeng"
+local proc = require "spec.support.process"
 
 describe("jimeng.run", function()
   local env = h.with_sandbox { sandbox = { queue_seconds = 1, process_seconds = 1 }, client = { poll_interval = 0.25 },
@@ -78,6 +79,7 @@ describe("jimeng.run", function()
   end)
 
   it("reports each status transition once to on_status, for every task", function()
+    env.sb:config { queue_seconds = proc.scaled(1), process_seconds = proc.scaled(1) }
     local seen = {}
     jimeng.run(function()
       local list = {}
