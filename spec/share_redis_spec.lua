@@ -207,6 +207,21 @@ describe("a budget in Redis", function()
     assert.matches("max_tasks 2: 0 in flight", report, 1, true)
   end)
 
+  it("a Redis never reached, and no max_tasks: the command says so once and goes on at the safe share's rate",
+    function()
+    local out = dir .. "/never.mp4"
+    local ok, report = p.run(("cd %s && JIMENG_API_KEY=redis-key JIMENG_BASE_URL=%s timeout 120 %s %s/bin/jimeng " ..
+      "generate 'never " ..
+      "reached' -o %s --interval 0.05 --max-rps 20 --budget redis://127.0.0.1:%d/x"):format(q(dir), q(env.sb.url),
+      p.lua, p.root, q(out), p.free_port()), p.own_env)
+    assert(ok, report)
+    local _, said = report:gsub("cannot be reached", "")
+    assert.equals(1, said, report)
+    assert.is_nil(report:find("no more tasks than", 1, true), report) -- no task limit was set: none is kept
+    assert.equals(h.fixture(), h.read(out))
+    assert.equals(1, env.sb:creates_for("never reached"))
+  end)
+
   it("refuses a redis:// URL it cannot read, nothing opened", function()
     for _, b in ipairs { "redis://", "redis://host:99999/x", "redis://h/x y" } do
       local c, err = jimeng.new { api_key = "k", base_url = env.sb.url, budget = b }
