@@ -122,6 +122,67 @@ describe("inside Neovim, installed as a plugin #host", function()
     assert.equals(1, sb:creates_for("too slow sandbox:slow=30"))
   end)
 
+  it("takes a prompt after --, refuses what names no task, and pays or changes nothing for a refused command", function()
+    local creates_before = sb:stats().creates
+    local outcome = run_nvim("arguments")
+    local shown = table.concat(outcome.messages, "\n")
+    -- "--" ends the options: paid once, for the prompt after it, with the option before it
+    assert.equals("", outcome.dash)
+    assert.is_true(outcome.dash_saved, shown)
+    assert.equals("saved", outcome.dash_state, shown)
+    assert.equals(1, sb:creates_for("-nv dash"))
+    assert.equals(0, sb:creates_for("-- -nv dash"))
+    for _, r in ipairs(h.api_requests(sb, "^/v1/videos$")) do
+      if r.body.prompt == "-nv dash" then assert.equals(241, r.body.frames) end -- -seconds=10
+    end
+    -- refused at once (an error, v:errmsg), before anything was sent or recorded
+    assert.truthy(outcome.no_dashes:find("jimeng: unknown option -nv", 1, true), outcome.no_dashes)
+    assert.truthy(outcome.no_dashes:find("after --", 1, true), outcome.no_dashes)
+    assert.truthy(outcome.double_dash_option:find("jimeng: unknown option --seconds=10", 1, true),
+      outcome.double_dash_option)
+    assert.truthy(outcome.lone_dashes:find("jimeng: a prompt is needed", 1, true), outcome.lone_dashes)
+    assert.equals(1, outcome.tasks_after_refusals)
+    assert.equals(0, sb:creates_for("--seconds=10 a cat on a mat"))
+    assert.equals(0, sb:creates_for("a cat on a mat"))
+    assert.equals(0, sb:creates_for("--"))
+    -- :JimengCancel abc, 99, or a task that is not running: an error naming what runs; nothing was cancelled
+    assert.is_true(outcome.slow_created, shown)
+    local running = ("running: #%d (task %s)"):format(outcome.slow_n, outcome.slow_id)
+    for _, said in ipairs { outcome.cancel_abc, outcome.cancel_99, outcome.cancel_saved } do
+      assert.truthy(said:find("no running task has that number or task id (" .. running .. "); nothing was cancelled",
+        1, true), said)
+    end
+    assert.truthy(outcome.cancel_abc:find("jimeng: :JimengCancel abc:", 1, true), outcome.cancel_abc)
+    assert.is_true(outcome.after_bad_cancels.running, shown)
+    assert.are_not.equals("cancelled", outcome.after_bad_cancels.state)
+    -- its task id cancels it
+    assert.equals("", outcome.cancel_by_id)
+    assert.is_true(outcome.cancelled, shown)
+    assert.truthy(tostring(outcome.cancel_note):find("task " .. outcome.slow_id .. " was created and is paid for", 1, true),
+      shown)
+    -- :JimengResume ../../etc: an error before anything is sent, no task recorded, no word of a paid task
+    for _, said in ipairs { outcome.resume_path, outcome.resume_slash } do
+      assert.truthy(said:find("^jimeng: :JimengResume: task id \"[^\"]+\" is not a valid id"), said)
+      assert.truthy(said:find("nothing was sent", 1, true), said)
+    end
+    assert.equals(0, outcome.tasks_after_bad_resume)
+    assert.falsy(shown:find("etc was created", 1, true), shown)
+    for _, r in ipairs(h.api_requests(sb)) do
+      assert.falsy(r.path:find("etc", 1, true) or r.path:find("a/b", 1, true), r.path)
+    end
+    -- an id of the right shape the API does not know is asked about, and not called paid for
+    assert.equals("", outcome.resume_unknown)
+    assert.is_true(outcome.unknown_settled, shown)
+    assert.truthy(tostring(outcome.unknown_note):find("failed: .*the API knows no task no%-such%-task"), shown)
+    assert.falsy(shown:find("no-such-task was created", 1, true), shown)
+    -- :JimengOpen abc: an error, nothing played; :JimengOpen 1 plays #1's video
+    assert.truthy(outcome.open_abc:find("jimeng: :JimengOpen abc: not a task number", 1, true), outcome.open_abc)
+    assert.is_false(outcome.open_abc_played)
+    assert.is_true(outcome.open_1_played)
+    -- paid twice in all: "-nv dash" and the slow one
+    assert.equals(2, sb:stats().creates - creates_before)
+  end)
+
   it(":checkhealth jimeng reports OK against the sandbox", function()
     local report = dir .. "/health.txt"
     local ok, out = proc.run(("cd %s && JIMENG_PACK=%s JIMENG_API_KEY=nvim-key JIMENG_BASE_URL=%s timeout 60 nvim --headless " ..

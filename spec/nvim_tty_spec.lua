@@ -95,4 +95,55 @@ describe("#host Neovim in a terminal", function()
     assert.truthy(s:find("#2 saved task " .. task.id .. " ", 1, true), s)
     assert(tmux("send-keys -t nvim Enter"))
   end)
+
+  it("takes a prompt after --; shows :JimengCancel abc and :JimengResume ../../etc refused, nothing cancelled or sent", function()
+    -- the screen as one line: Neovim breaks a long message at the width itself (a full row, 120 characters)
+    local function joined(colors)
+      local _, out = tmux("capture-pane -p " .. (colors and "-e " or "") .. "-t nvim")
+      return colors and (out or "") or (out or ""):gsub("\n", "")
+    end
+    local function wait_joined(text)
+      local t0 = core.now()
+      while core.now() - t0 < 20 do
+        local s = joined()
+        if s:find(text, 1, true) then return s end
+        core.sleep(0.1)
+      end
+      error(("%q never showed; the screen:\n%s"):format(text, screen()))
+    end
+    type_keys(":JimengGenerate -seconds=10 -- -nv a dash of paint")
+    local s = wait_for("jimeng: saved [^\n]*jimeng_video_%d+%.mp4")
+    assert.equals(1, sb:creates_for("-nv a dash of paint"))
+    assert.equals(0, sb:creates_for("-- -nv a dash of paint"))
+    assert.falsy(s:find("E5560"), s)
+    -- a running task, then a cancel that names none: an error on the screen, in the error colors
+    type_keys(":JimengGenerate a slow tide sandbox:slow=30")
+    s = wait_for("jimeng: #4 task %d+ %a")
+    local id = s:match("jimeng: #4 task (%d+) %a")
+    type_keys(":JimengCancel abc")
+    wait_joined("jimeng: :JimengCancel abc: no running task has that number or task id (running: #4 (task " ..
+      id .. ")); nothing was cancelled")
+    local colored = joined(true)
+    local sgr = colored:match("(\27%[[%d;]*m)jimeng: :JimengCancel abc")
+    assert.truthy(sgr and sgr:find("[;%[]41[;m]"), colored) -- ErrorMsg's: on red (41), as vim.notify's ERROR draws it
+    assert(tmux("send-keys -t nvim Enter"))
+    core.sleep(0.5) -- a cancel would have said so by now
+    assert.falsy(joined():find("cancelled", 1, true), joined())
+    -- :JimengResume with an id that is not one: refused before anything is sent
+    type_keys(":JimengResume ../../etc")
+    s = wait_joined('jimeng: :JimengResume: task id "../../etc" is not a valid id')
+    assert.truthy(s:find("nothing was sent", 1, true), s)
+    assert(tmux("send-keys -t nvim Enter"))
+    for _, r in ipairs(h.api_requests(sb)) do assert.falsy(r.path:find("etc", 1, true), r.path) end
+    -- the running task is still running, and no task was recorded for the bad id
+    type_keys(":JimengStatus")
+    s = wait_for("Press ENTER")
+    assert.truthy(s:find("#4 [%a_]+ task " .. id), s)
+    assert.falsy(s:find("#4 cancelled", 1, true), s)
+    assert.falsy(s:find("#5", 1, true), s)
+    assert(tmux("send-keys -t nvim Enter"))
+    -- its task id cancels it, saying what was paid for
+    type_keys(":JimengCancel " .. id)
+    wait_joined("jimeng: #4 cancelled: task " .. id .. " was created and is paid for")
+  end)
 end)

@@ -264,6 +264,8 @@ local function check_id(id)
   end
   return id
 end
+-- The one check of a task id, for callers that take ids before any client call (jimeng.plugin's :JimengResume).
+Client.check_id = check_id
 
 local function need_key(self)
   if not self.api_key then

@@ -54,24 +54,33 @@ local function get_client()
   return client, client_err
 end
 
---- Parses ":JimengGenerate [-seconds=N] [-ratio=R] [-image=PATH] prompt..." (also "-seconds N").
+--- Parses ":JimengGenerate [-seconds=N] [-ratio=R] [-image=PATH] [--] prompt..." (also "-seconds N").
+-- Before the prompt every word that starts with "-" is an option, and an unknown one is refused (a typo must not
+-- become a paid prompt); "--" ends the options: the words after it are the prompt, even one that starts with "-".
+-- Once the prompt has begun, every word is the prompt's.
 function M.parse(args)
   local opts, words = {}, {}
   local list = vim.split(args or "", "%s+", { trimempty = true })
   local i = 1
   while i <= #list do
     local w = list[i]
-    local name, value = w:match("^%-(%a+)=(.*)$")
-    if not name and #words == 0 then
-      name = w:match("^%-(%a+)$")
-      if name then
-        i = i + 1
-        value = list[i]
+    if #words > 0 then
+      words[#words + 1] = w
+    elseif w == "--" then
+      for j = i + 1, #list do words[#words + 1] = list[j] end
+      break
+    elseif w:sub(1, 1) == "-" then
+      local name, value = w:match("^%-(%a+)=(.*)$")
+      if not name then
+        name = w:match("^%-(%a+)$")
+        if name then
+          i = i + 1
+          value = list[i]
+        end
       end
-    end
-    if name and #words == 0 then
       if name ~= "seconds" and name ~= "ratio" and name ~= "image" then
-        return nil, ("unknown option -%s (-seconds, -ratio, -image)"):format(name)
+        return nil, ("unknown option %s (-seconds, -ratio, -image; a prompt that starts with - goes after --: " ..
+          ":JimengGenerate -- %s)"):format(name and ("-" .. name) or w, w)
       end
       if value == nil or value == "" then return nil, "-" .. name .. " needs a value" end
       opts[name] = value
@@ -80,7 +89,9 @@ function M.parse(args)
     end
     i = i + 1
   end
-  if #words == 0 then return nil, "a prompt is needed: :JimengGenerate [-seconds=5] [-ratio=16:9] [-image=path] prompt" end
+  if #words == 0 then
+    return nil, "a prompt is needed: :JimengGenerate [-seconds=5] [-ratio=16:9] [-image=path] [--] prompt"
+  end
   opts.prompt = table.concat(words, " ")
   return opts
 end
@@ -96,6 +107,11 @@ end
 
 -- What a stopped generate paid for, in words.
 local function paid_words(task, err)
+  if task.resume and not task.task_id then
+    -- a resume pays nothing, and until the API answers about the id nothing says a task has it
+    if err and err.kind == "not_found" then return ("the API knows no task %s"):format(task.resume) end
+    return ("no answer about task %s yet; :JimengResume %s asks again"):format(task.resume, task.resume)
+  end
   if task.task_id or (err and err.task_id) then
     local id = task.task_id or err.task_id
     local part = task.dir and (task.dir .. "/jimeng_video_" .. id .. ".mp4.part")
@@ -205,10 +221,17 @@ end
 --- :JimengResume {task_id}: waits for a task this client created and downloads it to the output directory,
 -- continuing a .part that a cancel kept.
 function M.resume(id)
+  -- the id goes into the URL path: the client's one check, before anything is sent or recorded
+  local _, ierr = require("jimeng.client").check_id(id)
+  if ierr then
+    local msg = (":JimengResume: %s; nothing was sent"):format(ierr.message)
+    notify(msg, vim.log.levels.ERROR)
+    return nil, msg
+  end
   local c, cfg, dir = client_and_dir()
   if not c then return nil, cfg end
   local task = new_task("resume " .. id, dir)
-  task.task_id = id
+  task.resume = id -- task.task_id once the API answered about it (on_status)
   local call = callbacks(task)
   start(task, function()
     local done, werr = c:wait(id, { interval = cfg.interval, timeout = cfg.timeout, on_status = call.on_status })
@@ -233,22 +256,54 @@ function M.status()
   return tasks
 end
 
---- :JimengCancel [n]: cancels task n (default: every running one). Its transfers stop, a download keeps its
--- .part (resumable), and the notification says what was paid for.
-function M.cancel(n)
-  local count = 0
+-- The running tasks, as ":JimengStatus" names them: "#1 (task 758...)".
+local function running_words()
+  local list = {}
   for _, t in ipairs(tasks) do
-    if t.job and (not n or t.n == n) then
-      t.cancelled = true
-      if t.job.cancel() then count = count + 1 end
-    end
+    if t.job then list[#list + 1] = "#" .. t.n .. (t.task_id and (" (task " .. t.task_id .. ")") or "") end
   end
-  if count == 0 then notify(n and ("#" .. n .. " is not running") or "nothing is running") end
+  return #list > 0 and ("running: " .. table.concat(list, ", ")) or "nothing is running"
+end
+
+--- :JimengCancel [n]: cancels the running task whose number (#n) or task id is n (default: every running one).
+-- Its transfers stop, a download keeps its .part (resumable), and the notification says what was paid for.
+-- Anything else is refused and nothing is cancelled. Returns how many were cancelled (nil, err when refused).
+function M.cancel(n)
+  if n ~= nil and type(n) ~= "number" and type(n) ~= "string" then
+    error("jimeng.plugin.cancel: n must be a task number or a task id, not a " .. type(n), 2)
+  end
+  n = n and vim.trim(tostring(n)) or ""
+  local picked = {}
+  for _, t in ipairs(tasks) do
+    if t.job and (n == "" or tostring(t.n) == n or t.task_id == n or t.resume == n) then picked[#picked + 1] = t end
+  end
+  if #picked == 0 then
+    if n == "" then
+      notify("nothing is running")
+      return 0
+    end
+    local msg = (":JimengCancel %s: no running task has that number or task id (%s); nothing was cancelled")
+      :format(n, running_words())
+    notify(msg, vim.log.levels.ERROR)
+    return nil, msg
+  end
+  local count = 0
+  for _, t in ipairs(picked) do
+    t.cancelled = true
+    if t.job.cancel() then count = count + 1 end
+  end
   return count
 end
 
 --- :JimengOpen [n]: opens the last saved video (or task n's) with the system's player.
 function M.open(n)
+  if n == "" then n = nil end
+  if n ~= nil and not (tonumber(n) and tostring(tonumber(n)) == vim.trim(tostring(n))) then
+    local msg = (":JimengOpen %s: not a task number (:JimengStatus lists them)"):format(tostring(n))
+    notify(msg, vim.log.levels.ERROR)
+    return nil, msg
+  end
+  n = tonumber(n)
   local path
   for i = #tasks, 1, -1 do
     local t = tasks[i]
@@ -258,7 +313,7 @@ function M.open(n)
     end
   end
   if not path then
-    notify("no saved video yet", vim.log.levels.WARN)
+    notify(n and ("#" .. n .. " has no saved video") or "no saved video yet", vim.log.levels.WARN)
     return nil
   end
   local cmd = M.config.open_cmd
@@ -279,11 +334,11 @@ function M.tasks() return tasks end
 function M.commands()
   local cmd = vim.api.nvim_create_user_command
   cmd("JimengGenerate", function(c) M.generate(c.args) end,
-    { nargs = "+", desc = "Generate a video in the background: [-seconds=5] [-ratio=16:9] [-image=path] prompt" })
+    { nargs = "+", desc = "Generate a video in the background: [-seconds=5] [-ratio=16:9] [-image=path] [--] prompt" })
   cmd("JimengStatus", function() M.status() end, { nargs = 0, desc = "The Jimeng tasks of this session" })
-  cmd("JimengCancel", function(c) M.cancel(tonumber(c.args)) end,
-    { nargs = "?", desc = "Cancel a running Jimeng task (default: all); a download keeps its .part" })
-  cmd("JimengOpen", function(c) M.open(tonumber(c.args)) end,
+  cmd("JimengCancel", function(c) M.cancel(c.args) end,
+    { nargs = "?", desc = "Cancel a running Jimeng task, by number or task id (default: all); a download keeps its .part" })
+  cmd("JimengOpen", function(c) M.open(c.args) end,
     { nargs = "?", desc = "Open the last video (or task n's) with the system player" })
   cmd("JimengResume", function(c) M.resume(c.args) end,
     { nargs = 1, desc = "Wait for a task created earlier and download it (continues a kept .part)" })
