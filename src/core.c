@@ -1,6 +1,7 @@
 /* jimeng.core: the module's entry. It starts libcurl once per process and registers each C file's
- * functions; the files are: util.c (helpers), signals.c, engine.c (HTTP), request.c (request bodies),
- * response.c (answers), files.c, url.c. Lua owns control flow. */
+ * functions; the files are: util.c (helpers), signals.c, engine.c (HTTP: with configure.c, queue.c, pace.c,
+ * callbacks.c, transfer.c and host.c), request.c (request bodies), response.c (answers), files.c, url.c. Lua
+ * owns control flow. */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
 
