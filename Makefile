@@ -37,7 +37,7 @@ LIBS         = $(CURL_LIBS) $(HIREDIS_LIBS) -lm -lpthread -ldl
 
 BUILD       ?= build/$(LUA)
 SO           = $(BUILD)/jimeng/core.so
-SRCS         = src/core.c src/util.c src/signals.c src/engine.c src/configure.c src/queue.c src/pace.c src/callbacks.c src/transfer.c src/host.c src/request.c src/response.c src/files.c src/url.c src/mp4.c src/share.c src/loop.c
+SRCS         = src/core.c src/util.c src/signals.c src/engine.c src/configure.c src/queue.c src/pace.c src/callbacks.c src/transfer.c src/host.c src/request.c src/response.c src/status.c src/files.c src/url.c src/mp4.c src/share.c src/loop.c
 # a budget in Redis (redis://) when hiredis is there (Debian: libhiredis-dev); without it such a budget is refused
 HIREDIS_LIBS ?= $(shell $(PKG_CONFIG) --libs hiredis 2>/dev/null)
 ifneq ($(HIREDIS_LIBS),)

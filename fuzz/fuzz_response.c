@@ -80,6 +80,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     lua_settop(L, 0);
     jm_buf_free(&t.body);
     jm_buf_free(&t.head);
+    free(t.refused_what);
     if (ftruncate(part.fd, 0) != 0) abort();
     unlink(record_path);
     return 0;

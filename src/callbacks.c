@@ -239,16 +239,19 @@ static int jm_write_file(jm_transfer *t, const char *p, size_t n) {
 /* The sniffed first bytes of a 200 decide: text stays in memory; a video starts the file from zero, its
  * record written before its first byte. Returns 0 to abort the transfer. */
 int jm_sniffed(jm_transfer *t) {
-    char v[1024];
+    char v[1024], what[160];
     int e;
     if (t->expect_binary && jm_looks_textual((const unsigned char *)t->body.p, t->body.len)) {
         t->sink = JM_SINK_MEMORY;
         return 1;
     }
-    /* a video that is not an MP4 (WebM, an image, ...) is refused before a byte of it is saved */
-    if (t->expect_binary && jm_mp4_kind((const unsigned char *)t->body.p, t->body.len, t->refused_what,
-                                        sizeof t->refused_what))
+    /* a video that is not an MP4 (WebM, an image, ...) is refused before a byte of it is saved (what it is
+     * instead is kept for the message: out of memory, the refusal stands without it) */
+    if (t->expect_binary && jm_mp4_kind((const unsigned char *)t->body.p, t->body.len, what, sizeof what)) {
+        free(t->refused_what);
+        t->refused_what = strdup(what);
         return jm_refuse(t, "format");
+    }
     if (ftruncate(t->fd, 0) != 0 || lseek(t->fd, 0, SEEK_SET) < 0) {
         t->io_errno = errno;
         return 0;

@@ -130,7 +130,11 @@ static int l_engine_request(lua_State *L) {
         jm_take_line(L, 2, "journal", "journal_line", &t->journal, &t->journal_len);
         jm_take_line(L, 2, "ledger", "ledger_line", &t->ledger, &t->ledger_len);
     }
-    t->proxy_used = jm_proxy_for(url, e->cfg.proxy, e->cfg.noproxy, t->proxy_where, sizeof t->proxy_where);
+    {
+        char where[256] = "";
+        t->proxy_used = jm_proxy_for(url, e->cfg.proxy, e->cfg.noproxy, where, sizeof where);
+        if (where[0] && !(t->proxy_where = strdup(where))) return luaL_error(L, "jimeng: out of memory");
+    }
 
     why = jm_build_headers(L, 2, e, t, method && strcmp(method, "POST") == 0);
     if (why) {

@@ -83,6 +83,7 @@ enum { JM_KIND_API, JM_KIND_DOWNLOAD, JM_KIND_PROBE };
 /* SNIFF: a 200 whose first bytes are held in memory until they show whether it is a video or text */
 enum { JM_SINK_UNDECIDED, JM_SINK_SNIFF, JM_SINK_FILE, JM_SINK_MEMORY };
 #define JM_SNIFF_BYTES 64
+#define JM_WANTED_HEADERS 10 /* the response headers the Lua layer reads (transfer.c: jm_wanted_headers) */
 
 struct jm_transfer {
     CURL *easy;
@@ -132,6 +133,11 @@ struct jm_transfer {
     long hstatus;
     int hversion; /* its HTTP version from its status line: 10, 11, 20 (libcurl gives "HTTP/2 200"), 30 */
     int head_too_large;
+    /* where each header result.headers reads is in head (transfer.c), found at its first lookup: the first
+     * value's offset and length, and how many times it came */
+    int hindexed;
+    unsigned int hoff[JM_WANTED_HEADERS], hlen[JM_WANTED_HEADERS];
+    unsigned char hcount[JM_WANTED_HEADERS];
 
     /* what libcurl knew when the transfer finished (its handle goes back to the pool then) */
     struct {
@@ -147,7 +153,7 @@ struct jm_transfer {
 
     /* the proxy this request goes through, derived as libcurl does (libcurl 7.88 cannot tell after) */
     int proxy_used;
-    char proxy_where[256];
+    char *proxy_where; /* its host:port (NULL: none known): allocated only for a request that takes a proxy */
     int probe; /* a certificate probe: connect and handshake only, never pooled */
 
     /* file sink */
@@ -166,7 +172,7 @@ struct jm_transfer {
     int sink;
     int expect_binary;
     const char *refused; /* why the body was refused: range, validator, total, length, encoding, format */
-    char refused_what[160]; /* format: what the body is instead of an MP4 (mp4.c) */
+    char *refused_what; /* format: what the body is instead of an MP4 (mp4.c); allocated only then */
     int io_errno;
 };
 

@@ -71,6 +71,10 @@ JM_HIDDEN void jm_open_files(lua_State *L);
 JM_HIDDEN void jm_open_url(lua_State *L);
 JM_HIDDEN void jm_open_share(lua_State *L);
 JM_HIDDEN void jm_open_loop(lua_State *L);
+JM_HIDDEN void jm_open_status(lua_State *L);
+
+/* response.c: the client's status word for the API's (in_queue, processing, completed, failed), or NULL. */
+JM_HIDDEN const char *jm_map_status(const char *s);
 
 /* files.c: a download's partial file, <path>.part, opened without following a link and locked (flock) from
  * core.part_open until it is committed or closed; its record <path>.part.json says whose bytes it holds. */

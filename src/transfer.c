@@ -81,7 +81,9 @@ static int l_transfer_gc(lua_State *L) {
     free(t->info.final_url);
     free(t->info.cert_expire);
     free(t->info.cert_names);
-    t->path = t->task_id = t->validator = t->journal = t->ledger = NULL;
+    free(t->proxy_where);
+    free(t->refused_what);
+    t->path = t->task_id = t->validator = t->journal = t->ledger = t->proxy_where = t->refused_what = NULL;
     t->info.url = t->info.final_url = t->info.cert_expire = t->info.cert_names = NULL;
     jm_drop_part(L, t);
     return 0;
@@ -119,15 +121,14 @@ static int l_transfer_progress(lua_State *L) {
     return 2;
 }
 
-/* The response headers the Lua layer reads; the others are never turned into Lua strings (this table
- * is built for every status poll). */
-static const char *const jm_wanted_headers[] = {
+/* The response headers the Lua layer reads (result.headers); the others are never turned into Lua strings. */
+static const char *const jm_wanted_headers[JM_WANTED_HEADERS + 1] = {
     "x-request-id", "retry-after", "retry-after-ms", "x-should-retry", "content-type", "content-range", "etag",
     "location", "x-oneapi-request-id", "x-new-api-version", /* new-api's request id; its version: the gateway */
     NULL,
 };
 
-static const char *jm_wanted(const char *name, size_t n) {
+static const char *jm_wanted(const char *name, size_t n) { /* any case: as received */
     const char *const *w;
     for (w = jm_wanted_headers; *w; w++)
         if (strlen(*w) == n && strncasecmp(*w, name, n) == 0) return *w;
@@ -179,15 +180,142 @@ static void jm_push_tls(lua_State *L, const jm_transfer *t) {
     jm_setint(L, "tls_verify", t->info.verify);
 }
 
+/* result.headers: a table whose fields are read from the transfer's header lines when indexed (h[1] is the
+ * transfer), so that a status poll turns into Lua strings only the headers it reads (its request id, a
+ * Retry-After), and builds no table of them. h[name], name one of jm_wanted_headers in lower case: the value,
+ * repeated headers joined with ", " as HTTP allows; any other name: nil. core.headers(h) gives the plain
+ * table of them all (for pairs). */
+#define JM_RESULT_MT "jimeng.result"
+#define JM_HEADERS_MT "jimeng.headers"
+
+/* The index in jm_wanted_headers of the name s (its case too: the table's keys are the lower-case names), or -1. */
+static int jm_wanted_exact(const char *s) {
+    int i;
+    for (i = 0; i < JM_WANTED_HEADERS; i++)
+        if (strcmp(jm_wanted_headers[i], s) == 0) return i;
+    return -1;
+}
+
+/* Finds, once, where each wanted header's first value is in the header lines, and how often each came. */
+static void jm_index_headers(jm_transfer *t) {
+    const char *cursor = t->head.p, *n, *v;
+    size_t nlen, vlen;
+    memset(t->hcount, 0, sizeof t->hcount);
+    while (jm_next_header(&cursor, &n, &nlen, &v, &vlen)) {
+        int i;
+        for (i = 0; i < JM_WANTED_HEADERS; i++) {
+            const char *w = jm_wanted_headers[i];
+            if (strlen(w) != nlen || strncasecmp(w, n, nlen) != 0) continue;
+            if (t->hcount[i]++ == 0) {
+                t->hoff[i] = (unsigned int)(v - t->head.p);
+                t->hlen[i] = (unsigned int)vlen;
+            }
+            if (t->hcount[i] > 2) t->hcount[i] = 2; /* one, or more */
+            break;
+        }
+    }
+    t->hindexed = 1;
+}
+
+static int l_headers_index(lua_State *L) {
+    int w = lua_type(L, 2) == LUA_TSTRING ? jm_wanted_exact(lua_tostring(L, 2)) : -1;
+    const char *cursor, *n, *v;
+    size_t nlen, vlen;
+    jm_transfer *t;
+    int found = 0;
+    if (w < 0) return 0;
+    lua_rawgeti(L, 1, 1);
+    t = jm_check_transfer(L, -1);
+    if (!t->hindexed) jm_index_headers(t);
+    if (t->hcount[w] == 0) return 0;
+    if (t->hcount[w] == 1) {
+        lua_pushlstring(L, t->head.p + t->hoff[w], t->hlen[w]);
+        return 1;
+    }
+    cursor = t->head.p; /* repeated: joined as HTTP allows */
+    while (jm_next_header(&cursor, &n, &nlen, &v, &vlen)) {
+        if (nlen != strlen(jm_wanted_headers[w]) || strncasecmp(n, jm_wanted_headers[w], nlen) != 0) continue;
+        if (found) lua_pushliteral(L, ", ");
+        lua_pushlstring(L, v, vlen);
+        if (found) lua_concat(L, 3);
+        found = 1;
+    }
+    return found;
+}
+
+/* core.headers(h) -> a plain table of the headers result.headers reads (a plain table is given back as is). */
+static int l_headers(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    if (!lua_getmetatable(L, 1)) {
+        lua_settop(L, 1);
+        return 1;
+    }
+    luaL_getmetatable(L, JM_HEADERS_MT);
+    if (!lua_rawequal(L, -1, -2)) {
+        lua_settop(L, 1);
+        return 1;
+    }
+    lua_rawgeti(L, 1, 1);
+    jm_push_headers(L, &jm_check_transfer(L, -1)->head);
+    return 1;
+}
+
+/* What a result reads from its transfer (r[1]) only when indexed: the headers (then kept in the result), and
+ * what only a trace reads (-v): request_size, content_length, num_connects, http_version, total_time. */
+static int l_result_index(lua_State *L) {
+    const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
+    const jm_transfer *t;
+    if (!k) return 0;
+    lua_rawgeti(L, 1, 1);
+    t = jm_check_transfer(L, -1);
+    if (strcmp(k, "headers") == 0) {
+        lua_createtable(L, 1, 0);
+        lua_pushvalue(L, -2);
+        lua_rawseti(L, -2, 1);
+        luaL_getmetatable(L, JM_HEADERS_MT);
+        lua_setmetatable(L, -2);
+        lua_pushvalue(L, 2);
+        lua_pushvalue(L, -2);
+        lua_rawset(L, 1);
+        return 1;
+    }
+    if (strcmp(k, "request_size") == 0) { /* 0: not a byte of the request left this machine */
+        lua_pushinteger(L, (lua_Integer)t->info.reqsize);
+    } else if (strcmp(k, "content_length") == 0) {
+        if (t->info.content_length < 0) return 0;
+        lua_pushinteger(L, (lua_Integer)t->info.content_length);
+    } else if (strcmp(k, "num_connects") == 0) { /* new connections made for this transfer (0: one reused) */
+        lua_pushinteger(L, (lua_Integer)t->info.num_connects);
+    } else if (strcmp(k, "http_version") == 0) {
+        if (!t->info.http_version) return 0;
+        lua_pushstring(L, t->info.http_version == CURL_HTTP_VERSION_1_0   ? "1.0"
+                          : t->info.http_version == CURL_HTTP_VERSION_1_1 ? "1.1"
+                          : t->info.http_version == CURL_HTTP_VERSION_2_0 ? "2"
+                                                                          : "3");
+    } else if (strcmp(k, "total_time") == 0) {
+        lua_pushnumber(L, (lua_Number)t->info.total_us / 1e6);
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
 /* transfer:result() -> table describing what happened (see the Lua layer for how it is judged):
- * ok, status, headers, body, and only when they apply: curl_code and curl_error (a failure),
- * request_size, content_length, the flags of the sinks and limits. Lean: it is built for every poll. */
+ * ok, status, headers, body, and only when they apply: curl_code and curl_error (a failure), the facts of a
+ * paid request, the flags of the sinks and limits. Lean, as it is built for every poll: what a caller reads
+ * of every answer is set; the headers and the facts only a trace reads come from the transfer when indexed
+ * (l_result_index; r[1] is the transfer). A new table each call: a result kept never changes. */
 static int l_transfer_result(lua_State *L) {
     jm_transfer *t = jm_check_transfer(L, 1);
     long status = t->info.status;
     int ok = t->rc == CURLE_OK && !t->cancelled;
     if (t->state != JM_DONE) return luaL_error(L, "jimeng: transfer still running");
-    lua_createtable(L, 0, 8);
+    lua_settop(L, 1);
+    lua_createtable(L, 1, 6); /* a status poll's: ok, connected, handed_over, status, body, headers */
+    lua_pushvalue(L, 1);
+    lua_rawseti(L, -2, 1);
+    luaL_getmetatable(L, JM_RESULT_MT);
+    lua_setmetatable(L, -2);
     jm_setbool(L, "ok", ok);
     if (!ok) {
         const char *cls = jm_failure_class(t);
@@ -207,7 +335,7 @@ static int l_transfer_result(lua_State *L) {
     if (status == 0 && t->hstatus) status = t->hstatus;
     if (t->proxy_used || t->info.connectcode) {
         jm_setbool(L, "proxy_used", 1);
-        if (t->proxy_where[0]) jm_setstr(L, "proxy", t->proxy_where);
+        if (t->proxy_where) jm_setstr(L, "proxy", t->proxy_where);
         if (t->info.connectcode) jm_setint(L, "proxy_status", t->info.connectcode);
     }
     if (t->info.url) jm_setstr(L, "url", t->info.url);
@@ -217,26 +345,12 @@ static int l_transfer_result(lua_State *L) {
     if (t->info.cert_expire) jm_setstr(L, "cert_expire", t->info.cert_expire);
     if (t->info.cert_names) jm_setstr(L, "cert_names", t->info.cert_names);
     jm_setint(L, "status", status);
-    jm_setint(L, "request_size", t->info.reqsize); /* 0: not a byte of the request left this machine */
-    if (t->info.content_length >= 0) jm_setint(L, "content_length", (lua_Integer)t->info.content_length);
-    /* what -v shows: new connections made for this transfer (0: one reused), the HTTP version, the time */
-    jm_setint(L, "num_connects", t->info.num_connects);
-    if (t->info.http_version) {
-        const char *hv = t->info.http_version == CURL_HTTP_VERSION_1_0 ? "1.0"
-                         : t->info.http_version == CURL_HTTP_VERSION_1_1 ? "1.1"
-                         : t->info.http_version == CURL_HTTP_VERSION_2_0 ? "2" : "3";
-        jm_setstr(L, "http_version", hv);
-    }
-    lua_pushnumber(L, (lua_Number)t->info.total_us / 1e6);
-    lua_setfield(L, -2, "total_time");
-    jm_push_headers(L, &t->head);
-    lua_setfield(L, -2, "headers");
     if (t->want_head) jm_setlstr(L, "head", t->head.p ? t->head.p : "", t->head.len);
     if (t->body.len || t->sink == JM_SINK_MEMORY || !t->path) jm_setlstr(L, "body", t->body.p ? t->body.p : "", t->body.len);
     if (t->too_large) jm_setbool(L, "too_large", 1);
     if (t->head_too_large) jm_setbool(L, "headers_too_large", 1);
     if (t->refused) jm_setstr(L, "refused", t->refused);
-    if (t->refused_what[0]) jm_setstr(L, "refused_what", t->refused_what);
+    if (t->refused_what) jm_setstr(L, "refused_what", t->refused_what);
     if (t->io_errno) jm_setstr(L, "io_error", strerror(t->io_errno));
     if (t->path) {
         jm_setstr(L, "sink", t->sink == JM_SINK_FILE ? "file" : t->sink == JM_SINK_MEMORY ? "memory" : "none");
@@ -262,4 +376,14 @@ void jm_open_transfer(lua_State *L) {
         {NULL, NULL},
     };
     jm_new_class(L, JM_TRANSFER_MT, transfer_m, l_transfer_gc, NULL);
+    luaL_newmetatable(L, JM_RESULT_MT);
+    lua_pushcfunction(L, l_result_index);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, JM_HEADERS_MT);
+    lua_pushcfunction(L, l_headers_index);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+    lua_pushcfunction(L, l_headers);
+    lua_setfield(L, -2, "headers"); /* core.headers */
 }
