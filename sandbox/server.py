@@ -1213,6 +1213,19 @@ class Handler(BaseHTTPRequestHandler):
                                              "vendor": t["vendor"],
                                              "bytes": t["video_bytes"] or len(self.server.fixture)}
                                        for tid, t in st.tasks.items()})
+        if path == "/_sandbox/finish":  # every task still running ends at its next status: a test holds one
+            # running as long as it needs (process_seconds long), then lets it go; {"stage": "queue"}: only the
+            # queue ends now, and the tasks in it process for their process_seconds from now
+            if not isinstance(arg, dict) or arg.get("stage") not in (None, "queue"):
+                return self.send(400, {"error": 'finish takes {} or {"stage": "queue"}'})
+            with st.lock:
+                now = time.monotonic()
+                for t in st.tasks.values():
+                    if arg.get("stage") == "queue":
+                        t["queue_s"] = min(t["queue_s"], now - t["start"])
+                    else:
+                        t["queue_s"], t["process_s"] = 0, 0
+            return self.send(200, {"ok": True})
         if path == "/_sandbox/shutdown":
             self.send(200, {"ok": True})
             threading.Thread(target=self.server.shutdown, daemon=True).start()

@@ -299,6 +299,20 @@ describe("jimeng -v", function()
     assert.falsy(err:find(KEY:sub(1, 12), 1, true), err)
   end)
 
+  it("-vv shows what a server sent with its control characters escaped, never run by the terminal", function()
+    local _, _, err = jimeng("create 'an escaping heron'")
+    local id = err:match("created task (%d+)")
+    sb:faults { path = "^/v1/videos/" .. id .. "$", fault = "headers",
+      headers = { ["x-request-id"] = "r\27[31mq", ["X-Evil"] = "a\27]0;owned\7b" } }
+    local code
+    code, _, err = jimeng("status " .. id .. " -vv")
+    assert.equals(0, code, err)
+    assert.falsy(err:find("\27", 1, true), err)
+    assert.falsy(err:find("\7", 1, true), err)
+    assert.truthy(err:find(", r\\e[31mq\n", 1, true), err) -- the request ids the answer gave
+    assert.truthy(err:find("< X-Evil: a\\e]0;owned\\x07b\n", 1, true), err)
+  end)
+
   it("gives the same events to a Lua client's trace option, the key scrubbed from every text", function()
     local events = {}
     -- the free call asking the gateway which it is (made once per base URL) is left out of the count

@@ -242,7 +242,7 @@ for _, dialect in ipairs { "tokenops", "new-api" } do
     end)
 
     it("the CLI's waiting line shows the progress the gateway gives", function()
-      local task = assert(env.client:create { prompt = "a kite sandbox:slow=0.6" })
+      local task = assert(env.client:create { prompt = ("a kite sandbox:slow=%g"):format(proc.scaled(0.6)) })
       local code, _, err = jimeng_cli(("wait %s --interval 0.05"):format(task.id))
       assert.equals(0, code, err)
       if dialect == "new-api" then

@@ -237,6 +237,24 @@ describe("output templates", function()
     assert.equals(before, env.sb:stats().creates) -- nothing was paid for
     c:close()
   end)
+
+  it("{n} moves past a number the ledger keeps for a paid task not saved yet, and {prompt} fits a file name", function()
+    local c = h.client(env.sb, { ledger = env.dir .. "/l.jsonl", max_retries = 0 })
+    env.sb:faults { path = "/content$", fault = "status", status = 503, count = 1 }
+    local r, err = c:generate({ prompt = "take" }, { output = env.dir .. "/take-{n}.mp4" })
+    assert.is_nil(r)
+    assert.truthy(err.task_id) -- paid for, not saved: take-1.mp4 is its path
+    assert.is_false(h.exists(env.dir .. "/take-1.mp4"))
+    local b = assert(c:generate({ prompt = "take" }, { output = env.dir .. "/take-{n}.mp4" }))
+    assert.equals(env.dir .. "/take-2.mp4", b.path)
+    assert.equals(2, env.sb:stats().creates)
+    -- a prompt of 300 Chinese characters (900 bytes) still makes a file name
+    local long = string.rep("马", 300)
+    local l = assert(c:generate({ prompt = long }, { output = env.dir .. "/{prompt}-{id}.mp4" }))
+    assert.equals(("%s/%s-%s.mp4"):format(env.dir, string.rep("马", 40), l.task.id), l.path)
+    assert.equals(h.fixture(), h.read(l.path))
+    c:close()
+  end)
 end)
 
 describe("batch output templates", function()

@@ -82,21 +82,39 @@ local function script(text)
 end
 
 describe("the README, run as written", function()
-  local sb, dir, prefix, env
+  local sb, dir, prefix, env, sh_env
   setup(function()
     sb = h.sandbox { queue_seconds = 0.05, process_seconds = 0.1 }
-    prefix = h.tmpdir()
     -- the installed form of the command, on PATH
-    local ok, out = proc.run(("make -s install LUA=%s PREFIX=%s"):format(os.getenv("JIMENG_TEST_LUA") or "lua5.4", prefix))
-    assert(ok, out)
-    env = table.concat({
+    local function install(lua_name)
+      local p = h.tmpdir()
+      local ok, out = proc.run(("make -s install LUA=%s PREFIX=%s"):format(lua_name, p))
+      assert(ok, out)
+      return p
+    end
+    prefix = install(os.getenv("JIMENG_TEST_LUA") or "lua5.4")
+    local common = {
       proc.own_env,
       ("export JIMENG_API_KEY=sandbox JIMENG_BASE_URL=%s;"):format(sb.url),
+      "unset JIMENG_BUILD;",
+      ("export XDG_RUNTIME_DIR=%s;"):format(prefix), -- a budget = "local" file goes there, removed with it
+    }
+    -- the Lua blocks: the Lua under test, its modules found where its install put them
+    env = table.concat(common, " ") .. " " .. table.concat({
       ("export PATH=%s/bin:$PATH;"):format(prefix),
       ("export LUA_PATH='%s/share/lua/%s/?.lua;%s/share/lua/%s/?/init.lua;;';"):format(prefix, version, prefix, version),
       ("export LUA_CPATH='%s/lib/lua/%s/?.so;;';"):format(prefix, version),
-      "unset JIMENG_BUILD;",
-      ("export XDG_RUNTIME_DIR=%s;"):format(prefix), -- a budget = "local" file goes there, removed with it
+    }, " ")
+    -- the shell lines: a reader's shell, whatever Lua the suite runs on. Their commands name lua5.4 (make's
+    -- default), so the command on PATH is installed for it and the checkout is built for it ("after make");
+    -- no LUA_PATH or LUA_CPATH (the README sets them where it needs them), and no LUA=... from the make that
+    -- runs the suite (a `make` of the README would build for the suite's Lua instead)
+    local sh_prefix = version == "5.4" and prefix or install("lua5.4")
+    local ok, out = proc.run("make -s LUA=lua5.4")
+    assert(ok, out)
+    sh_env = table.concat(common, " ") .. " " .. table.concat({
+      "unset LUA LUA_VERSION LUA_PATH LUA_CPATH;",
+      ("export PATH=%s/bin:$PATH;"):format(sh_prefix),
     }, " ")
   end)
   teardown(function()
@@ -145,7 +163,7 @@ describe("the README, run as written", function()
           path = ("%s/block%d.sh"):format(dir, b.line)
           h.write(path, script(b.text))
           -- a newcomer's ledger: empty, in the block's own directory
-          local ok, out = proc.run(("cd %s && XDG_STATE_HOME=%s/.state bash %s"):format(dir, dir, path), env)
+          local ok, out = proc.run(("cd %s && XDG_STATE_HOME=%s/.state bash %s"):format(dir, dir, path), sh_env)
           assert.is_true(ok, ("README.md:%d\n%s\n---\n%s"):format(b.line, b.text, out))
         else
           -- a snippet that uses `client` or `jimeng` without making them gets them as the README's first Lua

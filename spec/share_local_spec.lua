@@ -48,8 +48,8 @@ local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 describe("a budget shared by the processes of one machine", function()
   local env = h.with_sandbox { sandbox = { queue_seconds = 0.2, process_seconds = 1 }, client = false, reset = true }
 
-  -- #novalgrind: a rate measured at the server in one-second windows means nothing 20-50 times slower
-  it("#novalgrind three processes share max_rps = 20 and max_tasks = 5: no second above 20, never 6 tasks at once, every "
+  -- #timing: a rate measured at the server in one-second windows means nothing 20-50 times slower
+  it("#timing three processes share max_rps = 20 and max_tasks = 5: no second above 20, never 6 tasks at once, every "
     .. "video saved", function()
     local dir = h.tmpdir()
     local worker = script(dir, "worker.lua", WORKER)

@@ -75,8 +75,8 @@ describe("a budget in Redis", function()
     if redis_pid then p.run("kill -9 " .. redis_pid) end
   end)
 
-  -- #novalgrind: a rate measured at the server in one-second windows means nothing 20-50 times slower
-  it("#novalgrind three processes share max_rps = 20 and max_tasks = 5 through Redis, which is killed and restarted "
+  -- #timing: a rate measured at the server in one-second windows means nothing 20-50 times slower
+  it("#timing three processes share max_rps = 20 and max_tasks = 5 through Redis, which is killed and restarted "
     .. "mid-run: no overrun, nothing paid twice, every video saved, the outage said once", function()
     local worker = dir .. "/worker.lua"
     h.write(worker, WORKER)
@@ -135,6 +135,25 @@ describe("a budget in Redis", function()
     b:close()
   end)
 
+  -- #timing: a wait measured in seconds of rate
+  it("#timing redirect hops of a download take their tokens from the Redis budget too", function()
+    local task = assert(h.client(env.sb):create { prompt = "a redirected fox" })
+    local budget = ("redis://127.0.0.1:%d/hops"):format(port)
+    local paced = h.client(env.sb, { api_key = "hops-key", max_rps = 1, budget = budget })
+    assert(paced:wait(task.id, { interval = 0.05 }))
+    local content = "/videos/" .. task.id .. "/content"
+    env.sb:faults { path = "^/v1" .. content .. "$", fault = "redirect", location = env.sb.url .. content, count = 2 }
+    jimeng.sleep(1.2) -- the bucket full again (burst 1)
+    assert(paced:download(task.id, dir .. "/hops.mp4"))
+    assert.equals(3, #h.api_requests(env.sb, "^/v1" .. content .. "$"))
+    -- the download took one token and its two hops owe two: the next request waits for the third
+    local t0 = core.now()
+    assert(paced:status(task.id))
+    local waited = core.now() - t0
+    assert.is_true(waited > 2.5, "waited " .. waited)
+    paced:close()
+  end)
+
   it("a holder killed with SIGKILL gives its slots back once the lease has passed, not before", function()
     env.sb:config { queue_seconds = 0.1, process_seconds = 60 }
     local holder, outf = dir .. "/holder.lua", dir .. "/holder.out"
@@ -186,6 +205,21 @@ describe("a budget in Redis", function()
     assert(ok, report)
     assert.matches("ok +budget +redis://127%.0%.0%.1:%d+/x, shared by every client of it %(1 process now%)", report)
     assert.matches("max_tasks 2: 0 in flight", report, 1, true)
+  end)
+
+  it("a Redis never reached, and no max_tasks: the command says so once and goes on at the safe share's rate",
+    function()
+    local out = dir .. "/never.mp4"
+    local ok, report = p.run(("cd %s && JIMENG_API_KEY=redis-key JIMENG_BASE_URL=%s timeout 120 %s %s/bin/jimeng " ..
+      "generate 'never " ..
+      "reached' -o %s --interval 0.05 --max-rps 20 --budget redis://127.0.0.1:%d/x"):format(q(dir), q(env.sb.url),
+      p.lua, p.root, q(out), p.free_port()), p.own_env)
+    assert(ok, report)
+    local _, said = report:gsub("cannot be reached", "")
+    assert.equals(1, said, report)
+    assert.is_nil(report:find("no more tasks than", 1, true), report) -- no task limit was set: none is kept
+    assert.equals(h.fixture(), h.read(out))
+    assert.equals(1, env.sb:creates_for("never reached"))
   end)
 
   it("refuses a redis:// URL it cannot read, nothing opened", function()

@@ -207,6 +207,15 @@ static int jm_part_is_ours(const jm_part *p) {
     return fstat(p->fd, &fst) == 0 && lstat(p->path, &lst) == 0 && fst.st_dev == lst.st_dev && fst.st_ino == lst.st_ino;
 }
 
+/* Removes the .part's record when it is a file of its own: a link or a directory planted at its name is not
+ * ours to remove (the record is written by renaming a new file onto the name, never through it). -> 0 | errno */
+static int jm_part_remove_record(const jm_part *p) {
+    struct stat st;
+    if (lstat(p->record, &st) != 0) return errno == ENOENT ? 0 : errno;
+    if (!S_ISREG(st.st_mode)) return 0;
+    return unlink(p->record) != 0 && errno != ENOENT ? errno : 0;
+}
+
 static void jm_part_release(jm_part *p) {
     if (p->fd >= 0) (void)close(p->fd); /* releases the lock; nothing was written through it that is not fsynced or left to resume */
     p->fd = -1;
@@ -364,7 +373,11 @@ static int l_part_record(lua_State *L) {
 /* part:reset() -> true | nil, message: empties the file and removes its record (a download from zero). */
 static int l_part_reset(lua_State *L) {
     jm_part *p = jm_check_part(L, 1);
-    if (unlink(p->record) != 0 && errno != ENOENT) return jm_fail(L, "cannot remove", p->record);
+    int e = jm_part_remove_record(p);
+    if (e != 0) {
+        errno = e;
+        return jm_fail(L, "cannot remove", p->record);
+    }
     if (ftruncate(p->fd, 0) != 0) return jm_fail(L, "cannot truncate", p->path);
     lua_pushboolean(L, 1);
     return 1;
@@ -388,7 +401,11 @@ static int l_part_write_record(lua_State *L) {
  * starts from zero. */
 static int l_part_forget(lua_State *L) {
     jm_part *p = jm_check_part(L, 1);
-    if (unlink(p->record) != 0 && errno != ENOENT) return jm_fail(L, "cannot remove", p->record);
+    int e = jm_part_remove_record(p);
+    if (e != 0) {
+        errno = e;
+        return jm_fail(L, "cannot remove", p->record);
+    }
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -445,7 +462,7 @@ static int l_part_commit(lua_State *L) {
     } else if (jm_fsync_path(".", O_RDONLY | O_DIRECTORY) != 0) {
         return jm_fail(L, "cannot fsync directory", ".");
     }
-    (void)unlink(p->record); /* a record left without its .part binds nothing: an empty .part restarts */
+    (void)jm_part_remove_record(p); /* a record left without its .part binds nothing: an empty .part restarts */
     jm_part_release(p);
     lua_pushboolean(L, 1);
     return 1;
@@ -456,7 +473,7 @@ static int l_part_discard(lua_State *L) {
     jm_part *p = jm_check_part(L, 1);
     if (jm_part_is_ours(p)) {
         (void)unlink(p->path);
-        (void)unlink(p->record);
+        (void)jm_part_remove_record(p);
     }
     jm_part_release(p);
     return 0;

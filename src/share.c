@@ -161,11 +161,17 @@ JM_HIDDEN int jm_share_take(jm_share *s, double *next) {
 }
 
 /* A request libcurl made by itself (a redirect's next hop) takes its token after the fact: the bucket may go
- * below zero and the window counts it, so the sharers' next requests wait for it (not for a budget in Redis,
- * whose tokens are leased ahead). */
+ * below zero and the window counts it, so the sharers' next requests wait for it (a budget in Redis owes it
+ * to its next lease: jm_redis_debit). */
 JM_HIDDEN void jm_share_debit(jm_share *s) {
     jm_share_state *st = s->st;
     double now = jm_now();
+#ifdef JM_HIREDIS
+    if (s->redis) {
+        jm_redis_debit(s->redis);
+        return;
+    }
+#endif
     if (!st) return;
     jm_share_lock(s);
     jm_share_mend(s, now);

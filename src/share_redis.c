@@ -36,7 +36,9 @@
 #define MAX_HELD 1024
 
 /* KEYS: bucket, slots, procs, epoch, grace. ARGV: proc, lease_ms, want_tokens, rate, burst, slot_member ("" none),
- * max_tasks (0: none), grace_ms, n_assert, asserted members..., released members...
+ * max_tasks (0: none), grace_ms, debit (requests made without a token: redirect hops), n_assert, asserted
+ * members..., released members... A debit is taken from the bucket at once, below zero if need be, so that
+ * every sharer's next tokens wait for it.
  * -> {tokens granted, slot granted (0/1), slots held, processes sharing, fresh (1: Redis had no state)} */
 static const char *const SCRIPT =
     "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
@@ -46,16 +48,16 @@ static const char *const SCRIPT =
     "local lease = tonumber(ARGV[2])\n"
     "redis.call('ZADD', KEYS[3], now + 3000, ARGV[1]) redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)\n"
     "redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)\n"
-    "local na = tonumber(ARGV[9])\n"
-    "for i = 10, 9 + na do redis.call('ZADD', KEYS[2], now + lease, ARGV[i]) end\n"
-    "for i = 10 + na, #ARGV do redis.call('ZREM', KEYS[2], ARGV[i]) end\n"
-    "local want, rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])\n"
+    "local na = tonumber(ARGV[10])\n"
+    "for i = 11, 10 + na do redis.call('ZADD', KEYS[2], now + lease, ARGV[i]) end\n"
+    "for i = 11 + na, #ARGV do redis.call('ZREM', KEYS[2], ARGV[i]) end\n"
+    "local want, rate, burst, debit = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[9])\n"
     "local granted = 0\n"
-    "if want > 0 then\n"
+    "if want > 0 or debit > 0 then\n"
     "  local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')\n"
     "  local tokens, at = tonumber(b[1]) or burst, tonumber(b[2]) or now\n"
     "  if at > now then at = now end\n"
-    "  tokens = math.min(burst, tokens + (now - at) / 1000 * rate)\n"
+    "  tokens = math.max(-64, math.min(burst, tokens + (now - at) / 1000 * rate) - debit)\n"
     "  granted = math.min(want, math.floor(tokens))\n"
     "  if granted < 0 then granted = 0 end\n"
     "  redis.call('HSET', KEYS[1], 'tokens', tostring(tokens - granted), 'at', tostring(now))\n"
@@ -85,6 +87,8 @@ struct jm_redis {
     /* tokens leased from Redis, good until pool_until; the fallback bucket while Redis is away */
     double pool, pool_until, demand_at, fetch_after;
     double fb_tokens, fb_at;
+    /* redirect hops libcurl made by itself, not told to Redis yet (the thread takes them from its bucket) */
+    double debt;
     /* slots: held (tickets; member = proc:ticket), one granted and not yet claimed, released to tell Redis */
     double held[MAX_HELD];
     int nheld;
@@ -116,10 +120,13 @@ static void jm_redis_went_down(jm_redis *r, const char *why) {
     r->fb_at = jm_now();
     snprintf(r->why, sizeof r->why, "%s", why);
     if (r->noted == 0) {
+        char tasks[96] = "";
+        if (r->max_tasks > 0)
+            snprintf(tasks, sizeof tasks, "; no more tasks than the %d this process holds", r->nheld);
         snprintf(r->note, sizeof r->note,
                  "the budget's Redis at %s:%d cannot be reached (%s): going on with a safe local share (1/%d of "
-                 "max_rps; no more tasks than the %d this process holds) until it answers",
-                 r->host, r->port, why, n, r->nheld);
+                 "max_rps%s) until it answers",
+                 r->host, r->port, why, n, tasks);
         r->noted = 1;
     }
 }
@@ -157,13 +164,13 @@ static int jm_redis_connect(jm_redis *r) {
 
 /* One call of the script with what the thread gathered; applies its answer. 0: Redis failed. */
 static int jm_redis_round(jm_redis *r, int want_tokens, int want_slot, int renew) {
-    const char *argv[14 + 2 * MAX_HELD];
-    size_t lens[14 + 2 * MAX_HELD];
-    char a_lease[32], a_want[32], a_rate[48], a_burst[32], a_max[32], a_grace[32], a_na[32];
+    const char *argv[20 + 2 * MAX_HELD]; /* 18 fixed, then the asserted and the released */
+    size_t lens[20 + 2 * MAX_HELD];
+    char a_lease[32], a_want[32], a_rate[48], a_burst[32], a_max[32], a_grace[32], a_debit[32], a_na[32];
     double ticket = 0, asserted[MAX_HELD], releasing[MAX_HELD];
     int na = 0, nr = 0, i, argc = 0, m = 0;
     redisReply *rep;
-    double rate, burst;
+    double rate, burst, debited;
     pthread_mutex_lock(&r->mu);
     rate = r->rate / (1 + LEASE_S);
     burst = r->burst;
@@ -175,6 +182,8 @@ static int jm_redis_round(jm_redis *r, int want_tokens, int want_slot, int renew
         for (i = 0; i < r->nheld; i++) asserted[na++] = r->held[i];
     for (i = 0; i < r->nreleased; i++) releasing[nr++] = r->released[i];
     snprintf(a_max, sizeof a_max, "%d", r->max_tasks);
+    snprintf(a_debit, sizeof a_debit, "%.0f", r->debt);
+    debited = r->debt;
     pthread_mutex_unlock(&r->mu);
     snprintf(a_lease, sizeof a_lease, "%.0f", r->lease * 1000);
     snprintf(a_want, sizeof a_want, "%d", want_tokens);
@@ -196,6 +205,7 @@ static int jm_redis_round(jm_redis *r, int want_tokens, int want_slot, int renew
     argv[argc++] = r->members[m++];
     argv[argc++] = a_max;
     argv[argc++] = a_grace;
+    argv[argc++] = a_debit;
     argv[argc++] = a_na;
     for (i = 0; i < na; i++) {
         jm_redis_member(r, asserted[i], r->members[m], sizeof r->members[m]);
@@ -225,6 +235,7 @@ static int jm_redis_round(jm_redis *r, int want_tokens, int want_slot, int renew
     r->up = 1;
     r->ever_up = 1;
     r->down_at = 0;
+    r->debt -= debited; /* told: Redis took them from the bucket (new ones may have come meanwhile) */
     if (rep->element[0]->integer > 0) {
         r->pool = (double)rep->element[0]->integer;
         r->pool_until = jm_now() + LEASE_S;
@@ -275,7 +286,7 @@ static void *jm_redis_main(void *arg) {
         want_slot = r->granted_ticket == 0 && now - r->slot_asked_at < 0.5 && r->nheld < MAX_HELD &&
                     now >= r->slot_after;
         renew = (r->nheld > 0 && now - r->renewed_at > r->lease / 4) || (!r->up && r->nheld > 0);
-        busy = want_tokens || want_slot || renew || r->nreleased > 0 || now - r->beat_at > BEAT_S;
+        busy = want_tokens || want_slot || renew || r->nreleased > 0 || r->debt >= 1 || now - r->beat_at > BEAT_S;
         if (!busy || (!r->c && now - r->tried_at < RETRY_S)) {
             struct timespec ts;
             /* soon while someone waits for a token or a slot; else a tenth of a second (a signal wakes it) */
@@ -389,6 +400,25 @@ JM_HIDDEN int jm_redis_take(jm_redis *r, double *next) {
     return got;
 }
 
+/* A request libcurl made by itself (a redirect's next hop) takes its token after the fact: from the tokens
+ * leased, else told to Redis at once, which takes it from the bucket (below zero if need be) so that every
+ * sharer's next tokens wait for it; from the fallback bucket while Redis is away. */
+JM_HIDDEN void jm_redis_debit(jm_redis *r) {
+    double now = jm_now();
+    pthread_mutex_lock(&r->mu);
+    if (r->rate > 0) {
+        if (r->up && r->pool >= 1 && now <= r->pool_until) {
+            r->pool -= 1;
+        } else if (!r->up && r->down_at > 0) {
+            if (r->fb_tokens > -64) r->fb_tokens -= 1;
+        } else if (r->debt < 64) {
+            r->debt += 1;
+            pthread_cond_signal(&r->cv);
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
 JM_HIDDEN void jm_redis_pace(jm_redis *r, double rate, double burst) {
     pthread_mutex_lock(&r->mu);
     r->rate = rate > 0 && rate <= 1e9 ? rate : 0;
@@ -408,7 +438,8 @@ JM_HIDDEN double jm_redis_acquire(jm_redis *r) {
     if (r->up && r->granted_ticket > 0) {
         ticket = r->granted_ticket;
         r->granted_ticket = 0;
-    } else if (!r->up && r->down_at > 0 && r->nheld < r->cap_down) { /* away: a slot of its own, reused */
+    } else if (!r->up && r->down_at > 0 && (r->max_tasks == 0 || r->nheld < r->cap_down)) {
+        /* away: a slot of its own (reused; no limit set: nothing to keep), counted when Redis is back */
         r->next_ticket += 1;
         ticket = r->next_ticket;
     } else {

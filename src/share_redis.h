@@ -18,6 +18,7 @@ JM_HIDDEN jm_redis *jm_redis_open(const char *host, int port, const char *prefix
 /* Stops the thread (which returns this process's slots and frees r): never waits. */
 JM_HIDDEN void jm_redis_close(jm_redis *r);
 JM_HIDDEN int jm_redis_take(jm_redis *r, double *next);
+JM_HIDDEN void jm_redis_debit(jm_redis *r);
 JM_HIDDEN void jm_redis_pace(jm_redis *r, double rate, double burst);
 JM_HIDDEN void jm_redis_max_tasks(jm_redis *r, int n);
 /* A slot's ticket, or 0: none yet (asked for; ask again soon). */

@@ -810,6 +810,8 @@ function M.main(argv, streams)
         if kind == "warning" and text:find("^no ledger") then
           out:note(("jimeng: warning: %s; this task is known only to this terminal: keep its id"):format(text), true)
         end
+        -- the shared budget's store gone away, or back (said once each): why a create waits, or runs slower
+        if kind == "warning" and text:find("^the budget's") then out:note("jimeng: " .. text, true) end
       end,
       cainfo = args.cainfo, proxy = args.proxy, no_proxy = args.no_proxy, dialect = args.dialect,
       http_version = args["http1.1"] and "1.1" or args.http2 and "2" or nil, trace = out:tracer(),

@@ -108,6 +108,9 @@ function Sandbox:stats() return self:call("/_sandbox/stats") end
 function Sandbox:reset() return self:call("/_sandbox/reset", {}) end
 function Sandbox:config(c) return self:call("/_sandbox/config", c) end
 function Sandbox:tasks() return self:call("/_sandbox/tasks") end
+--- Every task still running ends at its next status (a test holds one running as long as it needs);
+-- stage "queue": only the queue ends, and the tasks in it process from now.
+function Sandbox:finish(stage) return self:call("/_sandbox/finish", { stage = stage }) end
 --- {busiest_second=, max_in_flight=, in_flight=}: the most API requests in any one-second window, the most
 -- tasks in flight at once (from create to their end at the server), and those in flight now.
 function Sandbox:budget() return self:call("/_sandbox/budget") end

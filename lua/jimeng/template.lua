@@ -2,7 +2,8 @@
 -- `}}` are literal braces. The fields:
 --   {id}      the task's id (known only after the create: allowed in the file name, not in a directory)
 --   {seed}    the seed asked for ("random" when none or -1)
---   {prompt}  the prompt; {prompt:.N} its first N characters; made filename-safe (see M.safe)
+--   {prompt}  the prompt; {prompt:.N} its first N characters; made filename-safe (see M.safe), and at most
+--             M.PROMPT_BYTES bytes of it
 --   {model}   the model asked for (the default model when none)
 --   {n}       the first number from 1 that makes a path no file has yet (batch: the job's number)
 --   {date}    the local date, YYYY-MM-DD; {time} the local time, HHMMSS
@@ -40,16 +41,20 @@ function M.safe(s)
   return s
 end
 
--- The first n characters (UTF-8) of s.
-local function first_chars(s, n)
-  local out, count = {}, 0
+-- The first n characters (UTF-8) of s, and at most max_bytes bytes of them (a character is never cut).
+local function first_chars(s, n, max_bytes)
+  local out, count, bytes = {}, 0, 0
   for ch in s:gmatch("[%z\1-\127\194-\244][\128-\191]*") do
-    if count >= n then break end
-    count = count + 1
+    if count >= n or bytes + #ch > max_bytes then break end
+    count, bytes = count + 1, bytes + #ch
     out[count] = ch
   end
   return table.concat(out)
 end
+
+-- The most bytes of prompt a file name takes: with an id, a date and the extension it stays well under the
+-- 255 bytes a file name may have (a long prompt, or one in Chinese at 3 bytes a character, would not).
+M.PROMPT_BYTES = 120
 
 --- Parses a template into parts: strings and {field=, width=}. -> parts | nil, err (invalid_argument)
 function M.parse(template, what)
@@ -99,8 +104,7 @@ local function value(part, v)
   local f = part.field
   if f == "prompt" then
     local p = type(v.prompt) == "string" and v.prompt or ""
-    if part.width then p = first_chars(p, part.width) end
-    return M.safe(p)
+    return M.safe(first_chars(p, part.width or math.huge, M.PROMPT_BYTES)) -- safe never lengthens
   elseif f == "seed" then
     local s = v.seed
     if s == nil or tonumber(s) == -1 then return "random" end
@@ -162,15 +166,17 @@ function M.field_in_dir(parts)
   return false
 end
 
---- The path of parts once v fills in the rest ({n}: the first free number when v.n is not given).
+--- The path of parts once v fills in the rest ({n}: the first free number when v.n is not given: no file
+-- there, no .part, and not taken(path) when given: a path the ledger keeps for a paid task not saved yet).
 -- -> path | nil, err (a field still unknown)
-function M.finish(parts, v, what)
+function M.finish(parts, v, what, taken)
   parts = M.fill(parts, v or {})
   if M.has(parts, "n") then
     for n = 1, 100000 do
       local try = M.fill(parts, { n = n })
       local path = M.has(try, "id") and nil or M.text(try)
-      if path and not core.file_size(path) and not core.file_id(path) and not core.file_size(path .. ".part") then
+      if path and not core.file_size(path) and not core.file_id(path) and not core.file_size(path .. ".part")
+        and not (taken and taken(path)) then
         parts = try
         break
       end

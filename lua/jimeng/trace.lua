@@ -8,6 +8,7 @@
 -- A retry's event: {event="retry", what=, attempt= (the one about to be made), delay= (seconds), reason=}
 local core = require "jimeng.core"
 local errors = require "jimeng.errors"
+local text = require "jimeng.text"
 
 local M = {}
 
@@ -64,12 +65,19 @@ function M.retry(client, what, attempt, delay, reason)
     reason = errors.scrub(tostring(reason), client.api_key) }
 end
 
+-- The lines for a terminal: what a server sent (a header, a request id, an error) shown with its control
+-- characters escaped, never run by the terminal.
+local function printable(lines)
+  for i, l in ipairs(lines) do lines[i] = text.printable(l) end
+  return lines
+end
+
 --- One event as the lines `jimeng -v` prints (level 2: with the headers), each starting "* ", "> " or "< ".
 function M.format(ev, level)
   local lines = {}
   if ev.event == "retry" then
     lines[1] = ("* retry %d of %s in %.2fs: %s"):format(ev.attempt, tostring(ev.what), ev.delay, ev.reason)
-    return lines
+    return printable(lines)
   end
   lines[1] = ("> %s %s%s"):format(ev.method, ev.url, ev.attempt > 0 and (" (retry %d)"):format(ev.attempt) or "")
   if level >= 2 then
@@ -87,7 +95,7 @@ function M.format(ev, level)
   if level >= 2 then
     for _, h in ipairs(ev.response_headers) do lines[#lines + 1] = ("< %s: %s"):format(h[1], h[2]) end
   end
-  return lines
+  return printable(lines)
 end
 
 return M

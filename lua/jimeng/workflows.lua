@@ -93,6 +93,29 @@ local GENERATE_OPTIONS = { output = true, output_dir = true, overwrite = true, t
 local OMNIHUMAN_OPTIONS = { overwrite = true, timeout = true, interval = true, on_created = true, on_status = true,
   on_progress = true }
 
+-- Whether a ledger entry still holds its output: a task paid for and not saved yet, or a create handed to the
+-- wire and never answered.
+local function holds_output(e)
+  return e.output and (e.id and ledger.UNSAVED[e.state] or not e.id and (e.state == "unknown" or e.state == "sending"))
+end
+
+-- The paths the ledger keeps for paid tasks not saved yet: a function(path) -> true, for a template's {n}
+-- (which moves on to the next number rather than be refused). nil without a ledger.
+local function ledger_taken(client)
+  if not client or not client.ledger then return nil end
+  local held
+  return function(path)
+    if not held then
+      held = {}
+      for _, e in ipairs(ledger.read(client.ledger.path, client.json) or {}) do
+        if holds_output(e) then held[e.output] = true end
+      end
+    end
+    local abs = core.canonical_path(path)
+    return abs ~= nil and held[abs] == true
+  end
+end
+
 -- A path no earlier paid task of the ledger is still meant for: one created (or completed) and not saved is
 -- taken up by `jimeng resume`, and a second create for the same file would pay for it twice.
 local function check_reserved(client, path, overwrite)
@@ -100,11 +123,10 @@ local function check_reserved(client, path, overwrite)
   local abs = core.canonical_path(path)
   local entries = abs and ledger.read(client.ledger.path, client.json)
   for _, e in ipairs(entries or {}) do
-    if e.id and ledger.UNSAVED[e.state] and e.output == abs then
+    if holds_output(e) and e.output == abs and e.id then
       return errors.invalid(("%s is meant for task %s, paid for and not saved yet: `jimeng resume` saves it there " ..
         "(or choose another path, or pass overwrite=true, CLI --force; nothing was paid for)"):format(path, e.id), "output")
-    end
-    if not e.id and (e.state == "unknown" or e.state == "sending") and e.output == abs then
+    elseif holds_output(e) and e.output == abs then
       -- a create for this file was handed to the wire and its answer never came: it may exist and be billed
       return errors.invalid(("%s is meant for a create that was sent and never answered (ledger ref %s): the " ..
         "task may exist and be billed; check the account's usage, then choose another path or pass " ..
@@ -173,7 +195,7 @@ local function plan_template(opts, params, client)
   end
   if not template.has(parts, "id") then
     local path
-    path, err = template.finish(parts, nil, "output")
+    path, err = template.finish(parts, nil, "output", not opts.overwrite and ledger_taken(client) or nil)
     if not path then return nil, err end
     local part, rerr = reserve(path, opts.overwrite, client)
     if not part then return nil, rerr end
