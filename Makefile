@@ -37,7 +37,7 @@ LIBS         = $(CURL_LIBS) $(HIREDIS_LIBS) -lm -lpthread -ldl
 
 BUILD       ?= build/$(LUA)
 SO           = $(BUILD)/jimeng/core.so
-SRCS         = src/core.c src/util.c src/signals.c src/engine.c src/request.c src/response.c src/files.c src/url.c src/mp4.c src/share.c src/loop.c
+SRCS         = src/core.c src/util.c src/signals.c src/engine.c src/configure.c src/queue.c src/pace.c src/callbacks.c src/transfer.c src/host.c src/request.c src/response.c src/status.c src/files.c src/url.c src/mp4.c src/share.c src/loop.c
 # a budget in Redis (redis://) when hiredis is there (Debian: libhiredis-dev); without it such a budget is refused
 HIREDIS_LIBS ?= $(shell $(PKG_CONFIG) --libs hiredis 2>/dev/null)
 ifneq ($(HIREDIS_LIBS),)
@@ -70,7 +70,7 @@ deps:
 	$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	  --no-install-recommends $$missing
 
-$(BUILD)/obj/%.o: src/%.c src/jimeng.h
+$(BUILD)/obj/%.o: src/%.c src/jimeng.h src/engine_internal.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
@@ -150,9 +150,9 @@ build/fuzz/normalize: fuzz/fuzz_normalize.c $(FUZZ_LUA_DRIVER) $(SRCS) src/jimen
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_CFLAGS) fuzz/fuzz_normalize.c fuzz/lua_driver.c $(SRCS) -o $@ $(FUZZ_LINK)
 
-build/fuzz/response: fuzz/fuzz_response.c $(SRCS) src/jimeng.h
+build/fuzz/response: fuzz/fuzz_response.c $(SRCS) src/jimeng.h src/engine_internal.h
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_CFLAGS) fuzz/fuzz_response.c $(filter-out src/engine.c,$(SRCS)) -o $@ $(FUZZ_LINK)
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_CFLAGS) fuzz/fuzz_response.c $(filter-out src/transfer.c,$(SRCS)) -o $@ $(FUZZ_LINK)
 
 build/fuzz/url: fuzz/fuzz_url.c $(FUZZ_LUA_DRIVER) $(SRCS) src/jimeng.h
 	@mkdir -p $(dir $@)

@@ -2,13 +2,15 @@
 /* libFuzzer target: the engine's response handling fed with arbitrary bytes, through the same libcurl
  * callbacks a transfer uses: header lines (status lines, redirects, Content-Range, Content-Type), the
  * choice between the file and memory sinks, the body, and the headers table Lua receives.
- * Input: [8 bytes: resume offset, record total and flags][header block]\n\n[body]. engine.c is included for
- * its static helpers. */
-#include "../src/engine.c"
+ * Input: [8 bytes: resume offset, record total and flags][header block]\n\n[body]. transfer.c is included for
+ * its static jm_push_headers; the callbacks (callbacks.c) are linked. */
+#include "../src/transfer.c"
 
+#include <fcntl.h>
 #include <lualib.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <unistd.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -78,6 +80,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     lua_settop(L, 0);
     jm_buf_free(&t.body);
     jm_buf_free(&t.head);
+    free(t.refused_what);
     if (ftruncate(part.fd, 0) != 0) abort();
     unlink(record_path);
     return 0;

@@ -28,8 +28,9 @@ build = {
   type = "builtin",
   modules = {
     ["jimeng.core"] = {
-      sources = { "src/core.c", "src/util.c", "src/signals.c", "src/engine.c", "src/request.c", "src/response.c",
-        "src/files.c", "src/url.c", "src/mp4.c", "src/loop.c", "src/share.c", "src/share_redis.c" },
+      sources = { "src/core.c", "src/util.c", "src/signals.c", "src/engine.c", "src/configure.c", "src/queue.c",
+        "src/pace.c", "src/callbacks.c", "src/transfer.c", "src/host.c", "src/request.c", "src/response.c",
+        "src/status.c", "src/files.c", "src/url.c", "src/mp4.c", "src/loop.c", "src/share.c", "src/share_redis.c" },
       libraries = { "curl", "pthread", "m" },
       incdirs = { "$(CURL_INCDIR)", "$(CURL_INCDIR)/x86_64-linux-gnu", "$(CURL_INCDIR)/aarch64-linux-gnu",
         "$(CURL_INCDIR)/i386-linux-gnu", "$(CURL_INCDIR)/arm-linux-gnueabihf" },

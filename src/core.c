@@ -1,6 +1,7 @@
 /* jimeng.core: the module's entry. It starts libcurl once per process and registers each C file's
- * functions; the files are: util.c (helpers), signals.c, engine.c (HTTP), request.c (request bodies),
- * response.c (answers), files.c, url.c. Lua owns control flow. */
+ * functions; the files are: util.c (helpers), signals.c, engine.c (HTTP: with configure.c, queue.c, pace.c,
+ * callbacks.c, transfer.c and host.c), request.c (request bodies), response.c (answers; status.c: a status
+ * answer read from its bytes), files.c, url.c. Lua owns control flow. */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
 
@@ -62,6 +63,7 @@ __attribute__((visibility("default"))) int luaopen_jimeng_core(lua_State *L) {
     jm_open_engine(L);
     jm_open_request(L);
     jm_open_response(L);
+    jm_open_status(L);
     jm_open_files(L);
     jm_open_url(L);
     jm_open_share(L);

@@ -1,5 +1,6 @@
 /* jimeng.core: what the C files share. util.c (helpers) depends on nothing; signals.c, engine.c, request.c,
- * response.c, files.c and url.c use util.c and, where said below, each other; core.c only registers them. */
+ * response.c, files.c and url.c use util.c and, where said below, each other; core.c only registers them.
+ * The engine's own files (engine.c and its rooms) share engine_internal.h besides. */
 #ifndef JIMENG_H
 #define JIMENG_H
 
@@ -48,7 +49,7 @@ JM_HIDDEN int jm_interrupted(void);
 JM_HIDDEN int jm_signal_fd(void);
 JM_HIDDEN double jm_wait_cap(double ms);
 
-/* engine.c, for loop.c (the blocking wait on libcurl's sockets and timer): the engine at stack index i
+/* host.c, for loop.c (the blocking wait on libcurl's sockets and timer): the engine at stack index i
  * (raises if it is not one or is closed); the sockets libcurl wants watched, into fds (up to cap; returns how
  * many there are); milliseconds until it wants a step with no socket ready (-1: never); one socket action
  * (fd < 0: its timer, if due; returns whether one ran); the finished transfers, pushed as engine:perform's
@@ -70,6 +71,10 @@ JM_HIDDEN void jm_open_files(lua_State *L);
 JM_HIDDEN void jm_open_url(lua_State *L);
 JM_HIDDEN void jm_open_share(lua_State *L);
 JM_HIDDEN void jm_open_loop(lua_State *L);
+JM_HIDDEN void jm_open_status(lua_State *L);
+
+/* response.c: the client's status word for the API's (in_queue, processing, completed, failed), or NULL. */
+JM_HIDDEN const char *jm_map_status(const char *s);
 
 /* files.c: a download's partial file, <path>.part, opened without following a link and locked (flock) from
  * core.part_open until it is committed or closed; its record <path>.part.json says whose bytes it holds. */

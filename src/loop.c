@@ -1,5 +1,5 @@
 /* The blocking wait: how a plain Lua program (the command, a script, jimeng.run) waits for its transfers, the
- * way the Neovim and nginx hosts do. libcurl's socket and timer callbacks (engine.c) keep the set of sockets it
+ * way the Neovim and nginx hosts do. libcurl's socket and timer callbacks (host.c) keep the set of sockets it
  * wants watched and when it wants its timer; one poll(2) waits on exactly those sockets of every engine given,
  * on the trapped-signal self-pipe (signals.c: Ctrl-C ends the wait at once) and until the nearest timer; then
  * a socket action runs for each ready socket and for each timer due, so a wake-up touches only the transfers

@@ -8,7 +8,7 @@
  * only logged, under a 60 s context), so a cut video arrives with a valid end marker. The walk tells a file
  * cut short (a clean prefix: more bytes may complete it, so a download resumes it) from one no bytes can
  * mend (another format, a splice, garbage where a box header must be). It reads only the box headers.
- * Used by files.c (part:commit, core.mp4_check) and engine.c (the first bytes of a download). */
+ * Used by files.c (part:commit, core.mp4_check) and callbacks.c (the first bytes of a download). */
 #include <stdio.h>
 #include <string.h>
 

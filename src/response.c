@@ -19,7 +19,7 @@
 
 #include "jimeng.h"
 
-static const char *jm_map_status(const char *s) {
+const char *jm_map_status(const char *s) {
     static const struct {
         const char *from, *to;
     } map[] = {
@@ -187,7 +187,7 @@ static int l_task(lua_State *L) {
         return 2;
     }
     lua_settop(L, 2);
-    lua_newtable(L);
+    lua_createtable(L, 0, 8); /* its fields, then request_id, warnings, retry_after from the Lua layer */
     lua_insert(L, 2);         /* 1 decoded, 2 task, 3 raw body */
     lua_getfield(L, 1, "id"); /* 4 */
     if (lua_type(L, 4) == LUA_TNUMBER && lua_type(L, 3) == LUA_TSTRING && jm_push_raw_id(L, lua_tostring(L, 3))) {

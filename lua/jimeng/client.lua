@@ -289,8 +289,10 @@ end
 
 -- Tasks
 
-local function to_task(self, decoded, r, warnings)
-  local task, why = core.task(decoded, r.body)
+local function to_task(self, decoded, r, warnings, read)
+  -- read: decoded is already the task (core.status_task read it from the body: http.json's third value)
+  local task, why
+  if read then task = decoded else task, why = core.task(decoded, r.body) end
   if not task then
     return nil, errors.new({ kind = "protocol", message = why, request_id = http.request_id(r, decoded) }, self.api_key)
   end
@@ -464,14 +466,14 @@ function Client:status(id, opts)
   if err then return nil, err end
   local ok, kerr = need_key(self)
   if not ok then return nil, kerr end
-  local decoded, r = http.json(self, {
-    method = "GET", path = "/videos/" .. id, what = "status", deadline = opts and opts.deadline,
+  local decoded, r, read = http.json(self, {
+    method = "GET", path = "/videos/" .. id, what = "status", deadline = opts and opts.deadline, status = true,
   })
   if not decoded then
     r.task_id = id
     return nil, r
   end
-  local task, terr = to_task(self, decoded, r)
+  local task, terr = to_task(self, decoded, r, nil, read)
   if not task then return nil, terr end
   if task.id ~= id then
     return nil, errors.new({ kind = "protocol", task_id = id, request_id = task.request_id,

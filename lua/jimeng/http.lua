@@ -203,7 +203,8 @@ end
 -- messages), paid (bool: a create), deadline (absolute, from core.now), max_retries, journal (for a paid
 -- call: {path=, sending=line, not_created=line}: `sending` is made durable by the engine the moment the
 -- request is handed to the wire, `not_created` when an attempt is found to have made nothing),
--- until_deadline (retry rate limits until the deadline, not max_retries), on_retry(err, delay).
+-- until_deadline (retry rate limits until the deadline, not max_retries), on_retry(err, delay), status (a
+-- status poll: its answer may be read straight into a task, returned as decoded with a third value, true).
 -- Returns decoded, result | nil, err. A paid call's error says `created`: true, false or nil (unknown).
 function M.json(client, spec)
   local url = client.base_url .. spec.path
@@ -228,12 +229,18 @@ function M.json(client, spec)
         message = ("the client was closed (client:close()) before %s was sent"):format(spec.what) }
     end
     -- the engine holds the client's settings (key, TLS, proxy, timeouts): the call gives only its own fields
-    local t, why, class = client.engine:request {
+    -- (a paid call's after the constructor: a table constructor sizes its table for every field it names, nil
+    -- or not, and a status poll builds this table every time)
+    local ropts = {
       url = url, method = spec.method, body = body, timeout = client.timeout, deadline = spec.deadline,
-      paid = spec.paid, journal = journal and journal.path, journal_line = journal and journal.sending,
-      ledger = spec.paid and spec.ledger and spec.ledger.path, ledger_line = spec.paid and spec.ledger and spec.ledger.sending,
-      head = client.trace ~= nil, -- every header line of the answer, for the trace
+      head = client.trace ~= nil or nil, -- every header line of the answer, for the trace
     }
+    if spec.paid then
+      ropts.paid = true
+      if journal then ropts.journal, ropts.journal_line = journal.path, journal.sending end
+      if spec.ledger then ropts.ledger, ropts.ledger_line = spec.ledger.path, spec.ledger.sending end
+    end
+    local t, why, class = client.engine:request(ropts)
     if not t then return fail(errors.from_core(why, class)) end
     local _, interrupted = runtime.await(client.engine, t)
     if interrupted and spec.paid and not t:done() and t:handed_over() then
@@ -261,6 +268,13 @@ function M.json(client, spec)
     if r.status == 429 then client.budget:refused() elseif r.ok and r.status < 400 then client.budget:granted() end
     local tspec = client.trace and { method = spec.method, url = url, what = spec.what }
     if r.ok and r.status >= 200 and r.status < 300 then
+      -- a status answer of the common shape is read straight into its task (src/status.c); any other body
+      -- (nil from the reader) is decoded whole below, as every other answer is
+      local task = spec.status and core.status_task(r.body)
+      if task then
+        if tspec then trace.request(client, tspec, r, attempt, M.request_id(r, task)) end
+        return task, r, true
+      end
       local ok, decoded = pcall(client.json.decode, r.body)
       if ok and type(decoded) == "table" then
         if tspec then trace.request(client, tspec, r, attempt, M.request_id(r, decoded)) end

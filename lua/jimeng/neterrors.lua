@@ -35,7 +35,8 @@ local function host_of(url)
   return url and (url:match("^%a[%w+.-]*://[^/]*@([^/]+)") or url:match("^%a[%w+.-]*://([^/]+)")) or "the server"
 end
 
--- Reads the server's certificate with a handshake that sends no request (see engine.c's probe_cert).
+-- Reads the server's certificate with a handshake that sends no request (kind = "probe": jm_configure_kind in
+-- src/configure.c).
 local function probe(r, client)
   if not (client and client.engine and r.url) then return nil end
   local ok, t = pcall(client.engine.request, client.engine, {

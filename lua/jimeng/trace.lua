@@ -6,6 +6,7 @@
 --   request_id=, error= (why it failed, when it did), request_headers={lines},
 --   response_headers={ {name, value}... } (in the order received)}
 -- A retry's event: {event="retry", what=, attempt= (the one about to be made), delay= (seconds), reason=}
+local core = require "jimeng.core"
 local errors = require "jimeng.errors"
 local text = require "jimeng.text"
 
@@ -41,7 +42,8 @@ function M.request(client, spec, r, attempt, request_id, err)
       if name then resp[#resp + 1] = { name, errors.scrub(value, key) } end
     end
   else
-    for k, v in pairs(r.headers or {}) do resp[#resp + 1] = { k, errors.scrub(v, key) } end
+    -- result.headers reads each header when indexed: core.headers gives them all as a plain table
+    for k, v in pairs(core.headers(r.headers or {})) do resp[#resp + 1] = { k, errors.scrub(v, key) } end
     table.sort(resp, function(a, b) return a[1] < b[1] end)
   end
   fn {
