@@ -176,30 +176,49 @@ function Out:created(task)
   self.stderr:flush()
 end
 
+local default_continue -- the command that continues a paid task when the command names none (below)
+
+-- What to do about task `id`, which exists and is paid for, whatever stopped the command (an interruption, an
+-- error after the create): the one wording of both, never "run the command again" (that would pay again).
+-- -> the sentence (it ends with "continue with:"), the command to copy, and another for this task alone (or nil)
+local function paid_continuation(id, kind, continue)
+  local command, alternative = (continue or default_continue)(id)
+  return ktext.printable(errors.paid_hint(id, kind)), command and ktext.printable(command),
+    alternative and ktext.printable(alternative)
+end
+
+-- The what_to_do of --json: the sentence and its commands in one text, whole.
+local function json_what(what, command, alternative)
+  if not command then return what end
+  return what .. " " .. command .. (alternative and (" (or, for this task alone: " .. alternative .. ")") or "")
+end
+
+-- Prints the hint and the commands to copy: each command on a line of its own, whole, whatever the width
+-- (wrapped, a paste would run half of it), never with a # comment.
+function Out:what_to_do(what, command, alternative, prefix)
+  self.stderr:write(self:paint("yellow", self:fitted((prefix or "") .. what)), "\n")
+  if command then self.stderr:write(self:paint("bold", command), "\n") end
+  if command and alternative then self.stderr:write(self:fitted("  or, for this task alone:"), "\n", alternative, "\n") end
+end
+
 -- After Ctrl-C or SIGTERM: what exists, and the command that continues it.
 function Out:interrupted(err, continue)
   if self.line_open then self.stderr:write("\n") end
   local what, command, alternative
   if err.task_id then
-    -- the command to copy goes on a line of its own, whole, whatever the width: wrapped, a paste would run
-    -- half of it
-    what = ktext.printable(("task %s exists (it is paid for); continue with:"):format(err.task_id))
-    command, alternative = continue(err.task_id)
-    command = command and ktext.printable(command)
-    alternative = alternative and ktext.printable(alternative)
+    what, command, alternative = paid_continuation(err.task_id, err.kind, continue)
   elseif err.created == nil and err.kind == "interrupted" and err.message:find("create") then
     what = "the create was on the wire when it was abandoned: the task may exist and be billed; check your " ..
       "account's tasks before creating it again"
   else
     what = "nothing was sent: run the same command again"
   end
-  self.stderr:write(self:paint("yellow", self:fitted(ktext.printable("jimeng: " .. err.message))), "\n",
-    self:fitted("  " .. what), "\n")
-  if command then self.stderr:write(self:paint("bold", command), "\n") end
-  if alternative then self.stderr:write(self:fitted("  or, for this task alone:"), "\n", alternative, "\n") end
+  self.stderr:write(self:paint("yellow", self:fitted(ktext.printable("jimeng: " .. err.message))), "\n")
+  self:what_to_do(what, command, alternative, "  ")
   if self.json then
     self.stdout:write(encode { error = { kind = err.kind, message = err.message, task_id = err.task_id,
-      created = err.created, what_to_do = what } }, "\n")
+      created = err.created, what_to_do = json_what(what, command, alternative),
+      continue = command and { command, alternative } or nil } }, "\n")
   end
   return EXIT_INTERRUPTED
 end
@@ -210,13 +229,12 @@ function Out:fail(err, continue)
   if self.line_open then self.stderr:write("\n") end
   self.stderr:write(self:paint("red", self:fitted(ktext.printable(tostring(err)))), "\n")
   local hint = err.hint or errors.hint(err.kind)
-  local command, alternative -- commands to copy: each on a line of its own, never with a # comment
+  local command, alternative -- commands to copy
   if hint and self.command then hint = hint:gsub("jimeng COMMAND", "jimeng " .. self.command) end
   if hint and err.task_id then hint = hint:gsub("jimeng wait ID", "jimeng wait " .. err.task_id) end
   if err.created then -- the task exists and is paid for: running the command again would pay again
-    if err.task_id and continue then
-      hint = "the task exists and is paid for: do not create it again; continue with:"
-      command, alternative = continue(err.task_id)
+    if err.task_id then
+      hint, command, alternative = paid_continuation(err.task_id, err.kind, continue)
     else
       hint = "the task was made (it is paid for) but its id could not be read: do not create it again"
     end
@@ -224,15 +242,12 @@ function Out:fail(err, continue)
     hint = "the task may exist and be billed, and its id is unknown: check your account's tasks before " ..
       "creating it again"
   end
-  if hint then self.stderr:write(self:paint("yellow", self:fitted(ktext.printable("  what to do: " .. hint))), "\n") end
-  if command then self.stderr:write(self:paint("bold", command), "\n") end
-  if command and alternative then
-    self.stderr:write(self:fitted("  or, for this task alone:"), "\n", alternative, "\n")
-  end
+  if hint then self:what_to_do(ktext.printable(hint), command, alternative, "  what to do: ") end
   if self.json then
     self.stdout:write(encode { error = {
       kind = err.kind, message = err.message, status = err.status, code = err.code, field = err.field,
-      request_id = err.request_id, task_id = err.task_id, retryable = err.retryable,
+      request_id = err.request_id, task_id = err.task_id, retryable = err.retryable, created = err.created,
+      what_to_do = hint and json_what(hint, command, alternative), continue = command and { command, alternative } or nil,
     } }, "\n")
   end
   return errors.exit_code(err.kind)
@@ -293,6 +308,8 @@ local function continue_with(output, args)
     return ("jimeng wait %s && jimeng download %s -o %s"):format(id, id, shell_quote(path))
   end
 end
+
+default_continue = continue_with(nil)
 
 -- The config's output_dir, for commands whose -o names a file (generate, download): where the default name goes.
 local function default_dir(out)

@@ -693,7 +693,8 @@ end
 -- file; without it the file is jimeng_video_<id>.mp4 in opts.output_dir (default: the current directory),
 -- checked before the create (opts.overwrite to replace an existing file). opts.on_created(task) as soon
 -- as the task exists; opts.on_status and opts.on_progress as for wait and download.
--- result: {path=, bytes=, task=}. After the create, every error carries task_id: the video is paid for.
+-- result: {path=, bytes=, task=}. After the create, every error carries task_id and created = true: the video
+-- is paid for.
 function Client:generate(params, opts)
   check_method_self(self, "generate")
   return workflows.generate(self, params, opts)
