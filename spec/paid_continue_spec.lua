@@ -128,3 +128,152 @@ describe("an error after a paid create", function()
     assert.equals(0, env.sb:stats().creates)
   end)
 end)
+
+describe("a signal, with --json: the commands that continue, and what was paid for", function()
+  local env = h.with_sandbox { sandbox = { queue_seconds = 0.05, process_seconds = 30 }, client = false, dir = "each" }
+
+  -- Starts `jimeng ARGS` in the background with its own ledger (stdout to out, stderr to err, its exit code to
+  -- code); -> its shell's pid (jimeng is its child: pkill -P signals it).
+  local function start(args)
+    os.remove(env.dir .. "/code")
+    local cmd = ("cd %s && JIMENG_LEDGER=%s/ledger.jsonl JIMENG_API_KEY=k JIMENG_BASE_URL=%s %s %s/bin/jimeng %s"):format(
+      env.dir, env.dir, env.sb.url, lua, proc.root, args)
+    local p = io.popen(("%ssh -c '%s >%s/out 2>%s/err; echo $? >%s/code' >/dev/null 2>&1 & echo $!"):format(proc.own_env,
+      cmd:gsub("'", "'\\''"), env.dir, env.dir, env.dir))
+    local pid = p:read("*l")
+    p:close()
+    return pid
+  end
+  local function signal(sig, pid) os.execute(proc.clean_env .. "pkill -" .. sig .. " -P " .. pid) end
+  local function wait_until(pred, seconds)
+    local deadline = core.now() + (seconds or 15)
+    while not pred() and core.now() < deadline do core.sleep(0.02) end
+    return pred()
+  end
+  local function ended()
+    assert.truthy(wait_until(function() return (h.read(env.dir .. "/code") or ""):find("%d") end), h.read(env.dir .. "/err"))
+    return h.read(env.dir .. "/code"):match("%d+"), h.read(env.dir .. "/err") or "", h.read(env.dir .. "/out") or ""
+  end
+  local function creates() return env.sb:stats().creates end
+
+  for _, sig in ipairs { "INT", "TERM" } do
+    it(("generate and download --json after SIG%s: what_to_do holds the commands, continue lists them"):format(sig),
+      function()
+        env.sb:reset()
+        env.sb:config { queue_seconds = 0.05, process_seconds = 30 }
+        local pid = start("generate 'a json fox' --interval 0.1 -o fox.mp4 --json")
+        assert.truthy(wait_until(function() return creates() == 1 end))
+        local id = next(env.sb:tasks())
+        assert.truthy(wait_until(function() return (h.read(env.dir .. "/err") or ""):find("created task") end))
+        signal(sig, pid)
+        local code, err, out = ended()
+        assert.equals("130", code, err)
+        local e = cjson.decode(out).error
+        assert.equals("interrupted", e.kind)
+        assert.equals(id, e.task_id)
+        assert.same({ "jimeng resume", ("jimeng wait %s && jimeng download %s -o fox.mp4"):format(id, id) }, e.continue)
+        assert.truthy(e.what_to_do:find(("task %s exists (it is paid for): do not create it again; continue with: " ..
+          "jimeng resume (or, for this task alone: jimeng wait %s && jimeng download %s -o fox.mp4)"):format(id, id, id),
+          1, true), out)
+        -- download: its own command
+        env.sb:faults { path = "/content$", method = "GET", fault = "stall", seconds = 10, count = 1 }
+        env.sb:finish()
+        pid = start("download " .. id .. " -o 'my fox.mp4' --json")
+        assert.truthy(wait_until(function() return #h.api_requests(env.sb, "/content$") > 0 end))
+        core.sleep(0.2)
+        signal(sig, pid)
+        code, err, out = ended()
+        assert.equals("130", code, err)
+        e = cjson.decode(out).error
+        assert.same({ ("jimeng download %s -o 'my fox.mp4'"):format(id) }, e.continue)
+        assert.truthy(e.what_to_do:find(("continue with: jimeng download %s -o 'my fox.mp4'"):format(id), 1, true), out)
+        assert.equals(1, creates())
+      end)
+  end
+
+  -- The ids of the sandbox's tasks, sorted; and a list sorted.
+  local function sorted(list)
+    table.sort(list)
+    return list
+  end
+  local function task_ids()
+    local ids = {}
+    for id in pairs(env.sb:tasks()) do ids[#ids + 1] = id end
+    return sorted(ids)
+  end
+  -- Runs a command line as printed (`jimeng ...`) in the spec's directory, `jimeng` being this checkout's.
+  local function paste(command)
+    return proc.run(("%scd %s && export JIMENG_LEDGER=%s/ledger.jsonl JIMENG_API_KEY=k JIMENG_BASE_URL=%s && " ..
+      "jimeng() { %s %s/bin/jimeng \"$@\"; } && { %s; }"):format(proc.own_env, env.dir, env.dir, env.sb.url, lua,
+      proc.root, command), "")
+  end
+
+  it("batch --json after SIGTERM, without a journal: the tasks it paid for, and jimeng resume saves them", function()
+    env.sb:reset()
+    env.sb:config { queue_seconds = 0.05, process_seconds = 30 }
+    h.write(env.dir .. "/jobs.jsonl", '{"prompt":"a term fox"}\n{"prompt":"a term owl"}\n')
+    local pid = start("batch jobs.jsonl -o vids --interval 0.1 --json")
+    assert.truthy(wait_until(function() return creates() == 2 end))
+    assert.truthy(wait_until(function() return select(2, (h.read(env.dir .. "/err") or ""):gsub("created task", "")) == 2 end))
+    signal("TERM", pid)
+    local code, err, out = ended()
+    assert.equals("130", code, err)
+    local r = cjson.decode(out)
+    assert.equals(2, r.interrupted)
+    assert.equals(2, r.paid)
+    assert.same(task_ids(), sorted(r.paid_task_ids))
+    assert.equals("jimeng resume", r.continue[1])
+    assert.equals(3, #r.continue) -- and each task alone
+    assert.truthy(r.what_to_do:find("2 tasks paid for and not saved", 1, true), out)
+    assert.truthy(r.what_to_do:find("continue with: jimeng resume", 1, true), out)
+    assert.truthy(err:find("continue with:\njimeng resume\n", 1, true), err)
+    env.sb:finish()
+    local ok, rout = paste(r.continue[1])
+    assert.is_true(ok, rout)
+    for _, j in ipairs(r.jobs) do assert.truthy(h.exists(env.dir .. "/" .. j.path), j.path) end
+    assert.equals(2, creates())
+  end)
+
+  it("batch --json after SIGINT, with a journal: the same command, whole, continues it and pays nothing more", function()
+    env.sb:reset()
+    env.sb:config { queue_seconds = 0.05, process_seconds = 30 }
+    h.write(env.dir .. "/jobs.jsonl", '{"prompt":"an int fox"}\n{"prompt":"an int owl"}\n')
+    local pid = start("batch jobs.jsonl -o vids --journal j.jsonl --interval 0.1 --json")
+    assert.truthy(wait_until(function() return creates() == 2 end))
+    assert.truthy(wait_until(function() return select(2, (h.read(env.dir .. "/err") or ""):gsub("created task", "")) == 2 end))
+    signal("INT", pid)
+    local code, err, out = ended()
+    assert.equals("130", code, err)
+    local r = cjson.decode(out)
+    assert.same(task_ids(), sorted(r.paid_task_ids))
+    assert.same({ "jimeng batch jobs.jsonl -o vids --journal j.jsonl --interval 0.1 --json" }, r.continue)
+    assert.truthy(r.what_to_do:find("run the same command again to continue", 1, true), out)
+    env.sb:finish()
+    local ok, rout = paste(r.continue[1])
+    assert.is_true(ok, rout)
+    assert.equals(2, cjson.decode(rout:match("(%b{})%s*$")).skipped + cjson.decode(rout:match("(%b{})%s*$")).saved)
+    assert.equals(2, creates())
+  end)
+
+  it("experiment --json after SIGTERM: the tasks it paid for and the command that continues it", function()
+    env.sb:reset()
+    env.sb:config { queue_seconds = 0.05, process_seconds = 30 }
+    h.write(env.dir .. "/grid.json", cjson.encode { name = "g", base = { prompt = "a {animal}", seconds = 5 },
+      vars = { animal = { "fox", "owl" } } })
+    local pid = start("experiment grid.json -o g --interval 0.1 --no-posters --json")
+    assert.truthy(wait_until(function() return creates() == 2 end))
+    assert.truthy(wait_until(function() return select(2, (h.read(env.dir .. "/err") or ""):gsub("created task", "")) == 2 end))
+    signal("TERM", pid)
+    local code, err, out = ended()
+    assert.equals("130", code, err)
+    local r = cjson.decode(out)
+    assert.equals(2, r.paid)
+    assert.same(task_ids(), sorted(r.paid_task_ids))
+    assert.same({ "jimeng experiment grid.json -o g --interval 0.1 --no-posters --json" }, r.continue)
+    assert.truthy(r.what_to_do:find("2 tasks paid for and not saved", 1, true), out)
+    env.sb:finish()
+    local ok, rout = paste(r.continue[1])
+    assert.is_true(ok, rout)
+    assert.equals(2, creates())
+  end)
+end)

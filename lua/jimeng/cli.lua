@@ -464,8 +464,68 @@ function commands.omnihuman(client, args, out)
   return EXIT_OK
 end
 
+-- The command line this process runs, to copy (a batch or an experiment with its journal continues with it).
+local function same_command(out)
+  local words = { "jimeng" }
+  for _, a in ipairs(out.argv or {}) do words[#words + 1] = shell_quote(a) end
+  return table.concat(words, " ")
+end
+
+-- What a batch or an experiment that stopped leaves to do about what it paid for. jobs: its jobs (or takes),
+-- each with status, task_id and path; journal: whether a second run knows what this one created (then the
+-- same command continues it, paying for nothing it saw created); else each task paid for and not saved is
+-- saved by jimeng resume (the ledger) or by wait && download, never by the same command (it would pay again).
+-- -> nil when there is nothing to say, else the sentence, the commands (the first the one to run)
+local function stopped_continuation(out, client, jobs, journal, interrupted)
+  local unsaved, ids = {}, {}
+  for _, j in ipairs(jobs) do
+    if j.task_id and (j.status == "error" or j.status == "interrupted") then
+      unsaved[#unsaved + 1], ids[#ids + 1] = j, j.task_id
+    end
+  end
+  local tasks = #unsaved > 0 and ("%d task%s paid for and not saved (%s)"):format(#unsaved, #unsaved == 1 and "" or "s",
+    table.concat(ids, ", "))
+  if journal then
+    if not interrupted and not tasks then return nil end
+    return (tasks and (tasks .. "; ") or "") .. "nothing is lost: run the same command again to continue (it pays " ..
+      "for nothing a run before it created):", { same_command(out) }
+  end
+  if not tasks then
+    return interrupted and "nothing this run paid for is left unsaved: the jobs it did not save were never created" or nil
+  end
+  local cmds = {}
+  if client.ledger then cmds[1] = "jimeng resume" end
+  for _, j in ipairs(unsaved) do
+    cmds[#cmds + 1] = ("jimeng wait %s && jimeng download %s -o %s"):format(j.task_id, j.task_id,
+      shell_quote(j.path or ("jimeng_video_" .. j.task_id .. ".mp4")))
+  end
+  return tasks .. ": do not run the same command again (without --journal it would pay for them again); " ..
+    "continue with:", cmds
+end
+
+-- Puts what to do after a batch or an experiment stopped in its --json summary: what_to_do whole (its
+-- cmds in it) and continue (the cmds, the first the one to run).
+local function report_stopped(summary, what, cmds)
+  if not what then return end
+  summary.what_to_do, summary.continue = what, cmds
+  if cmds then
+    summary.what_to_do = what .. " " .. cmds[1] .. (#cmds > 1 and (" (or, for each task alone: " ..
+      table.concat(cmds, "; ", 2) .. ")") or "")
+  end
+end
+
+-- Says it on stderr: each command on a line of its own, whole.
+local function print_stopped(out, what, cmds)
+  out:note("jimeng: " .. what, true)
+  for i, c in ipairs(cmds or {}) do
+    if i == 2 then out.stderr:write(out:fitted("  or, for each task alone:"), "\n") end
+    out.stderr:write(out:paint("bold", ktext.printable(c)), "\n")
+  end
+end
+
 function commands.batch(client, args, out)
   local done = 0
+  local paid = {} -- the tasks this run created, in order: what it paid for
   local view = progress.batch(out)
   out.batch_view = view -- counts the polls of each job, for the table or the plain lines
   out.table = view.out.tty and not out.quiet and view or nil
@@ -475,6 +535,7 @@ function commands.batch(client, args, out)
     on_event = function(ev)
       local job = ev.job
       local name = job.label or ("job " .. job.index)
+      if ev.type == "created" then paid[#paid + 1] = ev.task.id end
       if out.table then -- a terminal: one line per job, redrawn in place; notes above it
         if ev.type == "backoff" then
           view:note(("rate limited: %d job(s) in flight from now on"):format(ev.limit))
@@ -513,25 +574,27 @@ function commands.batch(client, args, out)
     if c[1] > 0 then counts[#counts + 1] = ("%d %s"):format(c[1], c[2]) end
   end
   local line = ("%d jobs: %s"):format(summary.total, table.concat(counts, ", "))
+  local what, continue = stopped_continuation(out, client, summary.jobs, args.journal, summary.interrupted > 0)
   if out.json then
     local jobs = {}
     for i, j in ipairs(summary.jobs) do
       jobs[i] = { index = j.index, label = j.label, status = j.status, path = j.path, task_id = j.task_id,
         error = j.error and { kind = j.error.kind, message = j.error.message } or nil }
     end
-    out:result({ total = summary.total, saved = summary.saved, skipped = summary.skipped, failed = summary.failed,
-      unknown = summary.unknown, errors = summary.errors, jobs = jobs })
+    local result = { total = summary.total, saved = summary.saved, skipped = summary.skipped, failed = summary.failed,
+      unknown = summary.unknown, errors = summary.errors, interrupted = summary.interrupted, jobs = jobs,
+      paid = #paid, paid_task_ids = paid }
+    report_stopped(result, what, continue)
+    out:result(result)
   end
   out:note(line)
   if summary.interrupted > 0 then
-    if args.journal then
-      out:note("jimeng: interrupted; nothing is lost: run the same command again to continue", true)
-    else
-      out:note("jimeng: interrupted. Without --journal a second run cannot know what this one created: " ..
-        "the tasks created above are paid for (jimeng wait ID, jimeng download ID); next time pass --journal FILE", true)
-    end
-    return EXIT_INTERRUPTED
+    out:note(args.journal and "jimeng: interrupted; nothing is lost: run the same command again to continue" or
+      "jimeng: interrupted. Without --journal a second run cannot know what this one created; next time pass " ..
+      "--journal FILE", true)
   end
+  if continue and not args.journal then print_stopped(out, what, continue) end
+  if summary.interrupted > 0 then return EXIT_INTERRUPTED end
   if summary.errors > 0 or summary.unknown > 0 then return EXIT_API end
   if summary.failed > 0 then return EXIT_TASK end
   return EXIT_OK
@@ -544,6 +607,7 @@ local STATE_WORDS = { saved = "made", created = "created, to download", failed =
 
 function commands.experiment(client, args, out)
   local done = 0
+  local paid = {} -- the tasks this run created, in order: what it paid for
   local retake = args.retake
   if retake and #retake == 0 then retake = nil end
   local spec, serr = require("jimeng.experiment").load(args.spec, jimeng.json)
@@ -568,6 +632,7 @@ function commands.experiment(client, args, out)
     end,
     on_event = function(ev)
       local name = ev.job.label
+      if ev.type == "created" then paid[#paid + 1] = ev.task.id end
       if ev.type == "backoff" then
         out:note(("rate limited: %d video(s) in flight from now on"):format(ev.limit))
       elseif ev.type == "created" then
@@ -597,10 +662,13 @@ function commands.experiment(client, args, out)
     .. "gallery: %s"):format(videos(#report.takes), report.made, report.skipped, report.failed, report.unknown,
     report.errors, report.interrupted > 0 and (", %d interrupted"):format(report.interrupted) or "",
     videos(report.paid), report.paid_seconds, report.gallery)
-  out:result({ name = report.name, dir = report.dir, gallery = report.gallery, results = report.results,
+  local result = { name = report.name, dir = report.dir, gallery = report.gallery, results = report.results,
     videos = #report.takes, made = report.made, skipped = report.skipped, failed = report.failed,
     unknown = report.unknown, errors = report.errors, interrupted = report.interrupted, paid = report.paid,
-    paid_seconds = report.paid_seconds })
+    paid_seconds = report.paid_seconds, paid_task_ids = paid }
+  -- an experiment always has its journal: the same command continues it
+  report_stopped(result, stopped_continuation(out, client, report.takes, true, report.interrupted > 0))
+  out:result(result)
   out:note(line)
   if report.interrupted > 0 then
     out:note("jimeng: interrupted; nothing is lost: run the same command again to continue", true)
@@ -811,7 +879,7 @@ function M.main(argv, streams)
   if run and run.key_file_error and args.command ~= "config" and args.command ~= "doctor" then
     return out:fail(run.key_file_error)
   end
-  out.run, out.listed = run, listed
+  out.run, out.listed, out.argv = run, listed, argv
   out.verbose = listed.verbose and (args.verbose or 0) > 0 and args.verbose or nil
   local client
   if not NO_CLIENT[args.command] then
