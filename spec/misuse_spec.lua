@@ -150,3 +150,50 @@ describe("the Lua API called with the wrong arguments", function()
     end
   end)
 end)
+
+describe("a prompt that shows nothing", function()
+  local env = h.with_sandbox { reset = true, dir = "each" }
+
+  local INVISIBLE = {
+    "\239\187\191", -- U+FEFF, a byte order mark alone
+    "\226\128\139", -- U+200B zero width space
+    "\226\128\168", -- U+2028 line separator
+    "\226\128\169 \226\128\140", -- U+2029, a space, U+200C
+    "\226\129\160\226\128\141", -- U+2060 word joiner, U+200D
+    "\225\160\142", -- U+180E
+    "\194\133\225\154\128\226\128\131\226\128\175\226\129\159", -- U+0085, U+1680, U+2003, U+202F, U+205F
+    " \t\227\128\128\194\160", -- the white space refused before: still refused
+  }
+
+  it("only white space or invisible format characters: refused before anything is sent (Lua, generate, batch)",
+    function()
+      for _, p in ipairs(INVISIBLE) do
+        local t, err = env.client:create { prompt = p }
+        h.failed("invalid_argument", t, err)
+        assert.equals("prompt", err.field)
+        assert.truthy(err.message:find("only white space or invisible characters", 1, true), err.message)
+        t, err = env.client:create { images = { "https://example.com/a.jpg" }, content = { { type = "text", text = p } } }
+        h.failed("invalid_argument", t, err)
+        local s
+        s, err = env.client:batch({ { prompt = "a fox" }, { prompt = p } }, { output_dir = env.dir })
+        h.failed("invalid_argument", s, err)
+      end
+      for _, p in ipairs { "\239\187\191", "\226\128\139", "\226\128\168" } do
+        local code, _, err = cli(env.dir, "generate '" .. p .. "'", ("JIMENG_API_KEY=k JIMENG_BASE_URL=%s"):format(env.sb.url))
+        assert.equals(2, code, err)
+        assert.truthy(err:find("prompt is only white space or invisible characters", 1, true), err)
+      end
+      assert.equals(0, env.sb:stats().creates)
+    end)
+
+  it("a byte order mark in front is no part of the prompt: the API gets the prompt without it", function()
+    local body = assert(jimeng.normalize { prompt = "\239\187\191a fox at dawn" })
+    assert.equals("a fox at dawn", body.prompt)
+    local task = assert(env.client:create { prompt = "\239\187\191a fox at dawn" })
+    assert.equals("a fox at dawn", env.sb:create_entry(task.id).body.prompt)
+    -- only the first: one inside, or a second, is the user's text and is sent as it is
+    body = assert(jimeng.normalize { prompt = "a\226\128\139fox" })
+    assert.equals("a\226\128\139fox", body.prompt)
+    assert.equals(1, env.sb:stats().creates)
+  end)
+end)
