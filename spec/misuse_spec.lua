@@ -197,3 +197,30 @@ describe("a prompt that shows nothing", function()
     assert.equals(1, env.sb:stats().creates)
   end)
 end)
+
+describe("experiment --no-posters", function()
+  local env = h.with_sandbox { client = false, reset = true, dir = "each" }
+
+  it("runs no ffmpeg and writes no poster; without it, the ffmpeg on PATH makes them", function()
+    -- an ffmpeg of the spec's own, first on PATH: it says it ran, and writes a poster
+    assert(os.execute("mkdir " .. env.dir .. "/bin"))
+    h.write(env.dir .. "/bin/ffmpeg", ("#!/bin/sh\necho ran >> %s/ffmpeg.ran\nfor a; do last=$a; done\n" ..
+      "printf jpeg > \"$last\"\n"):format(env.dir))
+    assert(os.execute("chmod +x " .. env.dir .. "/bin/ffmpeg"))
+    h.write(env.dir .. "/grid.json", cjson.encode { name = "g", base = { prompt = "a {animal}", seconds = 5 },
+      vars = { animal = { "fox", "owl" } } })
+    local run_env = ("PATH=%s/bin:$PATH JIMENG_API_KEY=k JIMENG_BASE_URL=%s"):format(env.dir, env.sb.url)
+    local code, _, err = cli(env.dir, "experiment grid.json -o plain --interval 0.05 --no-posters", run_env)
+    assert.equals(0, code, err)
+    assert.is_nil(h.read(env.dir .. "/ffmpeg.ran"))
+    local p = io.popen("ls " .. env.dir .. "/plain/posters")
+    assert.equals("", p:read("*a"))
+    p:close()
+    assert.falsy(h.read(env.dir .. "/plain/index.html"):find("poster=", 1, true))
+    code, _, err = cli(env.dir, "experiment grid.json -o framed --interval 0.05", run_env)
+    assert.equals(0, code, err)
+    assert.truthy(h.read(env.dir .. "/ffmpeg.ran"), "the fake ffmpeg never ran: the spec proves nothing")
+    assert.equals("jpeg", h.read(env.dir .. "/framed/posters/" .. cjson.decode(h.read(env.dir .. "/framed/results.json"))
+      .cells[1].poster:match("[^/]+$")))
+  end)
+end)

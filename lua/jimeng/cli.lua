@@ -612,11 +612,14 @@ function commands.experiment(client, args, out)
   if retake and #retake == 0 then retake = nil end
   local spec, serr = require("jimeng.experiment").load(args.spec, jimeng.json)
   if not spec then return out:fail(serr) end
+  -- --no-posters is ffmpeg = false; without it nil (found on PATH). Never `x and false or nil`: that is always nil.
+  local no_posters
+  if args.no_posters then no_posters = false end
   local report, err = client:experiment(spec, {
     dir = args.output_dir or (tostring(spec.name):gsub("[^%w%-_.]", "_")), rows = args.rows, cols = args.cols,
     dry_run = args.dry_run, max_videos = args.max_videos, yes = args.yes, retake = retake, overwrite = args.force,
     concurrency = args.jobs_in_flight, recreate_unknown = args.recreate_unknown, interval = args.interval,
-    timeout = args.timeout, ffmpeg = args.no_posters and false or nil,
+    timeout = args.timeout, ffmpeg = no_posters,
     on_plan = function(plan, r)
       local dims = {}
       for _, a in ipairs(plan.axes) do dims[#dims + 1] = ("%d %s"):format(#a.values, a.name) end
