@@ -224,3 +224,26 @@ describe("experiment --no-posters", function()
       .cells[1].poster:match("[^/]+$")))
   end)
 end)
+
+describe("burst and max_rps", function()
+  local env = h.with_sandbox { client = false }
+
+  it("burst is from 1 to max_rps rounded down, and 1 under max_rps 2: max_rps 0.5 takes burst 1, as its default", function()
+    local function new(opts)
+      opts.api_key, opts.base_url, opts.ledger = "k", env.sb.url, false
+      return jimeng.new(opts)
+    end
+    assert(new { max_rps = 0.5 }):close()
+    assert(new { max_rps = 0.5, burst = 1 }):close()
+    assert(new { max_rps = 1.9, burst = 1 }):close()
+    assert(new { max_rps = 2.7, burst = 2 }):close()
+    for _, case in ipairs { { 0.5, 2, "from 1 to 1 " }, { 1.9, 2, "from 1 to 1 " }, { 2.7, 3, "from 1 to 2 " },
+      { 10, 0, "from 1 to 10 " }, { 10, 1.5, "from 1 to 10 " } } do
+      local c, err = new { max_rps = case[1], burst = case[2] }
+      h.failed("invalid_argument", c, err)
+      assert.equals("burst", err.field)
+      assert.truthy(err.message:find("burst must be a whole number of requests " .. case[3], 1, true), err.message)
+      assert.falsy(err.message:find("to 0", 1, true), err.message)
+    end
+  end)
+end)
