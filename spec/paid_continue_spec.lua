@@ -118,6 +118,31 @@ describe("an error after a paid create", function()
     assert.equals(1, env.sb:stats().creates)
   end)
 
+  it("a batch without a journal whose downloads fail: names the tasks paid for and jimeng resume, never the same " ..
+    "command", function()
+    -- 3 attempts a download, then it gives up: 6 faults end both, and leave none for the resume
+    env.sb:faults { path = "/content$", method = "GET", count = 6, fault = "status", status = 503 }
+    h.write(env.dir .. "/jobs.jsonl", '{"prompt":"a fox"}\n{"prompt":"an owl"}\n')
+    local code, out, err = jimeng("batch jobs.jsonl -o vids --interval 0.05 --json")
+    assert.equals(3, code, err)
+    assert.equals(2, env.sb:stats().creates)
+    assert.equals(6, #h.api_requests(env.sb, "/content$"))
+    local r = cjson.decode(out)
+    assert.equals(2, r.errors)
+    assert.equals(2, #r.paid_task_ids)
+    assert.equals("jimeng resume", r.continue[1])
+    assert.truthy(r.what_to_do:find("2 tasks paid for and not saved", 1, true), out)
+    assert.truthy(err:find("do not run the same command again", 1, true), err)
+    assert.truthy(err:find("continue with:\njimeng resume\n", 1, true), err)
+    for _, id in ipairs(r.paid_task_ids) do assert.truthy(err:find("jimeng wait " .. id .. " && jimeng download " .. id, 1,
+      true), err) end
+    code, out, err = jimeng("resume")
+    assert.truthy(out:find("2 saved", 1, true) or err:find("2 saved", 1, true), out .. err)
+    assert.equals(0, code, err)
+    for _, j in ipairs(r.jobs) do assert.truthy(h.exists(env.dir .. "/" .. j.path), j.path) end
+    assert.equals(2, env.sb:stats().creates)
+  end)
+
   it("an error that paid for nothing still says what to do in --json", function()
     local code, out = jimeng("generate 'x' --seconds 7 --json")
     assert.equals(2, code)

@@ -454,7 +454,11 @@ function commands.omnihuman(client, args, out)
          out:created(task)
          d:created(task)
        end })
-  if not result then return out:fail(err, continue_with(args.output, args)) end
+  if not result then
+    local alone = continue_with(args.output, args)
+    -- with a ledger and an output, resume saves it where it was meant to go (as generate's)
+    return out:fail(err, client.ledger and args.output and function(id) return "jimeng resume", alone(id) end or alone)
+  end
   out:created(result.task or result)
   if result.path then
     out:result({ path = result.path, bytes = result.bytes, task = result.task, mask_url = result.mask_url }, result.path)
