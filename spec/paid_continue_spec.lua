@@ -51,6 +51,8 @@ describe("an error after a paid create", function()
       fault = { path = "/content$", method = "GET", count = 3, fault = "html", status = 502 } },
     { what = "a 503 for the video", kind = "server",
       fault = { path = "/content$", method = "GET", count = 3, fault = "status", status = 503 } },
+    { what = "a protocol error (the video sent compressed)", kind = "protocol",
+      fault = { path = "/content$", method = "GET", count = 1, fault = "gzip" } },
   } do
     it(case.what .. ": says it is paid for and how to save it; that saves it and pays nothing more", function()
       env.sb:faults(case.fault)
