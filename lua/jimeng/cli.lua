@@ -507,8 +507,8 @@ local function stopped_continuation(out, client, jobs, journal, interrupted)
     "continue with:", cmds
 end
 
--- Puts what to do after a batch or an experiment stopped in its --json summary: what_to_do whole (its
--- cmds in it) and continue (the cmds, the first the one to run).
+-- Puts what to do after a batch or an experiment stopped in its --json summary: what_to_do whole (the
+-- commands in it) and continue (the commands, the first the one to run).
 local function report_stopped(summary, what, cmds)
   if not what then return end
   summary.what_to_do, summary.continue = what, cmds
@@ -617,13 +617,13 @@ function commands.experiment(client, args, out)
   local spec, serr = require("jimeng.experiment").load(args.spec, jimeng.json)
   if not spec then return out:fail(serr) end
   -- --no-posters is ffmpeg = false; without it nil (found on PATH). Never `x and false or nil`: that is always nil.
-  local no_posters
-  if args.no_posters then no_posters = false end
+  local ffmpeg
+  if args.no_posters then ffmpeg = false end
   local report, err = client:experiment(spec, {
     dir = args.output_dir or (tostring(spec.name):gsub("[^%w%-_.]", "_")), rows = args.rows, cols = args.cols,
     dry_run = args.dry_run, max_videos = args.max_videos, yes = args.yes, retake = retake, overwrite = args.force,
     concurrency = args.jobs_in_flight, recreate_unknown = args.recreate_unknown, interval = args.interval,
-    timeout = args.timeout, ffmpeg = no_posters,
+    timeout = args.timeout, ffmpeg = ffmpeg,
     on_plan = function(plan, r)
       local dims = {}
       for _, a in ipairs(plan.axes) do dims[#dims + 1] = ("%d %s"):format(#a.values, a.name) end
