@@ -465,13 +465,35 @@ static int jm_read_content(jm_norm *n, const char **text) {
     return 0;
 }
 
-/* Whether s holds only white space: ASCII's, no-break spaces (U+00A0) and ideographic ones (U+3000). */
+/* The length in bytes of the character at s when it shows nothing: Unicode's White_Space (U+0009-U+000D,
+ * U+0020, U+0085, U+00A0, U+1680, U+2000-U+200A, U+2028, U+2029, U+202F, U+205F, U+3000) or a format
+ * character that is invisible (U+180E, U+200B-U+200D, U+2060, U+FEFF); else 0. */
+static size_t jm_invisible(const unsigned char *s) {
+    unsigned cp;
+    size_t len;
+    if (s[0] < 0x80) return (s[0] == ' ' || (s[0] >= 0x09 && s[0] <= 0x0D)) ? 1 : 0;
+    if ((s[0] & 0xE0) == 0xC0 && (s[1] & 0xC0) == 0x80) {
+        cp = ((unsigned)(s[0] & 0x1F) << 6) | (s[1] & 0x3F);
+        len = 2;
+    } else if ((s[0] & 0xF0) == 0xE0 && (s[1] & 0xC0) == 0x80 && (s[2] & 0xC0) == 0x80) {
+        cp = ((unsigned)(s[0] & 0x0F) << 12) | ((unsigned)(s[1] & 0x3F) << 6) | (s[2] & 0x3F);
+        len = 3;
+    } else {
+        return 0; /* four bytes (no such character among them) or not UTF-8 (said by the length check) */
+    }
+    if (cp == 0x85 || cp == 0xA0 || cp == 0x1680 || cp == 0x180E || (cp >= 0x2000 && cp <= 0x200D) ||
+        cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x2060 || cp == 0x3000 || cp == 0xFEFF)
+        return len;
+    return 0;
+}
+
+/* Whether s shows nothing: only white space and invisible format characters (jm_invisible). */
 static int jm_blank(const char *s) {
-    while (*s) {
-        if (isspace((unsigned char)*s)) s++;
-        else if ((unsigned char)s[0] == 0xC2 && (unsigned char)s[1] == 0xA0) s += 2;
-        else if ((unsigned char)s[0] == 0xE3 && (unsigned char)s[1] == 0x80 && (unsigned char)s[2] == 0x80) s += 3;
-        else return 0;
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        size_t len = jm_invisible(p);
+        if (!len) return 0;
+        p += len;
     }
     return 1;
 }
@@ -493,7 +515,10 @@ static int jm_prompt(jm_norm *n, const char *content_text, int required) {
                        JM_PROMPT_MAX, JM_PROMPT_WARN);
     }
     if (jm_blank(prompt))
-        return JM_FAIL(n, "prompt", "prompt is only white space: describe the video (up to %d characters)", JM_PROMPT_MAX);
+        return JM_FAIL(n, "prompt", "prompt is only white space or invisible characters: describe the video (up to %d "
+                       "characters)", JM_PROMPT_MAX);
+    /* a byte order mark in front (a prompt read from a file some editors wrote) is no part of the prompt */
+    if (strncmp(prompt, "\xEF\xBB\xBF", 3) == 0) prompt += 3;
     chars = jm_utf8_len((const unsigned char *)prompt, strlen(prompt));
     if (chars < 0) return JM_FAIL(n, "prompt", "prompt is not valid UTF-8");
     if (chars > JM_PROMPT_MAX) return JM_FAIL(n, "prompt", "prompt is %ld characters; the API takes at most %d", chars, JM_PROMPT_MAX);

@@ -201,6 +201,10 @@ end
 -- not paid again), "failed" (the task failed: not made again), "unknown" (sent, no answer: created again only
 -- with recreate_unknown), "new" (never sent). create: whether the run would pay for it. opts as for run.
 function M.plan(client, jobs, opts)
+  if type(client) ~= "table" or type(client.create) ~= "function" then -- misuse raises, naming call and argument
+    error(("jimeng.batch.plan(client, jobs, opts): client must be a client of jimeng.new; got a %s"):format(
+      type(client)), 2)
+  end
   local ok, oerr = workflows.check_options(opts, BATCH_OPTIONS, "batch")
   if not ok then return nil, oerr end
   opts = opts or {}

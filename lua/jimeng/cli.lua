@@ -176,30 +176,49 @@ function Out:created(task)
   self.stderr:flush()
 end
 
+local default_continue -- the command that continues a paid task when the command names none (below)
+
+-- What to do about task `id`, which exists and is paid for, whatever stopped the command (an interruption, an
+-- error after the create): the one wording of both, never "run the command again" (that would pay again).
+-- -> the sentence (it ends with "continue with:"), the command to copy, and another for this task alone (or nil)
+local function paid_continuation(id, kind, continue)
+  local command, alternative = (continue or default_continue)(id)
+  return ktext.printable(errors.paid_hint(id, kind)), command and ktext.printable(command),
+    alternative and ktext.printable(alternative)
+end
+
+-- The what_to_do of --json: the sentence and its commands in one text, whole.
+local function json_what(what, command, alternative)
+  if not command then return what end
+  return what .. " " .. command .. (alternative and (" (or, for this task alone: " .. alternative .. ")") or "")
+end
+
+-- Prints the hint and the commands to copy: each command on a line of its own, whole, whatever the width
+-- (wrapped, a paste would run half of it), never with a # comment.
+function Out:what_to_do(what, command, alternative, prefix)
+  self.stderr:write(self:paint("yellow", self:fitted((prefix or "") .. what)), "\n")
+  if command then self.stderr:write(self:paint("bold", command), "\n") end
+  if command and alternative then self.stderr:write(self:fitted("  or, for this task alone:"), "\n", alternative, "\n") end
+end
+
 -- After Ctrl-C or SIGTERM: what exists, and the command that continues it.
 function Out:interrupted(err, continue)
   if self.line_open then self.stderr:write("\n") end
   local what, command, alternative
   if err.task_id then
-    -- the command to copy goes on a line of its own, whole, whatever the width: wrapped, a paste would run
-    -- half of it
-    what = ktext.printable(("task %s exists (it is paid for); continue with:"):format(err.task_id))
-    command, alternative = continue(err.task_id)
-    command = command and ktext.printable(command)
-    alternative = alternative and ktext.printable(alternative)
+    what, command, alternative = paid_continuation(err.task_id, err.kind, continue)
   elseif err.created == nil and err.kind == "interrupted" and err.message:find("create") then
     what = "the create was on the wire when it was abandoned: the task may exist and be billed; check your " ..
       "account's tasks before creating it again"
   else
     what = "nothing was sent: run the same command again"
   end
-  self.stderr:write(self:paint("yellow", self:fitted(ktext.printable("jimeng: " .. err.message))), "\n",
-    self:fitted("  " .. what), "\n")
-  if command then self.stderr:write(self:paint("bold", command), "\n") end
-  if alternative then self.stderr:write(self:fitted("  or, for this task alone:"), "\n", alternative, "\n") end
+  self.stderr:write(self:paint("yellow", self:fitted(ktext.printable("jimeng: " .. err.message))), "\n")
+  self:what_to_do(what, command, alternative, "  ")
   if self.json then
     self.stdout:write(encode { error = { kind = err.kind, message = err.message, task_id = err.task_id,
-      created = err.created, what_to_do = what } }, "\n")
+      created = err.created, what_to_do = json_what(what, command, alternative),
+      continue = command and { command, alternative } or nil } }, "\n")
   end
   return EXIT_INTERRUPTED
 end
@@ -210,13 +229,12 @@ function Out:fail(err, continue)
   if self.line_open then self.stderr:write("\n") end
   self.stderr:write(self:paint("red", self:fitted(ktext.printable(tostring(err)))), "\n")
   local hint = err.hint or errors.hint(err.kind)
-  local command, alternative -- commands to copy: each on a line of its own, never with a # comment
+  local command, alternative -- commands to copy
   if hint and self.command then hint = hint:gsub("jimeng COMMAND", "jimeng " .. self.command) end
   if hint and err.task_id then hint = hint:gsub("jimeng wait ID", "jimeng wait " .. err.task_id) end
   if err.created then -- the task exists and is paid for: running the command again would pay again
-    if err.task_id and continue then
-      hint = "the task exists and is paid for: do not create it again; continue with:"
-      command, alternative = continue(err.task_id)
+    if err.task_id then
+      hint, command, alternative = paid_continuation(err.task_id, err.kind, continue)
     else
       hint = "the task was made (it is paid for) but its id could not be read: do not create it again"
     end
@@ -224,15 +242,12 @@ function Out:fail(err, continue)
     hint = "the task may exist and be billed, and its id is unknown: check your account's tasks before " ..
       "creating it again"
   end
-  if hint then self.stderr:write(self:paint("yellow", self:fitted(ktext.printable("  what to do: " .. hint))), "\n") end
-  if command then self.stderr:write(self:paint("bold", command), "\n") end
-  if command and alternative then
-    self.stderr:write(self:fitted("  or, for this task alone:"), "\n", alternative, "\n")
-  end
+  if hint then self:what_to_do(ktext.printable(hint), command, alternative, "  what to do: ") end
   if self.json then
     self.stdout:write(encode { error = {
       kind = err.kind, message = err.message, status = err.status, code = err.code, field = err.field,
-      request_id = err.request_id, task_id = err.task_id, retryable = err.retryable,
+      request_id = err.request_id, task_id = err.task_id, retryable = err.retryable, created = err.created,
+      what_to_do = hint and json_what(hint, command, alternative), continue = command and { command, alternative } or nil,
     } }, "\n")
   end
   return errors.exit_code(err.kind)
@@ -293,6 +308,8 @@ local function continue_with(output, args)
     return ("jimeng wait %s && jimeng download %s -o %s"):format(id, id, shell_quote(path))
   end
 end
+
+default_continue = continue_with(nil)
 
 -- The config's output_dir, for commands whose -o names a file (generate, download): where the default name goes.
 local function default_dir(out)
@@ -437,7 +454,11 @@ function commands.omnihuman(client, args, out)
          out:created(task)
          d:created(task)
        end })
-  if not result then return out:fail(err, continue_with(args.output, args)) end
+  if not result then
+    local alone = continue_with(args.output, args)
+    -- with a ledger and an output, resume saves it where it was meant to go (as generate's)
+    return out:fail(err, client.ledger and args.output and function(id) return "jimeng resume", alone(id) end or alone)
+  end
   out:created(result.task or result)
   if result.path then
     out:result({ path = result.path, bytes = result.bytes, task = result.task, mask_url = result.mask_url }, result.path)
@@ -447,8 +468,68 @@ function commands.omnihuman(client, args, out)
   return EXIT_OK
 end
 
+-- The command line this process runs, to copy (a batch or an experiment with its journal continues with it).
+local function same_command(out)
+  local words = { "jimeng" }
+  for _, a in ipairs(out.argv or {}) do words[#words + 1] = shell_quote(a) end
+  return table.concat(words, " ")
+end
+
+-- What a batch or an experiment that stopped leaves to do about what it paid for. jobs: its jobs (or takes),
+-- each with status, task_id and path; journal: whether a second run knows what this one created (then the
+-- same command continues it, paying for nothing it saw created); else each task paid for and not saved is
+-- saved by jimeng resume (the ledger) or by wait && download, never by the same command (it would pay again).
+-- -> nil when there is nothing to say, else the sentence, the commands (the first the one to run)
+local function stopped_continuation(out, client, jobs, journal, interrupted)
+  local unsaved, ids = {}, {}
+  for _, j in ipairs(jobs) do
+    if j.task_id and (j.status == "error" or j.status == "interrupted") then
+      unsaved[#unsaved + 1], ids[#ids + 1] = j, j.task_id
+    end
+  end
+  local tasks = #unsaved > 0 and ("%d task%s paid for and not saved (%s)"):format(#unsaved, #unsaved == 1 and "" or "s",
+    table.concat(ids, ", "))
+  if journal then
+    if not interrupted and not tasks then return nil end
+    return (tasks and (tasks .. "; ") or "") .. "nothing is lost: run the same command again to continue (it pays " ..
+      "for nothing a run before it created):", { same_command(out) }
+  end
+  if not tasks then
+    return interrupted and "nothing this run paid for is left unsaved: the jobs it did not save were never created" or nil
+  end
+  local cmds = {}
+  if client.ledger then cmds[1] = "jimeng resume" end
+  for _, j in ipairs(unsaved) do
+    cmds[#cmds + 1] = ("jimeng wait %s && jimeng download %s -o %s"):format(j.task_id, j.task_id,
+      shell_quote(j.path or ("jimeng_video_" .. j.task_id .. ".mp4")))
+  end
+  return tasks .. ": do not run the same command again (without --journal it would pay for them again); " ..
+    "continue with:", cmds
+end
+
+-- Puts what to do after a batch or an experiment stopped in its --json summary: what_to_do whole (the
+-- commands in it) and continue (the commands, the first the one to run).
+local function report_stopped(summary, what, cmds)
+  if not what then return end
+  summary.what_to_do, summary.continue = what, cmds
+  if cmds then
+    summary.what_to_do = what .. " " .. cmds[1] .. (#cmds > 1 and (" (or, for each task alone: " ..
+      table.concat(cmds, "; ", 2) .. ")") or "")
+  end
+end
+
+-- Says it on stderr: each command on a line of its own, whole.
+local function print_stopped(out, what, cmds)
+  out:note("jimeng: " .. what, true)
+  for i, c in ipairs(cmds or {}) do
+    if i == 2 then out.stderr:write(out:fitted("  or, for each task alone:"), "\n") end
+    out.stderr:write(out:paint("bold", ktext.printable(c)), "\n")
+  end
+end
+
 function commands.batch(client, args, out)
   local done = 0
+  local paid = {} -- the tasks this run created, in order: what it paid for
   local view = progress.batch(out)
   out.batch_view = view -- counts the polls of each job, for the table or the plain lines
   out.table = view.out.tty and not out.quiet and view or nil
@@ -458,6 +539,7 @@ function commands.batch(client, args, out)
     on_event = function(ev)
       local job = ev.job
       local name = job.label or ("job " .. job.index)
+      if ev.type == "created" then paid[#paid + 1] = ev.task.id end
       if out.table then -- a terminal: one line per job, redrawn in place; notes above it
         if ev.type == "backoff" then
           view:note(("rate limited: %d job(s) in flight from now on"):format(ev.limit))
@@ -496,25 +578,27 @@ function commands.batch(client, args, out)
     if c[1] > 0 then counts[#counts + 1] = ("%d %s"):format(c[1], c[2]) end
   end
   local line = ("%d jobs: %s"):format(summary.total, table.concat(counts, ", "))
+  local what, continue = stopped_continuation(out, client, summary.jobs, args.journal, summary.interrupted > 0)
   if out.json then
     local jobs = {}
     for i, j in ipairs(summary.jobs) do
       jobs[i] = { index = j.index, label = j.label, status = j.status, path = j.path, task_id = j.task_id,
         error = j.error and { kind = j.error.kind, message = j.error.message } or nil }
     end
-    out:result({ total = summary.total, saved = summary.saved, skipped = summary.skipped, failed = summary.failed,
-      unknown = summary.unknown, errors = summary.errors, jobs = jobs })
+    local result = { total = summary.total, saved = summary.saved, skipped = summary.skipped, failed = summary.failed,
+      unknown = summary.unknown, errors = summary.errors, interrupted = summary.interrupted, jobs = jobs,
+      paid = #paid, paid_task_ids = paid }
+    report_stopped(result, what, continue)
+    out:result(result)
   end
   out:note(line)
   if summary.interrupted > 0 then
-    if args.journal then
-      out:note("jimeng: interrupted; nothing is lost: run the same command again to continue", true)
-    else
-      out:note("jimeng: interrupted. Without --journal a second run cannot know what this one created: " ..
-        "the tasks created above are paid for (jimeng wait ID, jimeng download ID); next time pass --journal FILE", true)
-    end
-    return EXIT_INTERRUPTED
+    out:note(args.journal and "jimeng: interrupted; nothing is lost: run the same command again to continue" or
+      "jimeng: interrupted. Without --journal a second run cannot know what this one created; next time pass " ..
+      "--journal FILE", true)
   end
+  if continue and not args.journal then print_stopped(out, what, continue) end
+  if summary.interrupted > 0 then return EXIT_INTERRUPTED end
   if summary.errors > 0 or summary.unknown > 0 then return EXIT_API end
   if summary.failed > 0 then return EXIT_TASK end
   return EXIT_OK
@@ -527,15 +611,19 @@ local STATE_WORDS = { saved = "made", created = "created, to download", failed =
 
 function commands.experiment(client, args, out)
   local done = 0
+  local paid = {} -- the tasks this run created, in order: what it paid for
   local retake = args.retake
   if retake and #retake == 0 then retake = nil end
   local spec, serr = require("jimeng.experiment").load(args.spec, jimeng.json)
   if not spec then return out:fail(serr) end
+  -- --no-posters is ffmpeg = false; without it nil (found on PATH). Never `x and false or nil`: that is always nil.
+  local ffmpeg
+  if args.no_posters then ffmpeg = false end
   local report, err = client:experiment(spec, {
     dir = args.output_dir or (tostring(spec.name):gsub("[^%w%-_.]", "_")), rows = args.rows, cols = args.cols,
     dry_run = args.dry_run, max_videos = args.max_videos, yes = args.yes, retake = retake, overwrite = args.force,
     concurrency = args.jobs_in_flight, recreate_unknown = args.recreate_unknown, interval = args.interval,
-    timeout = args.timeout, ffmpeg = args.no_posters and false or nil,
+    timeout = args.timeout, ffmpeg = ffmpeg,
     on_plan = function(plan, r)
       local dims = {}
       for _, a in ipairs(plan.axes) do dims[#dims + 1] = ("%d %s"):format(#a.values, a.name) end
@@ -551,6 +639,7 @@ function commands.experiment(client, args, out)
     end,
     on_event = function(ev)
       local name = ev.job.label
+      if ev.type == "created" then paid[#paid + 1] = ev.task.id end
       if ev.type == "backoff" then
         out:note(("rate limited: %d video(s) in flight from now on"):format(ev.limit))
       elseif ev.type == "created" then
@@ -580,10 +669,13 @@ function commands.experiment(client, args, out)
     .. "gallery: %s"):format(videos(#report.takes), report.made, report.skipped, report.failed, report.unknown,
     report.errors, report.interrupted > 0 and (", %d interrupted"):format(report.interrupted) or "",
     videos(report.paid), report.paid_seconds, report.gallery)
-  out:result({ name = report.name, dir = report.dir, gallery = report.gallery, results = report.results,
+  local result = { name = report.name, dir = report.dir, gallery = report.gallery, results = report.results,
     videos = #report.takes, made = report.made, skipped = report.skipped, failed = report.failed,
     unknown = report.unknown, errors = report.errors, interrupted = report.interrupted, paid = report.paid,
-    paid_seconds = report.paid_seconds })
+    paid_seconds = report.paid_seconds, paid_task_ids = paid }
+  -- an experiment always has its journal: the same command continues it
+  report_stopped(result, stopped_continuation(out, client, report.takes, true, report.interrupted > 0))
+  out:result(result)
   out:note(line)
   if report.interrupted > 0 then
     out:note("jimeng: interrupted; nothing is lost: run the same command again to continue", true)
@@ -794,7 +886,7 @@ function M.main(argv, streams)
   if run and run.key_file_error and args.command ~= "config" and args.command ~= "doctor" then
     return out:fail(run.key_file_error)
   end
-  out.run, out.listed = run, listed
+  out.run, out.listed, out.argv = run, listed, argv
   out.verbose = listed.verbose and (args.verbose or 0) > 0 and args.verbose or nil
   local client
   if not NO_CLIENT[args.command] then

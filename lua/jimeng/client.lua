@@ -207,10 +207,12 @@ function Client.new(opts, json)
   if self.max_rps ~= nil and not (self.max_rps >= 0.5 and self.max_rps <= 100000) then -- luacheck: ignore 581
     return invalid("max_rps must be a number of requests per second from 0.5 to 100000", "max_rps")
   end
-  if self.burst ~= nil and not (self.burst >= 1 and self.burst <= (self.max_rps or 100000) and
-      self.burst == math.floor(self.burst)) then
-    return invalid(("burst must be a whole number of requests from 1 to %s (max_rps)"):format(
-      self.max_rps and math.floor(self.max_rps) or 100000), "burst")
+  -- a burst is at most the requests one second may hold: floor(max_rps), and 1 at least (max_rps 0.5 allows 1,
+  -- as the default burst of 1 is, and as the budget paces it)
+  local most_burst = self.max_rps and math.max(1, math.floor(self.max_rps)) or 100000
+  if self.burst ~= nil and not (self.burst >= 1 and self.burst <= most_burst and self.burst == math.floor(self.burst)) then
+    return invalid(("burst must be a whole number of requests from 1 to %d (%s); got %s"):format(most_burst,
+      self.max_rps and "max_rps rounded down, at least 1" or "the most there is", tostring(self.burst)), "burst")
   end
   -- the ledger of paid creates (jimeng.ledger): ledger=false, or JIMENG_LEDGER=false, for none
   self.ledger = ledger.open(ledger.path(opts.ledger), json, self.api_key, ledger.explicit(opts.ledger))
@@ -697,7 +699,8 @@ end
 -- file; without it the file is jimeng_video_<id>.mp4 in opts.output_dir (default: the current directory),
 -- checked before the create (opts.overwrite to replace an existing file). opts.on_created(task) as soon
 -- as the task exists; opts.on_status and opts.on_progress as for wait and download.
--- result: {path=, bytes=, task=}. After the create, every error carries task_id: the video is paid for.
+-- result: {path=, bytes=, task=}. After the create, every error carries task_id and created = true: the video
+-- is paid for.
 function Client:generate(params, opts)
   check_method_self(self, "generate")
   return workflows.generate(self, params, opts)

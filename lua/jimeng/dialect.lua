@@ -161,6 +161,10 @@ local known = {}
 function M.identify(client)
   local http = require "jimeng.http"
   local r
+  if client.closed then -- client:close(): a typed error, as every call of a closed client returns, never a raise
+    return nil, errors.new { kind = "interrupted", created = false, retryable = false,
+      message = "the client was closed (client:close()) before anything was sent" }
+  end
   local attempt = 0
   while true do -- a free call: network faults are retried as a status call's are
     local url = client.base_url .. "/videos/" .. M.PROBE_ID

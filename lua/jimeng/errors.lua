@@ -6,7 +6,8 @@ local M = {}
 
 local EXIT_TASK, EXIT_USAGE, EXIT_API, EXIT_INTERRUPTED = 1, 2, 3, 130
 
---- kind -> {retryable=, exit=, hint=}
+--- kind -> {retryable=, exit=, hint=, fix=}. fix: what to put right before continuing a task that exists (is
+-- paid for), where the hint's "run the command again" would pay for it again (see M.paid_hint).
 M.KINDS = {
   invalid_argument = { retryable = false, exit = EXIT_USAGE,
     hint = "fix the parameter named above (see jimeng COMMAND --help)" },
@@ -17,14 +18,18 @@ M.KINDS = {
   quota = { retryable = false, exit = EXIT_API,
     hint = "the account's balance (quota) is used up: top it up at the gateway, then run the command again" },
   rate_limited = { retryable = true, exit = EXIT_API,
-    hint = "the API is rate limiting: wait a minute and run the command again (for batches, lower -j)" },
-  server = { retryable = true, exit = EXIT_API, hint = "the API had a server error: run the command again in a while" },
+    hint = "the API is rate limiting: wait a minute and run the command again (for batches, lower -j)",
+    fix = "wait a minute" },
+  server = { retryable = true, exit = EXIT_API, hint = "the API had a server error: run the command again in a while",
+    fix = "wait a while" },
   http = { retryable = false, exit = EXIT_API,
-    hint = "the API answered with an unexpected HTTP status: check JIMENG_BASE_URL" },
+    hint = "the API answered with an unexpected HTTP status: check JIMENG_BASE_URL", fix = "check JIMENG_BASE_URL" },
   network = { retryable = true, exit = EXIT_API,
-    hint = "check the network and JIMENG_BASE_URL, then run the command again" },
+    hint = "check the network and JIMENG_BASE_URL, then run the command again",
+    fix = "check the network and JIMENG_BASE_URL" },
   proxy = { retryable = false, exit = EXIT_API,
-    hint = "check the proxy settings (proxy=, --proxy, https_proxy, no_proxy) and its credentials" },
+    hint = "check the proxy settings (proxy=, --proxy, https_proxy, no_proxy) and its credentials",
+    fix = "check the proxy settings" },
   tls = { retryable = false, exit = EXIT_API,
     hint = "the server's certificate was refused: see the message (cainfo= / --cainfo for a private CA)" },
   timeout = { retryable = true, exit = EXIT_API,
@@ -33,11 +38,13 @@ M.KINDS = {
     hint = "the server failed this task: change the prompt or parameters and generate again" },
   protocol = { retryable = false, exit = EXIT_API,
     hint = "the server's answer was not what the API documents: run again; report it if it persists" },
-  io = { retryable = false, exit = EXIT_API, hint = "check that the output path is writable and the disk has room" },
+  io = { retryable = false, exit = EXIT_API, hint = "check that the output path is writable and the disk has room",
+    fix = "make the output's directory exist and be writable, with room on its disk" },
   unknown_outcome = { retryable = false, exit = EXIT_API,
     hint = "the task may exist and be billed: check with `jimeng status ID` before creating again" },
   callback = { retryable = false, exit = EXIT_API,
-    hint = "a callback of yours raised an error; the task id above is what was paid for" },
+    hint = "a callback of yours raised an error; the task id above is what was paid for",
+    fix = "fix the callback" },
   interrupted = { retryable = false, exit = EXIT_INTERRUPTED,
     hint = "interrupted: nothing was lost; the line above says how to continue" },
   internal = { retryable = false, exit = EXIT_API,
@@ -122,6 +129,15 @@ end
 --- What to do about an error of this kind (one sentence), or nil.
 function M.hint(kind)
   return M.KINDS[kind] and M.KINDS[kind].hint
+end
+
+--- What to do about a task that exists and is paid for, whatever stopped the call (an error after the
+-- create, an interruption): never "run the command again", which would pay for it again. The sentence ends
+-- with "continue with:", for the command(s) that save it (the CLI's jimeng resume, jimeng download ID -o FILE).
+function M.paid_hint(task_id, kind)
+  local fix = M.KINDS[kind] and M.KINDS[kind].fix
+  return ("task %s exists (it is paid for): do not create it again; %scontinue with:"):format(tostring(task_id),
+    fix and (fix .. ", then ") or "")
 end
 
 --- The CLI's exit code for an error of this kind.

@@ -196,6 +196,27 @@ M.STATE_WORDS = {
 -- The states of a task paid for whose video is not saved: what `resume` takes up.
 M.UNSAVED = { created = true, completed = true, download_failed = true }
 
+-- The latest moment os.date can show on every Lua (the end of year 9999), in seconds since the epoch.
+local LAST_MOMENT = 253402300799
+
+-- A record's field as the reader takes it: of the type its writer writes, else nil (a line damaged, or written
+-- by hand or by another program, is read for what it holds and never crashes list, show or resume). A
+-- moment ("at") is whole seconds from the epoch to the year 9999: 1.5 is 1, "x", -1 or 1e400 are unknown.
+local function moment(v)
+  if type(v) ~= "number" or v ~= v or v < 0 or v > LAST_MOMENT then return nil end
+  return math.floor(v)
+end
+local function str(v) return type(v) == "string" and v or nil end
+local function count(v) return type(v) == "number" and v >= 0 and v < 2 ^ 53 and v == math.floor(v) and v or nil end
+local function tbl(v) return type(v) == "table" and v or nil end
+
+-- The record with each field it may hold of its type (the others nil).
+local function sane(rec)
+  return { ev = rec.ev, id = str(rec.id), ref = str(rec.ref), at = moment(rec.at), params = tbl(rec.params),
+    base_url = str(rec.base_url), what = str(rec.what), output = str(rec.output), path = str(rec.path),
+    bytes = count(rec.bytes), file = str(rec.file), error = str(rec.error) }
+end
+
 --- Reads the ledger at path and folds its records into entries, oldest first: {ref=, id=, state=, at=
 -- (first record), updated=, params=, base_url=, output=, path= (where saved), bytes=, file=, error=, attempts=}.
 -- Lines that cannot be read (a torn last line) are skipped. -> entries, by_id | nil, message (unreadable)
@@ -212,8 +233,8 @@ function M.read(path, json)
   for text in f:lines() do
     local ok, rec = pcall(json.decode, text)
     if ok and type(rec) == "table" and type(rec.ev) == "string" then
-      local id = type(rec.id) == "string" and rec.id or nil
-      local ref = type(rec.ref) == "string" and rec.ref or nil
+      rec = sane(rec)
+      local id, ref = rec.id, rec.ref
       local e = (ref and by_ref[ref]) or (id and by_id[id])
       if not e then
         e = { ref = ref, at = rec.at, attempts = 0 }

@@ -562,6 +562,16 @@ end
 -- returned, and the error of each that failed (its second return value when the first was nil, or
 -- what it raised). One failing never stops the others.
 function M.gather(list)
+  -- misuse raises, naming the call and the argument; every item is checked before any is started
+  if type(list) ~= "table" then
+    error(("jimeng.gather(list): list must be an array of functions or handles; got a %s"):format(type(list)), 2)
+  end
+  for i, item in ipairs(list) do
+    if type(item) ~= "function" and getmetatable(item) ~= Handle then
+      error(("jimeng.gather(list): list[%d] must be a function or a handle (of jimeng.spawn); got a %s"):format(i,
+        type(item)), 2)
+    end
+  end
   local handles = {}
   for i, item in ipairs(list) do
     handles[i] = type(item) == "function" and M.spawn(item) or item

@@ -242,8 +242,16 @@ end
 M.plan_output = plan_output
 M.release = release
 
+-- An error after the create: it carries the task's id, and created = true (the task exists and is paid for:
+-- whatever failed, making the call again would pay again; the CLI says how to save it instead).
+local function paid(err, task)
+  err.task_id, err.created = task.id, true
+  return nil, err
+end
+
 --- Waits for a created task and downloads it to output(task.id) before the deadline: the second half of
--- generate and omnihuman. -> {path=, bytes=, task=} | nil, err (always with task_id: it is paid for)
+-- generate and omnihuman. -> {path=, bytes=, task=} | nil, err (always with task_id and created = true: it is
+-- paid for)
 local function complete(self, task, opts, deadline, output, part)
   local ok, cerr = errors.call_back(opts.on_created, "on_created", task.id, task)
   if ok then ok, cerr = errors.call_back(opts.on_status, "on_status", task.id, task) end
@@ -253,11 +261,10 @@ local function complete(self, task, opts, deadline, output, part)
       deadline = deadline, interval = opts.interval,
       on_status = opts.on_status and function(t) if t.status ~= task.status then opts.on_status(t) end end,
     })
-    if not done then werr.task_id = task.id end
   end
   if not done then
     if part then release(part) end -- the download command that continues it takes the path then
-    return nil, werr or cerr
+    return paid(werr or cerr, task)
   end
   done.warnings = task.warnings
   local progress_err
@@ -267,10 +274,7 @@ local function complete(self, task, opts, deadline, output, part)
     progress_err = perr
   end
   local path, perr = output(task.id)
-  if not path then
-    perr.task_id = task.id
-    return nil, perr
-  end
+  if not path then return paid(perr, task) end
   -- the path was checked before the create (plan_output): a file there now is one overwrite allowed
   local info, derr
   if part then -- the .part reserved before the create: this download writes it
@@ -279,10 +283,7 @@ local function complete(self, task, opts, deadline, output, part)
   else
     info, derr = self:download(task.id, path, { deadline = deadline, on_progress = progress, overwrite = true })
   end
-  if not info then
-    derr.task_id = task.id
-    return nil, derr
-  end
+  if not info then return paid(derr, task) end
   info.task = done
   if progress_err then
     progress_err.message = progress_err.message .. " (the video was saved all the same: " .. info.path .. ")"

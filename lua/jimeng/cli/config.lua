@@ -78,6 +78,13 @@ end
 -- (a file that does not exist is an empty config unless `must_exist`).
 function M.load(path, parser, must_exist)
   local f, why = io.open(path, "r")
+  if f then -- a directory opens, then fails every read ("Is a directory"): said as a config error, never raised
+    local head, rerr = f:read(0)
+    if head == nil and rerr then
+      f:close()
+      f, why, must_exist = nil, rerr, true
+    end
+  end
   if not f then
     if must_exist or not (why or ""):find("No such file", 1, true) then
       return invalid(("cannot read the config file %s (JIMENG_CONFIG): %s"):format(path, tostring(why)))

@@ -35,6 +35,7 @@ end
 -- A task's prompt, on one line, cut to n characters.
 local function prompt_of(e, n)
   local p = type(e.params) == "table" and (e.params.prompt or (e.what == "omnihuman" and "(omnihuman)")) or ""
+  if type(p) ~= "string" and type(p) ~= "number" then p = "" end -- a damaged line: no prompt to show
   p = tostring(p):gsub("%s+", " ")
   return progress.fit(p, n)
 end
