@@ -71,6 +71,10 @@ JM_HIDDEN void jm_open_url(lua_State *L);
 JM_HIDDEN void jm_open_share(lua_State *L);
 JM_HIDDEN void jm_open_loop(lua_State *L);
 
+/* files.c: an exclusive flock on fd (the file at path), waited for until a trapped signal: 0 | errno (EINTR:
+ * interrupted). Every wait for a shared file's lock (the ledger) goes through it. */
+JM_HIDDEN int jm_flock_wait(int fd, const char *path);
+
 /* files.c: a download's partial file, <path>.part, opened without following a link and locked (flock) from
  * core.part_open until it is committed or closed; its record <path>.part.json says whose bytes it holds. */
 #define JM_PART_MT "jimeng.part"
