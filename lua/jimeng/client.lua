@@ -357,8 +357,11 @@ function Client:create(params, opts)
   end
   local book, ref, sending = self.ledger, nil, nil
   if book then
-    local ok, lerr = book:ready()
-    if not ok and book.explicit then
+    local ok, lerr, lhow = book:ready()
+    if not ok and lhow == "not_a_ledger" then
+      return nil, errors.new { kind = "invalid_argument", created = false, field = "ledger", message = lerr ..
+        " (nothing was sent; JIMENG_LEDGER names the ledger, ledger=false goes without)" }
+    elseif not ok and book.explicit then
       return nil, errors.new { kind = "io", created = false, field = "ledger", message = ("cannot make the ledger's " ..
         "directory (%s): nothing was sent; pass ledger=false (JIMENG_LEDGER=false) to go without"):format(lerr) }
     elseif not ok then
