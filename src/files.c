@@ -579,6 +579,30 @@ static int l_append_durable(lua_State *L) {
     return 1;
 }
 
+/* core.wait_lock(path) -> true | nil, message: waits (jm_flock_wait: Ctrl-C ends it, a long wait is said on
+ * stderr) until no other process holds the flock of the file at path, then lets it go; true at once when there
+ * is no file. Before a paid create: the ledger line written at hand-over takes that lock, and waiting for it
+ * there, inside libcurl's callback, is waiting where nothing can be said or stopped. */
+static int l_wait_lock(lua_State *L) {
+    const char *path = luaL_checkstring(L, 1);
+    int e, fd = open(path, O_WRONLY | O_APPEND | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT) {
+            lua_pushboolean(L, 1);
+            return 1;
+        }
+        return jm_fail(L, "cannot open", path);
+    }
+    e = jm_flock_wait(fd, path);
+    (void)close(fd); /* releases the flock */
+    if (e) {
+        errno = e;
+        return jm_fail(L, e == EINTR ? "interrupted while waiting for the lock on" : "cannot lock", path);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* core.file_id(path) -> "dev:inode:size:mtime_ns" | nil: which file is at path, as the ledger binds a saved
  * video to it (a file replaced, rewritten or touched has another); a link is not followed. */
 static int l_file_id(lua_State *L) {
@@ -847,7 +871,7 @@ void jm_open_files(lua_State *L) {
     };
     static const luaL_Reg fns[] = {
         {"part_open", l_part_open}, {"file_size", l_file_size}, {"file_id", l_file_id}, {"file_mode", l_file_mode},
-        {"append_durable", l_append_durable},
+        {"append_durable", l_append_durable}, {"wait_lock", l_wait_lock},
         {"sniff_image", l_sniff_image}, {"isatty", l_isatty},
         {"fingerprint", l_fingerprint}, {"check_output", l_check_output}, {"mkdirs", l_mkdirs},
         {"canonical_path", l_canonical_path},

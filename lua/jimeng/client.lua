@@ -371,6 +371,12 @@ function Client:create(params, opts)
     end
   end
   if book then
+    -- another process holding the ledger's lock is waited for here, where Ctrl-C ends the wait, not at hand-over
+    local ok, lerr = core.wait_lock(book.path)
+    if not ok then
+      return nil, errors.new { kind = core.interrupted() and "interrupted" or "io", created = false, field = "ledger",
+        message = lerr .. ": nothing was sent" }
+    end
     ref = opts.ref or ledger.new_ref()
     sending = book:line { ev = "sending", ref = ref, params = ledger.params(params), what = opts.what or "create",
       base_url = self.base_url, output = opts.output }
