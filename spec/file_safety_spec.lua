@@ -10,7 +10,7 @@ local core = require "jimeng.core"
 local cjson = require "cjson"
 
 local function md5(path)
-  local p = io.popen("md5sum '" .. path .. "'")
+  local p = io.popen(proc.clean_env .. "md5sum '" .. path .. "'")
   local out = p:read("*l")
   p:close()
   return out and out:match("^%x+")
@@ -92,7 +92,7 @@ describe("a journal or a ledger that is another file", function()
     local book = env.dir .. "/state/jimeng/ledger.jsonl"
     assert(core.mkdirs(env.dir .. "/state/jimeng"))
     h.write(book, "")
-    assert(os.execute("ln '" .. book .. "' '" .. env.dir .. "/other-name.jsonl'"))
+    assert(os.execute(proc.clean_env .. "ln '" .. book .. "' '" .. env.dir .. "/other-name.jsonl'"))
     h.write(env.dir .. "/j.jsonl", '{"prompt":"a fox"}\n')
     for _, journal in ipairs { book, "other-name.jsonl" } do
       -- (it took the ledger's lock for its journal, then waited for it for every ledger line: for ever)
@@ -113,13 +113,13 @@ describe("a journal or a ledger that is another file", function()
     assert(core.mkdirs(env.dir .. "/state/jimeng"))
     h.write(book, "")
     -- another process holds the ledger's lock (as a run that took it as its journal did, for good)
-    local holder = io.popen(("python3 -c 'import fcntl,time,sys; f=open(sys.argv[1],\"a\"); " ..
+    local holder = io.popen((proc.clean_env .. "python3 -c 'import fcntl,time,sys; f=open(sys.argv[1],\"a\"); " ..
       "fcntl.flock(f, fcntl.LOCK_EX); open(sys.argv[2],\"w\").close(); time.sleep(60)' %s %s/held & echo $!")
       :format(book, env.dir)):read("*l")
     local deadline = core.now() + 10
     while not core.file_id(env.dir .. "/held") and core.now() < deadline do core.sleep(0.02) end
     local function alive(pid)
-      local r = os.execute("kill -0 " .. pid .. " 2>/dev/null")
+      local r = os.execute(proc.clean_env .. "kill -0 " .. pid .. " 2>/dev/null")
       return r == true or r == 0
     end
     local outcomes = {}
@@ -133,14 +133,14 @@ describe("a journal or a ledger that is another file", function()
       while not (h.read(log) or ""):find("waiting for the lock on", 1, true) and core.now() < deadline do
         core.sleep(0.05)
       end
-      os.execute("kill -INT " .. pid)
+      os.execute(proc.clean_env .. "kill -INT " .. pid)
       deadline = core.now() + proc.scaled(3)
       while alive(pid) and core.now() < deadline do core.sleep(0.05) end
       local hung = alive(pid)
-      if hung then os.execute("kill -9 " .. pid) end
+      if hung then os.execute(proc.clean_env .. "kill -9 " .. pid) end
       outcomes[i] = { said = h.read(log) or "", hung = hung }
     end
-    os.execute("kill " .. holder)
+    os.execute(proc.clean_env .. "kill " .. holder)
     for i, o in ipairs(outcomes) do
       assert.truthy(o.said:find("waiting for the lock on " .. book, 1, true), o.said)
       assert.is_false(o.hung, "a Ctrl-C did not end the wait for the ledger's lock: " .. i)
@@ -186,7 +186,7 @@ describe("a batch job's output", function()
     local jobs = cjson.encode { prompt = "a fox", output = "../j.jsonl" } .. "\n"
     h.write(env.dir .. "/j.jsonl", jobs)
     assert(core.mkdirs(env.dir .. "/vids"))
-    assert(os.execute("ln '" .. env.dir .. "/j.jsonl' '" .. env.dir .. "/vids/other.jsonl'"))
+    assert(os.execute(proc.clean_env .. "ln '" .. env.dir .. "/j.jsonl' '" .. env.dir .. "/vids/other.jsonl'"))
     local code, _, err = lsupport.jimeng(env, "batch j.jsonl --journal run.jsonl -o vids/ --force")
     assert.equals(2, code, err)
     assert.truthy(err:find("is the jobs file", 1, true), err)
