@@ -527,22 +527,25 @@ static int l_file_mode(lua_State *L) {
 
 /* Takes an exclusive flock on fd (the file at path) and waits for it as long as another process holds it, but
  * never past a trapped signal (Ctrl-C, SIGTERM): a blocking flock(2) would be restarted by a retry on EINTR and
- * wait forever. Tries without blocking, then sleeps on the signals' self-pipe 50 ms at a time; after 3 s says
- * once on stderr what it waits for. -> 0 | errno (EINTR: a signal was caught). */
+ * wait forever. Tries without blocking, then sleeps 50 ms at a time (on the signals' self-pipe while no signal
+ * is caught); after 3 s says once on stderr what it waits for. The signal that ends it is one that comes during
+ * the wait: after a first Ctrl-C (a paid answer being recorded) it waits on for a holder that lets go, until a
+ * second one (core.insisted). -> 0 | errno (EINTR: a signal ended the wait). */
 int jm_flock_wait(int fd, const char *path) {
     double start = jm_now();
-    int said = 0;
+    int said = 0, caught_before = jm_interrupted() != 0, insisted_before = jm_insisted();
     for (;;) {
         struct pollfd pfd;
         if (flock(fd, LOCK_EX | LOCK_NB) == 0) return 0;
         if (errno == EINTR) continue;
         if (errno != EWOULDBLOCK) return errno;
-        if (jm_interrupted()) return EINTR;
+        if (insisted_before || (caught_before ? jm_insisted() : jm_interrupted() != 0)) return EINTR;
         if (!said && jm_now() - start >= 3.0) {
             fprintf(stderr, "jimeng: waiting for the lock on %s: another process holds it (Ctrl-C to stop)\n", path);
             said = 1;
         }
-        pfd.fd = jm_signal_fd(); /* -1: no trap, poll only sleeps */
+        /* the self-pipe wakes the sleep at a signal; once one was caught it may hold a byte no one drains */
+        pfd.fd = caught_before ? -1 : jm_signal_fd();
         pfd.events = POLLIN;
         pfd.revents = 0;
         (void)poll(&pfd, 1, 50);

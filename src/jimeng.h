@@ -45,6 +45,7 @@ JM_HIDDEN void jm_new_class(lua_State *L, const char *name, const luaL_Reg *meth
 /* signals.c: the signal number caught since the trap was set (0: none); the read end of the self-pipe a
  * trapped signal writes to (-1: no trap), for every wait to watch; a wait's milliseconds made sane. */
 JM_HIDDEN int jm_interrupted(void);
+JM_HIDDEN int jm_insisted(void); /* a second signal came after the first (core.insisted) */
 JM_HIDDEN int jm_signal_fd(void);
 JM_HIDDEN double jm_wait_cap(double ms);
 
