@@ -583,18 +583,16 @@ static int l_append_durable(lua_State *L) {
 }
 
 /* core.wait_lock(path) -> true | nil, message: waits (jm_flock_wait: Ctrl-C ends it, a long wait is said on
- * stderr) until no other process holds the flock of the file at path, then lets it go; true at once when there
- * is no file. Before a paid create: the ledger line written at hand-over takes that lock, and waiting for it
- * there, inside libcurl's callback, is waiting where nothing can be said or stopped. */
+ * stderr) until no other process holds the flock of the file at path, then lets it go; true at once when no
+ * file opens there (the ledger line itself then says why). Before a paid create: the ledger line written at
+ * hand-over takes that lock, and waiting for it there, inside libcurl's callback, is waiting where nothing can
+ * be said or stopped. */
 static int l_wait_lock(lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
     int e, fd = open(path, O_WRONLY | O_APPEND | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0) {
-        if (errno == ENOENT) {
-            lua_pushboolean(L, 1);
-            return 1;
-        }
-        return jm_fail(L, "cannot open", path);
+    if (fd < 0) { /* nothing to wait for (absent), or no file to write (a directory, a FIFO): the line says so */
+        lua_pushboolean(L, 1);
+        return 1;
     }
     e = jm_flock_wait(fd, path);
     (void)close(fd); /* releases the flock */
