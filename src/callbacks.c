@@ -15,7 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/file.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #ifdef __linux__
@@ -300,14 +299,9 @@ static int jm_append_line(const char *buf, size_t len, int lock) {
     size_t n = len - strlen(buf) - 1, done = 0;
     int e = 0, fd = open(buf, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, lock ? 0600 : 0644);
     if (fd < 0) return errno;
-    if (lock) {
-        while (flock(fd, LOCK_EX) != 0) {
-            if (errno != EINTR) {
-                e = errno;
-                close(fd);
-                return e;
-            }
-        }
+    if (lock && (e = jm_flock_wait(fd, buf)) != 0) { /* a trapped signal ends the wait: the request is not sent */
+        close(fd);
+        return e;
     }
     while (done < n) {
         ssize_t w = write(fd, line + done, n - done);

@@ -4,6 +4,8 @@
 #define _XOPEN_SOURCE 700 /* realpath */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -523,6 +525,33 @@ static int l_file_mode(lua_State *L) {
     return 1;
 }
 
+/* Takes an exclusive flock on fd (the file at path) and waits for it as long as another process holds it, but
+ * never past a trapped signal (Ctrl-C, SIGTERM): a blocking flock(2) would be restarted by a retry on EINTR and
+ * wait forever. Tries without blocking, then sleeps 50 ms at a time (on the signals' self-pipe while no signal
+ * is caught); after 3 s says once on stderr what it waits for. The signal that ends it is one that comes during
+ * the wait: after a first Ctrl-C (a paid answer being recorded) it waits on for a holder that lets go, until a
+ * second one (core.insisted). -> 0 | errno (EINTR: a signal ended the wait). */
+int jm_flock_wait(int fd, const char *path) {
+    double start = jm_now();
+    int said = 0, caught_before = jm_interrupted() != 0, insisted_before = jm_insisted();
+    for (;;) {
+        struct pollfd pfd;
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0) return 0;
+        if (errno == EINTR) continue;
+        if (errno != EWOULDBLOCK) return errno;
+        if (insisted_before || (caught_before ? jm_insisted() : jm_interrupted() != 0)) return EINTR;
+        if (!said && jm_now() - start >= 3.0) {
+            fprintf(stderr, "jimeng: waiting for the lock on %s: another process holds it (Ctrl-C to stop)\n", path);
+            said = 1;
+        }
+        /* the self-pipe wakes the sleep at a signal; once one was caught it may hold a byte no one drains */
+        pfd.fd = caught_before ? -1 : jm_signal_fd();
+        pfd.events = POLLIN;
+        pfd.revents = 0;
+        (void)poll(&pfd, 1, 50);
+    }
+}
+
 /* core.append_durable(path, data[, locked]) -> true | nil, message: one append and an fsync (journals).
  * locked: under an exclusive flock (a file that processes share, the ledger: their lines never mix), never
  * through a link, and a new file is its owner's only (0600). */
@@ -533,13 +562,11 @@ static int l_append_durable(lua_State *L) {
     int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (locked ? O_NOFOLLOW : 0), locked ? 0600 : 0644);
     if (fd < 0) return jm_fail(L, "cannot open", path);
     if (locked) {
-        while (flock(fd, LOCK_EX) != 0) {
-            if (errno != EINTR) {
-                int e = errno;
-                close(fd);
-                errno = e;
-                return jm_fail(L, "cannot lock", path);
-            }
+        int e = jm_flock_wait(fd, path);
+        if (e) {
+            close(fd);
+            errno = e;
+            return jm_fail(L, e == EINTR ? "interrupted while waiting for the lock on" : "cannot lock", path);
         }
     }
     if (jm_write_all(fd, data, n) != 0) {
@@ -551,6 +578,28 @@ static int l_append_durable(lua_State *L) {
         return jm_fail(L, "cannot fsync", path);
     }
     if (close(fd) != 0) return jm_fail(L, "cannot close", path);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* core.wait_lock(path) -> true | nil, message: waits (jm_flock_wait: Ctrl-C ends it, a long wait is said on
+ * stderr) until no other process holds the flock of the file at path, then lets it go; true at once when no
+ * file opens there (the ledger line itself then says why). Before a paid create: the ledger line written at
+ * hand-over takes that lock, and waiting for it there, inside libcurl's callback, is waiting where nothing can
+ * be said or stopped. */
+static int l_wait_lock(lua_State *L) {
+    const char *path = luaL_checkstring(L, 1);
+    int e, fd = open(path, O_WRONLY | O_APPEND | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) { /* nothing to wait for (absent), or no file to write (a directory, a FIFO): the line says so */
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    e = jm_flock_wait(fd, path);
+    (void)close(fd); /* releases the flock */
+    if (e) {
+        errno = e;
+        return jm_fail(L, e == EINTR ? "interrupted while waiting for the lock on" : "cannot lock", path);
+    }
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -606,14 +655,19 @@ static int l_fingerprint(lua_State *L) {
 
 /* ---- output paths, checked before anything is paid for ---- */
 
-/* core.check_output(path) -> "absent" | "file", or nil, message: whether a video can be saved at path.
+/* core.check_output(path[, beside]) -> "absent" | "file", or nil, message: whether a video can be saved at path.
  * The path itself must be absent or a regular file (not a directory, a link or a device); its directory
- * must exist and be writable by us. Nothing is created. */
+ * must exist and be writable by us. The longest name written next to it, path .. beside (default
+ * ".part.json.tmp": a download's record being replaced; "" for a file appended to), must fit the directory's
+ * NAME_MAX and PATH_MAX: refused now, not after a create was paid for. Nothing is created. */
+#define JM_LONGEST_BESIDE ".part.json.tmp"
 static int l_check_output(lua_State *L) {
-    size_t n;
+    size_t n, bn = 0, name;
     const char *path = luaL_checklstring(L, 1, &n), *slash;
+    const char *beside = luaL_optlstring(L, 2, JM_LONGEST_BESIDE, &bn);
     struct stat st;
     const char *state = "absent";
+    long name_max;
     if (n == 0 || memchr(path, 0, n)) {
         lua_pushnil(L);
         lua_pushliteral(L, "the output path is empty or contains NUL");
@@ -622,6 +676,28 @@ static int l_check_output(lua_State *L) {
     if (path[n - 1] == '/') {
         lua_pushnil(L);
         lua_pushfstring(L, "%s names a directory, not a file", path);
+        return 2;
+    }
+    slash = strrchr(path, '/');
+    name = slash ? n - (size_t)(slash + 1 - path) : n;
+    if (slash) lua_pushlstring(L, path, slash == path ? 1 : (size_t)(slash - path));
+    else lua_pushliteral(L, ".");
+    name_max = pathconf(lua_tostring(L, -1), _PC_NAME_MAX);
+    if (name_max <= 0) name_max = NAME_MAX;
+    lua_pop(L, 1);
+    if (name + bn > (size_t)name_max) {
+        lua_pushnil(L);
+        if (bn) lua_pushfstring(L, "the file name of %s is too long: at most %d bytes, and the name of what is "
+                               "written beside it (<name>%s) would be %d", path, (int)(name_max - (long)bn), beside,
+                               (int)(name + bn));
+        else lua_pushfstring(L, "the file name of %s is too long: at most %d bytes, it has %d", path, (int)name_max,
+                             (int)name);
+        return 2;
+    }
+    if (n + bn >= PATH_MAX) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "the path %s is too long: at most %d bytes, and the path of what is written beside it "
+                        "(<path>%s) would be %d", path, (int)(PATH_MAX - 1 - bn), beside, (int)(n + bn));
         return 2;
     }
     if (lstat(path, &st) == 0) {
@@ -639,7 +715,6 @@ static int l_check_output(lua_State *L) {
     } else if (errno != ENOENT) {
         return jm_fail(L, "cannot check", path);
     }
-    slash = strrchr(path, '/');
     if (slash) lua_pushlstring(L, path, slash == path ? 1 : (size_t)(slash - path));
     else lua_pushliteral(L, ".");
     if (stat(lua_tostring(L, -1), &st) != 0) {
@@ -797,7 +872,7 @@ void jm_open_files(lua_State *L) {
     };
     static const luaL_Reg fns[] = {
         {"part_open", l_part_open}, {"file_size", l_file_size}, {"file_id", l_file_id}, {"file_mode", l_file_mode},
-        {"append_durable", l_append_durable},
+        {"append_durable", l_append_durable}, {"wait_lock", l_wait_lock},
         {"sniff_image", l_sniff_image}, {"isatty", l_isatty},
         {"fingerprint", l_fingerprint}, {"check_output", l_check_output}, {"mkdirs", l_mkdirs},
         {"canonical_path", l_canonical_path},

@@ -46,6 +46,7 @@ JM_HIDDEN void jm_new_class(lua_State *L, const char *name, const luaL_Reg *meth
 /* signals.c: the signal number caught since the trap was set (0: none); the read end of the self-pipe a
  * trapped signal writes to (-1: no trap), for every wait to watch; a wait's milliseconds made sane. */
 JM_HIDDEN int jm_interrupted(void);
+JM_HIDDEN int jm_insisted(void); /* a second signal came after the first (core.insisted) */
 JM_HIDDEN int jm_signal_fd(void);
 JM_HIDDEN double jm_wait_cap(double ms);
 
@@ -75,6 +76,10 @@ JM_HIDDEN void jm_open_status(lua_State *L);
 
 /* response.c: the client's status word for the API's (in_queue, processing, completed, failed), or NULL. */
 JM_HIDDEN const char *jm_map_status(const char *s);
+
+/* files.c: an exclusive flock on fd (the file at path), waited for until a trapped signal: 0 | errno (EINTR:
+ * interrupted). Every wait for a shared file's lock (the ledger) goes through it. */
+JM_HIDDEN int jm_flock_wait(int fd, const char *path);
 
 /* files.c: a download's partial file, <path>.part, opened without following a link and locked (flock) from
  * core.part_open until it is committed or closed; its record <path>.part.json says whose bytes it holds. */

@@ -43,6 +43,10 @@ int jm_interrupted(void) {
     return (int)jm_caught;
 }
 
+int jm_insisted(void) {
+    return jm_again != 0;
+}
+
 double jm_wait_cap(double ms) {
     if (!(ms >= 0)) return 0;             /* NaN and negatives: do not wait */
     if (ms > 86400000.0) ms = 86400000.0; /* a day at most: the int libcurl takes never overflows */

@@ -20,6 +20,7 @@ local runtime = require "jimeng.runtime"
 local text = require "jimeng.text"
 local workflows = require "jimeng.workflows"
 local download = require "jimeng.download"
+local ledger = require "jimeng.ledger"
 
 local M = {}
 
@@ -233,11 +234,18 @@ end
 function Run:take_journal(jobs)
   local path = self.opts.journal
   if type(path) ~= "string" or path == "" or (type(jobs) == "string" and
-      (core.canonical_path(path) or path) == (core.canonical_path(jobs) or jobs)) then
+      ledger.same_file(path, jobs)) then
     return errors.invalid("the journal must be a file of its own (not the jobs file): " .. tostring(path), "journal")
   end
-  local st, cwhy = core.check_output(path)
+  local book = self.client.ledger and self.client.ledger.path
+  if ledger.same_file(path, book) then -- its lock would stop every ledger line (this run's too) for good
+    return errors.invalid("the journal must be a file of its own (not the ledger of paid tasks): " .. path ..
+      " (nothing was paid for)", "journal")
+  end
+  local st, cwhy = core.check_output(path, "") -- appended to: nothing is written beside it
   if not st then return errors.invalid("journal: " .. cwhy, "journal") end
+  local ok, rwhy = ledger.records_file(path, self.json, "event", "a journal")
+  if not ok then return errors.invalid("the journal " .. rwhy .. " (nothing was paid for)", "journal") end
   local lock, why, held = core.lock(path)
   if not lock then
     return nil, errors.new { kind = "io", field = "journal", locked = held == "locked" or nil, message = why ..
@@ -265,6 +273,13 @@ function Run:check_outputs(output_dir)
     end
     local bad = download.not_an_output(job.path, self.client.ledger and self.client.ledger.path)
     if bad then return refuse(bad) end
+    -- the same files however they are reached (a link, another directory's spelling): by their identity
+    for _, f in ipairs { { self.jobs_file, "the jobs file" }, { journal, "the journal" },
+      { self.client.ledger and self.client.ledger.path, "the ledger of paid tasks" } } do
+      if ledger.same_file(job.path, f[1]) then
+        return refuse(("%s is %s: a video there would replace it"):format(job.path, f[2]))
+      end
+    end
     local other = owner[same]
     if other then
       return refuse(("it would be saved to %s, like %s: give the jobs distinct labels or outputs"):format(
@@ -279,8 +294,8 @@ function Run:check_outputs(output_dir)
     local st, cwhy = core.check_output(job.path)
     job.existed = st == "file"
     for _, beside in ipairs { ".part", ".part.json" } do -- where its download writes: no directory, no link
-      if st and not core.check_output(job.path .. beside) then
-        st, cwhy = core.check_output(job.path .. beside)
+      if st and not core.check_output(job.path .. beside, ".tmp") then
+        st, cwhy = core.check_output(job.path .. beside, ".tmp")
       end
     end
     if not st then return refuse(cwhy) end
@@ -484,6 +499,7 @@ function M.run(client, jobs, opts)
     torn = false, cap = cap, limit = cap, in_flight = 0, on_event = on_event,
     summary = { total = #prepared, saved = 0, skipped = 0, failed = 0, unknown = 0, errors = 0, interrupted = 0,
       jobs = {} } }, Run)
+  run.jobs_file = type(jobs) == "string" and jobs or nil
   local ok, err = true, nil
   if opts.journal then ok, err = run:take_journal(jobs) end
   if ok then ok, err = run:check_outputs(output_dir) end

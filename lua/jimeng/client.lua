@@ -363,8 +363,11 @@ function Client:create(params, opts)
   end
   local book, ref, sending = self.ledger, nil, nil
   if book then
-    local ok, lerr = book:ready()
-    if not ok and book.explicit then
+    local ok, lerr, lhow = book:ready()
+    if not ok and lhow == "not_a_ledger" then
+      return nil, errors.new { kind = "invalid_argument", created = false, field = "ledger", message = lerr ..
+        " (nothing was sent; JIMENG_LEDGER names the ledger, ledger=false goes without)" }
+    elseif not ok and book.explicit then
       return nil, errors.new { kind = "io", created = false, field = "ledger", message = ("cannot make the ledger's " ..
         "directory (%s): nothing was sent; pass ledger=false (JIMENG_LEDGER=false) to go without"):format(lerr) }
     elseif not ok then
@@ -374,6 +377,12 @@ function Client:create(params, opts)
     end
   end
   if book then
+    -- another process holding the ledger's lock is waited for here, where Ctrl-C ends the wait, not at hand-over
+    local ok, lerr = core.wait_lock(book.path)
+    if not ok then
+      return nil, errors.new { kind = core.interrupted() and "interrupted" or "io", created = false, field = "ledger",
+        message = lerr .. ": nothing was sent" }
+    end
     ref = opts.ref or ledger.new_ref()
     sending = book:line { ev = "sending", ref = ref, params = ledger.params(params), what = opts.what or "create",
       base_url = self.base_url, output = opts.output }

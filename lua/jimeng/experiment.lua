@@ -404,6 +404,39 @@ local function read_json(path, json)
   if ok and type(v) == "table" then return v end
 end
 
+-- The files an experiment rewrites in its directory, and how each says it is one an experiment wrote (the
+-- gallery's title; results.json's cells; takes and retakes: numbers by cell id).
+local function numbers(v)
+  if type(v) ~= "table" then return false end
+  for _, n in pairs(v) do
+    if type(n) ~= "number" then return false end
+  end
+  return true
+end
+local OWN_FILES = {
+  { "index.html", function(text) return text:find("jimeng experiment</title>", 1, true) ~= nil end },
+  { "results.json", function(_, v) return type(v) == "table" and type(v.cells) == "table" end },
+  { "takes.json", function(_, v) return numbers(v) end },
+  { "retake.json", function(_, v) return numbers(v) end },
+}
+
+-- A file of the user's where this experiment would write one of its own: without a journal of an experiment
+-- in dir, an index.html, results.json, takes.json or retake.json there that no experiment wrote is refused
+-- (never replaced) unless overwrite. -> true | nil, err
+local function check_own_files(dir, journal_path, json, overwrite)
+  if overwrite or (core.file_size(journal_path) or 0) > 0 then return true end
+  for _, f in ipairs(OWN_FILES) do
+    local path = dir .. "/" .. f[1]
+    local text = core.file_size(path) and read_file(path)
+    if core.file_size(path) and not (text and f[2](text, read_json(path, json))) then
+      return invalid(("%s exists and no experiment made it (%s has no experiment's journal): move it away, " ..
+        "choose another directory, or pass overwrite=true (CLI --force) to replace it (nothing was paid for)"):format(
+        path, dir), "dir")
+    end
+  end
+  return true
+end
+
 local function file_name(id)
   return (id:gsub("[^%w%-_.~=,]", "_"):gsub("^%.", "_"))
 end
@@ -579,6 +612,9 @@ function M.run(client, spec, opts)
       hint = "see what it would make with --dry-run, then pass --yes (yes=true) or raise --max-videos" }
     return nil, e
   end
+
+  local own_ok, own_err = check_own_files(dir, journal_path, json, opts.overwrite)
+  if not own_ok then return nil, own_err end
 
   -- only directories before batch has checked everything and holds the journal's lock: a refused run
   -- (another run on the journal, a file in the way) leaves the gallery and takes.json as they were

@@ -115,8 +115,33 @@ function Ledger:line(rec)
   return errors.scrub(text, self.secret):gsub("[\r\n]", " ") .. "\n"
 end
 
+--- Whether a and b name the same file (its device and inode, however each is spelt; a path not there yet is
+-- compared by its canonical spelling).
+function M.same_file(a, b)
+  if not a or not b then return false end
+  local ia, ib = core.file_id(a), core.file_id(b)
+  if ia and ib then return ia:match("^%d+:%d+") == ib:match("^%d+:%d+") end
+  return (core.canonical_path(a) or a) == (core.canonical_path(b) or b)
+end
+
+--- Whether the regular file at path may be appended to as a file of JSON records whose first line has the
+-- string field `field` (a ledger's "ev", a journal's "event"): absent or empty, or its first line is such a
+-- record. A video, a document, any other file is not one: appending to it would ruin it. what: "a ledger", "a
+-- journal", for the message. -> true | nil, why
+function M.records_file(path, json, field, what)
+  if not core.file_id(path) or (core.file_size(path) or 0) == 0 then return true end -- absent, not a file, empty
+  local f = io.open(path, "rb")
+  if not f then return true end -- unreadable: the append says why
+  local line = f:read("*l")
+  f:close()
+  local ok, rec = pcall(json.decode, line or "")
+  if ok and type(rec) == "table" and type(rec[field]) == "string" then return true end
+  return nil, ("%s exists and is not %s: its first line is no record of one (appending would ruin it): choose " ..
+    "another path, or move the file away"):format(path, what)
+end
+
 --- Makes the ledger's directory (mode 0755, and 0700 for a new state directory would be the XDG advice: the
--- ledger holds prompts, never the key). -> true | nil, message
+-- ledger holds prompts, never the key); a file already at its path must be a ledger. -> true | nil, message
 function Ledger:ready()
   if self.made then return true end
   local dir = dir_of(self.path)
@@ -124,6 +149,8 @@ function Ledger:ready()
     local ok, why = core.mkdirs(dir)
     if not ok then return nil, why end
   end
+  local ok, why = M.records_file(self.path, self.json, "ev", "a ledger")
+  if not ok then return nil, "the ledger " .. why, "not_a_ledger" end
   self.made = true
   return true
 end

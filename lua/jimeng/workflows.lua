@@ -154,8 +154,8 @@ local function reserve(path, overwrite, client)
     state = nil
     if part then state, why = core.check_output(path) end
   end
-  if state and core.check_output(path .. ".part.json") == nil then
-    local _, rwhy = core.check_output(path .. ".part.json")
+  if state and core.check_output(path .. ".part.json", ".tmp") == nil then
+    local _, rwhy = core.check_output(path .. ".part.json", ".tmp")
     state, why = nil, rwhy
   end
   if state == "file" and not overwrite then
@@ -202,6 +202,12 @@ local function plan_template(opts, params, client)
     return function() return path end, core.canonical_path(path), part
   end
   local state, why = core.check_output(dir .. "x.mp4")
+  -- the id is not known yet: its length is counted as the vendor's (20 digits), so that a name its download
+  -- could not write beside (NAME_MAX, PATH_MAX) is refused now
+  if state then
+    state, why = core.check_output((text:gsub("{id}", ("0"):rep(20))))
+    if not state then why = ("output template %s: %s (its {id} counted as 20 bytes)"):format(text, why) end
+  end
   if not state then return errors.invalid(why .. " (nothing was paid for)", "output") end
   local bad = download.not_an_output(text)
   if bad then return errors.invalid(bad .. " (nothing was paid for)", "output") end
