@@ -235,17 +235,22 @@ describe("a signal, with --json: the commands that continue, and what was paid f
       proc.root, command), "")
   end
 
-  it("batch --json after SIGTERM, without a journal: the tasks it paid for, and jimeng resume saves them", function()
+  -- A batch of two jobs, stopped by a signal once both are created: its --json summary, stderr and stdout.
+  local function stopped_batch(jobs, args, sig)
     env.sb:reset()
     env.sb:config { queue_seconds = 0.05, process_seconds = 30 }
-    h.write(env.dir .. "/jobs.jsonl", '{"prompt":"a term fox"}\n{"prompt":"a term owl"}\n')
-    local pid = start("batch jobs.jsonl -o vids --interval 0.1 --json")
+    h.write(env.dir .. "/jobs.jsonl", jobs)
+    local pid = start("batch jobs.jsonl -o vids " .. args .. " --json")
     assert.truthy(wait_until(function() return creates() == 2 end))
     assert.truthy(wait_until(function() return select(2, (h.read(env.dir .. "/err") or ""):gsub("created task", "")) == 2 end))
-    signal("TERM", pid)
+    signal(sig, pid)
     local code, err, out = ended()
     assert.equals("130", code, err)
-    local r = cjson.decode(out)
+    return cjson.decode(out), err, out
+  end
+
+  it("batch --json after SIGTERM, without a journal: the tasks it paid for, and jimeng resume saves them", function()
+    local r, err, out = stopped_batch('{"prompt":"a term fox"}\n{"prompt":"a term owl"}\n', "--interval 0.1", "TERM")
     assert.equals(2, r.interrupted)
     assert.equals(2, r.paid)
     assert.same(task_ids(), sorted(r.paid_task_ids))
@@ -262,16 +267,8 @@ describe("a signal, with --json: the commands that continue, and what was paid f
   end)
 
   it("batch --json after SIGINT, with a journal: the same command, whole, continues it and pays nothing more", function()
-    env.sb:reset()
-    env.sb:config { queue_seconds = 0.05, process_seconds = 30 }
-    h.write(env.dir .. "/jobs.jsonl", '{"prompt":"an int fox"}\n{"prompt":"an int owl"}\n')
-    local pid = start("batch jobs.jsonl -o vids --journal j.jsonl --interval 0.1 --json")
-    assert.truthy(wait_until(function() return creates() == 2 end))
-    assert.truthy(wait_until(function() return select(2, (h.read(env.dir .. "/err") or ""):gsub("created task", "")) == 2 end))
-    signal("INT", pid)
-    local code, err, out = ended()
-    assert.equals("130", code, err)
-    local r = cjson.decode(out)
+    local r, _, out = stopped_batch('{"prompt":"an int fox"}\n{"prompt":"an int owl"}\n',
+      "--journal j.jsonl --interval 0.1", "INT")
     assert.same(task_ids(), sorted(r.paid_task_ids))
     assert.same({ "jimeng batch jobs.jsonl -o vids --journal j.jsonl --interval 0.1 --json" }, r.continue)
     assert.truthy(r.what_to_do:find("run the same command again to continue", 1, true), out)

@@ -21,12 +21,7 @@ local function typed(cmd)
   return vim.v.errmsg
 end
 
-local function settled(n)
-  return vim.wait(20000, function()
-    local t = plugin.tasks()[n]
-    return t ~= nil and t.job == nil and t.state ~= "creating"
-  end, 20)
-end
+local settled = messages.settled
 
 local function last() return plugin.tasks()[#plugin.tasks()] end
 

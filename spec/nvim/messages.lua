@@ -1,5 +1,6 @@
 -- What the user has been shown, read back as they would read it: the lines of :messages (vim.notify's
--- messages through the real nvim_echo). Used by spec/nvim/*.lua; nothing of the UI is replaced.
+-- messages through the real nvim_echo), and whether a task has settled. Used by spec/nvim/*.lua; nothing of the
+-- UI is replaced.
 local M = {}
 
 --- The lines of :messages now.
@@ -14,6 +15,15 @@ function M.find(pattern)
   for _, l in ipairs(M.lines()) do
     if l:find(pattern) then return l end
   end
+end
+
+--- Whether the plugin's task n has settled (its job over, its create answered) within 20 s.
+function M.settled(n)
+  local plugin = require("jimeng.plugin")
+  return vim.wait(20000, function()
+    local t = plugin.tasks()[n]
+    return t ~= nil and t.job == nil and t.state ~= "creating"
+  end, 20)
 end
 
 return M

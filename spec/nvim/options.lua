@@ -13,12 +13,7 @@ require("jimeng").setup {
 }
 local out = { coalesce_ms = require("jimeng.nvim").coalesce_ms }
 
-local function settled(n)
-  return vim.wait(20000, function()
-    local t = plugin.tasks()[n]
-    return t ~= nil and t.job == nil and t.state ~= "creating"
-  end, 20)
-end
+local settled = messages.settled
 
 vim.cmd("JimengGenerate a lighthouse at dusk")
 out.saved = settled(1)
