@@ -100,6 +100,46 @@ describe("an error after a paid create", function()
     assert.equals(1, env.sb:stats().creates)
   end)
 
+  it("generate --force whose download fails: the commands it prints carry --force, and they save it", function()
+    h.write(env.dir .. "/old.mp4", "the old video")
+    env.sb:faults { path = "/content$", method = "GET", count = 3, fault = "reset_mid_body", after_bytes = 1000 }
+    local code, out, err = jimeng("generate 'a forced fox sandbox:bytes=9000' --interval 0.05 -o old.mp4 --force --json")
+    assert.equals(3, code, err)
+    assert.equals("the old video", h.read(env.dir .. "/old.mp4")) -- kept: the new one is not whole
+    local e = cjson.decode(out).error
+    assert.equals("jimeng resume --force", e.continue[1])
+    assert.truthy(e.continue[2]:find(" -o old.mp4 --force", 1, true), e.continue[2])
+    assert.truthy(err:find("continue with:\njimeng resume --force\n", 1, true), err)
+    for _, command in ipairs(e.continue) do -- each, as printed, replaces the old file and pays nothing more
+      h.write(env.dir .. "/old.mp4", "the old video")
+      local ok, rout = proc.run(("%scd %s && export JIMENG_LEDGER=%s/ledger.jsonl JIMENG_API_KEY=k JIMENG_BASE_URL=%s " ..
+        "&& jimeng() { %s %s/bin/jimeng \"$@\"; } && { %s; }"):format(proc.own_env, env.dir, env.dir, env.sb.url, lua,
+        proc.root, command), "")
+      assert.is_true(ok, command .. "\n" .. rout)
+      assert.equals(9000, #h.read(env.dir .. "/old.mp4"), command)
+    end
+    assert.equals(1, env.sb:stats().creates)
+  end)
+
+  it("a batch without a journal run again after its paid tasks were left unsaved: refused before it pays, " ..
+    "naming jimeng resume", function()
+    env.sb:faults { path = "/content$", method = "GET", count = 6, fault = "status", status = 503 }
+    h.write(env.dir .. "/jobs.jsonl", '{"prompt":"a fox","label":"fox"}\n{"prompt":"an owl","label":"owl"}\n')
+    local code, _, err = jimeng("batch jobs.jsonl -o vids --interval 0.05")
+    assert.equals(3, code, err)
+    assert.equals(2, env.sb:stats().creates)
+    code, _, err = jimeng("batch jobs.jsonl -o vids --interval 0.05")
+    assert.equals(2, code, err)
+    assert.truthy(err:find("paid for and not saved yet", 1, true), err)
+    assert.truthy(err:find("jimeng resume", 1, true), err)
+    assert.truthy(err:find("nothing was paid for", 1, true), err)
+    assert.equals(2, env.sb:stats().creates)
+    code, _, err = jimeng("resume")
+    assert.equals(0, code, err)
+    assert.equals(h.fixture(), h.read(env.dir .. "/vids/fox.mp4"))
+    assert.equals(2, env.sb:stats().creates)
+  end)
+
   it("the output's directory removed while the task is made: an io error that says how to save it", function()
     env.sb:config { queue_seconds = 0.05, process_seconds = proc.scaled(1.5) }
     assert(os.execute("mkdir " .. env.dir .. "/sub"))

@@ -261,7 +261,7 @@ end
 function Run:check_outputs(output_dir)
   local ok, why = core.mkdirs(output_dir)
   if not ok then return errors.invalid(why .. " (nothing was paid for)", "output_dir") end
-  local owner = {}
+  local owner, held = {}, workflows.ledger_held(self.client) -- the ledger read once for every job
   for _, job in ipairs(self.jobs) do
     local function refuse(msg)
       return errors.invalid(("%s: %s (nothing was paid for)"):format(job_name(job), msg), "output")
@@ -300,6 +300,14 @@ function Run:check_outputs(output_dir)
     end
     if not st then return refuse(cwhy) end
     local s = self.state[job.key]
+    if not (s and (s.task_id or s.creating)) then -- a task this journal made is continued, not paid again
+      -- a path the ledger keeps for a paid task not saved yet (an earlier run's): `jimeng resume` saves it
+      local free, rerr = workflows.check_reserved(self.client, job.path, self.opts.overwrite, held)
+      if not free then
+        local msg = rerr.message:gsub("; nothing was paid for%)$", ")"):gsub(" %(nothing was paid for%)$", "")
+        return refuse(msg)
+      end
+    end
     if st == "file" and not (s and (s.task_id or s.saved)) and not self.opts.overwrite then
       return refuse(job.path .. " exists and this journal did not make it: move it away, or pass overwrite " ..
         "(--force)")

@@ -296,8 +296,10 @@ end
 local commands = {}
 local NO_CONFIG
 
--- The command that continues a paid task after an interruption or a timeout (an -o template filled in).
+-- The command that continues a paid task after an interruption or a timeout (an -o template filled in);
+-- --force when the run had it (the file it was to replace is still there: without it the download is refused).
 local function continue_with(output, args)
+  local force = args and args.force and " --force" or ""
   return function(id)
     if output and template.is_template(output) then
       output = template.expand(output, { id = id, prompt = args and args.prompt, seed = args and args.seed,
@@ -305,11 +307,16 @@ local function continue_with(output, args)
     end
     local path = "jimeng_video_" .. id .. ".mp4"
     if output and output:sub(-1) == "/" then path = output .. path elseif output then path = output end
-    return ("jimeng wait %s && jimeng download %s -o %s"):format(id, id, shell_quote(path))
+    return ("jimeng wait %s && jimeng download %s -o %s%s"):format(id, id, shell_quote(path), force)
   end
 end
 
 default_continue = continue_with(nil)
+
+-- `jimeng resume`, with --force when the run had it (it replaces the file the run was to replace).
+local function resume_command(args)
+  return args and args.force and "jimeng resume --force" or "jimeng resume"
+end
 
 -- The config's output_dir, for commands whose -o names a file (generate, download): where the default name goes.
 local function default_dir(out)
@@ -333,7 +340,7 @@ function commands.generate(client, args, out)
   if not result then
     local alone = continue_with(output, args)
     -- with a ledger, resume saves it (and any other task paid for and not saved) where it was meant to go
-    return out:fail(err, client.ledger and function(id) return "jimeng resume", alone(id) end or alone)
+    return out:fail(err, client.ledger and function(id) return resume_command(args), alone(id) end or alone)
   end
   for _, w in ipairs(result.task.warnings or {}) do out:note("warning: " .. w) end
   out:result({ path = result.path, bytes = result.bytes, task = result.task }, result.path)
@@ -457,7 +464,8 @@ function commands.omnihuman(client, args, out)
   if not result then
     local alone = continue_with(args.output, args)
     -- with a ledger and an output, resume saves it where it was meant to go (as generate's)
-    return out:fail(err, client.ledger and args.output and function(id) return "jimeng resume", alone(id) end or alone)
+    return out:fail(err, client.ledger and args.output and function(id) return resume_command(args), alone(id) end
+      or alone)
   end
   out:created(result.task or result)
   if result.path then

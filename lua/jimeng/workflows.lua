@@ -99,39 +99,45 @@ local function holds_output(e)
   return e.output and (e.id and ledger.UNSAVED[e.state] or not e.id and (e.state == "unknown" or e.state == "sending"))
 end
 
--- The paths the ledger keeps for paid tasks not saved yet: a function(path) -> true, for a template's {n}
--- (which moves on to the next number rather than be refused). nil without a ledger.
-local function ledger_taken(client)
+-- The outputs the ledger keeps for paid tasks not saved yet, read once: a function(path) -> the ledger entry
+-- that keeps it | nil. nil without a ledger.
+local function ledger_held(client)
   if not client or not client.ledger then return nil end
   local held
   return function(path)
     if not held then
       held = {}
       for _, e in ipairs(ledger.read(client.ledger.path, client.json) or {}) do
-        if holds_output(e) then held[e.output] = true end
+        if holds_output(e) and not held[e.output] then held[e.output] = e end
       end
     end
     local abs = core.canonical_path(path)
-    return abs ~= nil and held[abs] == true
+    return abs and held[abs]
   end
 end
 
+-- The paths the ledger keeps: a function(path) -> true, for a template's {n} (which moves on to the next
+-- number rather than be refused). nil without a ledger.
+local function ledger_taken(client)
+  local held = ledger_held(client)
+  return held and function(path) return held(path) ~= nil end
+end
+
 -- A path no earlier paid task of the ledger is still meant for: one created (or completed) and not saved is
--- taken up by `jimeng resume`, and a second create for the same file would pay for it twice.
-local function check_reserved(client, path, overwrite)
-  if overwrite or not client or not client.ledger then return true end
-  local abs = core.canonical_path(path)
-  local entries = abs and ledger.read(client.ledger.path, client.json)
-  for _, e in ipairs(entries or {}) do
-    if holds_output(e) and e.output == abs and e.id then
-      return errors.invalid(("%s is meant for task %s, paid for and not saved yet: `jimeng resume` saves it there " ..
-        "(or choose another path, or pass overwrite=true, CLI --force; nothing was paid for)"):format(path, e.id), "output")
-    elseif holds_output(e) and e.output == abs then
-      -- a create for this file was handed to the wire and its answer never came: it may exist and be billed
-      return errors.invalid(("%s is meant for a create that was sent and never answered (ledger ref %s): the " ..
-        "task may exist and be billed; check the account's usage, then choose another path or pass " ..
-        "overwrite=true (CLI --force) to create it again (nothing was paid for)"):format(path, tostring(e.ref)), "output")
-    end
+-- taken up by `jimeng resume`, and a second create for the same file would pay for it twice. held: a
+-- ledger_held of the client, for many paths (a batch's); else the ledger is read for this one.
+local function check_reserved(client, path, overwrite, held)
+  if overwrite then return true end
+  held = held or ledger_held(client)
+  local e = held and held(path)
+  if e and e.id then
+    return errors.invalid(("%s is meant for task %s, paid for and not saved yet: `jimeng resume` saves it there " ..
+      "(or choose another path, or pass overwrite=true, CLI --force; nothing was paid for)"):format(path, e.id), "output")
+  elseif e then
+    -- a create for this file was handed to the wire and its answer never came: it may exist and be billed
+    return errors.invalid(("%s is meant for a create that was sent and never answered (ledger ref %s): the " ..
+      "task may exist and be billed; check the account's usage, then choose another path or pass " ..
+      "overwrite=true (CLI --force) to create it again (nothing was paid for)"):format(path, tostring(e.ref)), "output")
   end
   return true
 end
@@ -247,6 +253,8 @@ local function plan_output(opts, prefix, params, client)
 end
 M.plan_output = plan_output
 M.release = release
+M.check_reserved = check_reserved
+M.ledger_held = ledger_held
 
 -- An error after the create: it carries the task's id, and created = true (the task exists and is paid for:
 -- whatever failed, making the call again would pay again; the CLI says how to save it instead).
