@@ -147,6 +147,15 @@ for i = 1, 15 do assert(c:create { prompt = arg[1] .. " " .. i }) end
     assert.truthy(out:find("may exist and be billed", 1, true), out)
   end)
 
+  it("an empty ledger and nothing to resume: their lists are [] in --json, never {}", function()
+    local code, out, err = jimeng_cmd("list --json")
+    assert.equals(0, code, err)
+    assert.truthy(out:find('"tasks":[]', 1, true), out)
+    code, out, err = jimeng_cmd("resume --json")
+    assert.equals(0, code, err)
+    assert.truthy(out:find('"tasks":[]', 1, true), out)
+  end)
+
   it("killed after the answer: the id is in the ledger, and resume saves the video where it was meant, paying nothing", function()
     local pid = jimeng_bg("generate 'sandbox:slow=2 killed while waiting' -o kite.mp4 --interval 0.1")
     local created = wait_for(ledger_file(), "created")

@@ -78,11 +78,25 @@ function Out:tracer()
 end
 
 -- A copy of value whose strings are valid UTF-8 (a server may send anything; the output must stay JSON).
+-- The fields of --json that are lists: empty, they are [] (lua-cjson 2.1.0 prints an empty table as {}, which
+-- a typed reader or `jq '.tasks[0]'` takes for an object). An empty one becomes EMPTY_LIST, a string no value
+-- can be (a NUL in it), which encode turns into [].
+local LIST_FIELDS = { paid_task_ids = true, tasks = true, mask_urls = true, jobs = true, continue = true,
+  cells = true, subjects = true, checks = true, ids = true, saved = true, failed = true, warnings = true }
+local EMPTY_LIST = "\0jimeng empty list\0"
+local EMPTY_LIST_JSON = '"\\u0000jimeng empty list\\u0000"'
+
 local function clean(value, depth)
   if type(value) == "string" then return core.utf8_clean(value) end
   if type(value) ~= "table" or (depth or 0) > 16 then return value end
   local out = {}
-  for k, v in pairs(value) do out[clean(k, 17)] = clean(v, (depth or 0) + 1) end
+  for k, v in pairs(value) do
+    if LIST_FIELDS[k] and type(v) == "table" and next(v) == nil then
+      out[clean(k, 17)] = EMPTY_LIST
+    else
+      out[clean(k, 17)] = clean(v, (depth or 0) + 1)
+    end
+  end
   return out
 end
 
@@ -104,7 +118,10 @@ end
 -- Encodes for --json output; never raises (a value JSON cannot hold becomes an error object instead).
 local function encode(value)
   local ok, text = pcall(out_json.encode, clean(value))
-  if ok then return slash_setting and text or M.plain_slashes(text) end
+  if ok then
+    text = text:gsub(EMPTY_LIST_JSON, "[]", nil)
+    return slash_setting and text or M.plain_slashes(text)
+  end
   text = out_json.encode { error = { kind = "protocol", message = "cannot encode the result as JSON: " .. tostring(text) } }
   return slash_setting and text or M.plain_slashes(text)
 end
