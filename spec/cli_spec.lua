@@ -2,6 +2,7 @@
 local h = require "spec.support.helpers"
 local proc = require "spec.support.process"
 local cjson = require "cjson"
+local core = require "jimeng.core"
 
 local lua = proc.lua
 
@@ -27,6 +28,17 @@ describe("the jimeng command", function()
     local code = tonumber(out:match("exit=(%d+)%s*$"))
     return code, (out:gsub("exit=%d+%s*$", "")), h.read(errfile) or ""
   end
+
+  it("with COLUMNS set and no terminal (cron, ssh -T, CI), prints nothing of its own look-up of the height", function()
+    -- setsid: no controlling terminal, as under cron; LINES unset: the height is asked of stty (to fit a row)
+    assert(core.mkdirs(dir .. "/state/jimeng"))
+    h.write(dir .. "/state/jimeng/ledger.jsonl", '{"ev":"created","ref":"r1","id":"123","at":1796545299,' ..
+      '"output":"/tmp/x.mp4","params":{"prompt":"a fox"}}\n')
+    local code, out, err = jimeng("list -n 2 </dev/null", "XDG_STATE_HOME=" .. dir .. "/state COLUMNS=100 setsid -w")
+    assert.truthy(out:find("123", 1, true), out)
+    assert.equals(0, code, err)
+    assert.falsy(err:find("/dev/tty", 1, true), err)
+  end)
 
   it("reads a negative number after an option as its value (--seed -1), and names the command in its hints", function()
     local code, out, err = jimeng("create 'negative seed' --seed -1")

@@ -38,7 +38,7 @@ local function size()
   if cached_width and t - cached_at < WIDTH_TTL then return cached_width, cached_height end
   local w, hgt = tonumber(os.getenv("COLUMNS") or ""), tonumber(os.getenv("LINES") or "")
   if not w or not hgt then
-    local p = io.popen("stty size </dev/tty 2>/dev/null")
+    local p = io.popen("stty size 2>/dev/null </dev/tty") -- 2> first: without a terminal, the redirect fails quietly
     local line = p and p:read("*l")
     if p then p:close() end
     local rows, cols = (line or ""):match("^(%d+)%s+(%d+)")
