@@ -147,6 +147,7 @@ describe("the output path is reserved before paying", function()
     local r, err = env.client:generate({ prompt = "a fox" }, { output = path })
     h.failed("invalid_argument", r, err)
     assert.truthy(err.message:find("nothing was paid for", 1, true), err.message)
+    assert.is_false(err.created) -- nothing was sent: false, not unknown
     assert.equals(0, env.sb:stats().creates)
     local kind = io.popen("stat -c %F " .. path .. ".part.json 2>/dev/null")
     assert.equals("symbolic link", kind:read("*l"))

@@ -220,6 +220,12 @@ local function plan_template(opts, params, client)
   return function(id) return template.finish(parts, { id = id }, "output") end, core.canonical_path(text)
 end
 
+-- An output refused before the create: nothing was sent (err.created false, as for any bad argument).
+local function unsent(err)
+  if type(err) == "table" and err.created == nil then err.created = false end
+  return err
+end
+
 --- Checks, before anything is paid for, that a video can be saved at opts.output (or in opts.output_dir,
 -- which is made when missing: the user named it). An existing file is not replaced unless opts.overwrite;
 -- nor is a path the ledger keeps for a task paid for and not saved. opts.output may be a template (see
@@ -314,7 +320,7 @@ function M.generate(self, params, opts)
   if not ok then return nil, oerr end
   local deadline = now() + (opts.timeout or self.wait_timeout)
   local output, meant, part = plan_output(opts, "jimeng_video_", params, self)
-  if not output then return nil, meant end
+  if not output then return nil, unsent(meant) end
   -- this process will save the task: held until it is done, so that a resume elsewhere leaves it alone
   local ref = self.ledger and ledger.new_ref()
   local hold = ref and self.ledger:hold(ref)
@@ -392,7 +398,7 @@ function M.omnihuman(self, params, opts)
   if params.output or params.output_dir then
     output, meant, part = plan_output({ output = params.output, output_dir = params.output_dir,
       overwrite = opts.overwrite }, "omnihuman_video_", params, self)
-    if not output then return nil, meant end
+    if not output then return nil, unsent(meant) end
   end
   local function fail(e) -- before the create: the reserved .part goes
     if part then release(part) end
