@@ -8,6 +8,14 @@ local cjson = require "cjson"
 
 local lua = proc.lua
 
+-- Runs a command line as printed (`jimeng ...`) in env's directory, `jimeng` being this checkout's, with the
+-- directory's ledger (ledger: "off" for none). -> ok, output
+local function paste(env, command, ledger)
+  return proc.run(("%scd %s && export JIMENG_LEDGER=%s JIMENG_API_KEY=k JIMENG_BASE_URL=%s && " ..
+    "jimeng() { %s %s/bin/jimeng \"$@\"; } && { %s; }"):format(proc.own_env, env.dir,
+    ledger or (env.dir .. "/ledger.jsonl"), env.sb.url, lua, proc.root, command), "")
+end
+
 describe("an error after a paid create", function()
   local env = h.with_sandbox { sandbox = { queue_seconds = 0.05, process_seconds = 0.1 }, reset = true, dir = "each" }
 
@@ -93,8 +101,7 @@ describe("an error after a paid create", function()
     assert.falsy(err:find("run the command again", 1, true), err)
     -- the line as printed, pasted into a shell where `jimeng` is this checkout's command
     local command = err:match("continue with:\n([^\n]+)\n")
-    local saved, out = proc.run(("%scd %s && export JIMENG_LEDGER=off JIMENG_API_KEY=k JIMENG_BASE_URL=%s && " ..
-      "jimeng() { %s %s/bin/jimeng \"$@\"; } && { %s; }"):format(proc.own_env, env.dir, env.sb.url, lua, proc.root, command), "")
+    local saved, out = paste(env, command, "off")
     assert.is_true(saved, out)
     assert.equals(9000, #h.read(env.dir .. "/my fox.mp4"))
     assert.equals(1, env.sb:stats().creates)
@@ -112,9 +119,7 @@ describe("an error after a paid create", function()
     assert.truthy(err:find("continue with:\njimeng resume --force\n", 1, true), err)
     for _, command in ipairs(e.continue) do -- each, as printed, replaces the old file and pays nothing more
       h.write(env.dir .. "/old.mp4", "the old video")
-      local ok, rout = proc.run(("%scd %s && export JIMENG_LEDGER=%s/ledger.jsonl JIMENG_API_KEY=k JIMENG_BASE_URL=%s " ..
-        "&& jimeng() { %s %s/bin/jimeng \"$@\"; } && { %s; }"):format(proc.own_env, env.dir, env.dir, env.sb.url, lua,
-        proc.root, command), "")
+      local ok, rout = paste(env, command)
       assert.is_true(ok, command .. "\n" .. rout)
       assert.equals(9000, #h.read(env.dir .. "/old.mp4"), command)
     end
@@ -268,12 +273,6 @@ describe("a signal, with --json: the commands that continue, and what was paid f
     for id in pairs(env.sb:tasks()) do ids[#ids + 1] = id end
     return sorted(ids)
   end
-  -- Runs a command line as printed (`jimeng ...`) in the spec's directory, `jimeng` being this checkout's.
-  local function paste(command)
-    return proc.run(("%scd %s && export JIMENG_LEDGER=%s/ledger.jsonl JIMENG_API_KEY=k JIMENG_BASE_URL=%s && " ..
-      "jimeng() { %s %s/bin/jimeng \"$@\"; } && { %s; }"):format(proc.own_env, env.dir, env.dir, env.sb.url, lua,
-      proc.root, command), "")
-  end
 
   -- A batch of two jobs, stopped by a signal once both are created: its --json summary, stderr and stdout.
   local function stopped_batch(jobs, args, sig)
@@ -300,7 +299,7 @@ describe("a signal, with --json: the commands that continue, and what was paid f
     assert.truthy(r.what_to_do:find("continue with: jimeng resume", 1, true), out)
     assert.truthy(err:find("continue with:\njimeng resume\n", 1, true), err)
     env.sb:finish()
-    local ok, rout = paste(r.continue[1])
+    local ok, rout = paste(env, r.continue[1])
     assert.is_true(ok, rout)
     for _, j in ipairs(r.jobs) do assert.truthy(h.exists(env.dir .. "/" .. j.path), j.path) end
     assert.equals(2, creates())
@@ -313,7 +312,7 @@ describe("a signal, with --json: the commands that continue, and what was paid f
     assert.same({ "jimeng batch jobs.jsonl -o vids --journal j.jsonl --interval 0.1 --json" }, r.continue)
     assert.truthy(r.what_to_do:find("run the same command again to continue", 1, true), out)
     env.sb:finish()
-    local ok, rout = paste(r.continue[1])
+    local ok, rout = paste(env, r.continue[1])
     assert.is_true(ok, rout)
     assert.equals(2, cjson.decode(rout:match("(%b{})%s*$")).skipped + cjson.decode(rout:match("(%b{})%s*$")).saved)
     assert.equals(2, creates())
@@ -336,7 +335,7 @@ describe("a signal, with --json: the commands that continue, and what was paid f
     assert.same({ "jimeng experiment grid.json -o g --interval 0.1 --no-posters --json" }, r.continue)
     assert.truthy(r.what_to_do:find("2 tasks paid for and not saved", 1, true), out)
     env.sb:finish()
-    local ok, rout = paste(r.continue[1])
+    local ok, rout = paste(env, r.continue[1])
     assert.is_true(ok, rout)
     assert.equals(2, creates())
   end)
