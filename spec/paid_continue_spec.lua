@@ -126,14 +126,21 @@ describe("an error after a paid create", function()
     assert.equals(1, env.sb:stats().creates)
   end)
 
-  it("a batch without a journal run again after its paid tasks were left unsaved: refused before it pays, " ..
-    "naming jimeng resume", function()
+  -- A batch of two jobs without a journal whose downloads all fail (3 attempts each, then it gives up: 6 faults
+  -- end both and leave none for what follows): both paid for, none saved. -> exit code, stdout, stderr
+  local function failed_batch(jobs, args)
     env.sb:faults { path = "/content$", method = "GET", count = 6, fault = "status", status = 503 }
-    h.write(env.dir .. "/jobs.jsonl", '{"prompt":"a fox","label":"fox"}\n{"prompt":"an owl","label":"owl"}\n')
-    local code, _, err = jimeng("batch jobs.jsonl -o vids --interval 0.05")
+    h.write(env.dir .. "/jobs.jsonl", jobs)
+    local code, out, err = jimeng("batch jobs.jsonl -o vids --interval 0.05" .. args)
     assert.equals(3, code, err)
     assert.equals(2, env.sb:stats().creates)
-    code, _, err = jimeng("batch jobs.jsonl -o vids --interval 0.05")
+    return code, out, err
+  end
+
+  it("a batch without a journal run again after its paid tasks were left unsaved: refused before it pays, " ..
+    "naming jimeng resume", function()
+    failed_batch('{"prompt":"a fox","label":"fox"}\n{"prompt":"an owl","label":"owl"}\n', "")
+    local code, _, err = jimeng("batch jobs.jsonl -o vids --interval 0.05")
     assert.equals(2, code, err)
     assert.truthy(err:find("paid for and not saved yet", 1, true), err)
     assert.truthy(err:find("jimeng resume", 1, true), err)
@@ -167,12 +174,7 @@ describe("an error after a paid create", function()
 
   it("a batch without a journal whose downloads fail: names the tasks paid for and jimeng resume, never the same " ..
     "command", function()
-    -- 3 attempts a download, then it gives up: 6 faults end both, and leave none for the resume
-    env.sb:faults { path = "/content$", method = "GET", count = 6, fault = "status", status = 503 }
-    h.write(env.dir .. "/jobs.jsonl", '{"prompt":"a fox"}\n{"prompt":"an owl"}\n')
-    local code, out, err = jimeng("batch jobs.jsonl -o vids --interval 0.05 --json")
-    assert.equals(3, code, err)
-    assert.equals(2, env.sb:stats().creates)
+    local _, out, err = failed_batch('{"prompt":"a fox"}\n{"prompt":"an owl"}\n', " --json")
     assert.equals(6, #h.api_requests(env.sb, "/content$"))
     local r = cjson.decode(out)
     assert.equals(2, r.errors)
@@ -183,6 +185,7 @@ describe("an error after a paid create", function()
     assert.truthy(err:find("continue with:\njimeng resume\n", 1, true), err)
     for _, id in ipairs(r.paid_task_ids) do assert.truthy(err:find("jimeng wait " .. id .. " && jimeng download " .. id, 1,
       true), err) end
+    local code
     code, out, err = jimeng("resume")
     assert.truthy(out:find("2 saved", 1, true) or err:find("2 saved", 1, true), out .. err)
     assert.equals(0, code, err)
